@@ -1,0 +1,53 @@
+"""Command line: `python run_pipeline.py SUBCOMMAND --config FILE [KEY=VALUE ...]`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+
+from pipelines.config import ConfigError, load_config
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="run_pipeline.py", description="Sonify image datasets: build audio pools and pairs.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    pool = sub.add_parser("pool", help="build or extend an audio pool: clips, loudness, CLAP embeddings, index")
+    pool.add_argument("--config", required=True, help="YAML config file")
+    pool.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides, values parsed as YAML")
+    tiny = sub.add_parser("tiny-models", help="write tiny random models of the real architectures (offline)")
+    tiny.add_argument("--out", required=True, help="folder to write them to")
+    sample = sub.add_parser("sample-data", help="generate the demo's audio sample")
+    sample.add_argument("--out", required=True, help="folder to write it to")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    if args.command == "tiny-models":
+        from pipelines.tiny_models import build_all
+
+        print(json.dumps(build_all(args.out), indent=2))
+        return 0
+    if args.command == "sample-data":
+        from pipelines.sample_data import write_sample
+
+        written = write_sample(args.out)
+        print(f"wrote {len(written)} files to {args.out}")
+        return 0
+    try:
+        config = load_config(args.config, args.overrides)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    from pipelines.pool import PoolMismatch, format_summary, run_pool
+
+    try:
+        summary = run_pool(config)
+    except PoolMismatch as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(format_summary(summary))
+    return 0

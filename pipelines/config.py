@@ -1,0 +1,189 @@
+"""Typed run configuration: YAML file plus dotted command-line overrides, validated before any work.
+
+Every field has a description; the README's configuration reference lists the same fields.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class ConfigError(ValueError):
+    """A configuration problem, phrased as one line that names the key."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class RayConfig(_Section):
+    address: str | None = Field(
+        None,
+        description="Address of an existing Ray cluster to join (`auto`, `ray://host:10001`). "
+        "Unset: the RAY_ADDRESS environment variable if set, else a local Ray started in-process.",
+    )
+    num_cpus: int | None = Field(None, ge=1, description="CPUs for a local Ray; unset means all of them.")
+    runtime_env: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Ray runtime_env passed to ray.init, e.g. {working_dir: .} on a cluster whose "
+        "nodes do not have this project installed.",
+    )
+
+
+class IndexConfig(_Section):
+    kind: Literal["flat", "ivf", "hnsw"] = Field(
+        "flat",
+        description="flat: exact inner product. ivf: IVF-Flat, trained on the pool. hnsw: HNSW graph. "
+        "Vectors are L2-normalized, so inner product is cosine.",
+    )
+    nlist: int | None = Field(
+        None, ge=1, description="IVF cells; unset means 4*sqrt(N), capped so each cell trains on 39 vectors."
+    )
+    nprobe: int = Field(16, ge=1, description="IVF cells visited per query.")
+    hnsw_m: int = Field(32, ge=4, description="HNSW neighbours per node.")
+    ef_construction: int = Field(80, ge=8, description="HNSW build-time search depth.")
+    ef_search: int = Field(64, ge=8, description="HNSW query-time search depth.")
+    recall_queries: int = Field(
+        500, ge=1, description="Pool vectors used as queries when measuring an approximate index's recall."
+    )
+    recall_k: int = Field(10, ge=1, description="k of the recall@k reported for an approximate index.")
+
+
+class PoolConfig(_Section):
+    sources: list[str] = Field(
+        default_factory=list,
+        description="Audio files: fsspec URLs or globs (local paths, s3://, gs://, memory://). "
+        "wav, flac, mp3, ogg and aiff at any rate, bit depth and channel count.",
+    )
+    dir: str = Field(..., description="Pool folder (fsspec URL): clips, audio, embeddings, index, summary.")
+    sample_rate: int = Field(48000, ge=8000, le=192000, description="Rate of the stored clips, in Hz.")
+    clip_seconds: float = Field(
+        5.0, ge=0.5, le=60.0, description="Length of each non-overlapping clip; the last is zero-padded."
+    )
+    silence_lufs: float = Field(
+        -70.0, description="Clips quieter than this integrated loudness are flagged silent and never indexed."
+    )
+    mix_sample_rates: list[int] = Field(
+        default_factory=lambda: [16000],
+        description="Rates at which mixes will be made. Loudness is also stored at each of them, measured "
+        "on the clip resampled exactly as the mixer resamples it.",
+    )
+    files_per_part: int = Field(
+        16, ge=1, description="Source files per part, the unit of work and of output files."
+    )
+    retry_errors: bool = Field(
+        False, description="Re-read sources whose last attempt ended in an error row, even if unchanged."
+    )
+    index: IndexConfig = Field(default_factory=IndexConfig, description="FAISS index over non-silent clips.")
+
+
+class ClapConfig(_Section):
+    backend: Literal["transformers", "laion_clap"] = Field(
+        "transformers", description="transformers ClapModel, or laion-clap CLAP_Module."
+    )
+    model: str = Field(
+        ...,
+        description="transformers: a Hugging Face id (laion/larger_clap_general) or a local folder. "
+        "laion_clap: path of a .pt checkpoint (630k-audioset-best.pt).",
+    )
+    amodel: str = Field(
+        "HTSAT-tiny", description="laion_clap audio encoder; the music checkpoints need HTSAT-base."
+    )
+    enable_fusion: bool = Field(False, description="laion_clap: fusion checkpoints need true.")
+    text_backbones_dir: str | None = Field(
+        None,
+        description="laion_clap: folder holding roberta-base, bert-base-uncased and facebook/bart-base, "
+        "which laion-clap loads by name. Unset: the Hugging Face hub or cache.",
+    )
+    batch_size: int = Field(32, ge=1, description="Clips or texts per forward pass.")
+    concurrency: int = Field(1, ge=1, description="Embedding actors, each holding one model.")
+    num_gpus: float = Field(0.0, ge=0, description="GPUs per embedding actor; 0 runs on CPU.")
+    num_cpus: float = Field(1.0, gt=0, description="CPUs per embedding actor.")
+
+
+class ModelsConfig(_Section):
+    clap: ClapConfig = Field(..., description="The CLAP model used for audio and text embeddings.")
+
+
+class RunConfig(_Section):
+    seed: int = Field(0, description="Global seed of every random choice.")
+    ray: RayConfig = Field(default_factory=RayConfig, description="Where the work runs.")
+    pool: PoolConfig = Field(..., description="The audio pool.")
+    models: ModelsConfig = Field(..., description="Model checkpoints and their batching.")
+
+    @model_validator(mode="after")
+    def _mix_rates_are_positive(self) -> RunConfig:
+        bad = [r for r in self.pool.mix_sample_rates if r < 8000 or r > 192000]
+        if bad:
+            raise ValueError(f"pool.mix_sample_rates: {bad} outside 8000..192000 Hz")
+        return self
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """`a.b.c=VALUE` with VALUE parsed as YAML, so `k=16`, `x=true` and `l=["a","b"]` get their types."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r}: expected KEY=VALUE")
+    key, raw = text.split("=", 1)
+    path = [p for p in key.strip().split(".")]
+    if not all(path):
+        raise ConfigError(f"override {text!r}: empty key segment")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"override {key}: value is not valid YAML ({exc.problem})") from None
+    return path, value
+
+
+def _apply(tree: dict[str, Any], path: list[str], value: Any) -> None:
+    node = tree
+    for depth, part in enumerate(path[:-1]):
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"override {'.'.join(path)}: {'.'.join(path[: depth + 1])} is not a section")
+        node = child
+    node[path[-1]] = value
+
+
+def _describe(error: dict[str, Any]) -> str:
+    key = ".".join(str(p) for p in error["loc"]) or "(top level)"
+    if error["type"] == "extra_forbidden":
+        return f"{key}: unknown key"
+    if error["type"] == "missing":
+        return f"{key}: required key is missing"
+    got = error.get("input")
+    shown = "" if isinstance(got, dict) else f" (got {got!r})"
+    return f"{key}: {error['msg']}{shown}"
+
+
+def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
+    path = Path(path)
+    try:
+        tree = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
+    if not isinstance(tree, dict):
+        raise ConfigError(f"config file {path}: top level must be a mapping")
+    for text in overrides:
+        key_path, value = parse_override(text)
+        _apply(tree, key_path, value)
+    return validate_config(tree, origin=str(path))
+
+
+def validate_config(tree: dict[str, Any], origin: str = "config") -> RunConfig:
+    try:
+        return RunConfig.model_validate(tree)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        more = len(exc.errors()) - 1
+        suffix = f" (and {more} more problem{'s' if more > 1 else ''})" if more else ""
+        raise ConfigError(f"{origin}: {_describe(first)}{suffix}") from None
+
+
+def dump_config(config: RunConfig) -> str:
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)

@@ -1,0 +1,407 @@
+"""The pool pipeline: audio files -> standardized clips, loudness, CLAP embeddings, FAISS index.
+
+Layout of pool.dir (every path an fsspec URL):
+    pool.json                  what the pool was built with (CLAP, rates); a later run must match
+    config.yaml                the resolved config of the last run
+    summary.json               the last run's summary
+    clips/<part>.parquet       the pool table; written last for a part, so it marks the part complete
+    audio/<part>.parquet       the part's clips as 16-bit FLAC, one row per clip
+    embeddings/<part>.parquet  CLAP audio embeddings of the part's non-silent clips
+    index/index.faiss          FAISS index over every embedding
+    index/ids.parquet          index row -> clip_id
+    index/index.json           kind, size, recall against exact search
+
+A part is a group of source files processed together. Re-running adds parts for new or changed
+sources only; rows of a changed source are removed from their old part, and the index grows.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from pipelines.config import RunConfig, dump_config
+from pipelines.ray_runner import apply_stage, init_ray
+from schemas import POOL_AUDIO, POOL_CLIPS, POOL_INDEX_IDS, POOL_PARTS, embeddings_schema, make_table
+from stages import index as faiss_index
+from stages import storage
+from stages.base import check_chain
+from stages.clap import clap_identity
+from stages.embed_audio import EmbedAudio
+from stages.standardize import Standardize
+from stages.storage import SourceFile
+
+log = logging.getLogger(__name__)
+
+POOL_FORMAT = 1
+MAX_REPORTED_ERRORS = 50
+
+
+class PoolMismatch(ValueError):
+    """The pool folder was built with settings this run cannot extend."""
+
+
+@dataclass(frozen=True)
+class PoolPaths:
+    root: str
+
+    def sub(self, *parts: str) -> str:
+        return storage.join(self.root, *parts)
+
+    def part_file(self, table: str, part: str) -> str:
+        return self.sub(table, f"{part}.parquet")
+
+
+def part_name(url: str) -> str:
+    return url.rsplit("/", 1)[-1].removesuffix(".parquet")
+
+
+# ---------------------------------------------------------------------------------------------
+# Planning: which sources to (re)process and which old rows they make stale
+
+
+@dataclass
+class PoolPlan:
+    to_process: list[SourceFile]
+    unchanged: int
+    # old part -> source URIs whose rows in that part are stale
+    stale: dict[str, set[str]] = field(default_factory=dict)
+
+
+def plan_work(sources: list[SourceFile], existing: pa.Table, retry_errors: bool) -> PoolPlan:
+    """Decide what a run does. `existing` has one row per stored clip (source_uri,
+    source_fingerprint, error, part). A listed source is processed when it is new, when its
+    fingerprint changed, or (with retry_errors) when its last attempt failed. Every stored row of a
+    listed source whose fingerprint is not the current one, or that is being processed again, is stale."""
+    stored: dict[str, list[tuple[str | None, str | None, str]]] = defaultdict(list)
+    for uri, fingerprint, error, part in zip(
+        existing.column("source_uri").to_pylist(),
+        existing.column("source_fingerprint").to_pylist(),
+        existing.column("error").to_pylist(),
+        existing.column("part").to_pylist(),
+    ):
+        stored[uri].append((fingerprint, error, part))
+    to_process, unchanged = [], 0
+    stale: dict[str, set[str]] = defaultdict(set)
+    for source in sources:
+        rows = stored.get(source.uri, [])
+        current = [r for r in rows if r[0] == source.fingerprint]
+        failed = bool(current) and all(r[1] is not None for r in current)
+        redo = not current or (retry_errors and failed)
+        if redo:
+            to_process.append(source)
+        else:
+            unchanged += 1
+        for fingerprint, _, part in rows:
+            if redo or fingerprint != source.fingerprint:
+                stale[part].add(source.uri)
+    return PoolPlan(to_process, unchanged, dict(stale))
+
+
+def group_parts(sources: list[SourceFile], files_per_part: int) -> pa.Table:
+    """Deterministic parts: sorted sources in groups, each named by a hash of its members."""
+    ordered = sorted(sources, key=lambda s: s.uri)
+    names, uris, fingerprints, errors = [], [], [], []
+    for start in range(0, len(ordered), files_per_part):
+        group = ordered[start : start + files_per_part]
+        digest = hashlib.sha1("\n".join(f"{s.uri}\t{s.fingerprint}" for s in group).encode()).hexdigest()
+        names.append(f"part-{digest[:16]}")
+        uris.append([s.uri for s in group])
+        fingerprints.append([s.fingerprint for s in group])
+        errors.append([s.error for s in group])
+    return make_table(POOL_PARTS, {"part": names, "uris": uris, "fingerprints": fingerprints, "errors": errors})
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading and repairing what is on disk
+
+
+def check_compatible(paths: PoolPaths, identity: dict, config: RunConfig) -> dict:
+    """pool.json for this run; a PoolMismatch if the folder was built with other settings."""
+    wanted = {
+        "format": POOL_FORMAT,
+        "clap": identity,
+        "sample_rate": config.pool.sample_rate,
+        "clip_seconds": config.pool.clip_seconds,
+        "mix_sample_rates": sorted(config.pool.mix_sample_rates),
+    }
+    meta_url = paths.sub("pool.json")
+    if storage.exists(meta_url):
+        found = json.loads(storage.read_bytes(meta_url))
+        differing = [k for k in wanted if found.get(k) != wanted[k]]
+        if differing:
+            detail = "; ".join(f"{k}: pool has {found.get(k)!r}, config has {wanted[k]!r}" for k in differing)
+            raise PoolMismatch(f"pool {paths.root} was built with other settings ({detail}); use a new pool.dir")
+    return wanted
+
+
+def remove_unfinished_parts(paths: PoolPaths) -> list[str]:
+    """Audio or embedding files without a clips file are left by an interrupted run: delete them."""
+    finished = {part_name(u) for u in storage.list_files(paths.sub("clips"), ".parquet")}
+    removed = []
+    for table in ("audio", "embeddings"):
+        for url in storage.list_files(paths.sub(table), ".parquet"):
+            if part_name(url) not in finished:
+                storage.remove(url)
+                removed.append(url)
+    return removed
+
+
+PLAN_COLUMNS = ["source_uri", "source_fingerprint", "error", "part"]
+
+
+def read_clips(paths: PoolPaths, columns: list[str]) -> pa.Table:
+    tables = [storage.read_parquet(u, columns=columns) for u in storage.list_files(paths.sub("clips"), ".parquet")]
+    if not tables:
+        return POOL_CLIPS.empty_table().select(columns)
+    return pa.concat_tables(tables)
+
+
+def prune_stale(paths: PoolPaths, stale: dict[str, set[str]]) -> int:
+    """Remove stale sources' rows from their old parts. Audio and embeddings are rewritten before
+    the clips file, so an interruption leaves rows that the next run finds stale again."""
+    touched = 0
+    for part, uris in sorted(stale.items()):
+        clips_url = paths.part_file("clips", part)
+        clips = storage.read_parquet(clips_url)
+        keep = pc.invert(pc.is_in(clips.column("source_uri"), value_set=pa.array(sorted(uris), pa.string())))
+        kept = clips.filter(keep)
+        touched += 1
+        if kept.num_rows == 0:
+            storage.remove(clips_url)
+            storage.remove(paths.part_file("audio", part))
+            storage.remove(paths.part_file("embeddings", part))
+            continue
+        ids = kept.column("clip_id")
+        for table in ("audio", "embeddings"):
+            url = paths.part_file(table, part)
+            if storage.exists(url):
+                old = storage.read_parquet(url)
+                storage.write_parquet(url, old.filter(pc.is_in(old.column("clip_id"), value_set=ids)))
+        storage.write_parquet(clips_url, make_table(POOL_CLIPS, kept))
+    return touched
+
+
+# ---------------------------------------------------------------------------------------------
+# Writing parts as they complete
+
+
+class PartWriter:
+    """Collects embedded clip rows per part and writes a part once all its rows have arrived:
+    embeddings first, then the clips file that marks the part complete."""
+
+    def __init__(self, paths: PoolPaths, dim: int, parts_expected: int) -> None:
+        self.paths = paths
+        self.embeddings_schema = embeddings_schema(dim)
+        self.parts_expected = parts_expected
+        self.pending: dict[str, list[pa.Table]] = defaultdict(list)
+        self.written_parts: list[str] = []
+        self.files: set[str] = set()
+        self.clips = self.silent = self.embedded = 0
+        self.errors: list[str] = []
+        self.started = time.monotonic()
+
+    def add(self, batch: pa.Table) -> None:
+        for part in pc.unique(batch.column("part")).to_pylist():
+            rows = batch.filter(pc.equal(batch.column("part"), part))
+            self.pending[part].append(rows)
+            have = sum(t.num_rows for t in self.pending[part])
+            if have == rows.column("part_rows")[0].as_py():
+                self._write(part, pa.concat_tables(self.pending.pop(part)))
+
+    def _write(self, part: str, rows: pa.Table) -> None:
+        has_embedding = pc.is_valid(rows.column("embedding"))
+        embedded = rows.filter(has_embedding)
+        storage.write_parquet(
+            self.paths.part_file("embeddings", part),
+            make_table(self.embeddings_schema, {"clip_id": embedded.column("clip_id"), "embedding": embedded.column("embedding")}),
+        )
+        storage.write_parquet(self.paths.part_file("clips", part), make_table(POOL_CLIPS, rows.select(POOL_CLIPS.names)))
+        errors = [e for e in rows.column("error").to_pylist() if e]
+        self.errors.extend(errors)
+        real = rows.filter(pc.is_null(rows.column("error")))
+        self.files.update(rows.column("source_uri").to_pylist())
+        self.clips += real.num_rows
+        self.silent += int(pc.sum(real.column("silent")).as_py() or 0)
+        self.embedded += embedded.num_rows
+        self.written_parts.append(part)
+        elapsed = time.monotonic() - self.started
+        log.info(
+            "part %d/%d written (%s): %d clips, %d errors; %d clips so far, %.1f clips/s",
+            len(self.written_parts), self.parts_expected, part, real.num_rows, len(errors), self.clips,
+            self.clips / elapsed if elapsed else 0.0,
+        )
+
+    def unfinished(self) -> list[str]:
+        return sorted(self.pending)
+
+
+# ---------------------------------------------------------------------------------------------
+# The index
+
+
+def read_embeddings(paths: PoolPaths, parts: list[str] | None = None) -> tuple[list[str], np.ndarray | None]:
+    urls = storage.list_files(paths.sub("embeddings"), ".parquet")
+    if parts is not None:
+        wanted = set(parts)
+        urls = [u for u in urls if part_name(u) in wanted]
+    ids: list[str] = []
+    blocks = []
+    for url in urls:
+        table = storage.read_parquet(url)
+        if table.num_rows:
+            ids.extend(table.column("clip_id").to_pylist())
+            flat = table.column("embedding").combine_chunks().flatten().to_numpy(zero_copy_only=False)
+            blocks.append(flat.reshape(table.num_rows, -1).astype(np.float32))
+    return ids, (np.concatenate(blocks) if blocks else None)
+
+
+def update_index(paths: PoolPaths, config: RunConfig, new_parts: list[str], pruned: bool) -> dict:
+    """Grow the index with new parts' embeddings, or rebuild it when rows were removed, the index
+    kind changed, or there is none yet. Approximate indexes are reported with recall@k."""
+    index_config = config.pool.index
+    meta_url = paths.sub("index", "index.json")
+    previous = json.loads(storage.read_bytes(meta_url)) if storage.exists(meta_url) else None
+    settings = index_config.model_dump(mode="json")
+    same_settings = previous is not None and previous.get("settings") == settings
+    if same_settings and not new_parts and not pruned:
+        return {**previous, "action": "unchanged"}
+
+    can_grow = same_settings and not pruned and previous["size"] > 0 and storage.exists(paths.sub("index", "index.faiss"))
+    if can_grow:
+        index = faiss_index.deserialize(storage.read_bytes(paths.sub("index", "index.faiss")))
+        new_ids, new_vectors = read_embeddings(paths, new_parts)
+        ids = storage.read_parquet(paths.sub("index", "ids.parquet")).column("clip_id").to_pylist()
+        if new_vectors is not None:
+            faiss_index.add_to_index(index, new_vectors)
+            ids.extend(new_ids)
+        action = "grown"
+    else:
+        ids, vectors = read_embeddings(paths)
+        index = faiss_index.build_index(vectors, index_config) if vectors is not None else None
+        action = "built"
+
+    recall = None
+    if index is not None and index_config.kind != "flat":
+        _, all_vectors = read_embeddings(paths)
+        recall = faiss_index.measure_recall(index, all_vectors, index_config, config.seed)
+    if index is not None:
+        storage.write_bytes(paths.sub("index", "index.faiss"), faiss_index.serialize(index))
+    else:
+        storage.remove(paths.sub("index", "index.faiss"))
+    storage.write_parquet(paths.sub("index", "ids.parquet"), make_table(POOL_INDEX_IDS, {"row": list(range(len(ids))), "clip_id": ids}))
+    meta = {
+        "kind": index_config.kind,
+        "settings": settings,
+        "size": len(ids),
+        f"recall_at_{index_config.recall_k}": recall,
+        "recall_queries": min(index_config.recall_queries, len(ids)) if recall is not None else None,
+    }
+    storage.write_text(meta_url, json.dumps(meta, indent=2) + "\n")
+    return {**meta, "action": action}
+
+
+# ---------------------------------------------------------------------------------------------
+# The run
+
+
+def pool_totals(paths: PoolPaths) -> dict:
+    table = read_clips(paths, ["source_uri", "silent", "error"])
+    ok = table.filter(pc.is_null(table.column("error")))
+    return {
+        "files": len(set(table.column("source_uri").to_pylist())),
+        "clips": ok.num_rows,
+        "silent_clips": int(pc.sum(ok.column("silent")).as_py() or 0),
+        "error_rows": table.num_rows - ok.num_rows,
+    }
+
+
+def run_pool(config: RunConfig) -> dict:
+    started = time.monotonic()
+    paths = PoolPaths(config.pool.dir.rstrip("/"))
+    identity = clap_identity(config.models.clap)
+    meta = check_compatible(paths, identity, config)
+
+    standardize = Standardize(
+        paths.root, config.pool.sample_rate, config.pool.clip_seconds, config.pool.silence_lufs, config.pool.mix_sample_rates
+    )
+    embed = EmbedAudio(paths.root, config.models.clap, identity["dim"])
+    check_chain(POOL_PARTS, [standardize, embed])
+
+    storage.makedirs(paths.root)
+    storage.write_text(paths.sub("config.yaml"), dump_config(config))
+    storage.write_text(paths.sub("pool.json"), json.dumps(meta, indent=2) + "\n")
+    leftovers = remove_unfinished_parts(paths)
+    if leftovers:
+        log.warning("removed %d files of parts an interrupted run left unfinished", len(leftovers))
+
+    sources, empty_globs = storage.expand_sources(config.pool.sources)
+    for pattern in empty_globs:
+        log.warning("source pattern %s matched no files", pattern)
+    plan = plan_work(sources, read_clips(paths, PLAN_COLUMNS), config.pool.retry_errors)
+    parts = group_parts(plan.to_process, config.pool.files_per_part)
+    log.info(
+        "%d source files listed: %d to process in %d parts, %d unchanged", len(sources), len(plan.to_process), parts.num_rows, plan.unchanged
+    )
+
+    writer = PartWriter(paths, identity["dim"], parts.num_rows)
+    if parts.num_rows:
+        init_ray(config.ray)
+        import ray.data
+
+        dataset = ray.data.from_arrow(parts).repartition(parts.num_rows)
+        dataset = apply_stage(dataset, lambda: standardize)
+        dataset = apply_stage(dataset, lambda: embed)
+        for batch in dataset.iter_batches(batch_format="pyarrow", batch_size=None):
+            writer.add(batch)
+        if writer.unfinished():
+            raise RuntimeError(f"parts {writer.unfinished()} did not receive all their rows")
+    pruned_parts = prune_stale(paths, plan.stale)
+    index = update_index(paths, config, writer.written_parts, pruned=pruned_parts > 0)
+
+    summary = {
+        "pool_dir": paths.root,
+        "files_listed": len(sources),
+        "files_processed": len(plan.to_process),
+        "files_unchanged": plan.unchanged,
+        "parts_written": len(writer.written_parts),
+        "parts_pruned": pruned_parts,
+        "clips_added": writer.clips,
+        "silent_clips_added": writer.silent,
+        "clips_embedded": writer.embedded,
+        "errors": len(writer.errors),
+        "error_reasons": writer.errors[:MAX_REPORTED_ERRORS],
+        "patterns_without_matches": empty_globs,
+        "pool": pool_totals(paths),
+        "index": index,
+        "wall_seconds": round(time.monotonic() - started, 3),
+    }
+    storage.write_text(paths.sub("summary.json"), json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def format_summary(summary: dict) -> str:
+    pool, index = summary["pool"], summary["index"]
+    recall_keys = [k for k in index if k.startswith("recall_at_")]
+    recall = next((f", {k.replace('_', ' ')} = {index[k]:.3f}" for k in recall_keys if index[k] is not None), "")
+    lines = [
+        f"pool {summary['pool_dir']}",
+        f"  this run: {summary['files_processed']} files processed ({summary['files_unchanged']} unchanged), "
+        f"{summary['clips_added']} clips added ({summary['silent_clips_added']} silent), {summary['errors']} errors, "
+        f"{summary['wall_seconds']:.1f} s",
+        f"  pool:     {pool['files']} files, {pool['clips']} clips, {pool['silent_clips']} silent, {pool['error_rows']} error rows",
+        f"  index:    {index['kind']}, {index['size']} vectors ({index['action']}){recall}",
+    ]
+    lines += [f"  error:    {reason}" for reason in summary["error_reasons"][:10]]
+    if summary["errors"] > 10:
+        lines.append(f"  ... {summary['errors'] - 10} more errors in summary.json")
+    lines += [f"  warning:  pattern matched no files: {p}" for p in summary["patterns_without_matches"]]
+    return "\n".join(lines)

@@ -1,0 +1,158 @@
+"""Tiny randomly-initialized models of the real architectures, built offline.
+
+Tests and the demo load these through exactly the code that loads real checkpoints, so nothing is
+downloaded. Their outputs are meaningless: they exercise shapes, batching and plumbing, not quality.
+
+Layout under the output folder:
+    clap-transformers/            ClapModel + ClapProcessor (save_pretrained)
+    laion-clap/tiny-htsat.pt      CLAP_Module(amodel=HTSAT-tiny, tmodel=roberta) state dict
+    laion-clap/text-backbones/    roberta-base, bert-base-uncased, facebook/bart-base, which
+                                  laion-clap loads by name (models.clap.text_backbones_dir)
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+# A small corpus so the byte-level BPE learns some whole words of the domain.
+_CORPUS = """
+the sound of a dog barking while running in the grass. rain falling on a tin roof. people talking
+in a busy street. a car engine idling. birds chirping in the trees. waves crashing on the beach.
+wind blowing through leaves. a baby crying. footsteps on gravel. water flowing in a stream. a bell
+ringing. music playing from a radio. a train passing. an airplane flying overhead. a cat meowing.
+children laughing at a playground. keyboard typing. a door closing. thunder rumbling. fire crackling.
+"""
+
+SPECIAL_TOKENS = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
+TEXT_POSITIONS = 130
+
+
+def _train_bpe(folder: Path, vocab_size: int = 600) -> Path:
+    """vocab.json and merges.txt of a byte-level BPE, the files RoBERTa and BART tokenizers load."""
+    from tokenizers import ByteLevelBPETokenizer
+
+    folder.mkdir(parents=True, exist_ok=True)
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator([_CORPUS] * 4, vocab_size=vocab_size, min_frequency=1, special_tokens=SPECIAL_TOKENS)
+    bpe.save_model(str(folder))
+    return folder
+
+
+def _spread_weights(model, seed: int) -> None:
+    """Re-draw weights at unit-variance scale. Standard initializers (std 0.02) make a random
+    network map every input to nearly the same embedding, which would hide bugs in tests."""
+    import torch
+
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, weight in model.named_parameters():
+            if weight.dim() >= 2:
+                fan_in = weight[0].numel()
+                weight.copy_(torch.randn(weight.shape, generator=generator) * fan_in**-0.5)
+            elif name.endswith("bias"):
+                weight.copy_(torch.randn(weight.shape, generator=generator) * 0.1)
+
+
+def build_transformers_clap(out: Path, scratch: Path, seed: int = 0) -> Path:
+    import torch
+    from transformers import ClapConfig, ClapFeatureExtractor, ClapModel, ClapProcessor
+
+    from transformers import RobertaTokenizer
+
+    torch.manual_seed(seed)
+    tokenizer = RobertaTokenizer.from_pretrained(str(_train_bpe(scratch / "bpe")))
+    config = ClapConfig(
+        text_config={
+            "vocab_size": len(tokenizer),
+            "hidden_size": 32,
+            "num_hidden_layers": 1,
+            "num_attention_heads": 2,
+            "intermediate_size": 64,
+            "max_position_embeddings": TEXT_POSITIONS,
+            "projection_dim": 512,
+        },
+        audio_config={
+            "patch_embeds_hidden_size": 16,
+            "depths": [1, 1],
+            "num_attention_heads": [1, 2],
+            "hidden_size": 32,
+            "num_hidden_layers": 2,
+            "projection_dim": 512,
+        },
+        projection_dim=512,
+    )
+    model = ClapModel(config).eval()
+    _spread_weights(model, seed)
+    processor = ClapProcessor(feature_extractor=ClapFeatureExtractor(truncation="rand_trunc"), tokenizer=tokenizer)
+    target = out / "clap-transformers"
+    model.save_pretrained(target)
+    processor.save_pretrained(target)
+    return target
+
+
+def build_laion_clap(out: Path, scratch: Path, seed: int = 0) -> tuple[Path, Path]:
+    """A CLAP_Module checkpoint plus the text backbones laion-clap loads by name.
+
+    laion-clap's text projection expects a 768-wide RoBERTa, so the backbone keeps hidden size 768
+    with one layer and a tiny vocabulary.
+    """
+    import torch
+    from transformers import BartTokenizer, BertTokenizer, RobertaConfig, RobertaModel, RobertaTokenizer
+
+    from stages.clap import _working_directory
+
+    torch.manual_seed(seed)
+    root = out / "laion-clap"
+    backbones = root / "text-backbones"
+    bpe = _train_bpe(scratch / "bpe")
+    tokenizer = RobertaTokenizer.from_pretrained(str(bpe))
+    roberta = RobertaModel(
+        RobertaConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=768,
+            num_hidden_layers=1,
+            num_attention_heads=12,
+            intermediate_size=128,
+            max_position_embeddings=TEXT_POSITIONS,
+        )
+    )
+    roberta.save_pretrained(backbones / "roberta-base")
+    tokenizer.save_pretrained(backbones / "roberta-base")
+    BartTokenizer.from_pretrained(str(bpe)).save_pretrained(backbones / "facebook" / "bart-base")
+    words = sorted(set(_CORPUS.replace(".", " ").split()))
+    bert = scratch / "bert"
+    bert.mkdir(parents=True, exist_ok=True)
+    (bert / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", ".", *words]) + "\n")
+    BertTokenizer.from_pretrained(str(bert)).save_pretrained(backbones / "bert-base-uncased")
+
+    with _working_directory(str(backbones)):
+        import laion_clap
+
+        module = laion_clap.CLAP_Module(enable_fusion=False, amodel="HTSAT-tiny", tmodel="roberta", device="cpu")
+    _spread_weights(module.model, seed)
+    state = dict(module.model.state_dict())
+    # Real checkpoints carry this buffer and laion-clap's loader deletes it unconditionally.
+    state.setdefault(
+        "text_branch.embeddings.position_ids", torch.arange(TEXT_POSITIONS).unsqueeze(0)
+    )
+    checkpoint = root / "tiny-htsat.pt"
+    torch.save({"state_dict": state}, checkpoint)
+    return checkpoint, backbones
+
+
+def build_all(out: str | Path, seed: int = 0) -> dict[str, str]:
+    import tempfile
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as scratch:
+        hf = build_transformers_clap(out, Path(scratch) / "hf", seed)
+        checkpoint, backbones = build_laion_clap(out, Path(scratch) / "laion", seed)
+    written = {
+        "clap_transformers": str(hf),
+        "clap_laion_checkpoint": str(checkpoint),
+        "clap_laion_text_backbones": str(backbones),
+    }
+    (out / "models.json").write_text(json.dumps(written, indent=2) + "\n")
+    return written

@@ -1,0 +1,30 @@
+"""Arrow schemas of every table that crosses a stage boundary.
+
+Each schema carries its name and version in its metadata, so a file on disk says which contract it
+was written under. Stages build tables through `make_table`, which refuses missing or extra columns.
+"""
+
+from schemas.base import SchemaMismatch, make_table, schema_version, versioned
+from schemas.pool import (
+    POOL_AUDIO,
+    POOL_CLIPS,
+    POOL_INDEX_IDS,
+    POOL_PARTS,
+    STANDARDIZED_CLIPS,
+    embedded_clips_schema,
+    embeddings_schema,
+)
+
+__all__ = [
+    "POOL_AUDIO",
+    "POOL_CLIPS",
+    "POOL_INDEX_IDS",
+    "POOL_PARTS",
+    "STANDARDIZED_CLIPS",
+    "SchemaMismatch",
+    "embedded_clips_schema",
+    "embeddings_schema",
+    "make_table",
+    "schema_version",
+    "versioned",
+]

@@ -1,0 +1,104 @@
+"""Tables of the audio pool: clips, their standardized audio, their CLAP embeddings, the index ids."""
+
+import pyarrow as pa
+
+from schemas.base import versioned
+
+LOUDNESS_AT_RATE = pa.struct(
+    [
+        pa.field("sample_rate", pa.int32(), nullable=False),
+        pa.field("lufs", pa.float64()),
+        pa.field("peak_dbfs", pa.float64()),
+    ]
+)
+
+_CLIP_FIELDS = [
+    pa.field("clip_id", pa.string(), nullable=False),
+    pa.field("source_id", pa.string(), nullable=False),
+    pa.field("source_uri", pa.string(), nullable=False),
+    # size:mtime or the store's ETag; compared on later runs to find changed sources.
+    pa.field("source_fingerprint", pa.string()),
+    pa.field("source_sha256", pa.string()),
+    pa.field("source_format", pa.string()),
+    pa.field("source_sample_rate", pa.int32()),
+    pa.field("source_channels", pa.int32()),
+    pa.field("source_duration_s", pa.float64()),
+    pa.field("chunk_index", pa.int32(), nullable=False),
+    pa.field("start_s", pa.float64()),
+    # Seconds of real audio in the clip; the rest up to clip_seconds is zero padding.
+    pa.field("duration_s", pa.float64()),
+    pa.field("sample_rate", pa.int32()),
+    # Integrated loudness (ITU-R BS.1770) of the stored clip at the pool rate; null for digital silence.
+    pa.field("lufs", pa.float64()),
+    pa.field("peak_dbfs", pa.float64()),
+    # The same measurement after resampling the stored clip to each configured mix rate, so that a
+    # mix at that rate sets each source's loudness exactly without measuring again.
+    pa.field("loudness_at_rates", pa.list_(LOUDNESS_AT_RATE)),
+    pa.field("silent", pa.bool_()),
+    pa.field("part", pa.string(), nullable=False),
+    pa.field("error", pa.string()),
+]
+
+# What the standardize stage hands to the embed stage: one row per clip (the audio stays in its part
+# file), plus how many rows its part has, so the writer knows when a part is complete.
+STANDARDIZED_CLIPS = versioned(
+    "standardized_clips", 1, [*_CLIP_FIELDS, pa.field("part_rows", pa.int32(), nullable=False)]
+)
+
+# pool.dir/clips/<part>.parquet: the pool table. Written last for a part, so it is the part's
+# completion marker.
+POOL_CLIPS = versioned("pool_clips", 1, _CLIP_FIELDS)
+
+# pool.dir/audio/<part>.parquet: the standardized clip audio, FLAC-encoded, one row per clip.
+POOL_AUDIO = versioned(
+    "pool_audio",
+    1,
+    [
+        pa.field("clip_id", pa.string(), nullable=False),
+        pa.field("flac", pa.binary(), nullable=False),
+    ],
+)
+
+
+def embeddings_schema(dim: int) -> pa.Schema:
+    """pool.dir/embeddings/<part>.parquet: L2-normalized CLAP audio embeddings of non-silent clips."""
+    return versioned(
+        "pool_embeddings",
+        1,
+        [
+            pa.field("clip_id", pa.string(), nullable=False),
+            pa.field("embedding", pa.list_(pa.float32(), dim), nullable=False),
+        ],
+    )
+
+
+def embedded_clips_schema(dim: int) -> pa.Schema:
+    """What the embed stage hands to the writer: the standardized clip rows plus their embedding,
+    null for silent and error rows."""
+    return versioned(
+        "embedded_clips",
+        1,
+        [*STANDARDIZED_CLIPS, pa.field("embedding", pa.list_(pa.float32(), dim))],
+    )
+
+# pool.dir/index/ids.parquet: row i of the FAISS index is the clip with this clip_id.
+POOL_INDEX_IDS = versioned(
+    "pool_index_ids",
+    1,
+    [
+        pa.field("row", pa.int64(), nullable=False),
+        pa.field("clip_id", pa.string(), nullable=False),
+    ],
+)
+
+# The pool run's work plan: one row per part, a group of source files processed and written together.
+POOL_PARTS = versioned(
+    "pool_parts",
+    1,
+    [
+        pa.field("part", pa.string(), nullable=False),
+        pa.field("uris", pa.list_(pa.string()), nullable=False),
+        pa.field("fingerprints", pa.list_(pa.string())),
+        pa.field("errors", pa.list_(pa.string())),
+    ],
+)

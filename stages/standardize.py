@@ -1,0 +1,228 @@
+"""Standardize source audio into pool clips: decode, down-mix, resample, chunk, measure, store.
+
+The algorithms are plain functions on numpy arrays. `Standardize` is the stage: it takes one part
+(a group of source files), writes the part's clip audio to `pool.dir/audio/<part>.parquet`, and
+returns one metadata row per clip. A file that cannot be used becomes one row with `error` set.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import math
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import numpy as np
+import pyarrow as pa
+import soundfile
+import soxr
+
+from schemas import POOL_AUDIO, POOL_PARTS, STANDARDIZED_CLIPS, make_table
+from stages import loudness, storage
+from stages.base import Resources, Stage
+
+PCM16_SCALE = 32768.0
+DECODE_MEMORY_BYTES = 512 * 1024**2
+
+
+def to_mono(audio: np.ndarray) -> np.ndarray:
+    """[frames, channels] -> [frames], averaging channels (a sum scaled by 1/channels cannot clip)."""
+    if audio.ndim == 1:
+        return audio
+    return audio.mean(axis=1, dtype=np.float64).astype(np.float32)
+
+
+def resample(audio: np.ndarray, rate_in: int, rate_out: int) -> np.ndarray:
+    """Deterministic high-quality resampling (soxr HQ). The pool and the mixer both call this, so
+    loudness stored at a mix rate is exactly the loudness the mixer will see."""
+    if rate_in == rate_out:
+        return audio.astype(np.float32, copy=False)
+    return soxr.resample(audio.astype(np.float32, copy=False), rate_in, rate_out, quality="HQ").astype(np.float32)
+
+
+def chunk(audio: np.ndarray, sample_rate: int, clip_seconds: float) -> tuple[np.ndarray, list[int]]:
+    """Cut into non-overlapping clips of clip_seconds, zero-padding the last.
+
+    Returns the clips as [n, clip_samples] and the count of real (unpadded) samples in each. Audio
+    shorter than one clip gives one padded clip.
+    """
+    clip_samples = int(round(clip_seconds * sample_rate))
+    count = max(1, math.ceil(audio.shape[0] / clip_samples))
+    padded = np.zeros(count * clip_samples, dtype=np.float32)
+    padded[: audio.shape[0]] = audio
+    real = [min(clip_samples, audio.shape[0] - i * clip_samples) for i in range(count)]
+    return padded.reshape(count, clip_samples), real
+
+
+def quantize_pcm16(audio: np.ndarray) -> np.ndarray:
+    """Float audio to 16-bit PCM, saturating at full scale; what the pool stores."""
+    return np.clip(np.round(audio * PCM16_SCALE), -32768, 32767).astype(np.int16)
+
+
+def encode_flac(pcm16: np.ndarray, sample_rate: int) -> bytes:
+    buffer = io.BytesIO()
+    soundfile.write(buffer, pcm16, sample_rate, format="FLAC", subtype="PCM_16")
+    return buffer.getvalue()
+
+
+def decode_flac(data: bytes) -> tuple[np.ndarray, int]:
+    """Stored clip bytes back to float32 mono audio in [-1, 1)."""
+    audio, rate = soundfile.read(io.BytesIO(data), dtype="float32")
+    return audio, rate
+
+
+class UnreadableAudio(ValueError):
+    """The bytes are not audio that this pipeline can decode."""
+
+
+@dataclass
+class DecodedAudio:
+    audio: np.ndarray  # [frames, channels], float32
+    sample_rate: int
+    format: str
+
+
+def decode(data: bytes) -> DecodedAudio:
+    """Decode wav, flac, mp3, ogg or aiff bytes (any rate, depth, channel count) with libsndfile."""
+    if not data:
+        raise UnreadableAudio("empty file (0 bytes)")
+    try:
+        with soundfile.SoundFile(io.BytesIO(data)) as handle:
+            audio = handle.read(dtype="float32", always_2d=True)
+            rate, fmt = handle.samplerate, handle.format
+    except (soundfile.LibsndfileError, RuntimeError, TypeError) as exc:
+        # libsndfile names the in-memory buffer first; keep only its reason.
+        reason = str(exc).split(": ", 1)[-1]
+        raise UnreadableAudio(f"not decodable as wav, flac, mp3, ogg or aiff ({reason})") from None
+    if audio.shape[0] == 0:
+        raise UnreadableAudio("audio has no samples")
+    return DecodedAudio(audio, rate, fmt)
+
+
+def source_id(uri: str, content_sha256: str) -> str:
+    """Stable id of one version of one source: a changed file gets new clip ids."""
+    return hashlib.sha1(f"{uri}\0{content_sha256}".encode()).hexdigest()[:16]
+
+
+def clip_id(source: str, chunk_index: int) -> str:
+    return f"{source}-{chunk_index:05d}"
+
+
+def error_clip_id(uri: str) -> str:
+    return f"{hashlib.sha1(f'{uri}{chr(0)}'.encode()).hexdigest()[:16]}-error"
+
+
+@dataclass
+class PartOutput:
+    rows: dict[str, list] = field(default_factory=lambda: {f.name: [] for f in STANDARDIZED_CLIPS})
+    audio_ids: list[str] = field(default_factory=list)
+    audio_flac: list[bytes] = field(default_factory=list)
+
+    def add(self, **row) -> None:
+        for name, values in self.rows.items():
+            values.append(row.get(name))
+
+
+class Standardize(Stage):
+    name: ClassVar[str] = "standardize"
+    required_columns: ClassVar[tuple[str, ...]] = tuple(POOL_PARTS.names)
+
+    def __init__(
+        self,
+        pool_dir: str,
+        sample_rate: int,
+        clip_seconds: float,
+        silence_lufs: float,
+        mix_sample_rates: list[int],
+    ) -> None:
+        self.pool_dir = pool_dir
+        self.sample_rate = sample_rate
+        self.clip_seconds = clip_seconds
+        self.silence_lufs = silence_lufs
+        self.mix_sample_rates = list(mix_sample_rates)
+
+    def resources(self) -> Resources:
+        # Decoding holds a whole source file in memory. The reservation also keeps Ray from fusing
+        # this CPU stage into the embedding actors, so decoding scales out on its own.
+        return Resources(num_cpus=1, memory_bytes=DECODE_MEMORY_BYTES, batch_size=1)
+
+    def output_schema(self) -> pa.Schema:
+        return STANDARDIZED_CLIPS
+
+    def process_batch(self, batch: pa.Table) -> pa.Table:
+        tables = [self.process_part(row) for row in batch.to_pylist()]
+        return pa.concat_tables(tables) if tables else STANDARDIZED_CLIPS.empty_table()
+
+    def process_part(self, part: dict) -> pa.Table:
+        out = PartOutput()
+        fingerprints = part["fingerprints"] or [None] * len(part["uris"])
+        errors = part["errors"] or [None] * len(part["uris"])
+        for uri, fingerprint, listing_error in zip(part["uris"], fingerprints, errors):
+            self._standardize_file(out, part["part"], uri, fingerprint, listing_error)
+        storage.write_parquet(
+            storage.join(self.pool_dir, "audio", f"{part['part']}.parquet"),
+            make_table(POOL_AUDIO, {"clip_id": out.audio_ids, "flac": out.audio_flac}),
+        )
+        out.rows["part_rows"] = [len(out.rows["clip_id"])] * len(out.rows["clip_id"])
+        return make_table(STANDARDIZED_CLIPS, out.rows)
+
+    def _standardize_file(self, out: PartOutput, part: str, uri: str, fingerprint: str | None, listing_error: str | None) -> None:
+        def fail(reason: str) -> None:
+            out.add(
+                clip_id=error_clip_id(uri), source_id=error_clip_id(uri).removesuffix("-error"), source_uri=uri,
+                source_fingerprint=fingerprint, chunk_index=-1, part=part, error=f"{uri}: {reason}",
+            )
+
+        if listing_error:
+            fail(listing_error)
+            return
+        try:
+            data = storage.read_bytes(uri)
+        except Exception as exc:  # any failure to read a URL is that file's error row
+            fail(f"cannot read: {type(exc).__name__}: {exc}")
+            return
+        try:
+            decoded = decode(data)
+        except UnreadableAudio as exc:
+            fail(str(exc))
+            return
+        sha = hashlib.sha256(data).hexdigest()
+        source = source_id(uri, sha)
+        # Non-finite samples (a broken encoder) would poison every measurement: they become silence.
+        mono = np.nan_to_num(to_mono(decoded.audio), nan=0.0, posinf=0.0, neginf=0.0)
+        standardized = resample(mono, decoded.sample_rate, self.sample_rate)
+        clips, real_samples = chunk(standardized, self.sample_rate, self.clip_seconds)
+        for index, (clip, real) in enumerate(zip(clips, real_samples)):
+            pcm = quantize_pcm16(clip)
+            stored = pcm.astype(np.float32) / PCM16_SCALE
+            lufs = loudness.integrated_lufs(stored, self.sample_rate)
+            at_rates = []
+            for rate in self.mix_sample_rates:
+                at_rate = resample(stored, self.sample_rate, rate)
+                at_rates.append(
+                    {"sample_rate": rate, "lufs": loudness.integrated_lufs(at_rate, rate), "peak_dbfs": loudness.peak_dbfs(at_rate)}
+                )
+            cid = clip_id(source, index)
+            out.add(
+                clip_id=cid,
+                source_id=source,
+                source_uri=uri,
+                source_fingerprint=fingerprint,
+                source_sha256=sha,
+                source_format=decoded.format,
+                source_sample_rate=decoded.sample_rate,
+                source_channels=decoded.audio.shape[1],
+                source_duration_s=decoded.audio.shape[0] / decoded.sample_rate,
+                chunk_index=index,
+                start_s=index * self.clip_seconds,
+                duration_s=real / self.sample_rate,
+                sample_rate=self.sample_rate,
+                lufs=lufs,
+                peak_dbfs=loudness.peak_dbfs(stored),
+                loudness_at_rates=at_rates,
+                silent=loudness.is_silent(lufs, self.silence_lufs),
+                part=part,
+            )
+            out.audio_ids.append(cid)
+            out.audio_flac.append(encode_flac(pcm, self.sample_rate))
