@@ -1,0 +1,86 @@
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pipelines.config import ConfigError, load_config, parse_override
+
+REPO = Path(__file__).resolve().parents[1]
+
+MINIMAL = """
+pool:
+  dir: /tmp/pool
+  sources: [a.wav]
+models:
+  clap:
+    model: some/model
+"""
+
+
+@pytest.fixture
+def config_file(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text(MINIMAL)
+    return path
+
+
+def test_overrides_are_parsed_as_yaml(config_file):
+    config = load_config(
+        config_file,
+        ['pool.sources=["/data/a/*.wav","s3://b/c/*.flac"]', "pool.sample_rate=16000", "pool.index.kind=hnsw", "ray.address=auto"],
+    )
+    assert config.pool.sources == ["/data/a/*.wav", "s3://b/c/*.flac"]
+    assert config.pool.sample_rate == 16000
+    assert config.pool.index.kind == "hnsw"
+    assert config.ray.address == "auto"
+
+
+def test_defaults(config_file):
+    config = load_config(config_file)
+    assert config.pool.sample_rate == 48000
+    assert config.pool.clip_seconds == 5.0
+    assert config.pool.index.kind == "flat"
+    assert config.models.clap.backend == "transformers"
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("pool.smaple_rate=16000", "pool.smaple_rate: unknown key"),
+        ("pool.sample_rate=fast", "pool.sample_rate:"),
+        ("pool.index.kind=annoy", "pool.index.kind:"),
+        ("models.clap.backend=openclip", "models.clap.backend:"),
+        ("pool.clip_seconds=0.1", "pool.clip_seconds:"),
+        ("pool.mix_sample_rates=[100]", "pool.mix_sample_rates"),
+    ],
+)
+def test_bad_keys_and_types_name_the_key(config_file, override, message):
+    with pytest.raises(ConfigError) as raised:
+        load_config(config_file, [override])
+    text = str(raised.value)
+    assert message in text
+    assert "\n" not in text
+
+
+def test_missing_required_key(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("pool:\n  sources: []\nmodels:\n  clap:\n    model: m\n")
+    with pytest.raises(ConfigError, match="pool.dir: required key is missing"):
+        load_config(path)
+
+
+def test_override_syntax_errors():
+    with pytest.raises(ConfigError, match="expected KEY=VALUE"):
+        parse_override("pool.dir")
+    with pytest.raises(ConfigError, match="empty key segment"):
+        parse_override("pool..dir=x")
+
+
+def test_cli_reports_config_error_in_one_line_before_any_work(config_file):
+    result = subprocess.run(
+        [sys.executable, str(REPO / "run_pipeline.py"), "pool", "--config", str(config_file), "pool.bogus=1"],
+        capture_output=True, text=True, cwd=REPO, timeout=120,
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip() == f"error: {config_file}: pool.bogus: unknown key"

@@ -1,0 +1,69 @@
+"""Loudness stored in the pool, checked with an independent meter (libebur128) on decoded audio."""
+
+import numpy as np
+import pytest
+from pyebur128 import MeasurementMode, R128State, get_loudness_global
+
+from stages import loudness
+from stages.standardize import Standardize, decode_flac, resample
+from tests.helpers import noise, tone, write_audio
+
+
+def ebur128_lufs(audio: np.ndarray, rate: int) -> float:
+    state = R128State(1, rate, MeasurementMode.MODE_I)
+    samples = np.ascontiguousarray(audio, dtype=np.float64)
+    state.add_frames(samples, samples.size)
+    return get_loudness_global(state)
+
+
+@pytest.mark.parametrize("amplitude", [0.02, 0.1, 0.5])
+def test_integrated_lufs_agrees_with_libebur128(amplitude):
+    audio = noise(5.0, 48000, amplitude=amplitude)
+    assert loudness.integrated_lufs(audio, 48000) == pytest.approx(ebur128_lufs(audio, 48000), abs=0.1)
+
+
+def test_digital_silence_has_no_loudness_and_is_silent():
+    silent = np.zeros(48000 * 5, np.float32)
+    assert loudness.integrated_lufs(silent, 48000) is None
+    assert loudness.peak_dbfs(silent) is None
+    assert loudness.is_silent(None, -70.0)
+    assert loudness.is_silent(-75.0, -70.0)
+    assert not loudness.is_silent(-30.0, -70.0)
+
+
+def test_peak_dbfs():
+    assert loudness.peak_dbfs(np.array([0.0, -0.5, 0.25])) == pytest.approx(-6.0206, abs=1e-3)
+
+
+def test_stored_loudness_matches_decoded_clips_at_pool_and_mix_rates(tmp_path):
+    """What the pool stores for each clip is what an independent meter reads on the stored FLAC,
+    both at the pool rate and after the mixer's resampling to each mix rate."""
+    source = write_audio(tmp_path / "src" / "mix.wav", np.concatenate([noise(6.0, 44100, 0.2), tone(4.0, 44100, 3000, 0.05)]), 44100)
+    quiet = write_audio(tmp_path / "src" / "quiet.flac", noise(3.0, 22050, 0.00001), 22050, "FLAC", "PCM_24")
+    pool_dir = tmp_path / "pool"
+    stage = Standardize(str(pool_dir), 48000, 5.0, -70.0, [16000, 22050])
+    rows = stage.process_part(
+        {"part": "p", "uris": [str(source), str(quiet)], "fingerprints": ["a", "b"], "errors": [None, None]}
+    ).to_pylist()
+    from stages import storage
+
+    audio = storage.read_parquet(str(pool_dir / "audio" / "p.parquet")).to_pylist()
+    flac = {r["clip_id"]: r["flac"] for r in audio}
+    loud = [r for r in rows if r["source_uri"] == str(source)]
+    assert len(loud) == 2
+    for row in loud:
+        decoded, rate = decode_flac(flac[row["clip_id"]])
+        assert rate == 48000
+        assert row["lufs"] == pytest.approx(ebur128_lufs(decoded, 48000), abs=0.1)
+        for at in row["loudness_at_rates"]:
+            resampled = resample(decoded, 48000, at["sample_rate"])
+            # The two meters design the K-weighting filters differently away from 48 kHz.
+            assert at["lufs"] == pytest.approx(ebur128_lufs(resampled, at["sample_rate"]), abs=0.3)
+            assert at["lufs"] == pytest.approx(loudness.integrated_lufs(resampled, at["sample_rate"]), abs=1e-9)
+            assert at["peak_dbfs"] == pytest.approx(20 * np.log10(np.abs(resampled).max()), abs=1e-6)
+        assert not row["silent"]
+    # Removing the top of the spectrum changes loudness: the per-rate value is not a copy.
+    second = loud[1]
+    assert abs(second["loudness_at_rates"][0]["lufs"] - second["lufs"]) > 0.5
+    (whisper,) = [r for r in rows if r["source_uri"] == str(quiet)]
+    assert whisper["silent"] and (whisper["lufs"] is None or whisper["lufs"] < -70)
