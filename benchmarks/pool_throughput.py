@@ -57,7 +57,9 @@ class Row:
     note: str = ""
 
     def rate_text(self) -> str:
-        return "" if self.rate is None else f"{self.rate:,.1f} {self.unit}"
+        if self.rate is None:
+            return ""
+        return f"{self.rate:,.0f} {self.unit}" if self.rate >= 100 else f"{self.rate:.1f} {self.unit}"
 
 
 @dataclass
@@ -253,10 +255,7 @@ def ratio_lines(embed_rows: list[Row], index_results: list[IndexResult], standar
         if result.kind == "flat":
             continue
         flat = flats[result.n]
-        lines.append(
-            f"{result.kind} / flat at N={result.n:,}: queries/s x{result.qps / flat.qps:.1f}, "
-            f"build x{result.build_s / flat.build_s:.0f}, recall@10 {result.recall:.3f}"
-        )
+        lines.append(f"{result.kind} / flat queries/s at N={result.n:,}: {result.qps / flat.qps:.2f} (recall@10 {result.recall:.3f})")
     return lines
 
 

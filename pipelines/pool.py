@@ -338,7 +338,8 @@ def run_pool(config: RunConfig) -> dict:
 
     storage.makedirs(paths.root)
     storage.write_text(paths.sub("config.yaml"), dump_config(config))
-    storage.write_text(paths.sub("pool.json"), json.dumps(meta, indent=2) + "\n")
+    if not storage.exists(paths.sub("pool.json")):
+        storage.write_text(paths.sub("pool.json"), json.dumps(meta, indent=2) + "\n")
     leftovers = remove_unfinished_parts(paths)
     if leftovers:
         log.warning("removed %d files of parts an interrupted run left unfinished", len(leftovers))

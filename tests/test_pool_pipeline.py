@@ -1,0 +1,195 @@
+"""The pool pipeline end to end through Ray, checked with independent readers: DuckDB over the
+Parquet tables, libebur128 on the decoded clip audio, FAISS over the stored index."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import duckdb
+import faiss
+import numpy as np
+import pytest
+
+from pipelines.config import validate_config
+from pipelines.pool import PoolMismatch, run_pool
+from stages.standardize import decode_flac
+from tests.helpers import noise, tone, write_audio
+from tests.test_loudness import ebur128_lufs
+
+pytestmark = pytest.mark.slow
+
+
+def make_config(pool_dir: Path, sources: list[str], models: dict, **pool_overrides) -> object:
+    return validate_config(
+        {
+            "pool": {"dir": str(pool_dir), "sources": sources, "files_per_part": 3, **pool_overrides},
+            "models": {"clap": {"backend": "transformers", "model": models["clap_transformers"], "batch_size": 4}},
+        }
+    )
+
+
+def snapshot(folder: Path) -> dict[str, tuple[int, bytes]]:
+    """mtime and bytes of every data file of a pool (run records excluded)."""
+    return {
+        str(p.relative_to(folder)): (p.stat().st_mtime_ns, p.read_bytes())
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and p.name not in ("summary.json", "config.yaml")
+    }
+
+
+@pytest.fixture(scope="module")
+def sources(tmp_path_factory) -> Path:
+    src = tmp_path_factory.mktemp("sources")
+    write_audio(src / "long noise.wav", np.stack([noise(34.0, 44100, 0.1, 1), noise(34.0, 44100, 0.05, 2)], axis=1), 44100)
+    write_audio(src / "short.flac", tone(2.0, 22050, 330.0), 22050, "FLAC", "PCM_24")
+    write_audio(src / "engine.mp3", tone(12.0, 16000, 90.0, 0.4), 16000, "MP3", "MPEG_LAYER_III")
+    write_audio(src / "birds.ogg", tone(7.0, 32000, 2500.0, 0.2), 32000, "OGG", "VORBIS")
+    write_audio(src / "silence.wav", np.zeros(6 * 8000, np.float32), 8000)
+    (src / "empty.wav").write_bytes(b"")
+    (src / "notes.wav").write_text("not audio at all\n" * 10)
+    return src
+
+
+@pytest.fixture(scope="module")
+def first_run(sources, tmp_path_factory, tiny_models, ray_session):
+    pool_dir = tmp_path_factory.mktemp("pool") / "pool"
+    patterns = [f"{sources}/*", str(sources / "missing.wav"), f"{sources}/*.aiff"]
+    config = make_config(pool_dir, patterns, tiny_models)
+    return pool_dir, patterns, config, run_pool(config)
+
+
+def clips_db(pool_dir: Path) -> duckdb.DuckDBPyConnection:
+    db = duckdb.connect()
+    db.execute(f"CREATE VIEW clips AS SELECT * FROM read_parquet('{pool_dir}/clips/*.parquet')")
+    return db
+
+
+def test_first_run_summary(first_run):
+    pool_dir, _, _, summary = first_run
+    assert summary["files_listed"] == 8
+    assert summary["files_processed"] == 8
+    # 34 s -> 7, 2 s -> 1, 12 s -> 3, 7 s -> 2, 6 s of silence -> 2
+    assert summary["clips_added"] == 15
+    assert summary["silent_clips_added"] == 2
+    assert summary["clips_embedded"] == 13
+    assert summary["errors"] == 3
+    assert summary["patterns_without_matches"] == [first_run[1][2]]
+    assert summary["index"] == {**summary["index"], "kind": "flat", "size": 13, "action": "built"}
+    assert json.loads((pool_dir / "summary.json").read_text()) == summary
+    assert "sample_rate: 48000" in (pool_dir / "config.yaml").read_text()
+
+
+def test_pool_table_through_duckdb(first_run, sources):
+    pool_dir = first_run[0]
+    db = clips_db(pool_dir)
+    per_file = dict(
+        db.execute("SELECT regexp_extract(source_uri, '[^/]+$'), count(*) FROM clips WHERE error IS NULL GROUP BY 1").fetchall()
+    )
+    assert per_file == {"long noise.wav": 7, "short.flac": 1, "engine.mp3": 3, "birds.ogg": 2, "silence.wav": 2}
+    last = db.execute(
+        "SELECT start_s, duration_s, sample_rate FROM clips WHERE source_uri LIKE '%long noise.wav' ORDER BY chunk_index DESC LIMIT 1"
+    ).fetchone()
+    assert last == (30.0, pytest.approx(4.0, abs=1e-3), 48000)
+    assert db.execute("SELECT count(*) FROM clips WHERE silent AND error IS NULL").fetchone()[0] == 2
+    assert db.execute("SELECT count(*) FROM clips WHERE silent AND lufs IS NOT NULL AND lufs > -70").fetchone()[0] == 0
+    assert db.execute("SELECT count(DISTINCT clip_id) = count(*) FROM clips").fetchone()[0]
+    errors = dict(db.execute("SELECT regexp_extract(source_uri, '[^/]+$'), error FROM clips WHERE error IS NOT NULL").fetchall())
+    assert set(errors) == {"empty.wav", "notes.wav", "missing.wav"}
+    assert errors["empty.wav"] == f"{sources / 'empty.wav'}: empty file (0 bytes)"
+    assert errors["notes.wav"].startswith(f"{sources / 'notes.wav'}: not decodable")
+    assert errors["missing.wav"].startswith(f"{sources / 'missing.wav'}: cannot read")
+    formats = dict(db.execute("SELECT DISTINCT regexp_extract(source_uri, '[^/]+$'), source_format FROM clips WHERE error IS NULL").fetchall())
+    assert formats["engine.mp3"] == "MP3" and formats["birds.ogg"] == "OGG"
+
+
+def test_stored_audio_loudness_and_embeddings(first_run):
+    pool_dir = first_run[0]
+    db = clips_db(pool_dir)
+    rows = db.execute("SELECT clip_id, part, lufs, silent FROM clips WHERE error IS NULL").fetchall()
+    audio = dict(db.execute(f"SELECT clip_id, flac FROM read_parquet('{pool_dir}/audio/*.parquet')").fetchall())
+    assert set(audio) == {r[0] for r in rows}
+    for clip_id, _, lufs, silent in rows:
+        decoded, rate = decode_flac(audio[clip_id])
+        assert rate == 48000 and decoded.shape == (240000,)
+        if not silent:
+            assert lufs == pytest.approx(ebur128_lufs(decoded, 48000), abs=0.1)
+    embedded = db.execute(f"SELECT clip_id, embedding FROM read_parquet('{pool_dir}/embeddings/*.parquet')").fetchall()
+    assert {e[0] for e in embedded} == {r[0] for r in rows if not r[3]}
+    vectors = np.array([e[1] for e in embedded], dtype=np.float32)
+    assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+
+    index = faiss.read_index(str(pool_dir / "index" / "index.faiss"))
+    ids = db.execute(f"SELECT clip_id FROM read_parquet('{pool_dir}/index/ids.parquet') ORDER BY row").fetchall()
+    assert index.ntotal == len(ids) == 13
+    by_id = dict(zip([e[0] for e in embedded], vectors))
+    _, found = index.search(np.stack([by_id[i[0]] for i in ids]), 1)
+    scores = np.stack([by_id[i[0]] for i in ids]) @ np.stack([by_id[i[0]] for i in ids]).T
+    assert np.allclose(scores[np.arange(13), found[:, 0]], 1.0, atol=1e-5)
+
+
+def test_rerun_with_same_sources_changes_nothing(first_run):
+    pool_dir, patterns, config, _ = first_run
+    before = snapshot(pool_dir)
+    summary = run_pool(config)
+    assert summary["files_processed"] == 0 and summary["files_unchanged"] == 8
+    assert summary["index"]["action"] == "unchanged"
+    assert snapshot(pool_dir) == before
+
+
+def test_extend_changed_source_and_mismatch(first_run, sources, tiny_models, tmp_path):
+    pool_dir, patterns, config, _ = first_run
+    before = snapshot(pool_dir)
+
+    extra = write_audio(tmp_path / "new" / "bell.wav", tone(12.0, 48000, 880.0), 48000)
+    grown = run_pool(make_config(pool_dir, [*patterns, str(extra)], tiny_models))
+    assert grown["files_processed"] == 1 and grown["clips_embedded"] == 3
+    assert grown["index"]["action"] == "grown" and grown["index"]["size"] == 16
+    after = snapshot(pool_dir)
+    old_parts = {k: v for k, v in before.items() if k.split("/")[0] in ("clips", "audio", "embeddings")}
+    assert all(after[k] == v for k, v in old_parts.items()), "an existing part was rewritten"
+
+    db = clips_db(pool_dir)
+    old_ids = {r[0] for r in db.execute("SELECT clip_id FROM clips WHERE source_uri LIKE '%short.flac'").fetchall()}
+    time_before = os.stat(sources / "short.flac").st_mtime_ns
+    write_audio(sources / "short.flac", tone(3.0, 22050, 550.0), 22050, "FLAC", "PCM_24")
+    os.utime(sources / "short.flac", ns=(time_before + 10**9, time_before + 10**9))
+    replaced = run_pool(make_config(pool_dir, [*patterns, str(extra)], tiny_models))
+    assert replaced["files_processed"] == 1 and replaced["parts_pruned"] == 1
+    assert replaced["index"]["action"] == "built" and replaced["index"]["size"] == 16
+    db = clips_db(pool_dir)
+    rows = db.execute("SELECT clip_id, duration_s FROM clips WHERE source_uri LIKE '%short.flac'").fetchall()
+    assert len(rows) == 1 and rows[0][0] not in old_ids and rows[0][1] == pytest.approx(3.0)
+    assert db.execute("SELECT count(*) FROM clips WHERE error IS NULL").fetchone()[0] == 18
+    audio_ids = {r[0] for r in db.execute(f"SELECT clip_id FROM read_parquet('{pool_dir}/audio/*.parquet')").fetchall()}
+    assert not (audio_ids & old_ids)
+    index_ids = {r[0] for r in db.execute(f"SELECT clip_id FROM read_parquet('{pool_dir}/index/ids.parquet')").fetchall()}
+    assert rows[0][0] in index_ids and not (index_ids & old_ids)
+
+    with pytest.raises(PoolMismatch, match="sample_rate: pool has 48000, config has 16000"):
+        run_pool(make_config(pool_dir, patterns, tiny_models, sample_rate=16000))
+
+
+def test_laion_backend_with_hnsw_index(sources, tiny_models, ray_session, tmp_path):
+    config = validate_config(
+        {
+            "pool": {
+                "dir": str(tmp_path / "pool"),
+                "sources": [str(sources / "long noise.wav"), str(sources / "birds.ogg")],
+                "index": {"kind": "hnsw", "recall_queries": 9},
+            },
+            "models": {
+                "clap": {
+                    "backend": "laion_clap",
+                    "model": tiny_models["clap_laion_checkpoint"],
+                    "text_backbones_dir": tiny_models["clap_laion_text_backbones"],
+                    "batch_size": 3,
+                }
+            },
+        }
+    )
+    summary = run_pool(config)
+    assert summary["clips_embedded"] == 9
+    assert summary["index"]["kind"] == "hnsw" and summary["index"]["size"] == 9
+    assert summary["index"]["recall_at_10"] == pytest.approx(1.0)
