@@ -7,7 +7,9 @@ import json
 import logging
 import sys
 
-from pipelines.config import ConfigError, load_config
+from pipelines.config import ConfigError, config_reference, load_config
+
+CONFIG_TABLE_HEADER = "| key | type | default | meaning |\n|---|---|---|---|\n"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -20,6 +22,7 @@ def _parser() -> argparse.ArgumentParser:
     tiny.add_argument("--out", required=True, help="folder to write them to")
     sample = sub.add_parser("sample-data", help="generate the demo's audio sample")
     sample.add_argument("--out", required=True, help="folder to write it to")
+    sub.add_parser("config-reference", help="print every config key as a Markdown table")
     return parser
 
 
@@ -30,6 +33,9 @@ def main(argv: list[str] | None = None) -> int:
         from pipelines.tiny_models import build_all
 
         print(json.dumps(build_all(args.out), indent=2))
+        return 0
+    if args.command == "config-reference":
+        print(CONFIG_TABLE_HEADER + "\n".join(config_reference()))
         return 0
     if args.command == "sample-data":
         from pipelines.sample_data import write_sample

@@ -5,6 +5,8 @@ Every field has a description; the README's configuration reference lists the sa
 
 from __future__ import annotations
 
+import json
+import typing
 from pathlib import Path
 from typing import Any, Literal
 
@@ -187,3 +189,32 @@ def validate_config(tree: dict[str, Any], origin: str = "config") -> RunConfig:
 
 def dump_config(config: RunConfig) -> str:
     return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
+
+
+def _type_name(annotation: Any) -> str:
+    args = typing.get_args(annotation)
+    if typing.get_origin(annotation) is Literal:
+        return " or ".join(f"`{a}`" for a in args)
+    if type(None) in args:
+        return " or ".join(_type_name(a) for a in args if a is not type(None)) + ", optional"
+    if isinstance(annotation, type) and not args:
+        return annotation.__name__
+    return str(annotation).replace("typing.", "")
+
+
+def config_reference(model: type[BaseModel] = RunConfig, prefix: str = "") -> list[str]:
+    """Markdown table rows (key, type, default, description) of every leaf key, in order."""
+    rows = []
+    for name, info in model.model_fields.items():
+        key = f"{prefix}{name}"
+        annotation = info.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            rows.extend(config_reference(annotation, f"{key}."))
+            continue
+        if info.is_required():
+            default = "required"
+        else:
+            value = info.get_default(call_default_factory=True)
+            default = "unset" if value is None else f"`{json.dumps(value)}`"
+        rows.append(f"| `{key}` | {_type_name(annotation)} | {default} | {info.description} |")
+    return rows

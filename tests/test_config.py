@@ -84,3 +84,11 @@ def test_cli_reports_config_error_in_one_line_before_any_work(config_file):
     )
     assert result.returncode == 2
     assert result.stderr.strip() == f"error: {config_file}: pool.bogus: unknown key"
+
+
+def test_readme_configuration_reference_matches_the_code():
+    from pipelines.cli import CONFIG_TABLE_HEADER
+    from pipelines.config import config_reference
+
+    readme = (REPO / "README.md").read_text()
+    assert CONFIG_TABLE_HEADER + "\n".join(config_reference()) in readme
