@@ -8,6 +8,7 @@ Layout under the output folder:
     laion-clap/tiny-htsat.pt      CLAP_Module(amodel=HTSAT-tiny, tmodel=roberta) state dict
     laion-clap/text-backbones/    roberta-base, bert-base-uncased, facebook/bart-base, which
                                   laion-clap loads by name (models.clap.text_backbones_dir)
+    vlm-qwen2_5_vl/               Qwen2.5-VL for AutoModelForImageTextToText + AutoProcessor
 """
 
 from __future__ import annotations
@@ -141,6 +142,94 @@ def build_laion_clap(out: Path, scratch: Path, seed: int = 0) -> tuple[Path, Pat
     return checkpoint, backbones
 
 
+QWEN_SPECIAL_TOKENS = [
+    "<|endoftext|>",
+    "<|im_start|>",
+    "<|im_end|>",
+    "<|vision_start|>",
+    "<|vision_end|>",
+    "<|image_pad|>",
+    "<|video_pad|>",
+]
+
+# The Qwen chat layout: role headers between im_start/im_end, an image as a vision span.
+QWEN_CHAT_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
+    "{% if message['content'] is string %}{{ message['content'] }}{% else %}"
+    "{% for part in message['content'] %}"
+    "{% if part['type'] == 'image' %}<|vision_start|><|image_pad|><|vision_end|>"
+    "{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}"
+    "{% endfor %}{% endif %}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def build_qwen2_5_vl(out: Path, scratch: Path, seed: int = 0) -> Path:
+    """A two-layer Qwen2.5-VL with its processor, loadable by AutoModelForImageTextToText."""
+    import torch
+    from tokenizers import ByteLevelBPETokenizer
+    from transformers import (
+        Qwen2_5_VLConfig,
+        Qwen2_5_VLForConditionalGeneration,
+        Qwen2_5_VLProcessor,
+        Qwen2Tokenizer,
+        Qwen2VLImageProcessor,
+    )
+    from transformers.models.qwen2_vl.video_processing_qwen2_vl import Qwen2VLVideoProcessor
+
+    torch.manual_seed(seed)
+    folder = scratch / "qwen-bpe"
+    folder.mkdir(parents=True, exist_ok=True)
+    bpe = ByteLevelBPETokenizer()
+    answer = '{"caption": "a dog on the grass", "sounds": [{"label": "dog", "text": "a dog barking"}]}'
+    bpe.train_from_iterator([_CORPUS + answer] * 4, vocab_size=700, min_frequency=1, special_tokens=QWEN_SPECIAL_TOKENS)
+    bpe.save_model(str(folder))
+    tokenizer = Qwen2Tokenizer.from_pretrained(str(folder))
+    tokenizer.add_special_tokens({"additional_special_tokens": QWEN_SPECIAL_TOKENS[1:]})
+    tokenizer.eos_token = "<|im_end|>"
+    tokenizer.pad_token = "<|endoftext|>"
+    ids = dict(zip(QWEN_SPECIAL_TOKENS, tokenizer.convert_tokens_to_ids(QWEN_SPECIAL_TOKENS)))
+    config = Qwen2_5_VLConfig(
+        text_config={
+            "vocab_size": len(tokenizer),
+            "hidden_size": 64,
+            "intermediate_size": 128,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "num_key_value_heads": 2,
+            "max_position_embeddings": 4096,
+            # Multimodal rotary sections must sum to half the head width (64 / 4 / 2 = 8).
+            "rope_parameters": {"rope_type": "default", "mrope_section": [2, 3, 3], "rope_theta": 10000.0},
+            "bos_token_id": ids["<|endoftext|>"],
+            "eos_token_id": ids["<|im_end|>"],
+            "pad_token_id": ids["<|endoftext|>"],
+        },
+        vision_config={
+            "depth": 2,
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_heads": 2,
+            "out_hidden_size": 64,
+            "fullatt_block_indexes": [1],
+        },
+        image_token_id=ids["<|image_pad|>"],
+        video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"],
+        vision_end_token_id=ids["<|vision_end|>"],
+    )
+    model = Qwen2_5_VLForConditionalGeneration(config).eval()
+    processor = Qwen2_5_VLProcessor(
+        image_processor=Qwen2VLImageProcessor(min_pixels=56 * 56, max_pixels=224 * 224),
+        tokenizer=tokenizer,
+        video_processor=Qwen2VLVideoProcessor(),
+        chat_template=QWEN_CHAT_TEMPLATE,
+    )
+    target = out / "vlm-qwen2_5_vl"
+    model.save_pretrained(target)
+    processor.save_pretrained(target)
+    return target
+
+
 def build_all(out: str | Path, seed: int = 0) -> dict[str, str]:
     import tempfile
 
@@ -149,10 +238,12 @@ def build_all(out: str | Path, seed: int = 0) -> dict[str, str]:
     with tempfile.TemporaryDirectory() as scratch:
         hf = build_transformers_clap(out, Path(scratch) / "hf", seed)
         checkpoint, backbones = build_laion_clap(out, Path(scratch) / "laion", seed)
+        vlm = build_qwen2_5_vl(out, Path(scratch) / "vlm", seed)
     written = {
         "clap_transformers": str(hf),
         "clap_laion_checkpoint": str(checkpoint),
         "clap_laion_text_backbones": str(backbones),
+        "vlm_qwen2_5_vl": str(vlm),
     }
     (out / "models.json").write_text(json.dumps(written, indent=2) + "\n")
     return written
