@@ -29,13 +29,13 @@ SPECIAL_TOKENS = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
 TEXT_POSITIONS = 130
 
 
-def _train_bpe(folder: Path, vocab_size: int = 600) -> Path:
-    """vocab.json and merges.txt of a byte-level BPE, the files RoBERTa and BART tokenizers load."""
+def _train_bpe(folder: Path, special_tokens: list[str] = SPECIAL_TOKENS, text: str = _CORPUS) -> Path:
+    """vocab.json and merges.txt of a byte-level BPE, the files RoBERTa, BART and Qwen tokenizers load."""
     from tokenizers import ByteLevelBPETokenizer
 
     folder.mkdir(parents=True, exist_ok=True)
     bpe = ByteLevelBPETokenizer()
-    bpe.train_from_iterator([_CORPUS] * 4, vocab_size=vocab_size, min_frequency=1, special_tokens=SPECIAL_TOKENS)
+    bpe.train_from_iterator([text] * 4, vocab_size=700, min_frequency=1, special_tokens=special_tokens)
     bpe.save_model(str(folder))
     return folder
 
@@ -57,9 +57,7 @@ def _spread_weights(model, seed: int) -> None:
 
 def build_transformers_clap(out: Path, scratch: Path, seed: int = 0) -> Path:
     import torch
-    from transformers import ClapConfig, ClapFeatureExtractor, ClapModel, ClapProcessor
-
-    from transformers import RobertaTokenizer
+    from transformers import ClapConfig, ClapFeatureExtractor, ClapModel, ClapProcessor, RobertaTokenizer
 
     torch.manual_seed(seed)
     tokenizer = RobertaTokenizer.from_pretrained(str(_train_bpe(scratch / "bpe")))
@@ -167,7 +165,6 @@ QWEN_CHAT_TEMPLATE = (
 def build_qwen2_5_vl(out: Path, scratch: Path, seed: int = 0) -> Path:
     """A two-layer Qwen2.5-VL with its processor, loadable by AutoModelForImageTextToText."""
     import torch
-    from tokenizers import ByteLevelBPETokenizer
     from transformers import (
         Qwen2_5_VLConfig,
         Qwen2_5_VLForConditionalGeneration,
@@ -178,12 +175,8 @@ def build_qwen2_5_vl(out: Path, scratch: Path, seed: int = 0) -> Path:
     from transformers.models.qwen2_vl.video_processing_qwen2_vl import Qwen2VLVideoProcessor
 
     torch.manual_seed(seed)
-    folder = scratch / "qwen-bpe"
-    folder.mkdir(parents=True, exist_ok=True)
-    bpe = ByteLevelBPETokenizer()
     answer = '{"caption": "a dog on the grass", "sounds": [{"label": "dog", "text": "a dog barking"}]}'
-    bpe.train_from_iterator([_CORPUS + answer] * 4, vocab_size=700, min_frequency=1, special_tokens=QWEN_SPECIAL_TOKENS)
-    bpe.save_model(str(folder))
+    folder = _train_bpe(scratch / "qwen-bpe", QWEN_SPECIAL_TOKENS, _CORPUS + answer)
     tokenizer = Qwen2Tokenizer.from_pretrained(str(folder))
     tokenizer.add_special_tokens({"additional_special_tokens": QWEN_SPECIAL_TOKENS[1:]})
     tokenizer.eos_token = "<|im_end|>"
