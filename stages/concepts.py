@@ -1,0 +1,86 @@
+"""Sounding concepts: the VLM prompt, defensive parsing of its answer, and the non-sonic filter.
+
+The answer format asked of every VLM backend:
+    {"caption": "<one line>", "sounds": [{"label": "dog", "text": "a dog barking while running"}]}
+Anything else (not JSON, empty, truncated, over-long, wrong shape) becomes an error on the row.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+
+ANSWER_JSON_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "caption": {"type": "string"},
+        "sounds": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "properties": {"label": {"type": "string"}, "text": {"type": "string"}},
+                "required": ["label", "text"],
+            },
+        },
+    },
+    "required": ["caption", "sounds"],
+}
+
+# Paper A.2: images whose caption names one of these are graphics, not scenes that sound.
+NON_SONIC_WORDS = ("logo", "icon", "emblem", "symbol", "trademark", "sign")
+_NON_SONIC = re.compile(r"\b(" + "|".join(NON_SONIC_WORDS) + r")s?\b", re.IGNORECASE)
+_FENCE = re.compile(r"^```(?:json)?\s*|\s*```$", re.IGNORECASE)
+
+
+def is_non_sonic(caption: str) -> bool:
+    return bool(_NON_SONIC.search(caption or ""))
+
+
+@dataclass(frozen=True)
+class Concept:
+    label: str
+    text: str
+
+
+@dataclass
+class ParsedAnswer:
+    caption: str | None = None
+    concepts: list[Concept] = field(default_factory=list)
+    error: str | None = None
+    dropped_empty: int = 0
+
+
+def parse_answer(answer: str | None, max_chars: int, max_concepts: int) -> ParsedAnswer:
+    if answer is None or not answer.strip():
+        return ParsedAnswer(error="empty answer")
+    if len(answer) > max_chars:
+        return ParsedAnswer(error=f"answer is {len(answer)} characters, over the limit of {max_chars}")
+    text = _FENCE.sub("", answer.strip())
+    start = text.find("{")
+    if start < 0:
+        return ParsedAnswer(error=f"answer holds no JSON object: {answer[:80]!r}")
+    try:
+        value, _ = json.JSONDecoder().raw_decode(text[start:])
+    except json.JSONDecodeError as exc:
+        return ParsedAnswer(error=f"answer is not valid JSON ({exc.msg} at character {exc.pos}): {answer[:80]!r}")
+    caption, sounds = value.get("caption"), value.get("sounds")
+    if not isinstance(caption, str) or not isinstance(sounds, list):
+        return ParsedAnswer(error="answer lacks a string 'caption' and a list 'sounds'")
+    parsed = ParsedAnswer(caption=" ".join(caption.split()))
+    seen: set[str] = set()
+    for item in sounds:
+        if not isinstance(item, dict):
+            parsed.dropped_empty += 1
+            continue
+        description = " ".join(str(item.get("text") or "").split())
+        label = " ".join(str(item.get("label") or "").split()) or description
+        if not description:
+            parsed.dropped_empty += 1
+            continue
+        if description.lower() in seen:
+            continue
+        seen.add(description.lower())
+        parsed.concepts.append(Concept(label, description))
+    parsed.concepts = parsed.concepts[:max_concepts]
+    return parsed

@@ -1,0 +1,62 @@
+"""Choosing a pool clip for a sounding concept: signed square root, dynamic top-k threshold, and a
+weighted random choice inside the candidate set (the paper's Algorithm 1, as DESIGN.md states it).
+
+    r_i = sign(s_i) * sqrt(|s_i|)          over the top-K cosine scores s_1 >= ... >= s_K
+    tau = mean(r_1 .. r_k)                  k <= K
+    C   = { i <= k : r_i >= tau }           1 <= |C| <= k
+    p_i = r_i / sum_{j in C} r_j
+
+Every choice draws from a generator seeded by (global seed, sample key, concept index) through
+SHA-256, so a dataset does not depend on worker count, partitioning or Python's hash seed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+import numpy as np
+
+
+def signed_sqrt(scores: np.ndarray) -> np.ndarray:
+    scores = np.asarray(scores, dtype=np.float64)
+    return np.sign(scores) * np.sqrt(np.abs(scores))
+
+
+def concept_rng(seed: int, sample_key: str, concept_index: int, purpose: str = "retrieval") -> np.random.Generator:
+    """The generator of one concept's random draws; `purpose` separates independent streams."""
+    digest = hashlib.sha256(f"{seed}\0{sample_key}\0{concept_index}\0{purpose}".encode()).digest()
+    return np.random.default_rng(np.frombuffer(digest, dtype=np.uint32))
+
+
+@dataclass(frozen=True)
+class CandidateSet:
+    weights: np.ndarray  # transformed scores r_1..r_k
+    threshold: float  # tau
+    members: np.ndarray  # positions (into the top-K list) of the candidate set C
+    probabilities: np.ndarray  # p over `members`
+    fallback: bool  # tau <= 0: top-1 is used
+
+
+def candidate_set(scores: np.ndarray, k: int, use_ssr: bool = True) -> CandidateSet:
+    """The candidate set of one concept from its top-K scores (sorted, best first)."""
+    scores = np.asarray(scores, dtype=np.float64)
+    if scores.size == 0:
+        raise ValueError("no scores: the pool returned no neighbours")
+    if np.any(np.diff(scores) > 1e-12):
+        raise ValueError("scores must be sorted best first")
+    weights = signed_sqrt(scores) if use_ssr else scores.copy()
+    top = weights[: max(1, min(k, weights.size))]
+    threshold = float(top.mean())
+    if threshold <= 0:
+        return CandidateSet(weights, threshold, np.array([0]), np.array([1.0]), True)
+    members = np.flatnonzero(top >= threshold)
+    chosen = top[members]
+    return CandidateSet(weights, threshold, members, chosen / chosen.sum(), False)
+
+
+def choose(candidates: CandidateSet, rng: np.random.Generator) -> int:
+    """Position (into the top-K list) of the chosen clip."""
+    if candidates.members.size == 1:
+        return int(candidates.members[0])
+    return int(rng.choice(candidates.members, p=candidates.probabilities))
