@@ -20,6 +20,7 @@ import os
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -120,9 +121,20 @@ def bench_standardize(work: Path, file_count: int, rng: np.random.Generator) -> 
     )
 
 
-def quiet_stdout() -> contextlib.AbstractContextManager:
-    """Model builders and loaders print progress; send it to stderr so stdout holds only the table."""
-    return contextlib.redirect_stdout(sys.stderr)
+@contextlib.contextmanager
+def quiet_stdout() -> Iterator[None]:
+    """Send output to stderr so stdout holds only the table. Model builders and loaders print
+    progress, some of it from native code (the tokenizers trainer), so file descriptor 1 itself is
+    redirected, not just sys.stdout."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    os.dup2(2, 1)
+    try:
+        yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
 
 
 def clap_configs(models: dict[str, str]) -> dict[str, ClapConfig]:

@@ -1,0 +1,171 @@
+"""Input images: listing (files, WebDataset tars, Parquet of URIs), stable ids, decoding, validation.
+
+A listed image is a reference (URI, plus the member name inside a tar). Decoding applies the EXIF
+orientation, converts any mode (CMYK, 16-bit, paletted, alpha) to RGB, and refuses images whose
+pixel count exceeds the decompression-bomb guard. Failures are error strings naming the image.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import tarfile
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import PurePosixPath
+
+import numpy as np
+from PIL import Image, ImageOps
+
+from stages import storage
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp")
+# A hard cap, far above any real photo (SA-1B images are about 2M pixels).
+DEFAULT_MAX_IMAGE_PIXELS = 200_000_000
+
+
+@dataclass(frozen=True)
+class ImageRef:
+    uri: str
+    member: str | None  # the member inside a tar, else None
+    own_id: str  # the source's own id: tar key, Parquet image_id, or file stem
+    error: str | None = None
+
+    @property
+    def display(self) -> str:
+        return f"{self.uri}#{self.member}" if self.member else self.uri
+
+
+def _is_image(name: str) -> bool:
+    return name.lower().endswith(IMAGE_EXTENSIONS)
+
+
+def sample_key(member_name: str) -> str:
+    """WebDataset's key of a tar member: its path up to the first dot of the file name."""
+    folder, _, base = member_name.rpartition("/")
+    stem = base.split(".", 1)[0]
+    return f"{folder}/{stem}" if folder else stem
+
+
+def _list_tar(uri: str) -> list[ImageRef]:
+    fs, path = storage.filesystem(uri)
+    refs: dict[str, ImageRef] = {}
+    with fs.open(path, "rb") as handle, tarfile.open(fileobj=handle, mode="r|*") as tar:
+        for member in tar:
+            if member.isfile() and _is_image(member.name):
+                key = sample_key(member.name)
+                refs.setdefault(key, ImageRef(uri, member.name, PurePosixPath(key).name))
+    return list(refs.values())
+
+
+def _list_parquet(uri: str) -> list[ImageRef]:
+    table = storage.read_parquet(uri)
+    if "uri" not in table.column_names:
+        return [ImageRef(uri, None, PurePosixPath(uri).stem, f"{uri}: Parquet input has no 'uri' column (columns: {table.column_names})")]
+    uris = table.column("uri").to_pylist()
+    ids = table.column("image_id").to_pylist() if "image_id" in table.column_names else [None] * len(uris)
+    return [ImageRef(u, None, str(i) if i is not None else PurePosixPath(u).stem) for u, i in zip(uris, ids)]
+
+
+def list_images(patterns: list[str]) -> list[ImageRef]:
+    """Every image the patterns name, in a stable order. Unreadable or unsupported inputs become
+    references carrying an error, so they are counted rather than lost."""
+    sources, _ = storage.expand_sources(patterns)
+    refs: list[ImageRef] = []
+    for source in sources:
+        name = source.uri.lower()
+        if source.error:
+            refs.append(ImageRef(source.uri, None, PurePosixPath(source.uri).stem, source.error))
+        elif name.endswith(".tar"):
+            try:
+                refs.extend(_list_tar(source.uri))
+            except (tarfile.TarError, OSError) as exc:
+                refs.append(ImageRef(source.uri, None, PurePosixPath(source.uri).stem, f"{source.uri}: unreadable tar ({exc})"))
+        elif name.endswith(".parquet"):
+            refs.extend(_list_parquet(source.uri))
+        elif _is_image(name):
+            refs.append(ImageRef(source.uri, None, PurePosixPath(source.uri).stem))
+        else:
+            refs.append(
+                ImageRef(source.uri, None, PurePosixPath(source.uri).stem, f"{source.uri}: unsupported input (expected jpg, png, webp, .tar or .parquet)")
+            )
+    return refs
+
+
+def assign_image_ids(refs: list[ImageRef]) -> list[str]:
+    """The source's own id where it is unique; a stable hash of the URI (and member) where ids
+    collide, so that no two images share a key."""
+    counts = Counter(r.own_id for r in refs)
+    return [
+        r.own_id if counts[r.own_id] == 1 else hashlib.sha1(r.display.encode()).hexdigest()[:16]
+        for r in refs
+    ]
+
+
+@dataclass
+class DecodedImage:
+    image: Image.Image  # RGB, upright
+    width: int
+    height: int
+    format: str
+
+
+class BadImage(ValueError):
+    """Bytes that are not a usable image."""
+
+
+def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> DecodedImage:
+    if not data:
+        raise BadImage("empty file (0 bytes)")
+    try:
+        with Image.open(io.BytesIO(data)) as probe:
+            width, height = probe.size
+            fmt = (probe.format or "unknown").lower()
+        if width * height > max_pixels:
+            raise BadImage(f"{width}x{height} pixels is over the decompression-bomb limit of {max_pixels}")
+        image = Image.open(io.BytesIO(data))
+        image.load()
+    except BadImage:
+        raise
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+        raise BadImage(f"not a decodable image ({exc})") from None
+    image = ImageOps.exif_transpose(image)
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        backdrop = Image.new("RGB", image.size, (255, 255, 255))
+        backdrop.paste(image.convert("RGBA"), mask=image.convert("RGBA").getchannel("A"))
+        image = backdrop
+    elif image.mode.startswith("I"):
+        # 16-bit greyscale: keep the top 8 bits rather than clipping everything above 255.
+        image = Image.fromarray((np.asarray(image).astype(np.uint32) >> 8).astype(np.uint8)).convert("RGB")
+    else:
+        image = image.convert("RGB")
+    return DecodedImage(image, image.width, image.height, fmt)
+
+
+def read_image_bytes(refs: list[ImageRef]) -> list[bytes | str]:
+    """Bytes of each reference, or an error string; each tar is read once for all its members."""
+    results: list[bytes | str] = [b""] * len(refs)
+    by_tar: dict[str, list[int]] = {}
+    for i, ref in enumerate(refs):
+        if ref.member:
+            by_tar.setdefault(ref.uri, []).append(i)
+            continue
+        try:
+            results[i] = storage.read_bytes(ref.uri)
+        except Exception as exc:  # any failure to read a URL is that image's error
+            results[i] = f"{ref.uri}: cannot read ({type(exc).__name__}: {exc})"
+    for uri, positions in by_tar.items():
+        wanted = {refs[i].member: i for i in positions}
+        try:
+            fs, path = storage.filesystem(uri)
+            with fs.open(path, "rb") as handle, tarfile.open(fileobj=handle, mode="r|*") as tar:
+                for member in tar:
+                    if member.name in wanted:
+                        results[wanted.pop(member.name)] = tar.extractfile(member).read()
+        except (tarfile.TarError, OSError) as exc:
+            for i in wanted.values():
+                results[i] = f"{uri}: unreadable tar ({exc})"
+            continue
+        for name, i in wanted.items():
+            results[i] = f"{uri}#{name}: member not found"
+    return results
