@@ -11,6 +11,11 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from stages import storage
+from stages.standardize import decode_flac, resample
 
 
 def draw_targets(rng: np.random.Generator, count: int, lufs_min: float, lufs_max: float) -> np.ndarray:
@@ -47,3 +52,23 @@ def mix_sources(sources: list[np.ndarray], source_gains_db: np.ndarray, peak_cei
         total *= ceiling / peak
         peak = ceiling
     return Mix(total.astype(np.float32), mix_gain_db, 20.0 * math.log10(peak) if peak > 0 else None)
+
+
+def load_pool_clips(pool_dir: str, clips: list[tuple[str, str]], sample_rate: int) -> dict[str, np.ndarray]:
+    """Decode pool clips (clip_id, part) and resample them to `sample_rate`, exactly as the pool
+    did when it stored their loudness at that rate. Each part file is read once, and only the
+    rows that are needed."""
+    by_part: dict[str, set[str]] = {}
+    for clip_id, part in clips:
+        by_part.setdefault(part, set()).add(clip_id)
+    audio: dict[str, np.ndarray] = {}
+    for part, wanted in sorted(by_part.items()):
+        table = storage.read_parquet(storage.join(pool_dir, "audio", f"{part}.parquet"))
+        table = table.filter(pc.is_in(table.column("clip_id"), value_set=pa.array(sorted(wanted))))
+        for clip_id, flac in zip(table.column("clip_id").to_pylist(), table.column("flac").to_pylist()):
+            decoded, rate = decode_flac(flac)
+            audio[clip_id] = resample(decoded, rate, sample_rate)
+        missing = wanted - audio.keys()
+        if missing:
+            raise KeyError(f"clips {sorted(missing)[:5]} are not in pool part {part}")
+    return audio

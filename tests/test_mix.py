@@ -51,3 +51,25 @@ def test_quiet_mix_is_untouched_and_sums_gained_sources():
 def test_empty_mix_is_rejected():
     with pytest.raises(ValueError):
         mix_sources([], np.array([]), -1.0)
+
+
+def test_pool_clips_load_at_the_mix_rate_with_their_stored_loudness(tmp_path):
+    """The gain computed from the pool's stored loudness at the mix rate lands the decoded clip on
+    its target: the mixer's resampling is the one the pool measured."""
+    from stages.mix import load_pool_clips
+    from stages.standardize import Standardize
+    from tests.helpers import write_audio
+
+    source = write_audio(tmp_path / "src.wav", noise(9.0, 44100, 0.2, seed=5), 44100)
+    rows = Standardize(str(tmp_path / "pool"), 48000, 5.0, -70.0, [RATE]).process_part(
+        {"part": "p0", "uris": [str(source)], "fingerprints": ["f"], "errors": [None]}
+    ).to_pylist()
+    clips = load_pool_clips(str(tmp_path / "pool"), [(r["clip_id"], "p0") for r in rows], RATE)
+    assert set(clips) == {r["clip_id"] for r in rows}
+    for row in rows:
+        stored = row["loudness_at_rates"][0]
+        assert stored["sample_rate"] == RATE
+        mix = mix_sources([clips[row["clip_id"]]], gains_db(np.array([-26.0]), np.array([stored["lufs"]])), -1.0)
+        assert loudness.integrated_lufs(mix.audio.astype(np.float64), RATE) == pytest.approx(-26.0 + mix.mix_gain_db, abs=0.01)
+    with pytest.raises(KeyError, match="not in pool part"):
+        load_pool_clips(str(tmp_path / "pool"), [("nope-00000", "p0")], RATE)
