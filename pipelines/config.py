@@ -107,8 +107,88 @@ class ClapConfig(_Section):
     num_cpus: float = Field(1.0, gt=0, description="CPUs per embedding actor.")
 
 
+DEFAULT_PROMPT = (
+    "List the sound sources that are visible and present in this image: things that would make a "
+    "sound in this scene. Do not add sounds of things outside the picture, and nothing for drawings, "
+    "statues or text. For each source give a short label and a one-sentence description of its sound, "
+    "as in 'dog: the sound of a dog barking while running in the grass'. Also give a one-line caption "
+    'of the image. Answer with JSON only: {"caption": "...", "sounds": [{"label": "...", "text": "..."}]}'
+)
+
+
+class PromptConfig(_Section):
+    version: str = Field("sounds-v1", description="Version of the prompt, written to every manifest row.")
+    text: str = Field(DEFAULT_PROMPT, description="The instruction sent with each image.")
+    max_concepts: int = Field(8, ge=1, description="Sounding concepts kept per image and VLM.")
+    max_answer_chars: int = Field(4000, ge=100, description="Longer answers are recorded as errors.")
+    max_new_tokens: int = Field(384, ge=16, description="Generation budget of one answer.")
+    max_pixels: int = Field(
+        448 * 448, ge=28 * 28, description="Images are downscaled to at most this many pixels before the VLM."
+    )
+
+
+class VlmConfig(_Section):
+    name: str = Field(..., pattern=r"^[A-Za-z0-9_-]+$", description="Short name; the manifest's `vlm` column.")
+    backend: Literal["vllm", "transformers", "openai", "provided"] = Field(
+        ...,
+        description="vllm: Ray Data LLM engine (GPU). transformers: AutoModelForImageTextToText. "
+        "openai: an OpenAI-compatible /v1/chat/completions server. provided: concepts from a file.",
+    )
+    model: str | None = Field(None, description="Hugging Face id or local folder (vllm, transformers), or the served model name (openai).")
+    path: str | None = Field(None, description="provided: Parquet or JSONL of {image_id, concepts: [{label, text}]}.")
+    batch_size: int = Field(8, ge=1, description="Images per batch.")
+    concurrency: int = Field(1, ge=1, description="Engine replicas or model actors (vllm, transformers); parallel requests (openai).")
+    num_gpus: float = Field(0.0, ge=0, description="transformers: GPUs per actor.")
+    engine_kwargs: dict[str, Any] = Field(
+        default_factory=dict, description="vllm: engine arguments, e.g. {max_model_len: 8192, tensor_parallel_size: 1}."
+    )
+    base_url: str | None = Field(None, description="openai: server URL up to /v1, e.g. http://127.0.0.1:8000/v1.")
+    api_key_env: str = Field("OPENAI_API_KEY", description="openai: environment variable holding the API key, if any.")
+    timeout_s: float = Field(120.0, gt=0, description="openai: timeout of one request.")
+    retries: int = Field(3, ge=0, description="openai: retries of a failed request, with exponential backoff.")
+    temperature: float = Field(0.0, ge=0, description="Sampling temperature; 0 is greedy.")
+
+
 class ModelsConfig(_Section):
     clap: ClapConfig = Field(..., description="The CLAP model used for audio and text embeddings.")
+    vlm: list[VlmConfig] = Field(
+        default_factory=list, description="VLMs listing sounding concepts; each gives one scene (sample) per image."
+    )
+
+
+class SonifyConfig(_Section):
+    images: list[str] = Field(
+        default_factory=list,
+        description="Images: fsspec URLs or globs of jpg/png/webp files, WebDataset .tar shards, or "
+        ".parquet files with a `uri` column (and optionally `image_id`).",
+    )
+    out: str | None = Field(None, description="Output folder (fsspec URL): manifest, shards, run files.")
+    min_side: int = Field(64, ge=1, description="Images whose shorter side is below this are dropped and counted.")
+    max_image_pixels: int = Field(
+        200_000_000, ge=1, description="Decompression-bomb guard: larger images are error rows."
+    )
+    shard_size_mb: float = Field(256.0, gt=0, description="Target size of each WebDataset shard.")
+
+
+class RetrievalConfig(_Section):
+    search_k: int = Field(64, ge=1, description="K: neighbours fetched from the index per concept text.")
+    k: int = Field(16, ge=1, description="k: the threshold is the mean of the top-k scores; k <= search_k.")
+    ssr: bool = Field(True, description="Signed square root of the scores; false for the ablation.")
+    min_cosine: float = Field(
+        0.0, ge=-1, le=1, description="Concepts whose best cosine is below this are dropped and counted."
+    )
+
+
+class MixConfig(_Section):
+    sample_rate: int = Field(16000, ge=8000, le=192000, description="Rate of the mixes; must be in pool.mix_sample_rates.")
+    lufs_min: float = Field(-27.0, le=0, description="Lower end of each source's target loudness.")
+    lufs_max: float = Field(-23.0, le=0, description="Upper end of each source's target loudness.")
+    peak_dbfs: float = Field(-1.0, le=0, description="Peak ceiling: a mix above it is scaled down and the gain recorded.")
+
+
+class RenderConfig(_Section):
+    manifest: str | None = Field(None, description="render: the manifest folder of a sonify run.")
+    out: str | None = Field(None, description="render: where to write the rebuilt shards and manifest.")
 
 
 class RunConfig(_Section):
@@ -116,12 +196,30 @@ class RunConfig(_Section):
     ray: RayConfig = Field(default_factory=RayConfig, description="Where the work runs.")
     pool: PoolConfig = Field(..., description="The audio pool.")
     models: ModelsConfig = Field(..., description="Model checkpoints and their batching.")
+    sonify: SonifyConfig = Field(default_factory=SonifyConfig, description="Images in, pairs out.")
+    prompt: PromptConfig = Field(default_factory=PromptConfig, description="The VLM instruction.")
+    retrieval: RetrievalConfig = Field(default_factory=RetrievalConfig, description="Choosing clips.")
+    mix: MixConfig = Field(default_factory=MixConfig, description="Mixing the chosen clips.")
+    render: RenderConfig = Field(default_factory=RenderConfig, description="Rebuilding a dataset from a manifest.")
 
     @model_validator(mode="after")
-    def _mix_rates_are_positive(self) -> RunConfig:
+    def _cross_field_rules(self) -> RunConfig:
         bad = [r for r in self.pool.mix_sample_rates if r < 8000 or r > 192000]
         if bad:
             raise ValueError(f"pool.mix_sample_rates: {bad} outside 8000..192000 Hz")
+        if self.retrieval.k > self.retrieval.search_k:
+            raise ValueError(f"retrieval.k ({self.retrieval.k}) must not exceed retrieval.search_k ({self.retrieval.search_k})")
+        if self.mix.lufs_min > self.mix.lufs_max:
+            raise ValueError(f"mix.lufs_min ({self.mix.lufs_min}) is above mix.lufs_max ({self.mix.lufs_max})")
+        names = [v.name for v in self.models.vlm]
+        if len(set(names)) != len(names):
+            raise ValueError(f"models.vlm: names must be unique, got {names}")
+        for i, vlm in enumerate(self.models.vlm):
+            needed = {"provided": "path", "openai": "base_url"}.get(vlm.backend, "model")
+            if getattr(vlm, needed) is None:
+                raise ValueError(f"models.vlm.{i}.{needed}: required for backend {vlm.backend}")
+            if vlm.backend == "openai" and vlm.model is None:
+                raise ValueError(f"models.vlm.{i}.model: required for backend openai")
         return self
 
 
@@ -151,7 +249,9 @@ def _apply(tree: dict[str, Any], path: list[str], value: Any) -> None:
 
 
 def _describe(error: dict[str, Any]) -> str:
-    key = ".".join(str(p) for p in error["loc"]) or "(top level)"
+    if not error["loc"]:
+        return str(error["msg"]).removeprefix("Value error, ")
+    key = ".".join(str(p) for p in error["loc"])
     if error["type"] == "extra_forbidden":
         return f"{key}: unknown key"
     if error["type"] == "missing":
@@ -210,6 +310,11 @@ def config_reference(model: type[BaseModel] = RunConfig, prefix: str = "") -> li
         annotation = info.annotation
         if isinstance(annotation, type) and issubclass(annotation, BaseModel):
             rows.extend(config_reference(annotation, f"{key}."))
+            continue
+        item = typing.get_args(annotation)[0] if typing.get_origin(annotation) is list else None
+        if isinstance(item, type) and issubclass(item, BaseModel):
+            rows.append(f"| `{key}` | list | `[]` | {info.description} Each entry: |")
+            rows.extend(config_reference(item, f"{key}[]."))
             continue
         if info.is_required():
             default = "required"

@@ -14,8 +14,14 @@ from schemas.pool import (
     embedded_clips_schema,
     embeddings_schema,
 )
+from schemas.sonify import IMAGE_REFS, IMAGES, MANIFEST, MATCHES, SCENES
 
 __all__ = [
+    "IMAGES",
+    "IMAGE_REFS",
+    "MANIFEST",
+    "MATCHES",
+    "SCENES",
     "POOL_AUDIO",
     "POOL_CLIPS",
     "POOL_INDEX_IDS",

@@ -10,6 +10,12 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass, field
+from typing import ClassVar
+
+import pyarrow as pa
+
+from schemas import IMAGES, SCENES, make_table
+from stages.base import Resources, Stage
 
 ANSWER_JSON_SCHEMA = {
     "type": "object",
@@ -26,6 +32,25 @@ ANSWER_JSON_SCHEMA = {
     },
     "required": ["caption", "sounds"],
 }
+
+def answer_schema(max_concepts: int, max_text_chars: int = 200) -> dict:
+    """The JSON schema given to structured-output decoders, with bounds that keep answers short."""
+    schema = json.loads(json.dumps(ANSWER_JSON_SCHEMA))
+    schema["additionalProperties"] = False
+    schema["properties"]["caption"]["maxLength"] = max_text_chars
+    sounds = schema["properties"]["sounds"]
+    sounds["maxItems"] = max_concepts
+    sounds["items"]["additionalProperties"] = False
+    for name in ("label", "text"):
+        sounds["items"]["properties"][name]["maxLength"] = max_text_chars
+    return schema
+
+
+def user_message(prompt: str, image: object | None = None) -> dict:
+    """One user turn: the image, then the instruction (the layout VLM chat templates expect)."""
+    picture = {"type": "image"} if image is None else {"type": "image", "image": image}
+    return {"role": "user", "content": [picture, {"type": "text", "text": prompt}]}
+
 
 # Paper A.2: images whose caption names one of these are graphics, not scenes that sound.
 NON_SONIC_WORDS = ("logo", "icon", "emblem", "symbol", "trademark", "sign")
@@ -61,7 +86,7 @@ def parse_answer(answer: str | None, max_chars: int, max_concepts: int) -> Parse
     if start < 0:
         return ParsedAnswer(error=f"answer holds no JSON object: {answer[:80]!r}")
     try:
-        value, _ = json.JSONDecoder().raw_decode(text[start:])
+        value, _ = json.JSONDecoder(strict=False).raw_decode(text[start:])
     except json.JSONDecodeError as exc:
         return ParsedAnswer(error=f"answer is not valid JSON ({exc.msg} at character {exc.pos}): {answer[:80]!r}")
     caption, sounds = value.get("caption"), value.get("sounds")
@@ -84,3 +109,41 @@ def parse_answer(answer: str | None, max_chars: int, max_concepts: int) -> Parse
         parsed.concepts.append(Concept(label, description))
     parsed.concepts = parsed.concepts[:max_concepts]
     return parsed
+
+
+class ParseConcepts(Stage):
+    """A VLM's raw answers -> scenes: caption, concepts, and why a scene goes no further."""
+
+    name: ClassVar[str] = "parse_concepts"
+    required_columns: ClassVar[tuple[str, ...]] = (*IMAGES.names, "answer")
+
+    def __init__(self, vlm: str, max_answer_chars: int, max_concepts: int) -> None:
+        self.vlm = vlm
+        self.max_answer_chars = max_answer_chars
+        self.max_concepts = max_concepts
+
+    def resources(self) -> Resources:
+        return Resources(num_cpus=0.25, batch_size=256)
+
+    def output_schema(self) -> pa.Schema:
+        return SCENES
+
+    def process_batch(self, batch: pa.Table) -> pa.Table:
+        rows = batch.drop_columns(["image_bytes"]).to_pylist()
+        for row in rows:
+            row["vlm"] = self.vlm
+            row.setdefault("concepts", None)
+            if row["error"] or row["dropped"]:
+                continue
+            parsed = parse_answer(row["answer"], self.max_answer_chars, self.max_concepts)
+            if parsed.error:
+                row["error"] = f"{row['uri']}{'#' + row['member'] if row['member'] else ''}: {self.vlm}: {parsed.error}"
+                continue
+            row["caption"] = parsed.caption
+            row["concepts"] = [{"label": c.label, "text": c.text} for c in parsed.concepts]
+            row["dropped_empty_concepts"] = parsed.dropped_empty
+            if is_non_sonic(parsed.caption):
+                row["dropped"] = "non_sonic"
+            elif not parsed.concepts:
+                row["dropped"] = "no_concepts"
+        return make_table(SCENES, {f.name: [r.get(f.name) for r in rows] for f in SCENES})

@@ -13,11 +13,15 @@ import tarfile
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import PurePosixPath
+from typing import ClassVar
 
 import numpy as np
+import pyarrow as pa
 from PIL import Image, ImageOps
 
+from schemas import IMAGE_REFS, IMAGES, make_table
 from stages import storage
+from stages.base import Resources, Stage
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp")
 # A hard cap, far above any real photo (SA-1B images are about 2M pixels).
@@ -169,3 +173,50 @@ def read_image_bytes(refs: list[ImageRef]) -> list[bytes | str]:
         for name, i in wanted.items():
             results[i] = f"{uri}#{name}: member not found"
     return results
+
+
+def downscale(image: Image.Image, max_pixels: int) -> Image.Image:
+    """Bound the pixel count (and so the VLM's vision tokens), keeping the aspect ratio."""
+    pixels = image.width * image.height
+    if pixels <= max_pixels:
+        return image
+    scale = (max_pixels / pixels) ** 0.5
+    return image.resize((max(1, int(image.width * scale)), max(1, int(image.height * scale))), Image.Resampling.BICUBIC)
+
+
+class DecodeImages(Stage):
+    """Reads, decodes and validates listed images; keeps the original bytes for the VLM and shards."""
+
+    name: ClassVar[str] = "decode_images"
+    required_columns: ClassVar[tuple[str, ...]] = tuple(IMAGE_REFS.names)
+
+    def __init__(self, min_side: int, max_image_pixels: int) -> None:
+        self.min_side = min_side
+        self.max_image_pixels = max_image_pixels
+
+    def resources(self) -> Resources:
+        return Resources(num_cpus=1, batch_size=32)
+
+    def output_schema(self) -> pa.Schema:
+        return IMAGES
+
+    def process_batch(self, batch: pa.Table) -> pa.Table:
+        rows = batch.to_pylist()
+        pending = [i for i, r in enumerate(rows) if r["error"] is None]
+        payloads = read_image_bytes([ImageRef(rows[i]["uri"], rows[i]["member"], rows[i]["image_id"]) for i in pending])
+        for i, payload in zip(pending, payloads):
+            row = rows[i]
+            name = ImageRef(row["uri"], row["member"], row["image_id"]).display
+            if isinstance(payload, str):
+                row["error"] = payload
+                continue
+            try:
+                decoded = decode_image(payload, self.max_image_pixels)
+            except BadImage as exc:
+                row["error"] = f"{name}: {exc}"
+                continue
+            row.update(width=decoded.width, height=decoded.height, format=decoded.format, num_bytes=len(payload), image_bytes=payload)
+            if min(decoded.width, decoded.height) < self.min_side:
+                row["dropped"] = "too_small"
+                row["image_bytes"] = None
+        return make_table(IMAGES, {f.name: [r.get(f.name) for r in rows] for f in IMAGES})

@@ -1,0 +1,115 @@
+"""Tables of a sonify run: listed images, scenes (image x VLM), concept matches, the manifest."""
+
+import pyarrow as pa
+
+from schemas.base import versioned
+
+# The driver's listing of the inputs; the work plan of the images stage.
+IMAGE_REFS = versioned(
+    "image_refs",
+    1,
+    [
+        pa.field("image_id", pa.string(), nullable=False),
+        pa.field("uri", pa.string(), nullable=False),
+        pa.field("member", pa.string()),
+        pa.field("error", pa.string()),
+    ],
+)
+
+# The images stage's output: what each image is, and its bytes for the VLM.
+IMAGES = versioned(
+    "images",
+    1,
+    [
+        *IMAGE_REFS,
+        pa.field("width", pa.int32()),
+        pa.field("height", pa.int32()),
+        pa.field("format", pa.string()),
+        pa.field("num_bytes", pa.int64()),
+        pa.field("image_bytes", pa.binary()),
+        # Why a valid image is not sonified: too_small (below sonify.min_side).
+        pa.field("dropped", pa.string()),
+    ],
+)
+
+CONCEPT = pa.struct([pa.field("label", pa.string()), pa.field("text", pa.string())])
+
+# sonify.out/scenes/<vlm>/*.parquet: one row per image and VLM, with the parsed answer.
+SCENES = versioned(
+    "scenes",
+    1,
+    [
+        pa.field("image_id", pa.string(), nullable=False),
+        pa.field("uri", pa.string(), nullable=False),
+        pa.field("member", pa.string()),
+        pa.field("width", pa.int32()),
+        pa.field("height", pa.int32()),
+        pa.field("format", pa.string()),
+        pa.field("num_bytes", pa.int64()),
+        pa.field("vlm", pa.string(), nullable=False),
+        pa.field("answer", pa.string()),
+        pa.field("caption", pa.string()),
+        pa.field("concepts", pa.list_(CONCEPT)),
+        pa.field("dropped_empty_concepts", pa.int32()),
+        # too_small, non_sonic or no_concepts; null when the scene goes on to retrieval.
+        pa.field("dropped", pa.string()),
+        pa.field("error", pa.string()),
+    ],
+)
+
+# sonify.out/matches.parquet: the top-K pool clips of each distinct concept text.
+MATCHES = versioned(
+    "matches",
+    1,
+    [
+        pa.field("text", pa.string(), nullable=False),
+        pa.field("clip_ids", pa.list_(pa.string())),
+        pa.field("scores", pa.list_(pa.float32())),
+    ],
+)
+
+MANIFEST_CONCEPT = pa.struct(
+    [
+        pa.field("label", pa.string()),
+        pa.field("text", pa.string()),
+        pa.field("clip_id", pa.string()),
+        pa.field("cosine", pa.float64()),
+        pa.field("ssr", pa.float64()),
+        pa.field("threshold", pa.float64()),
+        pa.field("n_candidates", pa.int32()),
+        # tau <= 0: the top-1 clip was taken without sampling.
+        pa.field("fallback", pa.bool_()),
+        pa.field("target_lufs", pa.float64()),
+        pa.field("clip_lufs", pa.float64()),
+        pa.field("gain_db", pa.float64()),
+    ]
+)
+
+# sonify.out/manifest/NNNNNN.parquet (one per shard) and manifest/rejected.parquet (scenes that
+# became no sample, with the reason in `error`).
+MANIFEST = versioned(
+    "manifest",
+    1,
+    [
+        pa.field("key", pa.string(), nullable=False),
+        pa.field("image_id", pa.string(), nullable=False),
+        pa.field("image_uri", pa.string(), nullable=False),
+        pa.field("image_member", pa.string()),
+        pa.field("image_format", pa.string()),
+        pa.field("width", pa.int32()),
+        pa.field("height", pa.int32()),
+        pa.field("vlm", pa.string(), nullable=False),
+        pa.field("prompt_version", pa.string()),
+        pa.field("caption", pa.string()),
+        pa.field("concepts", pa.list_(MANIFEST_CONCEPT)),
+        pa.field("dropped_concepts", pa.int32()),
+        pa.field("mix_gain_db", pa.float64()),
+        pa.field("mix_lufs", pa.float64()),
+        pa.field("mix_peak_dbfs", pa.float64()),
+        pa.field("sample_rate", pa.int32()),
+        pa.field("duration_s", pa.float64()),
+        pa.field("seed", pa.int64()),
+        pa.field("shard", pa.string()),
+        pa.field("error", pa.string()),
+    ],
+)
