@@ -18,6 +18,7 @@ demo: $(STAMP)
 	$(BIN)/python run_pipeline.py tiny-models --out $(DEMO)/models
 	$(BIN)/python run_pipeline.py sample-data --out $(DEMO)/sample
 	$(BIN)/python run_pipeline.py pool --config configs/demo.yaml
+	$(BIN)/python run_pipeline.py sonify --config configs/demo.yaml
 
 test: $(STAMP)
 	$(BIN)/python -m pytest

@@ -15,9 +15,14 @@ CONFIG_TABLE_HEADER = "| key | type | default | meaning |\n|---|---|---|---|\n"
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="run_pipeline.py", description="Sonify image datasets: build audio pools and pairs.")
     sub = parser.add_subparsers(dest="command", required=True)
-    pool = sub.add_parser("pool", help="build or extend an audio pool: clips, loudness, CLAP embeddings, index")
-    pool.add_argument("--config", required=True, help="YAML config file")
-    pool.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides, values parsed as YAML")
+    for name, text in (
+        ("pool", "build or extend an audio pool: clips, loudness, CLAP embeddings, index"),
+        ("sonify", "pair images with mixes of pool clips: VLM concepts, retrieval, mixing, shards"),
+        ("render", "rebuild shards from a manifest and the pool, with no model"),
+    ):
+        command = sub.add_parser(name, help=text)
+        command.add_argument("--config", required=True, help="YAML config file")
+        command.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides, values parsed as YAML")
     tiny = sub.add_parser("tiny-models", help="write tiny random models of the real architectures (offline)")
     tiny.add_argument("--out", required=True, help="folder to write them to")
     sample = sub.add_parser("sample-data", help="generate the demo's audio sample")
@@ -48,12 +53,16 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    from pipelines.pool import PoolMismatch, format_summary, run_pool
+    from pipelines import pool, sonify
 
     try:
-        summary = run_pool(config)
-    except PoolMismatch as exc:
+        if args.command == "pool":
+            print(pool.format_summary(pool.run_pool(config)))
+        elif args.command == "sonify":
+            print(sonify.format_summary(sonify.run_sonify(config)))
+        else:
+            print(json.dumps(sonify.run_render(config), indent=2))
+    except (pool.PoolMismatch, sonify.SonifyError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print(format_summary(summary))
     return 0

@@ -121,6 +121,9 @@ class PromptConfig(_Section):
     text: str = Field(DEFAULT_PROMPT, description="The instruction sent with each image.")
     max_concepts: int = Field(8, ge=1, description="Sounding concepts kept per image and VLM.")
     max_answer_chars: int = Field(4000, ge=100, description="Longer answers are recorded as errors.")
+    max_text_chars: int = Field(
+        160, ge=8, description="Longest caption, label or sound text that structured decoding allows."
+    )
     max_new_tokens: int = Field(384, ge=16, description="Generation budget of one answer.")
     max_pixels: int = Field(
         448 * 448, ge=28 * 28, description="Images are downscaled to at most this many pixels before the VLM."

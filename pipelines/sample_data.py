@@ -1,8 +1,10 @@
-"""The demo's embedded audio sample, synthesized deterministically (no recordings, no licence terms:
-the generated files are dedicated to the public domain, CC0).
+"""The demo's embedded sample, synthesized deterministically (no recordings or photos, no licence
+terms: the generated files are dedicated to the public domain, CC0).
 
-It covers what a real pool meets: wav, flac, mp3, ogg and aiff; 8 to 96 kHz; 8-bit to float;
+audio/ covers what a real pool meets: wav, flac, mp3, ogg and aiff; 8 to 96 kHz; 8-bit to float;
 mono, stereo and 6 channels; a 0.3 s blip up to 34 s; digital silence; and one corrupt file.
+images/ holds 44 pictures: jpg, png and webp; RGB, CMYK, paletted, alpha and greyscale; one too
+small to use and one corrupt.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import soundfile
+from PIL import Image, ImageDraw
 
 
 def _time(seconds: float, rate: int) -> np.ndarray:
@@ -122,15 +125,51 @@ def synthesize(spec: SampleFile, seed: int) -> np.ndarray:
     return np.stack([mono * (1.0 - 0.1 * c) for c in range(spec.channels)], axis=1).astype(np.float32)
 
 
-def write_sample(out: str | Path) -> list[Path]:
-    out = Path(out)
+IMAGE_COUNT = 42
+IMAGE_MODES = (("RGB", "JPEG", "jpg"), ("RGB", "PNG", "png"), ("RGB", "WEBP", "webp"), ("CMYK", "JPEG", "jpg"), ("P", "PNG", "png"), ("RGBA", "PNG", "png"), ("L", "JPEG", "jpeg"))
+
+
+def synthesize_image(index: int) -> Image.Image:
+    """Coloured shapes on a gradient, a different size and layout for every index."""
+    rng = np.random.default_rng(1000 + index)
+    width, height = int(rng.integers(160, 640)), int(rng.integers(120, 480))
+    y, x = np.mgrid[0:height, 0:width]
+    base = np.stack([x / width, y / height, np.full_like(x, rng.random(), dtype=float)], axis=-1)
+    image = Image.fromarray((base * 255).astype(np.uint8), "RGB")
+    draw = ImageDraw.Draw(image)
+    for _ in range(int(rng.integers(2, 7))):
+        x0, y0 = int(rng.integers(0, width - 20)), int(rng.integers(0, height - 20))
+        box = (x0, y0, x0 + int(rng.integers(10, width // 2)), y0 + int(rng.integers(10, height // 2)))
+        colour = tuple(int(c) for c in rng.integers(0, 256, 3))
+        (draw.ellipse if rng.random() < 0.5 else draw.rectangle)(box, fill=colour)
+    return image
+
+
+def write_images(out: Path) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     written = []
+    for index in range(IMAGE_COUNT):
+        mode, fmt, extension = IMAGE_MODES[index % len(IMAGE_MODES)]
+        path = out / f"scene_{index:03d}.{extension}"
+        synthesize_image(index).convert(mode).save(path, format=fmt)
+        written.append(path)
+    tiny = out / "too_small.png"
+    synthesize_image(99).resize((24, 16)).save(tiny, format="PNG")
+    broken = out / "corrupt.jpg"
+    broken.write_bytes(b"\xff\xd8\xff\xe0\x00\x10JFIF" + bytes(40))
+    return [*written, tiny, broken]
+
+
+def write_sample(out: str | Path) -> list[Path]:
+    out = Path(out)
+    audio = out / "audio"
+    audio.mkdir(parents=True, exist_ok=True)
+    written = write_images(out / "images")
     for seed, spec in enumerate(SAMPLE):
-        path = out / spec.name
+        path = audio / spec.name
         soundfile.write(path, synthesize(spec, seed), spec.rate, format=spec.format, subtype=spec.subtype)
         written.append(path)
-    corrupt = out / CORRUPT_NAME
+    corrupt = audio / CORRUPT_NAME
     corrupt.write_bytes(b"RIFF\x24\x00\x00\x00WAVEfmt " + bytes(range(64)))
     written.append(corrupt)
     return written

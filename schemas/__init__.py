@@ -14,7 +14,7 @@ from schemas.pool import (
     embedded_clips_schema,
     embeddings_schema,
 )
-from schemas.sonify import IMAGE_REFS, IMAGES, MANIFEST, MATCHES, SCENES
+from schemas.sonify import IMAGE_REFS, IMAGES, MANIFEST, MATCHES, SCENES, SHARD_PLANS, SHARD_RESULTS
 
 __all__ = [
     "IMAGES",
@@ -22,6 +22,8 @@ __all__ = [
     "MANIFEST",
     "MATCHES",
     "SCENES",
+    "SHARD_PLANS",
+    "SHARD_RESULTS",
     "POOL_AUDIO",
     "POOL_CLIPS",
     "POOL_INDEX_IDS",

@@ -29,6 +29,8 @@ IMAGES = versioned(
         pa.field("image_bytes", pa.binary()),
         # Why a valid image is not sonified: too_small (below sonify.min_side).
         pa.field("dropped", pa.string()),
+        # Where `error` was set: images, vlm or concepts.
+        pa.field("error_stage", pa.string()),
     ],
 )
 
@@ -54,6 +56,7 @@ SCENES = versioned(
         # too_small, non_sonic or no_concepts; null when the scene goes on to retrieval.
         pa.field("dropped", pa.string()),
         pa.field("error", pa.string()),
+        pa.field("error_stage", pa.string()),
     ],
 )
 
@@ -111,5 +114,22 @@ MANIFEST = versioned(
         pa.field("seed", pa.int64()),
         pa.field("shard", pa.string()),
         pa.field("error", pa.string()),
+    ],
+)
+
+# The write stage's work plan (one row per shard, its manifest rows as Arrow IPC) and its report.
+SHARD_PLANS = versioned(
+    "shard_plans",
+    1,
+    [pa.field("shard", pa.string(), nullable=False), pa.field("plan", pa.binary(), nullable=False)],
+)
+SHARD_RESULTS = versioned(
+    "shard_results",
+    1,
+    [
+        pa.field("shard", pa.string(), nullable=False),
+        pa.field("samples", pa.int64()),
+        pa.field("errors", pa.int64()),
+        pa.field("num_bytes", pa.int64()),
     ],
 )

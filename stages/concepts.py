@@ -138,6 +138,7 @@ class ParseConcepts(Stage):
             parsed = parse_answer(row["answer"], self.max_answer_chars, self.max_concepts)
             if parsed.error:
                 row["error"] = f"{row['uri']}{'#' + row['member'] if row['member'] else ''}: {self.vlm}: {parsed.error}"
+                row["error_stage"] = "concepts"
                 continue
             row["caption"] = parsed.caption
             row["concepts"] = [{"label": c.label, "text": c.text} for c in parsed.concepts]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import re
 import tarfile
 from collections import Counter
 from dataclasses import dataclass
@@ -132,7 +133,9 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> Dec
     except BadImage:
         raise
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
-        raise BadImage(f"not a decodable image ({exc})") from None
+        # PIL names the in-memory buffer, which means nothing to the user; keep the reason only.
+        reason = re.sub(r" ?<_io\.BytesIO object at 0x[0-9a-f]+>", "", str(exc))
+        raise BadImage(f"not a decodable image ({reason})") from None
     image = ImageOps.exif_transpose(image)
     if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
         backdrop = Image.new("RGB", image.size, (255, 255, 255))
@@ -204,16 +207,18 @@ class DecodeImages(Stage):
         rows = batch.to_pylist()
         pending = [i for i, r in enumerate(rows) if r["error"] is None]
         payloads = read_image_bytes([ImageRef(rows[i]["uri"], rows[i]["member"], rows[i]["image_id"]) for i in pending])
+        for row in rows:
+            row["error_stage"] = "images" if row["error"] else None
         for i, payload in zip(pending, payloads):
             row = rows[i]
             name = ImageRef(row["uri"], row["member"], row["image_id"]).display
             if isinstance(payload, str):
-                row["error"] = payload
+                row["error"], row["error_stage"] = payload, "images"
                 continue
             try:
                 decoded = decode_image(payload, self.max_image_pixels)
             except BadImage as exc:
-                row["error"] = f"{name}: {exc}"
+                row["error"], row["error_stage"] = f"{name}: {exc}", "images"
                 continue
             row.update(width=decoded.width, height=decoded.height, format=decoded.format, num_bytes=len(payload), image_bytes=payload)
             if min(decoded.width, decoded.height) < self.min_side:

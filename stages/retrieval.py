@@ -60,3 +60,51 @@ def choose(candidates: CandidateSet, rng: np.random.Generator) -> int:
     if candidates.members.size == 1:
         return int(candidates.members[0])
     return int(rng.choice(candidates.members, p=candidates.probabilities))
+
+
+@dataclass(frozen=True)
+class ConceptChoice:
+    clip_id: str
+    cosine: float
+    ssr: float
+    threshold: float
+    n_candidates: int
+    fallback: bool
+
+
+def choose_clips(
+    texts: list[str],
+    matches: dict[str, tuple[list[str], np.ndarray]],
+    seed: int,
+    sample_key: str,
+    k: int,
+    use_ssr: bool,
+    min_cosine: float,
+) -> list[ConceptChoice | None]:
+    """One clip per concept of a sample, or None where a concept is dropped (no match above
+    min_cosine, or every match already used). Clips chosen for earlier concepts of the sample are
+    removed from later concepts' neighbours, so no clip is used twice in one sample."""
+    used: set[str] = set()
+    choices: list[ConceptChoice | None] = []
+    for position, text in enumerate(texts):
+        clip_ids, scores = matches.get(text, ([], np.array([])))
+        keep = [i for i, c in enumerate(clip_ids) if c not in used]
+        if not keep or scores[keep[0]] < min_cosine:
+            choices.append(None)
+            continue
+        ids = [clip_ids[i] for i in keep]
+        kept_scores = np.asarray(scores, dtype=np.float64)[keep]
+        candidates = candidate_set(kept_scores, k, use_ssr)
+        pick = choose(candidates, concept_rng(seed, sample_key, position))
+        used.add(ids[pick])
+        choices.append(
+            ConceptChoice(
+                clip_id=ids[pick],
+                cosine=float(kept_scores[pick]),
+                ssr=float(signed_sqrt(kept_scores[pick])),
+                threshold=candidates.threshold,
+                n_candidates=int(candidates.members.size),
+                fallback=candidates.fallback,
+            )
+        )
+    return choices

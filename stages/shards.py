@@ -5,14 +5,28 @@ samples always give the same bytes, and a shard is written atomically."""
 from __future__ import annotations
 
 import io
+import json
 import tarfile
 from collections.abc import Iterable
+from typing import ClassVar
 
-from stages import storage
+import numpy as np
+import pyarrow as pa
+
+from schemas import MANIFEST, SHARD_PLANS, SHARD_RESULTS, make_table
+from stages import loudness, storage
+from stages.base import Resources, Stage
+from stages.images import ImageRef, read_image_bytes
+from stages.mix import load_pool_clips, mix_sources
+from stages.standardize import PCM16_SCALE, encode_flac, quantize_pcm16
+
+
+def shard_id(index: int) -> str:
+    return f"{index:06d}"
 
 
 def shard_name(index: int) -> str:
-    return f"{index:06d}.tar"
+    return f"{shard_id(index)}.tar"
 
 
 def tar_bytes(samples: Iterable[tuple[str, dict[str, bytes]]]) -> bytes:
@@ -48,3 +62,89 @@ def write_shard(url: str, samples: Iterable[tuple[str, dict[str, bytes]]]) -> in
     data = tar_bytes(samples)
     storage.write_bytes(url, data)
     return len(data)
+
+
+def table_to_ipc(table: pa.Table) -> bytes:
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    return sink.getvalue().to_pybytes()
+
+
+def table_from_ipc(data: bytes) -> pa.Table:
+    return pa.ipc.open_stream(pa.py_buffer(data)).read_all()
+
+
+def image_extension(uri: str, member: str | None, fmt: str | None) -> str:
+    """The sample's image member keeps the source's own extension (jpg, jpeg, png, webp)."""
+    name = (member or uri).rsplit("/", 1)[-1].lower()
+    suffix = name.rsplit(".", 1)[-1] if "." in name else ""
+    if suffix in ("jpg", "jpeg", "png", "webp"):
+        return suffix
+    return {"jpeg": "jpg"}.get(fmt or "", fmt or "img")
+
+
+class WriteShards(Stage):
+    """Mixes the planned samples of one shard and writes `shards/NNNNNN.tar`, then
+    `manifest/NNNNNN.parquet`, which marks the shard complete. Rendering a released manifest runs
+    this same stage, so its audio is bit-identical to the original run."""
+
+    name: ClassVar[str] = "write_shards"
+    required_columns: ClassVar[tuple[str, ...]] = tuple(SHARD_PLANS.names)
+
+    def __init__(self, pool_dir: str, out_dir: str, peak_dbfs: float) -> None:
+        self.pool_dir = pool_dir
+        self.out_dir = out_dir
+        self.peak_dbfs = peak_dbfs
+        self.part_of: dict[str, str] | None = None
+
+    def resources(self) -> Resources:
+        return Resources(num_cpus=1, batch_size=1)
+
+    def output_schema(self) -> pa.Schema:
+        return SHARD_RESULTS
+
+    def setup(self) -> None:
+        parts = [
+            storage.read_parquet(u, columns=["clip_id", "part"])
+            for u in storage.list_files(storage.join(self.pool_dir, "clips"), ".parquet")
+        ]
+        table = pa.concat_tables(parts)
+        self.part_of = dict(zip(table.column("clip_id").to_pylist(), table.column("part").to_pylist()))
+
+    def process_batch(self, batch: pa.Table) -> pa.Table:
+        if self.part_of is None:
+            self.setup()
+        results = [self.write_shard(shard, table_from_ipc(plan)) for shard, plan in zip(*[batch.column(c).to_pylist() for c in ("shard", "plan")])]
+        return make_table(SHARD_RESULTS, {name: [r[name] for r in results] for name in SHARD_RESULTS.names})
+
+    def write_shard(self, shard: str, plan: pa.Table) -> dict:
+        rows = sorted(plan.to_pylist(), key=lambda r: r["key"])
+        images = read_image_bytes([ImageRef(r["image_uri"], r["image_member"], r["image_id"]) for r in rows])
+        rate = rows[0]["sample_rate"]
+        wanted = {(c["clip_id"], self.part_of[c["clip_id"]]) for r in rows for c in r["concepts"]}
+        clips = load_pool_clips(self.pool_dir, sorted(wanted), rate)
+        samples, errors = [], 0
+        for row, image in zip(rows, images):
+            row["shard"] = shard_name_of(shard)
+            if isinstance(image, str):
+                row["error"], errors = image, errors + 1
+                continue
+            gains = np.array([c["gain_db"] for c in row["concepts"]])
+            mixed = mix_sources([clips[c["clip_id"]] for c in row["concepts"]], gains, self.peak_dbfs)
+            pcm = quantize_pcm16(mixed.audio)
+            stored = pcm.astype(np.float32) / PCM16_SCALE
+            row["mix_gain_db"] = mixed.mix_gain_db
+            row["mix_lufs"] = loudness.integrated_lufs(stored, rate)
+            row["mix_peak_dbfs"] = loudness.peak_dbfs(stored)
+            row["duration_s"] = pcm.size / rate
+            extension = image_extension(row["image_uri"], row["image_member"], row["image_format"])
+            members = {extension: image, "flac": encode_flac(pcm, rate), "json": json.dumps(row, sort_keys=True).encode()}
+            samples.append((row["key"], members))
+        size = write_shard(storage.join(self.out_dir, "shards", shard_name_of(shard)), samples)
+        storage.write_parquet(storage.join(self.out_dir, "manifest", f"{shard}.parquet"), make_table(MANIFEST, pa.Table.from_pylist(rows, schema=MANIFEST)))
+        return {"shard": shard, "samples": len(samples), "errors": errors, "num_bytes": size}
+
+
+def shard_name_of(shard: str) -> str:
+    return f"{shard}.tar"

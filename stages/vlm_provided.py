@@ -67,6 +67,7 @@ class ProvidedConcepts(Stage):
             answer = self.answers.get(row["image_id"])
             if answer is None and row["error"] is None and row["dropped"] is None:
                 row["error"] = f"{row['uri']}: no concepts provided for image_id {row['image_id']!r} in {self.vlm.path}"
+                row["error_stage"] = "vlm"
             answers.append(answer)
         return pa.Table.from_pylist(
             [{**{f.name: r[f.name] for f in IMAGES}, "answer": a} for r, a in zip(rows, answers)], schema=answers_column_schema()

@@ -50,7 +50,7 @@ class TransformersVlm(Stage):
         vocab_size = self.model.config.get_text_config().vocab_size
         info = xgrammar.TokenizerInfo.from_huggingface(self.processor.tokenizer, vocab_size=vocab_size)
         self.grammar = xgrammar.GrammarCompiler(info).compile_json_schema(
-            json.dumps(answer_schema(self.prompt.max_concepts)), any_whitespace=False
+            json.dumps(answer_schema(self.prompt.max_concepts, self.prompt.max_text_chars)), any_whitespace=False
         )
 
     def _generate(self, images: list) -> list[str]:
@@ -84,6 +84,7 @@ class TransformersVlm(Stage):
                         answers[i] = self._generate([image])[0]
                     except Exception as single:
                         rows[i]["error"] = f"{rows[i]['uri']}: {self.vlm.name} failed: {type(single).__name__}: {single}"
+                        rows[i]["error_stage"] = "vlm"
         return pa.Table.from_pylist(
             [{**{f.name: r[f.name] for f in IMAGES}, "answer": a} for r, a in zip(rows, answers)], schema=answers_column_schema()
         )
