@@ -37,8 +37,10 @@ from stages.mix import draw_targets, gains_db
 from stages.retrieval import choose_clips, concept_rng
 from stages.retrieve import RetrieveClips
 from stages.shards import WriteShards, plan_shards, shard_id, table_to_ipc
+from stages.vlm_openai import OpenAIVlm
 from stages.vlm_provided import ProvidedConcepts
 from stages.vlm_transformers import TransformersVlm
+from stages.vlm_vllm import answer_with_vllm
 
 log = logging.getLogger(__name__)
 
@@ -60,11 +62,12 @@ def sample_key(image_id: str, vlm: str) -> str:
 
 
 def vlm_stage(vlm: VlmConfig, config: RunConfig) -> Stage:
+    """The answer stage of a Stage-based backend (vllm is a Ray Data LLM processor instead)."""
     if vlm.backend == "transformers":
         return TransformersVlm(vlm, config.prompt)
-    if vlm.backend == "provided":
-        return ProvidedConcepts(vlm)
-    raise SonifyError(f"models.vlm {vlm.name}: backend {vlm.backend} is not available in this release")
+    if vlm.backend == "openai":
+        return OpenAIVlm(vlm, config.prompt)
+    return ProvidedConcepts(vlm)
 
 
 def check_pool(config: RunConfig) -> PoolPaths:
@@ -90,13 +93,17 @@ def run_scenes(config: RunConfig, refs: pa.Table, vlm: VlmConfig) -> pa.Table:
     import ray.data
 
     decode = DecodeImages(config.sonify.min_side, config.sonify.max_image_pixels)
-    answer = vlm_stage(vlm, config)
     parse = ParseConcepts(vlm.name, config.prompt.max_answer_chars, config.prompt.max_concepts)
-    check_chain(IMAGE_REFS, [decode, answer, parse])
     dataset = ray.data.from_arrow(refs).repartition(max(1, min(refs.num_rows // 16, 1000)))
-    for stage in (decode, answer, parse):
-        dataset = apply_stage(dataset, lambda stage=stage: stage)
-    scenes = _collect(dataset)
+    dataset = apply_stage(dataset, lambda: decode)
+    if vlm.backend == "vllm":
+        check_chain(IMAGE_REFS, [decode])
+        dataset = answer_with_vllm(dataset, vlm, config.prompt)
+    else:
+        answer = vlm_stage(vlm, config)
+        check_chain(IMAGE_REFS, [decode, answer, parse])
+        dataset = apply_stage(dataset, lambda: answer)
+    scenes = _collect(apply_stage(dataset, lambda: parse))
     return (scenes if scenes is not None else SCENES.empty_table()).sort_by([("image_id", "ascending")])
 
 

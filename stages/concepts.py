@@ -7,6 +7,7 @@ Anything else (not JSON, empty, truncated, over-long, wrong shape) becomes an er
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 from dataclasses import dataclass, field
@@ -50,6 +51,13 @@ def user_message(prompt: str, image: object | None = None) -> dict:
     """One user turn: the image, then the instruction (the layout VLM chat templates expect)."""
     picture = {"type": "image"} if image is None else {"type": "image", "image": image}
     return {"role": "user", "content": [picture, {"type": "text", "text": prompt}]}
+
+
+def openai_user_message(prompt: str, jpeg: bytes) -> dict:
+    """The same user turn in OpenAI chat format, the image inline as a base64 data URL; vLLM's chat
+    parser and every OpenAI-compatible server accept it."""
+    url = "data:image/jpeg;base64," + base64.b64encode(jpeg).decode()
+    return {"role": "user", "content": [{"type": "image_url", "image_url": {"url": url}}, {"type": "text", "text": prompt}]}
 
 
 # Paper A.2: images whose caption names one of these are graphics, not scenes that sound.

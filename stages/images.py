@@ -187,6 +187,14 @@ def downscale(image: Image.Image, max_pixels: int) -> Image.Image:
     return image.resize((max(1, int(image.width * scale)), max(1, int(image.height * scale))), Image.Resampling.BICUBIC)
 
 
+def vlm_jpeg(data: bytes, max_pixels: int) -> bytes:
+    """What a remote or engine VLM receives: the decoded, upright RGB image, downscaled to the pixel
+    cap, as JPEG."""
+    buffer = io.BytesIO()
+    downscale(decode_image(data).image, max_pixels).save(buffer, format="JPEG", quality=90)
+    return buffer.getvalue()
+
+
 class DecodeImages(Stage):
     """Reads, decodes and validates listed images; keeps the original bytes for the VLM and shards."""
 

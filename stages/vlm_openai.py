@@ -1,0 +1,108 @@
+"""VLM answers from any OpenAI-compatible `/v1/chat/completions` server (`vllm serve`,
+`transformers serve`, hosted APIs): concurrent requests, retries with exponential backoff on
+connection errors, timeouts, 429 and 5xx, and a per-request timeout. The answer schema goes in
+`response_format`, which servers with structured outputs enforce."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from typing import ClassVar
+
+import pyarrow as pa
+
+from pipelines.config import PromptConfig, VlmConfig
+from schemas import IMAGES
+from stages.base import Resources, Stage
+from stages.concepts import answer_schema, openai_user_message
+from stages.images import vlm_jpeg
+from stages.vlm_transformers import answers_column_schema
+
+RETRYABLE_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
+BACKOFF_SECONDS = 0.5
+
+
+class RequestFailed(RuntimeError):
+    """A request that retries did not rescue."""
+
+
+def chat_payload(vlm: VlmConfig, prompt: PromptConfig, jpeg: bytes) -> dict:
+    return {
+        "model": vlm.model,
+        "messages": [openai_user_message(prompt.text, jpeg)],
+        "max_tokens": prompt.max_new_tokens,
+        "temperature": vlm.temperature,
+        "response_format": {
+            "type": "json_schema",
+            "json_schema": {"name": "sounding_concepts", "schema": answer_schema(prompt.max_concepts, prompt.max_text_chars)},
+        },
+    }
+
+
+def post_with_retries(url: str, payload: dict, api_key: str | None, timeout_s: float, retries: int, sleep=time.sleep) -> dict:
+    body = json.dumps(payload).encode()
+    headers = {"Content-Type": "application/json"}
+    if api_key:
+        headers["Authorization"] = f"Bearer {api_key}"
+    last = "no attempt"
+    for attempt in range(retries + 1):
+        if attempt:
+            sleep(BACKOFF_SECONDS * 2 ** (attempt - 1))
+        request = urllib.request.Request(url, data=body, headers=headers, method="POST")
+        try:
+            with urllib.request.urlopen(request, timeout=timeout_s) as response:
+                return json.loads(response.read())
+        except urllib.error.HTTPError as exc:
+            last = f"HTTP {exc.code}: {exc.read()[:200].decode(errors='replace')}"
+            if exc.code not in RETRYABLE_STATUS:
+                break
+        except (urllib.error.URLError, TimeoutError, ConnectionError) as exc:
+            last = f"{type(exc).__name__}: {getattr(exc, 'reason', exc)}"
+        except json.JSONDecodeError:
+            last = "the server's reply is not JSON"
+            break
+    raise RequestFailed(f"{last} (after {attempt + 1} attempt{'s' if attempt else ''})")
+
+
+class OpenAIVlm(Stage):
+    name: ClassVar[str] = "vlm_openai"
+    required_columns: ClassVar[tuple[str, ...]] = tuple(IMAGES.names)
+
+    def __init__(self, vlm: VlmConfig, prompt: PromptConfig) -> None:
+        self.vlm = vlm
+        self.prompt = prompt
+
+    def resources(self) -> Resources:
+        return Resources(num_cpus=0.5, batch_size=self.vlm.batch_size)
+
+    def output_schema(self) -> pa.Schema:
+        return answers_column_schema()
+
+    def _ask(self, image_bytes: bytes) -> str:
+        url = self.vlm.base_url.rstrip("/") + "/chat/completions"
+        payload = chat_payload(self.vlm, self.prompt, vlm_jpeg(image_bytes, self.prompt.max_pixels))
+        reply = post_with_retries(url, payload, os.environ.get(self.vlm.api_key_env), self.vlm.timeout_s, self.vlm.retries)
+        try:
+            return reply["choices"][0]["message"]["content"]
+        except (KeyError, IndexError, TypeError):
+            raise RequestFailed(f"reply has no choices[0].message.content: {json.dumps(reply)[:200]}") from None
+
+    def process_batch(self, batch: pa.Table) -> pa.Table:
+        rows = batch.to_pylist()
+        todo = [i for i, r in enumerate(rows) if r["error"] is None and r["dropped"] is None]
+        answers: list[str | None] = [None] * len(rows)
+        with ThreadPoolExecutor(max_workers=self.vlm.concurrency) as pool:
+            futures = {i: pool.submit(self._ask, rows[i]["image_bytes"]) for i in todo}
+            for i, future in futures.items():
+                try:
+                    answers[i] = future.result()
+                except RequestFailed as exc:
+                    rows[i]["error"] = f"{rows[i]['uri']}: {self.vlm.name}: {exc}"
+                    rows[i]["error_stage"] = "vlm"
+        return pa.Table.from_pylist(
+            [{**{f.name: r[f.name] for f in IMAGES}, "answer": a} for r, a in zip(rows, answers)], schema=answers_column_schema()
+        )
