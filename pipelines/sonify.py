@@ -36,7 +36,7 @@ from stages.images import DecodeImages, assign_image_ids, list_images
 from stages.mix import draw_targets, gains_db
 from stages.retrieval import choose_clips, concept_rng
 from stages.retrieve import RetrieveClips
-from stages.shards import WriteShards, plan_shards, shard_id, table_to_ipc
+from stages.shards import WriteShards, image_extension, plan_shards, shard_id, table_to_ipc
 from stages.vlm_openai import OpenAIVlm
 from stages.vlm_provided import ProvidedConcepts
 from stages.vlm_transformers import TransformersVlm
@@ -191,12 +191,22 @@ def plan_samples(config: RunConfig, scenes: pa.Table, matches: pa.Table, clip_lu
 
 
 def shard_plans(samples: list[dict], scenes_bytes: dict[str, int], config: RunConfig) -> pa.Table:
-    flac_estimate = config.mix.sample_rate * config.pool.clip_seconds * FLAC_BYTES_PER_SAMPLE
-    sizes = [scenes_bytes.get(s["key"], 0) + int(flac_estimate) for s in samples]
-    assignment = plan_shards(sizes, int(config.sonify.shard_size_mb * 1e6))
+    """Samples to shards of about sonify.shard_size_mb, in key order. A shard holds one image
+    extension only: Hugging Face datasets requires every sample of a tar to have the same members."""
+    flac_estimate = int(config.mix.sample_rate * config.pool.clip_seconds * FLAC_BYTES_PER_SAMPLE)
+    by_extension: dict[str, list[dict]] = {}
+    for sample in samples:
+        extension = image_extension(sample["image_uri"], sample["image_member"], sample["image_format"])
+        by_extension.setdefault(extension, []).append(sample)
     groups: dict[str, list[dict]] = {}
-    for sample, index in zip(samples, assignment):
-        groups.setdefault(shard_id(index), []).append(sample)
+    first = 0
+    for extension in sorted(by_extension):
+        members = by_extension[extension]
+        sizes = [scenes_bytes.get(s["key"], 0) + flac_estimate for s in members]
+        assignment = plan_shards(sizes, int(config.sonify.shard_size_mb * 1e6))
+        for sample, index in zip(members, assignment):
+            groups.setdefault(shard_id(first + index), []).append(sample)
+        first += assignment[-1] + 1
     return make_table(
         SHARD_PLANS,
         {

@@ -76,12 +76,11 @@ def table_from_ipc(data: bytes) -> pa.Table:
 
 
 def image_extension(uri: str, member: str | None, fmt: str | None) -> str:
-    """The sample's image member keeps the source's own extension (jpg, jpeg, png, webp)."""
+    """The extension of the sample's image member: the source's own (png, webp; jpeg spelled jpg,
+    so that readers see one member type per format), else the decoded format's."""
     name = (member or uri).rsplit("/", 1)[-1].lower()
-    suffix = name.rsplit(".", 1)[-1] if "." in name else ""
-    if suffix in ("jpg", "jpeg", "png", "webp"):
-        return suffix
-    return {"jpeg": "jpg"}.get(fmt or "", fmt or "img")
+    suffix = name.rsplit(".", 1)[-1] if "." in name else (fmt or "img")
+    return "jpg" if suffix in ("jpeg", "jpg") else suffix
 
 
 class WriteShards(Stage):

@@ -119,6 +119,11 @@ def test_shards_read_back_with_webdataset(run, inputs):
     assert len(shards) == summary["shards"] >= 2
     samples = list(wds.WebDataset(shards, shardshuffle=False))
     assert len(samples) == summary["samples"]
+    for shard in shards:
+        with tarfile.open(shard) as tar:
+            members = [m.name.split(".", 1)[1] for m in tar]
+        # One member type set per tar, as Hugging Face's webdataset loader requires.
+        assert len(set(members) - {"flac", "json"}) == 1, members
     assert len({s["__key__"] for s in samples}) == len(samples)
     for sample in samples:
         meta = json.loads(sample["json"])
@@ -192,3 +197,4 @@ def test_missing_pool_is_an_error_before_work(inputs, tiny_models, tmp_path):
     with pytest.raises(SonifyError, match="holds no pool"):
         run_sonify(config)
     assert not (tmp_path / "x").exists()
+
