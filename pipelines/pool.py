@@ -30,7 +30,7 @@ import pyarrow.compute as pc
 
 from pipelines.config import RunConfig, dump_config
 from pipelines.ray_runner import apply_stage, init_ray
-from schemas import POOL_AUDIO, POOL_CLIPS, POOL_INDEX_IDS, POOL_PARTS, embeddings_schema, make_table
+from schemas import POOL_CLIPS, POOL_INDEX_IDS, POOL_PARTS, embeddings_schema, make_table
 from stages import index as faiss_index
 from stages import storage
 from stages.base import check_chain

@@ -14,9 +14,10 @@ from schemas.pool import (
     embedded_clips_schema,
     embeddings_schema,
 )
-from schemas.sonify import IMAGE_REFS, IMAGES, MANIFEST, MATCHES, SCENES, SHARD_PLANS, SHARD_RESULTS
+from schemas.sonify import ANSWERS, IMAGE_REFS, IMAGES, MANIFEST, MATCHES, SCENES, SHARD_PLANS, SHARD_RESULTS
 
 __all__ = [
+    "ANSWERS",
     "IMAGES",
     "IMAGE_REFS",
     "MANIFEST",

@@ -34,6 +34,9 @@ IMAGES = versioned(
     ],
 )
 
+# What every VLM backend adds to an image row: its raw answer (null when it gave none).
+ANSWERS = versioned("answers", 1, [*IMAGES, pa.field("answer", pa.string())])
+
 CONCEPT = pa.struct([pa.field("label", pa.string()), pa.field("text", pa.string())])
 
 # sonify.out/scenes/<vlm>/*.parquet: one row per image and VLM, with the parsed answer.

@@ -15,7 +15,7 @@ from typing import ClassVar
 
 import pyarrow as pa
 
-from schemas import IMAGES, SCENES, make_table
+from schemas import ANSWERS, IMAGES, SCENES, make_table
 from stages.base import Resources, Stage
 
 ANSWER_JSON_SCHEMA = {
@@ -119,11 +119,18 @@ def parse_answer(answer: str | None, max_chars: int, max_concepts: int) -> Parse
     return parsed
 
 
+def answers_table(rows: list[dict], answers: list[str | None]) -> pa.Table:
+    """Image rows plus each one's raw answer: what every VLM backend returns."""
+    return pa.Table.from_pylist(
+        [{**{f.name: row[f.name] for f in IMAGES}, "answer": answer} for row, answer in zip(rows, answers)], schema=ANSWERS
+    )
+
+
 class ParseConcepts(Stage):
     """A VLM's raw answers -> scenes: caption, concepts, and why a scene goes no further."""
 
     name: ClassVar[str] = "parse_concepts"
-    required_columns: ClassVar[tuple[str, ...]] = (*IMAGES.names, "answer")
+    required_columns: ClassVar[tuple[str, ...]] = tuple(ANSWERS.names)
 
     def __init__(self, vlm: str, max_answer_chars: int, max_concepts: int) -> None:
         self.vlm = vlm

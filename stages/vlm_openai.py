@@ -16,11 +16,10 @@ from typing import ClassVar
 import pyarrow as pa
 
 from pipelines.config import PromptConfig, VlmConfig
-from schemas import IMAGES
+from schemas import ANSWERS, IMAGES
 from stages.base import Resources, Stage
-from stages.concepts import answer_schema, openai_user_message
+from stages.concepts import answer_schema, answers_table, openai_user_message
 from stages.images import vlm_jpeg
-from stages.vlm_transformers import answers_column_schema
 
 RETRYABLE_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
 BACKOFF_SECONDS = 0.5
@@ -80,7 +79,7 @@ class OpenAIVlm(Stage):
         return Resources(num_cpus=0.5, batch_size=self.vlm.batch_size)
 
     def output_schema(self) -> pa.Schema:
-        return answers_column_schema()
+        return ANSWERS
 
     def _ask(self, image_bytes: bytes) -> str:
         url = self.vlm.base_url.rstrip("/") + "/chat/completions"
@@ -103,6 +102,4 @@ class OpenAIVlm(Stage):
                 except RequestFailed as exc:
                     rows[i]["error"] = f"{rows[i]['uri']}: {self.vlm.name}: {exc}"
                     rows[i]["error_stage"] = "vlm"
-        return pa.Table.from_pylist(
-            [{**{f.name: r[f.name] for f in IMAGES}, "answer": a} for r, a in zip(rows, answers)], schema=answers_column_schema()
-        )
+        return answers_table(rows, answers)

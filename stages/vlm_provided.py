@@ -9,10 +9,10 @@ from typing import ClassVar
 import pyarrow as pa
 
 from pipelines.config import VlmConfig
-from schemas import IMAGES
+from schemas import ANSWERS
 from stages import storage
 from stages.base import Resources, Stage
-from stages.vlm_transformers import answers_column_schema
+from stages.concepts import answers_table
 
 
 class ProvidedConceptsError(ValueError):
@@ -53,7 +53,7 @@ class ProvidedConcepts(Stage):
         return Resources(num_cpus=0.5, actors=1, batch_size=256)
 
     def output_schema(self) -> pa.Schema:
-        return answers_column_schema()
+        return ANSWERS
 
     def setup(self) -> None:
         self.answers = read_provided(self.vlm.path)
@@ -69,6 +69,4 @@ class ProvidedConcepts(Stage):
                 row["error"] = f"{row['uri']}: no concepts provided for image_id {row['image_id']!r} in {self.vlm.path}"
                 row["error_stage"] = "vlm"
             answers.append(answer)
-        return pa.Table.from_pylist(
-            [{**{f.name: r[f.name] for f in IMAGES}, "answer": a} for r, a in zip(rows, answers)], schema=answers_column_schema()
-        )
+        return answers_table(rows, answers)

@@ -11,16 +11,12 @@ from typing import ClassVar
 import pyarrow as pa
 
 from pipelines.config import PromptConfig, VlmConfig
-from schemas import IMAGES
+from schemas import ANSWERS, IMAGES
 from stages.base import Resources, Stage
-from stages.concepts import answer_schema, user_message
+from stages.concepts import answer_schema, answers_table, user_message
 from stages.images import decode_image, downscale
 
 log = logging.getLogger(__name__)
-
-
-def answers_column_schema() -> pa.Schema:
-    return pa.schema([*IMAGES, pa.field("answer", pa.string())])
 
 
 class TransformersVlm(Stage):
@@ -36,7 +32,7 @@ class TransformersVlm(Stage):
         return Resources(num_cpus=1, num_gpus=self.vlm.num_gpus, actors=self.vlm.concurrency, batch_size=self.vlm.batch_size)
 
     def output_schema(self) -> pa.Schema:
-        return answers_column_schema()
+        return ANSWERS
 
     def setup(self) -> None:
         import torch
@@ -85,6 +81,4 @@ class TransformersVlm(Stage):
                     except Exception as single:
                         rows[i]["error"] = f"{rows[i]['uri']}: {self.vlm.name} failed: {type(single).__name__}: {single}"
                         rows[i]["error_stage"] = "vlm"
-        return pa.Table.from_pylist(
-            [{**{f.name: r[f.name] for f in IMAGES}, "answer": a} for r, a in zip(rows, answers)], schema=answers_column_schema()
-        )
+        return answers_table(rows, answers)

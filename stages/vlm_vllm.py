@@ -13,10 +13,9 @@ from typing import Any
 import pyarrow as pa
 
 from pipelines.config import PromptConfig, VlmConfig
-from schemas import IMAGES
+from schemas import ANSWERS, IMAGES
 from stages.concepts import answer_schema, openai_user_message
 from stages.images import vlm_jpeg
-from stages.vlm_transformers import answers_column_schema
 
 INFERENCE_ERROR = "__inference_error__"
 
@@ -52,7 +51,7 @@ def normalize_answers(batch: pa.Table, vlm_name: str) -> pa.Table:
             record["error"] = f"{row.get('uri')}: {vlm_name} failed: {failure}"
             record["error_stage"] = "vlm"
         out.append(record)
-    return pa.Table.from_pylist(out, schema=answers_column_schema())
+    return pa.Table.from_pylist(out, schema=ANSWERS)
 
 
 def answer_with_vllm(dataset, vlm: VlmConfig, prompt: PromptConfig):
