@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from pipelines.config import IndexConfig, MixConfig, RetrievalConfig  # noqa: E402
 from stages.index import build_index, ivf_cells, recall_at_k, search  # noqa: E402
 from stages.loudness import integrated_lufs  # noqa: E402
-from stages.mix import Mix, db_to_amplitude, draw_targets, gains_db, mix_sources  # noqa: E402
+from stages.mix import Mix, draw_targets, gains_db, mix_sources  # noqa: E402
 
 INDEX_DIM = 512
 INDEX_CENTERS = 1000

@@ -23,8 +23,9 @@ from collections import Counter
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import yaml
 
-from pipelines.config import RunConfig, VlmConfig, dump_config
+from pipelines.config import RunConfig, VlmConfig, dump_config, validate_config
 from pipelines.pool import PoolPaths, check_compatible, read_clips
 from pipelines.ray_runner import apply_stage, init_ray
 from schemas import IMAGE_REFS, MANIFEST, MATCHES, SCENES, SHARD_PLANS, make_table
@@ -82,6 +83,24 @@ def check_pool(config: RunConfig) -> PoolPaths:
     if not storage.exists(paths.sub("index", "index.faiss")):
         raise SonifyError(f"pool {paths.root} has no index: it holds no non-silent clip")
     return paths
+
+
+def _run_identity(config: RunConfig) -> dict:
+    """What decides a run's output; where work runs (ray) and render settings do not."""
+    return config.model_dump(mode="json", exclude={"ray", "render"})
+
+
+def check_same_run(config: RunConfig, out: str) -> None:
+    """Finished phases in sonify.out are reused, so they must come from the same settings."""
+    url = storage.join(out, "config.yaml")
+    if not storage.exists(url):
+        return
+    previous = validate_config(yaml.safe_load(storage.read_bytes(url)), origin=url)
+    if _run_identity(previous) != _run_identity(config):
+        raise SonifyError(
+            f"sonify.out {out} holds a run made with other settings (see its config.yaml); "
+            "use a new sonify.out, or delete the old run to start over"
+        )
 
 
 def _collect(dataset) -> pa.Table:
@@ -239,6 +258,7 @@ def run_sonify(config: RunConfig) -> dict:
         raise SonifyError("models.vlm is empty: configure at least one VLM (or backend: provided)")
     paths = check_pool(config)
     out = out.rstrip("/")
+    check_same_run(config, out)
     storage.makedirs(out)
     storage.write_text(storage.join(out, "config.yaml"), dump_config(config))
     seconds: dict[str, float] = {}

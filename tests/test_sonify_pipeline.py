@@ -198,3 +198,14 @@ def test_missing_pool_is_an_error_before_work(inputs, tiny_models, tmp_path):
         run_sonify(config)
     assert not (tmp_path / "x").exists()
 
+
+
+def test_rerun_reuses_finished_work_and_refuses_other_settings(run, inputs, tiny_models):
+    config, out, summary = run
+    before = {p: p.stat().st_mtime_ns for p in (out / "shards").glob("*.tar")}
+    again = run_sonify(config)
+    assert again["samples"] == summary["samples"]
+    assert {p: p.stat().st_mtime_ns for p in (out / "shards").glob("*.tar")} == before
+    changed = make_config(inputs, tiny_models, out, retrieval={"search_k": 8, "k": 2, "min_cosine": -1.0})
+    with pytest.raises(SonifyError, match="holds a run made with other settings"):
+        run_sonify(changed)
