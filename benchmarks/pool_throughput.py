@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import math
 import os
 import sys
 import tempfile
@@ -29,40 +28,20 @@ import soundfile
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks import common  # noqa: E402
 from pipelines.config import ClapConfig, IndexConfig, PoolConfig  # noqa: E402
 from pipelines.tiny_models import build_all  # noqa: E402
 from stages.clap import CLAP_SAMPLE_RATE, load_clap  # noqa: E402
-from stages.index import build_index, recall_at_k, search  # noqa: E402
+from stages.index import recall_at_k  # noqa: E402
 from stages.standardize import Standardize  # noqa: E402
 
 SOURCE_RATES = (16000, 44100, 48000)
 EMBED_BATCH = 16
 EMBED_CLIP_SECONDS = 5.0
-INDEX_DIM = 512
-INDEX_CENTERS = 1000
 INDEX_QUERIES = 1000
 INDEX_K = 10
 # An HNSW build projected to take longer than this is made on fewer vectors, to keep the run short.
 HNSW_BUILD_BUDGET_S = 90.0
-# Repeat a search at least this often and this long, so fast indexes are not timed on one run of a few ms.
-MIN_SEARCH_RUNS = 3
-MIN_SEARCH_SECONDS = 0.5
-
-
-@dataclass
-class Row:
-    measurement: str
-    size: str
-    seconds: float
-    rate: float | None = None
-    unit: str = ""
-    recall: str = ""
-    note: str = ""
-
-    def rate_text(self) -> str:
-        if self.rate is None:
-            return ""
-        return f"{self.rate:,.0f} {self.unit}" if self.rate >= 100 else f"{self.rate:.1f} {self.unit}"
 
 
 @dataclass
@@ -97,7 +76,7 @@ def write_sources(folder: Path, count: int, rng: np.random.Generator) -> list[st
     return uris
 
 
-def bench_standardize(work: Path, file_count: int, rng: np.random.Generator) -> Row:
+def bench_standardize(work: Path, file_count: int, rng: np.random.Generator) -> common.Row:
     sources = work / "sources"
     sources.mkdir()
     uris = write_sources(sources, file_count, rng)
@@ -111,7 +90,7 @@ def bench_standardize(work: Path, file_count: int, rng: np.random.Generator) -> 
     if errors:
         raise RuntimeError(f"standardize produced error rows, so its throughput means nothing: {errors[:3]}")
     source_seconds = sum(clips.column("duration_s").to_pylist())
-    return Row(
+    return common.Row(
         "standardize (process_part)",
         f"{file_count} files, {clips.num_rows} clips",
         seconds,
@@ -148,7 +127,7 @@ def clap_configs(models: dict[str, str]) -> dict[str, ClapConfig]:
     }
 
 
-def bench_embed(backend: str, config: ClapConfig, clips: list[np.ndarray]) -> list[Row]:
+def bench_embed(backend: str, config: ClapConfig, clips: list[np.ndarray]) -> list[common.Row]:
     start = time.perf_counter()
     with quiet_stdout():
         model = load_clap(config)
@@ -162,8 +141,8 @@ def bench_embed(backend: str, config: ClapConfig, clips: list[np.ndarray]) -> li
     seconds = time.perf_counter() - start
     count = sum(len(b) for b in timed)
     return [
-        Row(f"load clap {backend}", "tiny model", load_seconds),
-        Row(
+        common.Row(f"load clap {backend}", "tiny model", load_seconds),
+        common.Row(
             f"embed {backend}",
             f"{count} clips x {EMBED_CLIP_SECONDS:g} s",
             seconds,
@@ -174,35 +153,9 @@ def bench_embed(backend: str, config: ClapConfig, clips: list[np.ndarray]) -> li
     ]
 
 
-def clustered_vectors(rng: np.random.Generator, centers: np.ndarray, count: int) -> np.ndarray:
-    """Points around random cluster centers, L2-normalized like CLAP embeddings."""
-    assigned = centers[rng.integers(len(centers), size=count)]
-    # Noise about as long as a center keeps clusters distinct but not trivially separable.
-    noise = rng.standard_normal((count, centers.shape[1]), dtype=np.float32) / math.sqrt(centers.shape[1])
-    points = assigned + noise
-    return points / np.linalg.norm(points, axis=1, keepdims=True)
-
-
-def queries_per_second(index, queries: np.ndarray) -> tuple[float, np.ndarray]:
-    """Search rate of the fastest of several runs of the same query batch (the least disturbed by
-    other load on the machine), and the rows found."""
-    best, elapsed, runs = math.inf, 0.0, 0
-    while runs < MIN_SEARCH_RUNS or elapsed < MIN_SEARCH_SECONDS:
-        start = time.perf_counter()
-        _, rows = search(index, queries, INDEX_K)
-        seconds = time.perf_counter() - start
-        best, elapsed, runs = min(best, seconds), elapsed + seconds, runs + 1
-    return len(queries) / best, rows
-
-
-def projected_hnsw_seconds(measured_n: int, measured_s: float, n: int) -> float:
-    """HNSW build cost grows about as n log n."""
-    return measured_s * (n * math.log(n)) / (measured_n * math.log(measured_n))
-
-
 def hnsw_size_within_budget(measured_n: int, measured_s: float, n: int) -> int:
     size = n
-    while size > measured_n and projected_hnsw_seconds(measured_n, measured_s, size) > HNSW_BUILD_BUDGET_S:
+    while size > measured_n and common.projected_hnsw_seconds(measured_n, measured_s, size) > HNSW_BUILD_BUDGET_S:
         size = int(size * 0.9)
     return max(size, measured_n)
 
@@ -218,10 +171,7 @@ class IndexResult:
 
 def bench_one_index(kind: str, vectors: np.ndarray, queries: np.ndarray, exact_rows: np.ndarray | None) -> tuple[IndexResult, np.ndarray]:
     """Build time, queries/s and recall@k against `exact_rows` (None: this index is the exact one)."""
-    start = time.perf_counter()
-    index = build_index(vectors, IndexConfig(kind=kind))
-    build_s = time.perf_counter() - start
-    qps, rows = queries_per_second(index, queries)
+    build_s, qps, rows = common.build_and_search(IndexConfig(kind=kind), vectors, queries, INDEX_K)
     recall = 1.0 if exact_rows is None else recall_at_k(rows, exact_rows)
     return IndexResult(kind, len(vectors), build_s, qps, recall), rows
 
@@ -238,7 +188,7 @@ def bench_index_size(
     if hnsw_probe is not None:
         hnsw_n = hnsw_size_within_budget(hnsw_probe.n, hnsw_probe.build_s, n)
         if hnsw_n < n:
-            projected = projected_hnsw_seconds(hnsw_probe.n, hnsw_probe.build_s, n)
+            projected = common.projected_hnsw_seconds(hnsw_probe.n, hnsw_probe.build_s, n)
             note = f"hnsw capped to {hnsw_n:,} vectors: N={n:,} projected at {projected:.0f} s > {HNSW_BUILD_BUDGET_S:.0f} s"
     if hnsw_n < n:
         # The capped hnsw is compared with a flat index over the same subset.
@@ -250,22 +200,12 @@ def bench_index_size(
     return results, note
 
 
-def index_row(result: IndexResult) -> Row:
+def index_row(result: IndexResult) -> common.Row:
     recall = "exact" if result.kind == "flat" else f"{result.recall:.3f}"
-    return Row(f"index {result.kind}", f"N={result.n:,}", result.build_s, result.qps, "queries/s", recall, "seconds = build")
+    return common.Row(f"index {result.kind}", f"N={result.n:,}", result.build_s, result.qps, "queries/s", recall, "seconds = build")
 
 
-def print_table(rows: list[Row]) -> None:
-    cells = [["measurement", "size", "seconds", "rate", "recall@10", "note"]]
-    cells += [[r.measurement, r.size, f"{r.seconds:.2f}", r.rate_text(), r.recall, r.note] for r in rows]
-    widths = [max(len(c[i]) for c in cells) for i in range(len(cells[0]))]
-    for number, line in enumerate(cells):
-        print(" | ".join(c.ljust(w) for c, w in zip(line, widths)).rstrip())
-        if number == 0:
-            print("-+-".join("-" * w for w in widths))
-
-
-def ratio_lines(embed_rows: list[Row], index_results: list[IndexResult], standardize: Row) -> list[str]:
+def ratio_lines(embed_rows: list[common.Row], index_results: list[IndexResult], standardize: common.Row) -> list[str]:
     lines = []
     rates = {r.measurement.removeprefix("embed "): r.rate for r in embed_rows if r.rate is not None}
     lines.append(f"embed laion_clap / transformers clips/s: {rates['laion_clap'] / rates['transformers']:.2f}")
@@ -280,23 +220,14 @@ def ratio_lines(embed_rows: list[Row], index_results: list[IndexResult], standar
     return lines
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="shrink every size for a fast smoke run")
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args()
+def bench(args: argparse.Namespace, rng: np.random.Generator) -> None:
     sizes = QUICK if args.quick else FULL
-    rng = np.random.default_rng(args.seed)
-    run_start = time.perf_counter()
 
     import faiss
     import torch
 
-    print(
-        f"cpus {os.cpu_count()}, torch threads {torch.get_num_threads()}, faiss threads {faiss.omp_get_max_threads()}"
-        f"{', quick sizes' if args.quick else ''}"
-    )
-    rows: list[Row] = []
+    common.print_machine(args.quick, f"torch threads {torch.get_num_threads()}", f"faiss threads {faiss.omp_get_max_threads()}")
+    rows: list[common.Row] = []
     with tempfile.TemporaryDirectory(prefix="pool-bench-") as tmp:
         work = Path(tmp)
         standardize = bench_standardize(work, sizes.source_files, rng)
@@ -305,7 +236,7 @@ def main() -> None:
         start = time.perf_counter()
         with quiet_stdout():
             models = build_all(work / "models", seed=args.seed)
-        rows.append(Row("build tiny models", "both backends", time.perf_counter() - start))
+        rows.append(common.Row("build tiny models", "both backends", time.perf_counter() - start))
         clips = [
             synthetic_audio(rng, EMBED_CLIP_SECONDS, CLAP_SAMPLE_RATE, 1)[:, 0] for _ in range(sizes.embed_clips)
         ]
@@ -314,33 +245,23 @@ def main() -> None:
             embed_rows += bench_embed(backend, config, clips)
         rows += embed_rows
 
-    centers = rng.standard_normal((INDEX_CENTERS, INDEX_DIM), dtype=np.float32)
-    centers /= np.linalg.norm(centers, axis=1, keepdims=True)
-    queries = clustered_vectors(rng, centers, INDEX_QUERIES)
+    centers = common.cluster_centers(rng)
+    queries = common.clustered_vectors(rng, centers, INDEX_QUERIES)
     index_results: list[IndexResult] = []
     notes = []
     hnsw_probe = None
     for n in sizes.index_sizes:
-        results, note = bench_index_size(n, clustered_vectors(rng, centers, n), queries, hnsw_probe)
+        results, note = bench_index_size(n, common.clustered_vectors(rng, centers, n), queries, hnsw_probe)
         index_results += results
         hnsw_probe = next(r for r in results if r.kind == "hnsw")
         if note:
             notes.append(note)
     rows += [index_row(r) for r in index_results]
 
-    print()
-    print_table(rows)
-    print()
-    print("Ratios (same run, back to back; rely on these rather than absolute figures):")
-    for line in ratio_lines(embed_rows, index_results, standardize) + notes:
-        print(f"  {line}")
-    print(
-        f"\nindex data: {INDEX_CENTERS} clusters, {INDEX_QUERIES} held-out queries, k={INDEX_K}, IndexConfig defaults."
-        f"\nWith N/{INDEX_CENTERS} points per cluster, a large N keeps each top-{INDEX_K} inside one cluster,"
-        "\nwhich makes approximate search easy there: recall on real embeddings may be lower."
-    )
-    print(f"total wall time {time.perf_counter() - run_start:.0f} s")
+    common.print_report(rows, ratio_lines(embed_rows, index_results, standardize) + notes)
+    print(f"\nindex data: {common.INDEX_CENTERS} clusters, {INDEX_QUERIES} held-out queries, k={INDEX_K}, IndexConfig defaults.")
+    print(common.cluster_caveat(INDEX_K))
 
 
 if __name__ == "__main__":
-    main()
+    common.run(__doc__, bench)

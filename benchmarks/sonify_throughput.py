@@ -17,11 +17,7 @@ measurements taken back to back in the same process and are the figures to rely 
 from __future__ import annotations
 
 import argparse
-import math
-import os
 import sys
-import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,13 +25,12 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks import common  # noqa: E402
 from pipelines.config import IndexConfig, MixConfig, RetrievalConfig  # noqa: E402
-from stages.index import build_index, ivf_cells, recall_at_k, search  # noqa: E402
+from stages.index import ivf_cells, recall_at_k  # noqa: E402
 from stages.loudness import integrated_lufs  # noqa: E402
 from stages.mix import Mix, draw_targets, gains_db, mix_sources  # noqa: E402
 
-INDEX_DIM = 512
-INDEX_CENTERS = 1000
 SEARCH_K = RetrievalConfig().search_k
 RECALL_K = 10
 # The numpy baseline scores queries in chunks of about this many floats, so its score matrix stays
@@ -45,33 +40,11 @@ NUMPY_SCORE_FLOATS = 16_000_000
 HNSW_BUILD_BUDGET_S = {"full": 120.0, "quick": 30.0}
 IVF_BUILD_BUDGET_S = 90.0
 IVF_FALLBACK_NLIST = 1024
-# Repeat a search at least this often and this long, so fast searches are not timed on one run of a few ms.
-MIN_SEARCH_RUNS = 3
-MIN_SEARCH_SECONDS = 0.5
 
 MIX_RATE = 16000
 MIX_SECONDS = 5.0
 MIX_SOURCES = 3
 MIX_BANK_CLIPS = 60
-
-
-@dataclass
-class Row:
-    measurement: str
-    size: str
-    seconds: float | None
-    rate: float | None = None
-    unit: str = ""
-    recall: str = ""
-    note: str = ""
-
-    def seconds_text(self) -> str:
-        return "" if self.seconds is None else f"{self.seconds:.2f}"
-
-    def rate_text(self) -> str:
-        if self.rate is None:
-            return ""
-        return f"{self.rate:,.0f} {self.unit}" if self.rate >= 100 else f"{self.rate:.1f} {self.unit}"
 
 
 @dataclass
@@ -89,15 +62,6 @@ QUICK = Sizes("quick", (10_000, 100_000), {10_000: 200, 100_000: 200}, mixes=50)
 # ----------------------------------------------------------------------------------------- retrieval
 
 
-def clustered_vectors(rng: np.random.Generator, centers: np.ndarray, count: int) -> np.ndarray:
-    """Points around random cluster centers, L2-normalized like CLAP embeddings."""
-    assigned = centers[rng.integers(len(centers), size=count)]
-    # Noise about as long as a center keeps clusters distinct but not trivially separable.
-    noise = rng.standard_normal((count, centers.shape[1]), dtype=np.float32) / math.sqrt(centers.shape[1])
-    points = assigned + noise
-    return points / np.linalg.norm(points, axis=1, keepdims=True)
-
-
 def numpy_top_k(pool: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Exact top-k (scores, rows) by inner product, best first, without any index."""
     chunk = max(1, NUMPY_SCORE_FLOATS // len(pool))
@@ -112,18 +76,6 @@ def numpy_top_k(pool: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.ndarr
     return np.concatenate(all_scores), np.concatenate(all_rows)
 
 
-def queries_per_second(run_search: Callable[[], np.ndarray], count: int) -> tuple[float, np.ndarray]:
-    """Search rate of the fastest of several runs of the same query batch (the least disturbed by
-    other load on the machine), and the rows found."""
-    best, elapsed, runs = math.inf, 0.0, 0
-    while runs < MIN_SEARCH_RUNS or elapsed < MIN_SEARCH_SECONDS:
-        start = time.perf_counter()
-        rows = run_search()
-        seconds = time.perf_counter() - start
-        best, elapsed, runs = min(best, seconds), elapsed + seconds, runs + 1
-    return count / best, rows
-
-
 @dataclass
 class SearchResult:
     method: str  # numpy, flat, ivf, hnsw
@@ -136,7 +88,7 @@ class SearchResult:
 
 
 def bench_numpy(pool: np.ndarray, queries: np.ndarray) -> tuple[SearchResult, np.ndarray]:
-    qps, rows = queries_per_second(lambda: numpy_top_k(pool, queries, SEARCH_K)[1], len(queries))
+    qps, rows = common.queries_per_second(lambda: numpy_top_k(pool, queries, SEARCH_K)[1], len(queries))
     chunk = min(len(queries), max(1, NUMPY_SCORE_FLOATS // len(pool)))
     return SearchResult("numpy", len(pool), len(queries), None, qps, None, f"no build; {chunk} queries per matmul"), rows
 
@@ -145,17 +97,9 @@ def bench_index(
     method: str, config: IndexConfig, pool: np.ndarray, queries: np.ndarray, exact_rows: np.ndarray | None, note: str = ""
 ) -> tuple[SearchResult, np.ndarray]:
     """Build time, queries/s and recall@10 against `exact_rows` (None: this index is the exact one)."""
-    start = time.perf_counter()
-    index = build_index(pool, config)
-    build_s = time.perf_counter() - start
-    qps, rows = queries_per_second(lambda: search(index, queries, SEARCH_K)[1], len(queries))
+    build_s, qps, rows = common.build_and_search(config, pool, queries, SEARCH_K)
     recall = None if exact_rows is None else recall_at_k(rows[:, :RECALL_K], exact_rows[:, :RECALL_K])
     return SearchResult(method, len(pool), len(queries), build_s, qps, recall, note), rows
-
-
-def projected_hnsw_seconds(measured: SearchResult, n: int) -> float:
-    """HNSW build cost grows about as n log n."""
-    return measured.build_s * (n * math.log(n)) / (measured.n * math.log(measured.n))
 
 
 def ivf_training_work(n: int, nlist: int) -> float:
@@ -200,7 +144,7 @@ def bench_size(
     results = [numpy_result, flat, ivf]
 
     probe = by_method.get("hnsw")
-    projected = projected_hnsw_seconds(probe, n) if probe is not None else 0.0
+    projected = common.projected_hnsw_seconds(probe.n, probe.build_s, n) if probe is not None else 0.0
     if projected > hnsw_budget_s:
         note = (
             f"skipped: build projected at {projected:.0f} s > {hnsw_budget_s:.0f} s "
@@ -213,23 +157,22 @@ def bench_size(
     return results
 
 
-def search_row(result: SearchResult) -> Row:
+def search_row(result: SearchResult) -> common.Row:
     if result.method == "flat":
         recall = "exact"
     else:
         recall = "" if result.recall is None else f"{result.recall:.3f}"
     name = "search numpy brute force" if result.method == "numpy" else f"search index {result.method}"
     note = "; ".join(part for part in ("seconds = build" if result.build_s is not None else "", result.note) if part)
-    return Row(name, f"N={result.n:,}, {result.queries} q", result.build_s, result.qps, "queries/s", recall, note)
+    return common.Row(name, f"N={result.n:,}, {result.queries} q", result.build_s, result.qps, "queries/s", recall, note)
 
 
 def bench_retrieval(sizes: Sizes, rng: np.random.Generator) -> list[SearchResult]:
-    centers = rng.standard_normal((INDEX_CENTERS, INDEX_DIM), dtype=np.float32)
-    centers /= np.linalg.norm(centers, axis=1, keepdims=True)
+    centers = common.cluster_centers(rng)
     results: list[SearchResult] = []
     for n in sizes.index_sizes:
-        queries = clustered_vectors(rng, centers, sizes.queries[n])
-        pool = clustered_vectors(rng, centers, n)
+        queries = common.clustered_vectors(rng, centers, sizes.queries[n])
+        pool = common.clustered_vectors(rng, centers, n)
         results += bench_size(n, pool, queries, results, HNSW_BUILD_BUDGET_S[sizes.name])
         del pool  # the 500K pool and its index copies are gigabytes
     return results
@@ -262,17 +205,11 @@ def naive_mix(sources: list[np.ndarray], targets_lufs: np.ndarray, peak_ceiling_
     return total.astype(np.float32)
 
 
-def timed(function: Callable[[], list]) -> tuple[float, list]:
-    start = time.perf_counter()
-    result = function()
-    return time.perf_counter() - start, result
-
-
-def bench_mixing(mix_count: int, rng: np.random.Generator) -> tuple[list[Row], str]:
+def bench_mixing(mix_count: int, rng: np.random.Generator) -> tuple[list[common.Row], str]:
     config = MixConfig()
     bank = [synthetic_clip(rng, i) for i in range(MIX_BANK_CLIPS)]
     # The pool measures each clip once when it is built; that is the one-time cost the pipeline pays.
-    loudness_s, stored = timed(lambda: [integrated_lufs(clip, MIX_RATE) for clip in bank])
+    loudness_s, stored = common.timed(lambda: [integrated_lufs(clip, MIX_RATE) for clip in bank])
     stored_lufs = np.array(stored)
     picks = [rng.choice(MIX_BANK_CLIPS, size=MIX_SOURCES, replace=False) for _ in range(mix_count)]
     targets = [draw_targets(rng, MIX_SOURCES, config.lufs_min, config.lufs_max) for _ in range(mix_count)]
@@ -286,18 +223,18 @@ def bench_mixing(mix_count: int, rng: np.random.Generator) -> tuple[list[Row], s
     def naive() -> list[np.ndarray]:
         return [naive_mix([bank[i] for i in pick], target, config.peak_dbfs) for pick, target in zip(picks, targets)]
 
-    pipeline_s, pipeline_mixes = timed(pipeline)
-    naive_s, naive_mixes = timed(naive)
+    pipeline_s, pipeline_mixes = common.timed(pipeline)
+    naive_s, naive_mixes = common.timed(naive)
     same = all(np.allclose(p.audio, q) for p, q in zip(pipeline_mixes, naive_mixes))
     max_diff = max(float(np.max(np.abs(p.audio - q))) for p, q in zip(pipeline_mixes, naive_mixes))
     scaled = sum(p.mix_gain_db < 0 for p in pipeline_mixes)
     size = f"{mix_count} mixes x {MIX_SOURCES} x {MIX_SECONDS:g} s"
     rows = [
-        Row("loudness once per clip", f"{MIX_BANK_CLIPS} clips x {MIX_SECONDS:g} s", loudness_s,
+        common.Row("loudness once per clip", f"{MIX_BANK_CLIPS} clips x {MIX_SECONDS:g} s", loudness_s,
             MIX_BANK_CLIPS / loudness_s, "clips/s", note="pool build cost, not timed below"),
-        Row("mix pipeline (stored lufs)", size, pipeline_s, mix_count / pipeline_s, "mixes/s",
+        common.Row("mix pipeline (stored lufs)", size, pipeline_s, mix_count / pipeline_s, "mixes/s",
             note=f"gains_db + mix_sources at {MIX_RATE} Hz; {scaled} mixes scaled under {config.peak_dbfs:g} dBFS"),
-        Row("mix naive (measure per mix)", size, naive_s, mix_count / naive_s, "mixes/s",
+        common.Row("mix naive (measure per mix)", size, naive_s, mix_count / naive_s, "mixes/s",
             note="integrated_lufs of every source in every mix"),
     ]
     check = f"mix audio identical: np.allclose {'holds' if same else 'FAILS'} for all {mix_count} mixes (max |diff| {max_diff:.1e})"
@@ -307,17 +244,7 @@ def bench_mixing(mix_count: int, rng: np.random.Generator) -> tuple[list[Row], s
 # ------------------------------------------------------------------------------------------- report
 
 
-def print_table(rows: list[Row]) -> None:
-    cells = [["measurement", "size", "seconds", "rate", "recall@10", "note"]]
-    cells += [[r.measurement, r.size, r.seconds_text(), r.rate_text(), r.recall, r.note] for r in rows]
-    widths = [max(len(c[i]) for c in cells) for i in range(len(cells[0]))]
-    for number, line in enumerate(cells):
-        print(" | ".join(c.ljust(w) for c, w in zip(line, widths)).rstrip())
-        if number == 0:
-            print("-+-".join("-" * w for w in widths))
-
-
-def ratio_lines(search_results: list[SearchResult], mix_rows: list[Row]) -> list[str]:
+def ratio_lines(search_results: list[SearchResult], mix_rows: list[common.Row]) -> list[str]:
     lines = []
     baselines = {r.n: r for r in search_results if r.method == "numpy"}
     for result in search_results:
@@ -331,41 +258,26 @@ def ratio_lines(search_results: list[SearchResult], mix_rows: list[Row]) -> list
     return lines
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="shrink every size for a fast smoke run")
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args()
+def bench(args: argparse.Namespace, rng: np.random.Generator) -> None:
     sizes = QUICK if args.quick else FULL
-    rng = np.random.default_rng(args.seed)
-    run_start = time.perf_counter()
 
     import faiss
 
-    print(
-        f"cpus {os.cpu_count()}, faiss threads {faiss.omp_get_max_threads()}, numpy {np.__version__}, faiss {faiss.__version__}"
-        f"{', quick sizes' if args.quick else ''}"
+    common.print_machine(
+        args.quick, f"faiss threads {faiss.omp_get_max_threads()}", f"numpy {np.__version__}", f"faiss {faiss.__version__}"
     )
     search_results = bench_retrieval(sizes, rng)
     mix_rows, mix_check = bench_mixing(sizes.mixes, rng)
     rows = [search_row(r) for r in search_results] + mix_rows
 
-    print()
-    print_table(rows)
-    print()
-    print("Ratios (same run, back to back; rely on these rather than absolute figures):")
-    for line in ratio_lines(search_results, mix_rows):
-        print(f"  {line}")
-    print(f"  {mix_check}")
+    common.print_report(rows, ratio_lines(search_results, mix_rows) + [mix_check])
     print(
-        f"\nsearch data: {INDEX_CENTERS} clusters, held-out queries, K={SEARCH_K} (retrieval.search_k), recall@{RECALL_K}"
+        f"\nsearch data: {common.INDEX_CENTERS} clusters, held-out queries, K={SEARCH_K} (retrieval.search_k), recall@{RECALL_K}"
         f" from the first {RECALL_K} of the K rows, IndexConfig defaults unless noted."
-        f"\nWith N/{INDEX_CENTERS} points per cluster, a large N keeps each top-{RECALL_K} inside one cluster,"
-        "\nwhich makes approximate search easy there: recall on real embeddings may be lower."
-        "\nqueries/s is the best of several runs of the whole query batch."
     )
-    print(f"total wall time {time.perf_counter() - run_start:.0f} s")
+    print(common.cluster_caveat(RECALL_K))
+    print("queries/s is the best of several runs of the whole query batch.")
 
 
 if __name__ == "__main__":
-    main()
+    common.run(__doc__, bench)
