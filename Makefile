@@ -14,9 +14,16 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --disable-pip-version-check -qq -e '.[test]'
 	touch $(STAMP)
 
-demo: $(STAMP)
+# Models and sample are made once: remaking them would touch every file and make the pool see
+# changed sources. `make clean` starts the demo over.
+$(DEMO)/models/models.json: | $(STAMP)
 	$(BIN)/python run_pipeline.py tiny-models --out $(DEMO)/models
+
+$(DEMO)/sample/.complete: | $(STAMP)
 	$(BIN)/python run_pipeline.py sample-data --out $(DEMO)/sample
+	touch $@
+
+demo: $(STAMP) $(DEMO)/models/models.json $(DEMO)/sample/.complete
 	$(BIN)/python run_pipeline.py pool --config configs/demo.yaml
 	$(BIN)/python run_pipeline.py sonify --config configs/demo.yaml
 

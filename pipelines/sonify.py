@@ -28,7 +28,7 @@ import yaml
 from pipelines.config import RunConfig, VlmConfig, dump_config, validate_config
 from pipelines.pool import PoolPaths, check_compatible, read_clips
 from pipelines.ray_runner import apply_stage, init_ray
-from schemas import IMAGE_REFS, MANIFEST, MATCHES, SCENES, SHARD_PLANS, make_table
+from schemas import IMAGE_REFS, MANIFEST, MATCHES, SCENES, SHARD_PLANS, make_table, schema_version
 from stages import storage
 from stages.base import Stage, check_chain
 from stages.clap import clap_identity
@@ -101,6 +101,17 @@ def check_same_run(config: RunConfig, out: str) -> None:
             f"sonify.out {out} holds a run made with other settings (see its config.yaml); "
             "use a new sonify.out, or delete the old run to start over"
         )
+
+
+def read_phase(url: str, schema: pa.Schema) -> pa.Table:
+    """A finished phase's table, refused if another version of the pipeline wrote it."""
+    table = storage.read_parquet(url)
+    if schema_version(table.schema) != schema_version(schema) or table.schema.names != schema.names:
+        raise SonifyError(
+            f"{url} was written under schema {schema_version(table.schema)} with columns {table.schema.names}; "
+            f"this version writes {schema_version(schema)} with {schema.names}; use a new sonify.out"
+        )
+    return table
 
 
 def _collect(dataset) -> pa.Table:
@@ -279,7 +290,7 @@ def run_sonify(config: RunConfig) -> dict:
         url = storage.join(out, "scenes", f"{vlm.name}.parquet")
         tick = time.monotonic()
         if storage.exists(url):
-            scenes_tables.append(storage.read_parquet(url))
+            scenes_tables.append(read_phase(url, SCENES))
             continue
         scenes = run_scenes(config, refs_table, vlm)
         storage.write_parquet(url, scenes)
@@ -292,7 +303,7 @@ def run_sonify(config: RunConfig) -> dict:
     texts = sorted({c["text"] for concepts in usable.column("concepts").to_pylist() for c in concepts})
     matches_url = storage.join(out, "matches.parquet")
     if storage.exists(matches_url):
-        matches = storage.read_parquet(matches_url)
+        matches = read_phase(matches_url, MATCHES)
     else:
         matches = run_matches(config, paths, texts) if texts else MATCHES.empty_table()
         storage.write_parquet(matches_url, matches)
