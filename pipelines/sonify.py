@@ -220,7 +220,7 @@ def plan_samples(config: RunConfig, scenes: pa.Table, matches: pa.Table, clip_lu
     return sorted(samples, key=lambda r: r["key"]), rejected, counts
 
 
-def shard_plans(samples: list[dict], scenes_bytes: dict[str, int], config: RunConfig) -> pa.Table:
+def shard_plans(samples: list[dict], scenes_bytes: dict[str, int], part_of: dict[str, str], config: RunConfig) -> pa.Table:
     """Samples to shards of about sonify.shard_size_mb, in key order. A shard holds one image
     extension only: Hugging Face datasets requires every sample of a tar to have the same members."""
     flac_estimate = int(config.mix.sample_rate * config.pool.clip_seconds * FLAC_BYTES_PER_SAMPLE)
@@ -237,13 +237,25 @@ def shard_plans(samples: list[dict], scenes_bytes: dict[str, int], config: RunCo
         for sample, index in zip(members, assignment):
             groups.setdefault(shard_id(first + index), []).append(sample)
         first += assignment[-1] + 1
-    return make_table(
-        SHARD_PLANS,
-        {
-            "shard": list(groups),
-            "plan": [table_to_ipc(pa.Table.from_pylist(rows, schema=MANIFEST)) for rows in groups.values()],
-        },
-    )
+    return plans_table({shard: pa.Table.from_pylist(rows, schema=MANIFEST) for shard, rows in groups.items()}, part_of)
+
+
+def clip_parts(paths: PoolPaths) -> dict[str, str]:
+    """clip_id -> the pool part holding its audio; read once on the driver."""
+    table = read_clips(paths, ["clip_id", "part"])
+    return dict(zip(table.column("clip_id").to_pylist(), table.column("part").to_pylist()))
+
+
+def plans_table(shards: dict[str, pa.Table], part_of: dict[str, str]) -> pa.Table:
+    """The write stage's work: each shard's manifest rows and where its pool clips are."""
+    names, plans, clip_ids, parts = [], [], [], []
+    for shard, rows in shards.items():
+        used = sorted({c["clip_id"] for concepts in rows.column("concepts").to_pylist() for c in concepts})
+        names.append(shard)
+        plans.append(table_to_ipc(rows))
+        clip_ids.append(used)
+        parts.append([part_of[c] for c in used])
+    return make_table(SHARD_PLANS, {"shard": names, "plan": plans, "clip_ids": clip_ids, "parts": parts})
 
 
 def write_shards(config: RunConfig, paths: PoolPaths, out: str, plans: pa.Table) -> pa.Table | None:
@@ -312,7 +324,7 @@ def run_sonify(config: RunConfig) -> dict:
     tick = time.monotonic()
     samples, rejected, counts = plan_samples(config, scenes, matches, clip_loudness_at(paths, config.mix.sample_rate))
     image_bytes = {sample_key(i, v): n or 0 for i, v, n in zip(*[scenes.column(c).to_pylist() for c in ("image_id", "vlm", "num_bytes")])}
-    plans = shard_plans(samples, image_bytes, config)
+    plans = shard_plans(samples, image_bytes, clip_parts(paths), config)
     storage.write_parquet(storage.join(out, "manifest", "rejected.parquet"), pa.Table.from_pylist(rejected, schema=MANIFEST))
     seconds["plan"] = time.monotonic() - tick
 
@@ -374,12 +386,9 @@ def run_render(config: RunConfig) -> dict:
         raise SonifyError(f"pool.dir {paths.root} holds no pool (no pool.json)")
     init_ray(config.ray)
     parts = [u for u in storage.list_files(source, ".parquet") if not u.endswith("rejected.parquet")]
-    plans = make_table(
-        SHARD_PLANS,
-        {
-            "shard": [u.rsplit("/", 1)[-1].removesuffix(".parquet") for u in parts],
-            "plan": [table_to_ipc(storage.read_parquet(u).filter(pc.is_null(pc.field("error")))) for u in parts],
-        },
+    plans = plans_table(
+        {u.rsplit("/", 1)[-1].removesuffix(".parquet"): storage.read_parquet(u).filter(pc.is_null(pc.field("error"))) for u in parts},
+        clip_parts(paths),
     )
     results = write_shards(config, paths, out.rstrip("/"), plans)
     samples = int(pc.sum(results.column("samples")).as_py()) if results is not None else 0

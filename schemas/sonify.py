@@ -121,10 +121,16 @@ MANIFEST = versioned(
 )
 
 # The write stage's work plan (one row per shard, its manifest rows as Arrow IPC) and its report.
+# clip_ids/parts locate the shard's pool clips, so a writer reads no pool table of its own.
 SHARD_PLANS = versioned(
     "shard_plans",
     1,
-    [pa.field("shard", pa.string(), nullable=False), pa.field("plan", pa.binary(), nullable=False)],
+    [
+        pa.field("shard", pa.string(), nullable=False),
+        pa.field("plan", pa.binary(), nullable=False),
+        pa.field("clip_ids", pa.list_(pa.string()), nullable=False),
+        pa.field("parts", pa.list_(pa.string()), nullable=False),
+    ],
 )
 SHARD_RESULTS = versioned(
     "shard_results",

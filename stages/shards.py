@@ -25,8 +25,8 @@ def shard_id(index: int) -> str:
     return f"{index:06d}"
 
 
-def shard_name(index: int) -> str:
-    return f"{shard_id(index)}.tar"
+def shard_file(shard: str) -> str:
+    return f"{shard}.tar"
 
 
 def tar_bytes(samples: Iterable[tuple[str, dict[str, bytes]]]) -> bytes:
@@ -95,7 +95,6 @@ class WriteShards(Stage):
         self.pool_dir = pool_dir
         self.out_dir = out_dir
         self.peak_dbfs = peak_dbfs
-        self.part_of: dict[str, str] | None = None
 
     def resources(self) -> Resources:
         return Resources(num_cpus=1, batch_size=1)
@@ -103,29 +102,22 @@ class WriteShards(Stage):
     def output_schema(self) -> pa.Schema:
         return SHARD_RESULTS
 
-    def setup(self) -> None:
-        parts = [
-            storage.read_parquet(u, columns=["clip_id", "part"])
-            for u in storage.list_files(storage.join(self.pool_dir, "clips"), ".parquet")
-        ]
-        table = pa.concat_tables(parts)
-        self.part_of = dict(zip(table.column("clip_id").to_pylist(), table.column("part").to_pylist()))
-
     def process_batch(self, batch: pa.Table) -> pa.Table:
-        if self.part_of is None:
-            self.setup()
-        results = [self.write_shard(shard, table_from_ipc(plan)) for shard, plan in zip(*[batch.column(c).to_pylist() for c in ("shard", "plan")])]
+        results = [
+            self.write_shard(row["shard"], table_from_ipc(row["plan"]), dict(zip(row["clip_ids"], row["parts"])))
+            for row in batch.to_pylist()
+        ]
         return make_table(SHARD_RESULTS, {name: [r[name] for r in results] for name in SHARD_RESULTS.names})
 
-    def write_shard(self, shard: str, plan: pa.Table) -> dict:
+    def write_shard(self, shard: str, plan: pa.Table, part_of: dict[str, str]) -> dict:
         rows = sorted(plan.to_pylist(), key=lambda r: r["key"])
         images = read_image_bytes([ImageRef(r["image_uri"], r["image_member"], r["image_id"]) for r in rows])
         rate = rows[0]["sample_rate"]
-        wanted = {(c["clip_id"], self.part_of[c["clip_id"]]) for r in rows for c in r["concepts"]}
+        wanted = {(c["clip_id"], part_of[c["clip_id"]]) for r in rows for c in r["concepts"]}
         clips = load_pool_clips(self.pool_dir, sorted(wanted), rate)
         samples, errors = [], 0
         for row, image in zip(rows, images):
-            row["shard"] = shard_name_of(shard)
+            row["shard"] = shard_file(shard)
             if isinstance(image, str):
                 row["error"], errors = image, errors + 1
                 continue
@@ -140,10 +132,6 @@ class WriteShards(Stage):
             extension = image_extension(row["image_uri"], row["image_member"], row["image_format"])
             members = {extension: image, "flac": encode_flac(pcm, rate), "json": json.dumps(row, sort_keys=True).encode()}
             samples.append((row["key"], members))
-        size = write_shard(storage.join(self.out_dir, "shards", shard_name_of(shard)), samples)
+        size = write_shard(storage.join(self.out_dir, "shards", shard_file(shard)), samples)
         storage.write_parquet(storage.join(self.out_dir, "manifest", f"{shard}.parquet"), make_table(MANIFEST, pa.Table.from_pylist(rows, schema=MANIFEST)))
         return {"shard": shard, "samples": len(samples), "errors": errors, "num_bytes": size}
-
-
-def shard_name_of(shard: str) -> str:
-    return f"{shard}.tar"

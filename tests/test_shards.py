@@ -5,7 +5,7 @@ import json
 import pytest
 import webdataset as wds
 
-from stages.shards import plan_shards, shard_name, tar_bytes, write_shard
+from stages.shards import plan_shards, shard_file, shard_id, tar_bytes, write_shard
 
 
 def samples():
@@ -16,7 +16,7 @@ def samples():
 
 
 def test_webdataset_reads_every_sample(tmp_path):
-    url = str(tmp_path / shard_name(0))
+    url = str(tmp_path / shard_file(shard_id(0)))
     size = write_shard(url, samples())
     assert size == (tmp_path / "000000.tar").stat().st_size
     read = list(wds.WebDataset(url, shardshuffle=False))
