@@ -21,7 +21,7 @@ import hashlib
 import json
 import logging
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -36,7 +36,7 @@ from stages import storage
 from stages.base import check_chain
 from stages.clap import clap_identity
 from stages.embed_audio import EmbedAudio
-from stages.standardize import Standardize
+from stages.standardize import Standardize, error_kind
 from stages.storage import SourceFile
 
 log = logging.getLogger(__name__)
@@ -207,6 +207,7 @@ class PartWriter:
         self.files: set[str] = set()
         self.clips = self.silent = self.embedded = 0
         self.errors: list[str] = []
+        self.error_kinds: Counter[str] = Counter()
         self.started = time.monotonic()
 
     def add(self, batch: pa.Table) -> None:
@@ -227,6 +228,9 @@ class PartWriter:
         storage.write_parquet(self.paths.part_file("clips", part), make_table(POOL_CLIPS, rows.select(POOL_CLIPS.names)))
         errors = [e for e in rows.column("error").to_pylist() if e]
         self.errors.extend(errors)
+        self.error_kinds.update(
+            error_kind(e, uri) for e, uri in zip(rows.column("error").to_pylist(), rows.column("source_uri").to_pylist()) if e
+        )
         real = rows.filter(pc.is_null(rows.column("error")))
         self.files.update(rows.column("source_uri").to_pylist())
         self.clips += real.num_rows
@@ -316,11 +320,14 @@ def update_index(paths: PoolPaths, config: RunConfig, new_parts: list[str], prun
 def pool_totals(paths: PoolPaths) -> dict:
     table = read_clips(paths, ["source_uri", "silent", "error"])
     ok = table.filter(pc.is_null(table.column("error")))
+    failed = table.filter(pc.is_valid(table.column("error")))
+    kinds = Counter(error_kind(e, u) for e, u in zip(failed.column("error").to_pylist(), failed.column("source_uri").to_pylist()))
     return {
         "files": len(set(table.column("source_uri").to_pylist())),
         "clips": ok.num_rows,
         "silent_clips": int(pc.sum(ok.column("silent")).as_py() or 0),
         "error_rows": table.num_rows - ok.num_rows,
+        "errors_by_kind": dict(sorted(kinds.items())),
     }
 
 
@@ -379,6 +386,8 @@ def run_pool(config: RunConfig) -> dict:
         "silent_clips_added": writer.silent,
         "clips_embedded": writer.embedded,
         "errors": len(writer.errors),
+        # Kinds are stages.standardize.ERROR_KINDS: empty, undecodable, unreadable, ...
+        "errors_by_kind": dict(sorted(writer.error_kinds.items())),
         "error_reasons": writer.errors[:MAX_REPORTED_ERRORS],
         "patterns_without_matches": empty_globs,
         "pool": pool_totals(paths),
@@ -389,6 +398,10 @@ def run_pool(config: RunConfig) -> dict:
     return summary
 
 
+def _kinds(counts: dict[str, int]) -> str:
+    return " (" + ", ".join(f"{n} {kind}" for kind, n in counts.items()) + ")" if counts else ""
+
+
 def format_summary(summary: dict) -> str:
     pool, index = summary["pool"], summary["index"]
     recall_keys = [k for k in index if k.startswith("recall_at_")]
@@ -396,9 +409,10 @@ def format_summary(summary: dict) -> str:
     lines = [
         f"pool {summary['pool_dir']}",
         f"  this run: {summary['files_processed']} files processed ({summary['files_unchanged']} unchanged), "
-        f"{summary['clips_added']} clips added ({summary['silent_clips_added']} silent), {summary['errors']} errors, "
-        f"{summary['wall_seconds']:.1f} s",
-        f"  pool:     {pool['files']} files, {pool['clips']} clips, {pool['silent_clips']} silent, {pool['error_rows']} error rows",
+        f"{summary['clips_added']} clips added ({summary['silent_clips_added']} silent), {summary['errors']} errors"
+        f"{_kinds(summary['errors_by_kind'])}, {summary['wall_seconds']:.1f} s",
+        f"  pool:     {pool['files']} files, {pool['clips']} clips, {pool['silent_clips']} silent, "
+        f"{pool['error_rows']} error rows{_kinds(pool['errors_by_kind'])}",
         f"  index:    {index['kind']}, {index['size']} vectors ({index['action']}){recall}",
     ]
     lines += [f"  error:    {reason}" for reason in summary["error_reasons"][:10]]

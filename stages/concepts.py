@@ -2,7 +2,11 @@
 
 The answer format asked of every VLM backend:
     {"caption": "<one line>", "sounds": [{"label": "dog", "text": "a dog barking while running"}]}
-Anything else (not JSON, empty, truncated, over-long, wrong shape) becomes an error on the row.
+Anything else (not JSON, empty, truncated, over-long, nested too deeply, wrong shape) becomes an
+error on the row. Within a good answer, a sound whose text is empty, blank or not a string is
+dropped and counted (`dropped_empty_concepts`); a scene left with no sound is dropped as
+no_concepts. Lone UTF-16 surrogates (a model cutting an emoji's escape in half) become U+FFFD,
+since Arrow stores only valid UTF-8.
 """
 
 from __future__ import annotations
@@ -64,6 +68,8 @@ def openai_user_message(prompt: str, jpeg: bytes) -> dict:
 NON_SONIC_WORDS = ("logo", "icon", "emblem", "symbol", "trademark", "sign")
 _NON_SONIC = re.compile(r"\b(" + "|".join(NON_SONIC_WORDS) + r")s?\b", re.IGNORECASE)
 _FENCE = re.compile(r"^```(?:json)?\s*|\s*```$", re.IGNORECASE)
+# json decodes an escaped surrogate pair to one character, so any surrogate left is a lone half.
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def is_non_sonic(caption: str) -> bool:
@@ -84,6 +90,13 @@ class ParsedAnswer:
     dropped_empty: int = 0
 
 
+def _clean(value: object) -> str:
+    """A string field of the answer, whitespace collapsed and storable as UTF-8; "" if not a string."""
+    if not isinstance(value, str):
+        return ""
+    return " ".join(_LONE_SURROGATE.sub("\ufffd", value).split())
+
+
 def parse_answer(answer: str | None, max_chars: int, max_concepts: int) -> ParsedAnswer:
     if answer is None or not answer.strip():
         return ParsedAnswer(error="empty answer")
@@ -97,17 +110,19 @@ def parse_answer(answer: str | None, max_chars: int, max_concepts: int) -> Parse
         value, _ = json.JSONDecoder(strict=False).raw_decode(text[start:])
     except json.JSONDecodeError as exc:
         return ParsedAnswer(error=f"answer is not valid JSON ({exc.msg} at character {exc.pos}): {answer[:80]!r}")
+    except RecursionError:
+        return ParsedAnswer(error=f"answer is not valid JSON (nested too deeply): {answer[:80]!r}")
     caption, sounds = value.get("caption"), value.get("sounds")
     if not isinstance(caption, str) or not isinstance(sounds, list):
         return ParsedAnswer(error="answer lacks a string 'caption' and a list 'sounds'")
-    parsed = ParsedAnswer(caption=" ".join(caption.split()))
+    parsed = ParsedAnswer(caption=_clean(caption))
     seen: set[str] = set()
     for item in sounds:
         if not isinstance(item, dict):
             parsed.dropped_empty += 1
             continue
-        description = " ".join(str(item.get("text") or "").split())
-        label = " ".join(str(item.get("label") or "").split()) or description
+        description = _clean(item.get("text"))
+        label = _clean(item.get("label")) or description
         if not description:
             parsed.dropped_empty += 1
             continue

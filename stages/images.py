@@ -3,6 +3,19 @@
 A listed image is a reference (URI, plus the member name inside a tar). Decoding applies the EXIF
 orientation, converts any mode (CMYK, 16-bit, paletted, alpha) to RGB, and refuses images whose
 pixel count exceeds the decompression-bomb guard. Failures are error strings naming the image.
+
+How awkward inputs are handled (tests/test_images.py):
+- 0 bytes, bytes that are no image, a truncated file: an error row ("<uri>: empty file (0 bytes)",
+  "<uri>: not a decodable image (<Pillow's reason>)").
+- More pixels than sonify.max_image_pixels, read from the header before any pixel is decoded: an
+  error row ("... over the decompression-bomb limit ..."). Pillow refuses on its own anything over
+  2 x Image.MAX_IMAGE_PIXELS (178,956,970 by default), whatever the configured limit; that too is
+  reported as over the decompression-bomb limit.
+- EXIF orientation is applied, so width and height are those of the upright image; a corrupt EXIF
+  block is ignored.
+- Alpha is composited on white; 16-bit greyscale keeps its top 8 bits; CMYK and palettes become RGB.
+- The same id from two inputs (two folders, two tars, a Parquet list): both are kept, under hashes
+  of their URIs; the same reference listed twice gets two distinct ids.
 """
 
 from __future__ import annotations
@@ -11,6 +24,7 @@ import hashlib
 import io
 import re
 import tarfile
+import warnings
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import PurePosixPath
@@ -99,12 +113,20 @@ def list_images(patterns: list[str]) -> list[ImageRef]:
 
 def assign_image_ids(refs: list[ImageRef]) -> list[str]:
     """The source's own id where it is unique; a stable hash of the URI (and member) where ids
-    collide, so that no two images share a key."""
+    collide, so that no two images share a key. A reference listed more than once (a Parquet list
+    naming a URI twice) hashes with its occurrence number after the first."""
     counts = Counter(r.own_id for r in refs)
-    return [
-        r.own_id if counts[r.own_id] == 1 else hashlib.sha1(r.display.encode()).hexdigest()[:16]
-        for r in refs
-    ]
+    seen: Counter[str] = Counter()
+    ids = []
+    for ref in refs:
+        if counts[ref.own_id] == 1:
+            ids.append(ref.own_id)
+            continue
+        occurrence = seen[ref.display]
+        seen[ref.display] += 1
+        key = ref.display if occurrence == 0 else f"{ref.display}\0{occurrence}"
+        ids.append(hashlib.sha1(key.encode()).hexdigest()[:16])
+    return ids
 
 
 @dataclass
@@ -123,16 +145,21 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> Dec
     if not data:
         raise BadImage("empty file (0 bytes)")
     try:
-        with Image.open(io.BytesIO(data)) as probe:
-            width, height = probe.size
-            fmt = (probe.format or "unknown").lower()
-        if width * height > max_pixels:
-            raise BadImage(f"{width}x{height} pixels is over the decompression-bomb limit of {max_pixels}")
-        image = Image.open(io.BytesIO(data))
-        image.load()
+        with warnings.catch_warnings():
+            # Pillow warns above half its own limit; the guard below is the one that decides.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as probe:
+                width, height = probe.size
+                fmt = (probe.format or "unknown").lower()
+            if width * height > max_pixels:
+                raise BadImage(f"{width}x{height} pixels is over the decompression-bomb limit of {max_pixels}")
+            image = Image.open(io.BytesIO(data))
+            image.load()
     except BadImage:
         raise
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+    except Image.DecompressionBombError as exc:
+        raise BadImage(f"over the decompression-bomb limit ({exc})") from None
+    except (OSError, ValueError, SyntaxError) as exc:
         # PIL names the in-memory buffer, which means nothing to the user; keep the reason only.
         reason = re.sub(r" ?<_io\.BytesIO object at 0x[0-9a-f]+>", "", str(exc))
         raise BadImage(f"not a decodable image ({reason})") from None
@@ -227,6 +254,9 @@ class DecodeImages(Stage):
                 decoded = decode_image(payload, self.max_image_pixels)
             except BadImage as exc:
                 row["error"], row["error_stage"] = f"{name}: {exc}", "images"
+                continue
+            except Exception as exc:  # one image's failure must not lose the rest of its batch
+                row["error"], row["error_stage"] = f"{name}: decoding failed ({type(exc).__name__}: {exc})", "images"
                 continue
             row.update(width=decoded.width, height=decoded.height, format=decoded.format, num_bytes=len(payload), image_bytes=payload)
             if min(decoded.width, decoded.height) < self.min_side:

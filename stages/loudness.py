@@ -23,15 +23,21 @@ def _meter(sample_rate: int) -> pyloudnorm.Meter:
 def integrated_lufs(audio: np.ndarray, sample_rate: int) -> float | None:
     """Integrated loudness in LUFS, or None for digital silence (where BS.1770 gives -inf).
 
-    pyloudnorm refuses input shorter than one 400 ms gating block; clips are never that short
-    (pool.clip_seconds >= 0.5), and the zero padding of a short source's clip is gated out.
+    pyloudnorm refuses input shorter than one 400 ms gating block. Pool clips and mixes are never
+    that short (pool.clip_seconds >= 0.5: a short source is zero-padded to a whole clip); shorter
+    input is measured as if zero-padded to one block, which is what BS.1770 gating makes of the
+    same sound inside a longer silence.
     """
     audio = np.asarray(audio, dtype=np.float64)
     if not np.any(audio):
         return None
+    meter = _meter(sample_rate)
+    block = math.ceil(meter.block_size * sample_rate)
+    if audio.shape[0] < block:
+        audio = np.pad(audio, [(0, block - audio.shape[0])] + [(0, 0)] * (audio.ndim - 1))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        value = _meter(sample_rate).integrated_loudness(audio)
+        value = meter.integrated_loudness(audio)
     return float(value) if math.isfinite(value) else None
 
 

@@ -2,7 +2,23 @@
 
 The algorithms are plain functions on numpy arrays. `Standardize` is the stage: it takes one part
 (a group of source files), writes the part's clip audio to `pool.dir/audio/<part>.parquet`, and
-returns one metadata row per clip. A file that cannot be used becomes one row with `error` set.
+returns one metadata row per clip. A file that cannot be used becomes one row with `error` set to
+"<uri>: <reason>"; `error_kind` names the kind of each reason for the run summary.
+
+How awkward sources are handled (tests/test_standardize.py and tests/test_bad_input.py):
+- 0 bytes, or a valid header with no samples: an `empty` error row.
+- Bytes libsndfile cannot decode (text, a cut FLAC stream, a header fragment): `undecodable`.
+- A header claiming under MIN_SOURCE_RATE Hz: `bad_sample_rate` (a damaged header would otherwise
+  be upsampled into gigabytes).
+- A truncated wav, mp3 or ogg: decoded up to the cut, like any shorter file.
+- Shorter than one clip, or than pyloudnorm's 0.4 s block: one zero-padded clip. Its loudness is
+  measured over the padded clip, so a sound shorter than a 0.4 s block reads quieter than its own
+  level, exactly as the mixer will later measure it.
+- NaN or inf samples (a broken encoder): set to zero before anything is measured; a file of
+  nothing else gives silent clips.
+- Float samples beyond full scale: saturated at 16-bit full scale, as the pool stores PCM16.
+- Any channel count (libsndfile reads up to 1024) is averaged to mono; any rate is resampled.
+- Anything else that fails while standardizing one file: a `failed` error row for that file only.
 """
 
 from __future__ import annotations
@@ -10,6 +26,7 @@ from __future__ import annotations
 import hashlib
 import io
 import math
+import re
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -24,6 +41,26 @@ from stages.base import Resources, Stage
 
 PCM16_SCALE = 32768.0
 DECODE_MEMORY_BYTES = 512 * 1024**2
+# Below any real recording's rate (telephone audio is 8 kHz); a header claiming less is damaged.
+MIN_SOURCE_RATE = 1000
+
+# Reasons start with these phrases; `error_kind` maps a reason to its kind. The listing's own
+# reasons (stages.storage.expand_sources) are "cannot open/read <url>: ..." and "<url> is a folder".
+ERROR_KINDS: tuple[tuple[str, str], ...] = (
+    ("empty", r"empty file|audio has no samples|audio is too short to keep"),
+    ("undecodable", r"not decodable"),
+    ("bad_sample_rate", r"sample rate"),
+    ("unreadable", r"cannot (read|open)"),
+    ("not_a_file", r".* is a folder"),
+    ("failed", r"standardizing failed"),
+)
+_ERROR_KINDS = [(kind, re.compile(pattern)) for kind, pattern in ERROR_KINDS]
+
+
+def error_kind(error: str, uri: str) -> str:
+    """The kind of an error row's reason (`error` is "<uri>: <reason>"); "other" if none matches."""
+    reason = error.removeprefix(f"{uri}: ")
+    return next((kind for kind, pattern in _ERROR_KINDS if pattern.match(reason)), "other")
 
 
 def to_mono(audio: np.ndarray) -> np.ndarray:
@@ -94,9 +131,14 @@ def decode(data: bytes) -> DecodedAudio:
     except (soundfile.LibsndfileError, RuntimeError, TypeError) as exc:
         # libsndfile names the in-memory buffer first; keep only its reason.
         reason = str(exc).split(": ", 1)[-1]
+        if reason.startswith("File does not exist"):
+            # What libsndfile says of bytes it cannot place in any format; the bytes are in memory.
+            reason = "format not recognised"
         raise UnreadableAudio(f"not decodable as wav, flac, mp3, ogg or aiff ({reason})") from None
     if audio.shape[0] == 0:
         raise UnreadableAudio("audio has no samples")
+    if rate < MIN_SOURCE_RATE:
+        raise UnreadableAudio(f"sample rate {rate} Hz is below {MIN_SOURCE_RATE} Hz: a damaged header, not audio")
     return DecodedAudio(audio, rate, fmt)
 
 
@@ -183,16 +225,31 @@ class Standardize(Stage):
             fail(f"cannot read: {type(exc).__name__}: {exc}")
             return
         try:
-            decoded = decode(data)
+            rows, flacs = self._clips(uri, fingerprint, part, data, decode(data))
         except UnreadableAudio as exc:
             fail(str(exc))
             return
+        except Exception as exc:  # one file's failure must not lose the other files of its part
+            fail(f"standardizing failed ({type(exc).__name__}: {exc})")
+            return
+        for row, flac in zip(rows, flacs):
+            out.add(**row)
+            out.audio_ids.append(row["clip_id"])
+            out.audio_flac.append(flac)
+
+    def _clips(self, uri: str, fingerprint: str | None, part: str, data: bytes, decoded: DecodedAudio) -> tuple[list[dict], list[bytes]]:
         sha = hashlib.sha256(data).hexdigest()
         source = source_id(uri, sha)
         # Non-finite samples (a broken encoder) would poison every measurement: they become silence.
         mono = np.nan_to_num(to_mono(decoded.audio), nan=0.0, posinf=0.0, neginf=0.0)
         standardized = resample(mono, decoded.sample_rate, self.sample_rate)
+        if standardized.size == 0:
+            raise UnreadableAudio(
+                f"audio is too short to keep ({decoded.audio.shape[0]} samples at {decoded.sample_rate} Hz "
+                f"leave none at {self.sample_rate} Hz)"
+            )
         clips, real_samples = chunk(standardized, self.sample_rate, self.clip_seconds)
+        rows, flacs = [], []
         for index, (clip, real) in enumerate(zip(clips, real_samples)):
             pcm = quantize_pcm16(clip)
             stored = pcm.astype(np.float32) / PCM16_SCALE
@@ -203,26 +260,27 @@ class Standardize(Stage):
                 at_rates.append(
                     {"sample_rate": rate, "lufs": loudness.integrated_lufs(at_rate, rate), "peak_dbfs": loudness.peak_dbfs(at_rate)}
                 )
-            cid = clip_id(source, index)
-            out.add(
-                clip_id=cid,
-                source_id=source,
-                source_uri=uri,
-                source_fingerprint=fingerprint,
-                source_sha256=sha,
-                source_format=decoded.format,
-                source_sample_rate=decoded.sample_rate,
-                source_channels=decoded.audio.shape[1],
-                source_duration_s=decoded.audio.shape[0] / decoded.sample_rate,
-                chunk_index=index,
-                start_s=index * self.clip_seconds,
-                duration_s=real / self.sample_rate,
-                sample_rate=self.sample_rate,
-                lufs=lufs,
-                peak_dbfs=loudness.peak_dbfs(stored),
-                loudness_at_rates=at_rates,
-                silent=loudness.is_silent(lufs, self.silence_lufs),
-                part=part,
+            rows.append(
+                dict(
+                    clip_id=clip_id(source, index),
+                    source_id=source,
+                    source_uri=uri,
+                    source_fingerprint=fingerprint,
+                    source_sha256=sha,
+                    source_format=decoded.format,
+                    source_sample_rate=decoded.sample_rate,
+                    source_channels=decoded.audio.shape[1],
+                    source_duration_s=decoded.audio.shape[0] / decoded.sample_rate,
+                    chunk_index=index,
+                    start_s=index * self.clip_seconds,
+                    duration_s=real / self.sample_rate,
+                    sample_rate=self.sample_rate,
+                    lufs=lufs,
+                    peak_dbfs=loudness.peak_dbfs(stored),
+                    loudness_at_rates=at_rates,
+                    silent=loudness.is_silent(lufs, self.silence_lufs),
+                    part=part,
+                )
             )
-            out.audio_ids.append(cid)
-            out.audio_flac.append(encode_flac(pcm, self.sample_rate))
+            flacs.append(encode_flac(pcm, self.sample_rate))
+        return rows, flacs

@@ -1,7 +1,10 @@
-"""Audio helpers for tests: synthetic signals and files in any format."""
+"""Helpers for tests: synthetic signals, audio files in any format, hand-made PNG and WAV bytes."""
 
 from __future__ import annotations
 
+import io
+import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -22,3 +25,28 @@ def write_audio(path: Path, audio: np.ndarray, rate: int, fmt: str = "WAV", subt
     path.parent.mkdir(parents=True, exist_ok=True)
     soundfile.write(path, audio, rate, format=fmt, subtype=subtype)
     return path
+
+
+def png(width: int, height: int, bit_depth: int, color_type: int, pixels: np.ndarray | None = None) -> bytes:
+    """A PNG written by hand, for what Pillow will not write (16-bit RGB) or must not decode (a header
+    claiming a huge size). `pixels` is [height, width, channels] of the bit depth, or None for a
+    file whose image data is empty."""
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    header = struct.pack(">IIBBBBB", width, height, bit_depth, color_type, 0, 0, 0)
+    raw = b""
+    if pixels is not None:
+        samples = pixels.astype(">u2" if bit_depth == 16 else np.uint8).reshape(height, -1)
+        raw = b"".join(b"\x00" + row.tobytes() for row in samples)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b"")
+
+
+def wav_with_rate(audio: np.ndarray, claimed_rate: int) -> bytes:
+    """A 16-bit mono WAV whose header claims `claimed_rate`, as a damaged header would."""
+    buffer = io.BytesIO()
+    soundfile.write(buffer, audio, 16000, format="WAV", subtype="PCM_16")
+    data = bytearray(buffer.getvalue())
+    data[24:28] = struct.pack("<I", claimed_rate)
+    data[28:32] = struct.pack("<I", claimed_rate * 2)
+    return bytes(data)

@@ -2,6 +2,7 @@
 
 import io
 import tarfile
+from pathlib import PurePosixPath
 
 import numpy as np
 import pyarrow as pa
@@ -9,7 +10,18 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from stages.images import BadImage, ImageRef, assign_image_ids, decode_image, list_images, read_image_bytes, sample_key
+from schemas import IMAGE_REFS, make_table
+from stages.images import (
+    BadImage,
+    DecodeImages,
+    ImageRef,
+    assign_image_ids,
+    decode_image,
+    list_images,
+    read_image_bytes,
+    sample_key,
+)
+from tests.helpers import png
 
 
 def encode(image: Image.Image, fmt: str, **kwargs) -> bytes:
@@ -111,3 +123,139 @@ def test_ids_are_own_ids_unless_they_collide():
 def test_sample_key():
     assert sample_key("dir/abc.seg.jpg") == "dir/abc"
     assert sample_key("abc.jpg") == "abc"
+
+
+def test_sixteen_bit_rgb_keeps_the_high_byte():
+    array = np.zeros((48, 64, 3), np.uint16)
+    array[..., 0] = 0xAB12
+    array[..., 1] = 0x00FF
+    array[..., 2] = 0xFF00
+    decoded = decode_image(png(64, 48, 16, 2, array))
+    assert decoded.image.getpixel((5, 5)) == (0xAB, 0x00, 0xFF)
+
+
+@pytest.mark.parametrize("orientation, size, corner", [(3, (64, 48), (0, 0, 255)), (8, (48, 64), (0, 255, 0))])
+def test_exif_orientations_put_the_top_left_corner_where_displayed(orientation, size, corner):
+    """A red top-left, green top-right, blue bottom-left quadrant image: after a 180 degree turn the
+    blue corner is top-right; after orientation 8 (90 degrees counter-clockwise) green is top-left."""
+    array = np.zeros((48, 64, 3), np.uint8)
+    array[:24, :32] = (255, 0, 0)
+    array[:24, 32:] = (0, 255, 0)
+    array[24:, :32] = (0, 0, 255)
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    decoded = decode_image(encode(Image.fromarray(array), "PNG", exif=exif.tobytes()))
+    assert (decoded.width, decoded.height) == size
+    probe = (decoded.width - 4, 4) if orientation == 3 else (4, 4)
+    assert decoded.image.getpixel(probe) == corner
+
+
+@pytest.mark.filterwarnings("ignore:Corrupt EXIF")
+def test_corrupt_exif_is_ignored():
+    data = encode(gradient(64, 48), "JPEG", exif=b"Exif\x00\x00MM\x00*\x00\x00\x00\x08\x00\x05\x01\x12\x00\x03")
+    assert (decode_image(data).width, decode_image(data).height) == (64, 48)
+
+
+def test_pillows_own_bomb_limit_is_reported_as_the_bomb_guard():
+    # The header claims 200M pixels; no pixel data is there to decode.
+    with pytest.raises(BadImage, match="over the decompression-bomb limit"):
+        decode_image(png(20000, 10000, 8, 2), max_pixels=10**9)
+
+
+def test_bomb_guard_reads_the_header_only():
+    with pytest.raises(BadImage, match="4000x3000 pixels is over the decompression-bomb limit of 1000000"):
+        decode_image(png(4000, 3000, 8, 2), max_pixels=1_000_000)
+
+
+def test_duplicate_ids_across_inputs_are_all_kept_and_unique(tmp_path):
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "0001.jpg").write_bytes(encode(gradient(), "JPEG"))
+    for name in ("x.tar", "y.tar"):
+        with tarfile.open(tmp_path / name, "w") as tar:
+            payload = encode(gradient(), "JPEG")
+            info = tarfile.TarInfo("0001.jpg")
+            info.size = len(payload)
+            tar.addfile(info, io.BytesIO(payload))
+    same = str(tmp_path / "a" / "0001.jpg")
+    pq.write_table(pa.table({"uri": [same, same], "image_id": ["0001", "0001"]}), tmp_path / "list.parquet")
+    refs = list_images([str(tmp_path / "a" / "*"), str(tmp_path / "b" / "*"), str(tmp_path / "*.tar"), str(tmp_path / "list.parquet")])
+    assert len(refs) == 6 and all(r.own_id == "0001" for r in refs)
+    ids = assign_image_ids(refs)
+    assert len(set(ids)) == 6
+    assert ids == assign_image_ids(list(refs))
+
+
+def write_image_inputs(folder) -> dict[str, tuple[str, str | None]]:
+    """Every awkward image case as a file; name -> (expected error fragment or None, expected dropped)."""
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    # Noise does not compress, so half of each file stops inside the image data.
+    speckle = Image.fromarray(np.random.default_rng(0).integers(0, 256, (128, 128, 3), dtype=np.uint8))
+
+    def half(data: bytes) -> bytes:
+        return data[: len(data) // 2]
+
+    files = {
+        "zero bytes.jpg": (b"", ("empty file (0 bytes)", None)),
+        "text.png": (b"<html>404 not found</html>", ("not a decodable image", None)),
+        "cut.jpg": (half(encode(speckle, "JPEG")), ("not a decodable image", None)),
+        "cut.png": (half(encode(speckle, "PNG")), ("not a decodable image", None)),
+        "cut.webp": (half(encode(speckle, "WEBP")), ("not a decodable image", None)),
+        "huge.png": (png(4000, 3000, 8, 2), ("4000x3000 pixels is over the decompression-bomb limit of 1000000", None)),
+        "cmyk.jpg": (encode(gradient(mode="CMYK"), "JPEG"), (None, None)),
+        "grey16.png": (png(64, 48, 16, 0, np.full((48, 64, 1), 40000)), (None, None)),
+        "rgb16.png": (png(64, 48, 16, 2, np.full((48, 64, 3), 40000)), (None, None)),
+        "palette.png": (encode(gradient(mode="P"), "PNG", transparency=0), (None, None)),
+        "alpha.webp": (encode(gradient(mode="RGBA"), "WEBP"), (None, None)),
+        "rotated.jpg": (encode(gradient(64, 48), "JPEG", exif=exif.tobytes()), (None, None)),
+        "café au lait ü.png": (encode(gradient(), "PNG"), (None, None)),
+        "tiny.png": (encode(gradient(10, 10), "PNG"), (None, "too_small")),
+    }
+    for name, (data, _) in files.items():
+        (folder / name).write_bytes(data)
+    return {name: expected for name, (_, expected) in files.items()}
+
+
+def test_decode_stage_gives_every_bad_image_a_row(tmp_path):
+    expected = write_image_inputs(tmp_path)
+    refs = list_images([str(tmp_path / "*"), str(tmp_path / "gone.jpg")])
+    assert len(refs) == len(expected) + 1
+    batch = make_table(
+        IMAGE_REFS,
+        {"image_id": assign_image_ids(refs), "uri": [r.uri for r in refs], "member": [r.member for r in refs], "error": [r.error for r in refs]},
+    )
+    rows = {PurePosixPath(r["uri"]).name: r for r in DecodeImages(min_side=32, max_image_pixels=1_000_000).process_batch(batch).to_pylist()}
+    assert set(rows) == {*expected, "gone.jpg"}
+    assert rows["gone.jpg"]["error"].startswith(f"cannot read {tmp_path / 'gone.jpg'}: FileNotFoundError")
+    assert rows["gone.jpg"]["error_stage"] == "images"
+    for name, (error, dropped) in expected.items():
+        row = rows[name]
+        if error:
+            assert row["error"].startswith(f"{tmp_path / name}: ") and error in row["error"], name
+            assert row["error_stage"] == "images" and row["image_bytes"] is None, name
+            continue
+        assert row["error"] is None and row["error_stage"] is None, name
+        assert row["dropped"] == dropped, name
+        if dropped is None:
+            assert row["image_bytes"] == (tmp_path / name).read_bytes(), name
+    assert (rows["rotated.jpg"]["width"], rows["rotated.jpg"]["height"]) == (48, 64)
+    assert {rows[n]["format"] for n in ("grey16.png", "rgb16.png", "palette.png")} == {"png"}
+
+
+def test_an_unexpected_failure_is_that_images_error_only(tmp_path, monkeypatch):
+    (tmp_path / "a.png").write_bytes(encode(gradient(), "PNG"))
+    (tmp_path / "b.png").write_bytes(encode(gradient(mode="RGBA"), "PNG"))
+    original = Image.Image.convert
+
+    def convert(image, mode=None, *args, **kwargs):
+        if image.mode == "RGBA":
+            raise MemoryError("no room")
+        return original(image, mode, *args, **kwargs)
+
+    monkeypatch.setattr(Image.Image, "convert", convert)
+    refs = list_images([str(tmp_path / "*.png")])
+    batch = make_table(IMAGE_REFS, {"image_id": ["a", "b"], "uri": [r.uri for r in refs], "member": [None, None], "error": [None, None]})
+    rows = DecodeImages(min_side=8, max_image_pixels=10**6).process_batch(batch).to_pylist()
+    assert rows[0]["error"] is None and rows[0]["width"] == 64
+    assert rows[1]["error"] == f"{tmp_path / 'b.png'}: decoding failed (MemoryError: no room)"

@@ -67,3 +67,10 @@ def test_stored_loudness_matches_decoded_clips_at_pool_and_mix_rates(tmp_path):
     assert abs(second["loudness_at_rates"][0]["lufs"] - second["lufs"]) > 0.5
     (whisper,) = [r for r in rows if r["source_uri"] == str(quiet)]
     assert whisper["silent"] and (whisper["lufs"] is None or whisper["lufs"] < -70)
+
+
+@pytest.mark.parametrize("seconds", [0.05, 0.2, 0.399])
+def test_input_shorter_than_one_block_is_measured_as_padded_to_one_block(seconds):
+    audio = noise(seconds, 48000, amplitude=0.2)
+    padded = np.concatenate([audio, np.zeros(int(0.4 * 48000) - audio.size, np.float32)])
+    assert loudness.integrated_lufs(audio, 48000) == pytest.approx(ebur128_lufs(padded, 48000), abs=0.1)

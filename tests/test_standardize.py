@@ -1,20 +1,25 @@
 import io
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 import soundfile
 
+from stages import loudness
 from stages.standardize import (
+    Standardize,
     UnreadableAudio,
     chunk,
     decode,
     decode_flac,
     encode_flac,
+    error_kind,
     quantize_pcm16,
     resample,
     to_mono,
 )
-from tests.helpers import tone
+from tests.helpers import noise, tone, wav_with_rate
+from tests.test_loudness import ebur128_lufs
 
 
 @pytest.mark.parametrize(
@@ -108,3 +113,167 @@ def test_flac_round_trip_is_exact_pcm16():
 def test_quantize_saturates_instead_of_wrapping():
     pcm = quantize_pcm16(np.array([1.5, -1.5, 0.5], np.float32))
     assert pcm.tolist() == [32767, -32768, 16384]
+
+
+def test_an_unrecognised_fragment_is_not_reported_as_a_missing_file():
+    buffer = io.BytesIO()
+    soundfile.write(buffer, noise(1.0, 16000), 16000, format="MP3")
+    with pytest.raises(UnreadableAudio, match=r"not decodable as wav, flac, mp3, ogg or aiff \(format not recognised\)"):
+        decode(buffer.getvalue()[:50])
+
+
+def test_a_header_claiming_a_sub_audio_rate_is_refused():
+    with pytest.raises(UnreadableAudio, match="sample rate 1 Hz is below 1000 Hz"):
+        decode(wav_with_rate(noise(1.0, 16000), 1))
+
+
+@pytest.mark.parametrize(
+    "reason, kind",
+    [
+        ("empty file (0 bytes)", "empty"),
+        ("audio has no samples", "empty"),
+        ("audio is too short to keep (1 samples at 192000 Hz leave none at 48000 Hz)", "empty"),
+        ("not decodable as wav, flac, mp3, ogg or aiff (flac decoder lost sync.)", "undecodable"),
+        ("sample rate 1 Hz is below 1000 Hz: a damaged header, not audio", "bad_sample_rate"),
+        ("cannot read: FileNotFoundError: gone", "unreadable"),
+        ("cannot read /x/a b.wav: FileNotFoundError: gone", "unreadable"),
+        ("cannot open zz://a.wav: unknown protocol", "unreadable"),
+        ("/x/dir is a folder; use a glob such as /x/dir/*.wav", "not_a_file"),
+        ("standardizing failed (MemoryError: )", "failed"),
+        ("something new", "other"),
+    ],
+)
+def test_error_kinds(reason, kind):
+    uri = "/data/cannot read: sample rate.wav"
+    assert error_kind(f"{uri}: {reason}", uri) == kind
+
+
+def part_rows(tmp_path, files: dict[str, bytes], **stage_args) -> dict[str, list[dict]]:
+    """Run one part over files written under tmp_path; rows grouped by file name, with each clip's
+    stored audio decoded from the part's audio file."""
+    src = tmp_path / "src"
+    src.mkdir(exist_ok=True)
+    uris = []
+    for name, data in files.items():
+        (src / name).write_bytes(data)
+        uris.append(str(src / name))
+    stage = Standardize(str(tmp_path / "pool"), **{"sample_rate": 48000, "clip_seconds": 5.0, "silence_lufs": -70.0, "mix_sample_rates": [16000], **stage_args})
+    rows = stage.process_part({"part": "p", "uris": uris, "fingerprints": ["f"] * len(uris), "errors": [None] * len(uris)}).to_pylist()
+    audio = {r["clip_id"]: decode_flac(r["flac"])[0] for r in pq.read_table(tmp_path / "pool" / "audio" / "p.parquet").to_pylist()}
+    grouped: dict[str, list[dict]] = {}
+    for row in rows:
+        row["audio"] = audio.get(row["clip_id"])
+        grouped.setdefault(row["source_uri"].rsplit("/", 1)[-1], []).append(row)
+    assert set(grouped) == set(files)
+    assert all(row["part_rows"] == len(rows) for row in rows)
+    return grouped
+
+
+def encoded(audio: np.ndarray, rate: int, fmt: str = "WAV", subtype: str | None = None) -> bytes:
+    buffer = io.BytesIO()
+    soundfile.write(buffer, audio, rate, format=fmt, subtype=subtype)
+    return buffer.getvalue()
+
+
+def test_each_bad_file_is_one_error_row_naming_it(tmp_path):
+    flac = encoded(noise(3.0, 16000), 16000, "FLAC")
+    files = {
+        "zero bytes.wav": b"",
+        "no samples.wav": encoded(np.zeros(0, np.float32), 16000),
+        "text.ogg": b"not audio\n" * 50,
+        "cut.flac": flac[: len(flac) // 2],
+        "rate one.wav": wav_with_rate(noise(1.0, 16000), 1),
+        "single sample.flac": encoded(np.array([0.5], np.float32), 192000, "FLAC"),
+    }
+    reasons = {
+        "zero bytes.wav": "empty file (0 bytes)",
+        "no samples.wav": "audio has no samples",
+        "text.ogg": "not decodable as wav, flac, mp3, ogg or aiff (",
+        "cut.flac": "not decodable as wav, flac, mp3, ogg or aiff (",
+        "rate one.wav": "sample rate 1 Hz is below 1000 Hz",
+        "single sample.flac": "audio is too short to keep (1 samples at 192000 Hz",
+    }
+    rows = part_rows(tmp_path, files)
+    for name, reason in reasons.items():
+        (row,) = rows[name]
+        assert row["error"].startswith(f"{tmp_path / 'src' / name}: {reason}"), row["error"]
+        assert row["chunk_index"] == -1 and row["audio"] is None and row["clip_id"].endswith("-error")
+
+
+def test_awkward_but_usable_files_become_clips(tmp_path):
+    broken = tone(6.0, 16000)
+    broken[1000:1100] = np.nan
+    broken[5000] = np.inf
+    broken[7000] = -np.inf
+    eight = np.stack([tone(2.0, 16000, amplitude=0.4 if c == 0 else 0.0) for c in range(12)], axis=1)
+    wav = encoded(tone(4.0, 16000), 16000)
+    files = {
+        "nan and inf.wav": encoded(broken, 16000, subtype="FLOAT"),
+        "all nan.wav": encoded(np.full(16000, np.nan, np.float32), 16000, subtype="FLOAT"),
+        "twelve channels.wav": encoded(eight, 16000),
+        "eight bit.wav": encoded(tone(2.0, 8000), 8000, subtype="PCM_U8"),
+        "hi res.flac": encoded(tone(2.0, 192000), 192000, "FLAC", "PCM_24"),
+        "hi res.wav": encoded(tone(2.0, 192000), 192000, subtype="FLOAT"),
+        "click.wav": encoded(tone(0.1, 16000), 16000),
+        "silence.aiff": encoded(np.zeros(3 * 16000, np.float32), 16000, "AIFF"),
+        "too loud.wav": encoded(tone(1.0, 16000, amplitude=1000.0), 16000, subtype="FLOAT"),
+        "cut.wav": wav[: 44 + 2 * 16000 * 3],
+    }
+    rows = part_rows(tmp_path, files)
+    for name, clips in rows.items():
+        assert all(c["error"] is None for c in clips), name
+        assert all(c["audio"].shape == (240000,) for c in clips), name
+
+    nan_clips = rows["nan and inf.wav"]
+    assert len(nan_clips) == 2 and all(np.isfinite(c["lufs"]) and not c["silent"] for c in nan_clips)
+    # NaN stretch: 1000..1100 at 16 kHz is 3000..3300 at 48 kHz; the resampler's ringing stays near it.
+    assert np.abs(nan_clips[0]["audio"][3030:3270]).max() < 0.05
+    assert np.abs(nan_clips[0]["audio"][2400:2900]).max() > 0.25
+    (all_nan,) = rows["all nan.wav"]
+    assert all_nan["silent"] and all_nan["lufs"] is None and not np.any(all_nan["audio"])
+
+    (twelve,) = rows["twelve channels.wav"]
+    assert twelve["source_channels"] == 12
+    assert np.abs(twelve["audio"][:96000]).max() == pytest.approx(0.4 / 12, abs=2e-3)
+
+    (eight_bit,) = rows["eight bit.wav"]
+    assert eight_bit["source_sample_rate"] == 8000 and eight_bit["duration_s"] == pytest.approx(2.0)
+    assert np.abs(eight_bit["audio"]).max() == pytest.approx(0.3, abs=0.02)
+    for name in ("hi res.flac", "hi res.wav"):
+        (clip,) = rows[name]
+        assert clip["source_sample_rate"] == 192000 and clip["duration_s"] == pytest.approx(2.0)
+        spectrum = np.abs(np.fft.rfft(clip["audio"][:96000]))
+        assert abs(np.argmax(spectrum) * 48000 / 96000 - 440.0) < 1.0
+
+    (click,) = rows["click.wav"]
+    assert click["duration_s"] == pytest.approx(0.1) and not click["silent"]
+    assert click["lufs"] == pytest.approx(ebur128_lufs(click["audio"], 48000), abs=0.1)
+    # A 0.1 s sound in 0.4 s gating blocks reads about 10*log10(0.1/0.4) = -6 dB under its own level.
+    steady = loudness.integrated_lufs(tone(1.0, 48000), 48000)
+    assert -7.0 < click["lufs"] - steady < -4.0
+
+    (silence,) = rows["silence.aiff"]
+    assert silence["silent"] and silence["lufs"] is None and silence["source_format"] == "AIFF"
+    (loud,) = rows["too loud.wav"]
+    assert loud["peak_dbfs"] == pytest.approx(0.0, abs=1e-3) and np.abs(loud["audio"]).max() <= 1.0
+    (cut,) = rows["cut.wav"]
+    assert cut["duration_s"] == pytest.approx(3.0, abs=1e-3) and cut["source_duration_s"] == pytest.approx(3.0, abs=1e-3)
+
+
+def test_a_failure_inside_one_file_loses_only_that_file(tmp_path, monkeypatch):
+    from stages import standardize
+
+    original = standardize.to_mono
+
+    def to_mono(audio):
+        if audio.shape[1] == 3:
+            raise MemoryError("no room for three channels")
+        return original(audio)
+
+    monkeypatch.setattr(standardize, "to_mono", to_mono)
+    files = {"a.wav": encoded(tone(7.0, 16000), 16000), "b.wav": encoded(tone(1.0, 16000, channels=3), 16000), "c.wav": encoded(tone(1.0, 16000), 16000)}
+    rows = part_rows(tmp_path, files)
+    assert [r["chunk_index"] for r in rows["a.wav"]] == [0, 1] and len(rows["c.wav"]) == 1
+    (failed,) = rows["b.wav"]
+    assert failed["error"] == f"{tmp_path / 'src' / 'b.wav'}: standardizing failed (MemoryError: no room for three channels)"
+    assert failed["audio"] is None
