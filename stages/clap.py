@@ -19,6 +19,8 @@ from typing import Protocol
 import numpy as np
 
 from pipelines.config import ClapConfig
+from stages import storage
+from stages.model_files import is_remote, model_name, stage_model
 
 CLAP_SAMPLE_RATE = 48000
 TEXT_MAX_TOKENS = 77
@@ -140,9 +142,11 @@ class LaionClap:
 
 
 def load_clap(config: ClapConfig) -> ClapBackend:
+    """The configured CLAP; checkpoints at remote URLs are first staged to this node's cache."""
     if config.backend == "transformers":
-        return TransformersClap(config.model)
-    return LaionClap(config.model, config.amodel, config.enable_fusion, config.text_backbones_dir)
+        return TransformersClap(stage_model(config.model))
+    backbones = stage_model(config.text_backbones_dir) if config.text_backbones_dir else None
+    return LaionClap(stage_model(config.model), config.amodel, config.enable_fusion, backbones)
 
 
 def clap_identity(config: ClapConfig) -> dict:
@@ -150,8 +154,13 @@ def clap_identity(config: ClapConfig) -> dict:
     if config.backend == "transformers":
         from transformers import ClapConfig as HfClapConfig
 
-        dim = HfClapConfig.from_pretrained(config.model).projection_dim
-        model = Path(config.model).name if Path(config.model).exists() else config.model
+        if is_remote(config.model):
+            # Only config.json is read: the driver needs the width, not a copy of the weights.
+            settings = json.loads(storage.read_bytes(storage.join(config.model, "config.json")))
+            dim = HfClapConfig.from_dict(settings).projection_dim
+        else:
+            dim = HfClapConfig.from_pretrained(stage_model(config.model)).projection_dim
+        model = model_name(config.model)
     else:
         spec = importlib.util.find_spec("laion_clap")
         configs = Path(next(iter(spec.submodule_search_locations))) / "clap_module" / "model_configs"

@@ -21,17 +21,20 @@ GLOB_CHARS = set("*?[")
 
 
 def filesystem(url: str) -> tuple[fsspec.AbstractFileSystem, str]:
-    return url_to_fs(url)
+    # Ray workers write files that the driver lists right after, and the other way round. A
+    # listing cached by one process (s3fs, gcsfs and others cache them) would hide the files
+    # another process wrote since, so listings are never cached.
+    return url_to_fs(url, use_listings_cache=False)
 
 
-def _is_local(fs: fsspec.AbstractFileSystem) -> bool:
+def is_local(fs: fsspec.AbstractFileSystem) -> bool:
     protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
     return protocol in ("file", "local")
 
 
 def full_url(fs: fsspec.AbstractFileSystem, path: str) -> str:
     """The URL a user would pass for `path` on `fs` (local paths stay plain paths)."""
-    return path if _is_local(fs) else fs.unstrip_protocol(path)
+    return path if is_local(fs) else fs.unstrip_protocol(path)
 
 
 def join(base: str, *parts: str) -> str:
@@ -57,7 +60,7 @@ def read_bytes(url: str) -> bytes:
 def write_bytes(url: str, data: bytes) -> None:
     fs, path = filesystem(url)
     parent = path.rsplit("/", 1)[0]
-    if _is_local(fs):
+    if is_local(fs):
         fs.makedirs(parent, exist_ok=True)
         temporary = f"{parent}/.tmp-{uuid.uuid4().hex}-{path.rsplit('/', 1)[-1]}"
         with fs.open(temporary, "wb") as handle:

@@ -15,6 +15,7 @@ from schemas import ANSWERS, IMAGES
 from stages.base import Resources, Stage
 from stages.concepts import answer_schema, answers_table, user_message
 from stages.images import decode_image, downscale
+from stages.model_files import stage_model
 
 log = logging.getLogger(__name__)
 
@@ -40,9 +41,10 @@ class TransformersVlm(Stage):
         from transformers import AutoModelForImageTextToText, AutoProcessor
 
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        self.processor = AutoProcessor.from_pretrained(self.vlm.model)
+        local = stage_model(self.vlm.model)
+        self.processor = AutoProcessor.from_pretrained(local)
         self.processor.tokenizer.padding_side = "left"
-        self.model = AutoModelForImageTextToText.from_pretrained(self.vlm.model).to(self.device).eval()
+        self.model = AutoModelForImageTextToText.from_pretrained(local).to(self.device).eval()
         vocab_size = self.model.config.get_text_config().vocab_size
         info = xgrammar.TokenizerInfo.from_huggingface(self.processor.tokenizer, vocab_size=vocab_size)
         self.grammar = xgrammar.GrammarCompiler(info).compile_json_schema(

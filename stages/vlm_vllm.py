@@ -16,8 +16,25 @@ from pipelines.config import PromptConfig, VlmConfig
 from schemas import ANSWERS, IMAGES
 from stages.concepts import answer_schema, openai_user_message
 from stages.images import vlm_jpeg
+from stages.model_files import is_remote, stage_model
 
 INFERENCE_ERROR = "__inference_error__"
+# Ray Data LLM downloads models at these URLs itself, on every node that runs an engine.
+RAY_LLM_REMOTE_PREFIXES = ("s3://", "gs://", "abfss://", "azure://")
+
+
+def vllm_model_source(model: str) -> str:
+    """The model_source given to Ray Data LLM: a Hugging Face id, a local path (file:// URLs become
+    paths), or a cloud URL that Ray Data LLM downloads. Other remote protocols are refused here,
+    before any engine starts, because no engine node could load them."""
+    if not is_remote(model):
+        return stage_model(model)
+    if model.startswith(RAY_LLM_REMOTE_PREFIXES):
+        return model
+    raise ValueError(
+        f"vllm model {model}: Ray Data LLM loads models from {', '.join(RAY_LLM_REMOTE_PREFIXES)} URLs, "
+        "Hugging Face ids and local paths only"
+    )
 
 
 def vllm_request(row: dict[str, Any], prompt: PromptConfig, temperature: float) -> dict[str, Any]:
@@ -60,7 +77,7 @@ def answer_with_vllm(dataset, vlm: VlmConfig, prompt: PromptConfig):
     from ray.data.llm import build_processor, vLLMEngineProcessorConfig
 
     config = vLLMEngineProcessorConfig(
-        model_source=vlm.model,
+        model_source=vllm_model_source(vlm.model),
         engine_kwargs={"limit_mm_per_prompt": {"image": 1}, **vlm.engine_kwargs},
         concurrency=vlm.concurrency,
         batch_size=vlm.batch_size,

@@ -1,0 +1,145 @@
+"""Storage helpers and model staging on fsspec's in-memory filesystem: remote-model copies are made
+once, keyed by the files' fingerprints, and stay whole when two loaders race."""
+
+from __future__ import annotations
+
+import os
+import threading
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import fsspec
+import numpy as np
+import pytest
+
+from pipelines.config import ClapConfig
+from stages.clap import clap_identity, load_clap
+from stages.model_files import is_remote, model_name, stage_model
+from stages.vlm_vllm import vllm_model_source
+
+
+@pytest.fixture
+def memory_model():
+    """A model folder at a fresh memory:// URL, with a nested file, as HF checkpoints have."""
+    fs = fsspec.filesystem("memory")
+    root = f"/models-{uuid.uuid4().hex}/clap"
+    files = {"config.json": b'{"projection_dim": 512}', "model.safetensors": b"\x00" * 4096, "tokenizer/vocab.json": b"{}"}
+    for name, data in files.items():
+        fs.pipe(f"{root}/{name}", data)
+    yield f"memory://{root}", files
+    fs.rm(root.split("/clap")[0], recursive=True)
+
+
+def tree(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_remote_folder_is_copied_whole_once(memory_model, tmp_path):
+    url, files = memory_model
+    staged = Path(stage_model(url, tmp_path))
+    assert staged.parent == tmp_path
+    assert tree(staged) == files
+    marker = (staged / "model.safetensors").stat().st_mtime_ns
+    assert stage_model(url + "/", tmp_path) == str(staged)
+    assert (staged / "model.safetensors").stat().st_mtime_ns == marker
+    assert [p.name for p in tmp_path.iterdir()] == [staged.name]
+
+
+def test_replaced_checkpoint_is_staged_again(memory_model, tmp_path):
+    url, files = memory_model
+    first = stage_model(url, tmp_path)
+    fsspec.filesystem("memory").pipe(url.removeprefix("memory://") + "/model.safetensors", b"\x01" * 100)
+    second = stage_model(url, tmp_path)
+    assert second != first
+    assert tree(Path(second))["model.safetensors"] == b"\x01" * 100
+    assert tree(Path(first))["model.safetensors"] == files["model.safetensors"]
+
+
+def test_single_file_keeps_its_name(memory_model, tmp_path):
+    url, files = memory_model
+    staged = Path(stage_model(f"{url}/model.safetensors", tmp_path))
+    assert staged.name == "model.safetensors"
+    assert staged.read_bytes() == files["model.safetensors"]
+
+
+def test_local_paths_and_hub_ids_are_not_copied(tmp_path):
+    assert stage_model("laion/clap-htsat-unfused", tmp_path / "cache") == "laion/clap-htsat-unfused"
+    assert stage_model(str(tmp_path), tmp_path / "cache") == str(tmp_path)
+    assert stage_model(f"file://{tmp_path}", tmp_path / "cache") == str(tmp_path)
+    assert not (tmp_path / "cache").exists()
+    assert not is_remote("laion/clap-htsat-unfused") and not is_remote(f"file://{tmp_path}")
+    assert is_remote("memory://x/y") and is_remote("s3://bucket/model")
+
+
+def test_missing_remote_model_is_an_error(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        stage_model(f"memory://nothing-{uuid.uuid4().hex}/model", tmp_path)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_model_name_is_the_same_for_a_folder_and_its_bucket_copy(tmp_path):
+    folder = tmp_path / "clap-transformers"
+    folder.mkdir()
+    assert model_name(str(folder)) == model_name("s3://bucket/models/clap-transformers/") == "clap-transformers"
+    assert model_name("laion/larger_clap_general") == "laion/larger_clap_general"
+
+
+def test_racing_stagings_both_get_the_complete_copy(memory_model, tmp_path, monkeypatch):
+    """Both loaders finish downloading before either renames, so one rename must lose."""
+    url, files = memory_model
+    barrier = threading.Barrier(2)
+    real_rename = os.rename
+    renames = []
+
+    def rename_after_both_downloaded(source, target):
+        renames.append(source)
+        barrier.wait(timeout=30)
+        real_rename(source, target)
+
+    monkeypatch.setattr(os, "rename", rename_after_both_downloaded)
+    with ThreadPoolExecutor(2) as pool:
+        paths = list(pool.map(lambda _: stage_model(url, tmp_path), range(2)))
+    assert len(renames) == 2 and renames[0] != renames[1]
+    assert paths[0] == paths[1]
+    assert tree(Path(paths[0])) == files
+    # The loser's temporary copy is removed; only the staged model remains.
+    assert [p.name for p in tmp_path.iterdir()] == [Path(paths[0]).name]
+
+
+def test_vllm_model_source():
+    assert vllm_model_source("Qwen/Qwen2.5-VL-7B-Instruct") == "Qwen/Qwen2.5-VL-7B-Instruct"
+    assert vllm_model_source("s3://bucket/qwen") == "s3://bucket/qwen"
+    assert vllm_model_source("file:///models/qwen") == "/models/qwen"
+    with pytest.raises(ValueError, match="memory://bucket/qwen"):
+        vllm_model_source("memory://bucket/qwen")
+
+
+
+@pytest.fixture(scope="module")
+def models_in_memory(tiny_models):
+    """The tiny CLAP checkpoints copied to memory://, a filesystem no model library can read."""
+    fs = fsspec.filesystem("memory")
+    root = f"/models-{uuid.uuid4().hex}"
+    for name in ("clap_transformers", "clap_laion_checkpoint", "clap_laion_text_backbones"):
+        local = Path(tiny_models[name])
+        fs.put(str(local), f"{root}/{name}/{local.name}", recursive=local.is_dir())
+    yield {name: f"memory://{root}/{name}/{Path(tiny_models[name]).name}" for name in ("clap_transformers", "clap_laion_checkpoint", "clap_laion_text_backbones")}
+    fs.rm(root, recursive=True)
+
+
+@pytest.mark.parametrize("backend", ["transformers", "laion_clap"])
+def test_clap_loads_from_a_remote_url(backend, tiny_models, models_in_memory, tmp_path, monkeypatch):
+    monkeypatch.setenv("SONIFY_MODEL_CACHE", str(tmp_path))
+
+    def config(models):
+        if backend == "transformers":
+            return ClapConfig(backend=backend, model=models["clap_transformers"])
+        return ClapConfig(backend=backend, model=models["clap_laion_checkpoint"], text_backbones_dir=models["clap_laion_text_backbones"])
+
+    local, remote = config(tiny_models), config(models_in_memory)
+    assert clap_identity(remote) == clap_identity(local)
+    texts = ["the sound of a dog barking", "rain falling on a tin roof"]
+    assert np.allclose(load_clap(remote).embed_text(texts), load_clap(local).embed_text(texts), atol=1e-6)
+    # The model, and for laion-clap its text backbones, were staged into the configured cache.
+    assert len([p for p in tmp_path.iterdir() if not p.name.startswith(".")]) == (1 if backend == "transformers" else 2)
