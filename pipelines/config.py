@@ -34,6 +34,19 @@ class RayConfig(_Section):
         description="Ray runtime_env passed to ray.init, e.g. {working_dir: .} on a cluster whose "
         "nodes do not have this project installed.",
     )
+    task_retries: int = Field(
+        3,
+        ge=-1,
+        description="Times a batch is run again after the worker process running it died (killed, out of "
+        "memory, node lost), for task stages and model actors alike; -1: without limit. Errors raised by a "
+        "stage itself are not retried. A batch that kills its worker every time fails the run after this many retries.",
+    )
+    actor_restarts: int = Field(
+        10,
+        ge=-1,
+        description="Times each model actor (CLAP, VLM) is started again, loading its model again, after its "
+        "process died; -1: without limit, for long runs on preemptible nodes.",
+    )
 
 
 class IndexConfig(_Section):
@@ -89,8 +102,9 @@ class ClapConfig(_Section):
     )
     model: str = Field(
         ...,
-        description="transformers: a Hugging Face id (laion/larger_clap_general) or a local folder. "
-        "laion_clap: path of a .pt checkpoint (630k-audioset-best.pt).",
+        description="transformers: a Hugging Face id (laion/larger_clap_general) or a folder. "
+        "laion_clap: a .pt checkpoint (630k-audioset-best.pt). Folders and files may be fsspec URLs: "
+        "remote ones are copied once per node into $SONIFY_MODEL_CACHE (default ~/.cache/sonify/models).",
     )
     amodel: str = Field(
         "HTSAT-tiny", description="laion_clap audio encoder; the music checkpoints need HTSAT-base."
@@ -98,7 +112,7 @@ class ClapConfig(_Section):
     enable_fusion: bool = Field(False, description="laion_clap: fusion checkpoints need true.")
     text_backbones_dir: str | None = Field(
         None,
-        description="laion_clap: folder holding roberta-base, bert-base-uncased and facebook/bart-base, "
+        description="laion_clap: folder (fsspec URL) holding roberta-base, bert-base-uncased and facebook/bart-base, "
         "which laion-clap loads by name. Unset: the Hugging Face hub or cache.",
     )
     batch_size: int = Field(32, ge=1, description="Clips or texts per forward pass.")
@@ -137,8 +151,13 @@ class VlmConfig(_Section):
         description="vllm: Ray Data LLM engine (GPU). transformers: AutoModelForImageTextToText. "
         "openai: an OpenAI-compatible /v1/chat/completions server. provided: concepts from a file.",
     )
-    model: str | None = Field(None, description="Hugging Face id or local folder (vllm, transformers), or the served model name (openai).")
-    path: str | None = Field(None, description="provided: Parquet or JSONL of {image_id, concepts: [{label, text}]}.")
+    model: str | None = Field(
+        None,
+        description="Hugging Face id or folder (vllm, transformers), or the served model name (openai). "
+        "transformers: any fsspec URL, copied once per node like models.clap.model. vllm: s3://, gs://, "
+        "abfss:// and azure:// URLs, which Ray Data LLM downloads.",
+    )
+    path: str | None = Field(None, description="provided: Parquet or JSONL (fsspec URL) of {image_id, concepts: [{label, text}]}.")
     batch_size: int = Field(8, ge=1, description="Images per batch.")
     concurrency: int = Field(1, ge=1, description="Engine replicas or model actors (vllm, transformers); parallel requests (openai).")
     num_gpus: float = Field(0.0, ge=0, description="transformers: GPUs per actor.")
@@ -190,8 +209,8 @@ class MixConfig(_Section):
 
 
 class RenderConfig(_Section):
-    manifest: str | None = Field(None, description="render: the manifest folder of a sonify run.")
-    out: str | None = Field(None, description="render: where to write the rebuilt shards and manifest.")
+    manifest: str | None = Field(None, description="render: the manifest folder (fsspec URL) of a sonify run.")
+    out: str | None = Field(None, description="render: where to write the rebuilt shards and manifest (fsspec URL).")
 
 
 class RunConfig(_Section):
