@@ -268,22 +268,35 @@ def read_embeddings(paths: PoolPaths, parts: list[str] | None = None) -> tuple[l
     return ids, (np.concatenate(blocks) if blocks else None)
 
 
-def update_index(paths: PoolPaths, config: RunConfig, new_parts: list[str], pruned: bool) -> dict:
-    """Grow the index with new parts' embeddings, or rebuild it when rows were removed, the index
-    kind changed, or there is none yet. Approximate indexes are reported with recall@k."""
+def embedded_parts(paths: PoolPaths) -> dict[str, int]:
+    """part -> rows of its embeddings file: what an index of the pool must cover."""
+    return {part_name(u): storage.parquet_rows(u) for u in storage.list_files(paths.sub("embeddings"), ".parquet")}
+
+
+def update_index(paths: PoolPaths, config: RunConfig) -> dict:
+    """Bring the index up to the embeddings on disk. index.json, written last, records the parts
+    (and their rows) the index covers, so a run killed anywhere after writing parts leaves an index
+    that the next run sees is behind. New parts are added in name order; a part that shrank or
+    went away, other index settings, or an index file out of step with index.json (a write torn
+    by a kill) mean a rebuild. Approximate indexes are reported with recall@k."""
     index_config = config.pool.index
     meta_url = paths.sub("index", "index.json")
     previous = json.loads(storage.read_bytes(meta_url)) if storage.exists(meta_url) else None
     settings = index_config.model_dump(mode="json")
-    same_settings = previous is not None and previous.get("settings") == settings
-    if same_settings and not new_parts and not pruned:
+    covered = embedded_parts(paths)
+    indexed = previous.get("parts") if previous is not None and previous.get("settings") == settings else None
+    if indexed == covered:
         return {**previous, "action": "unchanged"}
 
-    can_grow = same_settings and not pruned and previous["size"] > 0 and storage.exists(paths.sub("index", "index.faiss"))
-    if can_grow:
-        index = faiss_index.deserialize(storage.read_bytes(paths.sub("index", "index.faiss")))
-        new_ids, new_vectors = read_embeddings(paths, new_parts)
-        ids = storage.read_parquet(paths.sub("index", "ids.parquet")).column("clip_id").to_pylist()
+    index = None
+    if indexed and previous["size"] > 0 and all(covered.get(p) == n for p, n in indexed.items()):
+        if storage.exists(paths.sub("index", "index.faiss")):
+            index = faiss_index.deserialize(storage.read_bytes(paths.sub("index", "index.faiss")))
+            ids = storage.read_parquet(paths.sub("index", "ids.parquet")).column("clip_id").to_pylist()
+            if not index.ntotal == len(ids) == previous["size"]:
+                index = None
+    if index is not None:
+        new_ids, new_vectors = read_embeddings(paths, sorted(set(covered) - set(indexed)))
         if new_vectors is not None:
             faiss_index.add_to_index(index, new_vectors)
             ids.extend(new_ids)
@@ -308,6 +321,7 @@ def update_index(paths: PoolPaths, config: RunConfig, new_parts: list[str], prun
         "size": len(ids),
         f"recall_at_{index_config.recall_k}": recall,
         "recall_queries": min(index_config.recall_queries, len(ids)) if recall is not None else None,
+        "parts": covered,
     }
     storage.write_text(meta_url, json.dumps(meta, indent=2) + "\n")
     return {**meta, "action": action}
@@ -350,6 +364,9 @@ def run_pool(config: RunConfig) -> dict:
     leftovers = remove_unfinished_parts(paths)
     if leftovers:
         log.warning("removed %d files of parts an interrupted run left unfinished", len(leftovers))
+    temporaries = storage.remove_temporaries(paths.root)
+    if temporaries:
+        log.warning("removed %d temporary files that an interrupted run left", temporaries)
 
     sources, empty_globs = storage.expand_sources(config.pool.sources)
     for pattern in empty_globs:
@@ -373,7 +390,7 @@ def run_pool(config: RunConfig) -> dict:
         if writer.unfinished():
             raise RuntimeError(f"parts {writer.unfinished()} did not receive all their rows")
     pruned_parts = prune_stale(paths, plan.stale)
-    index = update_index(paths, config, writer.written_parts, pruned=pruned_parts > 0)
+    index = update_index(paths, config)
 
     summary = {
         "pool_dir": paths.root,
@@ -391,7 +408,7 @@ def run_pool(config: RunConfig) -> dict:
         "error_reasons": writer.errors[:MAX_REPORTED_ERRORS],
         "patterns_without_matches": empty_globs,
         "pool": pool_totals(paths),
-        "index": index,
+        "index": {k: v for k, v in index.items() if k != "parts"},
         "wall_seconds": round(time.monotonic() - started, 3),
     }
     storage.write_text(paths.sub("summary.json"), json.dumps(summary, indent=2) + "\n")

@@ -1,24 +1,34 @@
 """The sonify pipeline: images -> VLM sounding concepts -> CLAP retrieval -> mixes -> shards.
 
 Phases, each materialized in sonify.out so a rerun skips what is done and each can be queried:
-    scenes/<vlm>.parquet       one row per image and VLM: caption, concepts, or why it stops
-    matches.parquet            top-K pool clips of every distinct concept text
-    manifest/NNNNNN.parquet    one row per sample of shard NNNNNN, written after the shard
-    manifest/rejected.parquet  scenes that gave no sample, with the reason
-    shards/NNNNNN.tar          WebDataset: KEY.<image ext>, KEY.flac, KEY.json
+    images.parquet                    the listing, made once: a rerun resumes over the same images
+    scenes/<vlm>/NNNNNN.parquet       one row per image of chunk NNNNNN and VLM: caption, concepts,
+                                      or why it stops; written as each chunk completes
+    matches.parquet                   top-K pool clips of every distinct concept text
+    plans/NNNNNN.parquet              what shard NNNNNN holds: its manifest rows, where its clips are
+    plans/chunk-NNNNNN.json           chunk NNNNNN planned: its shards and counts (written last)
+    manifest/NNNNNN.parquet           one row per sample of shard NNNNNN, written after the shard
+    manifest/rejected-NNNNNN.parquet  scenes of chunk NNNNNN that gave no sample, with the reason
+    shards/NNNNNN.tar                 WebDataset: KEY.<image ext>, KEY.flac, KEY.json
     config.yaml, summary.json
+
+Images are sorted by id and cut into chunks of sonify.images_per_chunk. The driver holds the
+listing, the distinct concept texts and their matches, and one chunk at a time; everything else
+streams through Ray and lands in files, so its memory does not grow with the number of images.
 
 `render` rebuilds the shards from a manifest and the pool alone, with the same write stage.
 """
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import json
 import logging
 import re
 import time
-from collections import Counter
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
@@ -28,12 +38,12 @@ import yaml
 from pipelines.config import RunConfig, VlmConfig, dump_config, validate_config
 from pipelines.pool import PoolPaths, check_compatible, read_clips
 from pipelines.ray_runner import apply_stage, init_ray
-from schemas import IMAGE_REFS, MANIFEST, MATCHES, SCENES, SHARD_PLANS, make_table, schema_version
+from schemas import IMAGE_REFS, MANIFEST, MATCHES, SCENES, SHARD_PLANS, SHARD_TASKS, make_table, schema_version
 from stages import storage
 from stages.base import Stage, check_chain
 from stages.clap import clap_identity
 from stages.concepts import ParseConcepts
-from stages.images import DecodeImages, assign_image_ids, list_images
+from stages.images import DecodeImages, assign_image_ids, image_error_kind, list_images
 from stages.mix import draw_targets, gains_db
 from stages.retrieval import choose_clips, concept_rng
 from stages.retrieve import RetrieveClips
@@ -47,6 +57,9 @@ log = logging.getLogger(__name__)
 
 # FLAC of a 16-bit mono mix is roughly 60% of its PCM size; used only to size shards.
 FLAC_BYTES_PER_SAMPLE = 1.2
+# Rows of the blocks that carry images through decoding and the VLM (rounded to the VLM's batch).
+IMAGES_PER_BLOCK = 64
+MAX_REPORTED_REASONS = 50
 
 
 class SonifyError(ValueError):
@@ -114,17 +127,104 @@ def read_phase(url: str, schema: pa.Schema) -> pa.Table:
     return table
 
 
-def _collect(dataset) -> pa.Table:
-    tables = [b for b in dataset.iter_batches(batch_format="pyarrow", batch_size=None) if b.num_rows]
-    return pa.concat_tables(tables) if tables else None
+@dataclass(frozen=True)
+class Chunk:
+    """Rows [start, stop) of the listing sorted by image id."""
+
+    index: int
+    start: int
+    stop: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.index:06d}"
+
+    @property
+    def rows(self) -> int:
+        return self.stop - self.start
 
 
-def run_scenes(config: RunConfig, refs: pa.Table, vlm: VlmConfig) -> pa.Table:
+def chunk_listing(rows: int, per_chunk: int) -> list[Chunk]:
+    return [Chunk(i, start, min(start + per_chunk, rows)) for i, start in enumerate(range(0, rows, per_chunk))]
+
+
+def block_ranges(chunk: Chunk, block_rows: int) -> list[tuple[int, int]]:
+    """Fixed row ranges of a chunk: the blocks a VLM receives, whichever chunks a run still has to do."""
+    return [(start, min(start + block_rows, chunk.stop)) for start in range(chunk.start, chunk.stop, block_rows)]
+
+
+def image_listing(config: RunConfig, out: str) -> tuple[pa.Table, dict]:
+    """The sorted listing and its counts, made on the first run and read back on every rerun, so
+    that chunks hold the same images however the inputs are listed later."""
+    url, stats_url = storage.join(out, "images.parquet"), storage.join(out, "images.json")
+    if storage.exists(url):
+        return read_phase(url, IMAGE_REFS), json.loads(storage.read_bytes(stats_url))
+    refs = list_images(config.sonify.images)
+    ids = assign_image_ids(refs)
+    table = make_table(
+        IMAGE_REFS,
+        {"image_id": ids, "uri": [r.uri for r in refs], "member": [r.member for r in refs], "error": [r.error for r in refs]},
+    ).sort_by([("image_id", "ascending")])
+    stats = {"listed": len(refs), "renamed_duplicate_ids": sum(i != r.own_id for i, r in zip(ids, refs))}
+    storage.write_text(stats_url, json.dumps(stats) + "\n")
+    storage.write_parquet(url, table)
+    return table, stats
+
+
+class ChunkWriter:
+    """Gathers one VLM's scene rows, which arrive in any order, and writes a chunk's file as soon
+    as all its rows are in."""
+
+    def __init__(self, folder: str, vlm: str, chunks: list[Chunk], first_ids: list[str], todo: list[Chunk]) -> None:
+        self.folder = folder
+        self.vlm = vlm
+        self.chunks = chunks
+        self.first_ids = first_ids
+        self.expected = {c.index: c.rows for c in todo}
+        self.pending: dict[int, list[pa.Table]] = defaultdict(list)
+        self.images = 0
+        self.done: set[int] = set()
+        self.started = time.monotonic()
+
+    def add(self, batch: pa.Table) -> None:
+        owners = np.array([bisect.bisect_right(self.first_ids, i) - 1 for i in batch.column("image_id").to_pylist()])
+        for index in np.unique(owners).tolist():
+            rows = batch.filter(pa.array(owners == index))
+            self.pending[index].append(rows)
+            if sum(t.num_rows for t in self.pending[index]) == self.expected[index]:
+                self._write(self.chunks[index], pa.concat_tables(self.pending.pop(index)))
+
+    def _write(self, chunk: Chunk, rows: pa.Table) -> None:
+        storage.write_parquet(storage.join(self.folder, f"{chunk.name}.parquet"), rows.sort_by([("image_id", "ascending")]))
+        self.images += chunk.rows
+        self.done.add(chunk.index)
+        elapsed = time.monotonic() - self.started
+        log.info(
+            "scenes %s: chunk %s written, %d/%d chunks of this run; %d images, %.1f images/s",
+            self.vlm, chunk.name, len(self.done), len(self.expected), self.images, self.images / elapsed if elapsed else 0.0,
+        )
+
+    def unfinished(self) -> list[str]:
+        return [self.chunks[i].name for i in sorted(self.expected) if i not in self.done]
+
+
+def run_scenes(config: RunConfig, listing: pa.Table, chunks: list[Chunk], vlm: VlmConfig, out: str) -> None:
+    """Answers of one VLM for every chunk without a scenes file yet, each file written as its chunk completes."""
     import ray.data
 
-    decode = DecodeImages(config.sonify.min_side, config.sonify.max_image_pixels)
+    folder = storage.join(out, "scenes", vlm.name)
+    done = {u.rsplit("/", 1)[-1].removesuffix(".parquet") for u in storage.list_files(folder, ".parquet")}
+    todo = [c for c in chunks if c.name not in done]
+    log.info("scenes %s: %d of %d chunks to do", vlm.name, len(todo), len(chunks))
+    if not todo:
+        return
+    decode = DecodeImages(config.sonify.min_side, config.sonify.max_image_pixels, batch_size=vlm.batch_size)
     parse = ParseConcepts(vlm.name, config.prompt.max_answer_chars, config.prompt.max_concepts)
-    dataset = ray.data.from_arrow(refs).repartition(max(1, min(refs.num_rows // 16, 1000)))
+    block_rows = vlm.batch_size * max(1, IMAGES_PER_BLOCK // vlm.batch_size)
+    blocks = [listing.slice(start, stop - start) for c in todo for start, stop in block_ranges(c, block_rows)]
+    dataset = ray.data.from_arrow(blocks)
+    # In order, every batch is a fixed slice of one block, so a resumed run batches as the first did.
+    dataset.context.execution_options.preserve_order = True
     dataset = apply_stage(dataset, lambda: decode)
     if vlm.backend == "vllm":
         check_chain(IMAGE_REFS, [decode])
@@ -133,8 +233,50 @@ def run_scenes(config: RunConfig, refs: pa.Table, vlm: VlmConfig) -> pa.Table:
         answer = vlm_stage(vlm, config)
         check_chain(IMAGE_REFS, [decode, answer, parse])
         dataset = apply_stage(dataset, lambda: answer)
-    scenes = _collect(apply_stage(dataset, lambda: parse))
-    return (scenes if scenes is not None else SCENES.empty_table()).sort_by([("image_id", "ascending")])
+    writer = ChunkWriter(folder, vlm.name, chunks, [listing.column("image_id")[c.start].as_py() for c in chunks], todo)
+    for batch in apply_stage(dataset, lambda: parse).iter_batches(batch_format="pyarrow", batch_size=None):
+        writer.add(batch)
+    if writer.unfinished():
+        raise RuntimeError(f"scenes {vlm.name}: chunks {writer.unfinished()} did not receive all their rows")
+
+
+def read_chunk_scenes(config: RunConfig, out: str, chunk: Chunk, columns: list[str] | None = None) -> pa.Table:
+    tables = []
+    for vlm in config.models.vlm:
+        table = read_phase(storage.join(out, "scenes", vlm.name, f"{chunk.name}.parquet"), SCENES)
+        tables.append(table.select(columns) if columns else table)
+    return pa.concat_tables(tables)
+
+
+@dataclass
+class SceneCounts:
+    """What the scenes of every chunk add up to, read one chunk at a time."""
+
+    texts: set[str] = field(default_factory=set)
+    concepts: int = 0
+    dropped_empty_concepts: int = 0
+    image_errors: Counter = field(default_factory=Counter)
+    too_small: int = 0
+    by_vlm: dict[str, Counter] = field(default_factory=lambda: defaultdict(Counter))
+
+
+def count_scenes(config: RunConfig, out: str, chunks: list[Chunk]) -> SceneCounts:
+    counts = SceneCounts()
+    first_vlm = config.models.vlm[0].name
+    columns = ["uri", "vlm", "concepts", "dropped_empty_concepts", "dropped", "error", "error_stage"]
+    for chunk in chunks:
+        for row in read_chunk_scenes(config, out, chunk, columns).to_pylist():
+            status = f"{row['error_stage']}_error" if row["error_stage"] else row["dropped"] or "ok"
+            counts.by_vlm[row["vlm"]][status] += 1
+            counts.dropped_empty_concepts += row["dropped_empty_concepts"] or 0
+            if row["vlm"] == first_vlm:
+                counts.too_small += row["dropped"] == "too_small"
+                if row["error_stage"] == "images":
+                    counts.image_errors[image_error_kind(row["error"], row["uri"])] += 1
+            if status == "ok":
+                counts.concepts += len(row["concepts"])
+                counts.texts.update(c["text"] for c in row["concepts"])
+    return counts
 
 
 def run_matches(config: RunConfig, paths: PoolPaths, texts: list[str]) -> pa.Table:
@@ -142,8 +284,8 @@ def run_matches(config: RunConfig, paths: PoolPaths, texts: list[str]) -> pa.Tab
 
     retrieve = RetrieveClips(paths.root, config.models.clap, config.retrieval.search_k)
     dataset = ray.data.from_arrow(pa.table({"text": texts})).repartition(max(1, min(len(texts) // 64, 1000)))
-    matches = _collect(apply_stage(dataset, lambda: retrieve))
-    return (matches if matches is not None else MATCHES.empty_table()).sort_by([("text", "ascending")])
+    tables = [b for b in apply_stage(dataset, lambda: retrieve).iter_batches(batch_format="pyarrow", batch_size=None) if b.num_rows]
+    return (pa.concat_tables(tables) if tables else MATCHES.empty_table()).sort_by([("text", "ascending")])
 
 
 def clip_loudness_at(paths: PoolPaths, rate: int) -> dict[str, float]:
@@ -156,12 +298,17 @@ def clip_loudness_at(paths: PoolPaths, rate: int) -> dict[str, float]:
     return loudness
 
 
-def plan_samples(config: RunConfig, scenes: pa.Table, matches: pa.Table, clip_lufs: dict[str, float]) -> tuple[list[dict], list[dict], Counter]:
-    """Manifest rows of every sample (audio fields still empty) and of every rejected scene."""
-    found = {
+def matches_by_text(matches: pa.Table) -> dict[str, tuple[list[str], np.ndarray]]:
+    return {
         t: (ids, np.asarray(s, dtype=np.float64))
         for t, ids, s in zip(*[matches.column(c).to_pylist() for c in ("text", "clip_ids", "scores")])
     }
+
+
+def plan_samples(
+    config: RunConfig, scenes: pa.Table, found: dict[str, tuple[list[str], np.ndarray]], clip_lufs: dict[str, float]
+) -> tuple[list[dict], list[dict], Counter]:
+    """Manifest rows of every sample (audio fields still empty) and of every rejected scene."""
     samples, rejected, counts = [], [], Counter()
     for scene in scenes.to_pylist():
         key = sample_key(scene["image_id"], scene["vlm"])
@@ -220,16 +367,16 @@ def plan_samples(config: RunConfig, scenes: pa.Table, matches: pa.Table, clip_lu
     return sorted(samples, key=lambda r: r["key"]), rejected, counts
 
 
-def shard_plans(samples: list[dict], scenes_bytes: dict[str, int], part_of: dict[str, str], config: RunConfig) -> pa.Table:
-    """Samples to shards of about sonify.shard_size_mb, in key order. A shard holds one image
-    extension only: Hugging Face datasets requires every sample of a tar to have the same members."""
+def shard_groups(samples: list[dict], scenes_bytes: dict[str, int], config: RunConfig, first: int) -> dict[str, list[dict]]:
+    """Samples to shards of about sonify.shard_size_mb, in key order, numbered from `first`. A shard
+    holds one image extension only: Hugging Face datasets requires every sample of a tar to have
+    the same members."""
     flac_estimate = int(config.mix.sample_rate * config.pool.clip_seconds * FLAC_BYTES_PER_SAMPLE)
     by_extension: dict[str, list[dict]] = {}
     for sample in samples:
         extension = image_extension(sample["image_uri"], sample["image_member"], sample["image_format"])
         by_extension.setdefault(extension, []).append(sample)
     groups: dict[str, list[dict]] = {}
-    first = 0
     for extension in sorted(by_extension):
         members = by_extension[extension]
         sizes = [scenes_bytes.get(s["key"], 0) + flac_estimate for s in members]
@@ -237,7 +384,7 @@ def shard_plans(samples: list[dict], scenes_bytes: dict[str, int], part_of: dict
         for sample, index in zip(members, assignment):
             groups.setdefault(shard_id(first + index), []).append(sample)
         first += assignment[-1] + 1
-    return plans_table({shard: pa.Table.from_pylist(rows, schema=MANIFEST) for shard, rows in groups.items()}, part_of)
+    return groups
 
 
 def clip_parts(paths: PoolPaths) -> dict[str, str]:
@@ -246,30 +393,96 @@ def clip_parts(paths: PoolPaths) -> dict[str, str]:
     return dict(zip(table.column("clip_id").to_pylist(), table.column("part").to_pylist()))
 
 
-def plans_table(shards: dict[str, pa.Table], part_of: dict[str, str]) -> pa.Table:
-    """The write stage's work: each shard's manifest rows and where its pool clips are."""
-    names, plans, clip_ids, parts = [], [], [], []
-    for shard, rows in shards.items():
-        used = sorted({c["clip_id"] for concepts in rows.column("concepts").to_pylist() for c in concepts})
-        names.append(shard)
-        plans.append(table_to_ipc(rows))
-        clip_ids.append(used)
-        parts.append([part_of[c] for c in used])
-    return make_table(SHARD_PLANS, {"shard": names, "plan": plans, "clip_ids": clip_ids, "parts": parts})
+def shard_plan(shard: str, rows: pa.Table, part_of: dict[str, str]) -> pa.Table:
+    """The plan file of one shard: its manifest rows, and where its pool clips are."""
+    used = sorted({c["clip_id"] for concepts in rows.column("concepts").to_pylist() for c in concepts})
+    return make_table(
+        SHARD_PLANS, {"shard": [shard], "plan": [table_to_ipc(rows)], "clip_ids": [used], "parts": [[part_of[c] for c in used]]}
+    )
 
 
-def write_shards(config: RunConfig, paths: PoolPaths, out: str, plans: pa.Table) -> pa.Table | None:
-    """Writes the shards not yet marked complete by their manifest part."""
+CHUNK_COUNTS = ("samples", "rejected", "concepts_below_min_cosine", "fallbacks")
+
+
+def plan_chunks(config: RunConfig, paths: PoolPaths, out: str, chunks: list[Chunk], found: dict) -> tuple[int, Counter, list[str]]:
+    """Plans every chunk not planned yet, in order: its shards' plan files, its rejected rows, and
+    last its stats file, which marks it planned. Shards are numbered on from the previous chunk's,
+    so a rerun numbers them as the first run did. Returns the number of shards, the counts of all
+    chunks, and the first rejection reasons."""
+    clip_lufs = part_of = None
+    next_shard, totals, reasons = 0, Counter(), []
+    for chunk in chunks:
+        stats_url = storage.join(out, "plans", f"chunk-{chunk.name}.json")
+        if not storage.exists(stats_url):
+            if clip_lufs is None:
+                clip_lufs, part_of = clip_loudness_at(paths, config.mix.sample_rate), clip_parts(paths)
+            scenes = read_chunk_scenes(config, out, chunk)
+            samples, rejected, counts = plan_samples(config, scenes, found, clip_lufs)
+            image_bytes = {
+                sample_key(i, v): n or 0 for i, v, n in zip(*[scenes.column(c).to_pylist() for c in ("image_id", "vlm", "num_bytes")])
+            }
+            groups = shard_groups(samples, image_bytes, config, next_shard)
+            for shard, rows in groups.items():
+                plan = shard_plan(shard, pa.Table.from_pylist(rows, schema=MANIFEST), part_of)
+                storage.write_parquet(storage.join(out, "plans", f"{shard}.parquet"), plan)
+            storage.write_parquet(
+                storage.join(out, "manifest", f"rejected-{chunk.name}.parquet"), pa.Table.from_pylist(rejected, schema=MANIFEST)
+            )
+            stats = {
+                "first_shard": next_shard,
+                "shards": len(groups),
+                "samples": len(samples),
+                "rejected": len(rejected),
+                "concepts_below_min_cosine": counts["concepts_below_min_cosine"],
+                "fallbacks": counts["fallbacks"],
+                "rejection_reasons": [r["error"] for r in rejected][:MAX_REPORTED_REASONS],
+            }
+            storage.write_text(stats_url, json.dumps(stats) + "\n")
+        else:
+            stats = json.loads(storage.read_bytes(stats_url))
+        next_shard += stats["shards"]
+        totals.update({k: stats[k] for k in CHUNK_COUNTS})
+        reasons.extend(stats["rejection_reasons"][: MAX_REPORTED_REASONS - len(reasons)])
+    return next_shard, totals, reasons
+
+
+def write_shards(config: RunConfig, paths: PoolPaths, out: str, shards: list[str], plans_dir: str) -> pa.Table | None:
+    """Writes the shards not yet marked complete by their manifest part, each from its plan file."""
     import ray.data
 
     done = {u.rsplit("/", 1)[-1].removesuffix(".parquet") for u in storage.list_files(storage.join(out, "manifest"), ".parquet")}
-    todo = plans.filter(pc.invert(pc.is_in(plans.column("shard"), value_set=pa.array(sorted(done), pa.string()))))
-    log.info("%d shards planned, %d already written", plans.num_rows, plans.num_rows - todo.num_rows)
-    if not todo.num_rows:
+    todo = [s for s in shards if s not in done]
+    log.info("%d shards planned, %d already written", len(shards), len(shards) - len(todo))
+    if not todo:
         return None
+    tasks = make_table(SHARD_TASKS, {"shard": todo, "plan_url": [storage.join(plans_dir, f"{s}.parquet") for s in todo]})
     writer = WriteShards(paths.root, out, config.mix.peak_dbfs)
-    dataset = ray.data.from_arrow(todo).repartition(todo.num_rows)
-    return _collect(apply_stage(dataset, lambda: writer))
+    results, written, report_at, started = [], 0, 0, time.monotonic()
+    for batch in apply_stage(ray.data.from_arrow(tasks).repartition(tasks.num_rows), lambda: writer).iter_batches(
+        batch_format="pyarrow", batch_size=None
+    ):
+        results.append(batch)
+        written += batch.num_rows
+        if written >= report_at:
+            elapsed = time.monotonic() - started
+            log.info("shards: %d/%d written this run, %.1f shards/s", written, len(todo), written / elapsed if elapsed else 0.0)
+            report_at = written + max(1, len(todo) // 20)
+    return pa.concat_tables(results)
+
+
+def manifest_counts(out: str) -> tuple[int, int, int]:
+    """Samples written, rows that failed at write time, and distinct clips used, read part by part."""
+    samples = failed = 0
+    used: set[str] = set()
+    for url in storage.list_files(storage.join(out, "manifest"), ".parquet"):
+        if url.rsplit("/", 1)[-1].startswith("rejected-"):
+            continue
+        table = storage.read_parquet(url, columns=["concepts", "error"])
+        ok = table.filter(pc.is_null(table.column("error")))
+        samples += ok.num_rows
+        failed += table.num_rows - ok.num_rows
+        used.update(c["clip_id"] for concepts in ok.column("concepts").to_pylist() for c in concepts)
+    return samples, failed, len(used)
 
 
 def run_sonify(config: RunConfig) -> dict:
@@ -283,36 +496,27 @@ def run_sonify(config: RunConfig) -> dict:
     out = out.rstrip("/")
     check_same_run(config, out)
     storage.makedirs(out)
+    leftovers = storage.remove_temporaries(out)
+    if leftovers:
+        log.warning("removed %d temporary files that an interrupted run left", leftovers)
     storage.write_text(storage.join(out, "config.yaml"), dump_config(config))
     seconds: dict[str, float] = {}
 
     tick = time.monotonic()
-    refs = list_images(config.sonify.images)
-    ids = assign_image_ids(refs)
-    refs_table = make_table(
-        IMAGE_REFS,
-        {"image_id": ids, "uri": [r.uri for r in refs], "member": [r.member for r in refs], "error": [r.error for r in refs]},
-    )
+    listing, listed = image_listing(config, out)
+    chunks = chunk_listing(listing.num_rows, config.sonify.images_per_chunk)
     seconds["list_images"] = time.monotonic() - tick
-    log.info("%d images listed", len(refs))
+    log.info("%d images listed, in %d chunks of up to %d", listing.num_rows, len(chunks), config.sonify.images_per_chunk)
     init_ray(config.ray)
 
-    scenes_tables = []
     for vlm in config.models.vlm:
-        url = storage.join(out, "scenes", f"{vlm.name}.parquet")
         tick = time.monotonic()
-        if storage.exists(url):
-            scenes_tables.append(read_phase(url, SCENES))
-            continue
-        scenes = run_scenes(config, refs_table, vlm)
-        storage.write_parquet(url, scenes)
-        scenes_tables.append(scenes)
+        run_scenes(config, listing, chunks, vlm, out)
         seconds[f"concepts_{vlm.name}"] = time.monotonic() - tick
-    scenes = pa.concat_tables(scenes_tables)
 
     tick = time.monotonic()
-    usable = scenes.filter(pc.and_(pc.is_null(scenes.column("error")), pc.is_null(scenes.column("dropped"))))
-    texts = sorted({c["text"] for concepts in usable.column("concepts").to_pylist() for c in concepts})
+    scene_counts = count_scenes(config, out, chunks)
+    texts = sorted(scene_counts.texts)
     matches_url = storage.join(out, "matches.parquet")
     if storage.exists(matches_url):
         matches = read_phase(matches_url, MATCHES)
@@ -322,46 +526,36 @@ def run_sonify(config: RunConfig) -> dict:
     seconds["retrieval"] = time.monotonic() - tick
 
     tick = time.monotonic()
-    samples, rejected, counts = plan_samples(config, scenes, matches, clip_loudness_at(paths, config.mix.sample_rate))
-    image_bytes = {sample_key(i, v): n or 0 for i, v, n in zip(*[scenes.column(c).to_pylist() for c in ("image_id", "vlm", "num_bytes")])}
-    plans = shard_plans(samples, image_bytes, clip_parts(paths), config)
-    storage.write_parquet(storage.join(out, "manifest", "rejected.parquet"), pa.Table.from_pylist(rejected, schema=MANIFEST))
+    shard_count, planned, reasons = plan_chunks(config, paths, out, chunks, matches_by_text(matches))
+    del matches  # not needed while shards are written, and as large as the distinct texts
     seconds["plan"] = time.monotonic() - tick
 
     tick = time.monotonic()
-    write_shards(config, paths, out, plans)
+    write_shards(config, paths, out, [shard_id(i) for i in range(shard_count)], storage.join(out, "plans"))
     seconds["mix_and_write"] = time.monotonic() - tick
 
-    manifest = read_manifest(out)
-    written = manifest.filter(pc.is_null(manifest.column("error")))
-    used = {c["clip_id"] for concepts in written.column("concepts").to_pylist() for c in concepts}
-    image_rows = scenes.filter(pc.equal(scenes.column("vlm"), config.models.vlm[0].name))
+    samples, failed_at_write, clips_used = manifest_counts(out)
     summary = {
         "out": out,
         "images": {
-            "listed": len(refs),
-            "errors": int(pc.sum(pc.equal(image_rows.column("error_stage"), "images")).as_py() or 0),
-            "too_small": int(pc.sum(pc.equal(image_rows.column("dropped"), "too_small")).as_py() or 0),
+            "listed": listed["listed"],
+            "renamed_duplicate_ids": listed["renamed_duplicate_ids"],
+            "errors": sum(scene_counts.image_errors.values()),
+            "errors_by_kind": dict(sorted(scene_counts.image_errors.items())),
+            "too_small": scene_counts.too_small,
         },
-        "scenes": {
-            vlm.name: dict(
-                Counter(
-                    (f"{stage}_error" if stage else d or "ok")
-                    for stage, d, v in zip(*[scenes.column(c).to_pylist() for c in ("error_stage", "dropped", "vlm")])
-                    if v == vlm.name
-                )
-            )
-            for vlm in config.models.vlm
-        },
-        "concepts": int(sum(len(c or []) for c in usable.column("concepts").to_pylist())),
+        "chunks": len(chunks),
+        "scenes": {vlm.name: dict(sorted(scene_counts.by_vlm[vlm.name].items())) for vlm in config.models.vlm},
+        "concepts": scene_counts.concepts,
+        "concepts_with_empty_text": scene_counts.dropped_empty_concepts,
         "distinct_concept_texts": len(texts),
-        "concepts_below_min_cosine": counts["concepts_below_min_cosine"],
-        "threshold_fallbacks": counts["fallbacks"],
-        "samples": written.num_rows,
-        "rejected": manifest.num_rows - written.num_rows,
-        "error_reasons": [r["error"] for r in rejected][:50],
-        "distinct_clips_used": len(used),
-        "shards": plans.num_rows,
+        "concepts_below_min_cosine": planned["concepts_below_min_cosine"],
+        "threshold_fallbacks": planned["fallbacks"],
+        "samples": samples,
+        "rejected": planned["rejected"] + failed_at_write,
+        "error_reasons": reasons,
+        "distinct_clips_used": clips_used,
+        "shards": shard_count,
         "seconds": {k: round(v, 3) for k, v in seconds.items()},
         "wall_seconds": round(time.monotonic() - started, 3),
     }
@@ -376,7 +570,8 @@ def read_manifest(out: str) -> pa.Table:
 
 
 def run_render(config: RunConfig) -> dict:
-    """Rebuild shards and manifest from a manifest folder and the pool: no model is loaded."""
+    """Rebuild shards and manifest from a manifest folder and the pool: no model is loaded. Each
+    manifest part becomes the plan file of its shard, one part in memory at a time."""
     started = time.monotonic()
     source, out = config.render.manifest, config.render.out
     if not source or not out:
@@ -384,29 +579,38 @@ def run_render(config: RunConfig) -> dict:
     paths = PoolPaths(config.pool.dir.rstrip("/"))
     if not storage.exists(paths.sub("pool.json")):
         raise SonifyError(f"pool.dir {paths.root} holds no pool (no pool.json)")
+    out = out.rstrip("/")
     init_ray(config.ray)
-    parts = [u for u in storage.list_files(source, ".parquet") if not u.endswith("rejected.parquet")]
-    plans = plans_table(
-        {u.rsplit("/", 1)[-1].removesuffix(".parquet"): storage.read_parquet(u).filter(pc.is_null(pc.field("error"))) for u in parts},
-        clip_parts(paths),
-    )
-    results = write_shards(config, paths, out.rstrip("/"), plans)
+    part_of = clip_parts(paths)
+    plans_dir = storage.join(out, "plans")
+    shards = []
+    for url in storage.list_files(source, ".parquet"):
+        shard = url.rsplit("/", 1)[-1].removesuffix(".parquet")
+        if shard.startswith("rejected"):
+            continue
+        rows = storage.read_parquet(url).filter(pc.is_null(pc.field("error")))
+        storage.write_parquet(storage.join(plans_dir, f"{shard}.parquet"), shard_plan(shard, rows, part_of))
+        shards.append(shard)
+    results = write_shards(config, paths, out, shards, plans_dir)
     samples = int(pc.sum(results.column("samples")).as_py()) if results is not None else 0
-    return {"out": out, "shards": plans.num_rows, "samples": samples, "wall_seconds": round(time.monotonic() - started, 3)}
+    return {"out": out, "shards": len(shards), "samples": samples, "wall_seconds": round(time.monotonic() - started, 3)}
 
 
 def format_summary(summary: dict) -> str:
     images = summary["images"]
+    kinds = ", ".join(f"{n} {kind}" for kind, n in images["errors_by_kind"].items())
     lines = [
         f"sonify {summary['out']}",
         f"  manifest: {summary['out']}/manifest/*.parquet   shards: {summary['out']}/shards/*.tar ({summary['shards']})",
-        f"  images:   {images['listed']} listed, {images['errors']} errors, {images['too_small']} too small",
+        f"  images:   {images['listed']} listed in {summary['chunks']} chunks, {images['errors']} errors"
+        f"{f' ({kinds})' if kinds else ''}, {images['too_small']} too small, {images['renamed_duplicate_ids']} duplicate ids renamed",
     ]
     lines += [f"  scenes:   {name}: {json.dumps(counts, sort_keys=True)}" for name, counts in summary["scenes"].items()]
     lines += [
         f"  concepts: {summary['concepts']} ({summary['distinct_concept_texts']} distinct texts), "
-        f"{summary['concepts_below_min_cosine']} below min_cosine",
+        f"{summary['concepts_with_empty_text']} with empty text, {summary['concepts_below_min_cosine']} below min_cosine",
         f"  samples:  {summary['samples']} written, {summary['rejected']} rejected, {summary['distinct_clips_used']} distinct clips used",
         f"  time:     {summary['wall_seconds']:.1f} s  " + ", ".join(f"{k} {v:.1f}s" for k, v in summary["seconds"].items()),
     ]
+    lines += [f"  rejected: {reason}" for reason in summary["error_reasons"][:5]]
     return "\n".join(lines)

@@ -14,7 +14,7 @@ from schemas.pool import (
     embedded_clips_schema,
     embeddings_schema,
 )
-from schemas.sonify import ANSWERS, IMAGE_REFS, IMAGES, MANIFEST, MATCHES, SCENES, SHARD_PLANS, SHARD_RESULTS
+from schemas.sonify import ANSWERS, IMAGE_REFS, IMAGES, MANIFEST, MATCHES, SCENES, SHARD_PLANS, SHARD_RESULTS, SHARD_TASKS
 
 __all__ = [
     "ANSWERS",
@@ -25,6 +25,7 @@ __all__ = [
     "SCENES",
     "SHARD_PLANS",
     "SHARD_RESULTS",
+    "SHARD_TASKS",
     "POOL_AUDIO",
     "POOL_CLIPS",
     "POOL_INDEX_IDS",

@@ -39,7 +39,8 @@ ANSWERS = versioned("answers", 1, [*IMAGES, pa.field("answer", pa.string())])
 
 CONCEPT = pa.struct([pa.field("label", pa.string()), pa.field("text", pa.string())])
 
-# sonify.out/scenes/<vlm>/*.parquet: one row per image and VLM, with the parsed answer.
+# sonify.out/scenes/<vlm>/NNNNNN.parquet: one row per image of chunk NNNNNN and VLM, with the
+# parsed answer.
 SCENES = versioned(
     "scenes",
     1,
@@ -91,8 +92,8 @@ MANIFEST_CONCEPT = pa.struct(
     ]
 )
 
-# sonify.out/manifest/NNNNNN.parquet (one per shard) and manifest/rejected.parquet (scenes that
-# became no sample, with the reason in `error`).
+# sonify.out/manifest/NNNNNN.parquet (one per shard) and manifest/rejected-NNNNNN.parquet (one per
+# chunk of images: scenes that became no sample, with the reason in `error`).
 MANIFEST = versioned(
     "manifest",
     1,
@@ -120,7 +121,7 @@ MANIFEST = versioned(
     ],
 )
 
-# The write stage's work plan (one row per shard, its manifest rows as Arrow IPC) and its report.
+# sonify.out/plans/NNNNNN.parquet: the plan of shard NNNNNN (one row: its manifest rows as Arrow IPC).
 # clip_ids/parts locate the shard's pool clips, so a writer reads no pool table of its own.
 SHARD_PLANS = versioned(
     "shard_plans",
@@ -131,6 +132,12 @@ SHARD_PLANS = versioned(
         pa.field("clip_ids", pa.list_(pa.string()), nullable=False),
         pa.field("parts", pa.list_(pa.string()), nullable=False),
     ],
+)
+# The write stage's work, one row per shard still to write; the driver never holds the plans.
+SHARD_TASKS = versioned(
+    "shard_tasks",
+    1,
+    [pa.field("shard", pa.string(), nullable=False), pa.field("plan_url", pa.string(), nullable=False)],
 )
 SHARD_RESULTS = versioned(
     "shard_results",

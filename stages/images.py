@@ -137,6 +137,28 @@ class DecodedImage:
     format: str
 
 
+# Kinds of image error counted in sonify's summary, by the words of the messages above.
+IMAGE_ERROR_KINDS = {
+    "empty file": "empty",
+    "decompression-bomb": "too_large",
+    "not a decodable image": "undecodable",
+    "decoding failed": "undecodable",
+    "unsupported input": "unsupported",
+    "has no 'uri' column": "unsupported",
+    "member not found": "unreadable",
+    "unreadable tar": "unreadable",
+    "cannot read": "unreadable",
+    "cannot open": "unreadable",
+}
+
+
+def image_error_kind(error: str, uri: str) -> str:
+    """The kind of an image error message; the words are looked for after the image's URI, which
+    may itself contain any of them."""
+    reason = error.split(uri, 1)[1] if uri in error else error
+    return next((kind for words, kind in IMAGE_ERROR_KINDS.items() if words in reason), "other")
+
+
 class BadImage(ValueError):
     """Bytes that are not a usable image."""
 
@@ -228,12 +250,15 @@ class DecodeImages(Stage):
     name: ClassVar[str] = "decode_images"
     required_columns: ClassVar[tuple[str, ...]] = tuple(IMAGE_REFS.names)
 
-    def __init__(self, min_side: int, max_image_pixels: int) -> None:
+    def __init__(self, min_side: int, max_image_pixels: int, batch_size: int = 32) -> None:
         self.min_side = min_side
         self.max_image_pixels = max_image_pixels
+        # The sonify pipeline passes the VLM's batch size, so decoded blocks reach the VLM already
+        # cut at its batch boundaries.
+        self.batch_size = batch_size
 
     def resources(self) -> Resources:
-        return Resources(num_cpus=1, batch_size=32)
+        return Resources(num_cpus=1, batch_size=self.batch_size)
 
     def output_schema(self) -> pa.Schema:
         return IMAGES

@@ -13,7 +13,7 @@ from typing import ClassVar
 import numpy as np
 import pyarrow as pa
 
-from schemas import MANIFEST, SHARD_PLANS, SHARD_RESULTS, make_table
+from schemas import MANIFEST, SHARD_RESULTS, SHARD_TASKS, make_table
 from stages import loudness, storage
 from stages.base import Resources, Stage
 from stages.images import ImageRef, read_image_bytes
@@ -84,12 +84,12 @@ def image_extension(uri: str, member: str | None, fmt: str | None) -> str:
 
 
 class WriteShards(Stage):
-    """Mixes the planned samples of one shard and writes `shards/NNNNNN.tar`, then
+    """Reads one shard's plan file, mixes its samples and writes `shards/NNNNNN.tar`, then
     `manifest/NNNNNN.parquet`, which marks the shard complete. Rendering a released manifest runs
     this same stage, so its audio is bit-identical to the original run."""
 
     name: ClassVar[str] = "write_shards"
-    required_columns: ClassVar[tuple[str, ...]] = tuple(SHARD_PLANS.names)
+    required_columns: ClassVar[tuple[str, ...]] = tuple(SHARD_TASKS.names)
 
     def __init__(self, pool_dir: str, out_dir: str, peak_dbfs: float) -> None:
         self.pool_dir = pool_dir
@@ -103,10 +103,10 @@ class WriteShards(Stage):
         return SHARD_RESULTS
 
     def process_batch(self, batch: pa.Table) -> pa.Table:
-        results = [
-            self.write_shard(row["shard"], table_from_ipc(row["plan"]), dict(zip(row["clip_ids"], row["parts"])))
-            for row in batch.to_pylist()
-        ]
+        results = []
+        for task in batch.to_pylist():
+            plan = storage.read_parquet(task["plan_url"]).to_pylist()[0]
+            results.append(self.write_shard(task["shard"], table_from_ipc(plan["plan"]), dict(zip(plan["clip_ids"], plan["parts"]))))
         return make_table(SHARD_RESULTS, {name: [r[name] for r in results] for name in SHARD_RESULTS.names})
 
     def write_shard(self, shard: str, plan: pa.Table, part_of: dict[str, str]) -> dict:

@@ -18,6 +18,7 @@ import pyarrow.parquet as pq
 from fsspec.core import url_to_fs
 
 GLOB_CHARS = set("*?[")
+TEMPORARY_PREFIX = ".tmp-"
 
 
 def filesystem(url: str) -> tuple[fsspec.AbstractFileSystem, str]:
@@ -62,7 +63,7 @@ def write_bytes(url: str, data: bytes) -> None:
     parent = path.rsplit("/", 1)[0]
     if is_local(fs):
         fs.makedirs(parent, exist_ok=True)
-        temporary = f"{parent}/.tmp-{uuid.uuid4().hex}-{path.rsplit('/', 1)[-1]}"
+        temporary = f"{parent}/{TEMPORARY_PREFIX}{uuid.uuid4().hex}-{path.rsplit('/', 1)[-1]}"
         with fs.open(temporary, "wb") as handle:
             handle.write(data)
         fs.mv(temporary, path)
@@ -86,10 +87,28 @@ def read_parquet(url: str, columns: list[str] | None = None) -> pa.Table:
     return pq.read_table(path, columns=columns, filesystem=fs)
 
 
+def parquet_rows(url: str) -> int:
+    """Row count from the file's footer, without reading its data."""
+    fs, path = filesystem(url)
+    return pq.read_metadata(path, filesystem=fs).num_rows
+
+
 def remove(url: str) -> None:
     fs, path = filesystem(url)
     if fs.exists(path):
         fs.rm(path)
+
+
+def remove_temporaries(folder_url: str) -> int:
+    """Deletes the temporary files that writes killed midway left anywhere under a folder. They
+    are never listed here, but a user's own glob (`shards/*.tar` in Python) would find them."""
+    fs, path = filesystem(folder_url)
+    if not is_local(fs) or not fs.exists(path):
+        return 0
+    leftovers = [p for p in fs.find(path) if p.rsplit("/", 1)[-1].startswith(TEMPORARY_PREFIX)]
+    for leftover in leftovers:
+        fs.rm(leftover)
+    return len(leftovers)
 
 
 def list_files(folder_url: str, suffix: str) -> list[str]:

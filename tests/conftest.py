@@ -97,8 +97,8 @@ class PipelineRuns:
 
     def config(self, name: str, clap_concurrency: int = 1, vlm_concurrency: int = 1, pool_dir: Path | None = None) -> Path:
         """Writes `<name>/config.yaml`, with the pool and the output under `<name>/` unless `pool_dir`
-        names another run's pool. One file per part and two items per batch make many small
-        batches, so that each stage runs long enough to be caught at work."""
+        names another run's pool. One file per part, two items per batch and four images per chunk
+        make many small batches and files, so that each stage runs long enough to be caught at work."""
         import yaml
 
         folder = self.root / name
@@ -109,7 +109,7 @@ class PipelineRuns:
             "seed": 5,
             "pool": {"dir": str(pool_dir or folder / "pool"), "sources": [str(self.root / "inputs" / "audio" / "*")], "files_per_part": 1},
             "models": {"clap": clap, "vlm": [vlm]},
-            "sonify": {"images": [str(self.root / "inputs" / "images" / "*")], "out": str(folder / "out"), "min_side": 32, "shard_size_mb": 0.25},
+            "sonify": {"images": [str(self.root / "inputs" / "images" / "*")], "out": str(folder / "out"), "min_side": 32, "shard_size_mb": 0.25, "images_per_chunk": 4},
             "prompt": {"max_new_tokens": 64, "max_concepts": 3, "max_text_chars": 20},
             "retrieval": {"search_k": 8, "k": 4, "min_cosine": -1.0},
         }

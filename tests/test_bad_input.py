@@ -190,3 +190,65 @@ def test_a_pool_folder_that_does_not_exist_is_refused(tmp_path, tiny_models):
     with pytest.raises(SonifyError, match=f"pool.dir {tmp_path / 'no such pool'} holds no pool"):
         check_pool(config)
     assert not (tmp_path / "no such pool").exists()
+
+
+def test_every_awkward_image_through_sonify_is_a_sample_or_a_counted_error_row(run, tmp_path, tiny_models):
+    """The image cases of test_images.py, plus an id found in two inputs, through a whole sonify run
+    against the pool above: each image is one manifest row, a sample or a rejected row with its
+    reason, and each kind of failure is counted in summary.json."""
+    import webdataset as wds
+
+    from pipelines.sonify import run_sonify, sample_key
+    from tests.test_images import encode, gradient, write_image_inputs
+
+    pool_dir, pool_config, _ = run
+    images, more = tmp_path / "images", tmp_path / "more"
+    images.mkdir()
+    more.mkdir()
+    expected = write_image_inputs(images)
+    for folder in (images, more):
+        (folder / "same name.png").write_bytes(encode(gradient(), "PNG"))
+    stems = [Path(n).stem for n in expected] + ["same name"]
+    concepts = tmp_path / "concepts.jsonl"
+    concepts.write_text("".join(json.dumps({"image_id": s, "caption": "a street", "concepts": [{"label": "car", "text": "a car"}]}) + "\n" for s in stems))
+    tree = pool_config.model_dump(mode="json")
+    tree["models"]["vlm"] = [{"name": "given", "backend": "provided", "path": str(concepts)}]
+    tree["sonify"] = {"images": [f"{images}/*", f"{more}/*"], "out": str(tmp_path / "out"), "min_side": 32, "max_image_pixels": 1_000_000}
+    tree["retrieval"] = {"search_k": 4, "k": 2, "min_cosine": -1.0}
+    summary = run_sonify(validate_config(tree))
+
+    decoded = [n for n, (error, dropped) in expected.items() if error is None and dropped is None]
+    assert summary["images"] == {
+        "listed": len(expected) + 2,
+        # cut.jpg, cut.png and cut.webp share the id "cut"; "same name" is in both folders.
+        "renamed_duplicate_ids": 5,
+        "errors": 6,
+        "errors_by_kind": {"empty": 1, "too_large": 1, "undecodable": 4},
+        "too_small": 1,
+    }
+    # The two images sharing an id are kept under hashes of their URIs; a concepts file keyed by
+    # the shared id cannot say which is which, so both are rejected with that reason.
+    assert summary["scenes"]["given"] == {"images_error": 6, "too_small": 1, "ok": len(decoded), "vlm_error": 2}
+
+    manifest = duckdb.sql(f"SELECT * FROM read_parquet('{tmp_path}/out/manifest/*.parquet')").arrow().to_pylist()
+    assert len(manifest) == len(expected) + 2, "every listed image is one manifest row"
+    by_name = {Path(r["image_uri"]).name: r for r in manifest if Path(r["image_uri"]).parent == images}
+    for name, (error, _) in expected.items():
+        row = by_name[name]
+        if error:
+            assert row["error"].startswith(f"{images / name}: ") and error in row["error"], row["error"]
+    duplicates = [r for r in manifest if Path(r["image_uri"]).name == "same name.png"]
+    assert len({r["image_id"] for r in duplicates}) == 2
+    assert all("no concepts provided for image_id" in r["error"] for r in duplicates)
+    samples = {r["key"]: r for r in manifest if r["error"] is None}
+    assert sorted(Path(r["image_uri"]).name for r in samples.values()) == sorted(decoded)
+    rotated = by_name["rotated.jpg"]
+    assert (rotated["width"], rotated["height"]) == (48, 64)
+    assert sample_key("café au lait ü", "given") in samples
+
+    shards = sorted(str(p) for p in (tmp_path / "out" / "shards").glob("*.tar"))
+    read = {s["__key__"]: s for s in wds.WebDataset(shards, shardshuffle=False)}
+    assert read.keys() == samples.keys()
+    for key, sample in read.items():
+        extension = next(k for k in sample if k not in ("__key__", "__url__", "__local_path__", "flac", "json"))
+        assert sample[extension] == Path(samples[key]["image_uri"]).read_bytes(), key

@@ -92,3 +92,27 @@ def test_readme_configuration_reference_matches_the_code():
 
     readme = (REPO / "README.md").read_text()
     assert CONFIG_TABLE_HEADER + "\n".join(config_reference()) in readme
+
+
+def test_chunks_must_hold_whole_vlm_batches(config_file):
+    vlm = 'models.vlm=[{name: a, backend: provided, path: c.jsonl, batch_size: 12}]'
+    with pytest.raises(ConfigError) as raised:
+        load_config(config_file, [vlm, "sonify.images_per_chunk=100"])
+    assert "sonify.images_per_chunk (100) must be a multiple of models.vlm.0.batch_size (12)" in str(raised.value)
+    assert load_config(config_file, [vlm, "sonify.images_per_chunk=96"]).sonify.images_per_chunk == 96
+
+
+def test_cli_refuses_a_missing_pool_in_one_line_before_any_work(config_file, tmp_path):
+    out = tmp_path / "out"
+    result = subprocess.run(
+        [
+            sys.executable, str(REPO / "run_pipeline.py"), "sonify", "--config", str(config_file),
+            f"pool.dir={tmp_path / 'no-pool'}", f"sonify.out={out}", 'models.vlm=[{name: a, backend: provided, path: c.jsonl}]',
+        ],
+        capture_output=True, text=True, cwd=REPO, timeout=120,
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"error: pool.dir {tmp_path / 'no-pool'} holds no pool (no pool.json); build it with `run_pipeline.py pool` first"
+    )
+    assert not out.exists()

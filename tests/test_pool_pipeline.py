@@ -171,6 +171,56 @@ def test_extend_changed_source_and_mismatch(first_run, sources, tiny_models, tmp
         run_pool(make_config(pool_dir, patterns, tiny_models, sample_rate=16000))
 
 
+class Killed(BaseException):
+    """Stands for SIGKILL at one point of a run: nothing after it runs."""
+
+
+def embedded_ids(pool_dir: Path) -> list[str]:
+    return [r[0] for r in duckdb.sql(f"SELECT clip_id FROM read_parquet('{pool_dir}/embeddings/*.parquet')").fetchall()]
+
+
+def index_ids(pool_dir: Path) -> list[str]:
+    return [r[0] for r in duckdb.sql(f"SELECT clip_id FROM read_parquet('{pool_dir}/index/ids.parquet') ORDER BY row").fetchall()]
+
+
+def test_a_run_killed_before_its_index_update_is_caught_up_by_the_rerun(sources, tiny_models, ray_session, tmp_path, monkeypatch):
+    pool_dir = tmp_path / "pool"
+    run_pool(make_config(pool_dir, [f"{sources}/*.wav"], tiny_models))
+    first = index_ids(pool_dir)
+
+    def killed(*_):
+        raise Killed
+
+    with monkeypatch.context() as patch:
+        patch.setattr("pipelines.pool.update_index", killed)
+        with pytest.raises(Killed):
+            run_pool(make_config(pool_dir, [f"{sources}/*"], tiny_models))
+    assert sorted(embedded_ids(pool_dir)) != sorted(first), "the killed run wrote no new part"
+
+    rerun = run_pool(make_config(pool_dir, [f"{sources}/*"], tiny_models))
+    assert rerun["files_processed"] == 0
+    assert rerun["index"]["action"] == "grown"
+    grown = index_ids(pool_dir)
+    assert grown[: len(first)] == first and sorted(grown) == sorted(embedded_ids(pool_dir))
+    assert faiss.read_index(str(pool_dir / "index" / "index.faiss")).ntotal == len(grown)
+
+    # A kill between writing index.faiss and index.json: the index holds vectors that index.json,
+    # the marker, does not know of. Growing it again would add them twice.
+    old_marker = json.loads((pool_dir / "index" / "index.json").read_text())
+    old_marker.update(size=len(first), parts={k: v for k, v in old_marker["parts"].items() if k in first_parts(pool_dir, first)})
+    (pool_dir / "index" / "index.json").write_text(json.dumps(old_marker))
+    repaired = run_pool(make_config(pool_dir, [f"{sources}/*"], tiny_models))
+    assert repaired["index"]["action"] == "built"
+    assert sorted(index_ids(pool_dir)) == sorted(embedded_ids(pool_dir))
+    assert faiss.read_index(str(pool_dir / "index" / "index.faiss")).ntotal == len(grown)
+
+
+def first_parts(pool_dir: Path, ids: list[str]) -> set[str]:
+    """The parts whose embeddings hold these clip ids."""
+    rows = duckdb.sql(f"SELECT clip_id, filename FROM read_parquet('{pool_dir}/embeddings/*.parquet', filename = true)").fetchall()
+    return {Path(f).stem for clip, f in rows if clip in set(ids)}
+
+
 def test_laion_backend_with_hnsw_index(sources, tiny_models, ray_session, tmp_path):
     config = validate_config(
         {

@@ -102,7 +102,15 @@ def run(inputs, tiny_models, ray_session, tmp_path_factory):
 
 def test_summary_counts(run):
     _, out, summary = run
-    assert summary["images"] == {"listed": 9, "errors": 1, "too_small": 1}
+    assert summary["images"] == {
+        "listed": 9,
+        "renamed_duplicate_ids": 0,
+        "errors": 1,
+        "errors_by_kind": {"undecodable": 1},
+        "too_small": 1,
+    }
+    # t2's only concept has empty text.
+    assert summary["concepts_with_empty_text"] == 1
     given = summary["scenes"]["given"]
     # t1's caption names a sign (non-sonic), t2's only concept is empty, two images have no entry.
     assert given == {"ok": 4, "non_sonic": 1, "no_concepts": 1, "images_error": 1, "too_small": 1, "vlm_error": 1}
