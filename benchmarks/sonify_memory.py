@@ -4,11 +4,14 @@
 
 Each size is a complete `run_pipeline.py sonify` process over generated images (64x64 JPEG) with
 concepts provided from a file, against one small pool built first with the tiny CLAP. While it
-runs, the resident memory (RSS) of its driver and of every process under it is sampled every
-0.1 s. The table shows the peaks: the driver, the largest single Ray worker (`ray::` processes:
-decoding, concepts, retrieval, mixing and writing), and the whole process tree (Ray's own services
-included). Memory that does not grow with the number of images is the claim under test;
-tests/test_memory.py asserts it on 1,000 and 5,000 images with these same functions.
+runs, the memory of its driver and of every process under it is sampled every 0.1 s. The table
+shows the peaks of the driver, of the largest single Ray worker (`ray::` processes: decoding,
+concepts, retrieval, mixing and writing) and of the whole process tree (Ray's own services
+included). RSS counts the pages of shared libraries (torch, Ray) that a process happens to touch,
+which varies by about 10% between identical runs; USS counts only the memory private to the
+process, which is where anything held per image would show. Memory that does not grow with the
+number of images is the claim under test; tests/test_memory.py asserts it on 1,000 and 5,000
+images with these same functions.
 """
 
 from __future__ import annotations
@@ -43,6 +46,8 @@ class Peaks:
     driver: int = 0
     worker: int = 0
     tree: int = 0
+    driver_uss: int = 0
+    worker_uss: int = 0
     samples: int = 0
     worker_titles: set[str] = field(default_factory=set)
 
@@ -64,22 +69,24 @@ class RssSampler(threading.Thread):
             try:
                 if self.root.status() == psutil.STATUS_ZOMBIE:
                     return
-                driver = self.root.memory_info().rss
+                driver = self.root.memory_full_info()
                 children = self.root.children(recursive=True)
             except psutil.Error:
                 return
-            tree = driver
+            tree = driver.rss
             for child in children:
                 try:
-                    rss = child.memory_info().rss
                     title = " ".join(child.cmdline())
+                    memory = child.memory_full_info() if title.startswith("ray::") else child.memory_info()
                 except psutil.Error:
                     continue
-                tree += rss
+                tree += memory.rss
                 if title.startswith("ray::"):
-                    self.peaks.worker = max(self.peaks.worker, rss)
+                    self.peaks.worker = max(self.peaks.worker, memory.rss)
+                    self.peaks.worker_uss = max(self.peaks.worker_uss, memory.uss)
                     self.peaks.worker_titles.add(title.split(" ")[0])
-            self.peaks.driver = max(self.peaks.driver, driver)
+            self.peaks.driver = max(self.peaks.driver, driver.rss)
+            self.peaks.driver_uss = max(self.peaks.driver_uss, driver.uss)
             self.peaks.tree = max(self.peaks.tree, tree)
             self.peaks.samples += 1
             time.sleep(SAMPLE_SECONDS)
@@ -173,10 +180,10 @@ def measure_sizes(root: Path, models: dict[str, str], sizes: list[int]) -> list[
     pool_config = write_pool_inputs(root, models)
     run_measured("pool", pool_config, root / "pool.log")
     results = []
-    for size in sizes:
+    for number, size in enumerate(sizes):
         images, concepts = write_images(root / f"inputs-{size}", size)
-        out = root / f"out-{size}"
-        peaks, seconds = run_measured("sonify", sonify_config(pool_config, images, concepts, out), root / f"sonify-{size}.log")
+        out = root / f"out-{number}-{size}"
+        peaks, seconds = run_measured("sonify", sonify_config(pool_config, images, concepts, out), root / f"sonify-{number}-{size}.log")
         results.append((size, peaks, seconds, json.loads((out / "summary.json").read_text())))
     return results
 
@@ -200,9 +207,9 @@ def main() -> None:
         results = measure_sizes(root, models, sizes)
 
     print(f"cpus {os.cpu_count()}, images_per_chunk {IMAGES_PER_CHUNK}, RSS sampled every {SAMPLE_SECONDS} s")
-    header = ["images", "samples", "shards", "seconds", "driver MiB", "largest worker MiB", "process tree MiB"]
+    header = ["images", "samples", "shards", "seconds", "driver RSS", "driver USS", "worker RSS", "worker USS", "tree RSS"]
     rows = [
-        [f"{size:,}", f"{s['samples']:,}", str(s["shards"]), f"{seconds:.0f}", mib(p.driver), mib(p.worker), mib(p.tree)]
+        [f"{size:,}", f"{s['samples']:,}", str(s["shards"]), f"{seconds:.0f}", mib(p.driver), mib(p.driver_uss), mib(p.worker), mib(p.worker_uss), mib(p.tree)]
         for size, p, seconds, s in results
     ]
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
@@ -213,7 +220,10 @@ def main() -> None:
     first, last = results[0], results[-1]
     print()
     print(f"From {first[0]:,} to {last[0]:,} images ({last[0] / first[0]:.0f}x), same run:")
-    for name, attribute in (("driver", "driver"), ("largest worker", "worker"), ("process tree", "tree")):
+    for name, attribute in (
+        ("driver RSS", "driver"), ("driver USS", "driver_uss"), ("largest worker RSS", "worker"),
+        ("largest worker USS", "worker_uss"), ("process tree RSS", "tree"),
+    ):
         a, b = getattr(first[1], attribute), getattr(last[1], attribute)
         print(f"  {name}: {mib(a)} -> {mib(b)} MiB ({b / a:.2f}x)")
 

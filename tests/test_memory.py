@@ -1,10 +1,13 @@
 """Sonify over 1,000 and then 5,000 generated images, with the memory of the driver and of every
-Ray worker sampled throughout (benchmarks/sonify_memory.py, the same functions): peak RSS must not
-grow with the number of images.
+Ray worker sampled throughout (benchmarks/sonify_memory.py, the same functions): peak RSS and USS
+must not grow with the number of images.
 
-Five times the images may add no more than GROWTH_ALLOWANCE to either peak: anything held per
-image in the driver or in a long-lived worker at 12 KB or more per image (a Python dict per
-manifest row is about that) would add more across 4,000 more images."""
+USS (memory private to a process) is what anything held per image would add to. Peaks are
+transient maxima that the 0.1 s sampler catches or misses: two identical 1,000-image runs here
+peaked 607 and 721 MiB (driver USS), while 5,000 images peaked at 612 MiB (driver) and 563 MiB
+(largest worker, against 674 MiB at 1,000). GROWTH_ALLOWANCE sits above that noise, so the test
+fails on what holds about 40 KB or more per image in one process (the decoded pixels of every
+128x128 image, say), not on small per-row metadata; the benchmark prints the figures themselves."""
 
 from __future__ import annotations
 
@@ -15,7 +18,7 @@ from benchmarks.sonify_memory import IMAGES_PER_CHUNK, measure_sizes
 pytestmark = pytest.mark.slow
 
 SIZES = (1000, 5000)
-GROWTH_ALLOWANCE = 48 * 2**20
+GROWTH_ALLOWANCE = 160 * 2**20
 
 
 def test_peak_memory_does_not_grow_with_the_number_of_images(tiny_models, tmp_path):
@@ -29,6 +32,6 @@ def test_peak_memory_does_not_grow_with_the_number_of_images(tiny_models, tmp_pa
         # The sampler saw the workers at work, not an empty tree.
         assert peaks.samples > 20 and any("write_shards" in t for t in peaks.worker_titles), peaks.worker_titles
 
-    report = f"driver {small_peaks.driver >> 20} -> {large_peaks.driver >> 20} MiB, worker {small_peaks.worker >> 20} -> {large_peaks.worker >> 20} MiB"
-    assert large_peaks.driver <= small_peaks.driver + GROWTH_ALLOWANCE, report
-    assert large_peaks.worker <= small_peaks.worker + GROWTH_ALLOWANCE, report
+    for name in ("driver", "driver_uss", "worker", "worker_uss"):
+        small_peak, large_peak = getattr(small_peaks, name), getattr(large_peaks, name)
+        assert large_peak <= small_peak + GROWTH_ALLOWANCE, f"{name}: {small_peak >> 20} MiB at {small} images, {large_peak >> 20} MiB at {large}"
