@@ -1,5 +1,6 @@
 """Storage helpers and model staging on fsspec's in-memory filesystem: remote-model copies are made
-once, keyed by the files' fingerprints, and stay whole when two loaders race."""
+once, keyed by the files' fingerprints, and stay whole when two loaders race. Local writes are
+atomic: one killed before its rename leaves the old file, and a temporary that nothing lists."""
 
 from __future__ import annotations
 
@@ -143,3 +144,32 @@ def test_clap_loads_from_a_remote_url(backend, tiny_models, models_in_memory, tm
     assert np.allclose(load_clap(remote).embed_text(texts), load_clap(local).embed_text(texts), atol=1e-6)
     # The model, and for laion-clap its text backbones, were staged into the configured cache.
     assert len([p for p in tmp_path.iterdir() if not p.name.startswith(".")]) == (1 if backend == "transformers" else 2)
+
+
+def test_a_write_killed_before_its_rename_leaves_the_old_file_and_a_temporary_that_is_never_listed(tmp_path, monkeypatch):
+    from fsspec.implementations.local import LocalFileSystem
+
+    from stages import storage
+
+    target = tmp_path / "manifest" / "000001.parquet"
+    storage.write_bytes(str(target), b"complete")
+
+    class Killed(BaseException):
+        pass
+
+    def killed(*_args, **_kwargs):
+        raise Killed
+
+    with monkeypatch.context() as patch:
+        patch.setattr(LocalFileSystem, "mv", killed)
+        with pytest.raises(Killed):
+            storage.write_bytes(str(target), b"the new bytes")
+    leftovers = [p for p in target.parent.iterdir() if p.name.startswith(storage.TEMPORARY_PREFIX)]
+    assert [p.read_bytes() for p in leftovers] == [b"the new bytes"]
+    assert target.read_bytes() == b"complete"
+    assert storage.list_files(str(target.parent), ".parquet") == [str(target)]
+
+    assert storage.remove_temporaries(str(tmp_path)) == 1
+    assert sorted(p.name for p in target.parent.iterdir()) == ["000001.parquet"]
+    storage.write_bytes(str(target), b"the new bytes")
+    assert target.read_bytes() == b"the new bytes"
