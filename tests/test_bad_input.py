@@ -230,7 +230,7 @@ def test_every_awkward_image_through_sonify_is_a_sample_or_a_counted_error_row(r
     # the shared id cannot say which is which, so both are rejected with that reason.
     assert summary["scenes"]["given"] == {"images_error": 6, "too_small": 1, "ok": len(decoded), "vlm_error": 2}
 
-    manifest = duckdb.sql(f"SELECT * FROM read_parquet('{tmp_path}/out/manifest/*.parquet')").arrow().to_pylist()
+    manifest = duckdb.connect().sql(f"SELECT * FROM read_parquet('{tmp_path}/out/manifest/*.parquet')").arrow().read_all().to_pylist()
     assert len(manifest) == len(expected) + 2, "every listed image is one manifest row"
     by_name = {Path(r["image_uri"]).name: r for r in manifest if Path(r["image_uri"]).parent == images}
     for name, (error, _) in expected.items():

@@ -176,11 +176,11 @@ class Killed(BaseException):
 
 
 def embedded_ids(pool_dir: Path) -> list[str]:
-    return [r[0] for r in duckdb.sql(f"SELECT clip_id FROM read_parquet('{pool_dir}/embeddings/*.parquet')").fetchall()]
+    return [r[0] for r in duckdb.connect().execute(f"SELECT clip_id FROM read_parquet('{pool_dir}/embeddings/*.parquet')").fetchall()]
 
 
 def index_ids(pool_dir: Path) -> list[str]:
-    return [r[0] for r in duckdb.sql(f"SELECT clip_id FROM read_parquet('{pool_dir}/index/ids.parquet') ORDER BY row").fetchall()]
+    return [r[0] for r in duckdb.connect().execute(f"SELECT clip_id FROM read_parquet('{pool_dir}/index/ids.parquet') ORDER BY row").fetchall()]
 
 
 def test_a_run_killed_before_its_index_update_is_caught_up_by_the_rerun(sources, tiny_models, ray_session, tmp_path, monkeypatch):
@@ -217,7 +217,7 @@ def test_a_run_killed_before_its_index_update_is_caught_up_by_the_rerun(sources,
 
 def first_parts(pool_dir: Path, ids: list[str]) -> set[str]:
     """The parts whose embeddings hold these clip ids."""
-    rows = duckdb.sql(f"SELECT clip_id, filename FROM read_parquet('{pool_dir}/embeddings/*.parquet', filename = true)").fetchall()
+    rows = duckdb.connect().execute(f"SELECT clip_id, filename FROM read_parquet('{pool_dir}/embeddings/*.parquet', filename = true)").fetchall()
     return {Path(f).stem for clip, f in rows if clip in set(ids)}
 
 

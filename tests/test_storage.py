@@ -11,6 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import fsspec
+import fsspec.implementations.memory
 import numpy as np
 import pytest
 
@@ -99,6 +100,17 @@ def test_racing_stagings_both_get_the_complete_copy(memory_model, tmp_path, monk
         real_rename(source, target)
 
     monkeypatch.setattr(os, "rename", rename_after_both_downloaded)
+    # memory:// hands every reader the same file object, seeked to 0, so two threads reading one
+    # file at once can each read part of it. Stores over a network, and Ray's workers (separate
+    # processes), never share a reader; the race under test is the rename, after both downloads.
+    download_lock = threading.Lock()
+    real_get_file = fsspec.implementations.memory.MemoryFileSystem.get_file
+
+    def one_download_at_a_time(self, *args, **kwargs):
+        with download_lock:
+            return real_get_file(self, *args, **kwargs)
+
+    monkeypatch.setattr(fsspec.implementations.memory.MemoryFileSystem, "get_file", one_download_at_a_time)
     with ThreadPoolExecutor(2) as pool:
         paths = list(pool.map(lambda _: stage_model(url, tmp_path), range(2)))
     assert len(renames) == 2 and renames[0] != renames[1]
