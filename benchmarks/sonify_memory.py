@@ -93,7 +93,7 @@ class RssSampler(threading.Thread):
 
 
 def write_pool_inputs(root: Path, models: dict[str, str]) -> Path:
-    """A few seconds of generated audio and a pool config using the tiny transformers CLAP."""
+    """A minute of generated audio and a pool config using the tiny transformers CLAP."""
     import numpy as np
     import soundfile
     import yaml
@@ -175,10 +175,8 @@ def run_measured(command: str, config: Path, log: Path) -> tuple[Peaks, float]:
     return sampler.peaks, seconds
 
 
-def measure_sizes(root: Path, models: dict[str, str], sizes: list[int]) -> list[tuple[int, Peaks, float, dict]]:
-    """Builds the pool once, then runs sonify over each number of images."""
-    pool_config = write_pool_inputs(root, models)
-    run_measured("pool", pool_config, root / "pool.log")
+def measure_sizes(root: Path, sizes: list[int], pool_config: Path) -> list[tuple[int, Peaks, float, dict]]:
+    """Runs sonify over each number of images against the pool that `pool_config` built."""
     results = []
     for number, size in enumerate(sizes):
         images, concepts = write_images(root / f"inputs-{size}", size)
@@ -204,7 +202,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as scratch:
         root = Path(scratch)
         models = {"clap_transformers": str(build_transformers_clap(root / "models", root / "build"))}
-        results = measure_sizes(root, models, sizes)
+        pool_config = write_pool_inputs(root, models)
+        run_measured("pool", pool_config, root / "pool.log")
+        results = measure_sizes(root, sizes, pool_config)
 
     print(f"cpus {os.cpu_count()}, images_per_chunk {IMAGES_PER_CHUNK}, RSS sampled every {SAMPLE_SECONDS} s")
     header = ["images", "samples", "shards", "seconds", "driver RSS", "driver USS", "worker RSS", "worker USS", "tree RSS"]

@@ -21,8 +21,10 @@ SIZES = (1000, 5000)
 GROWTH_ALLOWANCE = 160 * 2**20
 
 
-def test_peak_memory_does_not_grow_with_the_number_of_images(tiny_models, tmp_path):
-    results = measure_sizes(tmp_path, tiny_models, list(SIZES))
+def test_peak_memory_does_not_grow_with_the_number_of_images(single_node_run, tmp_path):
+    # The pool of conftest's reference run (tiny CLAP, 8 files); its config gives the models.
+    single_node_run.pool_dir()
+    results = measure_sizes(tmp_path, list(SIZES), single_node_run.config)
     (small, small_peaks, _, small_summary), (large, large_peaks, _, large_summary) = results
 
     for size, summary in ((small, small_summary), (large, large_summary)):
