@@ -195,7 +195,7 @@ class SonifyConfig(_Section):
         ge=1,
         description="Images per chunk, the unit of resume and of streaming: each VLM's answers are saved per "
         "chunk as it completes, a killed run redoes only unfinished chunks, and shards never span chunks. "
-        "Must be a multiple of every VLM's batch_size.",
+        "Must be a multiple of every VLM's batch_size (checked when sonify starts).",
     )
 
 
@@ -249,13 +249,6 @@ class RunConfig(_Section):
                 raise ValueError(f"models.vlm.{i}.{needed}: required for backend {vlm.backend}")
             if vlm.backend == "openai" and vlm.model is None:
                 raise ValueError(f"models.vlm.{i}.model: required for backend openai")
-            # A resumed run must batch each image with the same neighbours as an uninterrupted one:
-            # model outputs depend on batch composition through padding and kernel choice.
-            if self.sonify.images_per_chunk % vlm.batch_size:
-                raise ValueError(
-                    f"sonify.images_per_chunk ({self.sonify.images_per_chunk}) must be a multiple of "
-                    f"models.vlm.{i}.batch_size ({vlm.batch_size}), so that a resumed run batches images as an uninterrupted one"
-                )
         return self
 
 

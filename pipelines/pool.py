@@ -364,7 +364,7 @@ def run_pool(config: RunConfig) -> dict:
     leftovers = remove_unfinished_parts(paths)
     if leftovers:
         log.warning("removed %d files of parts an interrupted run left unfinished", len(leftovers))
-    temporaries = storage.remove_temporaries(paths.root)
+    temporaries = storage.remove_temporaries([paths.root, *(paths.sub(t) for t in ("clips", "audio", "embeddings", "index"))])
     if temporaries:
         log.warning("removed %d temporary files that an interrupted run left", temporaries)
 

@@ -13,8 +13,9 @@ Phases, each materialized in sonify.out so a rerun skips what is done and each c
     config.yaml, summary.json
 
 Images are sorted by id and cut into chunks of sonify.images_per_chunk. The driver holds the
-listing, the distinct concept texts and their matches, and one chunk at a time; everything else
-streams through Ray and lands in files, so its memory does not grow with the number of images.
+listing (about 100 bytes per image), the distinct concept texts with their top-K matches (a few KB
+per distinct text, and free-form VLM answers make nearly every text distinct), and one chunk of
+scenes and plans at a time; everything else streams through Ray and lands in files.
 
 `render` rebuilds the shards from a manifest and the pool alone, with the same write stage.
 """
@@ -36,7 +37,7 @@ import pyarrow.compute as pc
 import yaml
 
 from pipelines.config import RunConfig, VlmConfig, dump_config, validate_config
-from pipelines.pool import PoolPaths, check_compatible, read_clips
+from pipelines.pool import PoolPaths, check_compatible, embedded_parts, read_clips
 from pipelines.ray_runner import apply_stage, init_ray
 from schemas import IMAGE_REFS, MANIFEST, MATCHES, SCENES, SHARD_PLANS, SHARD_TASKS, make_table, schema_version
 from stages import storage
@@ -60,6 +61,9 @@ FLAC_BYTES_PER_SAMPLE = 1.2
 # Rows of the blocks that carry images through decoding and the VLM (rounded to the VLM's batch).
 IMAGES_PER_BLOCK = 64
 MAX_REPORTED_REASONS = 50
+# The files a run keeps in sonify.out (see above); a folder of another layout is refused.
+# 1: scenes/<vlm>.parquet and manifest/rejected.parquet; 2: per chunk, with images.parquet and plans/.
+LAYOUT_VERSION = 2
 
 
 class SonifyError(ValueError):
@@ -95,7 +99,25 @@ def check_pool(config: RunConfig) -> PoolPaths:
         )
     if not storage.exists(paths.sub("index", "index.faiss")):
         raise SonifyError(f"pool {paths.root} has no index: it holds no non-silent clip")
+    meta_url = paths.sub("index", "index.json")
+    index_meta = json.loads(storage.read_bytes(meta_url)) if storage.exists(meta_url) else {}
+    if index_meta.get("parts") != embedded_parts(paths):
+        raise SonifyError(
+            f"pool {paths.root}: its index does not cover its parts (a pool run stopped before its index update?); "
+            "run `run_pipeline.py pool` with the same config again"
+        )
     return paths
+
+
+def check_batches(config: RunConfig) -> None:
+    """A resumed run must batch each image with the same neighbours as an uninterrupted one: model
+    outputs depend on batch composition through padding and kernel choice."""
+    for i, vlm in enumerate(config.models.vlm):
+        if config.sonify.images_per_chunk % vlm.batch_size:
+            raise SonifyError(
+                f"sonify.images_per_chunk ({config.sonify.images_per_chunk}) must be a multiple of "
+                f"models.vlm.{i}.batch_size ({vlm.batch_size}), so that a resumed run batches images as an uninterrupted one"
+            )
 
 
 def _run_identity(config: RunConfig) -> dict:
@@ -104,10 +126,18 @@ def _run_identity(config: RunConfig) -> dict:
 
 
 def check_same_run(config: RunConfig, out: str) -> None:
-    """Finished phases in sonify.out are reused, so they must come from the same settings."""
+    """Finished phases in sonify.out are reused, so they must come from the same settings and the
+    same layout of files."""
     url = storage.join(out, "config.yaml")
     if not storage.exists(url):
         return
+    layout_url = storage.join(out, "layout.json")
+    layout = json.loads(storage.read_bytes(layout_url)).get("layout") if storage.exists(layout_url) else None
+    if layout != LAYOUT_VERSION:
+        raise SonifyError(
+            f"sonify.out {out} was written by a version of this pipeline with another file layout "
+            f"({layout or 'before layout.json'}, this one writes {LAYOUT_VERSION}); use a new sonify.out"
+        )
     previous = validate_config(yaml.safe_load(storage.read_bytes(url)), origin=url)
     if _run_identity(previous) != _run_identity(config):
         raise SonifyError(
@@ -494,9 +524,12 @@ def run_sonify(config: RunConfig) -> dict:
         raise SonifyError("models.vlm is empty: configure at least one VLM (or backend: provided)")
     paths = check_pool(config)
     out = out.rstrip("/")
+    check_batches(config)
     check_same_run(config, out)
     storage.makedirs(out)
-    leftovers = storage.remove_temporaries(out)
+    storage.write_text(storage.join(out, "layout.json"), json.dumps({"layout": LAYOUT_VERSION}) + "\n")
+    folders = ["", "shards", "manifest", "plans", *(f"scenes/{v.name}" for v in config.models.vlm)]
+    leftovers = storage.remove_temporaries([storage.join(out, f) if f else out for f in folders])
     if leftovers:
         log.warning("removed %d temporary files that an interrupted run left", leftovers)
     storage.write_text(storage.join(out, "config.yaml"), dump_config(config))
@@ -580,6 +613,7 @@ def run_render(config: RunConfig) -> dict:
     if not storage.exists(paths.sub("pool.json")):
         raise SonifyError(f"pool.dir {paths.root} holds no pool (no pool.json)")
     out = out.rstrip("/")
+    storage.remove_temporaries([storage.join(out, f) for f in ("shards", "manifest", "plans")])
     init_ray(config.ray)
     part_of = clip_parts(paths)
     plans_dir = storage.join(out, "plans")

@@ -8,6 +8,7 @@ half-written file under a final name.
 from __future__ import annotations
 
 import io
+import re
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -19,6 +20,7 @@ from fsspec.core import url_to_fs
 
 GLOB_CHARS = set("*?[")
 TEMPORARY_PREFIX = ".tmp-"
+TEMPORARY_NAME = re.compile(rf"^{re.escape(TEMPORARY_PREFIX)}[0-9a-f]{{32}}-")
 
 
 def filesystem(url: str) -> tuple[fsspec.AbstractFileSystem, str]:
@@ -99,16 +101,20 @@ def remove(url: str) -> None:
         fs.rm(path)
 
 
-def remove_temporaries(folder_url: str) -> int:
-    """Deletes the temporary files that writes killed midway left anywhere under a folder. They
-    are never listed here, but a user's own glob (`shards/*.tar` in Python) would find them."""
-    fs, path = filesystem(folder_url)
-    if not is_local(fs) or not fs.exists(path):
-        return 0
-    leftovers = [p for p in fs.find(path) if p.rsplit("/", 1)[-1].startswith(TEMPORARY_PREFIX)]
-    for leftover in leftovers:
-        fs.rm(leftover)
-    return len(leftovers)
+def remove_temporaries(folder_urls: list[str]) -> int:
+    """Deletes, directly inside each folder, the temporary files that writes killed midway left.
+    They are never listed here, but a user's own glob (`shards/*.tar` in Python) would find them.
+    Only names this module makes are touched, in folders the pipeline writes."""
+    removed = 0
+    for url in folder_urls:
+        fs, path = filesystem(url)
+        if not is_local(fs) or not fs.isdir(path):
+            continue
+        for leftover in fs.ls(path, detail=False):
+            if TEMPORARY_NAME.match(leftover.rsplit("/", 1)[-1]):
+                fs.rm(leftover)
+                removed += 1
+    return removed
 
 
 def list_files(folder_url: str, suffix: str) -> list[str]:

@@ -94,12 +94,15 @@ def test_readme_configuration_reference_matches_the_code():
     assert CONFIG_TABLE_HEADER + "\n".join(config_reference()) in readme
 
 
-def test_chunks_must_hold_whole_vlm_batches(config_file):
+def test_sonify_refuses_chunks_that_split_a_vlm_batch_and_pool_does_not_care(config_file):
+    from pipelines.sonify import SonifyError, check_batches
+
     vlm = 'models.vlm=[{name: a, backend: provided, path: c.jsonl, batch_size: 12}]'
-    with pytest.raises(ConfigError) as raised:
-        load_config(config_file, [vlm, "sonify.images_per_chunk=100"])
+    config = load_config(config_file, [vlm, "sonify.images_per_chunk=100"])
+    with pytest.raises(SonifyError) as raised:
+        check_batches(config)
     assert "sonify.images_per_chunk (100) must be a multiple of models.vlm.0.batch_size (12)" in str(raised.value)
-    assert load_config(config_file, [vlm, "sonify.images_per_chunk=96"]).sonify.images_per_chunk == 96
+    check_batches(load_config(config_file, [vlm, "sonify.images_per_chunk=96"]))
 
 
 def test_cli_refuses_a_missing_pool_in_one_line_before_any_work(config_file, tmp_path):
@@ -116,3 +119,15 @@ def test_cli_refuses_a_missing_pool_in_one_line_before_any_work(config_file, tmp
         f"error: pool.dir {tmp_path / 'no-pool'} holds no pool (no pool.json); build it with `run_pipeline.py pool` first"
     )
     assert not out.exists()
+
+
+def test_sonify_refuses_an_output_folder_of_another_file_layout(config_file, tmp_path):
+    from pipelines.config import dump_config
+    from pipelines.sonify import LAYOUT_VERSION, SonifyError, check_same_run
+
+    config = load_config(config_file, [f"sonify.out={tmp_path}"])
+    (tmp_path / "config.yaml").write_text(dump_config(config))
+    with pytest.raises(SonifyError, match="another file layout"):
+        check_same_run(config, str(tmp_path))
+    (tmp_path / "layout.json").write_text(f'{{"layout": {LAYOUT_VERSION}}}')
+    check_same_run(config, str(tmp_path))

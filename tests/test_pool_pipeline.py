@@ -14,6 +14,7 @@ import pytest
 
 from pipelines.config import validate_config
 from pipelines.pool import PoolMismatch, run_pool
+from pipelines.sonify import SonifyError, check_pool
 from stages.standardize import decode_flac
 from tests.helpers import noise, tone, write_audio
 from tests.test_loudness import ebur128_lufs
@@ -196,8 +197,11 @@ def test_a_run_killed_before_its_index_update_is_caught_up_by_the_rerun(sources,
         with pytest.raises(Killed):
             run_pool(make_config(pool_dir, [f"{sources}/*"], tiny_models))
     assert sorted(embedded_ids(pool_dir)) != sorted(first), "the killed run wrote no new part"
+    with pytest.raises(SonifyError, match="its index does not cover its parts"):
+        check_pool(make_config(pool_dir, [f"{sources}/*"], tiny_models))
 
     rerun = run_pool(make_config(pool_dir, [f"{sources}/*"], tiny_models))
+    check_pool(make_config(pool_dir, [f"{sources}/*"], tiny_models))
     assert rerun["files_processed"] == 0
     assert rerun["index"]["action"] == "grown"
     grown = index_ids(pool_dir)

@@ -181,7 +181,8 @@ def test_a_write_killed_before_its_rename_leaves_the_old_file_and_a_temporary_th
     assert target.read_bytes() == b"complete"
     assert storage.list_files(str(target.parent), ".parquet") == [str(target)]
 
-    assert storage.remove_temporaries(str(tmp_path)) == 1
-    assert sorted(p.name for p in target.parent.iterdir()) == ["000001.parquet"]
+    (target.parent / ".tmp-a user's own file").write_text("kept")
+    assert storage.remove_temporaries([str(tmp_path), str(target.parent), str(tmp_path / "absent")]) == 1
+    assert sorted(p.name for p in target.parent.iterdir()) == [".tmp-a user's own file", "000001.parquet"]
     storage.write_bytes(str(target), b"the new bytes")
     assert target.read_bytes() == b"the new bytes"
