@@ -527,7 +527,9 @@ def run_sonify(config: RunConfig) -> dict:
     check_batches(config)
     check_same_run(config, out)
     storage.makedirs(out)
-    storage.write_text(storage.join(out, "layout.json"), json.dumps({"layout": LAYOUT_VERSION}) + "\n")
+    layout_url = storage.join(out, "layout.json")
+    if not storage.exists(layout_url):
+        storage.write_text(layout_url, json.dumps({"layout": LAYOUT_VERSION}) + "\n")
     folders = ["", "shards", "manifest", "plans", *(f"scenes/{v.name}" for v in config.models.vlm)]
     leftovers = storage.remove_temporaries([storage.join(out, f) if f else out for f in folders])
     if leftovers:
