@@ -60,10 +60,6 @@ class PoolPaths:
         return self.sub(table, f"{part}.parquet")
 
 
-def part_name(url: str) -> str:
-    return url.rsplit("/", 1)[-1].removesuffix(".parquet")
-
-
 # ---------------------------------------------------------------------------------------------
 # Planning: which sources to (re)process and which old rows they make stale
 
@@ -145,11 +141,11 @@ def check_compatible(paths: PoolPaths, identity: dict, config: RunConfig) -> dic
 
 def remove_unfinished_parts(paths: PoolPaths) -> list[str]:
     """Audio or embedding files without a clips file are left by an interrupted run: delete them."""
-    finished = {part_name(u) for u in storage.list_files(paths.sub("clips"), ".parquet")}
+    finished = {storage.file_stem(u) for u in storage.list_files(paths.sub("clips"), ".parquet")}
     removed = []
     for table in ("audio", "embeddings"):
         for url in storage.list_files(paths.sub(table), ".parquet"):
-            if part_name(url) not in finished:
+            if storage.file_stem(url) not in finished:
                 storage.remove(url)
                 removed.append(url)
     return removed
@@ -256,7 +252,7 @@ def read_embeddings(paths: PoolPaths, parts: list[str] | None = None) -> tuple[l
     urls = storage.list_files(paths.sub("embeddings"), ".parquet")
     if parts is not None:
         wanted = set(parts)
-        urls = [u for u in urls if part_name(u) in wanted]
+        urls = [u for u in urls if storage.file_stem(u) in wanted]
     ids: list[str] = []
     blocks = []
     for url in urls:
@@ -270,7 +266,7 @@ def read_embeddings(paths: PoolPaths, parts: list[str] | None = None) -> tuple[l
 
 def embedded_parts(paths: PoolPaths) -> dict[str, int]:
     """part -> rows of its embeddings file: what an index of the pool must cover."""
-    return {part_name(u): storage.parquet_rows(u) for u in storage.list_files(paths.sub("embeddings"), ".parquet")}
+    return {storage.file_stem(u): storage.parquet_rows(u) for u in storage.list_files(paths.sub("embeddings"), ".parquet")}
 
 
 def update_index(paths: PoolPaths, config: RunConfig) -> dict:

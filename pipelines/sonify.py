@@ -243,7 +243,7 @@ def run_scenes(config: RunConfig, listing: pa.Table, chunks: list[Chunk], vlm: V
     import ray.data
 
     folder = storage.join(out, "scenes", vlm.name)
-    done = {u.rsplit("/", 1)[-1].removesuffix(".parquet") for u in storage.list_files(folder, ".parquet")}
+    done = {storage.file_stem(u) for u in storage.list_files(folder, ".parquet")}
     todo = [c for c in chunks if c.name not in done]
     log.info("scenes %s: %d of %d chunks to do", vlm.name, len(todo), len(chunks))
     if not todo:
@@ -480,7 +480,7 @@ def write_shards(config: RunConfig, paths: PoolPaths, out: str, shards: list[str
     """Writes the shards not yet marked complete by their manifest part, each from its plan file."""
     import ray.data
 
-    done = {u.rsplit("/", 1)[-1].removesuffix(".parquet") for u in storage.list_files(storage.join(out, "manifest"), ".parquet")}
+    done = {storage.file_stem(u) for u in storage.list_files(storage.join(out, "manifest"), ".parquet")}
     todo = [s for s in shards if s not in done]
     log.info("%d shards planned, %d already written", len(shards), len(shards) - len(todo))
     if not todo:
@@ -598,12 +598,6 @@ def run_sonify(config: RunConfig) -> dict:
     return summary
 
 
-def read_manifest(out: str) -> pa.Table:
-    urls = storage.list_files(storage.join(out, "manifest"), ".parquet")
-    tables = [storage.read_parquet(u) for u in urls]
-    return pa.concat_tables(tables) if tables else MANIFEST.empty_table()
-
-
 def run_render(config: RunConfig) -> dict:
     """Rebuild shards and manifest from a manifest folder and the pool: no model is loaded. Each
     manifest part becomes the plan file of its shard, one part in memory at a time."""
@@ -621,7 +615,7 @@ def run_render(config: RunConfig) -> dict:
     plans_dir = storage.join(out, "plans")
     shards = []
     for url in storage.list_files(source, ".parquet"):
-        shard = url.rsplit("/", 1)[-1].removesuffix(".parquet")
+        shard = storage.file_stem(url)
         if shard.startswith("rejected"):
             continue
         rows = storage.read_parquet(url).filter(pc.is_null(pc.field("error")))

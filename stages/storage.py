@@ -101,6 +101,11 @@ def remove(url: str) -> None:
         fs.rm(path)
 
 
+def file_stem(url: str) -> str:
+    """The name of a file without its folder and extension: a part, chunk or shard name."""
+    return url.rsplit("/", 1)[-1].rsplit(".", 1)[0]
+
+
 def remove_temporaries(folder_urls: list[str]) -> int:
     """Deletes, directly inside each folder, the temporary files that writes killed midway left.
     They are never listed here, but a user's own glob (`shards/*.tar` in Python) would find them.
