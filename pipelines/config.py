@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 
 class ConfigError(ValueError):
@@ -87,6 +87,13 @@ class PoolConfig(_Section):
         description="Rates at which mixes will be made. Loudness is also stored at each of them, measured "
         "on the clip resampled exactly as the mixer resamples it.",
     )
+    max_band_loss_lu: float = Field(
+        20.0,
+        ge=0,
+        description="A clip is a candidate for a mix rate only if it is audible there: measured, at or above "
+        "silence_lufs, and at most this many LU quieter than at the pool rate (energy above the mix rate's "
+        "Nyquist frequency is lost in resampling; a 12 kHz tone mixed at 16 kHz would otherwise get 30+ dB of gain).",
+    )
     files_per_part: int = Field(
         16, ge=1, description="Source files per part, the unit of work and of output files."
     )
@@ -145,7 +152,11 @@ class PromptConfig(_Section):
 
 
 class VlmConfig(_Section):
-    name: str = Field(..., pattern=r"^[A-Za-z0-9_-]+$", description="Short name; the manifest's `vlm` column.")
+    name: str = Field(
+        ...,
+        pattern=r"^[A-Za-z0-9_-]+$",
+        description="Short name; the manifest's `vlm` column. No `__`: it separates image id and VLM in sample keys.",
+    )
     backend: Literal["vllm", "transformers", "openai", "provided"] = Field(
         ...,
         description="vllm: Ray Data LLM engine (GPU). transformers: AutoModelForImageTextToText. "
@@ -169,6 +180,16 @@ class VlmConfig(_Section):
     timeout_s: float = Field(120.0, gt=0, description="openai: timeout of one request.")
     retries: int = Field(3, ge=0, description="openai: retries of a failed request, with exponential backoff.")
     temperature: float = Field(0.0, ge=0, description="Sampling temperature; 0 is greedy.")
+
+
+    @field_validator("name")
+    @classmethod
+    def _name_separates_in_keys(cls, name: str) -> str:
+        # Keys are "<image id>__<vlm>": with "__" in a VLM name, image "a" with VLM "b__c" and
+        # image "a__b" with VLM "c" would share a key.
+        if "__" in name:
+            raise ValueError(f"{name!r} contains '__', which separates image id and VLM name in sample keys")
+        return name
 
 
 class ModelsConfig(_Section):
@@ -204,7 +225,11 @@ class RetrievalConfig(_Section):
     k: int = Field(16, ge=1, description="k: the threshold is the mean of the top-k scores; k <= search_k.")
     ssr: bool = Field(True, description="Signed square root of the scores; false for the ablation.")
     min_cosine: float = Field(
-        0.0, ge=-1, le=1, description="Concepts whose best cosine is below this are dropped and counted."
+        0.0,
+        ge=-1,
+        le=1,
+        description="Cosine floor: neighbours below it are removed before the threshold, so no chosen clip is "
+        "below it; a concept with none left is dropped and counted.",
     )
 
 

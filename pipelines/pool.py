@@ -36,6 +36,7 @@ from stages import storage
 from stages.base import check_chain
 from stages.clap import clap_identity
 from stages.embed_audio import EmbedAudio
+from stages.loudness import audible_clip_loudness
 from stages.standardize import Standardize, error_kind
 from stages.storage import SourceFile
 
@@ -327,9 +328,11 @@ def update_index(paths: PoolPaths, config: RunConfig) -> dict:
 # The run
 
 
-def pool_totals(paths: PoolPaths) -> dict:
-    table = read_clips(paths, ["source_uri", "silent", "error"])
+def pool_totals(paths: PoolPaths, config: RunConfig) -> dict:
+    table = read_clips(paths, ["clip_id", "source_uri", "lufs", "loudness_at_rates", "silent", "error"])
     ok = table.filter(pc.is_null(table.column("error")))
+    indexed = ok.filter(pc.invert(ok.column("silent")))
+    silence, max_loss = config.pool.silence_lufs, config.pool.max_band_loss_lu
     failed = table.filter(pc.is_valid(table.column("error")))
     kinds = Counter(error_kind(e, u) for e, u in zip(failed.column("error").to_pylist(), failed.column("source_uri").to_pylist()))
     return {
@@ -338,6 +341,11 @@ def pool_totals(paths: PoolPaths) -> dict:
         "silent_clips": int(pc.sum(ok.column("silent")).as_py() or 0),
         "error_rows": table.num_rows - ok.num_rows,
         "errors_by_kind": dict(sorted(kinds.items())),
+        # Indexed clips that no mix at that rate may use (see loudness.audible_at_rate).
+        "inaudible_at_mix_rates": {
+            str(rate): indexed.num_rows - len(audible_clip_loudness(indexed, rate, silence, max_loss))
+            for rate in sorted(config.pool.mix_sample_rates)
+        },
     }
 
 
@@ -385,7 +393,11 @@ def run_pool(config: RunConfig) -> dict:
             writer.add(batch)
         if writer.unfinished():
             raise RuntimeError(f"parts {writer.unfinished()} did not receive all their rows")
-    pruned_parts = prune_stale(paths, plan.stale)
+    # A part is named by its sources and their fingerprints, so a retried part can have the name of
+    # the failed one it replaces; rewriting it already dropped the stale rows, and pruning it would
+    # delete what this run just wrote.
+    written = set(parts.column("part").to_pylist())
+    pruned_parts = prune_stale(paths, {part: uris for part, uris in plan.stale.items() if part not in written})
     index = update_index(paths, config)
 
     summary = {
@@ -403,7 +415,7 @@ def run_pool(config: RunConfig) -> dict:
         "errors_by_kind": dict(sorted(writer.error_kinds.items())),
         "error_reasons": writer.errors[:MAX_REPORTED_ERRORS],
         "patterns_without_matches": empty_globs,
-        "pool": pool_totals(paths),
+        "pool": pool_totals(paths, config),
         "index": {k: v for k, v in index.items() if k != "parts"},
         "wall_seconds": round(time.monotonic() - started, 3),
     }
@@ -425,7 +437,8 @@ def format_summary(summary: dict) -> str:
         f"{summary['clips_added']} clips added ({summary['silent_clips_added']} silent), {summary['errors']} errors"
         f"{_kinds(summary['errors_by_kind'])}, {summary['wall_seconds']:.1f} s",
         f"  pool:     {pool['files']} files, {pool['clips']} clips, {pool['silent_clips']} silent, "
-        f"{pool['error_rows']} error rows{_kinds(pool['errors_by_kind'])}",
+        f"{pool['error_rows']} error rows{_kinds(pool['errors_by_kind'])}, inaudible at mix rates: "
+        + ", ".join(f"{n} at {rate} Hz" for rate, n in pool["inaudible_at_mix_rates"].items()),
         f"  index:    {index['kind']}, {index['size']} vectors ({index['action']}){recall}",
     ]
     lines += [f"  error:    {reason}" for reason in summary["error_reasons"][:10]]

@@ -10,6 +10,7 @@ Phases, each materialized in sonify.out so a rerun skips what is done and each c
     manifest/NNNNNN.parquet           one row per sample of shard NNNNNN, written after the shard
     manifest/rejected-NNNNNN.parquet  scenes of chunk NNNNNN that gave no sample, with the reason
     shards/NNNNNN.tar                 WebDataset: KEY.<image ext>, KEY.flac, KEY.json
+    pool_state.json                   the pool index this run retrieves from (its parts and size)
     config.yaml, summary.json
 
 Images are sorted by id and cut into chunks of sonify.images_per_chunk. The driver holds the
@@ -46,7 +47,8 @@ from stages.clap import clap_identity
 from stages.concepts import ParseConcepts
 from stages.images import DecodeImages, assign_image_ids, image_error_kind, list_images
 from stages.mix import draw_targets, gains_db
-from stages.retrieval import choose_clips, concept_rng
+from stages.loudness import audible_clip_loudness
+from stages.retrieval import ConceptChoice, DroppedConcept, choose_clips, concept_rng
 from stages.retrieve import RetrieveClips
 from stages.shards import WriteShards, image_extension, plan_shards, shard_id, table_to_ipc
 from stages.vlm_openai import OpenAIVlm
@@ -61,9 +63,14 @@ FLAC_BYTES_PER_SAMPLE = 1.2
 # Rows of the blocks that carry images through decoding and the VLM (rounded to the VLM's batch).
 IMAGES_PER_BLOCK = 64
 MAX_REPORTED_REASONS = 50
+# Image-id part of a sample key; with "__<vlm>" and the member extension, names stay under 255 bytes.
+MAX_KEY_ID_CHARS = 160
 # The files a run keeps in sonify.out (see above); a folder of another layout is refused.
-# 1: scenes/<vlm>.parquet and manifest/rejected.parquet; 2: per chunk, with images.parquet and plans/.
-LAYOUT_VERSION = 2
+# 1: scenes/<vlm>.parquet and manifest/rejected.parquet; 2: per chunk, with images.parquet and plans/;
+# 3: pool_state.json.
+LAYOUT_VERSION = 3
+# Settings that decide where and how fast work runs, not what it computes: a resumed run may change them.
+EXECUTION_SETTINGS = ("concurrency", "num_gpus", "num_cpus", "timeout_s", "retries")
 
 
 class SonifyError(ValueError):
@@ -72,10 +79,12 @@ class SonifyError(ValueError):
 
 def sample_key(image_id: str, vlm: str) -> str:
     """WebDataset keys may not hold dots or slashes; other characters become underscores, and a
-    hash of the id keeps keys unique when that folds two ids together."""
+    hash of the id keeps keys unique when that folds two ids together. Long ids are cut, with the
+    hash, to MAX_KEY_ID_CHARS, so that every member name stays a valid file name (255 bytes) when
+    a shard is unpacked."""
     safe = re.sub(r"[^A-Za-z0-9_-]", "_", image_id)
-    if safe != image_id:
-        safe = f"{safe}_{hashlib.sha1(image_id.encode()).hexdigest()[:8]}"
+    if safe != image_id or len(safe) > MAX_KEY_ID_CHARS:
+        safe = f"{safe[: MAX_KEY_ID_CHARS - 9]}_{hashlib.sha1(image_id.encode()).hexdigest()[:8]}"
     return f"{safe}__{vlm}"
 
 
@@ -88,7 +97,8 @@ def vlm_stage(vlm: VlmConfig, config: RunConfig) -> Stage:
     return ProvidedConcepts(vlm)
 
 
-def check_pool(config: RunConfig) -> PoolPaths:
+def check_pool(config: RunConfig) -> tuple[PoolPaths, dict]:
+    """The pool's folder and the state of its index (parts and size), refused when sonify cannot use it."""
     paths = PoolPaths(config.pool.dir.rstrip("/"))
     if not storage.exists(paths.sub("pool.json")):
         raise SonifyError(f"pool.dir {paths.root} holds no pool (no pool.json); build it with `run_pipeline.py pool` first")
@@ -106,7 +116,7 @@ def check_pool(config: RunConfig) -> PoolPaths:
             f"pool {paths.root}: its index does not cover its parts (a pool run stopped before its index update?); "
             "run `run_pipeline.py pool` with the same config again"
         )
-    return paths
+    return paths, {"index_size": index_meta.get("size"), "index_parts": index_meta["parts"]}
 
 
 def check_batches(config: RunConfig) -> None:
@@ -121,8 +131,13 @@ def check_batches(config: RunConfig) -> None:
 
 
 def _run_identity(config: RunConfig) -> dict:
-    """What decides a run's output; where work runs (ray) and render settings do not."""
-    return config.model_dump(mode="json", exclude={"ray", "render"})
+    """What decides a run's output; where work runs (ray, the models' execution settings) and
+    render settings do not."""
+    identity = config.model_dump(mode="json", exclude={"ray", "render"})
+    for model in [identity["models"]["clap"], *identity["models"]["vlm"]]:
+        for setting in EXECUTION_SETTINGS:
+            model.pop(setting, None)
+    return identity
 
 
 def check_same_run(config: RunConfig, out: str) -> None:
@@ -143,6 +158,22 @@ def check_same_run(config: RunConfig, out: str) -> None:
         raise SonifyError(
             f"sonify.out {out} holds a run made with other settings (see its config.yaml); "
             "use a new sonify.out, or delete the old run to start over"
+        )
+
+
+def check_same_pool(out: str, pool_root: str, pool_state: dict) -> None:
+    """Finished matches and plans name pool clips: a pool extended or pruned since they were made
+    would be mixed with stale choices, or lack the clips they name."""
+    url = storage.join(out, "pool_state.json")
+    if not storage.exists(url):
+        storage.write_text(url, json.dumps(pool_state, sort_keys=True) + "\n")
+        return
+    recorded = json.loads(storage.read_bytes(url))
+    if recorded != pool_state:
+        raise SonifyError(
+            f"pool {pool_root} has changed since sonify.out {out} was started (its index then held {recorded['index_size']} clips "
+            f"in {len(recorded['index_parts'])} parts, now {pool_state['index_size']} in {len(pool_state['index_parts'])}); "
+            "use a new sonify.out to sonify against the changed pool"
         )
 
 
@@ -258,7 +289,7 @@ def run_scenes(config: RunConfig, listing: pa.Table, chunks: list[Chunk], vlm: V
     dataset = apply_stage(dataset, lambda: decode)
     if vlm.backend == "vllm":
         check_chain(IMAGE_REFS, [decode])
-        dataset = answer_with_vllm(dataset, vlm, config.prompt)
+        dataset = answer_with_vllm(dataset, vlm, config.prompt, config.ray.task_retries, config.ray.actor_restarts)
     else:
         answer = vlm_stage(vlm, config)
         check_chain(IMAGE_REFS, [decode, answer, parse])
@@ -318,14 +349,13 @@ def run_matches(config: RunConfig, paths: PoolPaths, texts: list[str]) -> pa.Tab
     return (pa.concat_tables(tables) if tables else MATCHES.empty_table()).sort_by([("text", "ascending")])
 
 
-def clip_loudness_at(paths: PoolPaths, rate: int) -> dict[str, float]:
-    table = read_clips(paths, ["clip_id", "loudness_at_rates", "error"]).filter(pc.is_null(pc.field("error")))
-    loudness = {}
-    for clip_id, at_rates in zip(table.column("clip_id").to_pylist(), table.column("loudness_at_rates").to_pylist()):
-        for entry in at_rates or []:
-            if entry["sample_rate"] == rate and entry["lufs"] is not None:
-                loudness[clip_id] = entry["lufs"]
-    return loudness
+def audible_clips(paths: PoolPaths, config: RunConfig) -> tuple[dict[str, float], int]:
+    """clip_id -> loudness at the mix rate of every pool clip audible at that rate (the only clips
+    a mix may use), and how many indexed (non-silent) clips are not."""
+    table = read_clips(paths, ["clip_id", "lufs", "loudness_at_rates", "silent", "error"])
+    indexed = table.filter(pc.is_null(pc.field("error")) & pc.invert(pc.field("silent")))
+    audible = audible_clip_loudness(indexed, config.mix.sample_rate, config.pool.silence_lufs, config.pool.max_band_loss_lu)
+    return audible, indexed.num_rows - len(audible)
 
 
 def matches_by_text(matches: pa.Table) -> dict[str, tuple[list[str], np.ndarray]]:
@@ -365,13 +395,13 @@ def plan_samples(
             continue
         texts = [c["text"] for c in scene["concepts"]]
         choices = choose_clips(
-            texts, found, config.seed, key, config.retrieval.k, config.retrieval.ssr, config.retrieval.min_cosine
+            texts, found, config.seed, key, config.retrieval.k, config.retrieval.ssr, config.retrieval.min_cosine, clip_lufs
         )
-        kept = [(c, choice) for c, choice in zip(scene["concepts"], choices) if choice is not None]
-        counts["concepts_below_min_cosine"] += len(choices) - len(kept)
+        kept = [(c, choice) for c, choice in zip(scene["concepts"], choices) if isinstance(choice, ConceptChoice)]
+        counts.update(f"concepts_{c.reason}" for c in choices if isinstance(c, DroppedConcept))
         row["dropped_concepts"] += len(choices) - len(kept)
         if not kept:
-            row["error"] = "dropped: no concept matched a pool clip above retrieval.min_cosine"
+            row["error"] = "dropped: no concept matched a pool clip audible at the mix rate and at or above retrieval.min_cosine"
             rejected.append(row)
             continue
         targets = draw_targets(concept_rng(config.seed, key, 0, "loudness"), len(kept), config.mix.lufs_min, config.mix.lufs_max)
@@ -431,21 +461,23 @@ def shard_plan(shard: str, rows: pa.Table, part_of: dict[str, str]) -> pa.Table:
     )
 
 
-CHUNK_COUNTS = ("samples", "rejected", "concepts_below_min_cosine", "fallbacks")
+CHUNK_COUNTS = ("samples", "rejected", "concepts_below_min_cosine", "concepts_no_usable_clip", "fallbacks")
 
 
-def plan_chunks(config: RunConfig, paths: PoolPaths, out: str, chunks: list[Chunk], found: dict) -> tuple[int, Counter, list[str]]:
+def plan_chunks(
+    config: RunConfig, paths: PoolPaths, out: str, chunks: list[Chunk], found: dict, clip_lufs: dict[str, float]
+) -> tuple[int, Counter, list[str]]:
     """Plans every chunk not planned yet, in order: its shards' plan files, its rejected rows, and
     last its stats file, which marks it planned. Shards are numbered on from the previous chunk's,
     so a rerun numbers them as the first run did. Returns the number of shards, the counts of all
     chunks, and the first rejection reasons."""
-    clip_lufs = part_of = None
+    part_of = None
     next_shard, totals, reasons = 0, Counter(), []
     for chunk in chunks:
         stats_url = storage.join(out, "plans", f"chunk-{chunk.name}.json")
         if not storage.exists(stats_url):
-            if clip_lufs is None:
-                clip_lufs, part_of = clip_loudness_at(paths, config.mix.sample_rate), clip_parts(paths)
+            if part_of is None:
+                part_of = clip_parts(paths)
             scenes = read_chunk_scenes(config, out, chunk)
             samples, rejected, counts = plan_samples(config, scenes, found, clip_lufs)
             image_bytes = {
@@ -464,6 +496,7 @@ def plan_chunks(config: RunConfig, paths: PoolPaths, out: str, chunks: list[Chun
                 "samples": len(samples),
                 "rejected": len(rejected),
                 "concepts_below_min_cosine": counts["concepts_below_min_cosine"],
+                "concepts_no_usable_clip": counts["concepts_no_usable_clip"],
                 "fallbacks": counts["fallbacks"],
                 "rejection_reasons": [r["error"] for r in rejected][:MAX_REPORTED_REASONS],
             }
@@ -522,11 +555,12 @@ def run_sonify(config: RunConfig) -> dict:
         raise SonifyError("sonify.out is not set")
     if not config.models.vlm:
         raise SonifyError("models.vlm is empty: configure at least one VLM (or backend: provided)")
-    paths = check_pool(config)
+    paths, pool_state = check_pool(config)
     out = out.rstrip("/")
     check_batches(config)
     check_same_run(config, out)
     storage.makedirs(out)
+    check_same_pool(out, paths.root, pool_state)
     layout_url = storage.join(out, "layout.json")
     if not storage.exists(layout_url):
         storage.write_text(layout_url, json.dumps({"layout": LAYOUT_VERSION}) + "\n")
@@ -561,7 +595,8 @@ def run_sonify(config: RunConfig) -> dict:
     seconds["retrieval"] = time.monotonic() - tick
 
     tick = time.monotonic()
-    shard_count, planned, reasons = plan_chunks(config, paths, out, chunks, matches_by_text(matches))
+    clip_lufs, inaudible = audible_clips(paths, config)
+    shard_count, planned, reasons = plan_chunks(config, paths, out, chunks, matches_by_text(matches), clip_lufs)
     del matches  # not needed while shards are written, and as large as the distinct texts
     seconds["plan"] = time.monotonic() - tick
 
@@ -585,6 +620,9 @@ def run_sonify(config: RunConfig) -> dict:
         "concepts_with_empty_text": scene_counts.dropped_empty_concepts,
         "distinct_concept_texts": len(texts),
         "concepts_below_min_cosine": planned["concepts_below_min_cosine"],
+        # Concepts whose neighbours were all inaudible at the mix rate or already used by the sample.
+        "concepts_without_usable_clip": planned["concepts_no_usable_clip"],
+        "pool_clips_inaudible_at_mix_rate": inaudible,
         "threshold_fallbacks": planned["fallbacks"],
         "samples": samples,
         "rejected": planned["rejected"] + failed_at_write,
@@ -638,7 +676,9 @@ def format_summary(summary: dict) -> str:
     lines += [f"  scenes:   {name}: {json.dumps(counts, sort_keys=True)}" for name, counts in summary["scenes"].items()]
     lines += [
         f"  concepts: {summary['concepts']} ({summary['distinct_concept_texts']} distinct texts), "
-        f"{summary['concepts_with_empty_text']} with empty text, {summary['concepts_below_min_cosine']} below min_cosine",
+        f"{summary['concepts_with_empty_text']} with empty text, {summary['concepts_below_min_cosine']} below min_cosine, "
+        f"{summary['concepts_without_usable_clip']} without a usable clip "
+        f"({summary['pool_clips_inaudible_at_mix_rate']} pool clips inaudible at the mix rate)",
         f"  samples:  {summary['samples']} written, {summary['rejected']} rejected, {summary['distinct_clips_used']} distinct clips used",
         f"  time:     {summary['wall_seconds']:.1f} s  " + ", ".join(f"{k} {v:.1f}s" for k, v in summary["seconds"].items()),
     ]

@@ -55,7 +55,9 @@ def _spread_weights(model, seed: int) -> None:
                 weight.copy_(torch.randn(weight.shape, generator=generator) * 0.1)
 
 
-def build_transformers_clap(out: Path, scratch: Path, seed: int = 0) -> Path:
+def build_transformers_clap(out: Path, scratch: Path, seed: int = 0, fusion: bool = False) -> Path:
+    """A tiny ClapModel with its processor; `fusion` builds a fused checkpoint (feature fusion in the
+    audio encoder, and the feature extractor's `fusion` truncation), as larger_clap_general is."""
     import torch
     from transformers import ClapConfig, ClapFeatureExtractor, ClapModel, ClapProcessor, RobertaTokenizer
 
@@ -78,13 +80,15 @@ def build_transformers_clap(out: Path, scratch: Path, seed: int = 0) -> Path:
             "hidden_size": 32,
             "num_hidden_layers": 2,
             "projection_dim": 512,
+            "enable_fusion": fusion,
         },
         projection_dim=512,
     )
     model = ClapModel(config).eval()
     _spread_weights(model, seed)
-    processor = ClapProcessor(feature_extractor=ClapFeatureExtractor(truncation="rand_trunc"), tokenizer=tokenizer)
-    target = out / "clap-transformers"
+    truncation = "fusion" if fusion else "rand_trunc"
+    processor = ClapProcessor(feature_extractor=ClapFeatureExtractor(truncation=truncation), tokenizer=tokenizer)
+    target = out / ("clap-transformers-fused" if fusion else "clap-transformers")
     model.save_pretrained(target)
     processor.save_pretrained(target)
     return target

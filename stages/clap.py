@@ -55,6 +55,32 @@ def _features(output):
     return output if hasattr(output, "detach") else output.pooler_output
 
 
+def audio_inputs(extractor, clips: list[np.ndarray], sample_rate: int) -> dict:
+    """ClapFeatureExtractor inputs whose every row depends on its own clip alone.
+
+    The extractor draws from numpy's global generator: crop positions of clips longer than its
+    window, and, with fusion checkpoints, one random clip of the batch marked `is_longer` when no
+    clip is longer, which sends that clip through the fusion branch. Each clip is therefore
+    featurized on its own under a fixed seed (the global state is restored afterwards), and
+    `is_longer` is true only for clips really longer than the window, as in laion-clap's own
+    inference."""
+    import torch
+
+    state = np.random.get_state()
+    rows = []
+    try:
+        for clip in clips:
+            np.random.seed(0)
+            rows.append(extractor([np.asarray(clip, dtype=np.float32)], sampling_rate=sample_rate, return_tensors="pt"))
+    finally:
+        np.random.set_state(state)
+    inputs = {"input_features": torch.cat([r["input_features"] for r in rows])}
+    if "is_longer" in rows[0]:
+        longer = [bool(r["is_longer"][0][0]) and np.asarray(c).shape[0] > extractor.nb_max_samples for r, c in zip(rows, clips)]
+        inputs["is_longer"] = torch.tensor([[flag] for flag in longer])
+    return inputs
+
+
 class TransformersClap:
     sample_rate = CLAP_SAMPLE_RATE
 
@@ -69,9 +95,7 @@ class TransformersClap:
     def embed_audio(self, clips: list[np.ndarray]) -> np.ndarray:
         import torch
 
-        inputs = self.processor.feature_extractor(
-            [np.asarray(c, dtype=np.float32) for c in clips], sampling_rate=self.sample_rate, return_tensors="pt"
-        )
+        inputs = audio_inputs(self.processor.feature_extractor, clips, self.sample_rate)
         inputs = {k: v.to(self.device) for k, v in inputs.items()}
         with torch.inference_mode():
             features = _features(self.model.get_audio_features(**inputs))

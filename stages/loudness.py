@@ -9,6 +9,7 @@ import math
 import warnings
 
 import numpy as np
+import pyarrow as pa
 import pyloudnorm
 
 _meters: dict[int, pyloudnorm.Meter] = {}
@@ -49,3 +50,26 @@ def peak_dbfs(audio: np.ndarray) -> float | None:
 
 def is_silent(lufs: float | None, threshold_lufs: float) -> bool:
     return lufs is None or lufs < threshold_lufs
+
+
+def audible_at_rate(pool_lufs: float | None, rate_lufs: float | None, silence_lufs: float, max_band_loss_lu: float) -> bool:
+    """Whether a clip can be a source of a mix at some rate. Resampling removes everything above
+    the new Nyquist frequency, so a clip whose energy sits there (a high tone, hiss) is quieter,
+    or silent, at a low mix rate; setting its loudness by gain would amplify what little is left
+    (resampler residue) by tens of dB. Audible: measured at that rate (not digital silence), at
+    or above the silence floor there, and at most `max_band_loss_lu` quieter than at the pool rate."""
+    if pool_lufs is None or rate_lufs is None:
+        return False
+    return rate_lufs >= silence_lufs and pool_lufs - rate_lufs <= max_band_loss_lu
+
+
+def audible_clip_loudness(clips: pa.Table, rate: int, silence_lufs: float, max_band_loss_lu: float) -> dict[str, float]:
+    """clip_id -> loudness at `rate` of every clip of a pool table (columns clip_id, lufs,
+    loudness_at_rates) that is audible at that rate; the mixer sets gains from these values."""
+    audible = {}
+    columns = [clips.column(c).to_pylist() for c in ("clip_id", "lufs", "loudness_at_rates")]
+    for clip_id, pool_lufs, at_rates in zip(*columns):
+        rate_lufs = next((e["lufs"] for e in at_rates or [] if e["sample_rate"] == rate), None)
+        if audible_at_rate(pool_lufs, rate_lufs, silence_lufs, max_band_loss_lu):
+            audible[clip_id] = rate_lufs
+    return audible

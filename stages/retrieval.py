@@ -3,8 +3,12 @@ weighted random choice inside the candidate set (the paper's Algorithm 1, as DES
 
     r_i = sign(s_i) * sqrt(|s_i|)          over the top-K cosine scores s_1 >= ... >= s_K
     tau = mean(r_1 .. r_k)                  k <= K
-    C   = { i <= k : r_i >= tau }           1 <= |C| <= k
+    C   = { i <= k : r_i >= tau }           1 <= |C| <= k; r_1 and ties at tau always belong
     p_i = r_i / sum_{j in C} r_j
+
+Before the threshold, the neighbours a concept may not use are removed: clips already chosen for an
+earlier concept of the same sample, clips not audible at the mix rate, and clips whose cosine is
+below the floor `min_cosine`.
 
 Every choice draws from a generator seeded by (global seed, sample key, concept index) through
 SHA-256, so a dataset does not depend on worker count, partitioning or Python's hash seed.
@@ -13,9 +17,14 @@ SHA-256, so a dataset does not depend on worker count, partitioning or Python's 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Container
 from dataclasses import dataclass
 
 import numpy as np
+
+# Relative tolerance of "r_i >= tau": the float mean of equal scores can come out one ulp above
+# each of them, and identical files in a pool give exactly equal scores.
+TIE_TOLERANCE = 1e-9
 
 
 def signed_sqrt(scores: np.ndarray) -> np.ndarray:
@@ -50,7 +59,7 @@ def candidate_set(scores: np.ndarray, k: int, use_ssr: bool = True) -> Candidate
     threshold = float(top.mean())
     if threshold <= 0:
         return CandidateSet(weights, threshold, np.array([0]), np.array([1.0]), True)
-    members = np.flatnonzero(top >= threshold)
+    members = np.flatnonzero((top >= threshold) | np.isclose(top, threshold, rtol=TIE_TOLERANCE, atol=0.0))
     chosen = top[members]
     return CandidateSet(weights, threshold, members, chosen / chosen.sum(), False)
 
@@ -72,6 +81,15 @@ class ConceptChoice:
     fallback: bool
 
 
+@dataclass(frozen=True)
+class DroppedConcept:
+    """A concept that gets no clip, and why: `below_min_cosine` (every usable neighbour scores
+    under the floor) or `no_usable_clip` (no neighbour at all that is audible at the mix rate and
+    not already used by the sample)."""
+
+    reason: str
+
+
 def choose_clips(
     texts: list[str],
     matches: dict[str, tuple[list[str], np.ndarray]],
@@ -80,20 +98,24 @@ def choose_clips(
     k: int,
     use_ssr: bool,
     min_cosine: float,
-) -> list[ConceptChoice | None]:
-    """One clip per concept of a sample, or None where a concept is dropped (no match above
-    min_cosine, or every match already used). Clips chosen for earlier concepts of the sample are
-    removed from later concepts' neighbours, so no clip is used twice in one sample."""
+    usable: Container[str],
+) -> list[ConceptChoice | DroppedConcept]:
+    """One clip per concept of a sample. Only clips in `usable` (audible at the mix rate) are
+    candidates; clips chosen for earlier concepts of the sample are removed from later concepts'
+    neighbours, so no clip is used twice in one sample; neighbours under `min_cosine` are removed
+    before the threshold is computed."""
     used: set[str] = set()
-    choices: list[ConceptChoice | None] = []
+    choices: list[ConceptChoice | DroppedConcept] = []
     for position, text in enumerate(texts):
         clip_ids, scores = matches.get(text, ([], np.array([])))
-        keep = [i for i, c in enumerate(clip_ids) if c not in used]
-        if not keep or scores[keep[0]] < min_cosine:
-            choices.append(None)
+        scores = np.asarray(scores, dtype=np.float64)
+        allowed = [i for i, c in enumerate(clip_ids) if c in usable and c not in used]
+        keep = [i for i in allowed if scores[i] >= min_cosine]
+        if not keep:
+            choices.append(DroppedConcept("below_min_cosine" if allowed else "no_usable_clip"))
             continue
         ids = [clip_ids[i] for i in keep]
-        kept_scores = np.asarray(scores, dtype=np.float64)[keep]
+        kept_scores = scores[keep]
         candidates = candidate_set(kept_scores, k, use_ssr)
         pick = choose(candidates, concept_rng(seed, sample_key, position))
         used.add(ids[pick])

@@ -1,6 +1,8 @@
 """WebDataset shards: `NNNNNN.tar` files whose samples are the members sharing a key
 (`KEY.jpg`, `KEY.flac`, `KEY.json`). Tar headers are fixed (mtime 0, owner 0, mode 0444), so the same
-samples always give the same bytes, and a shard is written atomically."""
+samples always give the same bytes, and a shard is written atomically. Member names longer than a
+ustar header holds (100 bytes) get a POSIX (pax) extended header, which GNU tar, Python's tarfile
+and the WebDataset readers all understand; shorter names give plain ustar headers."""
 
 from __future__ import annotations
 
@@ -32,7 +34,7 @@ def shard_file(shard: str) -> str:
 def tar_bytes(samples: Iterable[tuple[str, dict[str, bytes]]]) -> bytes:
     """A tar of samples in the given order; each sample's members in sorted extension order."""
     buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as tar:
         for key, members in samples:
             if "." in key.rsplit("/", 1)[-1]:
                 raise ValueError(f"sample key {key!r} contains a dot; WebDataset would split it")

@@ -5,8 +5,10 @@ connection errors, timeouts, 429 and 5xx, and a per-request timeout. The answer 
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
+import ssl
 import time
 import urllib.error
 import urllib.request
@@ -59,8 +61,11 @@ def post_with_retries(url: str, payload: dict, api_key: str | None, timeout_s: f
             last = f"HTTP {exc.code}: {exc.read()[:200].decode(errors='replace')}"
             if exc.code not in RETRYABLE_STATUS:
                 break
-        except (urllib.error.URLError, TimeoutError, ConnectionError) as exc:
+        except (urllib.error.URLError, TimeoutError, ConnectionError, ssl.SSLError, http.client.HTTPException) as exc:
+            # HTTPException covers a reply cut short while it is read (IncompleteRead).
             last = f"{type(exc).__name__}: {getattr(exc, 'reason', exc)}"
+        except UnicodeDecodeError:
+            last = "the server's reply is not UTF-8"
         except json.JSONDecodeError:
             last = "the server's reply is not JSON"
             break
@@ -83,7 +88,11 @@ class OpenAIVlm(Stage):
 
     def _ask(self, image_bytes: bytes) -> str:
         url = self.vlm.base_url.rstrip("/") + "/chat/completions"
-        payload = chat_payload(self.vlm, self.prompt, vlm_jpeg(image_bytes, self.prompt.max_pixels))
+        try:
+            jpeg = vlm_jpeg(image_bytes, self.prompt.max_pixels)
+        except Exception as exc:  # any failure of one image's re-encoding is that row's error
+            raise RequestFailed(f"image could not be prepared for the VLM ({type(exc).__name__}: {exc})") from None
+        payload = chat_payload(self.vlm, self.prompt, jpeg)
         reply = post_with_retries(url, payload, os.environ.get(self.vlm.api_key_env), self.vlm.timeout_s, self.vlm.retries)
         try:
             return reply["choices"][0]["message"]["content"]

@@ -1,7 +1,8 @@
 """VLM answers with vLLM through Ray Data LLM (`ray.data.llm.vLLMEngineProcessorConfig` and
 `build_processor`): a fixed pool of GPU engine replicas, images as OpenAI-style image parts, pixels
 capped before they are sent, answers constrained to the JSON schema by vLLM's structured outputs,
-and failed rows kept (should_continue_on_error) instead of failing the job.
+and failed rows kept (should_continue_on_error) instead of failing the job. Rows that need no
+answer travel through the same processor, passed over by every stage.
 
 vLLM needs a GPU; on machines without one only the request building and the answer
 normalization below run (and are tested)."""
@@ -13,12 +14,14 @@ from typing import Any
 import pyarrow as pa
 
 from pipelines.config import PromptConfig, VlmConfig
-from schemas import ANSWERS, IMAGES
-from stages.concepts import answer_schema, openai_user_message
+from schemas import IMAGES
+from stages.concepts import answer_schema, answers_table, openai_user_message
 from stages.images import vlm_jpeg
 from stages.model_files import is_remote, stage_model
 
 INFERENCE_ERROR = "__inference_error__"
+# What rows that need no answer carry in INFERENCE_ERROR, so that the processor passes them through.
+NO_ANSWER_NEEDED = "sonify: no answer needed"
 # Ray Data LLM downloads models at these URLs itself, on every node that runs an engine.
 RAY_LLM_REMOTE_PREFIXES = ("s3://", "gs://", "abfss://", "azure://")
 
@@ -38,16 +41,29 @@ def vllm_model_source(model: str) -> str:
 
 
 def vllm_request(row: dict[str, Any], prompt: PromptConfig, temperature: float) -> dict[str, Any]:
-    """preprocess: one image row -> chat messages and sampling parameters (all columns kept)."""
-    return {
-        **row,
-        "messages": [openai_user_message(prompt.text, vlm_jpeg(row["image_bytes"], prompt.max_pixels))],
-        "sampling_params": {
-            "temperature": temperature,
-            "max_tokens": prompt.max_new_tokens,
-            "structured_outputs": {"json": answer_schema(prompt.max_concepts, prompt.max_text_chars)},
-        },
-    }
+    """preprocess: one image row -> chat messages and sampling parameters (all columns kept).
+
+    Rows that need no answer (an image error, a dropped image) and rows whose image cannot be
+    re-encoded for the VLM are marked in Ray Data LLM's error column, which every processor stage
+    and the postprocess pass through untouched. So the dataset is one stream: filtering those rows
+    out and joining them back would run everything upstream (reading, decoding) twice."""
+    if row["error"] is None and row["dropped"] is None:
+        try:
+            jpeg = vlm_jpeg(row["image_bytes"], prompt.max_pixels)
+        except Exception as exc:  # one image that cannot be re-encoded is that row's error
+            row = {**row, "error": f"{row['uri']}: image could not be prepared for the VLM ({type(exc).__name__}: {exc})", "error_stage": "vlm"}
+        else:
+            return {
+                **row,
+                "messages": [openai_user_message(prompt.text, jpeg)],
+                "sampling_params": {
+                    "temperature": temperature,
+                    "max_tokens": prompt.max_new_tokens,
+                    "structured_outputs": {"json": answer_schema(prompt.max_concepts, prompt.max_text_chars)},
+                },
+                INFERENCE_ERROR: "",
+            }
+    return {**row, INFERENCE_ERROR: NO_ANSWER_NEEDED}
 
 
 def vllm_answer(row: dict[str, Any]) -> dict[str, Any]:
@@ -56,24 +72,24 @@ def vllm_answer(row: dict[str, Any]) -> dict[str, Any]:
 
 
 def normalize_answers(batch: pa.Table, vlm_name: str) -> pa.Table:
-    """Rows out of the engine -> the answers schema. Rows that failed inside the engine bypass
-    postprocess and carry the engine's message in __inference_error__; it becomes their error."""
+    """Rows out of the processor -> the answers schema. Rows that failed inside the engine bypass
+    postprocess and carry the engine's message in __inference_error__; it becomes their error.
+    Rows that needed no answer keep their own error or drop reason."""
     rows = batch.to_pylist()
-    out = []
+    answers = []
     for row in rows:
         failure = row.get(INFERENCE_ERROR) or ""
-        record = {f.name: row.get(f.name) for f in IMAGES}
-        record["answer"] = None if failure else row.get("answer")
-        if failure:
-            record["error"] = f"{row.get('uri')}: {vlm_name} failed: {failure}"
-            record["error_stage"] = "vlm"
-        out.append(record)
-    return pa.Table.from_pylist(out, schema=ANSWERS)
+        answers.append(None if failure else row.get("answer"))
+        if failure and failure != NO_ANSWER_NEEDED:
+            row["error"] = f"{row.get('uri')}: {vlm_name} failed: {failure}"
+            row["error_stage"] = "vlm"
+    return answers_table(rows, answers)
 
 
-def answer_with_vllm(dataset, vlm: VlmConfig, prompt: PromptConfig):
-    """Images dataset -> answers dataset. Rows that need no answer (errors, dropped images) skip the
-    engine and rejoin afterwards."""
+def answer_with_vllm(dataset, vlm: VlmConfig, prompt: PromptConfig, task_retries: int, actor_restarts: int):
+    """Images dataset -> answers dataset, through a Ray Data LLM vLLM processor. Its stages are
+    actor pools: they get `actor_restarts` restarts and `task_retries` retries of a batch whose
+    actor died, and the preprocess and postprocess tasks get `task_retries` retries."""
     from ray.data.llm import build_processor, vLLMEngineProcessorConfig
 
     config = vLLMEngineProcessorConfig(
@@ -88,10 +104,15 @@ def answer_with_vllm(dataset, vlm: VlmConfig, prompt: PromptConfig):
         config,
         preprocess=lambda row: vllm_request(row, prompt, vlm.temperature),
         postprocess=vllm_answer,
+        preprocess_map_kwargs={"max_retries": task_retries},
+        postprocess_map_kwargs={"max_retries": task_retries},
     )
-    needs_answer = dataset.filter(lambda row: row["error"] is None and row["dropped"] is None)
-    skipped = dataset.filter(lambda row: row["error"] is not None or row["dropped"] is not None).map_batches(
-        lambda batch: normalize_answers(batch, vlm.name), batch_format="pyarrow"
-    )
-    answered = processor(needs_answer).map_batches(lambda batch: normalize_answers(batch, vlm.name), batch_format="pyarrow")
-    return answered.union(skipped)
+    for name in processor.list_stage_names():
+        stage = processor.get_stage_by_name(name)
+        stage.map_batches_kwargs = {**stage.map_batches_kwargs, "max_restarts": actor_restarts, "max_task_retries": task_retries}
+    return answer_through(processor, dataset, vlm.name)
+
+
+def answer_through(processor, dataset, vlm_name: str):
+    """The processor's rows, in the answers schema; one pass over `dataset`."""
+    return processor(dataset).map_batches(lambda batch: normalize_answers(batch, vlm_name), batch_format="pyarrow")

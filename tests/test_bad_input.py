@@ -153,6 +153,8 @@ def test_summary_counts_every_file_and_error_kind(run):
         "silent_clips": silent,
         "error_rows": len(BROKEN),
         "errors_by_kind": kinds,
+        # Every usable file here has its energy below 8 kHz.
+        "inaudible_at_mix_rates": {"16000": 0},
     }
     assert json.loads((pool_dir / "summary.json").read_text()) == summary
     text = format_summary(summary)

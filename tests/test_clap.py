@@ -54,3 +54,23 @@ def test_identity_is_read_without_loading_weights(tiny_models):
 def test_missing_laion_checkpoint_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
         load_clap(ClapConfig(backend="laion_clap", model=str(tmp_path / "nope.pt")))
+
+
+@pytest.mark.parametrize("fusion", [False, True])
+def test_a_clip_embeds_the_same_in_any_batch_and_random_state(tmp_path, fusion):
+    from pipelines.tiny_models import build_transformers_clap
+
+    folder = build_transformers_clap(tmp_path / "out", tmp_path / "scratch", fusion=fusion)
+    model = load_clap(ClapConfig(backend="transformers", model=str(folder)))
+    clip = noise(5.0, 48000, 0.1, seed=4)
+    others = [tone(5.0, 48000, 220.0 * (i + 1), 0.2) for i in range(5)]
+    alone = model.embed_audio([clip])[0]
+    for seed in range(6):
+        np.random.seed(seed)
+        batch = others[:seed] + [clip] + others[seed:]
+        assert np.allclose(model.embed_audio(batch)[seed], alone, atol=1e-5), (fusion, seed)
+    np.random.seed(123)
+    expected = np.random.random()
+    np.random.seed(123)
+    model.embed_audio(others)
+    assert np.random.random() == expected, "embedding must leave numpy's global random state as it found it"

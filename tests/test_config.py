@@ -131,3 +131,54 @@ def test_sonify_refuses_an_output_folder_of_another_file_layout(config_file, tmp
         check_same_run(config, str(tmp_path))
     (tmp_path / "layout.json").write_text(f'{{"layout": {LAYOUT_VERSION}}}')
     check_same_run(config, str(tmp_path))
+
+
+def test_vlm_names_with_a_double_underscore_are_refused(config_file):
+    with pytest.raises(ConfigError, match=r"models.vlm.0.name: .*'b__c' contains '__'"):
+        load_config(config_file, ['models.vlm=[{name: b__c, backend: provided, path: c.jsonl}]'])
+    load_config(config_file, ['models.vlm=[{name: b_c-d, backend: provided, path: c.jsonl}]'])
+
+
+def test_a_resumed_run_may_change_execution_settings_only(config_file, tmp_path):
+    from pipelines.config import dump_config
+    from pipelines.sonify import LAYOUT_VERSION, SonifyError, check_same_run
+
+    vlm = "models.vlm=[{name: a, backend: openai, model: m, base_url: 'http://127.0.0.1:1/v1'}]"
+    config = load_config(config_file, [f"sonify.out={tmp_path}", vlm])
+    (tmp_path / "config.yaml").write_text(dump_config(config))
+    (tmp_path / "layout.json").write_text(f'{{"layout": {LAYOUT_VERSION}}}')
+    execution = [
+        "models.clap.concurrency=4", "models.clap.num_gpus=1", "models.clap.num_cpus=2", "ray.num_cpus=1",
+        "models.vlm.0.concurrency=8", "models.vlm.0.num_gpus=1", "models.vlm.0.timeout_s=5", "models.vlm.0.retries=9",
+    ]
+    changed = load_config(config_file, [f"sonify.out={tmp_path}", vlm.replace("}]", ", concurrency: 8, timeout_s: 5, retries: 9}]")]
+                          + [e for e in execution if not e.startswith("models.vlm")])
+    check_same_run(changed, str(tmp_path))
+    for output_setting in ["models.clap.batch_size=7", "retrieval.k=3", "pool.max_band_loss_lu=10"]:
+        with pytest.raises(SonifyError, match="other settings"):
+            check_same_run(load_config(config_file, [f"sonify.out={tmp_path}", vlm, output_setting]), str(tmp_path))
+
+
+def test_a_resumed_run_refuses_a_changed_pool(tmp_path):
+    from pipelines.sonify import SonifyError, check_same_pool
+
+    state = {"index_size": 10, "index_parts": {"part-a": 10}}
+    check_same_pool(str(tmp_path), "/pools/p", state)
+    check_same_pool(str(tmp_path), "/pools/p", dict(state))
+    grown = {"index_size": 14, "index_parts": {"part-a": 10, "part-b": 4}}
+    with pytest.raises(SonifyError) as raised:
+        check_same_pool(str(tmp_path), "/pools/p", grown)
+    message = str(raised.value)
+    assert "\n" not in message
+    assert "pool /pools/p has changed" in message and "10 clips in 1 parts, now 14 in 2" in message and "use a new sonify.out" in message
+
+
+def test_sample_keys_stay_valid_file_names():
+    from pipelines.sonify import sample_key
+
+    long_id = "a" * 300
+    key = sample_key(long_id, "given")
+    assert len(f"{key}.json".encode()) <= 255 and key.endswith("__given")
+    assert key != sample_key("a" * 299, "given")
+    assert sample_key("photo-1", "given") == "photo-1__given"
+    assert sample_key("x" * 120, "qwen") == "x" * 120 + "__qwen"

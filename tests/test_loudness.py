@@ -74,3 +74,51 @@ def test_input_shorter_than_one_block_is_measured_as_padded_to_one_block(seconds
     audio = noise(seconds, 48000, amplitude=0.2)
     padded = np.concatenate([audio, np.zeros(int(0.4 * 48000) - audio.size, np.float32)])
     assert loudness.integrated_lufs(audio, 48000) == pytest.approx(ebur128_lufs(padded, 48000), abs=0.1)
+
+
+def highpassed_noise(seconds: float, rate: int, cutoff_hz: float, seed: int = 0) -> np.ndarray:
+    spectrum = np.fft.rfft(noise(seconds, rate, 0.3, seed))
+    spectrum[np.fft.rfftfreq(int(round(seconds * rate)), 1 / rate) < cutoff_hz] = 0
+    return np.fft.irfft(spectrum, int(round(seconds * rate))).astype(np.float32)
+
+
+@pytest.mark.parametrize(
+    "name, audio, audible",
+    [
+        ("500 Hz tone", tone(5.0, 48000, 500.0, 0.3), True),
+        ("broadband noise", noise(5.0, 48000, 0.1), True),
+        ("12 kHz tone", tone(5.0, 48000, 12000.0, 0.5), False),
+        ("hiss above 9 kHz", highpassed_noise(5.0, 48000, 9000.0), False),
+    ],
+)
+def test_clips_above_the_mix_nyquist_are_not_audible_there(name, audio, audible):
+    """Measured as the pool measures (the stored clip resampled as the mixer resamples it)."""
+    pool_lufs = loudness.integrated_lufs(audio, 48000)
+    at_16k = loudness.integrated_lufs(resample(audio, 48000, 16000), 16000)
+    assert pool_lufs is not None and pool_lufs > -30, name
+    assert loudness.audible_at_rate(pool_lufs, at_16k, -70.0, 20.0) is audible, (name, pool_lufs, at_16k)
+
+
+def test_audible_rule_and_table_lookup():
+    import pyarrow as pa
+
+    assert not loudness.audible_at_rate(-20.0, None, -70.0, 20.0)
+    assert not loudness.audible_at_rate(None, -20.0, -70.0, 20.0)
+    assert not loudness.audible_at_rate(-65.0, -71.0, -70.0, 20.0)
+    assert loudness.audible_at_rate(-30.0, -50.0, -70.0, 20.0)
+    assert not loudness.audible_at_rate(-30.0, -50.5, -70.0, 20.0)
+    assert loudness.audible_at_rate(-30.0, -50.5, -70.0, 25.0)
+    clips = pa.table(
+        {
+            "clip_id": ["ok", "lost", "none", "other-rate"],
+            "lufs": [-20.0, -10.0, -15.0, -20.0],
+            "loudness_at_rates": [
+                [{"sample_rate": 16000, "lufs": -21.0, "peak_dbfs": -3.0}],
+                [{"sample_rate": 16000, "lufs": -60.0, "peak_dbfs": -40.0}],
+                [{"sample_rate": 16000, "lufs": None, "peak_dbfs": None}],
+                [{"sample_rate": 22050, "lufs": -20.0, "peak_dbfs": -3.0}],
+            ],
+        }
+    )
+    assert loudness.audible_clip_loudness(clips, 16000, -70.0, 20.0) == {"ok": -21.0}
+    assert loudness.audible_clip_loudness(clips, 22050, -70.0, 20.0) == {"other-rate": -20.0}

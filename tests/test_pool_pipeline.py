@@ -247,3 +247,28 @@ def test_laion_backend_with_hnsw_index(sources, tiny_models, ray_session, tmp_pa
     assert summary["clips_embedded"] == 9
     assert summary["index"]["kind"] == "hnsw" and summary["index"]["size"] == 9
     assert summary["index"]["recall_at_10"] == pytest.approx(1.0)
+
+
+def test_a_retry_that_succeeds_keeps_its_clips(tiny_models, ray_session, tmp_path):
+    """The retried file's new part has the name of the failed part it replaces (parts are named
+    by their sources and fingerprints): pruning must not delete what the retry wrote."""
+    flaky = write_audio(tmp_path / "src" / "flaky.wav", tone(8.0, 16000, 440.0), 16000)
+    audio, stat = flaky.read_bytes(), flaky.stat()
+
+    def put(data: bytes) -> None:
+        flaky.write_bytes(data)
+        os.utime(flaky, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+
+    put(b"\0" * len(audio))  # same size and mtime: the fingerprint cannot tell the two apart
+    config = make_config(tmp_path / "pool", [str(flaky)], tiny_models, retry_errors=True)
+    assert run_pool(config)["errors"] == 1
+    put(audio)
+    summary = run_pool(config)
+    assert summary["files_processed"] == 1 and summary["errors"] == 0 and summary["clips_added"] == 2
+    clips = duckdb.connect().sql(
+        f"select clip_id from read_parquet('{tmp_path / 'pool' / 'clips'}/*.parquet') where error is null"
+    ).fetchall()
+    assert len(clips) == 2
+    indexed = duckdb.connect().sql(f"select clip_id from read_parquet('{tmp_path / 'pool' / 'index' / 'ids.parquet'}')").fetchall()
+    assert sorted(indexed) == sorted(clips)
+    assert summary["index"]["size"] == 2

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from stages.retrieval import candidate_set, choose, concept_rng, signed_sqrt
+from stages.retrieval import ConceptChoice, DroppedConcept, candidate_set, choose, choose_clips, concept_rng, signed_sqrt
 
 
 def test_signed_sqrt():
@@ -99,3 +99,51 @@ def test_ssr_spreads_choices_away_from_a_hub():
             hub_wins[use_ssr] += pick == 0
     assert len(chosen[True]) > len(chosen[False])
     assert hub_wins[True] < hub_wins[False]
+
+
+def test_tied_scores_keep_every_tie_and_the_top_score():
+    # Byte-identical pool files give exactly equal scores, and the float mean of equal values can
+    # come out one ulp above each of them (seven copies of 0.51208 do), which used to leave no candidate.
+    mean_above_ties = 0
+    for value in (0.51208, 0.3, 0.77, float(np.float32(0.51208)), 0.123456789):
+        for count in range(2, 20):
+            tied = np.full(count, value)
+            weights = signed_sqrt(tied)
+            mean_above_ties += weights.mean() > weights[0]
+            c = candidate_set(tied, k=count)
+            assert c.members.tolist() == list(range(count))
+            assert c.probabilities == pytest.approx(np.full(count, 1 / count))
+            ids = [f"copy-{i}" for i in range(count)]
+            (choice,) = choose_clips(["dog"], {"dog": (ids, tied)}, 0, "key", count, True, 0.0, set(ids))
+            assert isinstance(choice, ConceptChoice) and choice.n_candidates == count
+    assert mean_above_ties, "no tie among these exceeds its float mean any more; the test no longer covers the trap"
+
+
+def test_top_score_is_a_candidate_among_near_ties():
+    scores = np.array([0.5 + 1e-15, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5])
+    assert 0 in candidate_set(scores, k=7).members
+
+
+def test_min_cosine_removes_candidates_before_the_threshold():
+    ids = ["a", "b", "c", "d"]
+    scores = np.array([0.9, 0.85, 0.3, 0.2])
+    matches = {"t": (ids, scores)}
+    for seed in range(50):
+        (choice,) = choose_clips(["t"], matches, seed, "key", 4, False, 0.8, set(ids))
+        assert choice.cosine >= 0.8 and choice.clip_id in ("a", "b")
+    # Without the floor the threshold is the mean of all four, and only the two best pass it too;
+    # with k=4 and a floor between the two groups, the threshold is recomputed over a and b alone.
+    (floored,) = choose_clips(["t"], matches, 0, "key", 4, False, 0.8, set(ids))
+    assert floored.threshold == pytest.approx(0.875)
+    assert choose_clips(["t"], matches, 0, "key", 4, False, 0.95, set(ids)) == [DroppedConcept("below_min_cosine")]
+
+
+def test_clips_that_are_not_usable_are_skipped_like_used_ones():
+    ids = ["loud", "inaudible-1", "inaudible-2", "quiet"]
+    matches = {"t": (ids, np.array([0.9, 0.95, 0.94, 0.5])), "u": (["inaudible-1"], np.array([0.99]))}
+    usable = {"loud", "quiet"}
+    for seed in range(30):
+        first, second = choose_clips(["t", "t"], matches, seed, "key", 4, True, 0.0, usable)
+        assert {first.clip_id, second.clip_id} == usable
+    assert choose_clips(["u"], matches, 0, "key", 4, True, 0.0, usable) == [DroppedConcept("no_usable_clip")]
+    assert choose_clips(["unknown text"], matches, 0, "key", 4, True, 0.0, usable) == [DroppedConcept("no_usable_clip")]

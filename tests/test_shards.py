@@ -40,3 +40,37 @@ def test_plan_shards():
     assert plan_shards([40, 40, 40, 40, 150, 10], 100) == [0, 0, 1, 1, 2, 3]
     assert plan_shards([], 100) == []
     assert plan_shards([500], 100) == [0]
+
+
+def test_long_member_names_are_read_whole_by_every_reader(tmp_path):
+    import subprocess
+    import tarfile
+
+    long_key = "web_scraped_" + "x" * 150 + "_photo__given"
+    short = samples()[:2]
+    url = str(tmp_path / "long.tar")
+    write_shard(url, [short[0], (long_key, {"jpg": b"\xff\xd8 image", "json": b"{}"}), short[1]])
+    with tarfile.open(url) as tar:
+        names = tar.getnames()
+    assert f"{long_key}.jpg" in names and f"{long_key}.json" in names
+    listed = subprocess.run(["tar", "-tf", url], capture_output=True, text=True, check=True).stdout.split()
+    assert listed == names
+    read = list(wds.WebDataset(url, shardshuffle=False))
+    assert [s["__key__"] for s in read] == ["img-000", long_key, "img-001"]
+    assert read[1]["jpg"] == b"\xff\xd8 image"
+    assert tar_bytes([(long_key, {"jpg": b"x"})]) == tar_bytes([(long_key, {"jpg": b"x"})])
+
+
+def test_short_names_keep_plain_ustar_headers():
+    import io
+    import tarfile
+
+    data = tar_bytes(samples())
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+        for key, members in samples():
+            for extension in sorted(members):
+                info = tarfile.TarInfo(f"{key}.{extension}")
+                info.size, info.mtime, info.mode, info.uid, info.gid, info.uname, info.gname = len(members[extension]), 0, 0o444, 0, 0, "", ""
+                tar.addfile(info, io.BytesIO(members[extension]))
+    assert data == buffer.getvalue()

@@ -20,7 +20,7 @@ from pipelines.config import PromptConfig, VlmConfig
 from schemas import IMAGES
 from stages.vlm_openai import OpenAIVlm, RequestFailed, chat_payload, post_with_retries
 from stages.vlm_provided import ProvidedConceptsError, read_provided
-from stages.vlm_vllm import INFERENCE_ERROR, normalize_answers, vllm_answer, vllm_request
+from stages.vlm_vllm import INFERENCE_ERROR, NO_ANSWER_NEEDED, normalize_answers, vllm_answer, vllm_request
 
 ANSWER = '{"caption": "a dog", "sounds": [{"label": "dog", "text": "a dog barking"}]}'
 
@@ -31,8 +31,17 @@ def jpeg(size=(640, 480)) -> bytes:
     return buffer.getvalue()
 
 
+class Raw:
+    """A reply body sent as these bytes, announced as `declared` bytes long (more: the reply is cut short)."""
+
+    def __init__(self, body: bytes, declared: int | None = None) -> None:
+        self.body = body
+        self.declared = len(body) if declared is None else declared
+
+
 class Server:
-    """A chat-completions endpoint whose replies the test scripts: a list of (status, body, delay)."""
+    """A chat-completions endpoint whose replies the test scripts: a list of (status, body, delay),
+    the body a JSON value or Raw bytes."""
 
     def __init__(self, script):
         self.script = list(script)
@@ -45,11 +54,13 @@ class Server:
                 outer.requests.append((self.path, dict(self.headers), body))
                 status, reply, delay = outer.script.pop(0) if outer.script else (200, None, 0)
                 time.sleep(delay)
-                payload = json.dumps(reply or {"choices": [{"message": {"content": ANSWER}}]}).encode()
+                if not isinstance(reply, Raw):
+                    reply = Raw(json.dumps(reply or {"choices": [{"message": {"content": ANSWER}}]}).encode())
+                payload = reply.body
                 try:
                     self.send_response(status)
                     self.send_header("Content-Type", "application/json")
-                    self.send_header("Content-Length", str(len(payload)))
+                    self.send_header("Content-Length", str(reply.declared))
                     self.end_headers()
                     self.wfile.write(payload)
                 except (BrokenPipeError, ConnectionResetError):
@@ -153,6 +164,50 @@ def test_reply_without_content_is_an_error(server):
     assert "no choices[0].message.content" in out[0]["error"]
 
 
+@pytest.mark.parametrize(
+    "broken, reason",
+    [
+        (Raw(b'{"choices": [{"message"', declared=400), "IncompleteRead"),
+        (Raw(b'{"choices": [{"message": {"content": "\xff\xfe caf\xe9"}}]}'), "not UTF-8"),
+    ],
+)
+def test_replies_broken_while_read_are_retried_then_a_row_error(server, broken, reason):
+    srv = server([(200, broken, 0), (200, None, 0)])
+    assert post_with_retries(srv.url + "/chat/completions", {}, None, 5.0, 1, sleep=lambda s: None)["choices"]
+    srv = server([(200, broken, 0)] * 2)
+    stage = OpenAIVlm(vlm(srv.url, retries=1), PromptConfig())
+    (row,) = stage.process_batch(images_batch(1)).to_pylist()
+    assert row["answer"] is None and row["error_stage"] == "vlm"
+    assert reason in row["error"] and "after 2 attempts" in row["error"]
+
+
+def test_tls_errors_are_retried(monkeypatch):
+    import ssl
+    import urllib.request
+
+    calls = []
+
+    def failing_urlopen(request, timeout):
+        calls.append(request.full_url)
+        raise ssl.SSLError(1, "record layer failure")
+
+    monkeypatch.setattr(urllib.request, "urlopen", failing_urlopen)
+    with pytest.raises(RequestFailed, match="SSLError.*after 3 attempts"):
+        post_with_retries("https://127.0.0.1:9/v1/chat/completions", {}, None, 1.0, 2, sleep=lambda s: None)
+    assert len(calls) == 3
+
+
+def test_an_image_the_vlm_cannot_receive_is_a_row_error(server):
+    srv = server()
+    batch = images_batch(2)
+    rows = batch.to_pylist()
+    rows[0]["image_bytes"] = b"not an image at all"
+    stage = OpenAIVlm(vlm(srv.url, retries=0), PromptConfig())
+    out = stage.process_batch(pa.Table.from_pylist(rows, schema=batch.schema)).to_pylist()
+    assert out[0]["answer"] is None and out[0]["error_stage"] == "vlm" and "could not be prepared" in out[0]["error"]
+    assert out[1]["answer"] == ANSWER and out[1]["error"] is None
+
+
 def test_vllm_request_and_answers():
     prompt = PromptConfig(max_new_tokens=99, max_pixels=64 * 64)
     row = images_batch(1).to_pylist()[0]
@@ -188,3 +243,117 @@ def test_provided_concepts_files(tmp_path):
     bad.write_text("not json\n")
     with pytest.raises(ProvidedConceptsError, match="line 1: not JSON"):
         read_provided(str(bad))
+
+
+def test_vllm_preprocess_marks_rows_that_need_no_answer():
+    prompt = PromptConfig(max_pixels=64 * 64)
+    dropped, broken = images_batch(2, dropped_at=0).to_pylist()
+    broken["image_bytes"] = b"no image here"
+    assert vllm_request(dropped, prompt, 0.0)[INFERENCE_ERROR] == NO_ANSWER_NEEDED
+    passed = vllm_request(broken, prompt, 0.0)
+    assert passed[INFERENCE_ERROR] == NO_ANSWER_NEEDED and "messages" not in passed
+    assert passed["error_stage"] == "vlm" and "could not be prepared for the VLM" in passed["error"]
+    out = normalize_answers(pa.Table.from_pylist([dropped | {INFERENCE_ERROR: NO_ANSWER_NEEDED}, passed]), "qwen").to_pylist()
+    assert out[0]["dropped"] == "too_small" and out[0]["error"] is None and out[0]["answer"] is None
+    assert out[1]["error"] == passed["error"] and out[1]["answer"] is None
+
+
+def standin_engine_processor(seen_file: str, batch_size: int):
+    """Ray Data LLM's own Processor, with our preprocess and postprocess, around a stand-in for the
+    vLLM engine stage: it answers every row it is given, records which, and fails rows whose
+    image id says so, as an engine reports a failed row."""
+    from ray.llm._internal.batch.processor.base import Processor, ProcessorConfig
+    from ray.llm._internal.batch.stages.base import StatefulStage, StatefulStageUDF
+
+    class StandInEngine(StatefulStageUDF):
+        async def udf(self, rows):
+            with open(seen_file, "a") as seen:
+                seen.writelines(f"{row['image_id']}\n" for row in rows)
+            for row in rows:
+                failed = "engine-fail" in row["image_id"]
+                yield {
+                    self.IDX_IN_BATCH_COLUMN: row[self.IDX_IN_BATCH_COLUMN],
+                    "generated_text": None if failed else ANSWER,
+                    INFERENCE_ERROR: "CUDA out of memory" if failed else "",
+                }
+
+    class StandInEngineStage(StatefulStage):
+        def get_required_input_keys(self):
+            return {"messages": "chat messages", "sampling_params": "sampling parameters"}
+
+    from ray.data import ActorPoolStrategy
+
+    stage = StandInEngineStage(fn=StandInEngine, map_batches_kwargs={"compute": ActorPoolStrategy(size=1)})
+    prompt = PromptConfig(max_pixels=64 * 64)
+    return Processor(
+        ProcessorConfig(batch_size=batch_size),
+        [stage],
+        preprocess=lambda row: vllm_request(row, prompt, 0.0),
+        postprocess=vllm_answer,
+    )
+
+
+@pytest.mark.slow
+def test_vllm_wiring_decodes_each_image_once_and_engine_sees_only_answerable_rows(ray_session, tmp_path, monkeypatch):
+    from pipelines import sonify
+    from pipelines.config import validate_config
+    from stages import vlm_vllm
+    from stages.images import DecodeImages
+
+    images = tmp_path / "images"
+    images.mkdir()
+    for i in range(9):
+        Image.fromarray(np.full((40, 40, 3), i * 20, np.uint8)).save(images / f"img-{i}.png")
+    Image.fromarray(np.full((40, 40, 3), 7, np.uint8)).save(images / "engine-fail.png")
+    Image.fromarray(np.full((8, 8, 3), 7, np.uint8)).save(images / "tiny.png")
+    (images / "broken.png").write_bytes(b"\x89PNG truncated")
+    decoded, engine = tmp_path / "decoded.txt", tmp_path / "engine.txt"
+
+    class RecordingDecode(DecodeImages):
+        def process_batch(self, batch):
+            with open(decoded, "a") as seen:
+                seen.writelines(f"{i}\n" for i in batch.column("image_id").to_pylist())
+            return super().process_batch(batch)
+
+    def answer_with_standin(dataset, vlm, prompt, task_retries, actor_restarts):
+        return vlm_vllm.answer_through(standin_engine_processor(str(engine), vlm.batch_size), dataset, vlm.name)
+
+    monkeypatch.setattr(sonify, "DecodeImages", RecordingDecode)
+    monkeypatch.setattr(sonify, "answer_with_vllm", answer_with_standin)
+    out = tmp_path / "out"
+    config = validate_config(
+        {
+            "pool": {"dir": str(tmp_path / "pool")},
+            "models": {"clap": {"model": "unused"}, "vlm": [{"name": "engine", "backend": "vllm", "model": "unused", "batch_size": 4}]},
+            "sonify": {"images": [str(images / "*.png")], "out": str(out), "min_side": 16, "images_per_chunk": 8},
+        }
+    )
+    listing, _ = sonify.image_listing(config, str(out))
+    chunks = sonify.chunk_listing(listing.num_rows, config.sonify.images_per_chunk)
+    sonify.run_scenes(config, listing, chunks, config.models.vlm[0], str(out))
+
+    ids = sorted(listing.column("image_id").to_pylist())
+    assert sorted(decoded.read_text().split()) == ids
+    assert sorted(engine.read_text().split()) == sorted([f"img-{i}" for i in range(9)] + ["engine-fail"])
+    scenes = pa.concat_tables([sonify.read_chunk_scenes(config, str(out), c) for c in chunks]).to_pylist()
+    by_id = {s["image_id"]: s for s in scenes}
+    assert sorted(by_id) == ids
+    assert all(by_id[f"img-{i}"]["concepts"][0]["text"] == "a dog barking" for i in range(9))
+    assert by_id["tiny"]["dropped"] == "too_small" and by_id["tiny"]["error"] is None
+    assert by_id["broken"]["error_stage"] == "images"
+    assert by_id["engine-fail"]["error_stage"] == "vlm" and "CUDA out of memory" in by_id["engine-fail"]["error"]
+
+
+def test_vllm_processor_stages_get_the_run_retry_settings(tiny_models, ray_session, monkeypatch):
+    """Ray Data LLM builds its processor without an engine; every stage must carry our retries."""
+    from stages import vlm_vllm
+
+    monkeypatch.setattr(vlm_vllm, "answer_through", lambda processor, dataset, name: processor)
+    vlm_config = VlmConfig(name="q", backend="vllm", model=tiny_models["vlm_qwen2_5_vl"])
+    processor = vlm_vllm.answer_with_vllm(None, vlm_config, PromptConfig(), task_retries=2, actor_restarts=7)
+    names = processor.list_stage_names()
+    assert "vLLMEngineStage" in names
+    for name in names:
+        kwargs = processor.get_stage_by_name(name).map_batches_kwargs
+        assert (kwargs["max_restarts"], kwargs["max_task_retries"]) == (7, 2), name
+    assert processor.preprocess_map_kwargs == {"max_retries": 2} == processor.postprocess_map_kwargs
