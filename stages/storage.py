@@ -266,7 +266,7 @@ def expand_audio_sources(patterns: list[str], parquet: ParquetLayout) -> tuple[l
 
 
 def _failed(source: SourceFile, reason: str) -> SourceFile:
-    return SourceFile(source.uri, source.size, source.fingerprint, reason)
+    return SourceFile(source.uri, source.size, source.fingerprint, reason, source.member)
 
 
 def _member_source(container: SourceFile, member: Member, size: int | None, error: str | None = None) -> SourceFile:
@@ -354,12 +354,14 @@ def _tar_members(source: SourceFile) -> list[SourceFile]:
     repeated = {name for name, count in names.items() if count > 1}
     if not repeated:
         return members
-    # Tar readers keep the last of members that share a name; which one a user meant is unknown.
-    return [
-        _failed(m, f"container: the tar holds {names[m.member.key]} members named {m.member.key!r}")
-        if m.member is not None and m.member.key in repeated else m
-        for m in members
-    ]
+    # Tar readers keep the last of members that share a name; which one a user meant is unknown, so
+    # the name becomes one error source.
+    kept: dict[str, SourceFile] = {}
+    for m in members:
+        if m.member is not None and m.member.key in repeated:
+            m = _failed(m, f"container: the tar holds {names[m.member.key]} members named {m.member.key!r}")
+        kept.setdefault(m.uri, m)
+    return list(kept.values())
 
 
 class SourceReader:
