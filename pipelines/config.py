@@ -104,7 +104,7 @@ class PoolConfig(_Section):
         "on the clip resampled exactly as the mixer resamples it.",
     )
     files_per_part: int = Field(
-        16, ge=1, description="Source files per part, the unit of work and of output files."
+        16, ge=1, description="Sources (files, Parquet rows, tar members) per part, the unit of work and of output files."
     )
     retry_errors: bool = Field(
         False, description="Re-read sources whose last attempt ended in an error row, even if unchanged."
