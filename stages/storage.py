@@ -289,11 +289,11 @@ def _parquet_rows(source: SourceFile, layout: ParquetLayout) -> list[SourceFile]
             problem = _audio_column_problem(parquet.schema_arrow, layout)
             if problem:
                 return [_failed(source, f"container: {problem}")]
-            ids = []
+            ids: list[tuple[int, int, str | None]] = []  # row group, row in it, id
             for group in range(parquet.num_row_groups):
                 if layout.id_column is None:
-                    start = sum(parquet.metadata.row_group(g).num_rows for g in range(group))
-                    ids.extend((group, row, str(start + row)) for row in range(parquet.metadata.row_group(group).num_rows))
+                    start, rows = len(ids), parquet.metadata.row_group(group).num_rows
+                    ids.extend((group, row, str(start + row)) for row in range(rows))
                 else:
                     values = _column_values(parquet.read_row_group(group, columns=[layout.id_column])).to_pylist()
                     ids.extend((group, row, None if value is None else str(value)) for row, value in enumerate(values))
@@ -320,11 +320,8 @@ def _audio_column_problem(schema: pa.Schema, layout: ParquetLayout) -> str | Non
     if schema.get_field_index(layout.audio_column) < 0:
         return f"the Parquet file has no column {layout.audio_column!r} (its columns: {names}); set pool.parquet.audio_column"
     kind = schema.field(layout.audio_column).type
-    binary = (pa.types.is_binary(kind) or pa.types.is_large_binary(kind)) if not pa.types.is_struct(kind) else False
-    if pa.types.is_struct(kind) and kind.get_field_index("bytes") >= 0:
-        inner = kind.field("bytes").type
-        binary = pa.types.is_binary(inner) or pa.types.is_large_binary(inner)
-    if not binary:
+    holds_bytes = kind.field("bytes").type if pa.types.is_struct(kind) and kind.get_field_index("bytes") >= 0 else kind
+    if not (pa.types.is_binary(holds_bytes) or pa.types.is_large_binary(holds_bytes)):
         return f"the Parquet column {layout.audio_column!r} is {kind}, not binary or a struct with binary `bytes`"
     if layout.id_column is not None and schema.get_field_index(layout.id_column.split(".", 1)[0]) < 0:
         return f"the Parquet file has no id column {layout.id_column!r} (its columns: {names}); set pool.parquet.id_column"
@@ -351,6 +348,9 @@ def _tar_members(source: SourceFile) -> list[SourceFile]:
         members.append(_failed(source, f"cannot read {source.uri} as a tar past {len(members)} audio members: {type(exc).__name__}: {exc}"))
     if skipped:
         log.info("%s: %s members are not audio and are not read", source.uri, dict(sorted(skipped.items())))
+    if not members:
+        others = ", ".join(f"{count} {kind}" for kind, count in sorted(skipped.items())) or "none"
+        return [_failed(source, f"container: the tar holds no audio members (other members: {others})")]
     repeated = {name for name, count in names.items() if count > 1}
     if not repeated:
         return members

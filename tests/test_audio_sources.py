@@ -123,7 +123,9 @@ def test_damaged_and_ambiguous_tars(tmp_path):
     write_tar(tmp_path / "whole.tar", [(f"k{i}.wav", bytes(3000)) for i in range(4)])
     (tmp_path / "cut.tar").write_bytes((tmp_path / "whole.tar").read_bytes()[:7000])
     (tmp_path / "packed.tar.gz").write_bytes(b"\x1f\x8b")
-    sources, _ = expand_audio_sources([str(tmp_path / "twice.tar"), str(tmp_path / "cut.tar"), str(tmp_path / "packed.tar.gz")], DEFAULT)
+    write_tar(tmp_path / "images.tar", [("k.jpg", b"jpeg"), ("k.json", b"{}")])
+    names = ["twice.tar", "cut.tar", "packed.tar.gz", "images.tar"]
+    sources, _ = expand_audio_sources([str(tmp_path / name) for name in names], DEFAULT)
     found = {s.uri.rsplit("/", 1)[1]: s.error for s in sources}
     assert found["twice.tar#j.wav"] is None
     assert [s.error for s in sources if s.uri.endswith("twice.tar#k.flac")] == ["container: the tar holds 2 members named 'k.flac'"]
@@ -131,6 +133,7 @@ def test_damaged_and_ambiguous_tars(tmp_path):
     assert {u for u in found if u.startswith("cut.tar#")} == {"cut.tar#k0.wav", "cut.tar#k1.wav"}
     assert found["cut.tar"].startswith(f"cannot read {tmp_path}/cut.tar as a tar past 2 audio members: ")
     assert found["packed.tar.gz"].startswith("container: a compressed tar")
+    assert found["images.tar"] == "container: the tar holds no audio members (other members: 1 jpg, 1 json)"
 
 
 def test_parts_keep_a_containers_rows_together_in_stored_order(tmp_path):
