@@ -114,7 +114,8 @@ def _open(data: bytes) -> av.container.InputContainer:
 
 
 class _StreamFailed(Exception):
-    """A stream's first packets could not be decoded."""
+    """A stream that cannot be decoded: it failed before its first frame, or its rate or channel
+    count changes midway."""
 
 
 def _fixed_point_aac(stream: av.audio.stream.AudioStream) -> av.CodecContext:
