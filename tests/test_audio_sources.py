@@ -13,7 +13,7 @@ import pytest
 
 from pipelines.pool import group_parts, plan_work
 from stages.standardize import error_kind
-from stages.storage import ParquetLayout, SourceReader, expand_audio_sources
+from stages.storage import ParquetLayout, SourceFile, SourceReader, expand_audio_sources
 
 HF_AUDIO = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
 DEFAULT = ParquetLayout("audio", None)
@@ -170,3 +170,21 @@ def test_a_container_that_failed_once_and_now_lists_rows_leaves_no_error_row(tmp
     # While it still fails it stays listed under its own URL, and its error row stays current.
     failing = plan_work([*expand_audio_sources([str(tmp_path / "missing.parquet")], DEFAULT)[0]], stored, retry_errors=False)
     assert failing.stale == {}
+
+
+def test_a_rewritten_container_is_read_again_whole_and_its_old_rows_go_stale(tmp_path):
+    write_hf_parquet(tmp_path / "t.parquet", 3)
+    sources, _ = expand_audio_sources([str(tmp_path / "t.parquet")], DEFAULT)
+    stored = pa.table(
+        {
+            "source_uri": [s.uri for s in sources],
+            "source_fingerprint": [s.fingerprint for s in sources],
+            "error": pa.array([None] * 3, pa.string()),
+            "part": ["p-old"] * 3,
+        }
+    )
+    assert plan_work(sources, stored, retry_errors=False).to_process == []
+    rewritten = [SourceFile(s.uri, s.size, "etag:new", None, s.member) for s in sources]
+    plan = plan_work(rewritten, stored, retry_errors=False)
+    assert [s.uri for s in plan.to_process] == [s.uri for s in sources]
+    assert plan.stale == {"p-old": {s.uri for s in sources}}
