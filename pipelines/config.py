@@ -68,11 +68,27 @@ class IndexConfig(_Section):
     recall_k: int = Field(10, ge=1, description="k of the recall@k reported for an approximate index.")
 
 
+class ParquetSourceConfig(_Section):
+    audio_column: str = Field(
+        "audio",
+        description="Column of a Parquet source holding each row's audio file bytes: a struct of `bytes` and "
+        "`path` (the Hugging Face Audio layout) or a binary column.",
+    )
+    id_column: str | None = Field(
+        None,
+        description="Column of unique values naming each row of a Parquet source (`column.field` reaches "
+        "into a struct, e.g. audio.path); the row's source URI is `<file>#<id>`. Unset: the row number.",
+    )
+
+
 class PoolConfig(_Section):
     sources: list[str] = Field(
         default_factory=list,
-        description="Audio files: fsspec URLs or globs (local paths, s3://, gs://, memory://). "
-        "wav, flac, mp3, ogg and aiff at any rate, bit depth and channel count.",
+        description="Audio sources: fsspec URLs or globs (local paths, s3://, gs://, memory://) of audio or "
+        "video files (wav, flac, mp3, ogg, aiff through libsndfile; m4a/AAC, raw AAC, Opus, Vorbis, WebM, "
+        "MP4, MOV, MKV and anything else FFmpeg decodes; a video's first audio stream), Parquet files "
+        "with an audio column (each row one source, see pool.parquet), and plain .tar files (WebDataset "
+        "shards; each audio member one source).",
     )
     dir: str = Field(..., description="Pool folder (fsspec URL): clips, audio, embeddings, index, summary.")
     sample_rate: int = Field(48000, ge=8000, le=192000, description="Rate of the stored clips, in Hz.")
@@ -95,10 +111,13 @@ class PoolConfig(_Section):
         "Nyquist frequency is lost in resampling; a 12 kHz tone mixed at 16 kHz would otherwise get 30+ dB of gain).",
     )
     files_per_part: int = Field(
-        16, ge=1, description="Source files per part, the unit of work and of output files."
+        16, ge=1, description="Sources (files, Parquet rows, tar members) per part, the unit of work and of output files."
     )
     retry_errors: bool = Field(
         False, description="Re-read sources whose last attempt ended in an error row, even if unchanged."
+    )
+    parquet: ParquetSourceConfig = Field(
+        default_factory=ParquetSourceConfig, description="How Parquet sources hold their audio."
     )
     index: IndexConfig = Field(default_factory=IndexConfig, description="FAISS index over non-silent clips.")
 

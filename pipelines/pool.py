@@ -22,7 +22,7 @@ import json
 import logging
 import time
 from collections import Counter, defaultdict
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import pyarrow as pa
@@ -88,6 +88,11 @@ def plan_work(sources: list[SourceFile], existing: pa.Table, retry_errors: bool)
         stored[uri].append((fingerprint, error, part))
     to_process, unchanged = [], 0
     stale: dict[str, set[str]] = defaultdict(set)
+    # Rows stored under a container's own URL (its listing failed once) are stale once it lists rows.
+    listed = {source.uri for source in sources}
+    for container in {s.member.container for s in sources if s.member is not None} - listed:
+        for _, _, part in stored.get(container, []):
+            stale[part].add(container)
     for source in sources:
         rows = stored.get(source.uri, [])
         current = [r for r in rows if r[0] == source.fingerprint]
@@ -104,9 +109,10 @@ def plan_work(sources: list[SourceFile], existing: pa.Table, retry_errors: bool)
 
 
 def group_parts(sources: list[SourceFile], files_per_part: int) -> pa.Table:
-    """Deterministic parts: sorted sources in groups, each named by a hash of its members."""
-    ordered = sorted(sources, key=lambda s: s.uri)
-    names, uris, fingerprints, errors = [], [], [], []
+    """Deterministic parts: sorted sources in groups, each named by a hash of its members. A
+    container's rows or members stay in stored order, so a part reads neighbouring bytes."""
+    ordered = sorted(sources, key=lambda s: s.order)
+    names, uris, fingerprints, errors, members = [], [], [], [], []
     for start in range(0, len(ordered), files_per_part):
         group = ordered[start : start + files_per_part]
         digest = hashlib.sha1("\n".join(f"{s.uri}\t{s.fingerprint}" for s in group).encode()).hexdigest()
@@ -114,7 +120,10 @@ def group_parts(sources: list[SourceFile], files_per_part: int) -> pa.Table:
         uris.append([s.uri for s in group])
         fingerprints.append([s.fingerprint for s in group])
         errors.append([s.error for s in group])
-    return make_table(POOL_PARTS, {"part": names, "uris": uris, "fingerprints": fingerprints, "errors": errors})
+        members.append([asdict(s.member) if s.member is not None else None for s in group])
+    return make_table(
+        POOL_PARTS, {"part": names, "uris": uris, "fingerprints": fingerprints, "errors": errors, "members": members}
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -372,7 +381,8 @@ def run_pool(config: RunConfig) -> dict:
     if temporaries:
         log.warning("removed %d temporary files that an interrupted run left", temporaries)
 
-    sources, empty_globs = storage.expand_sources(config.pool.sources)
+    parquet = storage.ParquetLayout(config.pool.parquet.audio_column, config.pool.parquet.id_column)
+    sources, empty_globs = storage.expand_audio_sources(config.pool.sources, parquet)
     for pattern in empty_globs:
         log.warning("source pattern %s matched no files", pattern)
     plan = plan_work(sources, read_clips(paths, PLAN_COLUMNS), config.pool.retry_errors)

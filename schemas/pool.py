@@ -91,14 +91,31 @@ POOL_INDEX_IDS = versioned(
     ],
 )
 
-# The pool run's work plan: one row per part, a group of source files processed and written together.
+# Where a source that is not a file of its own sits in its container (stages.storage.Member): a
+# Parquet row (column, row group, row in group) or a tar member (byte offset and size).
+SOURCE_MEMBER = pa.struct(
+    [
+        pa.field("container", pa.string(), nullable=False),
+        pa.field("kind", pa.string(), nullable=False),
+        pa.field("key", pa.string(), nullable=False),
+        pa.field("column", pa.string()),
+        pa.field("row_group", pa.int32()),
+        pa.field("row_in_group", pa.int32()),
+        pa.field("data_offset", pa.int64()),
+        pa.field("data_size", pa.int64()),
+    ]
+)
+
+# The pool run's work plan: one row per part, a group of sources processed and written together.
+# `members` holds, per source, its place in a container, or null for a file of its own.
 POOL_PARTS = versioned(
     "pool_parts",
-    1,
+    2,
     [
         pa.field("part", pa.string(), nullable=False),
         pa.field("uris", pa.list_(pa.string()), nullable=False),
         pa.field("fingerprints", pa.list_(pa.string())),
         pa.field("errors", pa.list_(pa.string())),
+        pa.field("members", pa.list_(SOURCE_MEMBER)),
     ],
 )

@@ -1,14 +1,20 @@
 """Standardize source audio into pool clips: decode, down-mix, resample, chunk, measure, store.
 
 The algorithms are plain functions on numpy arrays. `Standardize` is the stage: it takes one part
-(a group of source files), writes the part's clip audio to `pool.dir/audio/<part>.parquet`, and
-returns one metadata row per clip. A file that cannot be used becomes one row with `error` set to
-"<uri>: <reason>"; `error_kind` names the kind of each reason for the run summary.
+(a group of sources: files, Parquet rows, tar members), writes the part's clip audio to
+`pool.dir/audio/<part>.parquet`, and returns one metadata row per clip. A source that cannot be used
+becomes one row with `error` set to "<uri>: <reason>"; `error_kind` names the kind of each reason
+for the run summary. Decoding (libsndfile, then FFmpeg) is stages.decode.
 
-How awkward sources are handled (tests/test_standardize.py and tests/test_bad_input.py):
-- 0 bytes, or a valid header with no samples: an `empty` error row.
-- Bytes libsndfile cannot decode (text, a cut FLAC stream, a header fragment): `undecodable`.
-- A header claiming under MIN_SOURCE_RATE Hz: `bad_sample_rate` (a damaged header would otherwise
+How awkward sources are handled (tests/test_standardize.py, tests/test_decode.py and
+tests/test_bad_input.py):
+- 0 bytes, a valid header with no samples, or a Parquet row without bytes: an `empty` error row.
+- Bytes neither libsndfile nor FFmpeg can decode (text, a cut FLAC stream, a header fragment):
+  `undecodable`.
+- A video (or other media file) without an audio stream: `no_audio_stream`.
+- A Parquet file or tar that cannot be used as listed (no such audio column, repeated ids or
+  member names): `bad_container`.
+- A header claiming under decode.MIN_SOURCE_RATE Hz: `bad_sample_rate` (a damaged header would otherwise
   be upsampled into gigabytes).
 - A truncated wav, mp3 or ogg: decoded up to the cut, like any shorter file.
 - Shorter than one clip, or than pyloudnorm's 0.4 s block: one zero-padded clip. Its loudness is
@@ -17,7 +23,7 @@ How awkward sources are handled (tests/test_standardize.py and tests/test_bad_in
 - NaN or inf samples (a broken encoder): set to zero before anything is measured; a file of
   nothing else gives silent clips.
 - Float samples beyond full scale: saturated at 16-bit full scale, as the pool stores PCM16.
-- Any channel count (libsndfile reads up to 1024) is averaged to mono; any rate is resampled.
+- Any channel count is averaged to mono; any rate is resampled.
 - Anything else that fails while standardizing one file: a `failed` error row for that file only.
 """
 
@@ -38,17 +44,19 @@ import soxr
 from schemas import POOL_AUDIO, POOL_PARTS, STANDARDIZED_CLIPS, make_table
 from stages import loudness, storage
 from stages.base import Resources, Stage
+from stages.decode import DecodedAudio, UnreadableAudio, decode
 
 PCM16_SCALE = 32768.0
 DECODE_MEMORY_BYTES = 512 * 1024**2
-# Below any real recording's rate (telephone audio is 8 kHz); a header claiming less is damaged.
-MIN_SOURCE_RATE = 1000
 
 # Reasons start with these phrases; `error_kind` maps a reason to its kind. The listing's own
-# reasons (stages.storage.expand_sources) are "cannot open/read <url>: ..." and "<url> is a folder".
+# reasons (stages.storage.expand_audio_sources) are "cannot open/read <url>...", "<url> is a
+# folder" and "container: ...".
 ERROR_KINDS: tuple[tuple[str, str], ...] = (
-    ("empty", r"empty file|audio has no samples|audio is too short to keep"),
+    ("empty", r"empty file|audio has no samples|audio is too short to keep|no audio bytes"),
     ("undecodable", r"not decodable"),
+    ("no_audio_stream", r"no audio stream"),
+    ("bad_container", r"container: "),
     ("bad_sample_rate", r"sample rate"),
     ("unreadable", r"cannot (read|open)"),
     ("not_a_file", r".* is a folder"),
@@ -109,39 +117,6 @@ def decode_flac(data: bytes) -> tuple[np.ndarray, int]:
     return audio, rate
 
 
-class UnreadableAudio(ValueError):
-    """The bytes are not audio that this pipeline can decode."""
-
-
-@dataclass
-class DecodedAudio:
-    audio: np.ndarray  # [frames, channels], float32
-    sample_rate: int
-    format: str
-
-
-def decode(data: bytes) -> DecodedAudio:
-    """Decode wav, flac, mp3, ogg or aiff bytes (any rate, depth, channel count) with libsndfile."""
-    if not data:
-        raise UnreadableAudio("empty file (0 bytes)")
-    try:
-        with soundfile.SoundFile(io.BytesIO(data)) as handle:
-            audio = handle.read(dtype="float32", always_2d=True)
-            rate, fmt = handle.samplerate, handle.format
-    except (soundfile.LibsndfileError, RuntimeError, TypeError) as exc:
-        # libsndfile names the in-memory buffer first; keep only its reason.
-        reason = str(exc).split(": ", 1)[-1]
-        if reason.startswith("File does not exist"):
-            # What libsndfile says of bytes it cannot place in any format; the bytes are in memory.
-            reason = "format not recognised"
-        raise UnreadableAudio(f"not decodable as wav, flac, mp3, ogg or aiff ({reason})") from None
-    if audio.shape[0] == 0:
-        raise UnreadableAudio("audio has no samples")
-    if rate < MIN_SOURCE_RATE:
-        raise UnreadableAudio(f"sample rate {rate} Hz is below {MIN_SOURCE_RATE} Hz: a damaged header, not audio")
-    return DecodedAudio(audio, rate, fmt)
-
-
 def source_id(uri: str, content_sha256: str) -> str:
     """Stable id of one version of one source: a changed file gets new clip ids."""
     return hashlib.sha1(f"{uri}\0{content_sha256}".encode()).hexdigest()[:16]
@@ -200,8 +175,11 @@ class Standardize(Stage):
         out = PartOutput()
         fingerprints = part["fingerprints"] or [None] * len(part["uris"])
         errors = part["errors"] or [None] * len(part["uris"])
-        for uri, fingerprint, listing_error in zip(part["uris"], fingerprints, errors):
-            self._standardize_file(out, part["part"], uri, fingerprint, listing_error)
+        # A part of plain files has no members (null, or absent from a hand-built part).
+        members = [storage.Member(**m) if m else None for m in part.get("members") or [None] * len(part["uris"])]
+        reader = storage.SourceReader()
+        for uri, fingerprint, listing_error, member in zip(part["uris"], fingerprints, errors, members):
+            self._standardize_file(out, part["part"], uri, fingerprint, listing_error, reader, member)
         storage.write_parquet(
             storage.join(self.pool_dir, "audio", f"{part['part']}.parquet"),
             make_table(POOL_AUDIO, {"clip_id": out.audio_ids, "flac": out.audio_flac}),
@@ -209,7 +187,16 @@ class Standardize(Stage):
         out.rows["part_rows"] = [len(out.rows["clip_id"])] * len(out.rows["clip_id"])
         return make_table(STANDARDIZED_CLIPS, out.rows)
 
-    def _standardize_file(self, out: PartOutput, part: str, uri: str, fingerprint: str | None, listing_error: str | None) -> None:
+    def _standardize_file(
+        self,
+        out: PartOutput,
+        part: str,
+        uri: str,
+        fingerprint: str | None,
+        listing_error: str | None,
+        reader: storage.SourceReader,
+        member: storage.Member | None,
+    ) -> None:
         def fail(reason: str) -> None:
             out.add(
                 clip_id=error_clip_id(uri), source_id=error_clip_id(uri).removesuffix("-error"), source_uri=uri,
@@ -220,7 +207,10 @@ class Standardize(Stage):
             fail(listing_error)
             return
         try:
-            data = storage.read_bytes(uri)
+            data = reader.read(uri, member)
+        except storage.MissingAudioBytes as exc:
+            fail(str(exc))
+            return
         except Exception as exc:  # any failure to read a URL is that file's error row
             fail(f"cannot read: {type(exc).__name__}: {exc}")
             return

@@ -50,3 +50,42 @@ def wav_with_rate(audio: np.ndarray, claimed_rate: int) -> bytes:
     data[24:28] = struct.pack("<I", claimed_rate)
     data[28:32] = struct.pack("<I", claimed_rate * 2)
     return bytes(data)
+
+
+def pyav_media(audio: np.ndarray | None, rate: int, container: str, codec: str | None, video: bool = False) -> bytes:
+    """A media file made by FFmpeg through PyAV (no ffmpeg binary): `audio` ([frames] or
+    [frames, 2] float32) encoded with `codec` into `container` ("ipod" is m4a, "adts" raw AAC), and
+    with `video` a short MPEG-4 video stream beside it. `audio=None` gives a video without sound."""
+    import av
+
+    buffer = io.BytesIO()
+    with av.open(buffer, "w", format=container) as out:
+        if video:
+            picture = out.add_stream("mpeg4", rate=10)
+            picture.width, picture.height, picture.pix_fmt = 64, 48, "yuv420p"
+        if audio is not None:
+            layout = "stereo" if audio.ndim == 2 else "mono"
+            sound = out.add_stream(codec, rate=rate, layout=layout)
+            if codec == "aac":
+                sound.bit_rate = 128000
+            sample_format = sound.codec_context.codec.audio_formats[0]
+            frames = audio.reshape(audio.shape[0], -1)
+            for start in range(0, frames.shape[0], 960):
+                block = frames[start : start + 960]
+                samples = block.T if sample_format.is_planar else block.reshape(1, -1)
+                if sample_format.name.startswith("s16"):
+                    samples = np.round(samples * 32767).astype(np.int16)
+                frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(samples), format=sample_format.name, layout=layout)
+                frame.sample_rate, frame.pts = rate, start
+                for packet in sound.encode(frame):
+                    out.mux(packet)
+            for packet in sound.encode(None):
+                out.mux(packet)
+        if video:
+            for index in range(10):
+                pixels = np.full((48, 64, 3), index * 20, np.uint8)
+                for packet in picture.encode(av.VideoFrame.from_ndarray(pixels, format="rgb24")):
+                    out.mux(packet)
+            for packet in picture.encode(None):
+                out.mux(packet)
+    return buffer.getvalue()

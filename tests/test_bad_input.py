@@ -17,7 +17,7 @@ import soundfile
 from pipelines.config import validate_config
 from pipelines.pool import PoolMismatch, format_summary, run_pool
 from pipelines.sonify import SonifyError, check_pool
-from tests.helpers import noise, tone, wav_with_rate, write_audio
+from tests.helpers import noise, pyav_media, tone, wav_with_rate, write_audio
 
 pytestmark = pytest.mark.slow
 
@@ -36,14 +36,16 @@ USABLE = {
     "eight bit.wav": (2.0, False),
     "hi res 192k.flac": (2.0, False),
     "cut short.wav": (3.0, False),
+    # libsndfile refuses a FLAC stream cut midway; FFmpeg decodes it up to the cut.
+    "cut.flac": (2.0, False),
 }
 # name -> (kind, start of the reason after "<uri>: ")
 BROKEN = {
     "zero bytes.wav": ("empty", "empty file (0 bytes)"),
     "no samples.wav": ("empty", "audio has no samples"),
-    "text.mp3": ("undecodable", "not decodable as wav, flac, mp3, ogg or aiff ("),
-    "cut.flac": ("undecodable", "not decodable as wav, flac, mp3, ogg or aiff ("),
+    "text.mp3": ("undecodable", "not decodable (libsndfile: "),
     "rate one.wav": ("bad_sample_rate", "sample rate 1 Hz is below 1000 Hz"),
+    "silent video.mp4": ("no_audio_stream", "no audio stream (a mov,mp4,m4a,3gp,3g2,mj2 file holding only video streams)"),
     "missing.wav": ("unreadable", "cannot read "),
     "a folder": ("not_a_file", "{uri} is a folder"),
 }
@@ -82,6 +84,7 @@ def sources(tmp_path_factory) -> Path:
     flac = encoded(noise(4.0, 16000), 16000, "FLAC")
     (src / "cut.flac").write_bytes(flac[: len(flac) // 2])
     (src / "rate one.wav").write_bytes(wav_with_rate(noise(1.0, 16000), 1))
+    (src / "silent video.mp4").write_bytes(pyav_media(None, 16000, "mp4", None, video=True))
     (src / "a folder").mkdir()
     return src
 
@@ -158,8 +161,8 @@ def test_summary_counts_every_file_and_error_kind(run):
     }
     assert json.loads((pool_dir / "summary.json").read_text()) == summary
     text = format_summary(summary)
-    assert "7 errors (1 bad_sample_rate, 2 empty, 1 not_a_file, 2 undecodable, 1 unreadable)" in text
-    assert "7 error rows (1 bad_sample_rate, 2 empty, 1 not_a_file, 2 undecodable, 1 unreadable)" in text
+    assert "7 errors (1 bad_sample_rate, 2 empty, 1 no_audio_stream, 1 not_a_file, 1 undecodable, 1 unreadable)" in text
+    assert "7 error rows (1 bad_sample_rate, 2 empty, 1 no_audio_stream, 1 not_a_file, 1 undecodable, 1 unreadable)" in text
     assert f"  error:    {summary['error_reasons'][0]}" in text
 
 
