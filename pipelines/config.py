@@ -173,8 +173,9 @@ class PromptConfig(_Section):
 class VlmConfig(_Section):
     name: str = Field(
         ...,
-        pattern=r"^[A-Za-z0-9_-]+$",
-        description="Short name; the manifest's `vlm` column. No `__`: it separates image id and VLM in sample keys.",
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$",
+        description="Short name (up to 64 letters, digits, `_`, `-`; starting with a letter or digit); the manifest's "
+        "`vlm` column. No `__`: it separates image id and VLM in sample keys.",
     )
     backend: Literal["vllm", "transformers", "openai", "provided"] = Field(
         ...,

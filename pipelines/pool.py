@@ -29,7 +29,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipelines.config import RunConfig, dump_config
-from pipelines.ray_runner import apply_stage, init_ray
+from pipelines.grouped_writer import GroupedWriter
+from pipelines.ray_runner import Runner
 from schemas import POOL_CLIPS, POOL_INDEX_IDS, POOL_PARTS, embeddings_schema, make_table
 from stages import index as faiss_index
 from stages import storage
@@ -200,33 +201,20 @@ def prune_stale(paths: PoolPaths, stale: dict[str, set[str]]) -> int:
 # Writing parts as they complete
 
 
-class PartWriter:
-    """Collects embedded clip rows per part and writes a part once all its rows have arrived:
-    embeddings first, then the clips file that marks the part complete."""
+class PartFiles:
+    """Writes a part whose rows are all in: embeddings first, then the clips file that marks the
+    part complete; and counts what the written parts hold."""
 
-    def __init__(self, paths: PoolPaths, dim: int, parts_expected: int) -> None:
+    def __init__(self, paths: PoolPaths, dim: int) -> None:
         self.paths = paths
         self.embeddings_schema = embeddings_schema(dim)
-        self.parts_expected = parts_expected
-        self.pending: dict[str, list[pa.Table]] = defaultdict(list)
         self.written_parts: list[str] = []
-        self.files: set[str] = set()
         self.clips = self.silent = self.embedded = 0
         self.errors: list[str] = []
         self.error_kinds: Counter[str] = Counter()
-        self.started = time.monotonic()
 
-    def add(self, batch: pa.Table) -> None:
-        for part in pc.unique(batch.column("part")).to_pylist():
-            rows = batch.filter(pc.equal(batch.column("part"), part))
-            self.pending[part].append(rows)
-            have = sum(t.num_rows for t in self.pending[part])
-            if have == rows.column("part_rows")[0].as_py():
-                self._write(part, pa.concat_tables(self.pending.pop(part)))
-
-    def _write(self, part: str, rows: pa.Table) -> None:
-        has_embedding = pc.is_valid(rows.column("embedding"))
-        embedded = rows.filter(has_embedding)
+    def write(self, part: str, rows: pa.Table) -> int:
+        embedded = rows.filter(pc.is_valid(rows.column("embedding")))
         storage.write_parquet(
             self.paths.part_file("embeddings", part),
             make_table(self.embeddings_schema, {"clip_id": embedded.column("clip_id"), "embedding": embedded.column("embedding")}),
@@ -238,20 +226,11 @@ class PartWriter:
             error_kind(e, uri) for e, uri in zip(rows.column("error").to_pylist(), rows.column("source_uri").to_pylist()) if e
         )
         real = rows.filter(pc.is_null(rows.column("error")))
-        self.files.update(rows.column("source_uri").to_pylist())
         self.clips += real.num_rows
         self.silent += int(pc.sum(real.column("silent")).as_py() or 0)
         self.embedded += embedded.num_rows
         self.written_parts.append(part)
-        elapsed = time.monotonic() - self.started
-        log.info(
-            "part %d/%d written (%s): %d clips, %d errors; %d clips so far, %.1f clips/s",
-            len(self.written_parts), self.parts_expected, part, real.num_rows, len(errors), self.clips,
-            self.clips / elapsed if elapsed else 0.0,
-        )
-
-    def unfinished(self) -> list[str]:
-        return sorted(self.pending)
+        return real.num_rows
 
 
 # ---------------------------------------------------------------------------------------------
@@ -391,18 +370,17 @@ def run_pool(config: RunConfig) -> dict:
         "%d source files listed: %d to process in %d parts, %d unchanged", len(sources), len(plan.to_process), parts.num_rows, plan.unchanged
     )
 
-    writer = PartWriter(paths, identity["dim"], parts.num_rows)
+    writer = PartFiles(paths, identity["dim"])
     if parts.num_rows:
-        init_ray(config.ray)
-        import ray.data
-
-        dataset = ray.data.from_arrow(parts).repartition(parts.num_rows)
-        dataset = apply_stage(dataset, lambda: standardize)
-        dataset = apply_stage(dataset, lambda: embed)
-        for batch in dataset.iter_batches(batch_format="pyarrow", batch_size=None):
-            writer.add(batch)
-        if writer.unfinished():
-            raise RuntimeError(f"parts {writer.unfinished()} did not receive all their rows")
+        grouped = GroupedWriter(
+            "part",
+            parts.column("part").to_pylist(),
+            group_of=lambda batch: batch.column("part").to_numpy(zero_copy_only=False),
+            expected_rows=lambda part, rows: rows.column("part_rows")[0].as_py(),
+            write=writer.write,
+            unit="clips",
+        )
+        grouped.consume(Runner(config.ray).run(parts, [standardize, embed], blocks=parts.num_rows))
     # A part is named by its sources and their fingerprints, so a retried part can have the name of
     # the failed one it replaces; rewriting it already dropped the stale rows, and pruning it would
     # delete what this run just wrote.

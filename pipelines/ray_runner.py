@@ -1,11 +1,12 @@
-"""The one place that knows Ray: starting or joining a cluster, and turning stages into operators."""
+"""The one place that knows Ray: starting or joining a cluster, and running stages on it."""
 
 from __future__ import annotations
 
 import logging
 import os
+import uuid
 import warnings
-from collections.abc import Callable
+from collections.abc import Iterator
 
 import pyarrow as pa
 import ray
@@ -13,18 +14,13 @@ import ray.data
 from ray.data import ActorPoolStrategy
 
 from pipelines.config import RayConfig
-from stages.base import Stage
+from stages.base import EngineStage, Stage
 
 log = logging.getLogger(__name__)
 
-# The `ray` section of the run that called init_ray last; apply_stage takes its retry settings.
-_active = RayConfig()
 
-
-def init_ray(config: RayConfig) -> None:
+def start_ray(config: RayConfig) -> None:
     """Join `ray.address` (or RAY_ADDRESS), or start a local Ray in-process. Reuses a running one."""
-    global _active
-    _active = config
     if ray.is_initialized():
         return
     address = config.address or os.environ.get("RAY_ADDRESS")
@@ -39,54 +35,117 @@ def init_ray(config: RayConfig) -> None:
     ray.data.DataContext.get_current().enable_progress_bars = True
 
 
-class _StageActor:
-    """Holds one stage per actor, so its model is loaded once and reused for every batch."""
+# Per worker process: task stages already set up, by the token of the run that applied them.
+_worker_stages: dict[str, Stage] = {}
 
-    def __init__(self, factory: Callable[[], Stage]) -> None:
-        self.stage = factory()
+
+def _set_up_once(token: str, stage: Stage) -> Stage:
+    ready = _worker_stages.get(token)
+    if ready is None:
+        stage.setup()
+        ready = _worker_stages[token] = stage
+    return ready
+
+
+class _StageTask:
+    """A task stage: Ray reuses worker processes between tasks, and each process sets the stage up once."""
+
+    def __init__(self, stage: Stage, token: str) -> None:
+        self.stage = stage
+        self.token = token
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        return _set_up_once(self.token, self.stage).process_batch(batch)
+
+
+class _StageActor:
+    """Holds one stage per actor, set up once, so its model is loaded once and reused for every batch."""
+
+    def __init__(self, stage: Stage) -> None:
+        self.stage = stage
         self.stage.setup()
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         return self.stage.process_batch(batch)
 
 
-def apply_stage(dataset: ray.data.Dataset, factory: Callable[[], Stage]) -> ray.data.Dataset:
-    """Add a stage as a map_batches operator: a fixed actor pool when the stage holds a model, tasks
-    otherwise. `factory` builds the stage on the worker, so only its config travels.
+def build_llm_processor(stage: EngineStage, task_retries: int, actor_restarts: int):
+    """A Ray Data LLM vLLM processor for an engine stage. Its stages are actor pools that Ray Data
+    LLM builds; each gets the run's restarts and retries, and so do the preprocess and postprocess
+    tasks. (Ray Data LLM has no setting for per-request retries inside the engine: a request the
+    engine fails is that row's error.)"""
+    from ray.data.llm import build_processor, vLLMEngineProcessorConfig
+
+    processor = build_processor(
+        vLLMEngineProcessorConfig(**stage.engine_config()),
+        preprocess=stage.request,
+        postprocess=stage.answer,
+        preprocess_map_kwargs={"max_retries": task_retries},
+        postprocess_map_kwargs={"max_retries": task_retries},
+    )
+    for name in processor.list_stage_names():
+        llm_stage = processor.get_stage_by_name(name)
+        llm_stage.map_batches_kwargs = {**llm_stage.map_batches_kwargs, "max_restarts": actor_restarts, "max_task_retries": task_retries}
+    return processor
+
+
+class Runner:
+    """Runs stages on Ray with one run's `ray` settings.
 
     A batch whose worker process dies is run again, on a new task or on the restarted actor, up to
-    `ray.task_retries` times; an actor is restarted up to `ray.actor_restarts` times. Ray Data's own
-    defaults retry and restart without limit, so a file that crashes its decoder every time would
-    keep a run busy forever. Retrying is safe because every stage's side effect is an atomic
+    `ray.task_retries` times; an actor is restarted up to `ray.actor_restarts` times. Ray Data's
+    own defaults retry and restart without limit, so a file that crashes its decoder every time
+    would keep a run busy forever. Retrying is safe because every stage's side effect is an atomic
     rewrite of the same file with the same bytes (a part's audio, a shard and its manifest part)."""
-    stage = factory()
-    resources = stage.resources()
-    common = {
-        "batch_format": "pyarrow",
-        "batch_size": resources.batch_size,
-        "num_cpus": resources.num_cpus,
-        "num_gpus": resources.num_gpus or None,
-        "memory": resources.memory_bytes,
-        "zero_copy_batch": True,
-    }
-    with warnings.catch_warnings():
-        # Ray 2.60's map_batches has no named parameter for retries and restarts; they go through
-        # ray_remote_args, which warns that 2.64 removes it. pyproject pins ray 2.60.
-        warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated", category=DeprecationWarning)
-        if resources.actors:
-            # A subclass named after the stage, so Ray's progress bars and stats say which stage runs.
-            actor_class = type(stage.name, (_StageActor,), {})
-            return dataset.map_batches(
-                actor_class,
-                fn_constructor_kwargs={"factory": factory},
-                compute=ActorPoolStrategy(size=resources.actors),
-                max_restarts=_active.actor_restarts,
-                max_task_retries=_active.task_retries,
-                **common,
-            )
 
-        def run_task(batch: pa.Table) -> pa.Table:
-            return stage.process_batch(batch)
+    def __init__(self, config: RayConfig) -> None:
+        self.config = config
+        start_ray(config)
 
-        run_task.__name__ = stage.name
-        return dataset.map_batches(run_task, max_retries=_active.task_retries, **common)
+    def run(
+        self, source: pa.Table | list[pa.Table], stages: list[Stage], blocks: int | None = None, preserve_order: bool = False
+    ) -> Iterator[pa.Table]:
+        """The output batches of `stages` applied in order to `source`: one table cut into `blocks`
+        blocks, or a list of tables, one block each. With `preserve_order`, batches are fixed
+        slices of the blocks in order, whichever blocks a run has to do."""
+        dataset = ray.data.from_arrow(source)
+        if blocks:
+            dataset = dataset.repartition(blocks)
+        if preserve_order:
+            dataset.context.execution_options.preserve_order = True
+        for stage in stages:
+            dataset = self._apply(dataset, stage)
+        yield from dataset.iter_batches(batch_format="pyarrow", batch_size=None)
+
+    def _apply(self, dataset: ray.data.Dataset, stage: Stage) -> ray.data.Dataset:
+        if isinstance(stage, EngineStage):
+            processor = build_llm_processor(stage, self.config.task_retries, self.config.actor_restarts)
+            return self._map(processor(dataset), stage, actors=0)
+        return self._map(dataset, stage, actors=stage.resources().actors)
+
+    def _map(self, dataset: ray.data.Dataset, stage: Stage, actors: int) -> ray.data.Dataset:
+        resources = stage.resources()
+        common = {
+            "batch_format": "pyarrow",
+            "batch_size": resources.batch_size,
+            "num_cpus": resources.num_cpus,
+            "num_gpus": resources.num_gpus or None,
+            "memory": resources.memory_bytes,
+            "zero_copy_batch": True,
+        }
+        # Subclasses named after the stage, so Ray's progress bars and stats say which stage runs.
+        with warnings.catch_warnings():
+            # Ray 2.60's map_batches has no named parameter for retries and restarts; they go through
+            # ray_remote_args, which warns that 2.64 removes it. pyproject pins ray 2.60.
+            warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated", category=DeprecationWarning)
+            if actors:
+                return dataset.map_batches(
+                    type(stage.name, (_StageActor,), {}),
+                    fn_constructor_kwargs={"stage": stage},
+                    compute=ActorPoolStrategy(size=actors),
+                    max_restarts=self.config.actor_restarts,
+                    max_task_retries=self.config.task_retries,
+                    **common,
+                )
+            task = type(stage.name, (_StageTask,), {})(stage, uuid.uuid4().hex)
+            return dataset.map_batches(task, max_retries=self.config.task_retries, **common)

@@ -39,7 +39,8 @@ import yaml
 
 from pipelines.config import RunConfig, VlmConfig, dump_config, validate_config
 from pipelines.pool import PoolPaths, check_compatible, embedded_parts, read_clips
-from pipelines.ray_runner import apply_stage, init_ray
+from pipelines.grouped_writer import GroupedWriter
+from pipelines.ray_runner import Runner
 from schemas import IMAGE_REFS, MANIFEST, MATCHES, SCENES, SHARD_PLANS, SHARD_TASKS, make_table, schema_version
 from stages import storage
 from stages.base import Stage, check_chain
@@ -54,7 +55,7 @@ from stages.shards import WriteShards, image_extension, plan_shards, shard_id, t
 from stages.vlm_openai import OpenAIVlm
 from stages.vlm_provided import ProvidedConcepts
 from stages.vlm_transformers import TransformersVlm
-from stages.vlm_vllm import answer_with_vllm
+from stages.vlm_vllm import VllmVlm
 
 log = logging.getLogger(__name__)
 
@@ -66,9 +67,8 @@ MAX_REPORTED_REASONS = 50
 # Image-id part of a sample key; with "__<vlm>" and the member extension, names stay under 255 bytes.
 MAX_KEY_ID_CHARS = 160
 # The files a run keeps in sonify.out (see above); a folder of another layout is refused.
-# 1: scenes/<vlm>.parquet and manifest/rejected.parquet; 2: per chunk, with images.parquet and plans/;
-# 3: pool_state.json.
-LAYOUT_VERSION = 3
+# 1: scenes/<vlm>.parquet and manifest/rejected.parquet; 2: per chunk, with images.parquet and plans/.
+LAYOUT_VERSION = 2
 # Settings that decide where and how fast work runs, not what it computes: a resumed run may change them.
 EXECUTION_SETTINGS = ("concurrency", "num_gpus", "num_cpus", "timeout_s", "retries")
 
@@ -79,17 +79,22 @@ class SonifyError(ValueError):
 
 def sample_key(image_id: str, vlm: str) -> str:
     """WebDataset keys may not hold dots or slashes; other characters become underscores, and a
-    hash of the id keeps keys unique when that folds two ids together. Long ids are cut, with the
-    hash, to MAX_KEY_ID_CHARS, so that every member name stays a valid file name (255 bytes) when
-    a shard is unpacked."""
+    hash of the id keeps keys unique when that folds two ids together. Long ids are cut to
+    MAX_KEY_ID_CHARS, so that every member name stays a valid file name (255 bytes) when a shard is
+    unpacked; then a 64-bit hash is all that tells apart ids sharing their first characters
+    (scraped names often differ only at the end)."""
     safe = re.sub(r"[^A-Za-z0-9_-]", "_", image_id)
-    if safe != image_id or len(safe) > MAX_KEY_ID_CHARS:
-        safe = f"{safe[: MAX_KEY_ID_CHARS - 9]}_{hashlib.sha1(image_id.encode()).hexdigest()[:8]}"
+    if len(safe) > MAX_KEY_ID_CHARS:
+        safe = f"{safe[: MAX_KEY_ID_CHARS - 17]}_{hashlib.sha1(image_id.encode()).hexdigest()[:16]}"
+    elif safe != image_id:
+        safe = f"{safe}_{hashlib.sha1(image_id.encode()).hexdigest()[:8]}"
     return f"{safe}__{vlm}"
 
 
 def vlm_stage(vlm: VlmConfig, config: RunConfig) -> Stage:
-    """The answer stage of a Stage-based backend (vllm is a Ray Data LLM processor instead)."""
+    """The answer stage of a VLM backend."""
+    if vlm.backend == "vllm":
+        return VllmVlm(vlm, config.prompt)
     if vlm.backend == "transformers":
         return TransformersVlm(vlm, config.prompt)
     if vlm.backend == "openai":
@@ -162,18 +167,24 @@ def check_same_run(config: RunConfig, out: str) -> None:
 
 
 def check_same_pool(out: str, pool_root: str, pool_state: dict) -> None:
-    """Finished matches and plans name pool clips: a pool extended or pruned since they were made
-    would be mixed with stale choices, or lack the clips they name."""
+    """Matches, plans and shards name pool clips: once retrieval has run, a pool extended or pruned
+    since would be mixed with stale choices, or lack the clips they name. Before that nothing in
+    sonify.out depends on the pool (scenes do not), so the state is recorded anew."""
     url = storage.join(out, "pool_state.json")
-    if not storage.exists(url):
+    if not storage.exists(storage.join(out, "matches.parquet")):
         storage.write_text(url, json.dumps(pool_state, sort_keys=True) + "\n")
         return
-    recorded = json.loads(storage.read_bytes(url))
+    recorded = json.loads(storage.read_bytes(url)) if storage.exists(url) else None
     if recorded != pool_state:
+        then = (
+            f"its index then held {recorded['index_size']} clips in {len(recorded['index_parts'])} parts"
+            if recorded
+            else "the version of the pipeline that retrieved did not record its pool"
+        )
         raise SonifyError(
-            f"pool {pool_root} has changed since sonify.out {out} was started (its index then held {recorded['index_size']} clips "
-            f"in {len(recorded['index_parts'])} parts, now {pool_state['index_size']} in {len(pool_state['index_parts'])}); "
-            "use a new sonify.out to sonify against the changed pool"
+            f"pool {pool_root} is not the pool sonify.out {out} retrieved from ({then}; now {pool_state['index_size']} clips "
+            f"in {len(pool_state['index_parts'])} parts): delete its matches.parquet, plans/, manifest/ and shards/ to match "
+            "its VLM scenes against this pool, or use a new sonify.out"
         )
 
 
@@ -232,47 +243,8 @@ def image_listing(config: RunConfig, out: str) -> tuple[pa.Table, dict]:
     return table, stats
 
 
-class ChunkWriter:
-    """Gathers one VLM's scene rows, which arrive in any order, and writes a chunk's file as soon
-    as all its rows are in."""
-
-    def __init__(self, folder: str, vlm: str, chunks: list[Chunk], first_ids: list[str], todo: list[Chunk]) -> None:
-        self.folder = folder
-        self.vlm = vlm
-        self.chunks = chunks
-        self.first_ids = first_ids
-        self.expected = {c.index: c.rows for c in todo}
-        self.pending: dict[int, list[pa.Table]] = defaultdict(list)
-        self.images = 0
-        self.done: set[int] = set()
-        self.started = time.monotonic()
-
-    def add(self, batch: pa.Table) -> None:
-        owners = np.array([bisect.bisect_right(self.first_ids, i) - 1 for i in batch.column("image_id").to_pylist()])
-        for index in np.unique(owners).tolist():
-            rows = batch.filter(pa.array(owners == index))
-            self.pending[index].append(rows)
-            if sum(t.num_rows for t in self.pending[index]) == self.expected[index]:
-                self._write(self.chunks[index], pa.concat_tables(self.pending.pop(index)))
-
-    def _write(self, chunk: Chunk, rows: pa.Table) -> None:
-        storage.write_parquet(storage.join(self.folder, f"{chunk.name}.parquet"), rows.sort_by([("image_id", "ascending")]))
-        self.images += chunk.rows
-        self.done.add(chunk.index)
-        elapsed = time.monotonic() - self.started
-        log.info(
-            "scenes %s: chunk %s written, %d/%d chunks of this run; %d images, %.1f images/s",
-            self.vlm, chunk.name, len(self.done), len(self.expected), self.images, self.images / elapsed if elapsed else 0.0,
-        )
-
-    def unfinished(self) -> list[str]:
-        return [self.chunks[i].name for i in sorted(self.expected) if i not in self.done]
-
-
 def run_scenes(config: RunConfig, listing: pa.Table, chunks: list[Chunk], vlm: VlmConfig, out: str) -> None:
     """Answers of one VLM for every chunk without a scenes file yet, each file written as its chunk completes."""
-    import ray.data
-
     folder = storage.join(out, "scenes", vlm.name)
     done = {storage.file_stem(u) for u in storage.list_files(folder, ".parquet")}
     todo = [c for c in chunks if c.name not in done]
@@ -280,25 +252,27 @@ def run_scenes(config: RunConfig, listing: pa.Table, chunks: list[Chunk], vlm: V
     if not todo:
         return
     decode = DecodeImages(config.sonify.min_side, config.sonify.max_image_pixels, batch_size=vlm.batch_size)
+    answer = vlm_stage(vlm, config)
     parse = ParseConcepts(vlm.name, config.prompt.max_answer_chars, config.prompt.max_concepts)
+    check_chain(IMAGE_REFS, [decode, answer, parse])
     block_rows = vlm.batch_size * max(1, IMAGES_PER_BLOCK // vlm.batch_size)
     blocks = [listing.slice(start, stop - start) for c in todo for start, stop in block_ranges(c, block_rows)]
-    dataset = ray.data.from_arrow(blocks)
+    first_ids = [listing.column("image_id")[c.start].as_py() for c in chunks]
+
+    def write(index: int, rows: pa.Table) -> int:
+        storage.write_parquet(storage.join(folder, f"{chunks[index].name}.parquet"), rows.sort_by([("image_id", "ascending")]))
+        return rows.num_rows
+
+    writer = GroupedWriter(
+        f"scenes {vlm.name}: chunk",
+        [c.index for c in todo],
+        group_of=lambda batch: [bisect.bisect_right(first_ids, i) - 1 for i in batch.column("image_id").to_pylist()],
+        expected_rows=lambda index, rows: chunks[index].rows,
+        write=write,
+        unit="images",
+    )
     # In order, every batch is a fixed slice of one block, so a resumed run batches as the first did.
-    dataset.context.execution_options.preserve_order = True
-    dataset = apply_stage(dataset, lambda: decode)
-    if vlm.backend == "vllm":
-        check_chain(IMAGE_REFS, [decode])
-        dataset = answer_with_vllm(dataset, vlm, config.prompt, config.ray.task_retries, config.ray.actor_restarts)
-    else:
-        answer = vlm_stage(vlm, config)
-        check_chain(IMAGE_REFS, [decode, answer, parse])
-        dataset = apply_stage(dataset, lambda: answer)
-    writer = ChunkWriter(folder, vlm.name, chunks, [listing.column("image_id")[c.start].as_py() for c in chunks], todo)
-    for batch in apply_stage(dataset, lambda: parse).iter_batches(batch_format="pyarrow", batch_size=None):
-        writer.add(batch)
-    if writer.unfinished():
-        raise RuntimeError(f"scenes {vlm.name}: chunks {writer.unfinished()} did not receive all their rows")
+    writer.consume(Runner(config.ray).run(blocks, [decode, answer, parse], preserve_order=True))
 
 
 def read_chunk_scenes(config: RunConfig, out: str, chunk: Chunk, columns: list[str] | None = None) -> pa.Table:
@@ -341,11 +315,9 @@ def count_scenes(config: RunConfig, out: str, chunks: list[Chunk]) -> SceneCount
 
 
 def run_matches(config: RunConfig, paths: PoolPaths, texts: list[str]) -> pa.Table:
-    import ray.data
-
     retrieve = RetrieveClips(paths.root, config.models.clap, config.retrieval.search_k)
-    dataset = ray.data.from_arrow(pa.table({"text": texts})).repartition(max(1, min(len(texts) // 64, 1000)))
-    tables = [b for b in apply_stage(dataset, lambda: retrieve).iter_batches(batch_format="pyarrow", batch_size=None) if b.num_rows]
+    batches = Runner(config.ray).run(pa.table({"text": texts}), [retrieve], blocks=max(1, min(len(texts) // 64, 1000)))
+    tables = [b for b in batches if b.num_rows]
     return (pa.concat_tables(tables) if tables else MATCHES.empty_table()).sort_by([("text", "ascending")])
 
 
@@ -511,8 +483,6 @@ def plan_chunks(
 
 def write_shards(config: RunConfig, paths: PoolPaths, out: str, shards: list[str], plans_dir: str) -> pa.Table | None:
     """Writes the shards not yet marked complete by their manifest part, each from its plan file."""
-    import ray.data
-
     done = {storage.file_stem(u) for u in storage.list_files(storage.join(out, "manifest"), ".parquet")}
     todo = [s for s in shards if s not in done]
     log.info("%d shards planned, %d already written", len(shards), len(shards) - len(todo))
@@ -521,9 +491,7 @@ def write_shards(config: RunConfig, paths: PoolPaths, out: str, shards: list[str
     tasks = make_table(SHARD_TASKS, {"shard": todo, "plan_url": [storage.join(plans_dir, f"{s}.parquet") for s in todo]})
     writer = WriteShards(paths.root, out, config.mix.peak_dbfs)
     results, written, report_at, started = [], 0, 0, time.monotonic()
-    for batch in apply_stage(ray.data.from_arrow(tasks).repartition(tasks.num_rows), lambda: writer).iter_batches(
-        batch_format="pyarrow", batch_size=None
-    ):
+    for batch in Runner(config.ray).run(tasks, [writer], blocks=tasks.num_rows):
         results.append(batch)
         written += batch.num_rows
         if written >= report_at:
@@ -576,7 +544,6 @@ def run_sonify(config: RunConfig) -> dict:
     chunks = chunk_listing(listing.num_rows, config.sonify.images_per_chunk)
     seconds["list_images"] = time.monotonic() - tick
     log.info("%d images listed, in %d chunks of up to %d", listing.num_rows, len(chunks), config.sonify.images_per_chunk)
-    init_ray(config.ray)
 
     for vlm in config.models.vlm:
         tick = time.monotonic()
@@ -648,7 +615,6 @@ def run_render(config: RunConfig) -> dict:
         raise SonifyError(f"pool.dir {paths.root} holds no pool (no pool.json)")
     out = out.rstrip("/")
     storage.remove_temporaries([storage.join(out, f) for f in ("shards", "manifest", "plans")])
-    init_ray(config.ray)
     part_of = clip_parts(paths)
     plans_dir = storage.join(out, "plans")
     shards = []

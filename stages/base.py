@@ -1,13 +1,14 @@
 """What every stage is: a small class that declares its resources and maps an Arrow batch.
 
 Stage modules never import Ray. `pipelines.ray_runner` turns these declarations into Ray Data
-operators; tests call `setup()` and `process_batch()` directly on a small table.
+operators and calls `setup()` once per worker before any batch; tests call `setup()` and then
+`process_batch()` directly on a small table.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import pyarrow as pa
 
@@ -39,6 +40,25 @@ class Stage:
         """Load models and other per-worker state; called once per worker before any batch."""
 
     def process_batch(self, batch: pa.Table) -> pa.Table:
+        raise NotImplementedError
+
+
+class EngineStage(Stage):
+    """A stage whose model is an inference engine that Ray Data LLM drives (vLLM) instead of a
+    `map_batches` callable. It declares the engine's settings and what happens to each row before
+    and after the engine; the runner builds the processor, and `process_batch` maps the
+    processor's output rows to the stage's output schema."""
+
+    def engine_config(self) -> dict[str, Any]:
+        """Keyword arguments of Ray Data LLM's vLLMEngineProcessorConfig."""
+        raise NotImplementedError
+
+    def request(self, row: dict[str, Any]) -> dict[str, Any]:
+        """The processor's preprocess: one input row -> the engine's request columns."""
+        raise NotImplementedError
+
+    def answer(self, row: dict[str, Any]) -> dict[str, Any]:
+        """The processor's postprocess of a row the engine answered."""
         raise NotImplementedError
 
 

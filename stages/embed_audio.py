@@ -57,8 +57,6 @@ class EmbedAudio(Stage):
         return self._part_audio[clip_id]
 
     def process_batch(self, batch: pa.Table) -> pa.Table:
-        if self.model is None:
-            self.setup()
         rows = embeddable(batch.column("silent").to_pylist(), batch.column("error").to_pylist())
         clip_ids, parts = batch.column("clip_id").to_pylist(), batch.column("part").to_pylist()
         rates = batch.column("sample_rate").to_pylist()

@@ -42,8 +42,6 @@ class RetrieveClips(Stage):
         self.clip_ids = np.array(ids.sort_by("row").column("clip_id").to_pylist(), dtype=object)
 
     def process_batch(self, batch: pa.Table) -> pa.Table:
-        if self.model is None:
-            self.setup()
         texts = batch.column("text").to_pylist()
         scores, rows = faiss_index.search(self.index, self.model.embed_text(texts), self.search_k)
         found = [r >= 0 for r in rows]

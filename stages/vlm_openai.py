@@ -44,6 +44,14 @@ def chat_payload(vlm: VlmConfig, prompt: PromptConfig, jpeg: bytes) -> dict:
     }
 
 
+def _error_body(error: urllib.error.HTTPError) -> str:
+    """The start of an error reply's body, which can itself break off while it is read."""
+    try:
+        return error.read()[:200].decode(errors="replace")
+    except (OSError, http.client.HTTPException) as exc:
+        return f"(body unreadable: {type(exc).__name__})"
+
+
 def post_with_retries(url: str, payload: dict, api_key: str | None, timeout_s: float, retries: int, sleep=time.sleep) -> dict:
     body = json.dumps(payload).encode()
     headers = {"Content-Type": "application/json"}
@@ -58,7 +66,7 @@ def post_with_retries(url: str, payload: dict, api_key: str | None, timeout_s: f
             with urllib.request.urlopen(request, timeout=timeout_s) as response:
                 return json.loads(response.read())
         except urllib.error.HTTPError as exc:
-            last = f"HTTP {exc.code}: {exc.read()[:200].decode(errors='replace')}"
+            last = f"HTTP {exc.code}: {_error_body(exc)}"
             if exc.code not in RETRYABLE_STATUS:
                 break
         except (urllib.error.URLError, TimeoutError, ConnectionError, ssl.SSLError, http.client.HTTPException) as exc:
@@ -95,9 +103,12 @@ class OpenAIVlm(Stage):
         payload = chat_payload(self.vlm, self.prompt, jpeg)
         reply = post_with_retries(url, payload, os.environ.get(self.vlm.api_key_env), self.vlm.timeout_s, self.vlm.retries)
         try:
-            return reply["choices"][0]["message"]["content"]
+            content = reply["choices"][0]["message"]["content"]
         except (KeyError, IndexError, TypeError):
-            raise RequestFailed(f"reply has no choices[0].message.content: {json.dumps(reply)[:200]}") from None
+            content = None
+        if not isinstance(content, str):
+            raise RequestFailed(f"reply has no text in choices[0].message.content: {json.dumps(reply)[:200]}")
+        return content
 
     def process_batch(self, batch: pa.Table) -> pa.Table:
         rows = batch.to_pylist()

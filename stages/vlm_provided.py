@@ -59,8 +59,6 @@ class ProvidedConcepts(Stage):
         self.answers = read_provided(self.vlm.path)
 
     def process_batch(self, batch: pa.Table) -> pa.Table:
-        if self.answers is None:
-            self.setup()
         rows = batch.to_pylist()
         answers = []
         for row in rows:

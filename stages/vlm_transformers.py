@@ -65,8 +65,6 @@ class TransformersVlm(Stage):
         return self.processor.batch_decode(output[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
 
     def process_batch(self, batch: pa.Table) -> pa.Table:
-        if self.model is None:
-            self.setup()
         rows = batch.to_pylist()
         todo = [i for i, r in enumerate(rows) if r["error"] is None and r["dropped"] is None]
         images = [downscale(decode_image(rows[i]["image_bytes"]).image, self.prompt.max_pixels) for i in todo]

@@ -1,20 +1,22 @@
 """VLM answers with vLLM through Ray Data LLM (`ray.data.llm.vLLMEngineProcessorConfig` and
-`build_processor`): a fixed pool of GPU engine replicas, images as OpenAI-style image parts, pixels
-capped before they are sent, answers constrained to the JSON schema by vLLM's structured outputs,
-and failed rows kept (should_continue_on_error) instead of failing the job. Rows that need no
-answer travel through the same processor, passed over by every stage.
+`build_processor`, which the runner calls with this stage's settings): a fixed pool of GPU engine
+replicas, images as OpenAI-style image parts, pixels capped before they are sent, answers
+constrained to the JSON schema by vLLM's structured outputs, and failed rows kept
+(should_continue_on_error) instead of failing the job. Rows that need no answer travel through the
+same processor, passed over by every stage.
 
 vLLM needs a GPU; on machines without one only the request building and the answer
 normalization below run (and are tested)."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import pyarrow as pa
 
 from pipelines.config import PromptConfig, VlmConfig
-from schemas import IMAGES
+from schemas import ANSWERS, IMAGES
+from stages.base import EngineStage, Resources
 from stages.concepts import answer_schema, answers_table, openai_user_message
 from stages.images import vlm_jpeg
 from stages.model_files import is_remote, stage_model
@@ -86,33 +88,38 @@ def normalize_answers(batch: pa.Table, vlm_name: str) -> pa.Table:
     return answers_table(rows, answers)
 
 
-def answer_with_vllm(dataset, vlm: VlmConfig, prompt: PromptConfig, task_retries: int, actor_restarts: int):
-    """Images dataset -> answers dataset, through a Ray Data LLM vLLM processor. Its stages are
-    actor pools: they get `actor_restarts` restarts and `task_retries` retries of a batch whose
-    actor died, and the preprocess and postprocess tasks get `task_retries` retries."""
-    from ray.data.llm import build_processor, vLLMEngineProcessorConfig
+class VllmVlm(EngineStage):
+    """VLM answers from vLLM engine replicas that Ray Data LLM runs: a fixed pool of
+    `concurrency` replicas, images as OpenAI-style image parts, failed rows kept."""
 
-    config = vLLMEngineProcessorConfig(
-        model_source=vllm_model_source(vlm.model),
-        engine_kwargs={"limit_mm_per_prompt": {"image": 1}, **vlm.engine_kwargs},
-        concurrency=vlm.concurrency,
-        batch_size=vlm.batch_size,
-        prepare_multimodal_stage={"enabled": True},
-        should_continue_on_error=True,
-    )
-    processor = build_processor(
-        config,
-        preprocess=lambda row: vllm_request(row, prompt, vlm.temperature),
-        postprocess=vllm_answer,
-        preprocess_map_kwargs={"max_retries": task_retries},
-        postprocess_map_kwargs={"max_retries": task_retries},
-    )
-    for name in processor.list_stage_names():
-        stage = processor.get_stage_by_name(name)
-        stage.map_batches_kwargs = {**stage.map_batches_kwargs, "max_restarts": actor_restarts, "max_task_retries": task_retries}
-    return answer_through(processor, dataset, vlm.name)
+    name: ClassVar[str] = "vlm_vllm"
+    required_columns: ClassVar[tuple[str, ...]] = tuple(IMAGES.names)
 
+    def __init__(self, vlm: VlmConfig, prompt: PromptConfig) -> None:
+        self.vlm = vlm
+        self.prompt = prompt
 
-def answer_through(processor, dataset, vlm_name: str):
-    """The processor's rows, in the answers schema; one pass over `dataset`."""
-    return processor(dataset).map_batches(lambda batch: normalize_answers(batch, vlm_name), batch_format="pyarrow")
+    def resources(self) -> Resources:
+        return Resources(num_cpus=0.25, batch_size=self.vlm.batch_size)
+
+    def output_schema(self) -> pa.Schema:
+        return ANSWERS
+
+    def engine_config(self) -> dict[str, Any]:
+        return {
+            "model_source": vllm_model_source(self.vlm.model),
+            "engine_kwargs": {"limit_mm_per_prompt": {"image": 1}, **self.vlm.engine_kwargs},
+            "concurrency": self.vlm.concurrency,
+            "batch_size": self.vlm.batch_size,
+            "prepare_multimodal_stage": {"enabled": True},
+            "should_continue_on_error": True,
+        }
+
+    def request(self, row: dict[str, Any]) -> dict[str, Any]:
+        return vllm_request(row, self.prompt, self.vlm.temperature)
+
+    def answer(self, row: dict[str, Any]) -> dict[str, Any]:
+        return vllm_answer(row)
+
+    def process_batch(self, batch: pa.Table) -> pa.Table:
+        return normalize_answers(batch, self.vlm.name)

@@ -30,9 +30,9 @@ def ray_session():
     import ray
 
     from pipelines.config import RayConfig
-    from pipelines.ray_runner import init_ray
+    from pipelines.ray_runner import start_ray
 
-    init_ray(RayConfig(num_cpus=2))
+    start_ray(RayConfig(num_cpus=2))
     yield
     ray.shutdown()
 

@@ -133,10 +133,18 @@ def test_sonify_refuses_an_output_folder_of_another_file_layout(config_file, tmp
     check_same_run(config, str(tmp_path))
 
 
-def test_vlm_names_with_a_double_underscore_are_refused(config_file):
+def test_vlm_names_that_could_fold_two_keys_into_one_are_refused(config_file):
+    def named(name: str) -> list[str]:
+        return [f"models.vlm=[{{name: '{name}', backend: provided, path: c.jsonl}}]"]
+
     with pytest.raises(ConfigError, match=r"models.vlm.0.name: .*'b__c' contains '__'"):
-        load_config(config_file, ['models.vlm=[{name: b__c, backend: provided, path: c.jsonl}]'])
-    load_config(config_file, ['models.vlm=[{name: b_c-d, backend: provided, path: c.jsonl}]'])
+        load_config(config_file, named("b__c"))
+    # Image "x_" with VLM "b" and image "x" with VLM "_b" would both be "x___b".
+    for bad in ("_b", "v" * 65, "a.b", ""):
+        with pytest.raises(ConfigError, match="models.vlm.0.name"):
+            load_config(config_file, named(bad))
+    load_config(config_file, named("b_c-d"))
+    load_config(config_file, named("v" * 64))
 
 
 def test_a_resumed_run_may_change_execution_settings_only(config_file, tmp_path):
@@ -163,22 +171,32 @@ def test_a_resumed_run_refuses_a_changed_pool(tmp_path):
     from pipelines.sonify import SonifyError, check_same_pool
 
     state = {"index_size": 10, "index_parts": {"part-a": 10}}
-    check_same_pool(str(tmp_path), "/pools/p", state)
-    check_same_pool(str(tmp_path), "/pools/p", dict(state))
     grown = {"index_size": 14, "index_parts": {"part-a": 10, "part-b": 4}}
+    # Before retrieval nothing depends on the pool: the state is recorded anew.
+    check_same_pool(str(tmp_path), "/pools/p", grown)
+    check_same_pool(str(tmp_path), "/pools/p", state)
+    (tmp_path / "matches.parquet").write_bytes(b"retrieved")
+    check_same_pool(str(tmp_path), "/pools/p", dict(state))
     with pytest.raises(SonifyError) as raised:
         check_same_pool(str(tmp_path), "/pools/p", grown)
     message = str(raised.value)
     assert "\n" not in message
-    assert "pool /pools/p has changed" in message and "10 clips in 1 parts, now 14 in 2" in message and "use a new sonify.out" in message
+    assert "pool /pools/p is not the pool" in message and "10 clips in 1 parts; now 14 clips in 2 parts" in message
+    assert "delete its matches.parquet, plans/, manifest/ and shards/" in message and "use a new sonify.out" in message
+    (tmp_path / "pool_state.json").unlink()
+    with pytest.raises(SonifyError, match="did not record its pool"):
+        check_same_pool(str(tmp_path), "/pools/p", state)
 
 
 def test_sample_keys_stay_valid_file_names():
     from pipelines.sonify import sample_key
 
     long_id = "a" * 300
-    key = sample_key(long_id, "given")
-    assert len(f"{key}.json".encode()) <= 255 and key.endswith("__given")
-    assert key != sample_key("a" * 299, "given")
+    key = sample_key(long_id, "v" * 64)
+    assert len(f"{key}.json".encode()) <= 255
+    assert key != sample_key("a" * 299, "v" * 64)
+    # Scraped names that differ only past the cut stay apart (64 bits of hash, not 32).
+    keys = {sample_key(f"{'p' * 200}-{i}", "given") for i in range(200_000)}
+    assert len(keys) == 200_000
     assert sample_key("photo-1", "given") == "photo-1__given"
     assert sample_key("x" * 120, "qwen") == "x" * 120 + "__qwen"

@@ -43,8 +43,9 @@ def run(tiny_models, ray_session, tmp_path_factory):
         shutil.copy(original, copy)
     images = root / "images"
     images.mkdir()
-    stems = [f"{i}_" + "scraped-photo-name-" * 7 + f"{i:03d}" for i in range(3)]
-    assert all(len(s) >= 120 for s in stems)
+    # 136 characters (the key keeps them whole) and 201 twice, differing only at the end (cut, hashed).
+    stems = ["0_" + "scraped-photo-name-" * 7 + "000", *(f"{'long-scraped-name-' * 11}{i:03d}" for i in (1, 2))]
+    assert [len(s) for s in stems] == [136, 201, 201]
     for i, stem in enumerate(stems):
         Image.fromarray(np.full((48, 64, 3), 40 * i, np.uint8)).save(images / f"{stem}.jpg")
     concepts = root / "concepts.jsonl"
@@ -101,11 +102,16 @@ def test_inaudible_clips_are_counted_and_never_chosen(run):
     quietest_audible = db.execute(
         "SELECT min(r.lufs) FROM (SELECT unnest(loudness_at_rates) AS r FROM clips) WHERE r.sample_rate = 16000 AND r.lufs >= -70"
     ).fetchone()[0]
-    for clip_id, clip_lufs, target, gain, _ in chosen:
+    copies = {r[0] for r in db.execute("SELECT clip_id FROM clips WHERE source_uri LIKE '%door.wav'").fetchall()}
+    assert len(copies) == DUPLICATES
+    for clip_id, clip_lufs, target, gain, n_candidates in chosen:
         assert clip_id not in inaudible
         assert gain == pytest.approx(target - clip_lufs)
         assert gain <= config.mix.lufs_max - quietest_audible + 1e-9
-    # A sample never uses one clip twice, and tied copies are all candidates at once.
+        if clip_id in copies:
+            # Its tied copies are candidates with it, less those the sample's other concepts took.
+            assert n_candidates >= DUPLICATES - 3
+    # A sample never uses one clip twice.
     for (concepts,) in db.execute("SELECT concepts FROM m").fetchall():
         ids = [c["clip_id"] for c in concepts]
         assert len(ids) == len(set(ids))
@@ -116,7 +122,8 @@ def test_long_image_names_give_shards_every_reader_reads(run):
     shards = sorted(str(p) for p in (root / "out" / "shards").glob("*.tar"))
     assert len(shards) == summary["shards"] >= 1
     manifest_keys = sorted(r[0] for r in duckdb.sql(f"SELECT key FROM read_parquet('{root}/out/manifest/*.parquet')").fetchall())
-    assert manifest_keys == sorted(f"{stem}__given" for stem in stems)
+    assert f"{stems[0]}__given" in manifest_keys and len(set(manifest_keys)) == 3
+    assert all(len(f"{key}.flac") <= 255 for key in manifest_keys)
     tar_names = []
     for shard in shards:
         with tarfile.open(shard) as tar:

@@ -119,11 +119,6 @@ def test_tied_scores_keep_every_tie_and_the_top_score():
     assert mean_above_ties, "no tie among these exceeds its float mean any more; the test no longer covers the trap"
 
 
-def test_top_score_is_a_candidate_among_near_ties():
-    scores = np.array([0.5 + 1e-15, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5])
-    assert 0 in candidate_set(scores, k=7).members
-
-
 def test_min_cosine_removes_candidates_before_the_threshold():
     ids = ["a", "b", "c", "d"]
     scores = np.array([0.9, 0.85, 0.3, 0.2])

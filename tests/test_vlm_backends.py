@@ -161,7 +161,16 @@ def test_unreachable_server_becomes_row_errors_not_a_crash():
 def test_reply_without_content_is_an_error(server):
     srv = server([(200, {"choices": []}, 0)])
     out = OpenAIVlm(vlm(srv.url, retries=0), PromptConfig()).process_batch(images_batch(1)).to_pylist()
-    assert "no choices[0].message.content" in out[0]["error"]
+    assert "no text in choices[0].message.content" in out[0]["error"]
+    for content in ([{"type": "text", "text": "x"}], {"text": "x"}, None, 7):
+        srv = server([(200, {"choices": [{"message": {"content": content}}]}, 0)])
+        (row,) = OpenAIVlm(vlm(srv.url, retries=0), PromptConfig()).process_batch(images_batch(1)).to_pylist()
+        assert row["answer"] is None and "no text in choices[0].message.content" in row["error"], content
+
+
+def test_an_error_reply_cut_short_is_retried(server):
+    srv = server([(503, Raw(b"overloa", declared=300), 0), (200, None, 0)])
+    assert post_with_retries(srv.url + "/chat/completions", {}, None, 5.0, 1, sleep=lambda s: None)["choices"]
 
 
 @pytest.mark.parametrize(
@@ -258,7 +267,7 @@ def test_vllm_preprocess_marks_rows_that_need_no_answer():
     assert out[1]["error"] == passed["error"] and out[1]["answer"] is None
 
 
-def standin_engine_processor(seen_file: str, batch_size: int):
+def standin_engine_processor(stage, seen_file: str):
     """Ray Data LLM's own Processor, with our preprocess and postprocess, around a stand-in for the
     vLLM engine stage: it answers every row it is given, records which, and fails rows whose
     image id says so, as an engine reports a failed row."""
@@ -283,21 +292,14 @@ def standin_engine_processor(seen_file: str, batch_size: int):
 
     from ray.data import ActorPoolStrategy
 
-    stage = StandInEngineStage(fn=StandInEngine, map_batches_kwargs={"compute": ActorPoolStrategy(size=1)})
-    prompt = PromptConfig(max_pixels=64 * 64)
-    return Processor(
-        ProcessorConfig(batch_size=batch_size),
-        [stage],
-        preprocess=lambda row: vllm_request(row, prompt, 0.0),
-        postprocess=vllm_answer,
-    )
+    engine = StandInEngineStage(fn=StandInEngine, map_batches_kwargs={"compute": ActorPoolStrategy(size=1)})
+    return Processor(ProcessorConfig(batch_size=stage.vlm.batch_size), [engine], preprocess=stage.request, postprocess=stage.answer)
 
 
 @pytest.mark.slow
 def test_vllm_wiring_decodes_each_image_once_and_engine_sees_only_answerable_rows(ray_session, tmp_path, monkeypatch):
-    from pipelines import sonify
+    from pipelines import ray_runner, sonify
     from pipelines.config import validate_config
-    from stages import vlm_vllm
     from stages.images import DecodeImages
 
     images = tmp_path / "images"
@@ -315,11 +317,8 @@ def test_vllm_wiring_decodes_each_image_once_and_engine_sees_only_answerable_row
                 seen.writelines(f"{i}\n" for i in batch.column("image_id").to_pylist())
             return super().process_batch(batch)
 
-    def answer_with_standin(dataset, vlm, prompt, task_retries, actor_restarts):
-        return vlm_vllm.answer_through(standin_engine_processor(str(engine), vlm.batch_size), dataset, vlm.name)
-
     monkeypatch.setattr(sonify, "DecodeImages", RecordingDecode)
-    monkeypatch.setattr(sonify, "answer_with_vllm", answer_with_standin)
+    monkeypatch.setattr(ray_runner, "build_llm_processor", lambda stage, retries, restarts: standin_engine_processor(stage, str(engine)))
     out = tmp_path / "out"
     config = validate_config(
         {
@@ -344,13 +343,13 @@ def test_vllm_wiring_decodes_each_image_once_and_engine_sees_only_answerable_row
     assert by_id["engine-fail"]["error_stage"] == "vlm" and "CUDA out of memory" in by_id["engine-fail"]["error"]
 
 
-def test_vllm_processor_stages_get_the_run_retry_settings(tiny_models, ray_session, monkeypatch):
+def test_vllm_processor_stages_get_the_run_retry_settings(tiny_models, ray_session):
     """Ray Data LLM builds its processor without an engine; every stage must carry our retries."""
-    from stages import vlm_vllm
+    from pipelines.ray_runner import build_llm_processor
+    from stages.vlm_vllm import VllmVlm
 
-    monkeypatch.setattr(vlm_vllm, "answer_through", lambda processor, dataset, name: processor)
     vlm_config = VlmConfig(name="q", backend="vllm", model=tiny_models["vlm_qwen2_5_vl"])
-    processor = vlm_vllm.answer_with_vllm(None, vlm_config, PromptConfig(), task_retries=2, actor_restarts=7)
+    processor = build_llm_processor(VllmVlm(vlm_config, PromptConfig()), task_retries=2, actor_restarts=7)
     names = processor.list_stage_names()
     assert "vLLMEngineStage" in names
     for name in names:
