@@ -121,8 +121,8 @@ def check_batches(config: RunConfig) -> None:
 
 
 def _run_identity(config: RunConfig) -> dict:
-    """What decides a run's output; where work runs (ray) and render settings do not."""
-    return config.model_dump(mode="json", exclude={"ray", "render"})
+    """What decides a run's output; where work runs (ray), render and report settings do not."""
+    return config.model_dump(mode="json", exclude={"ray", "render", "report"})
 
 
 def check_same_run(config: RunConfig, out: str) -> None:
