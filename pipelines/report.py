@@ -28,7 +28,7 @@ from stages import report_pool, report_sonify, storage
 from stages.images import image_error_kind
 from stages.report_gallery import read_samples, thumbnail_jpeg
 from stages.report_html import GalleryEntry, Plot, render_page
-from stages.report_sql import ReportInputError, connect
+from stages.report_sql import Histogram, ReportInputError, connect
 from stages.standardize import error_kind
 
 log = logging.getLogger(__name__)
@@ -96,7 +96,9 @@ def write_report(folder: str, report: ReportFiles) -> str:
     return index_url
 
 
-def _histogram_plot(report: ReportFiles, name: str, hist, title: str, xlabel: str, caption: str, marker=None) -> Plot:
+def _histogram_plot(
+    report: ReportFiles, name: str, hist: Histogram, title: str, xlabel: str, caption: str, marker: tuple[float, str] | None = None
+) -> Plot:
     return Plot(name, report.add(f"plots/{name}.png", plots.histogram_plot(hist, title, xlabel, marker)), title, caption)
 
 
@@ -213,10 +215,10 @@ def sonify_report(config: RunConfig) -> str:
             f"{config.report.gallery_seed}. Images and mixes are copies beside this page.",
         ).encode(),
     )
-    report.add("report.json", _report_json(counts, problems, {"gallery": [i["key"] for i in items], "clip_usage": {
-        "distinct": usage.distinct, "uses": usage.uses, "top_20_share": usage.top_share, "gini": usage.gini, "indexed_clips": usage.population}}))
+    clip_stats = {"distinct": usage.distinct, "uses": usage.uses, "top_20_share": usage.top_share, "gini": usage.gini, "indexed_clips": usage.population}
+    report.add("report.json", _report_json(counts, problems, {"gallery": [i["key"] for i in items], "clip_usage": clip_stats}))
     index = write_report(paths.sub(REPORT_FOLDER), report)
-    log.info("sonify report written in %.1f s", time.monotonic() - started)
+    log.info("sonify report written in %.1f s: %d plots, %d gallery samples", time.monotonic() - started, len(figures), len(gallery))
     return index
 
 

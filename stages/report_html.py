@@ -18,6 +18,7 @@ PAGE = _ENVIRONMENT.from_string(
 <meta charset="utf-8">
 <meta http-equiv="Content-Security-Policy" content="script-src 'none'; object-src 'none'; base-uri 'none'; form-action 'none'">
 <meta name="viewport" content="width=device-width, initial-scale=1">
+<link rel="icon" href="data:,">
 <title>{{ title }}</title>
 <style>
 body { font-family: system-ui, sans-serif; margin: 1.5rem; color: #222; }
@@ -31,12 +32,13 @@ figure.plot { margin: 0; } figure.plot img { width: 100%; border: 1px solid #ddd
 figcaption { font-size: 0.8rem; color: #555; }
 .gallery { display: grid; grid-template-columns: repeat(auto-fill, minmax(260px, 1fr)); gap: 1rem; }
 .item { border: 1px solid #ccc; border-radius: 4px; padding: 0.5rem; overflow-wrap: anywhere; }
-.item td.n { overflow-wrap: normal; }
-.item img.thumb { width: 100%; max-height: 260px; object-fit: contain; display: block; margin-bottom: 0.3rem; }
+.concepts { padding-left: 1.1rem; margin: 0.3rem 0; font-size: 0.85rem; }
+.concepts li { margin-bottom: 0.3rem; }
+.numbers { font-variant-numeric: tabular-nums; }
+.item img.thumb { width: 100%; height: 220px; object-fit: contain; background: #f4f4f4; display: block; margin-bottom: 0.3rem; }
 .item audio { width: 100%; }
 .caption { font-style: italic; margin: 0.3rem 0; }
 .missing { color: #a33; }
-.item table td { font-size: 0.75rem; }
 </style>
 </head>
 <body>
@@ -94,15 +96,13 @@ figcaption { font-size: 0.8rem; color: #555; }
 {% endfor %}
 <p class="caption">{{ item.caption }}</p>
 <p class="source">{{ item.image_name }}<br>key {{ item.key }}, {{ item.vlm }}, shard {{ item.shard }}{% if item.mix_lufs is not none %}, {{ "%.1f"|format(item.mix_lufs) }} LUFS{% endif %}</p>
-<table>
-<tr><th>concept</th><th>clip</th><th>cos</th><th>gain dB</th></tr>
+<ul class="concepts">
 {% for concept in item.concepts %}
-<tr><td><b>{{ concept.label }}</b>: {{ concept.text }}</td>
-<td class="source">{{ concept.clip_id }}{% if concept.clip_source_uri %}<br>{{ concept.clip_source_uri }}{% if concept.clip_start_s is not none %} @ {{ "%.1f"|format(concept.clip_start_s) }} s{% endif %}{% endif %}</td>
-<td class="n">{% if concept.cosine is not none %}{{ "%.3f"|format(concept.cosine) }}{% endif %}</td>
-<td class="n">{% if concept.gain_db is not none %}{{ "%+.1f"|format(concept.gain_db) }}{% endif %}</td></tr>
+<li><b>{{ concept.label }}</b>: {{ concept.text }}<br>
+<span class="source">clip {{ concept.clip_id }}{% if concept.clip_source_uri %}, {{ concept.clip_source_uri }}{% if concept.clip_start_s is not none %} at {{ "%.1f"|format(concept.clip_start_s) }} s{% endif %}{% endif %}</span><br>
+<span class="numbers">{% if concept.cosine is not none %}cosine {{ "%.3f"|format(concept.cosine) }}{% endif %}{% if concept.gain_db is not none %}, gain {{ "%+.1f"|format(concept.gain_db) }} dB{% endif %}</span></li>
 {% endfor %}
-</table>
+</ul>
 </div>
 {% endfor %}
 </div>

@@ -7,6 +7,7 @@ on what it cannot parse, so math parsing is off for every text drawn here.
 from __future__ import annotations
 
 import io
+import warnings
 from collections.abc import Callable, Sequence
 
 import matplotlib
@@ -24,11 +25,16 @@ COLOR = "#3b6ea8"
 
 
 def shorten(text: str, chars: int = LABEL_CHARS) -> str:
-    return text if len(text) <= chars else text[: chars - 1] + "\u2026"
+    """A label fit for an axis: control characters drawn as U+FFFD, long ones cut."""
+    printable = "".join(ch if ch.isprintable() else "\ufffd" for ch in text)
+    return printable if len(printable) <= chars else printable[: chars - 1] + "\u2026"
 
 
 def render(draw: Callable[[Axes], None], size: tuple[float, float] = (6.4, 3.6)) -> bytes:
-    with matplotlib.rc_context({"text.parse_math": False, "font.size": 9}):
+    with matplotlib.rc_context({"text.parse_math": False, "font.size": 9}), warnings.catch_warnings():
+        # Labels may be in any script; a character the font lacks is drawn as a box, which is
+        # what the plot should show, not a warning per character.
+        warnings.filterwarnings("ignore", message="Glyph .* missing from font", category=UserWarning)
         figure = Figure(figsize=size, dpi=DPI, layout="constrained")
         FigureCanvasAgg(figure)
         draw(figure.add_subplot())
