@@ -20,6 +20,8 @@ import time
 from dataclasses import dataclass
 from typing import Literal
 
+from PIL import Image
+
 from pipelines.config import RunConfig
 from pipelines.pool import PoolPaths
 from schemas import IMAGE_REFS, MANIFEST, POOL_CLIPS, SCENES
@@ -119,6 +121,10 @@ def gallery_media(paths: SonifyPaths, items: list[dict], thumbnail_px: int, repo
     for number, item in enumerate(items):
         by_shard.setdefault(item["shard"], []).append(number)
     for shard, numbers in sorted(by_shard.items()):
+        if "/" in shard or shard in ("", ".", ".."):
+            for n in numbers:
+                entries[n].problems.append(f"manifest row {items[n]['key']}: {shard!r} is not a shard file name")
+            continue
         url = paths.shard(shard)
         fs, path = storage.filesystem(url)
         try:
@@ -142,7 +148,7 @@ def gallery_media(paths: SonifyPaths, items: list[dict], thumbnail_px: int, repo
                 if not images:
                     raise ValueError("no image member")
                 entries[n].thumbnail = report.add(f"media/{n + 1:04d}.jpg", thumbnail_jpeg(members[images[0]], thumbnail_px))
-            except (OSError, ValueError) as exc:
+            except (OSError, ValueError, Image.DecompressionBombError) as exc:
                 entries[n].problems.append(f"{url}: sample {items[n]['key']}: image not shown ({exc})")
     return entries
 

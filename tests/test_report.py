@@ -346,3 +346,13 @@ def test_nothing_to_report_is_a_clear_error(tmp_path):
         run_report(config, "all")
     with pytest.raises(ReportError, match="holds no manifest"):
         run_report(config, "sonify")
+
+
+def test_gallery_keeps_the_samples_it_cannot_read(local_run):
+    lost = f"{local_run.sonify.out}/shards/000001.tar"
+    storage.remove(lost)
+    page = PageReader.read(storage.read_bytes(sonify_report(local_run)).decode())
+    assert len(page.all("div", **{"class": "item"})) == SAMPLES
+    assert len(page.all("audio")) == len(page.all("img", **{"class": "thumb"})) == 10
+    reasons = [t for t in page.text if "cannot read the shard" in t]
+    assert len(reasons) == SAMPLES - 10 and all(lost in r for r in reasons)
