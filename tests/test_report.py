@@ -356,3 +356,17 @@ def test_gallery_keeps_the_samples_it_cannot_read(local_run):
     assert len(page.all("audio")) == len(page.all("img", **{"class": "thumb"})) == 10
     reasons = [t for t in page.text if "cannot read the shard" in t]
     assert len(reasons) == SAMPLES - 10 and all(lost in r for r in reasons)
+
+
+def test_report_settings_do_not_change_which_run_sonify_out_holds(local_run):
+    from pipelines.config import dump_config
+    from pipelines.sonify import LAYOUT_VERSION, SonifyError, check_same_run
+
+    out = local_run.sonify.out
+    storage.write_text(f"{out}/config.yaml", dump_config(local_run))
+    storage.write_text(f"{out}/layout.json", json.dumps({"layout": LAYOUT_VERSION}))
+    other_report = local_run.model_copy(update={"report": local_run.report.model_copy(update={"gallery_size": 3, "gallery_seed": 9})})
+    check_same_run(other_report, out)
+    other_mix = local_run.model_copy(update={"mix": local_run.mix.model_copy(update={"lufs_max": -20.0})})
+    with pytest.raises(SonifyError, match="other settings"):
+        check_same_run(other_mix, out)
