@@ -370,3 +370,43 @@ def test_report_settings_do_not_change_which_run_sonify_out_holds(local_run):
     other_mix = local_run.model_copy(update={"mix": local_run.mix.model_copy(update={"lufs_max": -20.0})})
     with pytest.raises(SonifyError, match="other settings"):
         check_same_run(other_mix, out)
+
+
+@pytest.fixture
+def s3_env(monkeypatch, tmp_path):
+    """A moto S3 server on loopback, reached through s3fs with the standard AWS variables."""
+    import logging
+    import socket
+
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    nowhere = tmp_path / "absent"
+    for name, value in {
+        "AWS_ACCESS_KEY_ID": "k", "AWS_SECRET_ACCESS_KEY": "s", "AWS_ENDPOINT_URL_S3": f"http://127.0.0.1:{port}",
+        "AWS_CONFIG_FILE": str(nowhere), "AWS_SHARED_CREDENTIALS_FILE": str(nowhere),
+    }.items():
+        monkeypatch.setenv(name, value)
+    storage.makedirs("s3://report-bucket")
+    yield "s3://report-bucket"
+    server.stop()
+
+
+def test_report_on_s3_equals_the_local_one(s3_env, local_run):
+    remote = validate_config(write_run(f"{s3_env}/run"))
+    remote_urls = run_report(remote, "all")
+    assert remote_urls == [f"{s3_env}/run/out/report/index.html", f"{s3_env}/run/pool/report/index.html"]
+    run_report(local_run, "all")
+    for remote_url, folder in zip(remote_urls, (local_run.sonify.out, local_run.pool.dir)):
+        remote_json = json.loads(storage.read_bytes(remote_url.replace("index.html", "report.json")))
+        local_json = json.loads(storage.read_bytes(f"{folder}/report/report.json"))
+        assert remote_json["counts"] == local_json["counts"]
+    page = PageReader.read(storage.read_bytes(remote_urls[0]).decode())
+    assert len(page.all("audio")) == SAMPLES
+    for element in page.all("audio") + page.all("img"):
+        assert storage.exists(f"{s3_env}/run/out/report/{element['src']}")
