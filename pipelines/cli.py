@@ -23,6 +23,13 @@ def _parser() -> argparse.ArgumentParser:
         command = sub.add_parser(name, help=text)
         command.add_argument("--config", required=True, help="YAML config file")
         command.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides, values parsed as YAML")
+    report = sub.add_parser("report", help="write an HTML report of sonify.out and of pool.dir, in their report/ folders")
+    report.add_argument("--config", required=True, help="YAML config file")
+    report.add_argument(
+        "--of", choices=("all", "sonify", "pool"), default="all",
+        help="what to report: sonify (sonify.out/report), pool (pool.dir/report), or all: each of them that holds a finished run (default)",
+    )
+    report.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides, values parsed as YAML")
     tiny = sub.add_parser("tiny-models", help="write tiny random models of the real architectures (offline)")
     tiny.add_argument("--out", required=True, help="folder to write them to")
     sample = sub.add_parser("sample-data", help="generate the demo's audio sample")
@@ -53,6 +60,16 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    if args.command == "report":
+        from pipelines.report import ReportError, run_report
+
+        try:
+            for url in run_report(config, args.of):
+                print(f"report: {url}")
+        except ReportError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        return 0
     from pipelines import pool, sonify
 
     try:

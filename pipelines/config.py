@@ -265,6 +265,12 @@ class RenderConfig(_Section):
     out: str | None = Field(None, description="render: where to write the rebuilt shards and manifest (fsspec URL).")
 
 
+class ReportConfig(_Section):
+    gallery_size: int = Field(48, ge=0, description="report: samples shown in the gallery, a seeded random choice among those written.")
+    gallery_seed: int = Field(0, description="report: seed of the gallery's choice; another seed shows other samples.")
+    thumbnail_px: int = Field(320, ge=32, le=2048, description="report: longest side of the gallery's JPEG thumbnails, in pixels.")
+
+
 class RunConfig(_Section):
     seed: int = Field(0, description="Global seed of every random choice.")
     ray: RayConfig = Field(default_factory=RayConfig, description="Where the work runs.")
@@ -275,6 +281,7 @@ class RunConfig(_Section):
     retrieval: RetrievalConfig = Field(default_factory=RetrievalConfig, description="Choosing clips.")
     mix: MixConfig = Field(default_factory=MixConfig, description="Mixing the chosen clips.")
     render: RenderConfig = Field(default_factory=RenderConfig, description="Rebuilding a dataset from a manifest.")
+    report: ReportConfig = Field(default_factory=ReportConfig, description="The HTML report of a run or a pool.")
 
     @model_validator(mode="after")
     def _cross_field_rules(self) -> RunConfig:

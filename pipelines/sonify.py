@@ -136,9 +136,9 @@ def check_batches(config: RunConfig) -> None:
 
 
 def _run_identity(config: RunConfig) -> dict:
-    """What decides a run's output; where work runs (ray, the models' execution settings) and
-    render settings do not."""
-    identity = config.model_dump(mode="json", exclude={"ray", "render"})
+    """What decides a run's output; where work runs (ray, the models' execution settings), render
+    and report settings do not."""
+    identity = config.model_dump(mode="json", exclude={"ray", "render", "report"})
     for model in [identity["models"]["clap"], *identity["models"]["vlm"]]:
         for setting in EXECUTION_SETTINGS:
             model.pop(setting, None)

@@ -14,10 +14,12 @@ from schemas.pool import (
     embedded_clips_schema,
     embeddings_schema,
 )
+from schemas.report import GALLERY_ITEMS, REPORT_PROBLEMS
 from schemas.sonify import ANSWERS, IMAGE_REFS, IMAGES, MANIFEST, MATCHES, SCENES, SHARD_PLANS, SHARD_RESULTS, SHARD_TASKS
 
 __all__ = [
     "ANSWERS",
+    "GALLERY_ITEMS",
     "IMAGES",
     "IMAGE_REFS",
     "MANIFEST",
@@ -30,6 +32,7 @@ __all__ = [
     "POOL_CLIPS",
     "POOL_INDEX_IDS",
     "POOL_PARTS",
+    "REPORT_PROBLEMS",
     "STANDARDIZED_CLIPS",
     "SchemaMismatch",
     "embedded_clips_schema",

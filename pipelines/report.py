@@ -1,0 +1,286 @@
+"""`report`: a page a person opens in a browser to see what a sonify run or a pool holds.
+
+Layout of sonify.out/report/ and pool.dir/report/ (every path an fsspec URL):
+    index.html        summary, errors and drops by kind, plots, and (sonify) the gallery
+    report.json       the page's counts, problems and gallery keys, for machines
+    plots/<name>.png  matplotlib figures
+    media/NNNN.jpg    gallery thumbnails (sonify)
+    media/NNNN.flac   gallery mixes, copied from their shards (sonify)
+The folder holds everything its page shows, so it works offline and can be copied elsewhere.
+
+Aggregates are DuckDB queries over the Parquet files, so the driver holds answers (counts, bins,
+a few examples), not rows; the gallery reads only its samples' members from their shards.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+from typing import Literal
+
+from PIL import Image
+
+from pipelines.config import RunConfig
+from pipelines.pool import PoolPaths
+from schemas import IMAGE_REFS, MANIFEST, POOL_CLIPS, SCENES
+from stages import report_plots as plots
+from stages import report_pool, report_sonify, storage
+from stages.images import image_error_kind
+from stages.report_gallery import read_samples, thumbnail_jpeg
+from stages.report_html import GalleryEntry, Plot, render_page
+from stages.report_sql import Histogram, ReportInputError, connect
+from stages.standardize import error_kind
+
+log = logging.getLogger(__name__)
+
+REPORT_FOLDER = "report"
+TOP_LABELS = 50
+LOUDNESS_POINTS = 5000
+# A shard is read by walking its tar headers; small read-ahead blocks keep that walk from pulling
+# in the data of members it skips on object stores.
+SHARD_BLOCK_BYTES = 64 * 1024
+Target = Literal["sonify", "pool", "all"]
+
+
+class ReportError(ValueError):
+    """There is nothing to report, or its files cannot be read."""
+
+
+@dataclass(frozen=True)
+class SonifyPaths:
+    """The files of sonify.out that a report reads."""
+
+    root: str
+
+    def sub(self, *parts: str) -> str:
+        return storage.join(self.root, *parts)
+
+    def manifest_files(self) -> list[str]:
+        return storage.list_files(self.sub("manifest"), ".parquet")
+
+    def scene_files(self) -> list[str]:
+        fs, path = storage.filesystem(self.sub("scenes"))
+        if not fs.exists(path):
+            return []
+        folders = sorted(entry["name"] for entry in fs.ls(path, detail=True) if entry["type"] == "directory")
+        return [url for folder in folders for url in storage.list_files(storage.full_url(fs, folder), ".parquet")]
+
+    def shard(self, name: str) -> str:
+        return self.sub("shards", name)
+
+
+@dataclass
+class ReportFiles:
+    """What a report writes, by path inside its folder."""
+
+    files: dict[str, bytes]
+
+    def add(self, name: str, data: bytes) -> str:
+        self.files[name] = data
+        return name
+
+
+def write_report(folder: str, report: ReportFiles) -> str:
+    """Writes the report's files, index.html last, and deletes plots and media that an earlier
+    report left and this one does not show."""
+    for sub in ("plots", "media"):
+        keep = {name for name in report.files if name.startswith(f"{sub}/")}
+        for url in storage.list_files(storage.join(folder, sub), ""):
+            if f"{sub}/{url.rsplit('/', 1)[-1]}" not in keep:
+                storage.remove(url)
+    page = report.files.pop("index.html")
+    for name, data in report.files.items():
+        storage.write_bytes(storage.join(folder, name), data)
+    index_url = storage.join(folder, "index.html")
+    storage.write_bytes(index_url, page)
+    return index_url
+
+
+def _histogram_plot(
+    report: ReportFiles, name: str, hist: Histogram, title: str, xlabel: str, caption: str, marker: tuple[float, str] | None = None
+) -> Plot:
+    return Plot(name, report.add(f"plots/{name}.png", plots.histogram_plot(hist, title, xlabel, marker)), title, caption)
+
+
+def _read_json(url: str) -> dict | None:
+    return json.loads(storage.read_bytes(url)) if storage.exists(url) else None
+
+
+def gallery_media(paths: SonifyPaths, items: list[dict], thumbnail_px: int, report: ReportFiles) -> list[GalleryEntry]:
+    """Each chosen sample's thumbnail and mix, read from its shard; a sample that cannot be read
+    keeps its entry with the reason."""
+    entries = []
+    for item in items:
+        image_name = item["image_uri"] + (f" ({item['image_member']})" if item["image_member"] else "")
+        entries.append(
+            GalleryEntry(item["key"], item["vlm"], item["shard"], image_name, item["caption"], item["mix_lufs"], item["concepts"])
+        )
+    by_shard: dict[str, list[int]] = {}
+    for number, item in enumerate(items):
+        by_shard.setdefault(item["shard"], []).append(number)
+    for shard, numbers in sorted(by_shard.items()):
+        if "/" in shard or shard in ("", ".", ".."):
+            for n in numbers:
+                entries[n].problems.append(f"manifest row {items[n]['key']}: {shard!r} is not a shard file name")
+            continue
+        url = paths.shard(shard)
+        fs, path = storage.filesystem(url)
+        try:
+            with fs.open(path, "rb", block_size=SHARD_BLOCK_BYTES) as handle:
+                found = read_samples(handle, [items[n]["key"] for n in numbers])
+        except (OSError, EOFError, ValueError) as exc:
+            for n in numbers:
+                entries[n].problems.append(f"{url}: cannot read the shard ({type(exc).__name__}: {exc})")
+            continue
+        for n in numbers:
+            members = found.get(items[n]["key"])
+            if members is None:
+                entries[n].problems.append(f"{url}: holds no sample {items[n]['key']}")
+                continue
+            if "flac" in members:
+                entries[n].audio = report.add(f"media/{n + 1:04d}.flac", members["flac"])
+            else:
+                entries[n].problems.append(f"{url}: sample {items[n]['key']} has no flac member")
+            images = [ext for ext in members if ext not in ("flac", "json")]
+            try:
+                if not images:
+                    raise ValueError("no image member")
+                entries[n].thumbnail = report.add(f"media/{n + 1:04d}.jpg", thumbnail_jpeg(members[images[0]], thumbnail_px))
+            except (OSError, ValueError, Image.DecompressionBombError) as exc:
+                entries[n].problems.append(f"{url}: sample {items[n]['key']}: image not shown ({exc})")
+    return entries
+
+
+def sonify_report(config: RunConfig) -> str:
+    """Writes sonify.out/report/ and returns the URL of its index.html."""
+    started = time.monotonic()
+    if not config.sonify.out:
+        raise ReportError("sonify.out is not set")
+    paths = SonifyPaths(config.sonify.out.rstrip("/"))
+    manifest = paths.manifest_files()
+    if not manifest:
+        raise ReportError(f"{paths.sub('manifest')} holds no manifest: run `run_pipeline.py sonify` first")
+    images_url = paths.sub("images.parquet")
+    pool = PoolPaths(config.pool.dir.rstrip("/"))
+    views = {
+        "manifest": (manifest, MANIFEST),
+        "scenes": (paths.scene_files(), SCENES),
+        "images": ([images_url] if storage.exists(images_url) else [], IMAGE_REFS),
+        "pool_clips": (storage.list_files(pool.sub("clips"), ".parquet"), POOL_CLIPS),
+    }
+    report = ReportFiles({})
+    try:
+        with connect(views, {"image_error_kind": image_error_kind}) as con:
+            report_sonify.define_views(con)
+            counts = report_sonify.stage_counts(con)
+            problems = report_sonify.problems(con).to_pylist()
+            labels = report_sonify.label_frequency(con, TOP_LABELS)
+            concept_hists = report_sonify.concept_histograms(con)
+            mix_hists = report_sonify.mix_histograms(con)
+            index_meta = _read_json(pool.sub("index", "index.json")) or {}
+            usage = report_sonify.clip_usage(report_sonify.clip_use_counts(con), index_meta.get("size"))
+            loudness = report_sonify.loudness_check(con, LOUDNESS_POINTS, config.report.gallery_seed)
+            items = report_sonify.gallery_items(con, config.report.gallery_size, config.report.gallery_seed).to_pylist()
+    except ReportInputError as exc:
+        raise ReportError(str(exc)) from None
+    figures = [
+        Plot(
+            "labels",
+            report.add("plots/labels.png", plots.bar_chart(labels, f"Concept labels, the {TOP_LABELS} most frequent", "concepts in written samples")),
+            "Concept label frequency",
+            "How often each label names a concept of a written sample.",
+        ),
+        _histogram_plot(report, "cosine", concept_hists["cosine"], "Cosine of the chosen clip", "cosine similarity (CLAP text to audio)",
+                        "Cosine between each concept's text and its chosen clip."),
+        _histogram_plot(report, "ssr", concept_hists["ssr"], "SSR score of the chosen clip", "signed square root of the cosine",
+                        "The score the weighted choice used (the cosine itself when retrieval.ssr is false)."),
+        _histogram_plot(report, "threshold", concept_hists["threshold"], "Threshold tau", "mean of the top-k scores",
+                        "Each concept's dynamic threshold: candidates score at least this."),
+        _histogram_plot(report, "candidates", concept_hists["n_candidates"], "Candidate-set size |C|", "clips at or above tau",
+                        "How many clips each concept chose from."),
+        Plot("clip-usage", report.add("plots/clip-usage.png", plots.lorenz_plot(usage)), "Clip usage",
+             "Lorenz curve of clip choices over the pool's indexed clips: the further below the diagonal, the more a few clips dominate."),
+        Plot("loudness", report.add("plots/loudness.png", plots.loudness_plot(loudness)), "Target against measured loudness",
+             "Each dot is a sample; on the diagonal the mix is as loud as its sources' targets add up to."),
+        _histogram_plot(report, "mix-peak", mix_hists["mix_peak_dbfs"], "Mix peak", "sample peak (dBFS)",
+                        "Peak of each written mix.", (config.mix.peak_dbfs, "mix.peak_dbfs")),
+        _histogram_plot(report, "mix-gain", mix_hists["mix_gain_db"], "Mix gain", "gain applied to the whole mix (dB)",
+                        "Below 0: the mix passed the peak ceiling and was scaled down."),
+    ]
+    gallery = gallery_media(paths, items, config.report.thumbnail_px, report)
+    summary = _read_json(paths.sub("summary.json"))
+    notes = [f"The last sonify run took {summary['wall_seconds']:.0f} s." if summary else "No summary.json: the run has not finished."]
+    samples_written = dict(counts)["samples written"]
+    report.add(
+        "index.html",
+        render_page(
+            "Sonify report", paths.root, counts, problems, figures, notes, gallery,
+            f"{len(gallery)} of {samples_written} written samples, chosen at random with report.gallery_seed "
+            f"{config.report.gallery_seed}. Images and mixes are copies beside this page.",
+        ).encode(),
+    )
+    clip_stats = {"distinct": usage.distinct, "uses": usage.uses, "top_20_share": usage.top_share, "gini": usage.gini, "indexed_clips": usage.population}
+    report.add("report.json", _report_json(counts, problems, {"gallery": [i["key"] for i in items], "clip_usage": clip_stats}))
+    index = write_report(paths.sub(REPORT_FOLDER), report)
+    log.info("sonify report written in %.1f s: %d plots, %d gallery samples", time.monotonic() - started, len(figures), len(gallery))
+    return index
+
+
+def pool_report(config: RunConfig) -> str:
+    """Writes pool.dir/report/ and returns the URL of its index.html."""
+    pool = PoolPaths(config.pool.dir.rstrip("/"))
+    clips = storage.list_files(pool.sub("clips"), ".parquet")
+    if not clips:
+        raise ReportError(f"{pool.sub('clips')} holds no pool table: run `run_pipeline.py pool` first")
+    report = ReportFiles({})
+    try:
+        with connect({"clips": (clips, POOL_CLIPS)}, {"pool_error_kind": error_kind}) as con:
+            counts = report_pool.pool_counts(con, config.pool.clip_seconds)
+            problems = report_pool.pool_problems(con).to_pylist()
+            formats = report_pool.formats(con)
+            durations = report_pool.source_durations(con)
+            loudness = report_pool.clip_loudness(con)
+            silent, audible = report_pool.silent_share(con)
+    except ReportInputError as exc:
+        raise ReportError(str(exc)) from None
+    index_meta = _read_json(pool.sub("index", "index.json"))
+    if index_meta is not None:
+        counts.append(("clips in the index", int(index_meta["size"])))
+    share = silent / (silent + audible) if silent + audible else 0.0
+    figures = [
+        Plot("formats", report.add("plots/formats.png", plots.bar_chart(formats, "Source files by format", "files")), "Formats",
+             "Decoded format of each source file that gave clips."),
+        _histogram_plot(report, "durations", durations, "Source durations", "seconds", "Length of each source file before it was cut into clips."),
+        _histogram_plot(report, "clip-loudness", loudness, "Clip loudness", "integrated loudness at the pool rate (LUFS)",
+                        "Loudness of each clip; digital silence has none.", (config.pool.silence_lufs, "pool.silence_lufs")),
+        Plot("silent", report.add("plots/silent.png", plots.bar_chart([("audible", audible), ("silent", silent)], f"Silent share: {share:.1%}", "clips")),
+             "Silent share", "Clips below pool.silence_lufs are kept in the table but never retrieved."),
+    ]
+    summary = _read_json(pool.sub("summary.json"))
+    notes = [f"The last pool run took {summary['wall_seconds']:.0f} s." if summary else "No summary.json: the last pool run has not finished."]
+    report.add("index.html", render_page("Pool report", pool.root, counts, problems, figures, notes).encode())
+    report.add("report.json", _report_json(counts, problems, {"silent_share": share}))
+    return write_report(pool.sub(REPORT_FOLDER), report)
+
+
+def _report_json(counts: list[tuple[str, int]], problems: list[dict], extra: dict) -> bytes:
+    return (json.dumps({"counts": dict(counts), "problems": problems, **extra}, indent=2) + "\n").encode()
+
+
+def run_report(config: RunConfig, target: Target) -> list[str]:
+    """The reports asked for: `sonify`, `pool`, or `all` (each of the two that has something to
+    report). Returns the URLs of their pages."""
+    written = []
+    if target in ("sonify", "all"):
+        has_run = bool(config.sonify.out) and bool(SonifyPaths(config.sonify.out.rstrip("/")).manifest_files())
+        if target == "sonify" or has_run:
+            written.append(sonify_report(config))
+    if target in ("pool", "all"):
+        has_pool = bool(storage.list_files(PoolPaths(config.pool.dir.rstrip("/")).sub("clips"), ".parquet"))
+        if target == "pool" or has_pool:
+            written.append(pool_report(config))
+    if not written:
+        raise ReportError(f"nothing to report: neither sonify.out ({config.sonify.out}) nor pool.dir ({config.pool.dir}) holds a finished run")
+    return written
