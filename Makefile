@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO := .demo
 
-.PHONY: demo test venv clean
+.PHONY: demo test test-fast venv clean
 
 venv: $(STAMP)
 
@@ -30,6 +30,10 @@ demo: $(STAMP) $(DEMO)/models/models.json $(DEMO)/sample/.complete
 
 test: $(STAMP)
 	$(BIN)/python -m pytest
+
+# Unit and stage tests, no Ray: the tier to run while working (under 3 minutes on 2 cores).
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -m "not slow"
 
 clean:
 	rm -rf $(DEMO)

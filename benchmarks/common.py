@@ -13,7 +13,7 @@ from typing import TypeVar
 
 import numpy as np
 
-from pipelines.config import IndexConfig
+from schemas.config import IndexConfig
 from stages.index import build_index, search
 
 T = TypeVar("T")

@@ -26,7 +26,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks import common  # noqa: E402
-from pipelines.config import IndexConfig, MixConfig, RetrievalConfig  # noqa: E402
+from schemas.config import IndexConfig, MixConfig, RetrievalConfig  # noqa: E402
 from stages.index import ivf_cells, recall_at_k  # noqa: E402
 from stages.loudness import integrated_lufs  # noqa: E402
 from stages.mix import Mix, draw_targets, gains_db, mix_sources  # noqa: E402

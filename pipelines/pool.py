@@ -28,7 +28,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipelines.config import RunConfig, dump_config
+from pipelines.config import dump_config
+from schemas.config import RunConfig
 from pipelines.grouped_writer import GroupedWriter
 from pipelines.ray_runner import Runner
 from schemas import POOL_CLIPS, POOL_INDEX_IDS, POOL_PARTS, embeddings_schema, make_table

@@ -13,7 +13,7 @@ import ray
 import ray.data
 from ray.data import ActorPoolStrategy
 
-from pipelines.config import RayConfig
+from schemas.config import RayConfig
 from stages.base import EngineStage, Stage
 
 log = logging.getLogger(__name__)

@@ -22,7 +22,7 @@ from typing import Literal
 
 from PIL import Image
 
-from pipelines.config import RunConfig
+from schemas.config import RunConfig
 from pipelines.pool import PoolPaths
 from schemas import IMAGE_REFS, MANIFEST, POOL_CLIPS, SCENES
 from stages import report_plots as plots

@@ -37,7 +37,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import yaml
 
-from pipelines.config import RunConfig, VlmConfig, dump_config, validate_config
+from pipelines.config import dump_config, validate_config
+from schemas.config import RunConfig, VlmConfig
 from pipelines.pool import PoolPaths, check_compatible, embedded_parts, read_clips
 from pipelines.grouped_writer import GroupedWriter
 from pipelines.ray_runner import Runner

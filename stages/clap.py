@@ -18,7 +18,7 @@ from typing import Protocol
 
 import numpy as np
 
-from pipelines.config import ClapConfig
+from schemas.config import ClapConfig
 from stages import storage
 from stages.model_files import is_remote, model_name, stage_model
 

@@ -12,7 +12,7 @@ from typing import ClassVar
 import numpy as np
 import pyarrow as pa
 
-from pipelines.config import ClapConfig
+from schemas.config import ClapConfig
 from schemas import STANDARDIZED_CLIPS, embedded_clips_schema
 from stages import storage
 from stages.base import Resources, Stage

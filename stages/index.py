@@ -11,7 +11,7 @@ import math
 import faiss
 import numpy as np
 
-from pipelines.config import IndexConfig
+from schemas.config import IndexConfig
 
 # FAISS warns below 39 training points per IVF cell.
 MIN_POINTS_PER_CELL = 39

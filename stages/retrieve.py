@@ -10,7 +10,7 @@ from typing import ClassVar
 import numpy as np
 import pyarrow as pa
 
-from pipelines.config import ClapConfig
+from schemas.config import ClapConfig
 from schemas import MATCHES, make_table
 from stages import index as faiss_index
 from stages import storage

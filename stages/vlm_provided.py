@@ -8,7 +8,7 @@ from typing import ClassVar
 
 import pyarrow as pa
 
-from pipelines.config import VlmConfig
+from schemas.config import VlmConfig
 from schemas import ANSWERS
 from stages import storage
 from stages.base import Resources, Stage

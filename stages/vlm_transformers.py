@@ -10,7 +10,7 @@ from typing import ClassVar
 
 import pyarrow as pa
 
-from pipelines.config import PromptConfig, VlmConfig
+from schemas.config import PromptConfig, VlmConfig
 from schemas import ANSWERS, IMAGES
 from stages.base import Resources, Stage
 from stages.concepts import answer_schema, answers_table, user_message

@@ -14,7 +14,7 @@ from typing import Any, ClassVar
 
 import pyarrow as pa
 
-from pipelines.config import PromptConfig, VlmConfig
+from schemas.config import PromptConfig, VlmConfig
 from schemas import ANSWERS, IMAGES
 from stages.base import EngineStage, Resources
 from stages.concepts import answer_schema, answers_table, openai_user_message

@@ -18,6 +18,17 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 
 
+# Fixtures that start Ray, in this process or in pipeline runs of their own: a test that uses one,
+# directly or through another fixture, is marked slow, and `make test-fast` leaves it out.
+RAY_FIXTURES = {"ray_session", "pipeline_runs", "single_node_run"}
+
+
+def pytest_collection_modifyitems(items) -> None:
+    for item in items:
+        if RAY_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory) -> dict[str, str]:
     from pipelines.tiny_models import build_all
@@ -29,7 +40,7 @@ def tiny_models(tmp_path_factory) -> dict[str, str]:
 def ray_session():
     import ray
 
-    from pipelines.config import RayConfig
+    from schemas.config import RayConfig
     from pipelines.ray_runner import start_ray
 
     start_ray(RayConfig(num_cpus=2))

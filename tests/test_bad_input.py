@@ -19,8 +19,6 @@ from pipelines.pool import PoolMismatch, format_summary, run_pool
 from pipelines.sonify import SonifyError, check_pool
 from tests.helpers import noise, pyav_media, tone, wav_with_rate, write_audio
 
-pytestmark = pytest.mark.slow
-
 # name -> (seconds of audio the file holds, whether its clips are all silent)
 USABLE = {
     "café – rüzgâr sesi 1.wav": (7.0, False),

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from pipelines.config import ClapConfig
+from schemas.config import ClapConfig
 from stages.clap import clap_identity, load_clap
 from tests.helpers import noise, tone
 

@@ -16,9 +16,6 @@ import time
 from dataclasses import dataclass
 
 import psutil
-import pytest
-
-pytestmark = pytest.mark.slow
 
 RETRIES = ("ray.task_retries=2", "ray.actor_restarts=2")
 

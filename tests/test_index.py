@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from pipelines.config import IndexConfig
+from schemas.config import IndexConfig
 from stages.index import add_to_index, build_index, deserialize, ivf_cells, measure_recall, recall_at_k, search, serialize
 
 

@@ -11,11 +11,8 @@ fails on what holds about 40 KB or more per image in one process (the decoded pi
 
 from __future__ import annotations
 
-import pytest
 
 from benchmarks.sonify_memory import IMAGES_PER_CHUNK, measure_sizes
-
-pytestmark = pytest.mark.slow
 
 SIZES = (1000, 5000)
 GROWTH_ALLOWANCE = 160 * 2**20

@@ -25,8 +25,6 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.slow
-
 NODES = 3
 OBJECT_STORE_BYTES = 100 * 1024 * 1024
 POOL_STAGES = ("standardize", "embed_audio")

@@ -19,9 +19,6 @@ from stages.standardize import decode_flac
 from tests.helpers import noise, tone, write_audio
 from tests.test_loudness import ebur128_lufs
 
-pytestmark = pytest.mark.slow
-
-
 def make_config(pool_dir: Path, sources: list[str], models: dict, **pool_overrides) -> object:
     return validate_config(
         {

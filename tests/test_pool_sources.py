@@ -23,8 +23,6 @@ from tests.helpers import noise, pyav_media, tone
 from tests.test_loudness import ebur128_lufs
 from tests.test_pool_pipeline import snapshot
 
-pytestmark = pytest.mark.slow
-
 RATE = 48000
 
 

@@ -29,8 +29,6 @@ from stages import storage
 from stages.standardize import decode_flac
 from tests.helpers import noise, tone, write_audio
 
-pytestmark = pytest.mark.slow
-
 REPO = Path(__file__).resolve().parents[1]
 BUCKET = "sonify-remote"
 KEY_ID, SECRET = "test-key-id", "test-secret"
@@ -192,6 +190,7 @@ def read_manifest(reader) -> pa.Table:
     return pa.concat_tables([pq.read_table(f, filesystem=reader) for f in files])
 
 
+@pytest.mark.slow
 def test_pool_built_on_s3(runs, reader):
     summary = json.loads(reader.cat(f"{BUCKET}/pool/summary.json"))
     assert summary["files_listed"] == 4 and summary["errors"] == 1
@@ -203,6 +202,7 @@ def test_pool_built_on_s3(runs, reader):
     assert reader.exists(f"{BUCKET}/pool/index/index.faiss")
 
 
+@pytest.mark.slow
 def test_every_listed_image_is_accounted_for(runs, reader):
     manifest = read_manifest(reader)
     summary = runs["summary"]
@@ -217,6 +217,7 @@ def test_every_listed_image_is_accounted_for(runs, reader):
     assert summary["samples"] == manifest.filter(pc.is_null(manifest.column("error"))).num_rows >= 4
 
 
+@pytest.mark.slow
 def test_shards_read_back_and_match_the_manifest(runs, reader, tmp_path):
     manifest = read_manifest(reader)
     written = manifest.filter(pc.is_null(manifest.column("error"))).to_pylist()
@@ -244,6 +245,7 @@ def test_shards_read_back_and_match_the_manifest(runs, reader, tmp_path):
         assert rate == 16000 and audio.shape == (80000,)
 
 
+@pytest.mark.slow
 def test_second_sonify_run_changes_nothing(runs):
     first, second = runs["first"], runs["second"]
     assert first.keys() == second.keys()
@@ -259,6 +261,7 @@ def test_second_sonify_run_changes_nothing(runs):
     assert {k: v for k, v in runs["second_summary"].items() if k not in strip} == {k: v for k, v in runs["summary"].items() if k not in strip}
 
 
+@pytest.mark.slow
 def test_render_from_and_to_s3_is_bit_identical(runs, reader):
     run_cli("render", runs["config"], runs["env"], f"render.manifest=s3://{BUCKET}/out/manifest", f"render.out=s3://{BUCKET}/rendered")
     original = sorted(reader.glob(f"{BUCKET}/out/shards/*.tar"))
@@ -268,6 +271,7 @@ def test_render_from_and_to_s3_is_bit_identical(runs, reader):
         assert reader.cat(a) == reader.cat(b)
 
 
+@pytest.mark.slow
 def test_no_temporary_file_is_left(runs, reader):
     keys = reader.find(BUCKET)
     assert keys

@@ -378,6 +378,7 @@ def s3_env(monkeypatch, tmp_path):
     import logging
     import socket
 
+    import s3fs
     from moto.server import ThreadedMotoServer
 
     logging.getLogger("werkzeug").setLevel(logging.ERROR)
@@ -392,9 +393,12 @@ def s3_env(monkeypatch, tmp_path):
         "AWS_CONFIG_FILE": str(nowhere), "AWS_SHARED_CREDENTIALS_FILE": str(nowhere),
     }.items():
         monkeypatch.setenv(name, value)
+    # s3fs keeps one client per set of arguments; one made for another test's server is gone.
+    s3fs.S3FileSystem.clear_instance_cache()
     storage.makedirs("s3://report-bucket")
     yield "s3://report-bucket"
     server.stop()
+    s3fs.S3FileSystem.clear_instance_cache()
 
 
 def test_report_on_s3_equals_the_local_one(s3_env, local_run):

@@ -20,8 +20,6 @@ from PIL import Image
 
 from pipelines.config import load_config
 
-pytestmark = pytest.mark.slow
-
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
 CHROMIUM_FLAGS = (

@@ -18,9 +18,6 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import pytest
-
-pytestmark = pytest.mark.slow
 
 POLL_SECONDS = 0.01
 

@@ -24,9 +24,6 @@ from stages.standardize import decode_flac
 from tests.helpers import noise, tone, write_audio
 from tests.test_loudness import ebur128_lufs
 
-pytestmark = pytest.mark.slow
-
-
 def picture(seed: int, size=(96, 64)) -> Image.Image:
     rng = np.random.default_rng(seed)
     return Image.fromarray((rng.random((size[1], size[0], 3)) * 255).astype(np.uint8))

@@ -15,7 +15,7 @@ import fsspec.implementations.memory
 import numpy as np
 import pytest
 
-from pipelines.config import ClapConfig
+from schemas.config import ClapConfig
 from stages.clap import clap_identity, load_clap
 from stages.model_files import is_remote, model_name, stage_model
 from stages.vlm_vllm import vllm_model_source

@@ -16,7 +16,7 @@ import pyarrow as pa
 import pytest
 from PIL import Image
 
-from pipelines.config import PromptConfig, VlmConfig
+from schemas.config import PromptConfig, VlmConfig
 from schemas import IMAGES
 from stages.vlm_openai import OpenAIVlm, RequestFailed, chat_payload, post_with_retries
 from stages.vlm_provided import ProvidedConceptsError, read_provided
@@ -296,7 +296,6 @@ def standin_engine_processor(stage, seen_file: str):
     return Processor(ProcessorConfig(batch_size=stage.vlm.batch_size), [engine], preprocess=stage.request, postprocess=stage.answer)
 
 
-@pytest.mark.slow
 def test_vllm_wiring_decodes_each_image_once_and_engine_sees_only_answerable_rows(ray_session, tmp_path, monkeypatch):
     from pipelines import ray_runner, sonify
     from pipelines.config import validate_config

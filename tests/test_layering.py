@@ -1,0 +1,59 @@
+"""Imports point one way, read from the source's import graph: schemas <- stages <- pipelines, and
+only the runner knows Ray."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+LAYERS = {"schemas": 0, "stages": 1, "pipelines": 2}
+RAY_ONLY_IN = {"pipelines/ray_runner.py"}
+
+
+def imported_modules(path: Path) -> list[tuple[int, str]]:
+    """Every module a file imports, at any depth of the file (function-level imports included)."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            found += [(node.lineno, alias.name) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.append((node.lineno, node.module))
+    return found
+
+
+def project_files() -> list[Path]:
+    return sorted(p for layer in LAYERS for p in (REPO / layer).rglob("*.py"))
+
+
+def test_the_layers_are_all_found():
+    files = {p.relative_to(REPO).parts[0] for p in project_files()}
+    assert files == set(LAYERS)
+    assert (REPO / "schemas" / "config.py").exists()
+
+
+def test_no_module_imports_a_layer_above_its_own():
+    upward = []
+    for path in project_files():
+        layer = LAYERS[path.relative_to(REPO).parts[0]]
+        for line, module in imported_modules(path):
+            target = module.split(".")[0]
+            if target in LAYERS and LAYERS[target] > layer:
+                upward.append(f"{path.relative_to(REPO)}:{line} imports {module}")
+    assert upward == []
+
+
+def test_only_the_runner_imports_ray():
+    outside = []
+    for path in project_files():
+        name = str(path.relative_to(REPO))
+        for line, module in imported_modules(path):
+            if module.split(".")[0] == "ray" and name not in RAY_ONLY_IN:
+                outside.append(f"{name}:{line} imports {module}")
+    assert outside == []
+
+
+def test_the_graph_reader_sees_imports_at_any_depth(tmp_path):
+    sample = tmp_path / "sample.py"
+    sample.write_text("import os\n\ndef f():\n    from pipelines.config import load_config\n    import ray.data\n")
+    assert [m for _, m in imported_modules(sample)] == ["os", "pipelines.config", "ray.data"]
