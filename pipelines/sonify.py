@@ -478,7 +478,9 @@ def write_shards(config: RunConfig, paths: PoolPaths, out: str, shards: list[str
     if not todo:
         return None
     tasks = make_table(SHARD_TASKS, {"shard": todo, "plan_url": [storage.join(plans_dir, f"{s}.parquet") for s in todo]})
-    encoding = ImageEncoding(config.sonify.image_format, config.sonify.image_quality, config.sonify.max_image_side)
+    encoding = ImageEncoding(
+        config.sonify.image_format, config.sonify.image_quality, config.sonify.max_image_side, config.sonify.max_image_pixels
+    )
     writer = WriteShards(paths.root, out, config.mix.peak_dbfs, encoding)
     results, written, report_at, started = [], 0, 0, time.monotonic()
     for batch in apply_stage(ray.data.from_arrow(tasks).repartition(tasks.num_rows), lambda: writer).iter_batches(

@@ -243,11 +243,13 @@ ENCODERS = {"jpg": "JPEG", "webp": "WEBP", "png": "PNG"}
 @dataclass(frozen=True)
 class ImageEncoding:
     """How shards carry images: `format` is jpg, webp or png (re-encoded once) or original (the
-    source bytes); `quality` applies to jpg and webp; `max_side` bounds the longer side."""
+    source bytes); `quality` applies to jpg and webp; `max_side` bounds the longer side;
+    `max_pixels` is the decompression-bomb guard the images stage applied."""
 
     format: str = "jpg"
     quality: int = 95
     max_side: int | None = None
+    max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
 
 
 @dataclass(frozen=True)
@@ -274,9 +276,7 @@ def bound_side(image: Image.Image, max_side: int) -> Image.Image:
     return image.resize(size, Image.Resampling.LANCZOS)
 
 
-def shard_image(
-    data: bytes, decoded_format: str, upright_size: tuple[int, int], encoding: ImageEncoding, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
-) -> ShardImage:
+def shard_image(data: bytes, decoded_format: str, upright_size: tuple[int, int], encoding: ImageEncoding) -> ShardImage:
     """The image a shard carries. Re-encoding formats decode the source (upright, RGB, as the VLM saw
     it), bound its side and encode it once, so every sample of a dataset has the same member name.
     `original` keeps the bytes and takes the extension from the format the images stage decoded,
@@ -284,7 +284,7 @@ def shard_image(
     the upright size that stage measured. Raises BadImage."""
     if encoding.format == "original":
         return ShardImage(format_extension(decoded_format), data, *upright_size)
-    image = decode_image(data, max_pixels).image
+    image = decode_image(data, encoding.max_pixels).image
     if encoding.max_side:
         image = bound_side(image, encoding.max_side)
     buffer = io.BytesIO()

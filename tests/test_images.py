@@ -287,3 +287,13 @@ def test_a_reencoded_image_is_upright():
     stored = shard_image(buffer.getvalue(), "jpeg", (20, 40), ImageEncoding("png"))
     with Image.open(io.BytesIO(stored.data)) as decoded:
         assert decoded.format == "PNG" and decoded.size == (20, 40) == (stored.width, stored.height)
+
+
+def test_reencoding_applies_the_configured_bomb_guard():
+    from stages.images import BadImage, ImageEncoding, shard_image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (120, 80)).save(buffer, format="PNG")
+    assert shard_image(buffer.getvalue(), "png", (120, 80), ImageEncoding("webp", max_pixels=9600)).extension == "webp"
+    with pytest.raises(BadImage, match="decompression-bomb"):
+        shard_image(buffer.getvalue(), "png", (120, 80), ImageEncoding("webp", max_pixels=9599))
