@@ -161,7 +161,7 @@ def runs(reader, aws_env, tiny_models, tmp_path_factory):
                     "images": [f"s3://{BUCKET}/images/*", f"s3://{BUCKET}/tars/shard-a.tar", f"s3://{BUCKET}/lists/list.parquet"],
                     "out": f"s3://{BUCKET}/out",
                     "min_side": 32,
-                    "shard_size_mb": 1.0,
+                    "shard_size_mb": 0.25,
                 },
                 "prompt": {"max_new_tokens": 48, "max_concepts": 2, "max_text_chars": 16},
                 "retrieval": {"search_k": 8, "k": 4, "min_cosine": -1.0},
