@@ -9,9 +9,10 @@ DEMO := .demo
 
 venv: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml requirements-no-deps.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --disable-pip-version-check -qq -e '.[test]'
+	$(BIN)/python -m pip install --disable-pip-version-check -qq --no-deps -r requirements-no-deps.txt
 	touch $(STAMP)
 
 # Models and sample are made once: remaking them would touch every file and make the pool see

@@ -9,7 +9,7 @@ Phases, each materialized in sonify.out so a rerun skips what is done and each c
     plans/chunk-NNNNNN.json           chunk NNNNNN planned: its shards and counts (written last)
     manifest/NNNNNN.parquet           one row per sample of shard NNNNNN, written after the shard
     manifest/rejected-NNNNNN.parquet  scenes of chunk NNNNNN that gave no sample, with the reason
-    shards/NNNNNN.tar                 WebDataset: KEY.<image ext>, KEY.flac, KEY.json
+    shards/NNNNNN.tar                 WebDataset: KEY.<sonify.image_format>, KEY.flac, KEY.json
     pool_state.json                   the pool index this run retrieves from (its parts and size)
     config.yaml, summary.json
 
@@ -47,12 +47,12 @@ from stages import storage
 from stages.base import Stage, check_chain
 from stages.clap import clap_identity
 from stages.concepts import ParseConcepts
-from stages.images import DecodeImages, assign_image_ids, image_error_kind, list_images
+from stages.images import DecodeImages, ImageEncoding, assign_image_ids, image_error_kind, list_images
 from stages.mix import draw_targets, gains_db
 from stages.loudness import audible_clip_loudness
 from stages.retrieval import ConceptChoice, DroppedConcept, choose_clips, concept_rng
 from stages.retrieve import RetrieveClips
-from stages.shards import WriteShards, image_extension, plan_shards, shard_id, table_to_ipc
+from stages.shards import WriteShards, plan_shards, shard_id, table_to_ipc
 from stages.vlm_openai import OpenAIVlm
 from stages.vlm_provided import ProvidedConcepts
 from stages.vlm_transformers import TransformersVlm
@@ -68,8 +68,9 @@ MAX_REPORTED_REASONS = 50
 # Image-id part of a sample key; with "__<vlm>" and the member extension, names stay under 255 bytes.
 MAX_KEY_ID_CHARS = 160
 # The files a run keeps in sonify.out (see above); a folder of another layout is refused.
-# 1: scenes/<vlm>.parquet and manifest/rejected.parquet; 2: per chunk, with images.parquet and plans/.
-LAYOUT_VERSION = 2
+# 1: scenes/<vlm>.parquet and manifest/rejected.parquet; 2: per chunk, with images.parquet and plans/;
+# 3: one image member name for every sample (sonify.image_format), shards no longer split by format.
+LAYOUT_VERSION = 3
 # Settings that decide where and how fast work runs, not what it computes: a resumed run may change them.
 EXECUTION_SETTINGS = ("concurrency", "num_gpus", "num_cpus", "timeout_s", "retries")
 
@@ -401,22 +402,13 @@ def plan_samples(
 
 
 def shard_groups(samples: list[dict], scenes_bytes: dict[str, int], config: RunConfig, first: int) -> dict[str, list[dict]]:
-    """Samples to shards of about sonify.shard_size_mb, in key order, numbered from `first`. A shard
-    holds one image extension only: Hugging Face datasets requires every sample of a tar to have
-    the same members."""
+    """Samples to shards of about sonify.shard_size_mb, in key order, numbered from `first`. The size
+    of an image is estimated by its source's."""
     flac_estimate = int(config.mix.sample_rate * config.pool.clip_seconds * FLAC_BYTES_PER_SAMPLE)
-    by_extension: dict[str, list[dict]] = {}
-    for sample in samples:
-        extension = image_extension(sample["image_uri"], sample["image_member"], sample["image_format"])
-        by_extension.setdefault(extension, []).append(sample)
+    sizes = [scenes_bytes.get(s["key"], 0) + flac_estimate for s in samples]
     groups: dict[str, list[dict]] = {}
-    for extension in sorted(by_extension):
-        members = by_extension[extension]
-        sizes = [scenes_bytes.get(s["key"], 0) + flac_estimate for s in members]
-        assignment = plan_shards(sizes, int(config.sonify.shard_size_mb * 1e6))
-        for sample, index in zip(members, assignment):
-            groups.setdefault(shard_id(first + index), []).append(sample)
-        first += assignment[-1] + 1
+    for sample, index in zip(samples, plan_shards(sizes, int(config.sonify.shard_size_mb * 1e6))):
+        groups.setdefault(shard_id(first + index), []).append(sample)
     return groups
 
 
@@ -490,7 +482,10 @@ def write_shards(config: RunConfig, paths: PoolPaths, out: str, shards: list[str
     if not todo:
         return None
     tasks = make_table(SHARD_TASKS, {"shard": todo, "plan_url": [storage.join(plans_dir, f"{s}.parquet") for s in todo]})
-    writer = WriteShards(paths.root, out, config.mix.peak_dbfs)
+    encoding = ImageEncoding(
+        config.sonify.image_format, config.sonify.image_quality, config.sonify.max_image_side, config.sonify.max_image_pixels
+    )
+    writer = WriteShards(paths.root, out, config.mix.peak_dbfs, encoding)
     results, written, report_at, started = [], 0, 0, time.monotonic()
     for batch in Runner(config.ray).run(tasks, [writer], blocks=tasks.num_rows):
         results.append(batch)

@@ -229,6 +229,21 @@ class SonifyConfig(_Section):
         "chunk as it completes, a killed run redoes only unfinished chunks, and shards never span chunks. "
         "Must be a multiple of every VLM's batch_size (checked when sonify starts).",
     )
+    image_format: Literal["jpg", "webp", "png", "original"] = Field(
+        "jpg",
+        description="How shards carry images. jpg, webp or png: every image is decoded (upright, RGB) and "
+        "encoded once, so every sample has its image under the one member name KEY.<format>, as loaders "
+        "that take their columns from the first shard (Hugging Face datasets) need. original: the source "
+        "bytes, EXIF included, under the extension of their decoded format; inputs that mix formats then "
+        "give samples of different member names, which such loaders do not read whole.",
+    )
+    image_quality: int = Field(95, ge=1, le=100, description="Encoder quality of jpg and webp images; png is lossless.")
+    max_image_side: int | None = Field(
+        None,
+        ge=1,
+        description="Images whose longer side is above this are downscaled to it, keeping the aspect ratio, "
+        "before they are encoded; unset keeps every size. Needs a re-encoding image_format (not original).",
+    )
 
 
 class RetrievalConfig(_Section):
@@ -283,6 +298,8 @@ class RunConfig(_Section):
             raise ValueError(f"retrieval.k ({self.retrieval.k}) must not exceed retrieval.search_k ({self.retrieval.search_k})")
         if self.mix.lufs_min > self.mix.lufs_max:
             raise ValueError(f"mix.lufs_min ({self.mix.lufs_min}) is above mix.lufs_max ({self.mix.lufs_max})")
+        if self.sonify.max_image_side is not None and self.sonify.image_format == "original":
+            raise ValueError("sonify.max_image_side needs sonify.image_format jpg, webp or png: original keeps the source bytes")
         names = [v.name for v in self.models.vlm]
         if len(set(names)) != len(names):
             raise ValueError(f"models.vlm: names must be unique, got {names}")

@@ -94,9 +94,10 @@ MANIFEST_CONCEPT = pa.struct(
 
 # sonify.out/manifest/NNNNNN.parquet (one per shard) and manifest/rejected-NNNNNN.parquet (one per
 # chunk of images: scenes that became no sample, with the reason in `error`).
+# 2: the shard's image (extension, size) beside the source's.
 MANIFEST = versioned(
     "manifest",
-    1,
+    2,
     [
         pa.field("key", pa.string(), nullable=False),
         pa.field("image_id", pa.string(), nullable=False),
@@ -105,6 +106,11 @@ MANIFEST = versioned(
         pa.field("image_format", pa.string()),
         pa.field("width", pa.int32()),
         pa.field("height", pa.int32()),
+        # The image as the shard carries it (sonify.image_format, sonify.max_image_side); set when
+        # the shard is written.
+        pa.field("shard_image_extension", pa.string()),
+        pa.field("shard_image_width", pa.int32()),
+        pa.field("shard_image_height", pa.int32()),
         pa.field("vlm", pa.string(), nullable=False),
         pa.field("prompt_version", pa.string()),
         pa.field("caption", pa.string()),

@@ -236,6 +236,63 @@ def downscale(image: Image.Image, max_pixels: int) -> Image.Image:
     return image.resize((max(1, int(image.width * scale)), max(1, int(image.height * scale))), Image.Resampling.BICUBIC)
 
 
+# Pillow's encoder name of each re-encoding sonify.image_format, which is also the member extension.
+ENCODERS = {"jpg": "JPEG", "webp": "WEBP", "png": "PNG"}
+
+
+@dataclass(frozen=True)
+class ImageEncoding:
+    """How shards carry images: `format` is jpg, webp or png (re-encoded once) or original (the
+    source bytes); `quality` applies to jpg and webp; `max_side` bounds the longer side;
+    `max_pixels` is the decompression-bomb guard the images stage applied."""
+
+    format: str = "jpg"
+    quality: int = 95
+    max_side: int | None = None
+    max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
+
+
+@dataclass(frozen=True)
+class ShardImage:
+    extension: str
+    data: bytes
+    width: int
+    height: int
+
+
+def format_extension(decoded_format: str) -> str:
+    """The member extension of a format as Pillow names it (lower case): JPEG and its multi-picture
+    variant MPO, which cameras write, are jpg, the spelling every WebDataset reader knows."""
+    return "jpg" if decoded_format in ("jpeg", "mpo") else decoded_format
+
+
+def bound_side(image: Image.Image, max_side: int) -> Image.Image:
+    """Downscale so that the longer side is at most max_side, keeping the aspect ratio; never upscale."""
+    longer = max(image.width, image.height)
+    if longer <= max_side:
+        return image
+    scale = max_side / longer
+    size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+    return image.resize(size, Image.Resampling.LANCZOS)
+
+
+def shard_image(data: bytes, decoded_format: str, upright_size: tuple[int, int], encoding: ImageEncoding) -> ShardImage:
+    """The image a shard carries. Re-encoding formats decode the source (upright, RGB, as the VLM saw
+    it), bound its side and encode it once, so every sample of a dataset has the same member name.
+    `original` keeps the bytes and takes the extension from the format the images stage decoded,
+    never from the URI, whose name may carry a query string or lie about its content; its size is
+    the upright size that stage measured. Raises BadImage."""
+    if encoding.format == "original":
+        return ShardImage(format_extension(decoded_format), data, *upright_size)
+    image = decode_image(data, encoding.max_pixels).image
+    if encoding.max_side:
+        image = bound_side(image, encoding.max_side)
+    buffer = io.BytesIO()
+    options = {} if encoding.format == "png" else {"quality": encoding.quality}
+    image.save(buffer, format=ENCODERS[encoding.format], **options)
+    return ShardImage(encoding.format, buffer.getvalue(), image.width, image.height)
+
+
 def vlm_jpeg(data: bytes, max_pixels: int) -> bytes:
     """What a remote or engine VLM receives: the decoded, upright RGB image, downscaled to the pixel
     cap, as JPEG."""

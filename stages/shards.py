@@ -18,7 +18,7 @@ import pyarrow as pa
 from schemas import MANIFEST, SHARD_RESULTS, SHARD_TASKS, make_table
 from stages import loudness, storage
 from stages.base import Resources, Stage
-from stages.images import ImageRef, read_image_bytes
+from stages.images import BadImage, ImageEncoding, ImageRef, read_image_bytes, shard_image
 from stages.mix import load_pool_clips, mix_sources
 from stages.standardize import PCM16_SCALE, encode_flac, quantize_pcm16
 
@@ -77,26 +77,37 @@ def table_from_ipc(data: bytes) -> pa.Table:
     return pa.ipc.open_stream(pa.py_buffer(data)).read_all()
 
 
-def image_extension(uri: str, member: str | None, fmt: str | None) -> str:
-    """The extension of the sample's image member: the source's own (png, webp; jpeg spelled jpg,
-    so that readers see one member type per format), else the decoded format's."""
-    name = (member or uri).rsplit("/", 1)[-1].lower()
-    suffix = name.rsplit(".", 1)[-1] if "." in name else (fmt or "img")
-    return "jpg" if suffix in ("jpeg", "jpg") else suffix
+def sample_metadata(row: dict) -> bytes:
+    """The sample's JSON member: its manifest row, every key present and of one type in every sample.
+    Loaders infer column types from the first samples they meet (Hugging Face datasets: five, of the
+    first shard), so a key null there would be typed null and a later string would fail to load. A
+    missing text is written as ""; a written sample has every number, and a null one is a broken
+    contract."""
+    metadata = {}
+    for field in MANIFEST:
+        value = row.get(field.name)
+        if value is None:
+            if not pa.types.is_string(field.type):
+                raise ValueError(f"sample {row['key']}: {field.name} is null, and a written sample's numbers never are")
+            value = ""
+        metadata[field.name] = value
+    return json.dumps(metadata, sort_keys=True).encode()
 
 
 class WriteShards(Stage):
     """Reads one shard's plan file, mixes its samples and writes `shards/NNNNNN.tar`, then
     `manifest/NNNNNN.parquet`, which marks the shard complete. Rendering a released manifest runs
-    this same stage, so its audio is bit-identical to the original run."""
+    this same stage, so its audio is bit-identical to the original run (and its images too, under
+    the same image encoding and Pillow)."""
 
     name: ClassVar[str] = "write_shards"
     required_columns: ClassVar[tuple[str, ...]] = tuple(SHARD_TASKS.names)
 
-    def __init__(self, pool_dir: str, out_dir: str, peak_dbfs: float) -> None:
+    def __init__(self, pool_dir: str, out_dir: str, peak_dbfs: float, image_encoding: ImageEncoding) -> None:
         self.pool_dir = pool_dir
         self.out_dir = out_dir
         self.peak_dbfs = peak_dbfs
+        self.image_encoding = image_encoding
 
     def resources(self) -> Resources:
         return Resources(num_cpus=1, batch_size=1)
@@ -120,19 +131,31 @@ class WriteShards(Stage):
         samples, errors = [], 0
         for row, image in zip(rows, images):
             row["shard"] = shard_file(shard)
+            name = ImageRef(row["image_uri"], row["image_member"], row["image_id"]).display
             if isinstance(image, str):
                 row["error"], errors = image, errors + 1
+                continue
+            try:
+                stored = shard_image(image, row["image_format"], (row["width"], row["height"]), self.image_encoding)
+            except BadImage as exc:
+                row["error"], errors = f"{name}: {exc}", errors + 1
                 continue
             gains = np.array([c["gain_db"] for c in row["concepts"]])
             mixed = mix_sources([clips[c["clip_id"]] for c in row["concepts"]], gains, self.peak_dbfs)
             pcm = quantize_pcm16(mixed.audio)
-            stored = pcm.astype(np.float32) / PCM16_SCALE
+            stored_audio = pcm.astype(np.float32) / PCM16_SCALE
+            mix_lufs = loudness.integrated_lufs(stored_audio, rate)
+            if mix_lufs is None:
+                # Sources that cancel out (a recording and its polarity-inverted copy) leave no sound to pair.
+                row["error"], errors = f"{name}: the mix of {len(row['concepts'])} sources is digital silence", errors + 1
+                continue
             row["mix_gain_db"] = mixed.mix_gain_db
-            row["mix_lufs"] = loudness.integrated_lufs(stored, rate)
-            row["mix_peak_dbfs"] = loudness.peak_dbfs(stored)
+            row["mix_lufs"] = mix_lufs
+            row["mix_peak_dbfs"] = loudness.peak_dbfs(stored_audio)
             row["duration_s"] = pcm.size / rate
-            extension = image_extension(row["image_uri"], row["image_member"], row["image_format"])
-            members = {extension: image, "flac": encode_flac(pcm, rate), "json": json.dumps(row, sort_keys=True).encode()}
+            row["shard_image_extension"] = stored.extension
+            row["shard_image_width"], row["shard_image_height"] = stored.width, stored.height
+            members = {stored.extension: stored.data, "flac": encode_flac(pcm, rate), "json": sample_metadata(row)}
             samples.append((row["key"], members))
         size = write_shard(storage.join(self.out_dir, "shards", shard_file(shard)), samples)
         storage.write_parquet(storage.join(self.out_dir, "manifest", f"{shard}.parquet"), make_table(MANIFEST, pa.Table.from_pylist(rows, schema=MANIFEST)))

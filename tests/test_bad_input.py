@@ -200,6 +200,7 @@ def test_every_awkward_image_through_sonify_is_a_sample_or_a_counted_error_row(r
     against the pool above: each image is one manifest row, a sample or a rejected row with its
     reason, and each kind of failure is counted in summary.json."""
     import webdataset as wds
+    from PIL import Image
 
     from pipelines.sonify import run_sonify, sample_key
     from tests.test_images import encode, gradient, write_image_inputs
@@ -253,5 +254,7 @@ def test_every_awkward_image_through_sonify_is_a_sample_or_a_counted_error_row(r
     read = {s["__key__"]: s for s in wds.WebDataset(shards, shardshuffle=False)}
     assert read.keys() == samples.keys()
     for key, sample in read.items():
-        extension = next(k for k in sample if k not in ("__key__", "__url__", "__local_path__", "flac", "json"))
-        assert sample[extension] == Path(samples[key]["image_uri"]).read_bytes(), key
+        assert set(sample) - {"__key__", "__url__", "__local_path__"} == {"jpg", "flac", "json"}, key
+        # Every image, whatever its mode or orientation, is the upright RGB image the VLM saw, as JPEG.
+        with Image.open(io.BytesIO(sample["jpg"])) as image:
+            assert (image.format, image.mode, image.size) == ("JPEG", "RGB", (samples[key]["width"], samples[key]["height"])), key

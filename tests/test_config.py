@@ -53,6 +53,8 @@ def test_defaults(config_file):
         ("models.clap.backend=openclip", "models.clap.backend:"),
         ("pool.clip_seconds=0.1", "pool.clip_seconds:"),
         ("pool.mix_sample_rates=[100]", "pool.mix_sample_rates"),
+        ("sonify.image_format=gif", "sonify.image_format:"),
+        ("sonify.image_quality=0", "sonify.image_quality:"),
     ],
 )
 def test_bad_keys_and_types_name_the_key(config_file, override, message):
@@ -61,6 +63,12 @@ def test_bad_keys_and_types_name_the_key(config_file, override, message):
     text = str(raised.value)
     assert message in text
     assert "\n" not in text
+
+
+def test_resizing_needs_a_reencoding_image_format(config_file):
+    assert load_config(config_file, ["sonify.max_image_side=512"]).sonify.image_format == "jpg"
+    with pytest.raises(ConfigError, match="sonify.max_image_side needs sonify.image_format jpg, webp or png"):
+        load_config(config_file, ["sonify.image_format=original", "sonify.max_image_side=512"])
 
 
 def test_missing_required_key(tmp_path):

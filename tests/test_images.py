@@ -259,3 +259,41 @@ def test_an_unexpected_failure_is_that_images_error_only(tmp_path, monkeypatch):
     rows = DecodeImages(min_side=8, max_image_pixels=10**6).process_batch(batch).to_pylist()
     assert rows[0]["error"] is None and rows[0]["width"] == 64
     assert rows[1]["error"] == f"{tmp_path / 'b.png'}: decoding failed (MemoryError: no room)"
+
+
+@pytest.mark.parametrize("size,max_side,expected", [((400, 100), 200, (200, 50)), ((90, 300), 100, (30, 100)), ((50, 40), 100, (50, 40))])
+def test_bound_side_keeps_the_aspect_ratio_and_never_upscales(size, max_side, expected):
+    from stages.images import bound_side
+
+    assert bound_side(Image.new("RGB", size), max_side).size == expected
+
+
+def test_original_keeps_the_bytes_and_ignores_the_uri_for_its_extension():
+    from stages.images import ImageEncoding, shard_image
+
+    data = b"any bytes: the images stage decoded them already"
+    stored = shard_image(data, "mpo", (30, 20), ImageEncoding("original"))
+    assert (stored.extension, stored.data, stored.width, stored.height) == ("jpg", data, 30, 20)
+
+
+def test_a_reencoded_image_is_upright():
+    from stages.images import ImageEncoding, shard_image
+
+    image = Image.new("RGB", (40, 20), (255, 0, 0))
+    exif = image.getexif()
+    exif[0x0112] = 6  # displayed rotated by 90 degrees
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", exif=exif)
+    stored = shard_image(buffer.getvalue(), "jpeg", (20, 40), ImageEncoding("png"))
+    with Image.open(io.BytesIO(stored.data)) as decoded:
+        assert decoded.format == "PNG" and decoded.size == (20, 40) == (stored.width, stored.height)
+
+
+def test_reencoding_applies_the_configured_bomb_guard():
+    from stages.images import BadImage, ImageEncoding, shard_image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (120, 80)).save(buffer, format="PNG")
+    assert shard_image(buffer.getvalue(), "png", (120, 80), ImageEncoding("webp", max_pixels=9600)).extension == "webp"
+    with pytest.raises(BadImage, match="decompression-bomb"):
+        shard_image(buffer.getvalue(), "png", (120, 80), ImageEncoding("webp", max_pixels=9599))

@@ -1,11 +1,21 @@
-"""Shards read back with the webdataset library, byte-stable, and planned to a size target."""
+"""Shards read back with the webdataset library, byte-stable, and planned to a size target; the
+shard writer's images and metadata, on a pool written by hand (no Ray, no model)."""
 
+import io
 import json
+import tarfile
 
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import webdataset as wds
+from PIL import Image
 
-from stages.shards import plan_shards, shard_file, shard_id, tar_bytes, write_shard
+from schemas import MANIFEST
+from stages.shards import WriteShards, plan_shards, shard_file, shard_id, tar_bytes, write_shard
+from stages.standardize import encode_flac, quantize_pcm16
+from tests.helpers import tone
 
 
 def samples():
@@ -74,3 +84,111 @@ def test_short_names_keep_plain_ustar_headers():
                 info.size, info.mtime, info.mode, info.uid, info.gid, info.uname, info.gname = len(members[extension]), 0, 0o444, 0, 0, "", ""
                 tar.addfile(info, io.BytesIO(members[extension]))
     assert data == buffer.getvalue()
+
+
+def picture_bytes(fmt: str, size=(120, 80), seed: int = 0, **options) -> bytes:
+    pixels = (np.random.default_rng(seed).random((size[1], size[0], 3)) * 255).astype(np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format=fmt, **options)
+    return buffer.getvalue()
+
+
+@pytest.fixture
+def writer_setup(tmp_path):
+    """A pool of two clips written by hand (a tone, and the same tone inverted), and the plan rows
+    of samples whose images are files named as a URL with a query string would be."""
+    rate = 16000
+    clip = tone(5.0, rate, 440.0, 0.2)
+    flacs = [encode_flac(quantize_pcm16(clip), rate), encode_flac(quantize_pcm16(-clip), rate)]
+    (tmp_path / "pool" / "audio").mkdir(parents=True)
+    pq.write_table(pa.table({"clip_id": ["tone", "inverted"], "flac": flacs}), tmp_path / "pool" / "audio" / "p0.parquet")
+    images = tmp_path / "images"
+    images.mkdir()
+
+    def row(key: str, data: bytes, name: str, fmt: str, size: tuple[int, int], concepts: list[str]) -> dict:
+        (images / name).write_bytes(data)
+        concept = {"label": "x", "text": "x", "cosine": 0.5, "ssr": 0.7, "threshold": 0.6, "n_candidates": 1, "fallback": False, "target_lufs": -25.0, "clip_lufs": -20.0}
+        return {
+            "key": key, "image_id": key, "image_uri": str(images / name), "image_member": None, "image_format": fmt,
+            "width": size[0], "height": size[1], "vlm": "v", "prompt_version": "p", "caption": None, "seed": 1, "sample_rate": rate,
+            "dropped_concepts": 0, "concepts": [{**concept, "clip_id": c, "gain_db": 0.0} for c in concepts],
+        }
+
+    return tmp_path, row
+
+
+def write_one_shard(root, rows, encoding):
+    from stages.images import ImageEncoding
+
+    writer = WriteShards(str(root / "pool"), str(root / "out"), -1.0, ImageEncoding(*encoding))
+    result = writer.write_shard("000000", pa.Table.from_pylist(rows, schema=MANIFEST), {"tone": "p0", "inverted": "p0"})
+    with tarfile.open(root / "out" / "shards" / "000000.tar") as tar:
+        members = {m.name: tar.extractfile(m).read() for m in tar}
+    return result, members, pq.read_table(root / "out" / "manifest" / "000000.parquet").to_pylist()
+
+
+def test_original_images_take_their_extension_from_the_decoded_format(writer_setup):
+    root, row = writer_setup
+    rows = [
+        row("a", picture_bytes("JPEG"), "a.jpg?raw=1", "jpeg", (120, 80), ["tone"]),
+        row("b", picture_bytes("PNG", seed=1), "b.webp", "png", (120, 80), ["tone"]),
+    ]
+    result, members, _ = write_one_shard(root, rows, ("original",))
+    assert result["samples"] == 2
+    assert sorted(members) == ["a.flac", "a.jpg", "a.json", "b.flac", "b.json", "b.png"]
+    assert members["a.jpg"] == (root / "images" / "a.jpg?raw=1").read_bytes()
+
+
+@pytest.mark.parametrize("fmt,pillow_name", [("jpg", "JPEG"), ("webp", "WEBP"), ("png", "PNG")])
+def test_every_image_is_reencoded_under_one_member_name(writer_setup, fmt, pillow_name):
+    root, row = writer_setup
+    sources = [("JPEG", "jpeg"), ("PNG", "png"), ("WEBP", "webp")]
+    rows = [row(f"k{i}", picture_bytes(src, seed=i), f"k{i}.{ext}", ext, (120, 80), ["tone"]) for i, (src, ext) in enumerate(sources)]
+    result, members, manifest = write_one_shard(root, rows, (fmt, 90, 60))
+    assert result["samples"] == 3
+    assert sorted(members) == sorted(f"k{i}.{e}" for i in range(3) for e in (fmt, "flac", "json"))
+    for i in range(3):
+        with Image.open(io.BytesIO(members[f"k{i}.{fmt}"])) as image:
+            assert image.format == pillow_name and image.size == (60, 40)
+            reference = Image.open(io.BytesIO(picture_bytes("PNG", seed=i))).convert("L").resize((60, 40), Image.Resampling.LANCZOS)
+            # Lossy encoders keep luma close; another of these noise pictures differs by about 55 on average.
+            assert np.abs(np.asarray(image.convert("L"), float) - np.asarray(reference, float)).mean() < 10
+    assert {(r["shard_image_extension"], r["shard_image_width"], r["shard_image_height"]) for r in manifest} == {(fmt, 60, 40)}
+
+
+def test_metadata_types_do_not_depend_on_the_row(writer_setup):
+    root, row = writer_setup
+    rows = [row("a", picture_bytes("PNG"), "a.png", "png", (120, 80), ["tone"]), row("b", picture_bytes("PNG", seed=2), "b.png", "png", (120, 80), ["tone"])]
+    # b comes from a tar, as its member b.png.
+    with tarfile.open(root / "images" / "in.tar", "w") as tar:
+        tar.add(rows[1]["image_uri"], arcname="b.png")
+    rows[1].update(image_uri=str(root / "images" / "in.tar"), image_member="b.png", caption="a caption")
+    _, members, _ = write_one_shard(root, rows, ("jpg",))
+    first, second = json.loads(members["a.json"]), json.loads(members["b.json"])
+    assert first.keys() == second.keys() == set(MANIFEST.names)
+
+    def types(value):
+        if isinstance(value, dict):
+            return {k: types(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [types(v) for v in value]
+        return type(value).__name__
+
+    assert types(first) == types(second)
+    assert "NoneType" not in json.dumps(types(first))
+    assert first["image_member"] == "" and second["image_member"] == "b.png"
+
+
+def test_a_silent_mix_and_an_unreadable_image_are_error_rows(writer_setup):
+    root, row = writer_setup
+    rows = [
+        row("a", picture_bytes("PNG"), "a.png", "png", (120, 80), ["tone", "inverted"]),
+        row("b", picture_bytes("PNG"), "b.png", "png", (120, 80), ["tone"]),
+        row("c", b"not an image", "c.png", "png", (120, 80), ["tone"]),
+    ]
+    result, members, manifest = write_one_shard(root, rows, ("jpg",))
+    assert (result["samples"], result["errors"]) == (1, 2)
+    assert sorted(members) == ["b.flac", "b.jpg", "b.json"]
+    errors = {r["key"]: r["error"] for r in manifest}
+    assert "a.png: the mix of 2 sources is digital silence" in errors["a"]
+    assert "c.png: not a decodable image" in errors["c"] and errors["b"] is None
