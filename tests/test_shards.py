@@ -5,7 +5,8 @@ import json
 import pytest
 import webdataset as wds
 
-from stages.shards import plan_shards, shard_file, shard_id, tar_bytes, write_shard
+from schemas.layout import shard_file, shard_id
+from stages.shards import plan_shards, tar_bytes, write_shard
 
 
 def samples():
