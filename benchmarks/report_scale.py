@@ -28,6 +28,7 @@ import pyarrow.parquet as pq  # noqa: E402
 from pipelines.config import validate_config  # noqa: E402
 from pipelines.report import sonify_report  # noqa: E402
 from schemas import IMAGE_REFS, MANIFEST, SCENES, make_table  # noqa: E402
+from schemas.layout import SonifyLayout, chunk_id, shard_id  # noqa: E402
 from stages import storage  # noqa: E402
 
 PART_ROWS = 250_000
@@ -57,17 +58,18 @@ SCENE_ROWS = """
 
 
 def write_run(root: Path, samples: int) -> None:
+    out = SonifyLayout(str(root / "out"))
     with duckdb.connect() as con:
         for part, start in enumerate(range(0, samples, PART_ROWS)):
             bounds = {"start": start, "stop": min(start + PART_ROWS, samples), "labels": LABELS, "clips": CLIPS}
             manifest = con.sql(MANIFEST_ROWS, params=bounds).to_arrow_table()
-            storage.write_parquet(str(root / "out" / "manifest" / f"{part:06d}.parquet"), make_table(MANIFEST, manifest))
+            storage.write_parquet(out.manifest(shard_id(part)), make_table(MANIFEST, manifest))
             scenes = make_table(SCENES, con.sql(SCENE_ROWS, params=bounds).to_arrow_table())
-            storage.write_parquet(str(root / "out" / "scenes" / "v" / f"{part:06d}.parquet"), scenes)
+            storage.write_parquet(out.scenes("v", chunk_id(part)), scenes)
             refs = make_table(IMAGE_REFS, {"image_id": scenes.column("image_id"), "uri": scenes.column("uri"), "member": scenes.column("member"), "error": scenes.column("error")})
             storage.write_parquet(str(root / "out" / f"images-{part:06d}.parquet"), refs)
     parts = sorted((root / "out").glob("images-*.parquet"))
-    storage.write_parquet(str(root / "out" / "images.parquet"), pa.concat_tables([pq.read_table(p) for p in parts]))
+    storage.write_parquet(out.images(), pa.concat_tables([pq.read_table(p) for p in parts]))
     for path in parts:
         path.unlink()
 

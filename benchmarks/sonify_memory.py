@@ -30,6 +30,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from schemas.layout import SonifyLayout  # noqa: E402
+
 SAMPLE_SECONDS = 0.1
 SOUNDS = [
     "dog barking", "rain on a roof", "car engine idling", "birds singing", "waves on a beach", "wind in trees",
@@ -182,7 +184,7 @@ def measure_sizes(root: Path, sizes: list[int], pool_config: Path) -> list[tuple
         images, concepts = write_images(root / f"inputs-{size}", size)
         out = root / f"out-{number}-{size}"
         peaks, seconds = run_measured("sonify", sonify_config(pool_config, images, concepts, out), root / f"sonify-{number}-{size}.log")
-        results.append((size, peaks, seconds, json.loads((out / "summary.json").read_text())))
+        results.append((size, peaks, seconds, json.loads(Path(SonifyLayout(str(out)).summary()).read_text())))
     return results
 
 

@@ -1,15 +1,8 @@
 """The pool pipeline: audio files -> standardized clips, loudness, CLAP embeddings, FAISS index.
 
-Layout of pool.dir (every path an fsspec URL):
-    pool.json                  what the pool was built with (CLAP, rates); a later run must match
-    config.yaml                the resolved config of the last run
-    summary.json               the last run's summary
-    clips/<part>.parquet       the pool table; written last for a part, so it marks the part complete
-    audio/<part>.parquet       the part's clips as 16-bit FLAC, one row per clip
-    embeddings/<part>.parquet  CLAP audio embeddings of the part's non-silent clips
-    index/index.faiss          FAISS index over every embedding
-    index/ids.parquet          index row -> clip_id
-    index/index.json           kind, size, recall against exact search
+pool.dir is laid out by schemas.layout.PoolLayout: per part a clips file (the pool table, written
+last, so it marks the part complete), an audio file and an embeddings file; the index; the pool's
+settings, the last run's config and summary.
 
 A part is a group of source files processed together. Re-running adds parts for new or changed
 sources only; rows of a changed source are removed from their old part, and the index grows.
@@ -33,6 +26,7 @@ from schemas.config import RunConfig
 from pipelines.grouped_writer import GroupedWriter
 from pipelines.ray_runner import Runner
 from schemas import POOL_CLIPS, POOL_INDEX_IDS, POOL_PARTS, embeddings_schema, make_table
+from schemas.layout import PoolLayout
 from stages import index as faiss_index
 from stages import storage
 from stages.base import check_chain
@@ -50,17 +44,6 @@ MAX_REPORTED_ERRORS = 50
 
 class PoolMismatch(ValueError):
     """The pool folder was built with settings this run cannot extend."""
-
-
-@dataclass(frozen=True)
-class PoolPaths:
-    root: str
-
-    def sub(self, *parts: str) -> str:
-        return storage.join(self.root, *parts)
-
-    def part_file(self, table: str, part: str) -> str:
-        return self.sub(table, f"{part}.parquet")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -132,7 +115,7 @@ def group_parts(sources: list[SourceFile], files_per_part: int) -> pa.Table:
 # Reading and repairing what is on disk
 
 
-def check_compatible(paths: PoolPaths, identity: dict, config: RunConfig) -> dict:
+def check_compatible(paths: PoolLayout, identity: dict, config: RunConfig) -> dict:
     """pool.json for this run; a PoolMismatch if the folder was built with other settings."""
     wanted = {
         "format": POOL_FORMAT,
@@ -141,7 +124,7 @@ def check_compatible(paths: PoolPaths, identity: dict, config: RunConfig) -> dic
         "clip_seconds": config.pool.clip_seconds,
         "mix_sample_rates": sorted(config.pool.mix_sample_rates),
     }
-    meta_url = paths.sub("pool.json")
+    meta_url = paths.pool_meta()
     if storage.exists(meta_url):
         found = json.loads(storage.read_bytes(meta_url))
         differing = [k for k in wanted if found.get(k) != wanted[k]]
@@ -151,12 +134,12 @@ def check_compatible(paths: PoolPaths, identity: dict, config: RunConfig) -> dic
     return wanted
 
 
-def remove_unfinished_parts(paths: PoolPaths) -> list[str]:
+def remove_unfinished_parts(paths: PoolLayout) -> list[str]:
     """Audio or embedding files without a clips file are left by an interrupted run: delete them."""
-    finished = {storage.file_stem(u) for u in storage.list_files(paths.sub("clips"), ".parquet")}
+    finished = {storage.file_stem(u) for u in storage.list_files(paths.clips_folder(), ".parquet")}
     removed = []
-    for table in ("audio", "embeddings"):
-        for url in storage.list_files(paths.sub(table), ".parquet"):
+    for folder in (paths.audio_folder(), paths.embeddings_folder()):
+        for url in storage.list_files(folder, ".parquet"):
             if storage.file_stem(url) not in finished:
                 storage.remove(url)
                 removed.append(url)
@@ -166,31 +149,30 @@ def remove_unfinished_parts(paths: PoolPaths) -> list[str]:
 PLAN_COLUMNS = ["source_uri", "source_fingerprint", "error", "part"]
 
 
-def read_clips(paths: PoolPaths, columns: list[str]) -> pa.Table:
-    tables = [storage.read_parquet(u, columns=columns) for u in storage.list_files(paths.sub("clips"), ".parquet")]
+def read_clips(paths: PoolLayout, columns: list[str]) -> pa.Table:
+    tables = [storage.read_parquet(u, columns=columns) for u in storage.list_files(paths.clips_folder(), ".parquet")]
     if not tables:
         return POOL_CLIPS.empty_table().select(columns)
     return pa.concat_tables(tables)
 
 
-def prune_stale(paths: PoolPaths, stale: dict[str, set[str]]) -> int:
+def prune_stale(paths: PoolLayout, stale: dict[str, set[str]]) -> int:
     """Remove stale sources' rows from their old parts. Audio and embeddings are rewritten before
     the clips file, so an interruption leaves rows that the next run finds stale again."""
     touched = 0
     for part, uris in sorted(stale.items()):
-        clips_url = paths.part_file("clips", part)
+        clips_url = paths.clips(part)
         clips = storage.read_parquet(clips_url)
         keep = pc.invert(pc.is_in(clips.column("source_uri"), value_set=pa.array(sorted(uris), pa.string())))
         kept = clips.filter(keep)
         touched += 1
         if kept.num_rows == 0:
             storage.remove(clips_url)
-            storage.remove(paths.part_file("audio", part))
-            storage.remove(paths.part_file("embeddings", part))
+            storage.remove(paths.audio(part))
+            storage.remove(paths.embeddings(part))
             continue
         ids = kept.column("clip_id")
-        for table in ("audio", "embeddings"):
-            url = paths.part_file(table, part)
+        for url in (paths.audio(part), paths.embeddings(part)):
             if storage.exists(url):
                 old = storage.read_parquet(url)
                 storage.write_parquet(url, old.filter(pc.is_in(old.column("clip_id"), value_set=ids)))
@@ -206,7 +188,7 @@ class PartFiles:
     """Writes a part whose rows are all in: embeddings first, then the clips file that marks the
     part complete; and counts what the written parts hold."""
 
-    def __init__(self, paths: PoolPaths, dim: int) -> None:
+    def __init__(self, paths: PoolLayout, dim: int) -> None:
         self.paths = paths
         self.embeddings_schema = embeddings_schema(dim)
         self.written_parts: list[str] = []
@@ -217,10 +199,10 @@ class PartFiles:
     def write(self, part: str, rows: pa.Table) -> int:
         embedded = rows.filter(pc.is_valid(rows.column("embedding")))
         storage.write_parquet(
-            self.paths.part_file("embeddings", part),
+            self.paths.embeddings(part),
             make_table(self.embeddings_schema, {"clip_id": embedded.column("clip_id"), "embedding": embedded.column("embedding")}),
         )
-        storage.write_parquet(self.paths.part_file("clips", part), make_table(POOL_CLIPS, rows.select(POOL_CLIPS.names)))
+        storage.write_parquet(self.paths.clips(part), make_table(POOL_CLIPS, rows.select(POOL_CLIPS.names)))
         errors = [e for e in rows.column("error").to_pylist() if e]
         self.errors.extend(errors)
         self.error_kinds.update(
@@ -238,8 +220,8 @@ class PartFiles:
 # The index
 
 
-def read_embeddings(paths: PoolPaths, parts: list[str] | None = None) -> tuple[list[str], np.ndarray | None]:
-    urls = storage.list_files(paths.sub("embeddings"), ".parquet")
+def read_embeddings(paths: PoolLayout, parts: list[str] | None = None) -> tuple[list[str], np.ndarray | None]:
+    urls = storage.list_files(paths.embeddings_folder(), ".parquet")
     if parts is not None:
         wanted = set(parts)
         urls = [u for u in urls if storage.file_stem(u) in wanted]
@@ -254,19 +236,19 @@ def read_embeddings(paths: PoolPaths, parts: list[str] | None = None) -> tuple[l
     return ids, (np.concatenate(blocks) if blocks else None)
 
 
-def embedded_parts(paths: PoolPaths) -> dict[str, int]:
+def embedded_parts(paths: PoolLayout) -> dict[str, int]:
     """part -> rows of its embeddings file: what an index of the pool must cover."""
-    return {storage.file_stem(u): storage.parquet_rows(u) for u in storage.list_files(paths.sub("embeddings"), ".parquet")}
+    return {storage.file_stem(u): storage.parquet_rows(u) for u in storage.list_files(paths.embeddings_folder(), ".parquet")}
 
 
-def update_index(paths: PoolPaths, config: RunConfig) -> dict:
+def update_index(paths: PoolLayout, config: RunConfig) -> dict:
     """Bring the index up to the embeddings on disk. index.json, written last, records the parts
     (and their rows) the index covers, so a run killed anywhere after writing parts leaves an index
     that the next run sees is behind. New parts are added in name order; a part that shrank or
     went away, other index settings, or an index file out of step with index.json (a write torn
     by a kill) mean a rebuild. Approximate indexes are reported with recall@k."""
     index_config = config.pool.index
-    meta_url = paths.sub("index", "index.json")
+    meta_url = paths.index_meta()
     previous = json.loads(storage.read_bytes(meta_url)) if storage.exists(meta_url) else None
     settings = index_config.model_dump(mode="json")
     covered = embedded_parts(paths)
@@ -276,9 +258,9 @@ def update_index(paths: PoolPaths, config: RunConfig) -> dict:
 
     index = None
     if indexed and previous["size"] > 0 and all(covered.get(p) == n for p, n in indexed.items()):
-        if storage.exists(paths.sub("index", "index.faiss")):
-            index = faiss_index.deserialize(storage.read_bytes(paths.sub("index", "index.faiss")))
-            ids = storage.read_parquet(paths.sub("index", "ids.parquet")).column("clip_id").to_pylist()
+        if storage.exists(paths.index_file()):
+            index = faiss_index.deserialize(storage.read_bytes(paths.index_file()))
+            ids = storage.read_parquet(paths.index_ids()).column("clip_id").to_pylist()
             if not index.ntotal == len(ids) == previous["size"]:
                 index = None
     if index is not None:
@@ -297,10 +279,10 @@ def update_index(paths: PoolPaths, config: RunConfig) -> dict:
         _, all_vectors = read_embeddings(paths)
         recall = faiss_index.measure_recall(index, all_vectors, index_config, config.seed)
     if index is not None:
-        storage.write_bytes(paths.sub("index", "index.faiss"), faiss_index.serialize(index))
+        storage.write_bytes(paths.index_file(), faiss_index.serialize(index))
     else:
-        storage.remove(paths.sub("index", "index.faiss"))
-    storage.write_parquet(paths.sub("index", "ids.parquet"), make_table(POOL_INDEX_IDS, {"row": list(range(len(ids))), "clip_id": ids}))
+        storage.remove(paths.index_file())
+    storage.write_parquet(paths.index_ids(), make_table(POOL_INDEX_IDS, {"row": list(range(len(ids))), "clip_id": ids}))
     meta = {
         "kind": index_config.kind,
         "settings": settings,
@@ -317,7 +299,7 @@ def update_index(paths: PoolPaths, config: RunConfig) -> dict:
 # The run
 
 
-def pool_totals(paths: PoolPaths, config: RunConfig) -> dict:
+def pool_totals(paths: PoolLayout, config: RunConfig) -> dict:
     table = read_clips(paths, ["clip_id", "source_uri", "lufs", "loudness_at_rates", "silent", "error"])
     ok = table.filter(pc.is_null(table.column("error")))
     indexed = ok.filter(pc.invert(ok.column("silent")))
@@ -340,7 +322,7 @@ def pool_totals(paths: PoolPaths, config: RunConfig) -> dict:
 
 def run_pool(config: RunConfig) -> dict:
     started = time.monotonic()
-    paths = PoolPaths(config.pool.dir.rstrip("/"))
+    paths = PoolLayout(config.pool.dir.rstrip("/"))
     identity = clap_identity(config.models.clap)
     meta = check_compatible(paths, identity, config)
 
@@ -351,13 +333,13 @@ def run_pool(config: RunConfig) -> dict:
     check_chain(POOL_PARTS, [standardize, embed])
 
     storage.makedirs(paths.root)
-    storage.write_text(paths.sub("config.yaml"), dump_config(config))
-    if not storage.exists(paths.sub("pool.json")):
-        storage.write_text(paths.sub("pool.json"), json.dumps(meta, indent=2) + "\n")
+    storage.write_text(paths.config(), dump_config(config))
+    if not storage.exists(paths.pool_meta()):
+        storage.write_text(paths.pool_meta(), json.dumps(meta, indent=2) + "\n")
     leftovers = remove_unfinished_parts(paths)
     if leftovers:
         log.warning("removed %d files of parts an interrupted run left unfinished", len(leftovers))
-    temporaries = storage.remove_temporaries([paths.root, *(paths.sub(t) for t in ("clips", "audio", "embeddings", "index"))])
+    temporaries = storage.remove_temporaries(paths.temporary_folders())
     if temporaries:
         log.warning("removed %d temporary files that an interrupted run left", temporaries)
 
@@ -408,7 +390,7 @@ def run_pool(config: RunConfig) -> dict:
         "index": {k: v for k, v in index.items() if k != "parts"},
         "wall_seconds": round(time.monotonic() - started, 3),
     }
-    storage.write_text(paths.sub("summary.json"), json.dumps(summary, indent=2) + "\n")
+    storage.write_text(paths.summary(), json.dumps(summary, indent=2) + "\n")
     return summary
 
 

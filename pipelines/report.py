@@ -1,12 +1,9 @@
 """`report`: a page a person opens in a browser to see what a sonify run or a pool holds.
 
-Layout of sonify.out/report/ and pool.dir/report/ (every path an fsspec URL):
-    index.html        summary, errors and drops by kind, plots, and (sonify) the gallery
-    report.json       the page's counts, problems and gallery keys, for machines
-    plots/<name>.png  matplotlib figures
-    media/NNNN.jpg    gallery thumbnails (sonify)
-    media/NNNN.flac   gallery mixes, copied from their shards (sonify)
-The folder holds everything its page shows, so it works offline and can be copied elsewhere.
+sonify.out/report/ and pool.dir/report/ are laid out by schemas.layout.ReportLayout: the page
+(summary, errors and drops by kind, plots, and for sonify the gallery), its counts for machines,
+the plots, and the gallery's thumbnails and mixes. The folder holds everything its page shows, so
+it works offline and can be copied elsewhere.
 
 Aggregates are DuckDB queries over the Parquet files, so the driver holds answers (counts, bins,
 a few examples), not rows; the gallery reads only its samples' members from their shards.
@@ -23,8 +20,8 @@ from typing import Literal
 from PIL import Image
 
 from schemas.config import RunConfig
-from pipelines.pool import PoolPaths
 from schemas import IMAGE_REFS, MANIFEST, POOL_CLIPS, SCENES
+from schemas.layout import PoolLayout, ReportLayout, SonifyLayout
 from stages import report_plots as plots
 from stages import report_pool, report_sonify, storage
 from stages.images import image_error_kind
@@ -35,7 +32,6 @@ from stages.standardize import error_kind
 
 log = logging.getLogger(__name__)
 
-REPORT_FOLDER = "report"
 TOP_LABELS = 50
 LOUDNESS_POINTS = 5000
 # A shard is read by walking its tar headers; small read-ahead blocks keep that walk from pulling
@@ -48,27 +44,17 @@ class ReportError(ValueError):
     """There is nothing to report, or its files cannot be read."""
 
 
-@dataclass(frozen=True)
-class SonifyPaths:
-    """The files of sonify.out that a report reads."""
+def manifest_files(paths: SonifyLayout) -> list[str]:
+    return storage.list_files(paths.manifest_folder(), ".parquet")
 
-    root: str
 
-    def sub(self, *parts: str) -> str:
-        return storage.join(self.root, *parts)
-
-    def manifest_files(self) -> list[str]:
-        return storage.list_files(self.sub("manifest"), ".parquet")
-
-    def scene_files(self) -> list[str]:
-        fs, path = storage.filesystem(self.sub("scenes"))
-        if not fs.exists(path):
-            return []
-        folders = sorted(entry["name"] for entry in fs.ls(path, detail=True) if entry["type"] == "directory")
-        return [url for folder in folders for url in storage.list_files(storage.full_url(fs, folder), ".parquet")]
-
-    def shard(self, name: str) -> str:
-        return self.sub("shards", name)
+def scene_files(paths: SonifyLayout) -> list[str]:
+    """The scenes of every VLM the run had, whichever the config names now."""
+    fs, path = storage.filesystem(paths.scenes_folder())
+    if not fs.exists(path):
+        return []
+    folders = sorted(entry["name"] for entry in fs.ls(path, detail=True) if entry["type"] == "directory")
+    return [url for folder in folders for url in storage.list_files(storage.full_url(fs, folder), ".parquet")]
 
 
 @dataclass
@@ -83,17 +69,16 @@ class ReportFiles:
 
 
 def write_report(folder: str, report: ReportFiles) -> str:
-    """Writes the report's files, index.html last, and deletes plots and media that an earlier
+    """Writes the report's files, the page last, and deletes plots and media that an earlier
     report left and this one does not show."""
-    for sub in ("plots", "media"):
-        keep = {name for name in report.files if name.startswith(f"{sub}/")}
+    for sub in ReportLayout.replaced_folders():
         for url in storage.list_files(storage.join(folder, sub), ""):
-            if f"{sub}/{url.rsplit('/', 1)[-1]}" not in keep:
+            if storage.join(sub, url.rsplit("/", 1)[-1]) not in report.files:
                 storage.remove(url)
-    page = report.files.pop("index.html")
+    page = report.files.pop(ReportLayout.page())
     for name, data in report.files.items():
         storage.write_bytes(storage.join(folder, name), data)
-    index_url = storage.join(folder, "index.html")
+    index_url = storage.join(folder, ReportLayout.page())
     storage.write_bytes(index_url, page)
     return index_url
 
@@ -101,14 +86,14 @@ def write_report(folder: str, report: ReportFiles) -> str:
 def _histogram_plot(
     report: ReportFiles, name: str, hist: Histogram, title: str, xlabel: str, caption: str, marker: tuple[float, str] | None = None
 ) -> Plot:
-    return Plot(name, report.add(f"plots/{name}.png", plots.histogram_plot(hist, title, xlabel, marker)), title, caption)
+    return Plot(name, report.add(ReportLayout.plot(name), plots.histogram_plot(hist, title, xlabel, marker)), title, caption)
 
 
 def _read_json(url: str) -> dict | None:
     return json.loads(storage.read_bytes(url)) if storage.exists(url) else None
 
 
-def gallery_media(paths: SonifyPaths, items: list[dict], thumbnail_px: int, report: ReportFiles) -> list[GalleryEntry]:
+def gallery_media(paths: SonifyLayout, items: list[dict], thumbnail_px: int, report: ReportFiles) -> list[GalleryEntry]:
     """Each chosen sample's thumbnail and mix, read from its shard; a sample that cannot be read
     keeps its entry with the reason."""
     entries = []
@@ -125,7 +110,7 @@ def gallery_media(paths: SonifyPaths, items: list[dict], thumbnail_px: int, repo
             for n in numbers:
                 entries[n].problems.append(f"manifest row {items[n]['key']}: {shard!r} is not a shard file name")
             continue
-        url = paths.shard(shard)
+        url = paths.shard_named(shard)
         fs, path = storage.filesystem(url)
         try:
             with fs.open(path, "rb", block_size=SHARD_BLOCK_BYTES) as handle:
@@ -140,14 +125,14 @@ def gallery_media(paths: SonifyPaths, items: list[dict], thumbnail_px: int, repo
                 entries[n].problems.append(f"{url}: holds no sample {items[n]['key']}")
                 continue
             if "flac" in members:
-                entries[n].audio = report.add(f"media/{n + 1:04d}.flac", members["flac"])
+                entries[n].audio = report.add(ReportLayout.mix(n + 1), members["flac"])
             else:
                 entries[n].problems.append(f"{url}: sample {items[n]['key']} has no flac member")
             images = [ext for ext in members if ext not in ("flac", "json")]
             try:
                 if not images:
                     raise ValueError("no image member")
-                entries[n].thumbnail = report.add(f"media/{n + 1:04d}.jpg", thumbnail_jpeg(members[images[0]], thumbnail_px))
+                entries[n].thumbnail = report.add(ReportLayout.thumbnail(n + 1), thumbnail_jpeg(members[images[0]], thumbnail_px))
             except (OSError, ValueError, Image.DecompressionBombError) as exc:
                 entries[n].problems.append(f"{url}: sample {items[n]['key']}: image not shown ({exc})")
     return entries
@@ -158,17 +143,17 @@ def sonify_report(config: RunConfig) -> str:
     started = time.monotonic()
     if not config.sonify.out:
         raise ReportError("sonify.out is not set")
-    paths = SonifyPaths(config.sonify.out.rstrip("/"))
-    manifest = paths.manifest_files()
+    paths = SonifyLayout(config.sonify.out.rstrip("/"))
+    manifest = manifest_files(paths)
     if not manifest:
-        raise ReportError(f"{paths.sub('manifest')} holds no manifest: run `run_pipeline.py sonify` first")
-    images_url = paths.sub("images.parquet")
-    pool = PoolPaths(config.pool.dir.rstrip("/"))
+        raise ReportError(f"{paths.manifest_folder()} holds no manifest: run `run_pipeline.py sonify` first")
+    images_url = paths.images()
+    pool = PoolLayout(config.pool.dir.rstrip("/"))
     views = {
         "manifest": (manifest, MANIFEST),
-        "scenes": (paths.scene_files(), SCENES),
+        "scenes": (scene_files(paths), SCENES),
         "images": ([images_url] if storage.exists(images_url) else [], IMAGE_REFS),
-        "pool_clips": (storage.list_files(pool.sub("clips"), ".parquet"), POOL_CLIPS),
+        "pool_clips": (storage.list_files(pool.clips_folder(), ".parquet"), POOL_CLIPS),
     }
     report = ReportFiles({})
     try:
@@ -179,7 +164,7 @@ def sonify_report(config: RunConfig) -> str:
             labels = report_sonify.label_frequency(con, TOP_LABELS)
             concept_hists = report_sonify.concept_histograms(con)
             mix_hists = report_sonify.mix_histograms(con)
-            index_meta = _read_json(pool.sub("index", "index.json")) or {}
+            index_meta = _read_json(pool.index_meta()) or {}
             usage = report_sonify.clip_usage(report_sonify.clip_use_counts(con), index_meta.get("size"))
             loudness = report_sonify.loudness_check(con, LOUDNESS_POINTS, config.report.gallery_seed)
             items = report_sonify.gallery_items(con, config.report.gallery_size, config.report.gallery_seed).to_pylist()
@@ -188,7 +173,7 @@ def sonify_report(config: RunConfig) -> str:
     figures = [
         Plot(
             "labels",
-            report.add("plots/labels.png", plots.bar_chart(labels, f"Concept labels, the {TOP_LABELS} most frequent", "concepts in written samples")),
+            report.add(ReportLayout.plot("labels"), plots.bar_chart(labels, f"Concept labels, the {TOP_LABELS} most frequent", "concepts in written samples")),
             "Concept label frequency",
             "How often each label names a concept of a written sample.",
         ),
@@ -200,9 +185,9 @@ def sonify_report(config: RunConfig) -> str:
                         "Each concept's dynamic threshold: candidates score at least this."),
         _histogram_plot(report, "candidates", concept_hists["n_candidates"], "Candidate-set size |C|", "clips at or above tau",
                         "How many clips each concept chose from."),
-        Plot("clip-usage", report.add("plots/clip-usage.png", plots.lorenz_plot(usage)), "Clip usage",
+        Plot("clip-usage", report.add(ReportLayout.plot("clip-usage"), plots.lorenz_plot(usage)), "Clip usage",
              "Lorenz curve of clip choices over the pool's indexed clips: the further below the diagonal, the more a few clips dominate."),
-        Plot("loudness", report.add("plots/loudness.png", plots.loudness_plot(loudness)), "Target against measured loudness",
+        Plot("loudness", report.add(ReportLayout.plot("loudness"), plots.loudness_plot(loudness)), "Target against measured loudness",
              "Each dot is a sample; on the diagonal the mix is as loud as its sources' targets add up to."),
         _histogram_plot(report, "mix-peak", mix_hists["mix_peak_dbfs"], "Mix peak", "sample peak (dBFS)",
                         "Peak of each written mix.", (config.mix.peak_dbfs, "mix.peak_dbfs")),
@@ -210,11 +195,11 @@ def sonify_report(config: RunConfig) -> str:
                         "Below 0: the mix passed the peak ceiling and was scaled down."),
     ]
     gallery = gallery_media(paths, items, config.report.thumbnail_px, report)
-    summary = _read_json(paths.sub("summary.json"))
+    summary = _read_json(paths.summary())
     notes = [f"The last sonify run took {summary['wall_seconds']:.0f} s." if summary else "No summary.json: the run has not finished."]
     samples_written = dict(counts)["samples written"]
     report.add(
-        "index.html",
+        ReportLayout.page(),
         render_page(
             "Sonify report", paths.root, counts, problems, figures, notes, gallery,
             f"{len(gallery)} of {samples_written} written samples, chosen at random with report.gallery_seed "
@@ -222,18 +207,18 @@ def sonify_report(config: RunConfig) -> str:
         ).encode(),
     )
     clip_stats = {"distinct": usage.distinct, "uses": usage.uses, "top_20_share": usage.top_share, "gini": usage.gini, "indexed_clips": usage.population}
-    report.add("report.json", _report_json(counts, problems, {"gallery": [i["key"] for i in items], "clip_usage": clip_stats}))
-    index = write_report(paths.sub(REPORT_FOLDER), report)
+    report.add(ReportLayout.summary(), _report_json(counts, problems, {"gallery": [i["key"] for i in items], "clip_usage": clip_stats}))
+    index = write_report(paths.report_folder(), report)
     log.info("sonify report written in %.1f s: %d plots, %d gallery samples", time.monotonic() - started, len(figures), len(gallery))
     return index
 
 
 def pool_report(config: RunConfig) -> str:
     """Writes pool.dir/report/ and returns the URL of its index.html."""
-    pool = PoolPaths(config.pool.dir.rstrip("/"))
-    clips = storage.list_files(pool.sub("clips"), ".parquet")
+    pool = PoolLayout(config.pool.dir.rstrip("/"))
+    clips = storage.list_files(pool.clips_folder(), ".parquet")
     if not clips:
-        raise ReportError(f"{pool.sub('clips')} holds no pool table: run `run_pipeline.py pool` first")
+        raise ReportError(f"{pool.clips_folder()} holds no pool table: run `run_pipeline.py pool` first")
     report = ReportFiles({})
     try:
         with connect({"clips": (clips, POOL_CLIPS)}, {"pool_error_kind": error_kind}) as con:
@@ -245,24 +230,24 @@ def pool_report(config: RunConfig) -> str:
             silent, audible = report_pool.silent_share(con)
     except ReportInputError as exc:
         raise ReportError(str(exc)) from None
-    index_meta = _read_json(pool.sub("index", "index.json"))
+    index_meta = _read_json(pool.index_meta())
     if index_meta is not None:
         counts.append(("clips in the index", int(index_meta["size"])))
     share = silent / (silent + audible) if silent + audible else 0.0
     figures = [
-        Plot("formats", report.add("plots/formats.png", plots.bar_chart(formats, "Source files by format", "files")), "Formats",
+        Plot("formats", report.add(ReportLayout.plot("formats"), plots.bar_chart(formats, "Source files by format", "files")), "Formats",
              "Decoded format of each source file that gave clips."),
         _histogram_plot(report, "durations", durations, "Source durations", "seconds", "Length of each source file before it was cut into clips."),
         _histogram_plot(report, "clip-loudness", loudness, "Clip loudness", "integrated loudness at the pool rate (LUFS)",
                         "Loudness of each clip; digital silence has none.", (config.pool.silence_lufs, "pool.silence_lufs")),
-        Plot("silent", report.add("plots/silent.png", plots.bar_chart([("audible", audible), ("silent", silent)], f"Silent share: {share:.1%}", "clips")),
+        Plot("silent", report.add(ReportLayout.plot("silent"), plots.bar_chart([("audible", audible), ("silent", silent)], f"Silent share: {share:.1%}", "clips")),
              "Silent share", "Clips below pool.silence_lufs are kept in the table but never retrieved."),
     ]
-    summary = _read_json(pool.sub("summary.json"))
+    summary = _read_json(pool.summary())
     notes = [f"The last pool run took {summary['wall_seconds']:.0f} s." if summary else "No summary.json: the last pool run has not finished."]
-    report.add("index.html", render_page("Pool report", pool.root, counts, problems, figures, notes).encode())
-    report.add("report.json", _report_json(counts, problems, {"silent_share": share}))
-    return write_report(pool.sub(REPORT_FOLDER), report)
+    report.add(ReportLayout.page(), render_page("Pool report", pool.root, counts, problems, figures, notes).encode())
+    report.add(ReportLayout.summary(), _report_json(counts, problems, {"silent_share": share}))
+    return write_report(pool.report_folder(), report)
 
 
 def _report_json(counts: list[tuple[str, int]], problems: list[dict], extra: dict) -> bytes:
@@ -274,11 +259,11 @@ def run_report(config: RunConfig, target: Target) -> list[str]:
     report). Returns the URLs of their pages."""
     written = []
     if target in ("sonify", "all"):
-        has_run = bool(config.sonify.out) and bool(SonifyPaths(config.sonify.out.rstrip("/")).manifest_files())
+        has_run = bool(config.sonify.out) and bool(manifest_files(SonifyLayout(config.sonify.out.rstrip("/"))))
         if target == "sonify" or has_run:
             written.append(sonify_report(config))
     if target in ("pool", "all"):
-        has_pool = bool(storage.list_files(PoolPaths(config.pool.dir.rstrip("/")).sub("clips"), ".parquet"))
+        has_pool = bool(storage.list_files(PoolLayout(config.pool.dir.rstrip("/")).clips_folder(), ".parquet"))
         if target == "pool" or has_pool:
             written.append(pool_report(config))
     if not written:

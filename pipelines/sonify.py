@@ -1,17 +1,9 @@
 """The sonify pipeline: images -> VLM sounding concepts -> CLAP retrieval -> mixes -> shards.
 
-Phases, each materialized in sonify.out so a rerun skips what is done and each can be queried:
-    images.parquet                    the listing, made once: a rerun resumes over the same images
-    scenes/<vlm>/NNNNNN.parquet       one row per image of chunk NNNNNN and VLM: caption, concepts,
-                                      or why it stops; written as each chunk completes
-    matches.parquet                   top-K pool clips of every distinct concept text
-    plans/NNNNNN.parquet              what shard NNNNNN holds: its manifest rows, where its clips are
-    plans/chunk-NNNNNN.json           chunk NNNNNN planned: its shards and counts (written last)
-    manifest/NNNNNN.parquet           one row per sample of shard NNNNNN, written after the shard
-    manifest/rejected-NNNNNN.parquet  scenes of chunk NNNNNN that gave no sample, with the reason
-    shards/NNNNNN.tar                 WebDataset: KEY.<sonify.image_format>, KEY.flac, KEY.json
-    pool_state.json                   the pool index this run retrieves from (its parts and size)
-    config.yaml, summary.json
+Phases, each materialized in sonify.out (laid out by schemas.layout.SonifyLayout) so a rerun skips
+what is done and each can be queried: the listing, made once; each VLM's scenes, written as each
+chunk completes; the top-K pool clips of every distinct concept text; each chunk's shard plans and
+rejected scenes, then its stats file; each shard's tar, then its manifest part, which marks it done.
 
 Images are sorted by id and cut into chunks of sonify.images_per_chunk. The driver holds the
 listing (about 100 bytes per image), the distinct concept texts with their top-K matches (a few KB
@@ -39,10 +31,11 @@ import yaml
 
 from pipelines.config import dump_config, validate_config
 from schemas.config import RunConfig, VlmConfig
-from pipelines.pool import PoolPaths, check_compatible, embedded_parts, read_clips
+from pipelines.pool import check_compatible, embedded_parts, read_clips
 from pipelines.grouped_writer import GroupedWriter
 from pipelines.ray_runner import Runner
 from schemas import IMAGE_REFS, MANIFEST, MATCHES, SCENES, SHARD_PLANS, SHARD_TASKS, make_table, schema_version
+from schemas.layout import PoolLayout, SonifyLayout, chunk_id, shard_id
 from stages import storage
 from stages.base import Stage, check_chain
 from stages.clap import clap_identity
@@ -52,7 +45,7 @@ from stages.mix import draw_targets, gains_db
 from stages.loudness import audible_clip_loudness
 from stages.retrieval import ConceptChoice, DroppedConcept, choose_clips, concept_rng
 from stages.retrieve import RetrieveClips
-from stages.shards import WriteShards, plan_shards, shard_id, table_to_ipc
+from stages.shards import WriteShards, plan_shards, table_to_ipc
 from stages.vlm_openai import OpenAIVlm
 from stages.vlm_provided import ProvidedConcepts
 from stages.vlm_transformers import TransformersVlm
@@ -104,19 +97,19 @@ def vlm_stage(vlm: VlmConfig, config: RunConfig) -> Stage:
     return ProvidedConcepts(vlm)
 
 
-def check_pool(config: RunConfig) -> tuple[PoolPaths, dict]:
+def check_pool(config: RunConfig) -> tuple[PoolLayout, dict]:
     """The pool's folder and the state of its index (parts and size), refused when sonify cannot use it."""
-    paths = PoolPaths(config.pool.dir.rstrip("/"))
-    if not storage.exists(paths.sub("pool.json")):
+    paths = PoolLayout(config.pool.dir.rstrip("/"))
+    if not storage.exists(paths.pool_meta()):
         raise SonifyError(f"pool.dir {paths.root} holds no pool (no pool.json); build it with `run_pipeline.py pool` first")
     check_compatible(paths, clap_identity(config.models.clap), config)
     if config.mix.sample_rate not in config.pool.mix_sample_rates:
         raise SonifyError(
             f"mix.sample_rate {config.mix.sample_rate} is not among the pool's mix_sample_rates {config.pool.mix_sample_rates}"
         )
-    if not storage.exists(paths.sub("index", "index.faiss")):
+    if not storage.exists(paths.index_file()):
         raise SonifyError(f"pool {paths.root} has no index: it holds no non-silent clip")
-    meta_url = paths.sub("index", "index.json")
+    meta_url = paths.index_meta()
     index_meta = json.loads(storage.read_bytes(meta_url)) if storage.exists(meta_url) else {}
     if index_meta.get("parts") != embedded_parts(paths):
         raise SonifyError(
@@ -150,10 +143,10 @@ def _run_identity(config: RunConfig) -> dict:
 def check_same_run(config: RunConfig, out: str) -> None:
     """Finished phases in sonify.out are reused, so they must come from the same settings and the
     same layout of files."""
-    url = storage.join(out, "config.yaml")
+    url = SonifyLayout(out).config()
     if not storage.exists(url):
         return
-    layout_url = storage.join(out, "layout.json")
+    layout_url = SonifyLayout(out).layout_version()
     layout = json.loads(storage.read_bytes(layout_url)).get("layout") if storage.exists(layout_url) else None
     if layout != LAYOUT_VERSION:
         raise SonifyError(
@@ -172,8 +165,8 @@ def check_same_pool(out: str, pool_root: str, pool_state: dict) -> None:
     """Matches, plans and shards name pool clips: once retrieval has run, a pool extended or pruned
     since would be mixed with stale choices, or lack the clips they name. Before that nothing in
     sonify.out depends on the pool (scenes do not), so the state is recorded anew."""
-    url = storage.join(out, "pool_state.json")
-    if not storage.exists(storage.join(out, "matches.parquet")):
+    url = SonifyLayout(out).pool_state()
+    if not storage.exists(SonifyLayout(out).matches()):
         storage.write_text(url, json.dumps(pool_state, sort_keys=True) + "\n")
         return
     recorded = json.loads(storage.read_bytes(url)) if storage.exists(url) else None
@@ -211,7 +204,7 @@ class Chunk:
 
     @property
     def name(self) -> str:
-        return f"{self.index:06d}"
+        return chunk_id(self.index)
 
     @property
     def rows(self) -> int:
@@ -230,7 +223,7 @@ def block_ranges(chunk: Chunk, block_rows: int) -> list[tuple[int, int]]:
 def image_listing(config: RunConfig, out: str) -> tuple[pa.Table, dict]:
     """The sorted listing and its counts, made on the first run and read back on every rerun, so
     that chunks hold the same images however the inputs are listed later."""
-    url, stats_url = storage.join(out, "images.parquet"), storage.join(out, "images.json")
+    url, stats_url = SonifyLayout(out).images(), SonifyLayout(out).images_counts()
     if storage.exists(url):
         return read_phase(url, IMAGE_REFS), json.loads(storage.read_bytes(stats_url))
     refs = list_images(config.sonify.images)
@@ -247,7 +240,7 @@ def image_listing(config: RunConfig, out: str) -> tuple[pa.Table, dict]:
 
 def run_scenes(config: RunConfig, listing: pa.Table, chunks: list[Chunk], vlm: VlmConfig, out: str) -> None:
     """Answers of one VLM for every chunk without a scenes file yet, each file written as its chunk completes."""
-    folder = storage.join(out, "scenes", vlm.name)
+    folder = SonifyLayout(out).vlm_scenes_folder(vlm.name)
     done = {storage.file_stem(u) for u in storage.list_files(folder, ".parquet")}
     todo = [c for c in chunks if c.name not in done]
     log.info("scenes %s: %d of %d chunks to do", vlm.name, len(todo), len(chunks))
@@ -262,7 +255,7 @@ def run_scenes(config: RunConfig, listing: pa.Table, chunks: list[Chunk], vlm: V
     first_ids = [listing.column("image_id")[c.start].as_py() for c in chunks]
 
     def write(index: int, rows: pa.Table) -> int:
-        storage.write_parquet(storage.join(folder, f"{chunks[index].name}.parquet"), rows.sort_by([("image_id", "ascending")]))
+        storage.write_parquet(SonifyLayout(out).scenes(vlm.name, chunks[index].name), rows.sort_by([("image_id", "ascending")]))
         return rows.num_rows
 
     writer = GroupedWriter(
@@ -280,7 +273,7 @@ def run_scenes(config: RunConfig, listing: pa.Table, chunks: list[Chunk], vlm: V
 def read_chunk_scenes(config: RunConfig, out: str, chunk: Chunk, columns: list[str] | None = None) -> pa.Table:
     tables = []
     for vlm in config.models.vlm:
-        table = read_phase(storage.join(out, "scenes", vlm.name, f"{chunk.name}.parquet"), SCENES)
+        table = read_phase(SonifyLayout(out).scenes(vlm.name, chunk.name), SCENES)
         tables.append(table.select(columns) if columns else table)
     return pa.concat_tables(tables)
 
@@ -316,14 +309,14 @@ def count_scenes(config: RunConfig, out: str, chunks: list[Chunk]) -> SceneCount
     return counts
 
 
-def run_matches(config: RunConfig, paths: PoolPaths, texts: list[str]) -> pa.Table:
+def run_matches(config: RunConfig, paths: PoolLayout, texts: list[str]) -> pa.Table:
     retrieve = RetrieveClips(paths.root, config.models.clap, config.retrieval.search_k)
     batches = Runner(config.ray).run(pa.table({"text": texts}), [retrieve], blocks=max(1, min(len(texts) // 64, 1000)))
     tables = [b for b in batches if b.num_rows]
     return (pa.concat_tables(tables) if tables else MATCHES.empty_table()).sort_by([("text", "ascending")])
 
 
-def audible_clips(paths: PoolPaths, config: RunConfig) -> tuple[dict[str, float], int]:
+def audible_clips(paths: PoolLayout, config: RunConfig) -> tuple[dict[str, float], int]:
     """clip_id -> loudness at the mix rate of every pool clip audible at that rate (the only clips
     a mix may use), and how many indexed (non-silent) clips are not."""
     table = read_clips(paths, ["clip_id", "lufs", "loudness_at_rates", "silent", "error"])
@@ -412,7 +405,7 @@ def shard_groups(samples: list[dict], scenes_bytes: dict[str, int], config: RunC
     return groups
 
 
-def clip_parts(paths: PoolPaths) -> dict[str, str]:
+def clip_parts(paths: PoolLayout) -> dict[str, str]:
     """clip_id -> the pool part holding its audio; read once on the driver."""
     table = read_clips(paths, ["clip_id", "part"])
     return dict(zip(table.column("clip_id").to_pylist(), table.column("part").to_pylist()))
@@ -430,7 +423,7 @@ CHUNK_COUNTS = ("samples", "rejected", "concepts_below_min_cosine", "concepts_no
 
 
 def plan_chunks(
-    config: RunConfig, paths: PoolPaths, out: str, chunks: list[Chunk], found: dict, clip_lufs: dict[str, float]
+    config: RunConfig, paths: PoolLayout, out: str, chunks: list[Chunk], found: dict, clip_lufs: dict[str, float]
 ) -> tuple[int, Counter, list[str]]:
     """Plans every chunk not planned yet, in order: its shards' plan files, its rejected rows, and
     last its stats file, which marks it planned. Shards are numbered on from the previous chunk's,
@@ -439,7 +432,7 @@ def plan_chunks(
     part_of = None
     next_shard, totals, reasons = 0, Counter(), []
     for chunk in chunks:
-        stats_url = storage.join(out, "plans", f"chunk-{chunk.name}.json")
+        stats_url = SonifyLayout(out).chunk_plan(chunk.name)
         if not storage.exists(stats_url):
             if part_of is None:
                 part_of = clip_parts(paths)
@@ -451,9 +444,9 @@ def plan_chunks(
             groups = shard_groups(samples, image_bytes, config, next_shard)
             for shard, rows in groups.items():
                 plan = shard_plan(shard, pa.Table.from_pylist(rows, schema=MANIFEST), part_of)
-                storage.write_parquet(storage.join(out, "plans", f"{shard}.parquet"), plan)
+                storage.write_parquet(SonifyLayout(out).plan(shard), plan)
             storage.write_parquet(
-                storage.join(out, "manifest", f"rejected-{chunk.name}.parquet"), pa.Table.from_pylist(rejected, schema=MANIFEST)
+                SonifyLayout(out).rejected(chunk.name), pa.Table.from_pylist(rejected, schema=MANIFEST)
             )
             stats = {
                 "first_shard": next_shard,
@@ -474,14 +467,14 @@ def plan_chunks(
     return next_shard, totals, reasons
 
 
-def write_shards(config: RunConfig, paths: PoolPaths, out: str, shards: list[str], plans_dir: str) -> pa.Table | None:
+def write_shards(config: RunConfig, paths: PoolLayout, out: str, shards: list[str]) -> pa.Table | None:
     """Writes the shards not yet marked complete by their manifest part, each from its plan file."""
-    done = {storage.file_stem(u) for u in storage.list_files(storage.join(out, "manifest"), ".parquet")}
+    done = {storage.file_stem(u) for u in storage.list_files(SonifyLayout(out).manifest_folder(), ".parquet")}
     todo = [s for s in shards if s not in done]
     log.info("%d shards planned, %d already written", len(shards), len(shards) - len(todo))
     if not todo:
         return None
-    tasks = make_table(SHARD_TASKS, {"shard": todo, "plan_url": [storage.join(plans_dir, f"{s}.parquet") for s in todo]})
+    tasks = make_table(SHARD_TASKS, {"shard": todo, "plan_url": [SonifyLayout(out).plan(s) for s in todo]})
     encoding = ImageEncoding(
         config.sonify.image_format, config.sonify.image_quality, config.sonify.max_image_side, config.sonify.max_image_pixels
     )
@@ -501,8 +494,8 @@ def manifest_counts(out: str) -> tuple[int, int, int]:
     """Samples written, rows that failed at write time, and distinct clips used, read part by part."""
     samples = failed = 0
     used: set[str] = set()
-    for url in storage.list_files(storage.join(out, "manifest"), ".parquet"):
-        if url.rsplit("/", 1)[-1].startswith("rejected-"):
+    for url in storage.list_files(SonifyLayout(out).manifest_folder(), ".parquet"):
+        if SonifyLayout(out).is_rejected(url):
             continue
         table = storage.read_parquet(url, columns=["concepts", "error"])
         ok = table.filter(pc.is_null(table.column("error")))
@@ -521,18 +514,18 @@ def run_sonify(config: RunConfig) -> dict:
         raise SonifyError("models.vlm is empty: configure at least one VLM (or backend: provided)")
     paths, pool_state = check_pool(config)
     out = out.rstrip("/")
+    layout = SonifyLayout(out)
     check_batches(config)
     check_same_run(config, out)
     storage.makedirs(out)
     check_same_pool(out, paths.root, pool_state)
-    layout_url = storage.join(out, "layout.json")
+    layout_url = layout.layout_version()
     if not storage.exists(layout_url):
         storage.write_text(layout_url, json.dumps({"layout": LAYOUT_VERSION}) + "\n")
-    folders = ["", "shards", "manifest", "plans", *(f"scenes/{v.name}" for v in config.models.vlm)]
-    leftovers = storage.remove_temporaries([storage.join(out, f) if f else out for f in folders])
+    leftovers = storage.remove_temporaries(layout.temporary_folders(v.name for v in config.models.vlm))
     if leftovers:
         log.warning("removed %d temporary files that an interrupted run left", leftovers)
-    storage.write_text(storage.join(out, "config.yaml"), dump_config(config))
+    storage.write_text(layout.config(), dump_config(config))
     seconds: dict[str, float] = {}
 
     tick = time.monotonic()
@@ -549,7 +542,7 @@ def run_sonify(config: RunConfig) -> dict:
     tick = time.monotonic()
     scene_counts = count_scenes(config, out, chunks)
     texts = sorted(scene_counts.texts)
-    matches_url = storage.join(out, "matches.parquet")
+    matches_url = layout.matches()
     if storage.exists(matches_url):
         matches = read_phase(matches_url, MATCHES)
     else:
@@ -564,7 +557,7 @@ def run_sonify(config: RunConfig) -> dict:
     seconds["plan"] = time.monotonic() - tick
 
     tick = time.monotonic()
-    write_shards(config, paths, out, [shard_id(i) for i in range(shard_count)], storage.join(out, "plans"))
+    write_shards(config, paths, out, [shard_id(i) for i in range(shard_count)])
     seconds["mix_and_write"] = time.monotonic() - tick
 
     samples, failed_at_write, clips_used = manifest_counts(out)
@@ -595,7 +588,7 @@ def run_sonify(config: RunConfig) -> dict:
         "seconds": {k: round(v, 3) for k, v in seconds.items()},
         "wall_seconds": round(time.monotonic() - started, 3),
     }
-    storage.write_text(storage.join(out, "summary.json"), json.dumps(summary, indent=2) + "\n")
+    storage.write_text(layout.summary(), json.dumps(summary, indent=2) + "\n")
     return summary
 
 
@@ -606,32 +599,33 @@ def run_render(config: RunConfig) -> dict:
     source, out = config.render.manifest, config.render.out
     if not source or not out:
         raise SonifyError("render needs render.manifest (a sonify run's manifest folder) and render.out")
-    paths = PoolPaths(config.pool.dir.rstrip("/"))
-    if not storage.exists(paths.sub("pool.json")):
+    paths = PoolLayout(config.pool.dir.rstrip("/"))
+    if not storage.exists(paths.pool_meta()):
         raise SonifyError(f"pool.dir {paths.root} holds no pool (no pool.json)")
     out = out.rstrip("/")
-    storage.remove_temporaries([storage.join(out, f) for f in ("shards", "manifest", "plans")])
+    layout = SonifyLayout(out)
+    storage.remove_temporaries(layout.shard_folders())
     part_of = clip_parts(paths)
-    plans_dir = storage.join(out, "plans")
     shards = []
     for url in storage.list_files(source, ".parquet"):
         shard = storage.file_stem(url)
-        if shard.startswith("rejected"):
+        if layout.is_rejected(url):
             continue
         rows = storage.read_parquet(url).filter(pc.is_null(pc.field("error")))
-        storage.write_parquet(storage.join(plans_dir, f"{shard}.parquet"), shard_plan(shard, rows, part_of))
+        storage.write_parquet(layout.plan(shard), shard_plan(shard, rows, part_of))
         shards.append(shard)
-    results = write_shards(config, paths, out, shards, plans_dir)
+    results = write_shards(config, paths, out, shards)
     samples = int(pc.sum(results.column("samples")).as_py()) if results is not None else 0
     return {"out": out, "shards": len(shards), "samples": samples, "wall_seconds": round(time.monotonic() - started, 3)}
 
 
 def format_summary(summary: dict) -> str:
     images = summary["images"]
+    layout = SonifyLayout(summary["out"])
     kinds = ", ".join(f"{n} {kind}" for kind, n in images["errors_by_kind"].items())
     lines = [
         f"sonify {summary['out']}",
-        f"  manifest: {summary['out']}/manifest/*.parquet   shards: {summary['out']}/shards/*.tar ({summary['shards']})",
+        f"  manifest: {layout.manifest_folder()}/*.parquet   shards: {layout.shards_folder()}/*.tar ({summary['shards']})",
         f"  images:   {images['listed']} listed in {summary['chunks']} chunks, {images['errors']} errors"
         f"{f' ({kinds})' if kinds else ''}, {images['too_small']} too small, {images['renamed_duplicate_ids']} duplicate ids renamed",
     ]

@@ -14,6 +14,7 @@ import pyarrow as pa
 
 from schemas.config import ClapConfig
 from schemas import STANDARDIZED_CLIPS, embedded_clips_schema
+from schemas.layout import PoolLayout
 from stages import storage
 from stages.base import Resources, Stage
 from stages.clap import ClapBackend, load_clap
@@ -51,7 +52,7 @@ class EmbedAudio(Stage):
 
     def _clip_audio(self, part: str, clip_id: str) -> bytes:
         if part != self._part_name:
-            table = storage.read_parquet(storage.join(self.pool_dir, "audio", f"{part}.parquet"))
+            table = storage.read_parquet(PoolLayout(self.pool_dir).audio(part))
             self._part_audio = dict(zip(table.column("clip_id").to_pylist(), table.column("flac").to_pylist()))
             self._part_name = part
         return self._part_audio[clip_id]

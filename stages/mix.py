@@ -14,6 +14,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from schemas.layout import PoolLayout
 from stages import storage
 from stages.standardize import decode_flac, resample
 
@@ -63,7 +64,7 @@ def load_pool_clips(pool_dir: str, clips: list[tuple[str, str]], sample_rate: in
         by_part.setdefault(part, set()).add(clip_id)
     audio: dict[str, np.ndarray] = {}
     for part, wanted in sorted(by_part.items()):
-        table = storage.read_parquet(storage.join(pool_dir, "audio", f"{part}.parquet"))
+        table = storage.read_parquet(PoolLayout(pool_dir).audio(part))
         table = table.filter(pc.is_in(table.column("clip_id"), value_set=pa.array(sorted(wanted))))
         for clip_id, flac in zip(table.column("clip_id").to_pylist(), table.column("flac").to_pylist()):
             decoded, rate = decode_flac(flac)

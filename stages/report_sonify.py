@@ -15,6 +15,7 @@ import numpy as np
 import pyarrow as pa
 
 from schemas import GALLERY_ITEMS, make_table
+from schemas.layout import REJECTED_STEM
 from stages.report_sql import Histogram, histogram, problems_by_kind, scalar, seeded_order
 
 TOP_USED_CLIPS = 20
@@ -25,7 +26,7 @@ def define_views(con: duckdb.DuckDBPyConnection) -> None:
     """samples: rows of shard parts written with their audio; write_failures: rows of shard parts
     whose image could not be read when the shard was written; rejected: scenes that became no
     sample; concepts: one row per concept of a written sample; first_vlm_scenes: one scene per image."""
-    shard_part = "NOT starts_with(parse_filename(filename), 'rejected-')"
+    shard_part = f"NOT starts_with(parse_filename(filename), '{REJECTED_STEM}')"
     con.execute(f"CREATE VIEW samples AS SELECT * FROM manifest WHERE {shard_part} AND error IS NULL")
     con.execute(f"CREATE VIEW write_failures AS SELECT * FROM manifest WHERE {shard_part} AND error IS NOT NULL")
     con.execute(f"CREATE VIEW rejected AS SELECT * FROM manifest WHERE NOT ({shard_part})")
@@ -65,7 +66,7 @@ def stage_counts(con: duckdb.DuckDBPyConnection) -> list[tuple[str, int]]:
         ("samples written", scalar(con, "SELECT count(*) FROM samples")),
         ("concepts in written samples", scalar(con, "SELECT count(*) FROM concepts")),
         ("distinct clips used", scalar(con, "SELECT count(DISTINCT clip_id) FROM concepts")),
-        ("shards", scalar(con, "SELECT count(DISTINCT shard) FROM manifest WHERE NOT starts_with(parse_filename(filename), 'rejected-')")),
+        ("shards", scalar(con, f"SELECT count(DISTINCT shard) FROM manifest WHERE NOT starts_with(parse_filename(filename), '{REJECTED_STEM}')")),
     ]
     return [(what, int(n)) for what, n in counts]
 

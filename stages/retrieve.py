@@ -12,6 +12,7 @@ import pyarrow as pa
 
 from schemas.config import ClapConfig
 from schemas import MATCHES, make_table
+from schemas.layout import PoolLayout
 from stages import index as faiss_index
 from stages import storage
 from stages.base import Resources, Stage
@@ -37,8 +38,8 @@ class RetrieveClips(Stage):
 
     def setup(self) -> None:
         self.model = load_clap(self.clap_config)
-        self.index = faiss_index.deserialize(storage.read_bytes(storage.join(self.pool_dir, "index", "index.faiss")))
-        ids = storage.read_parquet(storage.join(self.pool_dir, "index", "ids.parquet"))
+        self.index = faiss_index.deserialize(storage.read_bytes(PoolLayout(self.pool_dir).index_file()))
+        ids = storage.read_parquet(PoolLayout(self.pool_dir).index_ids())
         self.clip_ids = np.array(ids.sort_by("row").column("clip_id").to_pylist(), dtype=object)
 
     def process_batch(self, batch: pa.Table) -> pa.Table:

@@ -16,19 +16,12 @@ import numpy as np
 import pyarrow as pa
 
 from schemas import MANIFEST, SHARD_RESULTS, SHARD_TASKS, make_table
+from schemas.layout import SonifyLayout, shard_file
 from stages import loudness, storage
 from stages.base import Resources, Stage
 from stages.images import BadImage, ImageEncoding, ImageRef, read_image_bytes, shard_image
 from stages.mix import load_pool_clips, mix_sources
 from stages.standardize import PCM16_SCALE, encode_flac, quantize_pcm16
-
-
-def shard_id(index: int) -> str:
-    return f"{index:06d}"
-
-
-def shard_file(shard: str) -> str:
-    return f"{shard}.tar"
 
 
 def tar_bytes(samples: Iterable[tuple[str, dict[str, bytes]]]) -> bytes:
@@ -157,6 +150,6 @@ class WriteShards(Stage):
             row["shard_image_width"], row["shard_image_height"] = stored.width, stored.height
             members = {stored.extension: stored.data, "flac": encode_flac(pcm, rate), "json": sample_metadata(row)}
             samples.append((row["key"], members))
-        size = write_shard(storage.join(self.out_dir, "shards", shard_file(shard)), samples)
-        storage.write_parquet(storage.join(self.out_dir, "manifest", f"{shard}.parquet"), make_table(MANIFEST, pa.Table.from_pylist(rows, schema=MANIFEST)))
+        size = write_shard(SonifyLayout(self.out_dir).shard(shard), samples)
+        storage.write_parquet(SonifyLayout(self.out_dir).manifest(shard), make_table(MANIFEST, pa.Table.from_pylist(rows, schema=MANIFEST)))
         return {"shard": shard, "samples": len(samples), "errors": errors, "num_bytes": size}

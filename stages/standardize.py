@@ -42,6 +42,7 @@ import soundfile
 import soxr
 
 from schemas import POOL_AUDIO, POOL_PARTS, STANDARDIZED_CLIPS, make_table
+from schemas.layout import PoolLayout
 from stages import loudness, storage
 from stages.base import Resources, Stage
 from stages.decode import DecodedAudio, UnreadableAudio, decode
@@ -181,7 +182,7 @@ class Standardize(Stage):
         for uri, fingerprint, listing_error, member in zip(part["uris"], fingerprints, errors, members):
             self._standardize_file(out, part["part"], uri, fingerprint, listing_error, reader, member)
         storage.write_parquet(
-            storage.join(self.pool_dir, "audio", f"{part['part']}.parquet"),
+            PoolLayout(self.pool_dir).audio(part["part"]),
             make_table(POOL_AUDIO, {"clip_id": out.audio_ids, "flac": out.audio_flac}),
         )
         out.rows["part_rows"] = [len(out.rows["clip_id"])] * len(out.rows["clip_id"])

@@ -25,6 +25,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from fsspec.core import url_to_fs
 
+# Layouts and callers of this module join URLs by the same rule.
+from schemas.layout import join  # noqa: F401
+
 log = logging.getLogger(__name__)
 
 GLOB_CHARS = set("*?[")
@@ -47,10 +50,6 @@ def is_local(fs: fsspec.AbstractFileSystem) -> bool:
 def full_url(fs: fsspec.AbstractFileSystem, path: str) -> str:
     """The URL a user would pass for `path` on `fs` (local paths stay plain paths)."""
     return path if is_local(fs) else fs.unstrip_protocol(path)
-
-
-def join(base: str, *parts: str) -> str:
-    return "/".join([base.rstrip("/"), *[p.strip("/") for p in parts]])
 
 
 def makedirs(url: str) -> None:

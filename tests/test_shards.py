@@ -13,7 +13,8 @@ import webdataset as wds
 from PIL import Image
 
 from schemas import MANIFEST
-from stages.shards import WriteShards, plan_shards, shard_file, shard_id, tar_bytes, write_shard
+from schemas.layout import shard_file, shard_id
+from stages.shards import WriteShards, plan_shards, tar_bytes, write_shard
 from stages.standardize import encode_flac, quantize_pcm16
 from tests.helpers import tone
 

@@ -1,0 +1,231 @@
+"""Folder layouts: where each file of pool.dir, sonify.out and their report/ folders lives.
+
+A layout is a contract like a schema: readers and writers on any node must agree on every name, and
+a later version of the pipeline must find what an earlier one wrote. So one class per folder
+builds every path in it, and nothing else spells a folder or file name. Layouts are pure string
+builders over fsspec URLs (`memory://`, `s3://`, local paths alike); they touch no storage.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+# Rejected scenes share the manifest folder with the shards' parts; layout 1 kept them all in one
+# `rejected.parquet`, which released manifests may still hold.
+REJECTED_STEM = "rejected"
+
+
+def join(base: str, *parts: str) -> str:
+    """`base/part/...`: fsspec URLs join with `/` on every file system."""
+    return "/".join([base.rstrip("/"), *[p.strip("/") for p in parts]])
+
+
+# Chunks and shards are named by their position, zero-padded so that names sort in order.
+def chunk_id(index: int) -> str:
+    return f"{index:06d}"
+
+
+def shard_id(index: int) -> str:
+    return f"{index:06d}"
+
+
+def shard_file(shard: str) -> str:
+    """The tar of a shard, by file name: what the manifest's `shard` column records."""
+    return f"{shard}.tar"
+
+
+class ReportLayout:
+    """The files of a report/ folder (pool.dir/report, sonify.out/report), by name relative to it:
+    the page links its plots and media by these names, which is what lets the folder be copied or
+    served as it is."""
+
+    @staticmethod
+    def page() -> str:
+        """The page; written last."""
+        return "index.html"
+
+    @staticmethod
+    def summary() -> str:
+        """The page's counts, problems and gallery keys, for scripts and CI."""
+        return "report.json"
+
+    @staticmethod
+    def plot(name: str) -> str:
+        return f"plots/{name}.png"
+
+    @staticmethod
+    def thumbnail(number: int) -> str:
+        return f"media/{number:04d}.jpg"
+
+    @staticmethod
+    def mix(number: int) -> str:
+        return f"media/{number:04d}.flac"
+
+    @staticmethod
+    def replaced_folders() -> tuple[str, ...]:
+        """Folders whose files a new report replaces: what it does not show again is deleted."""
+        return ("plots", "media")
+
+
+@dataclass(frozen=True)
+class PoolLayout:
+    """pool.dir. A part's clips file is written last and marks the part complete; its audio and
+    embeddings files without one are an interrupted run's and are deleted."""
+
+    root: str
+
+    def pool_meta(self) -> str:
+        """What the pool was built with (CLAP, rates, clip length); later runs must match."""
+        return join(self.root, "pool.json")
+
+    def config(self) -> str:
+        """The resolved config of the last run."""
+        return join(self.root, "config.yaml")
+
+    def summary(self) -> str:
+        """The last run's summary."""
+        return join(self.root, "summary.json")
+
+    def clips_folder(self) -> str:
+        return join(self.root, "clips")
+
+    def clips(self, part: str) -> str:
+        """The pool table's rows of one part (and its failed files)."""
+        return join(self.clips_folder(), f"{part}.parquet")
+
+    def audio_folder(self) -> str:
+        return join(self.root, "audio")
+
+    def audio(self, part: str) -> str:
+        """The part's clips as 16-bit FLAC, one row per clip."""
+        return join(self.audio_folder(), f"{part}.parquet")
+
+    def embeddings_folder(self) -> str:
+        return join(self.root, "embeddings")
+
+    def embeddings(self, part: str) -> str:
+        """CLAP audio embeddings of the part's non-silent clips."""
+        return join(self.embeddings_folder(), f"{part}.parquet")
+
+    def index_folder(self) -> str:
+        return join(self.root, "index")
+
+    def index_file(self) -> str:
+        """The FAISS index over every embedding."""
+        return join(self.index_folder(), "index.faiss")
+
+    def index_ids(self) -> str:
+        """Index row -> clip_id."""
+        return join(self.index_folder(), "ids.parquet")
+
+    def index_meta(self) -> str:
+        """Kind, settings, size, recall and the parts covered; written last, so it marks the index current."""
+        return join(self.index_folder(), "index.json")
+
+    def report_folder(self) -> str:
+        """The HTML report; its files are named by ReportLayout."""
+        return join(self.root, "report")
+
+    def part_folders(self) -> tuple[str, ...]:
+        """The folders holding one file per part."""
+        return (self.clips_folder(), self.audio_folder(), self.embeddings_folder())
+
+    def temporary_folders(self) -> list[str]:
+        """Folders a pool run writes, where killed writes may have left temporary files."""
+        return [self.root, *self.part_folders(), self.index_folder()]
+
+
+@dataclass(frozen=True)
+class SonifyLayout:
+    """sonify.out (and render.out, which holds the plans, manifest and shards only). Each phase is
+    materialized here, so that a rerun skips what is done and each can be queried."""
+
+    root: str
+
+    def images(self) -> str:
+        """The listing, sorted by image id; made once, so a rerun resumes over the same images."""
+        return join(self.root, "images.parquet")
+
+    def images_counts(self) -> str:
+        """The listing's counts; written before the listing, which marks it complete."""
+        return join(self.root, "images.json")
+
+    def scenes_folder(self) -> str:
+        return join(self.root, "scenes")
+
+    def vlm_scenes_folder(self, vlm: str) -> str:
+        return join(self.scenes_folder(), vlm)
+
+    def scenes(self, vlm: str, chunk: str) -> str:
+        """Every image of a chunk as one VLM saw it: caption, concepts, or why it stops."""
+        return join(self.vlm_scenes_folder(vlm), f"{chunk}.parquet")
+
+    def matches(self) -> str:
+        """Top-K pool clips of every distinct concept text."""
+        return join(self.root, "matches.parquet")
+
+    def plans_folder(self) -> str:
+        return join(self.root, "plans")
+
+    def plan(self, shard: str) -> str:
+        """What a shard will hold: its manifest rows before mixing, and where its clips are."""
+        return join(self.plans_folder(), f"{shard}.parquet")
+
+    def chunk_plan(self, chunk: str) -> str:
+        """A chunk's shard count and planning counts; written last, so it marks the chunk planned."""
+        return join(self.plans_folder(), f"chunk-{chunk}.json")
+
+    def manifest_folder(self) -> str:
+        return join(self.root, "manifest")
+
+    def manifest(self, shard: str) -> str:
+        """The manifest rows of a shard; written after the shard, so it marks the shard complete."""
+        return join(self.manifest_folder(), f"{shard}.parquet")
+
+    def rejected(self, chunk: str) -> str:
+        """Scenes of a chunk that became no sample, with the reason."""
+        return join(self.manifest_folder(), f"{REJECTED_STEM}-{chunk}.parquet")
+
+    def is_rejected(self, url: str) -> bool:
+        """Whether a file of the manifest folder holds rejected scenes rather than a shard's rows."""
+        return url.rsplit("/", 1)[-1].startswith(REJECTED_STEM)
+
+    def shards_folder(self) -> str:
+        return join(self.root, "shards")
+
+    def shard(self, shard: str) -> str:
+        """The WebDataset tar of a shard."""
+        return self.shard_named(shard_file(shard))
+
+    def shard_named(self, file_name: str) -> str:
+        """The tar that a manifest row names in its `shard` column."""
+        return join(self.shards_folder(), file_name)
+
+    def layout_version(self) -> str:
+        """The version of this layout; a rerun into a folder of another layout is refused."""
+        return join(self.root, "layout.json")
+
+    def pool_state(self) -> str:
+        """The pool index the run retrieves from (its parts and size)."""
+        return join(self.root, "pool_state.json")
+
+    def config(self) -> str:
+        """The resolved config; a rerun with other settings is refused."""
+        return join(self.root, "config.yaml")
+
+    def summary(self) -> str:
+        """Counts per stage, error reasons, seconds per phase."""
+        return join(self.root, "summary.json")
+
+    def report_folder(self) -> str:
+        """The HTML report; its files are named by ReportLayout."""
+        return join(self.root, "report")
+
+    def shard_folders(self) -> list[str]:
+        """The folders that writing shards fills; all that render writes."""
+        return [self.plans_folder(), self.manifest_folder(), self.shards_folder()]
+
+    def temporary_folders(self, vlms: Iterable[str]) -> list[str]:
+        """Folders a sonify run with these VLMs writes, where killed writes may have left temporary files."""
+        return [self.root, *self.shard_folders(), *(self.vlm_scenes_folder(v) for v in vlms)]

@@ -1,0 +1,137 @@
+"""Folder layouts are contracts: the README's output tables list exactly the files the layout
+classes name, and every folder a run writes is one where temporaries are cleaned."""
+
+from __future__ import annotations
+
+import inspect
+import re
+from pathlib import Path
+
+import pytest
+
+from schemas.layout import PoolLayout, ReportLayout, SonifyLayout, chunk_id, shard_file, shard_id
+
+README = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+ROOT = "memory://bucket/run"
+# An example value of every parameter a layout method takes; a method with a parameter not here
+# makes these tests fail until one is added.
+EXAMPLES = {
+    "part": "part-0123456789abcdef",
+    "vlm": "qwen25vl",
+    "chunk": chunk_id(3),
+    "shard": shard_id(12),
+    "file_name": shard_file(shard_id(41)),
+    "name": "clip-usage",
+    "number": 7,
+}
+# What the README's placeholders stand for.
+PLACEHOLDERS = {"NNNNNN": r"\d{6}", "NNNN": r"\d{4}", "<part>": r"[^/]+", "<vlm>": r"[^/]+", "<name>": r"[^/]+"}
+
+
+def readme_table_paths(line_prefix: str) -> list[str]:
+    """The backquoted paths in the first column of the first table after the line starting with
+    `line_prefix`."""
+    lines = README.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(line_prefix))
+    header = next(i for i in range(start + 1, len(lines)) if lines[i].startswith("|"))
+    assert lines[header].split("|")[1].strip() == "path"
+    paths = []
+    for line in lines[header + 2 :]:
+        if not line.startswith("|"):
+            break
+        paths += re.findall(r"`([^`]+)`", line.split("|")[1])
+    return paths
+
+
+def as_pattern(readme_path: str) -> re.Pattern:
+    pattern = re.escape(readme_path)
+    for placeholder, regex in PLACEHOLDERS.items():
+        pattern = pattern.replace(re.escape(placeholder), regex)
+    return re.compile(pattern)
+
+
+def file_kinds(layout) -> dict[str, str]:
+    """method name -> the path it gives for the example arguments, for every method that names a
+    file (not a folder, nor a predicate)."""
+    kinds = {}
+    for name, method in inspect.getmembers(layout, callable):
+        if name.startswith(("_", "is_")) or name.endswith(("_folder", "_folders")) or name == "url":
+            continue
+        arguments = [EXAMPLES[p] for p in inspect.signature(method).parameters]
+        kinds[name] = method(*arguments)
+    return kinds
+
+
+def relative(paths: dict[str, str], root: str) -> dict[str, str]:
+    assert all(p.startswith(root + "/") for p in paths.values()), paths
+    return {name: p.removeprefix(root + "/") for name, p in paths.items()}
+
+
+TABLES = {
+    "pool.dir": ("### Output: `pool.dir`", lambda: relative(file_kinds(PoolLayout(ROOT)), ROOT)),
+    "sonify.out": ("### Output: `sonify.out`", lambda: relative(file_kinds(SonifyLayout(ROOT)), ROOT)),
+    "report/": ("Layout of each `report/` folder", lambda: file_kinds(ReportLayout)),
+}
+
+
+@pytest.mark.parametrize("folder", sorted(TABLES))
+def test_the_readme_output_table_lists_exactly_the_files_of_the_layout(folder):
+    heading, layout_files = TABLES[folder]
+    documented = readme_table_paths(heading)
+    produced = layout_files()
+    patterns = {path: as_pattern(path) for path in documented}
+    assert len(documented) == len(set(documented)) and documented
+    undocumented = {name: path for name, path in produced.items() if not any(p.fullmatch(path) for p in patterns.values())}
+    ambiguous = {name: path for name, path in produced.items() if sum(bool(p.fullmatch(path)) for p in patterns.values()) > 1}
+    unproduced = [doc for doc, p in patterns.items() if not any(p.fullmatch(path) for path in produced.values())]
+    assert undocumented == {}, f"layout files missing from the README's {folder} table"
+    assert ambiguous == {}
+    assert unproduced == [], f"README {folder} rows that no layout method produces"
+
+
+def test_the_readme_check_tells_folders_and_numbers_apart():
+    pattern = as_pattern("manifest/rejected-NNNNNN.parquet")
+    assert pattern.fullmatch(SonifyLayout(ROOT).rejected(chunk_id(3)).removeprefix(ROOT + "/"))
+    assert not pattern.fullmatch("manifest/rejected-3.parquet")
+    assert not as_pattern("audio/<part>.parquet").fullmatch("audio/a/b.parquet")
+
+
+def test_every_folder_a_run_writes_files_into_is_cleaned_of_temporaries():
+    pool = PoolLayout(ROOT)
+    assert {p.rsplit("/", 1)[0] for p in file_kinds(pool).values()} == set(pool.temporary_folders())
+    sonify = SonifyLayout(ROOT)
+    vlms = [EXAMPLES["vlm"], "other"]
+    written = {p.rsplit("/", 1)[0] for p in file_kinds(sonify).values()} | {sonify.scenes("other", chunk_id(0)).rsplit("/", 1)[0]}
+    assert written == set(sonify.temporary_folders(vlms))
+
+
+def test_render_cleans_the_folders_of_the_files_it_writes():
+    out = SonifyLayout(ROOT)
+    shard = shard_id(5)
+    assert {url.rsplit("/", 1)[0] for url in (out.plan(shard), out.manifest(shard), out.shard(shard))} == set(out.shard_folders())
+
+
+def test_rejected_scenes_are_told_from_shard_parts_in_either_layout_version():
+    out = SonifyLayout(ROOT)
+    assert out.is_rejected(out.rejected(chunk_id(2)))
+    assert out.is_rejected(f"{out.manifest_folder()}/rejected.parquet")
+    assert not out.is_rejected(out.manifest(shard_id(2)))
+    assert out.manifest(shard_id(2)) != out.rejected(chunk_id(2))
+
+
+def test_a_shard_is_found_by_the_file_name_its_manifest_rows_record():
+    out = SonifyLayout(ROOT)
+    assert out.shard_named(shard_file(shard_id(9))) == out.shard(shard_id(9))
+
+
+@pytest.mark.parametrize("root", ["/data/pool", "s3://bucket/pool", "memory://pool"])
+def test_a_trailing_slash_on_the_root_changes_no_path(root):
+    assert file_kinds(PoolLayout(root + "/")) == file_kinds(PoolLayout(root))
+    assert file_kinds(SonifyLayout(root + "/")) == file_kinds(SonifyLayout(root))
+    assert "//" not in PoolLayout(root + "/").clips("p").split("://", 1)[-1]
+
+
+def test_shard_and_chunk_names_sort_in_number_order():
+    numbers = [0, 7, 10, 99, 100, 123456]
+    assert sorted(shard_id(n) for n in numbers) == [shard_id(n) for n in numbers]
+    assert sorted(chunk_id(n) for n in numbers) == [chunk_id(n) for n in numbers]
