@@ -15,9 +15,10 @@ from typing import ClassVar
 import numpy as np
 import pyarrow as pa
 
-from schemas import MANIFEST, SHARD_RESULTS, SHARD_TASKS, make_table
+from schemas import MANIFEST, SHARD_PLANS, SHARD_RESULTS, SHARD_TASKS, make_table
 from stages import loudness, storage
 from stages.base import Resources, Stage
+from stages.errors import BadInput, error_text
 from stages.images import ImageRef, read_image_bytes
 from stages.mix import load_pool_clips, mix_sources
 from stages.standardize import PCM16_SCALE, encode_flac, quantize_pcm16
@@ -66,17 +67,6 @@ def write_shard(url: str, samples: Iterable[tuple[str, dict[str, bytes]]]) -> in
     return len(data)
 
 
-def table_to_ipc(table: pa.Table) -> bytes:
-    sink = pa.BufferOutputStream()
-    with pa.ipc.new_stream(sink, table.schema) as writer:
-        writer.write_table(table)
-    return sink.getvalue().to_pybytes()
-
-
-def table_from_ipc(data: bytes) -> pa.Table:
-    return pa.ipc.open_stream(pa.py_buffer(data)).read_all()
-
-
 def image_extension(uri: str, member: str | None, fmt: str | None) -> str:
     """The extension of the sample's image member: the source's own (png, webp; jpeg spelled jpg,
     so that readers see one member type per format), else the decoded format's."""
@@ -107,12 +97,16 @@ class WriteShards(Stage):
     def process_batch(self, batch: pa.Table) -> pa.Table:
         results = []
         for task in batch.to_pylist():
-            plan = storage.read_parquet(task["plan_url"]).to_pylist()[0]
-            results.append(self.write_shard(task["shard"], table_from_ipc(plan["plan"]), dict(zip(plan["clip_ids"], plan["parts"]))))
+            plan = make_table(SHARD_PLANS, storage.read_parquet(task["plan_url"]))
+            results.append(self.write_shard(task["shard"], plan))
         return make_table(SHARD_RESULTS, {name: [r[name] for r in results] for name in SHARD_RESULTS.names})
 
-    def write_shard(self, shard: str, plan: pa.Table, part_of: dict[str, str]) -> dict:
+    def write_shard(self, shard: str, plan: pa.Table) -> dict:
+        """Mixes and writes the samples of a plan (SHARD_PLANS rows)."""
         rows = sorted(plan.to_pylist(), key=lambda r: r["key"])
+        part_of: dict[str, str] = {}
+        for row in rows:
+            part_of.update(zip((c["clip_id"] for c in row["concepts"]), row.pop("clip_parts")))
         images = read_image_bytes([ImageRef(r["image_uri"], r["image_member"], r["image_id"]) for r in rows])
         rate = rows[0]["sample_rate"]
         wanted = {(c["clip_id"], part_of[c["clip_id"]]) for r in rows for c in r["concepts"]}
@@ -120,8 +114,9 @@ class WriteShards(Stage):
         samples, errors = [], 0
         for row, image in zip(rows, images):
             row["shard"] = shard_file(shard)
-            if isinstance(image, str):
-                row["error"], errors = image, errors + 1
+            if isinstance(image, BadInput):
+                row["error"], row["error_kind"] = error_text(row["image_uri"], str(image), row["image_member"]), image.kind
+                errors += 1
                 continue
             gains = np.array([c["gain_db"] for c in row["concepts"]])
             mixed = mix_sources([clips[c["clip_id"]] for c in row["concepts"]], gains, self.peak_dbfs)
@@ -132,8 +127,12 @@ class WriteShards(Stage):
             row["mix_peak_dbfs"] = loudness.peak_dbfs(stored)
             row["duration_s"] = pcm.size / rate
             extension = image_extension(row["image_uri"], row["image_member"], row["image_format"])
-            members = {extension: image, "flac": encode_flac(pcm, rate), "json": json.dumps(row, sort_keys=True).encode()}
+            # A written sample has no error, so the JSON member leaves out error_kind (always null
+            # there) and holds the manifest row as readers have always found it.
+            described = {name: value for name, value in row.items() if name != "error_kind"}
+            members = {extension: image, "flac": encode_flac(pcm, rate), "json": json.dumps(described, sort_keys=True).encode()}
             samples.append((row["key"], members))
         size = write_shard(storage.join(self.out_dir, "shards", shard_file(shard)), samples)
-        storage.write_parquet(storage.join(self.out_dir, "manifest", f"{shard}.parquet"), make_table(MANIFEST, pa.Table.from_pylist(rows, schema=MANIFEST)))
+        manifest = make_table(MANIFEST, {name: [r[name] for r in rows] for name in MANIFEST.names})
+        storage.write_parquet(storage.join(self.out_dir, "manifest", f"{shard}.parquet"), manifest)
         return {"shard": shard, "samples": len(samples), "errors": errors, "num_bytes": size}
