@@ -46,14 +46,14 @@ MANIFEST_ROWS = """
                'target_lufs': -27 + 4 * random(), 'clip_lufs': -20 - 10 * random(), 'gain_db': 5 * random()}) AS concepts,
            0 AS dropped_concepts, CASE WHEN i % 10 = 0 THEN -1.5 ELSE 0.0 END AS mix_gain_db, -26 + 6 * random() AS mix_lufs,
            -6 + 5 * random() AS mix_peak_dbfs, 16000 AS sample_rate, 5.0 AS duration_s, 0 AS seed,
-           lpad(CAST(i // 1000 AS VARCHAR), 6, '0') || '.tar' AS shard, NULL AS error
+           lpad(CAST(i // 1000 AS VARCHAR), 6, '0') || '.tar' AS shard, NULL AS error, NULL AS error_kind
     FROM range($start, $stop) t(i)
 """
 
 SCENE_ROWS = """
     SELECT image_id, image_uri AS uri, image_member AS member, width, height, image_format AS format, 100000 AS num_bytes, vlm,
            NULL AS answer, caption, list_transform(concepts, lambda c: {'label': c.label, 'text': c.text}) AS concepts,
-           0 AS dropped_empty_concepts, NULL AS dropped, NULL AS error, NULL AS error_stage
+           0 AS dropped_empty_concepts, NULL AS dropped, NULL AS error, NULL AS error_kind, NULL AS error_stage
     FROM (""" + MANIFEST_ROWS + ")"
 
 
@@ -66,7 +66,7 @@ def write_run(root: Path, samples: int) -> None:
             storage.write_parquet(out.manifest(shard_id(part)), make_table(MANIFEST, manifest))
             scenes = make_table(SCENES, con.sql(SCENE_ROWS, params=bounds).to_arrow_table())
             storage.write_parquet(out.scenes("v", chunk_id(part)), scenes)
-            refs = make_table(IMAGE_REFS, {"image_id": scenes.column("image_id"), "uri": scenes.column("uri"), "member": scenes.column("member"), "error": scenes.column("error")})
+            refs = make_table(IMAGE_REFS, scenes.select(IMAGE_REFS.names))
             storage.write_parquet(str(root / "out" / f"images-{part:06d}.parquet"), refs)
     parts = sorted((root / "out").glob("images-*.parquet"))
     storage.write_parquet(out.images(), pa.concat_tables([pq.read_table(p) for p in parts]))

@@ -7,7 +7,8 @@ import json
 import logging
 import sys
 
-from pipelines.config import ConfigError, config_reference, load_config
+from pipelines.config import config_reference, load_config
+from schemas.errors import PipelineError
 
 CONFIG_TABLE_HEADER = "| key | type | default | meaning |\n|---|---|---|---|\n"
 
@@ -57,29 +58,21 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         config = load_config(args.config, args.overrides)
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    if args.command == "report":
-        from pipelines.report import ReportError, run_report
+        if args.command == "report":
+            from pipelines.report import run_report
 
-        try:
             for url in run_report(config, args.of):
                 print(f"report: {url}")
-        except ReportError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 2
-        return 0
-    from pipelines import pool, sonify
+            return 0
+        from pipelines import pool, sonify
 
-    try:
         if args.command == "pool":
             print(pool.format_summary(pool.run_pool(config)))
         elif args.command == "sonify":
             print(sonify.format_summary(sonify.run_sonify(config)))
         else:
             print(json.dumps(sonify.run_render(config), indent=2))
-    except (pool.PoolMismatch, sonify.SonifyError) as exc:
+    except PipelineError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0

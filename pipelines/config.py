@@ -14,9 +14,10 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from schemas.config import RunConfig
+from schemas.errors import PipelineError
 
 
-class ConfigError(ValueError):
+class ConfigError(PipelineError):
     """A configuration problem, phrased as one line that names the key."""
 
 

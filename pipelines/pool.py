@@ -33,16 +33,18 @@ from stages.base import check_chain
 from stages.clap import clap_identity
 from stages.embed_audio import EmbedAudio
 from stages.loudness import audible_clip_loudness
-from stages.standardize import Standardize, error_kind
+from schemas.errors import PipelineError
+from stages.standardize import Standardize
 from stages.storage import SourceFile
 
 log = logging.getLogger(__name__)
 
-POOL_FORMAT = 1
+# 2: the clips table has error_kind (pool_clips v2).
+POOL_FORMAT = 2
 MAX_REPORTED_ERRORS = 50
 
 
-class PoolMismatch(ValueError):
+class PoolMismatch(PipelineError):
     """The pool folder was built with settings this run cannot extend."""
 
 
@@ -97,7 +99,7 @@ def group_parts(sources: list[SourceFile], files_per_part: int) -> pa.Table:
     """Deterministic parts: sorted sources in groups, each named by a hash of its members. A
     container's rows or members stay in stored order, so a part reads neighbouring bytes."""
     ordered = sorted(sources, key=lambda s: s.order)
-    names, uris, fingerprints, errors, members = [], [], [], [], []
+    names, uris, fingerprints, errors, error_kinds, members = [], [], [], [], [], []
     for start in range(0, len(ordered), files_per_part):
         group = ordered[start : start + files_per_part]
         digest = hashlib.sha1("\n".join(f"{s.uri}\t{s.fingerprint}" for s in group).encode()).hexdigest()
@@ -105,9 +107,11 @@ def group_parts(sources: list[SourceFile], files_per_part: int) -> pa.Table:
         uris.append([s.uri for s in group])
         fingerprints.append([s.fingerprint for s in group])
         errors.append([s.error for s in group])
+        error_kinds.append([s.error_kind for s in group])
         members.append([asdict(s.member) if s.member is not None else None for s in group])
     return make_table(
-        POOL_PARTS, {"part": names, "uris": uris, "fingerprints": fingerprints, "errors": errors, "members": members}
+        POOL_PARTS,
+        {"part": names, "uris": uris, "fingerprints": fingerprints, "errors": errors, "error_kinds": error_kinds, "members": members},
     )
 
 
@@ -127,6 +131,11 @@ def check_compatible(paths: PoolLayout, identity: dict, config: RunConfig) -> di
     meta_url = paths.pool_meta()
     if storage.exists(meta_url):
         found = json.loads(storage.read_bytes(meta_url))
+        if found.get("format") != POOL_FORMAT:
+            raise PoolMismatch(
+                f"pool {paths.root} was written by another version of this pipeline (pool format {found.get('format')}, "
+                f"this one writes {POOL_FORMAT}); rebuild the pool into a new pool.dir"
+            )
         differing = [k for k in wanted if found.get(k) != wanted[k]]
         if differing:
             detail = "; ".join(f"{k}: pool has {found.get(k)!r}, config has {wanted[k]!r}" for k in differing)
@@ -205,9 +214,7 @@ class PartFiles:
         storage.write_parquet(self.paths.clips(part), make_table(POOL_CLIPS, rows.select(POOL_CLIPS.names)))
         errors = [e for e in rows.column("error").to_pylist() if e]
         self.errors.extend(errors)
-        self.error_kinds.update(
-            error_kind(e, uri) for e, uri in zip(rows.column("error").to_pylist(), rows.column("source_uri").to_pylist()) if e
-        )
+        self.error_kinds.update(k for k in rows.column("error_kind").to_pylist() if k)
         real = rows.filter(pc.is_null(rows.column("error")))
         self.clips += real.num_rows
         self.silent += int(pc.sum(real.column("silent")).as_py() or 0)
@@ -300,12 +307,11 @@ def update_index(paths: PoolLayout, config: RunConfig) -> dict:
 
 
 def pool_totals(paths: PoolLayout, config: RunConfig) -> dict:
-    table = read_clips(paths, ["clip_id", "source_uri", "lufs", "loudness_at_rates", "silent", "error"])
+    table = read_clips(paths, ["clip_id", "source_uri", "lufs", "loudness_at_rates", "silent", "error", "error_kind"])
     ok = table.filter(pc.is_null(table.column("error")))
     indexed = ok.filter(pc.invert(ok.column("silent")))
     silence, max_loss = config.pool.silence_lufs, config.pool.max_band_loss_lu
-    failed = table.filter(pc.is_valid(table.column("error")))
-    kinds = Counter(error_kind(e, u) for e, u in zip(failed.column("error").to_pylist(), failed.column("source_uri").to_pylist()))
+    kinds = Counter(k for k in table.column("error_kind").to_pylist() if k)
     return {
         "files": len(set(table.column("source_uri").to_pylist())),
         "clips": ok.num_rows,
@@ -382,7 +388,7 @@ def run_pool(config: RunConfig) -> dict:
         "silent_clips_added": writer.silent,
         "clips_embedded": writer.embedded,
         "errors": len(writer.errors),
-        # Kinds are stages.standardize.ERROR_KINDS: empty, undecodable, unreadable, ...
+        # The error_kind column of this run's error rows: empty, undecodable, unreadable, ...
         "errors_by_kind": dict(sorted(writer.error_kinds.items())),
         "error_reasons": writer.errors[:MAX_REPORTED_ERRORS],
         "patterns_without_matches": empty_globs,

@@ -21,14 +21,13 @@ from PIL import Image
 
 from schemas.config import RunConfig
 from schemas import IMAGE_REFS, MANIFEST, POOL_CLIPS, SCENES
+from schemas.errors import PipelineError
 from schemas.layout import PoolLayout, ReportLayout, SonifyLayout
 from stages import report_plots as plots
 from stages import report_pool, report_sonify, storage
-from stages.images import image_error_kind
 from stages.report_gallery import read_samples, thumbnail_jpeg
 from stages.report_html import GalleryEntry, Plot, render_page
 from stages.report_sql import Histogram, ReportInputError, connect
-from stages.standardize import error_kind
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +39,7 @@ SHARD_BLOCK_BYTES = 64 * 1024
 Target = Literal["sonify", "pool", "all"]
 
 
-class ReportError(ValueError):
+class ReportError(PipelineError):
     """There is nothing to report, or its files cannot be read."""
 
 
@@ -157,7 +156,7 @@ def sonify_report(config: RunConfig) -> str:
     }
     report = ReportFiles({})
     try:
-        with connect(views, {"image_error_kind": image_error_kind}) as con:
+        with connect(views) as con:
             report_sonify.define_views(con)
             counts = report_sonify.stage_counts(con)
             problems = report_sonify.problems(con).to_pylist()
@@ -221,7 +220,7 @@ def pool_report(config: RunConfig) -> str:
         raise ReportError(f"{pool.clips_folder()} holds no pool table: run `run_pipeline.py pool` first")
     report = ReportFiles({})
     try:
-        with connect({"clips": (clips, POOL_CLIPS)}, {"pool_error_kind": error_kind}) as con:
+        with connect({"clips": (clips, POOL_CLIPS)}) as con:
             counts = report_pool.pool_counts(con, config.pool.clip_seconds)
             problems = report_pool.pool_problems(con).to_pylist()
             formats = report_pool.formats(con)

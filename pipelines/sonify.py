@@ -34,18 +34,19 @@ from schemas.config import RunConfig, VlmConfig
 from pipelines.pool import check_compatible, embedded_parts, read_clips
 from pipelines.grouped_writer import GroupedWriter
 from pipelines.ray_runner import Runner
-from schemas import IMAGE_REFS, MANIFEST, MATCHES, SCENES, SHARD_PLANS, SHARD_TASKS, make_table, schema_version
+from schemas import CONCEPT_TEXTS, IMAGE_REFS, MANIFEST, MATCHES, SCENES, SHARD_PLANS, SHARD_TASKS, make_table, schema_version
+from schemas.errors import PipelineError
 from schemas.layout import PoolLayout, SonifyLayout, chunk_id, shard_id
 from stages import storage
 from stages.base import Stage, check_chain
 from stages.clap import clap_identity
 from stages.concepts import ParseConcepts
-from stages.images import DecodeImages, ImageEncoding, assign_image_ids, image_error_kind, list_images
+from stages.images import DecodeImages, ImageEncoding, assign_image_ids, list_images
 from stages.mix import draw_targets, gains_db
 from stages.loudness import audible_clip_loudness
 from stages.retrieval import ConceptChoice, DroppedConcept, choose_clips, concept_rng
 from stages.retrieve import RetrieveClips
-from stages.shards import WriteShards, plan_shards, table_to_ipc
+from stages.shards import WriteShards, plan_shards
 from stages.vlm_openai import OpenAIVlm
 from stages.vlm_provided import ProvidedConcepts
 from stages.vlm_transformers import TransformersVlm
@@ -68,7 +69,7 @@ LAYOUT_VERSION = 3
 EXECUTION_SETTINGS = ("concurrency", "num_gpus", "num_cpus", "timeout_s", "retries")
 
 
-class SonifyError(ValueError):
+class SonifyError(PipelineError):
     """A sonify run cannot start: a missing pool, a mismatched model, a missing setting."""
 
 
@@ -183,13 +184,17 @@ def check_same_pool(out: str, pool_root: str, pool_state: dict) -> None:
         )
 
 
-def read_phase(url: str, schema: pa.Schema) -> pa.Table:
-    """A finished phase's table, refused if another version of the pipeline wrote it."""
+RESUME_REMEDY = "this version cannot resume that run: run sonify again into a new sonify.out"
+RENDER_REMEDY = "render reads manifests of this version only: sonify the images again with this version"
+
+
+def read_phase(url: str, schema: pa.Schema, remedy: str = RESUME_REMEDY) -> pa.Table:
+    """A finished phase's table, refused with `remedy` if another version of the pipeline wrote it."""
     table = storage.read_parquet(url)
     if schema_version(table.schema) != schema_version(schema) or table.schema.names != schema.names:
         raise SonifyError(
             f"{url} was written under schema {schema_version(table.schema)} with columns {table.schema.names}; "
-            f"this version writes {schema_version(schema)} with {schema.names}; use a new sonify.out"
+            f"this version writes {schema_version(schema)} with {schema.names}; {remedy}"
         )
     return table
 
@@ -230,7 +235,13 @@ def image_listing(config: RunConfig, out: str) -> tuple[pa.Table, dict]:
     ids = assign_image_ids(refs)
     table = make_table(
         IMAGE_REFS,
-        {"image_id": ids, "uri": [r.uri for r in refs], "member": [r.member for r in refs], "error": [r.error for r in refs]},
+        {
+            "image_id": ids,
+            "uri": [r.uri for r in refs],
+            "member": [r.member for r in refs],
+            "error": [r.error for r in refs],
+            "error_kind": [r.error_kind for r in refs],
+        },
     ).sort_by([("image_id", "ascending")])
     stats = {"listed": len(refs), "renamed_duplicate_ids": sum(i != r.own_id for i, r in zip(ids, refs))}
     storage.write_text(stats_url, json.dumps(stats) + "\n")
@@ -293,7 +304,7 @@ class SceneCounts:
 def count_scenes(config: RunConfig, out: str, chunks: list[Chunk]) -> SceneCounts:
     counts = SceneCounts()
     first_vlm = config.models.vlm[0].name
-    columns = ["uri", "vlm", "concepts", "dropped_empty_concepts", "dropped", "error", "error_stage"]
+    columns = ["vlm", "concepts", "dropped_empty_concepts", "dropped", "error_kind", "error_stage"]
     for chunk in chunks:
         for row in read_chunk_scenes(config, out, chunk, columns).to_pylist():
             status = f"{row['error_stage']}_error" if row["error_stage"] else row["dropped"] or "ok"
@@ -302,7 +313,7 @@ def count_scenes(config: RunConfig, out: str, chunks: list[Chunk]) -> SceneCount
             if row["vlm"] == first_vlm:
                 counts.too_small += row["dropped"] == "too_small"
                 if row["error_stage"] == "images":
-                    counts.image_errors[image_error_kind(row["error"], row["uri"])] += 1
+                    counts.image_errors[row["error_kind"]] += 1
             if status == "ok":
                 counts.concepts += len(row["concepts"])
                 counts.texts.update(c["text"] for c in row["concepts"])
@@ -311,7 +322,7 @@ def count_scenes(config: RunConfig, out: str, chunks: list[Chunk]) -> SceneCount
 
 def run_matches(config: RunConfig, paths: PoolLayout, texts: list[str]) -> pa.Table:
     retrieve = RetrieveClips(paths.root, config.models.clap, config.retrieval.search_k)
-    batches = Runner(config.ray).run(pa.table({"text": texts}), [retrieve], blocks=max(1, min(len(texts) // 64, 1000)))
+    batches = Runner(config.ray).run(make_table(CONCEPT_TEXTS, {"text": texts}), [retrieve], blocks=max(1, min(len(texts) // 64, 1000)))
     tables = [b for b in batches if b.num_rows]
     return (pa.concat_tables(tables) if tables else MATCHES.empty_table()).sort_by([("text", "ascending")])
 
@@ -354,8 +365,14 @@ def plan_samples(
             "duration_s": config.pool.clip_seconds,
             "seed": config.seed,
             "error": scene["error"] or (f"dropped: {scene['dropped']}" if scene["dropped"] else None),
+            "error_kind": scene["error_kind"] if scene["error"] else scene["dropped"],
             "concepts": [],
             "dropped_concepts": scene["dropped_empty_concepts"] or 0,
+            # Set when the shard is written.
+            "mix_gain_db": None,
+            "mix_lufs": None,
+            "mix_peak_dbfs": None,
+            "shard": None,
         }
         if row["error"]:
             rejected.append(row)
@@ -369,6 +386,7 @@ def plan_samples(
         row["dropped_concepts"] += len(choices) - len(kept)
         if not kept:
             row["error"] = "dropped: no concept matched a pool clip audible at the mix rate and at or above retrieval.min_cosine"
+            row["error_kind"] = "no_usable_clip"
             rejected.append(row)
             continue
         targets = draw_targets(concept_rng(config.seed, key, 0, "loudness"), len(kept), config.mix.lufs_min, config.mix.lufs_max)
@@ -411,12 +429,14 @@ def clip_parts(paths: PoolLayout) -> dict[str, str]:
     return dict(zip(table.column("clip_id").to_pylist(), table.column("part").to_pylist()))
 
 
-def shard_plan(shard: str, rows: pa.Table, part_of: dict[str, str]) -> pa.Table:
-    """The plan file of one shard: its manifest rows, and where its pool clips are."""
-    used = sorted({c["clip_id"] for concepts in rows.column("concepts").to_pylist() for c in concepts})
-    return make_table(
-        SHARD_PLANS, {"shard": [shard], "plan": [table_to_ipc(rows)], "clip_ids": [used], "parts": [[part_of[c] for c in used]]}
-    )
+def manifest_table(rows: list[dict]) -> pa.Table:
+    return make_table(MANIFEST, {name: [row[name] for row in rows] for name in MANIFEST.names})
+
+
+def shard_plan(manifest: pa.Table, part_of: dict[str, str]) -> pa.Table:
+    """The plan file of one shard: its manifest rows, each with the pool part of every concept's clip."""
+    parts = [[part_of[c["clip_id"]] for c in concepts] for concepts in manifest.column("concepts").to_pylist()]
+    return make_table(SHARD_PLANS, manifest.append_column("clip_parts", pa.array(parts, pa.list_(pa.string()))))
 
 
 CHUNK_COUNTS = ("samples", "rejected", "concepts_below_min_cosine", "concepts_no_usable_clip", "fallbacks")
@@ -443,10 +463,10 @@ def plan_chunks(
             }
             groups = shard_groups(samples, image_bytes, config, next_shard)
             for shard, rows in groups.items():
-                plan = shard_plan(shard, pa.Table.from_pylist(rows, schema=MANIFEST), part_of)
+                plan = shard_plan(manifest_table(rows), part_of)
                 storage.write_parquet(SonifyLayout(out).plan(shard), plan)
             storage.write_parquet(
-                SonifyLayout(out).rejected(chunk.name), pa.Table.from_pylist(rejected, schema=MANIFEST)
+                SonifyLayout(out).rejected(chunk.name), manifest_table(rejected)
             )
             stats = {
                 "first_shard": next_shard,
@@ -611,8 +631,8 @@ def run_render(config: RunConfig) -> dict:
         shard = storage.file_stem(url)
         if layout.is_rejected(url):
             continue
-        rows = storage.read_parquet(url).filter(pc.is_null(pc.field("error")))
-        storage.write_parquet(layout.plan(shard), shard_plan(shard, rows, part_of))
+        rows = read_phase(url, MANIFEST, RENDER_REMEDY).filter(pc.is_null(pc.field("error")))
+        storage.write_parquet(layout.plan(shard), shard_plan(rows, part_of))
         shards.append(shard)
     results = write_shards(config, paths, out, shards)
     samples = int(pc.sum(results.column("samples")).as_py()) if results is not None else 0

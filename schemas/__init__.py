@@ -15,10 +15,11 @@ from schemas.pool import (
     embeddings_schema,
 )
 from schemas.report import GALLERY_ITEMS, REPORT_PROBLEMS
-from schemas.sonify import ANSWERS, IMAGE_REFS, IMAGES, MANIFEST, MATCHES, SCENES, SHARD_PLANS, SHARD_RESULTS, SHARD_TASKS
+from schemas.sonify import ANSWERS, CONCEPT_TEXTS, IMAGE_REFS, IMAGES, MANIFEST, MATCHES, SCENES, SHARD_PLANS, SHARD_RESULTS, SHARD_TASKS
 
 __all__ = [
     "ANSWERS",
+    "CONCEPT_TEXTS",
     "GALLERY_ITEMS",
     "IMAGES",
     "IMAGE_REFS",

@@ -37,17 +37,19 @@ _CLIP_FIELDS = [
     pa.field("silent", pa.bool_()),
     pa.field("part", pa.string(), nullable=False),
     pa.field("error", pa.string()),
+    # What kind of error `error` is (empty, undecodable, unreadable, ...); null when `error` is.
+    pa.field("error_kind", pa.string()),
 ]
 
 # What the standardize stage hands to the embed stage: one row per clip (the audio stays in its part
 # file), plus how many rows its part has, so the writer knows when a part is complete.
 STANDARDIZED_CLIPS = versioned(
-    "standardized_clips", 1, [*_CLIP_FIELDS, pa.field("part_rows", pa.int32(), nullable=False)]
+    "standardized_clips", 2, [*_CLIP_FIELDS, pa.field("part_rows", pa.int32(), nullable=False)]
 )
 
 # pool.dir/clips/<part>.parquet: the pool table. Written last for a part, so it is the part's
 # completion marker.
-POOL_CLIPS = versioned("pool_clips", 1, _CLIP_FIELDS)
+POOL_CLIPS = versioned("pool_clips", 2, _CLIP_FIELDS)
 
 # pool.dir/audio/<part>.parquet: the standardized clip audio, FLAC-encoded, one row per clip.
 POOL_AUDIO = versioned(
@@ -77,7 +79,7 @@ def embedded_clips_schema(dim: int) -> pa.Schema:
     null for silent and error rows."""
     return versioned(
         "embedded_clips",
-        1,
+        2,
         [*STANDARDIZED_CLIPS, pa.field("embedding", pa.list_(pa.float32(), dim))],
     )
 
@@ -107,15 +109,17 @@ SOURCE_MEMBER = pa.struct(
 )
 
 # The pool run's work plan: one row per part, a group of sources processed and written together.
-# `members` holds, per source, its place in a container, or null for a file of its own.
+# `members` holds, per source, its place in a container, or null for a file of its own; `errors`
+# and `error_kinds` what listing found wrong with a source, or null.
 POOL_PARTS = versioned(
     "pool_parts",
-    2,
+    3,
     [
         pa.field("part", pa.string(), nullable=False),
         pa.field("uris", pa.list_(pa.string()), nullable=False),
         pa.field("fingerprints", pa.list_(pa.string())),
         pa.field("errors", pa.list_(pa.string())),
+        pa.field("error_kinds", pa.list_(pa.string())),
         pa.field("members", pa.list_(SOURCE_MEMBER)),
     ],
 )

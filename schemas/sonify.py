@@ -7,19 +7,21 @@ from schemas.base import versioned
 # The driver's listing of the inputs; the work plan of the images stage.
 IMAGE_REFS = versioned(
     "image_refs",
-    1,
+    2,
     [
         pa.field("image_id", pa.string(), nullable=False),
         pa.field("uri", pa.string(), nullable=False),
         pa.field("member", pa.string()),
         pa.field("error", pa.string()),
+        # What kind of error `error` is (empty, undecodable, unreadable, ...); null when `error` is.
+        pa.field("error_kind", pa.string()),
     ],
 )
 
 # The images stage's output: what each image is, and its bytes for the VLM.
 IMAGES = versioned(
     "images",
-    1,
+    2,
     [
         *IMAGE_REFS,
         pa.field("width", pa.int32()),
@@ -35,7 +37,7 @@ IMAGES = versioned(
 )
 
 # What every VLM backend adds to an image row: its raw answer (null when it gave none).
-ANSWERS = versioned("answers", 1, [*IMAGES, pa.field("answer", pa.string())])
+ANSWERS = versioned("answers", 2, [*IMAGES, pa.field("answer", pa.string())])
 
 CONCEPT = pa.struct([pa.field("label", pa.string()), pa.field("text", pa.string())])
 
@@ -43,15 +45,9 @@ CONCEPT = pa.struct([pa.field("label", pa.string()), pa.field("text", pa.string(
 # parsed answer.
 SCENES = versioned(
     "scenes",
-    1,
+    2,
     [
-        pa.field("image_id", pa.string(), nullable=False),
-        pa.field("uri", pa.string(), nullable=False),
-        pa.field("member", pa.string()),
-        pa.field("width", pa.int32()),
-        pa.field("height", pa.int32()),
-        pa.field("format", pa.string()),
-        pa.field("num_bytes", pa.int64()),
+        *(IMAGES.field(name) for name in ("image_id", "uri", "member", "width", "height", "format", "num_bytes")),
         pa.field("vlm", pa.string(), nullable=False),
         pa.field("answer", pa.string()),
         pa.field("caption", pa.string()),
@@ -59,8 +55,7 @@ SCENES = versioned(
         pa.field("dropped_empty_concepts", pa.int32()),
         # too_small, non_sonic or no_concepts; null when the scene goes on to retrieval.
         pa.field("dropped", pa.string()),
-        pa.field("error", pa.string()),
-        pa.field("error_stage", pa.string()),
+        *(IMAGES.field(name) for name in ("error", "error_kind", "error_stage")),
     ],
 )
 
@@ -124,21 +119,22 @@ MANIFEST = versioned(
         pa.field("seed", pa.int64()),
         pa.field("shard", pa.string()),
         pa.field("error", pa.string()),
+        # The kind of `error`: an image or VLM error's kind, or the drop reason (too_small, non_sonic,
+        # no_concepts, no_usable_clip); null for samples.
+        pa.field("error_kind", pa.string()),
     ],
 )
 
-# sonify.out/plans/NNNNNN.parquet: the plan of shard NNNNNN (one row: its manifest rows as Arrow IPC).
-# clip_ids/parts locate the shard's pool clips, so a writer reads no pool table of its own.
+# sonify.out/plans/NNNNNN.parquet: the plan of shard NNNNNN, its manifest rows before mixing, each
+# with the pool part of every concept's clip (in the order of `concepts`), so a writer reads no pool
+# table of its own.
 SHARD_PLANS = versioned(
     "shard_plans",
-    1,
-    [
-        pa.field("shard", pa.string(), nullable=False),
-        pa.field("plan", pa.binary(), nullable=False),
-        pa.field("clip_ids", pa.list_(pa.string()), nullable=False),
-        pa.field("parts", pa.list_(pa.string()), nullable=False),
-    ],
+    2,
+    [*MANIFEST, pa.field("clip_parts", pa.list_(pa.string()), nullable=False)],
 )
+# The distinct concept texts that retrieval embeds and searches.
+CONCEPT_TEXTS = versioned("concept_texts", 1, [pa.field("text", pa.string(), nullable=False)])
 # The write stage's work, one row per shard still to write; the driver never holds the plans.
 SHARD_TASKS = versioned(
     "shard_tasks",

@@ -2,8 +2,8 @@
 
 The answer format asked of every VLM backend:
     {"caption": "<one line>", "sounds": [{"label": "dog", "text": "a dog barking while running"}]}
-Anything else (not JSON, empty, truncated, over-long, nested too deeply, wrong shape) becomes an
-error on the row. Within a good answer, a sound whose text is empty, blank or not a string is
+Anything else becomes an error on the row, of kind empty_answer, answer_too_long, or bad_answer
+(not JSON, truncated, nested too deeply, wrong shape). Within a good answer, a sound whose text is empty, blank or not a string is
 dropped and counted (`dropped_empty_concepts`); a scene left with no sound is dropped as
 no_concepts. Lone UTF-16 surrogates (a model cutting an emoji's escape in half) become U+FFFD,
 since Arrow stores only valid UTF-8.
@@ -21,6 +21,7 @@ import pyarrow as pa
 
 from schemas import ANSWERS, IMAGES, SCENES, make_table
 from stages.base import Resources, Stage
+from stages.errors import error_text
 
 ANSWER_JSON_SCHEMA = {
     "type": "object",
@@ -87,6 +88,7 @@ class ParsedAnswer:
     caption: str | None = None
     concepts: list[Concept] = field(default_factory=list)
     error: str | None = None
+    error_kind: str | None = None
     dropped_empty: int = 0
 
 
@@ -99,22 +101,22 @@ def _clean(value: object) -> str:
 
 def parse_answer(answer: str | None, max_chars: int, max_concepts: int) -> ParsedAnswer:
     if answer is None or not answer.strip():
-        return ParsedAnswer(error="empty answer")
+        return ParsedAnswer(error="empty answer", error_kind="empty_answer")
     if len(answer) > max_chars:
-        return ParsedAnswer(error=f"answer is {len(answer)} characters, over the limit of {max_chars}")
+        return ParsedAnswer(error=f"answer is {len(answer)} characters, over the limit of {max_chars}", error_kind="answer_too_long")
     text = _FENCE.sub("", answer.strip())
     start = text.find("{")
     if start < 0:
-        return ParsedAnswer(error=f"answer holds no JSON object: {answer[:80]!r}")
+        return ParsedAnswer(error=f"answer holds no JSON object: {answer[:80]!r}", error_kind="bad_answer")
     try:
         value, _ = json.JSONDecoder(strict=False).raw_decode(text[start:])
     except json.JSONDecodeError as exc:
-        return ParsedAnswer(error=f"answer is not valid JSON ({exc.msg} at character {exc.pos}): {answer[:80]!r}")
+        return ParsedAnswer(error=f"answer is not valid JSON ({exc.msg} at character {exc.pos}): {answer[:80]!r}", error_kind="bad_answer")
     except RecursionError:
-        return ParsedAnswer(error=f"answer is not valid JSON (nested too deeply): {answer[:80]!r}")
+        return ParsedAnswer(error=f"answer is not valid JSON (nested too deeply): {answer[:80]!r}", error_kind="bad_answer")
     caption, sounds = value.get("caption"), value.get("sounds")
     if not isinstance(caption, str) or not isinstance(sounds, list):
-        return ParsedAnswer(error="answer lacks a string 'caption' and a list 'sounds'")
+        return ParsedAnswer(error="answer lacks a string 'caption' and a list 'sounds'", error_kind="bad_answer")
     parsed = ParsedAnswer(caption=_clean(caption))
     seen: set[str] = set()
     for item in sounds:
@@ -136,9 +138,8 @@ def parse_answer(answer: str | None, max_chars: int, max_concepts: int) -> Parse
 
 def answers_table(rows: list[dict], answers: list[str | None]) -> pa.Table:
     """Image rows plus each one's raw answer: what every VLM backend returns."""
-    return pa.Table.from_pylist(
-        [{**{f.name: row[f.name] for f in IMAGES}, "answer": answer} for row, answer in zip(rows, answers)], schema=ANSWERS
-    )
+    columns = {f.name: [row[f.name] for row in rows] for f in IMAGES}
+    return make_table(ANSWERS, {**columns, "answer": answers})
 
 
 class ParseConcepts(Stage):
@@ -167,8 +168,8 @@ class ParseConcepts(Stage):
                 continue
             parsed = parse_answer(row["answer"], self.max_answer_chars, self.max_concepts)
             if parsed.error:
-                row["error"] = f"{row['uri']}{'#' + row['member'] if row['member'] else ''}: {self.vlm}: {parsed.error}"
-                row["error_stage"] = "concepts"
+                row["error"] = error_text(row["uri"], parsed.error, row["member"], self.vlm)
+                row["error_kind"], row["error_stage"] = parsed.error_kind, "concepts"
                 continue
             row["caption"] = parsed.caption
             row["concepts"] = [{"label": c.label, "text": c.text} for c in parsed.concepts]

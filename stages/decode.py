@@ -22,6 +22,8 @@ import av
 import numpy as np
 import soundfile
 
+from stages.errors import BadInput
+
 # Below any real recording's rate (telephone audio is 8 kHz); a header claiming less is damaged.
 MIN_SOURCE_RATE = 1000
 
@@ -29,12 +31,16 @@ MIN_SOURCE_RATE = 1000
 _INTEGER_FULL_SCALE = {"u8": 128.0, "s16": 32768.0, "s32": 2.0**31, "s64": 2.0**63}
 
 
-class UnreadableAudio(ValueError):
+class UnreadableAudio(BadInput):
     """The bytes are not audio that this pipeline can decode."""
+
+    kind = "undecodable"
 
 
 class NoAudioStream(UnreadableAudio):
     """A media file FFmpeg opens that holds streams, but no audio stream (a silent video)."""
+
+    kind = "no_audio_stream"
 
 
 @dataclass
@@ -47,16 +53,17 @@ class DecodedAudio:
 def decode(data: bytes) -> DecodedAudio:
     """Decode any audio or video file's bytes (its first audio stream) to float32 samples."""
     if not data:
-        raise UnreadableAudio("empty file (0 bytes)")
+        raise UnreadableAudio("empty file (0 bytes)", kind="empty")
     try:
         decoded = _decode_libsndfile(data)
     except _LibsndfileRefused as refused:
         decoded = _decode_ffmpeg(data, libsndfile_reason=str(refused))
     if decoded.audio.shape[0] == 0:
-        raise UnreadableAudio("audio has no samples")
+        raise UnreadableAudio("audio has no samples", kind="empty")
     if decoded.sample_rate < MIN_SOURCE_RATE:
         raise UnreadableAudio(
-            f"sample rate {decoded.sample_rate} Hz is below {MIN_SOURCE_RATE} Hz: a damaged header, not audio"
+            f"sample rate {decoded.sample_rate} Hz is below {MIN_SOURCE_RATE} Hz: a damaged header, not audio",
+            kind="bad_sample_rate",
         )
     return decoded
 

@@ -13,7 +13,7 @@ import numpy as np
 import pyarrow as pa
 
 from schemas.config import ClapConfig
-from schemas import STANDARDIZED_CLIPS, embedded_clips_schema
+from schemas import STANDARDIZED_CLIPS, embedded_clips_schema, make_table
 from schemas.layout import PoolLayout
 from stages import storage
 from stages.base import Resources, Stage
@@ -76,4 +76,4 @@ class EmbedAudio(Stage):
             [None if e is None else e.astype(np.float32) for e in embeddings],
             type=pa.list_(pa.float32(), self.dim),
         )
-        return batch.select(STANDARDIZED_CLIPS.names).append_column(self.output_schema().field("embedding"), column)
+        return make_table(self.output_schema(), batch.select(STANDARDIZED_CLIPS.names).append_column("embedding", column))

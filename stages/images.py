@@ -2,7 +2,8 @@
 
 A listed image is a reference (URI, plus the member name inside a tar). Decoding applies the EXIF
 orientation, converts any mode (CMYK, 16-bit, paletted, alpha) to RGB, and refuses images whose
-pixel count exceeds the decompression-bomb guard. Failures are error strings naming the image.
+pixel count exceeds the decompression-bomb guard. Failures are error rows naming the image, with
+their kind (empty, too_large, undecodable, unsupported, unreadable, not_a_file).
 
 How awkward inputs are handled (tests/test_images.py):
 - 0 bytes, bytes that are no image, a truncated file: an error row ("<uri>: empty file (0 bytes)",
@@ -37,6 +38,7 @@ from PIL import Image, ImageOps
 from schemas import IMAGE_REFS, IMAGES, make_table
 from stages import storage
 from stages.base import Resources, Stage
+from stages.errors import BadInput, error_text
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp")
 # A hard cap, far above any real photo (SA-1B images are about 2M pixels).
@@ -49,6 +51,7 @@ class ImageRef:
     member: str | None  # the member inside a tar, else None
     own_id: str  # the source's own id: tar key, Parquet image_id, or file stem
     error: str | None = None
+    error_kind: str | None = None
 
     @property
     def display(self) -> str:
@@ -80,7 +83,8 @@ def _list_tar(uri: str) -> list[ImageRef]:
 def _list_parquet(uri: str) -> list[ImageRef]:
     table = storage.read_parquet(uri)
     if "uri" not in table.column_names:
-        return [ImageRef(uri, None, PurePosixPath(uri).stem, f"{uri}: Parquet input has no 'uri' column (columns: {table.column_names})")]
+        reason = f"Parquet input has no 'uri' column (columns: {table.column_names})"
+        return [ImageRef(uri, None, PurePosixPath(uri).stem, error_text(uri, reason), "unsupported")]
     uris = table.column("uri").to_pylist()
     ids = table.column("image_id").to_pylist() if "image_id" in table.column_names else [None] * len(uris)
     return [ImageRef(u, None, str(i) if i is not None else PurePosixPath(u).stem) for u, i in zip(uris, ids)]
@@ -94,20 +98,20 @@ def list_images(patterns: list[str]) -> list[ImageRef]:
     for source in sources:
         name = source.uri.lower()
         if source.error:
-            refs.append(ImageRef(source.uri, None, PurePosixPath(source.uri).stem, source.error))
+            refs.append(ImageRef(source.uri, None, PurePosixPath(source.uri).stem, source.error, source.error_kind))
         elif name.endswith(".tar"):
             try:
                 refs.extend(_list_tar(source.uri))
             except (tarfile.TarError, OSError) as exc:
-                refs.append(ImageRef(source.uri, None, PurePosixPath(source.uri).stem, f"{source.uri}: unreadable tar ({exc})"))
+                error = error_text(source.uri, f"unreadable tar ({exc})")
+                refs.append(ImageRef(source.uri, None, PurePosixPath(source.uri).stem, error, "unreadable"))
         elif name.endswith(".parquet"):
             refs.extend(_list_parquet(source.uri))
         elif _is_image(name):
             refs.append(ImageRef(source.uri, None, PurePosixPath(source.uri).stem))
         else:
-            refs.append(
-                ImageRef(source.uri, None, PurePosixPath(source.uri).stem, f"{source.uri}: unsupported input (expected jpg, png, webp, .tar or .parquet)")
-            )
+            error = error_text(source.uri, "unsupported input (expected jpg, png, webp, .tar or .parquet)")
+            refs.append(ImageRef(source.uri, None, PurePosixPath(source.uri).stem, error, "unsupported"))
     return refs
 
 
@@ -137,35 +141,15 @@ class DecodedImage:
     format: str
 
 
-# Kinds of image error counted in sonify's summary, by the words of the messages above.
-IMAGE_ERROR_KINDS = {
-    "empty file": "empty",
-    "decompression-bomb": "too_large",
-    "not a decodable image": "undecodable",
-    "decoding failed": "undecodable",
-    "unsupported input": "unsupported",
-    "has no 'uri' column": "unsupported",
-    "member not found": "unreadable",
-    "unreadable tar": "unreadable",
-    "cannot read": "unreadable",
-    "cannot open": "unreadable",
-}
-
-
-def image_error_kind(error: str, uri: str) -> str:
-    """The kind of an image error message; the words are looked for after the image's URI, which
-    may itself contain any of them."""
-    reason = error.split(uri, 1)[1] if uri in error else error
-    return next((kind for words, kind in IMAGE_ERROR_KINDS.items() if words in reason), "other")
-
-
-class BadImage(ValueError):
+class BadImage(BadInput):
     """Bytes that are not a usable image."""
+
+    kind = "undecodable"
 
 
 def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> DecodedImage:
     if not data:
-        raise BadImage("empty file (0 bytes)")
+        raise BadImage("empty file (0 bytes)", kind="empty")
     try:
         with warnings.catch_warnings():
             # Pillow warns above half its own limit; the guard below is the one that decides.
@@ -174,13 +158,13 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> Dec
                 width, height = probe.size
                 fmt = (probe.format or "unknown").lower()
             if width * height > max_pixels:
-                raise BadImage(f"{width}x{height} pixels is over the decompression-bomb limit of {max_pixels}")
+                raise BadImage(f"{width}x{height} pixels is over the decompression-bomb limit of {max_pixels}", kind="too_large")
             image = Image.open(io.BytesIO(data))
             image.load()
     except BadImage:
         raise
     except Image.DecompressionBombError as exc:
-        raise BadImage(f"over the decompression-bomb limit ({exc})") from None
+        raise BadImage(f"over the decompression-bomb limit ({exc})", kind="too_large") from None
     except (OSError, ValueError, SyntaxError) as exc:
         # PIL names the in-memory buffer, which means nothing to the user; keep the reason only.
         reason = re.sub(r" ?<_io\.BytesIO object at 0x[0-9a-f]+>", "", str(exc))
@@ -198,9 +182,9 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> Dec
     return DecodedImage(image, image.width, image.height, fmt)
 
 
-def read_image_bytes(refs: list[ImageRef]) -> list[bytes | str]:
-    """Bytes of each reference, or an error string; each tar is read once for all its members."""
-    results: list[bytes | str] = [b""] * len(refs)
+def read_image_bytes(refs: list[ImageRef]) -> list[bytes | BadInput]:
+    """Bytes of each reference, or why they cannot be read; each tar is read once for all its members."""
+    results: list[bytes | BadInput] = [b""] * len(refs)
     by_tar: dict[str, list[int]] = {}
     for i, ref in enumerate(refs):
         if ref.member:
@@ -209,7 +193,7 @@ def read_image_bytes(refs: list[ImageRef]) -> list[bytes | str]:
         try:
             results[i] = storage.read_bytes(ref.uri)
         except Exception as exc:  # any failure to read a URL is that image's error
-            results[i] = f"{ref.uri}: cannot read ({type(exc).__name__}: {exc})"
+            results[i] = BadInput(f"cannot read ({type(exc).__name__}: {exc})", kind="unreadable")
     for uri, positions in by_tar.items():
         wanted = {refs[i].member: i for i in positions}
         try:
@@ -220,10 +204,10 @@ def read_image_bytes(refs: list[ImageRef]) -> list[bytes | str]:
                         results[wanted.pop(member.name)] = tar.extractfile(member).read()
         except (tarfile.TarError, OSError) as exc:
             for i in wanted.values():
-                results[i] = f"{uri}: unreadable tar ({exc})"
+                results[i] = BadInput(f"unreadable tar ({exc})", kind="unreadable")
             continue
         for name, i in wanted.items():
-            results[i] = f"{uri}#{name}: member not found"
+            results[i] = BadInput("member not found", kind="unreadable")
     return results
 
 
@@ -328,17 +312,16 @@ class DecodeImages(Stage):
             row["error_stage"] = "images" if row["error"] else None
         for i, payload in zip(pending, payloads):
             row = rows[i]
-            name = ImageRef(row["uri"], row["member"], row["image_id"]).display
-            if isinstance(payload, str):
-                row["error"], row["error_stage"] = payload, "images"
-                continue
-            try:
-                decoded = decode_image(payload, self.max_image_pixels)
-            except BadImage as exc:
-                row["error"], row["error_stage"] = f"{name}: {exc}", "images"
-                continue
-            except Exception as exc:  # one image's failure must not lose the rest of its batch
-                row["error"], row["error_stage"] = f"{name}: decoding failed ({type(exc).__name__}: {exc})", "images"
+            error = payload if isinstance(payload, BadInput) else None
+            if error is None:
+                try:
+                    decoded = decode_image(payload, self.max_image_pixels)
+                except BadInput as exc:
+                    error = exc
+                except Exception as exc:  # one image's failure must not lose the rest of its batch
+                    error = BadInput(f"decoding failed ({type(exc).__name__}: {exc})", kind="undecodable")
+            if error is not None:
+                row.update(error=error_text(row["uri"], str(error), row["member"]), error_kind=error.kind, error_stage="images")
                 continue
             row.update(width=decoded.width, height=decoded.height, format=decoded.format, num_bytes=len(payload), image_bytes=payload)
             if min(decoded.width, decoded.height) < self.min_side:

@@ -1,8 +1,7 @@
 """What a pool holds, counted by DuckDB over its clips table: files, formats, source durations,
 clip loudness, silence and errors by kind.
 
-The connection must hold the view `clips` (POOL_CLIPS, with `filename`) and the SQL function
-`pool_error_kind(error, uri)`.
+The connection must hold the view `clips` (POOL_CLIPS, with `filename`).
 """
 
 from __future__ import annotations
@@ -62,5 +61,5 @@ def silent_share(con: duckdb.DuckDBPyConnection) -> tuple[int, int]:
 
 def pool_problems(con: duckdb.DuckDBPyConnection) -> pa.Table:
     return problems_by_kind(
-        con, "SELECT 'audio: ' || pool_error_kind(error, source_uri) AS kind, source_uri AS file, error AS reason FROM clips WHERE error IS NOT NULL"
+        con, "SELECT 'audio: ' || error_kind AS kind, source_uri AS file, error AS reason FROM clips WHERE error IS NOT NULL"
     )

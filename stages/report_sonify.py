@@ -3,7 +3,7 @@ problems by kind, concept and clip statistics, and the seeded gallery sample.
 
 The connection must hold the views `images` (IMAGE_REFS), `scenes` (SCENES), `manifest` (MANIFEST,
 the shard parts and the rejected parts, with `filename`) and `pool_clips` (POOL_CLIPS, possibly
-empty), and the SQL function `image_error_kind(error, uri)`; `define_views` adds the rest.
+empty); `define_views` adds the rest.
 """
 
 from __future__ import annotations
@@ -72,7 +72,7 @@ def stage_counts(con: duckdb.DuckDBPyConnection) -> list[tuple[str, int]]:
 
 
 PROBLEMS = """
-    SELECT 'image: ' || image_error_kind(error, uri) AS kind, uri AS file, error AS reason
+    SELECT 'image: ' || error_kind AS kind, uri AS file, error AS reason
         FROM first_vlm_scenes WHERE error_stage = 'images'
     UNION ALL
     SELECT 'dropped: too_small', uri, 'shorter side below sonify.min_side (' || width || 'x' || height || ')'

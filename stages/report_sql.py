@@ -5,7 +5,7 @@ of the dataset, so a report of a million samples costs about what one of a thous
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -15,12 +15,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from schemas import REPORT_PROBLEMS, make_table, schema_version
+from schemas.errors import PipelineError
 from stages import storage
 
 EXAMPLES_PER_KIND = 3
 
 
-class ReportInputError(ValueError):
+class ReportInputError(PipelineError):
     """A run's files cannot be reported: missing, or written under another schema."""
 
 
@@ -29,14 +30,16 @@ def check_schema(url: str, schema: pa.Schema) -> None:
     fs, path = storage.filesystem(url)
     found = schema_version(pq.read_schema(path, filesystem=fs))
     if found != schema_version(schema):
-        raise ReportInputError(f"{url} was written under schema {found}; this report reads {schema_version(schema)}")
+        raise ReportInputError(
+            f"{url} was written under schema {found}; this report reads {schema_version(schema)}: "
+            "report it with the version of the pipeline that wrote it, or run that phase again into a new folder"
+        )
 
 
 @contextmanager
-def connect(views: dict[str, tuple[list[str], pa.Schema]], functions: dict[str, Callable[..., str]] | None = None) -> Iterator[duckdb.DuckDBPyConnection]:
+def connect(views: dict[str, tuple[list[str], pa.Schema]]) -> Iterator[duckdb.DuckDBPyConnection]:
     """A DuckDB connection with one view per table: its Parquet files (fsspec URLs, any protocol)
-    with the file name as `filename`, or an empty table of its schema when it has none. `functions`
-    are Python functions of strings registered for SQL (error kinds, which the pipeline defines)."""
+    with the file name as `filename`, or an empty table of its schema when it has none."""
     con = duckdb.connect()
     try:
         registered: set[str] = set()
@@ -52,8 +55,6 @@ def connect(views: dict[str, tuple[list[str], pa.Schema]], functions: dict[str, 
                 con.register_filesystem(fs)
                 registered.add(protocol)
             con.read_parquet(urls, filename=True).create_view(name)
-        for name, function in (functions or {}).items():
-            con.create_function(name, function, ["VARCHAR", "VARCHAR"], "VARCHAR")
         yield con
     finally:
         con.close()

@@ -15,11 +15,12 @@ from typing import ClassVar
 import numpy as np
 import pyarrow as pa
 
-from schemas import MANIFEST, SHARD_RESULTS, SHARD_TASKS, make_table
+from schemas import MANIFEST, SHARD_PLANS, SHARD_RESULTS, SHARD_TASKS, make_table
 from schemas.layout import SonifyLayout, shard_file
 from stages import loudness, storage
 from stages.base import Resources, Stage
-from stages.images import BadImage, ImageEncoding, ImageRef, read_image_bytes, shard_image
+from stages.errors import BadInput, error_text
+from stages.images import ImageEncoding, ImageRef, read_image_bytes, shard_image
 from stages.mix import load_pool_clips, mix_sources
 from stages.standardize import PCM16_SCALE, encode_flac, quantize_pcm16
 
@@ -59,25 +60,16 @@ def write_shard(url: str, samples: Iterable[tuple[str, dict[str, bytes]]]) -> in
     return len(data)
 
 
-def table_to_ipc(table: pa.Table) -> bytes:
-    sink = pa.BufferOutputStream()
-    with pa.ipc.new_stream(sink, table.schema) as writer:
-        writer.write_table(table)
-    return sink.getvalue().to_pybytes()
-
-
-def table_from_ipc(data: bytes) -> pa.Table:
-    return pa.ipc.open_stream(pa.py_buffer(data)).read_all()
-
-
 def sample_metadata(row: dict) -> bytes:
     """The sample's JSON member: its manifest row, every key present and of one type in every sample.
     Loaders infer column types from the first samples they meet (Hugging Face datasets: five, of the
     first shard), so a key null there would be typed null and a later string would fail to load. A
     missing text is written as ""; a written sample has every number, and a null one is a broken
-    contract."""
+    contract. A written sample has no error, so error_kind (always null there) is left out."""
     metadata = {}
     for field in MANIFEST:
+        if field.name == "error_kind":
+            continue
         value = row.get(field.name)
         if value is None:
             if not pa.types.is_string(field.type):
@@ -111,12 +103,16 @@ class WriteShards(Stage):
     def process_batch(self, batch: pa.Table) -> pa.Table:
         results = []
         for task in batch.to_pylist():
-            plan = storage.read_parquet(task["plan_url"]).to_pylist()[0]
-            results.append(self.write_shard(task["shard"], table_from_ipc(plan["plan"]), dict(zip(plan["clip_ids"], plan["parts"]))))
+            plan = make_table(SHARD_PLANS, storage.read_parquet(task["plan_url"]))
+            results.append(self.write_shard(task["shard"], plan))
         return make_table(SHARD_RESULTS, {name: [r[name] for r in results] for name in SHARD_RESULTS.names})
 
-    def write_shard(self, shard: str, plan: pa.Table, part_of: dict[str, str]) -> dict:
+    def write_shard(self, shard: str, plan: pa.Table) -> dict:
+        """Mixes and writes the samples of a plan (SHARD_PLANS rows)."""
         rows = sorted(plan.to_pylist(), key=lambda r: r["key"])
+        part_of: dict[str, str] = {}
+        for row in rows:
+            part_of.update(zip((c["clip_id"] for c in row["concepts"]), row.pop("clip_parts")))
         images = read_image_bytes([ImageRef(r["image_uri"], r["image_member"], r["image_id"]) for r in rows])
         rate = rows[0]["sample_rate"]
         wanted = {(c["clip_id"], part_of[c["clip_id"]]) for r in rows for c in r["concepts"]}
@@ -124,14 +120,15 @@ class WriteShards(Stage):
         samples, errors = [], 0
         for row, image in zip(rows, images):
             row["shard"] = shard_file(shard)
-            name = ImageRef(row["image_uri"], row["image_member"], row["image_id"]).display
-            if isinstance(image, str):
-                row["error"], errors = image, errors + 1
+            if isinstance(image, BadInput):
+                row["error"], row["error_kind"] = error_text(row["image_uri"], str(image), row["image_member"]), image.kind
+                errors += 1
                 continue
             try:
                 stored = shard_image(image, row["image_format"], (row["width"], row["height"]), self.image_encoding)
-            except BadImage as exc:
-                row["error"], errors = f"{name}: {exc}", errors + 1
+            except BadInput as exc:
+                row["error"], row["error_kind"] = error_text(row["image_uri"], str(exc), row["image_member"]), exc.kind
+                errors += 1
                 continue
             gains = np.array([c["gain_db"] for c in row["concepts"]])
             mixed = mix_sources([clips[c["clip_id"]] for c in row["concepts"]], gains, self.peak_dbfs)
@@ -140,7 +137,9 @@ class WriteShards(Stage):
             mix_lufs = loudness.integrated_lufs(stored_audio, rate)
             if mix_lufs is None:
                 # Sources that cancel out (a recording and its polarity-inverted copy) leave no sound to pair.
-                row["error"], errors = f"{name}: the mix of {len(row['concepts'])} sources is digital silence", errors + 1
+                reason = f"the mix of {len(row['concepts'])} sources is digital silence"
+                row["error"], row["error_kind"] = error_text(row["image_uri"], reason, row["image_member"]), "silent_mix"
+                errors += 1
                 continue
             row["mix_gain_db"] = mixed.mix_gain_db
             row["mix_lufs"] = mix_lufs
@@ -151,5 +150,6 @@ class WriteShards(Stage):
             members = {stored.extension: stored.data, "flac": encode_flac(pcm, rate), "json": sample_metadata(row)}
             samples.append((row["key"], members))
         size = write_shard(SonifyLayout(self.out_dir).shard(shard), samples)
-        storage.write_parquet(SonifyLayout(self.out_dir).manifest(shard), make_table(MANIFEST, pa.Table.from_pylist(rows, schema=MANIFEST)))
+        manifest = make_table(MANIFEST, {name: [r[name] for r in rows] for name in MANIFEST.names})
+        storage.write_parquet(SonifyLayout(self.out_dir).manifest(shard), manifest)
         return {"shard": shard, "samples": len(samples), "errors": errors, "num_bytes": size}

@@ -3,8 +3,8 @@
 The algorithms are plain functions on numpy arrays. `Standardize` is the stage: it takes one part
 (a group of sources: files, Parquet rows, tar members), writes the part's clip audio to
 `pool.dir/audio/<part>.parquet`, and returns one metadata row per clip. A source that cannot be used
-becomes one row with `error` set to "<uri>: <reason>"; `error_kind` names the kind of each reason
-for the run summary. Decoding (libsndfile, then FFmpeg) is stages.decode.
+becomes one row with `error` set to "<uri>: <reason>" and `error_kind` to the kind the error was
+raised with (stages.errors). Decoding (libsndfile, then FFmpeg) is stages.decode.
 
 How awkward sources are handled (tests/test_standardize.py, tests/test_decode.py and
 tests/test_bad_input.py):
@@ -24,6 +24,8 @@ tests/test_bad_input.py):
   nothing else gives silent clips.
 - Float samples beyond full scale: saturated at 16-bit full scale, as the pool stores PCM16.
 - Any channel count is averaged to mono; any rate is resampled.
+- A URL that cannot be opened or read: `unreadable`; a folder given where a file is expected:
+  `not_a_file` (both found when sources are listed, stages.storage).
 - Anything else that fails while standardizing one file: a `failed` error row for that file only.
 """
 
@@ -32,7 +34,6 @@ from __future__ import annotations
 import hashlib
 import io
 import math
-import re
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -46,31 +47,10 @@ from schemas.layout import PoolLayout
 from stages import loudness, storage
 from stages.base import Resources, Stage
 from stages.decode import DecodedAudio, UnreadableAudio, decode
+from stages.errors import BadInput, error_text
 
 PCM16_SCALE = 32768.0
 DECODE_MEMORY_BYTES = 512 * 1024**2
-
-# Reasons start with these phrases; `error_kind` maps a reason to its kind. The listing's own
-# reasons (stages.storage.expand_audio_sources) are "cannot open/read <url>...", "<url> is a
-# folder" and "container: ...".
-ERROR_KINDS: tuple[tuple[str, str], ...] = (
-    ("empty", r"empty file|audio has no samples|audio is too short to keep|no audio bytes"),
-    ("undecodable", r"not decodable"),
-    ("no_audio_stream", r"no audio stream"),
-    ("bad_container", r"container: "),
-    ("bad_sample_rate", r"sample rate"),
-    ("unreadable", r"cannot (read|open)"),
-    ("not_a_file", r".* is a folder"),
-    ("failed", r"standardizing failed"),
-)
-_ERROR_KINDS = [(kind, re.compile(pattern)) for kind, pattern in ERROR_KINDS]
-
-
-def error_kind(error: str, uri: str) -> str:
-    """The kind of an error row's reason (`error` is "<uri>: <reason>"); "other" if none matches."""
-    reason = error.removeprefix(f"{uri}: ")
-    return next((kind for kind, pattern in _ERROR_KINDS if pattern.match(reason)), "other")
-
 
 def to_mono(audio: np.ndarray) -> np.ndarray:
     """[frames, channels] -> [frames], averaging channels (a sum scaled by 1/channels cannot clip)."""
@@ -176,11 +156,13 @@ class Standardize(Stage):
         out = PartOutput()
         fingerprints = part["fingerprints"] or [None] * len(part["uris"])
         errors = part["errors"] or [None] * len(part["uris"])
+        error_kinds = part.get("error_kinds") or [None] * len(part["uris"])
         # A part of plain files has no members (null, or absent from a hand-built part).
         members = [storage.Member(**m) if m else None for m in part.get("members") or [None] * len(part["uris"])]
         reader = storage.SourceReader()
-        for uri, fingerprint, listing_error, member in zip(part["uris"], fingerprints, errors, members):
-            self._standardize_file(out, part["part"], uri, fingerprint, listing_error, reader, member)
+        for uri, fingerprint, listing_error, listing_kind, member in zip(part["uris"], fingerprints, errors, error_kinds, members):
+            listed = BadInput(listing_error, listing_kind) if listing_error else None
+            self._standardize_file(out, part["part"], uri, fingerprint, listed, reader, member)
         storage.write_parquet(
             PoolLayout(self.pool_dir).audio(part["part"]),
             make_table(POOL_AUDIO, {"clip_id": out.audio_ids, "flac": out.audio_flac}),
@@ -194,14 +176,15 @@ class Standardize(Stage):
         part: str,
         uri: str,
         fingerprint: str | None,
-        listing_error: str | None,
+        listing_error: BadInput | None,
         reader: storage.SourceReader,
         member: storage.Member | None,
     ) -> None:
-        def fail(reason: str) -> None:
+        def fail(error: BadInput) -> None:
             out.add(
                 clip_id=error_clip_id(uri), source_id=error_clip_id(uri).removesuffix("-error"), source_uri=uri,
-                source_fingerprint=fingerprint, chunk_index=-1, part=part, error=f"{uri}: {reason}",
+                source_fingerprint=fingerprint, chunk_index=-1, part=part, error=error_text(uri, str(error)),
+                error_kind=error.kind,
             )
 
         if listing_error:
@@ -209,19 +192,19 @@ class Standardize(Stage):
             return
         try:
             data = reader.read(uri, member)
-        except storage.MissingAudioBytes as exc:
-            fail(str(exc))
+        except BadInput as exc:
+            fail(exc)
             return
         except Exception as exc:  # any failure to read a URL is that file's error row
-            fail(f"cannot read: {type(exc).__name__}: {exc}")
+            fail(BadInput(f"cannot read: {type(exc).__name__}: {exc}", kind="unreadable"))
             return
         try:
             rows, flacs = self._clips(uri, fingerprint, part, data, decode(data))
-        except UnreadableAudio as exc:
-            fail(str(exc))
+        except BadInput as exc:
+            fail(exc)
             return
         except Exception as exc:  # one file's failure must not lose the other files of its part
-            fail(f"standardizing failed ({type(exc).__name__}: {exc})")
+            fail(BadInput(f"standardizing failed ({type(exc).__name__}: {exc})", kind="failed"))
             return
         for row, flac in zip(rows, flacs):
             out.add(**row)
@@ -237,7 +220,8 @@ class Standardize(Stage):
         if standardized.size == 0:
             raise UnreadableAudio(
                 f"audio is too short to keep ({decoded.audio.shape[0]} samples at {decoded.sample_rate} Hz "
-                f"leave none at {self.sample_rate} Hz)"
+                f"leave none at {self.sample_rate} Hz)",
+                kind="empty",
             )
         clips, real_samples = chunk(standardized, self.sample_rate, self.clip_seconds)
         rows, flacs = [], []

@@ -27,6 +27,7 @@ from fsspec.core import url_to_fs
 
 # Layouts and callers of this module join URLs by the same rule.
 from schemas.layout import join  # noqa: F401
+from stages.errors import BadInput
 
 log = logging.getLogger(__name__)
 
@@ -164,13 +165,14 @@ class Member:
 @dataclass(frozen=True)
 class SourceFile:
     """One audio source found by expanding a source pattern: a file, a Parquet row or a tar member
-    (`member` set). `error` is set when it cannot be read."""
+    (`member` set). `error` is set when it cannot be read, and `error_kind` names its kind."""
 
     uri: str
     size: int | None
     fingerprint: str | None
     error: str | None = None
     member: Member | None = None
+    error_kind: str | None = None
 
     @property
     def order(self) -> tuple[str, int]:
@@ -198,7 +200,7 @@ def expand_sources(patterns: list[str]) -> tuple[list[SourceFile], list[str]]:
         try:
             fs, path = filesystem(pattern)
         except Exception as exc:  # an unknown protocol or a malformed URL is that source's error
-            found.setdefault(pattern, SourceFile(pattern, None, None, f"cannot open {pattern}: {exc}"))
+            found.setdefault(pattern, SourceFile(pattern, None, None, f"cannot open {pattern}: {exc}", error_kind="unreadable"))
             continue
         if GLOB_CHARS & set(path):
             matches = fs.glob(path, detail=True)
@@ -212,10 +214,11 @@ def expand_sources(patterns: list[str]) -> tuple[list[SourceFile], list[str]]:
         try:
             info = fs.info(path)
         except Exception as exc:
-            found.setdefault(pattern, SourceFile(pattern, None, None, f"cannot read {pattern}: {type(exc).__name__}: {exc}"))
+            found.setdefault(pattern, SourceFile(pattern, None, None, f"cannot read {pattern}: {type(exc).__name__}: {exc}", error_kind="unreadable"))
             continue
         if info.get("type") == "directory":
-            found.setdefault(pattern, SourceFile(pattern, None, None, f"{pattern} is a folder; use a glob such as {pattern.rstrip('/')}/*.wav"))
+            reason = f"{pattern} is a folder; use a glob such as {pattern.rstrip('/')}/*.wav"
+            found.setdefault(pattern, SourceFile(pattern, None, None, reason, error_kind="not_a_file"))
             continue
         uri = full_url(fs, path)
         found.setdefault(uri, SourceFile(uri, info.get("size"), fingerprint_of(info)))
@@ -239,8 +242,10 @@ class ParquetLayout:
     id_column: str | None  # a column (or `column.field`) of unique values; None: the row number
 
 
-class MissingAudioBytes(ValueError):
+class MissingAudioBytes(BadInput):
     """A Parquet row whose audio column holds no bytes."""
+
+    kind = "empty"
 
 
 def expand_audio_sources(patterns: list[str], parquet: ParquetLayout) -> tuple[list[SourceFile], list[str]]:
@@ -258,18 +263,19 @@ def expand_audio_sources(patterns: list[str], parquet: ParquetLayout) -> tuple[l
         elif name.endswith(".tar"):
             sources.extend(_tar_members(source))
         elif name.endswith(COMPRESSED_TAR_SUFFIXES):
-            sources.append(_failed(source, "container: a compressed tar; audio tars are read as plain .tar files (WebDataset's layout)"))
+            sources.append(_failed(source, "bad_container", "container: a compressed tar; audio tars are read as plain .tar files (WebDataset's layout)"))
         else:
             sources.append(source)
     return sorted(sources, key=lambda s: s.order), empty_globs
 
 
-def _failed(source: SourceFile, reason: str) -> SourceFile:
-    return SourceFile(source.uri, source.size, source.fingerprint, reason, source.member)
+def _failed(source: SourceFile, kind: str, reason: str) -> SourceFile:
+    return SourceFile(source.uri, source.size, source.fingerprint, reason, source.member, kind)
 
 
 def _member_source(container: SourceFile, member: Member, size: int | None, error: str | None = None) -> SourceFile:
-    return SourceFile(f"{container.uri}#{member.key}", size, container.fingerprint, error, member)
+    """A row or member as a source; its only possible listing error is a bad_container one."""
+    return SourceFile(f"{container.uri}#{member.key}", size, container.fingerprint, error, member, "bad_container" if error else None)
 
 
 def _column_values(table: pa.Table) -> pa.Array:
@@ -287,7 +293,7 @@ def _parquet_rows(source: SourceFile, layout: ParquetLayout) -> list[SourceFile]
             parquet = pq.ParquetFile(handle)
             problem = _audio_column_problem(parquet.schema_arrow, layout)
             if problem:
-                return [_failed(source, f"container: {problem}")]
+                return [_failed(source, "bad_container", f"container: {problem}")]
             ids: list[tuple[int, int, str | None]] = []  # row group, row in it, id
             for group in range(parquet.num_row_groups):
                 if layout.id_column is None:
@@ -297,7 +303,7 @@ def _parquet_rows(source: SourceFile, layout: ParquetLayout) -> list[SourceFile]
                     values = _column_values(parquet.read_row_group(group, columns=[layout.id_column])).to_pylist()
                     ids.extend((group, row, None if value is None else str(value)) for row, value in enumerate(values))
     except Exception as exc:  # a damaged or unreachable file is that file's error row
-        return [_failed(source, f"cannot read {source.uri} as Parquet: {type(exc).__name__}: {exc}")]
+        return [_failed(source, "unreadable", f"cannot read {source.uri} as Parquet: {type(exc).__name__}: {exc}")]
 
     counts = Counter(key for _, _, key in ids)
     rows = []
@@ -344,12 +350,12 @@ def _tar_members(source: SourceFile) -> list[SourceFile]:
                 member = Member(source.uri, "tar", info.name, data_offset=info.offset_data, data_size=info.size)
                 members.append(_member_source(source, member, info.size))
     except Exception as exc:  # damage ends the listing; the members before it stay sources
-        members.append(_failed(source, f"cannot read {source.uri} as a tar past {len(members)} audio members: {type(exc).__name__}: {exc}"))
+        members.append(_failed(source, "unreadable", f"cannot read {source.uri} as a tar past {len(members)} audio members: {type(exc).__name__}: {exc}"))
     if skipped:
         log.info("%s: %s members are not audio and are not read", source.uri, dict(sorted(skipped.items())))
     if not members:
         others = ", ".join(f"{count} {kind}" for kind, count in sorted(skipped.items())) or "none"
-        return [_failed(source, f"container: the tar holds no audio members (other members: {others})")]
+        return [_failed(source, "bad_container", f"container: the tar holds no audio members (other members: {others})")]
     repeated = {name for name, count in names.items() if count > 1}
     if not repeated:
         return members
@@ -358,7 +364,7 @@ def _tar_members(source: SourceFile) -> list[SourceFile]:
     kept: dict[str, SourceFile] = {}
     for m in members:
         if m.member is not None and m.member.key in repeated:
-            m = _failed(m, f"container: the tar holds {names[m.member.key]} members named {m.member.key!r}")
+            m = _failed(m, "bad_container", f"container: the tar holds {names[m.member.key]} members named {m.member.key!r}")
         kept.setdefault(m.uri, m)
     return list(kept.values())
 

@@ -21,14 +21,17 @@ from schemas.config import PromptConfig, VlmConfig
 from schemas import ANSWERS, IMAGES
 from stages.base import Resources, Stage
 from stages.concepts import answer_schema, answers_table, openai_user_message
+from stages.errors import BadInput, error_text
 from stages.images import vlm_jpeg
 
 RETRYABLE_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
 BACKOFF_SECONDS = 0.5
 
 
-class RequestFailed(RuntimeError):
-    """A request that retries did not rescue."""
+class RequestFailed(BadInput):
+    """A request that retries did not rescue, or an image that could not be sent."""
+
+    kind = "vlm_failed"
 
 
 def chat_payload(vlm: VlmConfig, prompt: PromptConfig, jpeg: bytes) -> dict:
@@ -99,7 +102,8 @@ class OpenAIVlm(Stage):
         try:
             jpeg = vlm_jpeg(image_bytes, self.prompt.max_pixels)
         except Exception as exc:  # any failure of one image's re-encoding is that row's error
-            raise RequestFailed(f"image could not be prepared for the VLM ({type(exc).__name__}: {exc})") from None
+            reason = f"image could not be prepared for the VLM ({type(exc).__name__}: {exc})"
+            raise RequestFailed(reason, kind="image_not_prepared") from None
         payload = chat_payload(self.vlm, self.prompt, jpeg)
         reply = post_with_retries(url, payload, os.environ.get(self.vlm.api_key_env), self.vlm.timeout_s, self.vlm.retries)
         try:
@@ -120,6 +124,6 @@ class OpenAIVlm(Stage):
                 try:
                     answers[i] = future.result()
                 except RequestFailed as exc:
-                    rows[i]["error"] = f"{rows[i]['uri']}: {self.vlm.name}: {exc}"
-                    rows[i]["error_stage"] = "vlm"
+                    rows[i]["error"] = error_text(rows[i]["uri"], str(exc), rows[i]["member"], self.vlm.name)
+                    rows[i]["error_kind"], rows[i]["error_stage"] = exc.kind, "vlm"
         return answers_table(rows, answers)

@@ -10,12 +10,14 @@ import pyarrow as pa
 
 from schemas.config import VlmConfig
 from schemas import ANSWERS
+from schemas.errors import PipelineError
 from stages import storage
 from stages.base import Resources, Stage
 from stages.concepts import answers_table
+from stages.errors import error_text
 
 
-class ProvidedConceptsError(ValueError):
+class ProvidedConceptsError(PipelineError):
     """The concepts file cannot be used."""
 
 
@@ -64,7 +66,8 @@ class ProvidedConcepts(Stage):
         for row in rows:
             answer = self.answers.get(row["image_id"])
             if answer is None and row["error"] is None and row["dropped"] is None:
-                row["error"] = f"{row['uri']}: no concepts provided for image_id {row['image_id']!r} in {self.vlm.path}"
-                row["error_stage"] = "vlm"
+                reason = f"no concepts provided for image_id {row['image_id']!r} in {self.vlm.path}"
+                row["error"] = error_text(row["uri"], reason, row.get("member"))
+                row["error_kind"], row["error_stage"] = "no_concepts_provided", "vlm"
             answers.append(answer)
         return answers_table(rows, answers)

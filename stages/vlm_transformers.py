@@ -14,6 +14,7 @@ from schemas.config import PromptConfig, VlmConfig
 from schemas import ANSWERS, IMAGES
 from stages.base import Resources, Stage
 from stages.concepts import answer_schema, answers_table, user_message
+from stages.errors import error_text
 from stages.images import decode_image, downscale
 from stages.model_files import stage_model
 
@@ -79,6 +80,7 @@ class TransformersVlm(Stage):
                     try:
                         answers[i] = self._generate([image])[0]
                     except Exception as single:
-                        rows[i]["error"] = f"{rows[i]['uri']}: {self.vlm.name} failed: {type(single).__name__}: {single}"
-                        rows[i]["error_stage"] = "vlm"
+                        reason = f"{self.vlm.name} failed: {type(single).__name__}: {single}"
+                        rows[i]["error"] = error_text(rows[i]["uri"], reason, rows[i]["member"])
+                        rows[i]["error_kind"], rows[i]["error_stage"] = "vlm_failed", "vlm"
         return answers_table(rows, answers)

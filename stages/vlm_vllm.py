@@ -16,8 +16,10 @@ import pyarrow as pa
 
 from schemas.config import PromptConfig, VlmConfig
 from schemas import ANSWERS, IMAGES
+from schemas.errors import PipelineError
 from stages.base import EngineStage, Resources
 from stages.concepts import answer_schema, answers_table, openai_user_message
+from stages.errors import error_text
 from stages.images import vlm_jpeg
 from stages.model_files import is_remote, stage_model
 
@@ -36,7 +38,7 @@ def vllm_model_source(model: str) -> str:
         return stage_model(model)
     if model.startswith(RAY_LLM_REMOTE_PREFIXES):
         return model
-    raise ValueError(
+    raise PipelineError(
         f"vllm model {model}: Ray Data LLM loads models from {', '.join(RAY_LLM_REMOTE_PREFIXES)} URLs, "
         "Hugging Face ids and local paths only"
     )
@@ -53,7 +55,8 @@ def vllm_request(row: dict[str, Any], prompt: PromptConfig, temperature: float) 
         try:
             jpeg = vlm_jpeg(row["image_bytes"], prompt.max_pixels)
         except Exception as exc:  # one image that cannot be re-encoded is that row's error
-            row = {**row, "error": f"{row['uri']}: image could not be prepared for the VLM ({type(exc).__name__}: {exc})", "error_stage": "vlm"}
+            reason = f"image could not be prepared for the VLM ({type(exc).__name__}: {exc})"
+            row = {**row, "error": error_text(row["uri"], reason, row["member"]), "error_kind": "image_not_prepared", "error_stage": "vlm"}
         else:
             return {
                 **row,
@@ -83,8 +86,8 @@ def normalize_answers(batch: pa.Table, vlm_name: str) -> pa.Table:
         failure = row.get(INFERENCE_ERROR) or ""
         answers.append(None if failure else row.get("answer"))
         if failure and failure != NO_ANSWER_NEEDED:
-            row["error"] = f"{row.get('uri')}: {vlm_name} failed: {failure}"
-            row["error_stage"] = "vlm"
+            row["error"] = error_text(row.get("uri"), f"{vlm_name} failed: {failure}", row.get("member"))
+            row["error_kind"], row["error_stage"] = "vlm_failed", "vlm"
     return answers_table(rows, answers)
 
 

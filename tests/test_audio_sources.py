@@ -12,7 +12,6 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipelines.pool import group_parts, plan_work
-from stages.standardize import error_kind
 from stages.storage import ParquetLayout, SourceFile, SourceReader, expand_audio_sources
 
 HF_AUDIO = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
@@ -75,7 +74,7 @@ def test_a_plain_binary_column_and_rows_without_bytes(tmp_path):
     (only_path,) = expand_audio_sources([str(tmp_path / "paths.parquet")], DEFAULT)[0]
     with pytest.raises(ValueError, match=r"^no audio bytes in column 'audio' \(the row names only the path '/elsewhere/a.wav'\)$") as raised:
         reader.read(only_path.uri, only_path.member)
-    assert error_kind(f"u: {raised.value}", "u") == "empty"
+    assert raised.value.kind == "empty"
 
 
 def test_unusable_parquet_files_are_one_error_each(tmp_path):
@@ -90,7 +89,7 @@ def test_unusable_parquet_files_are_one_error_each(tmp_path):
         "other column.parquet": "container: the Parquet file has no column 'audio' (its columns: sound); set pool.parquet.audio_column",
     }
     assert errors["broken.parquet"].startswith(f"cannot read {tmp_path}/broken.parquet as Parquet: ")
-    kinds = {name: error_kind(f"{tmp_path}/{name}: {e}", f"{tmp_path}/{name}") for name, e in errors.items()}
+    kinds = {Path(s.uri).name: s.error_kind for s in sources}
     assert kinds == {"broken.parquet": "unreadable", "numbers.parquet": "bad_container", "other column.parquet": "bad_container"}
 
 
@@ -105,6 +104,7 @@ def test_repeated_and_null_ids_are_error_rows_and_the_other_rows_stay(tmp_path):
         "row 2 (null id)": "container: row 2 has a null 'id'; ids must be set and unique",
         "x (row 3)": "container: 2 rows share this 'id'; ids must be unique",
     }
+    assert [s.error_kind for s in sources] == ["bad_container", None, "bad_container", "bad_container"]
 
 
 def test_audio_members_of_a_tar_are_sources_and_metadata_is_not(tmp_path):
@@ -134,6 +134,9 @@ def test_damaged_and_ambiguous_tars(tmp_path):
     assert found["cut.tar"].startswith(f"cannot read {tmp_path}/cut.tar as a tar past 2 audio members: ")
     assert found["packed.tar.gz"].startswith("container: a compressed tar")
     assert found["images.tar"] == "container: the tar holds no audio members (other members: 1 jpg, 1 json)"
+    kinds = {s.uri.rsplit("/", 1)[1]: s.error_kind for s in sources}
+    assert kinds["twice.tar#j.wav"] is None and kinds["twice.tar#k.flac"] == "bad_container" and kinds["cut.tar"] == "unreadable"
+    assert kinds["packed.tar.gz"] == kinds["images.tar"] == "bad_container"
 
 
 def test_parts_keep_a_containers_rows_together_in_stored_order(tmp_path):

@@ -45,6 +45,7 @@ def test_wrapped_answers_still_parse(answer):
 def test_broken_answers_become_errors(answer, reason):
     parsed = parse_answer(answer, 4000, 8)
     assert parsed.error is not None and reason in parsed.error
+    assert parsed.error_kind == {"empty answer": "empty_answer", "over the limit": "answer_too_long"}.get(reason, "bad_answer")
     assert parsed.concepts == []
 
 
@@ -127,6 +128,7 @@ def test_parse_stage_gives_every_answer_a_row():
     for image_id, reason in [("prose", "no JSON object"), ("empty", "empty answer"), ("cut", "not valid JSON"), ("long", "over the limit")]:
         assert scenes[image_id]["error"].startswith(f"/images/{image_id}.jpg: qwen: ") and reason in scenes[image_id]["error"]
         assert scenes[image_id]["error_stage"] == "concepts"
+    assert [scenes[i]["error_kind"] for i in ("prose", "empty", "cut", "long", "good")] == ["bad_answer", "empty_answer", "bad_answer", "answer_too_long", None]
     assert scenes["in tar"]["error"] == "/images/in tar.jpg#s1.jpg: qwen: empty answer"
     assert scenes["blank texts"]["dropped"] == "no_concepts" and scenes["blank texts"]["dropped_empty_concepts"] == 2
     assert scenes["logo"]["dropped"] == "non_sonic"

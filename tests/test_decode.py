@@ -15,7 +15,7 @@ import pytest
 import soundfile
 
 from stages.decode import NoAudioStream, UnreadableAudio, decode
-from stages.standardize import Standardize, error_kind, resample, to_mono
+from stages.standardize import Standardize, resample, to_mono
 from tests.conftest import REPO
 from tests.helpers import noise, pyav_media, tone
 from tests.test_loudness import ebur128_lufs
@@ -87,7 +87,7 @@ def test_a_video_without_sound_is_its_own_kind_of_error():
     silent_video = pyav_media(None, RATE, "mp4", None, video=True)
     with pytest.raises(NoAudioStream, match=r"^no audio stream \(a .*mp4.* file holding only video streams\)") as raised:
         decode(silent_video)
-    assert error_kind(f"/v.mp4: {raised.value}", "/v.mp4") == "no_audio_stream"
+    assert raised.value.kind == "no_audio_stream"
 
 
 @pytest.mark.parametrize(
@@ -98,7 +98,7 @@ def test_bytes_neither_decoder_reads_are_undecodable(data):
     with pytest.raises(UnreadableAudio, match=r"^not decodable \(libsndfile: .*; FFmpeg: .+\)$") as raised:
         decode(data)
     assert not isinstance(raised.value, NoAudioStream)
-    assert error_kind(f"/x: {raised.value}", "/x") == "undecodable"
+    assert raised.value.kind == "undecodable"
 
 
 def test_damage_midway_ends_the_audio_there(media):

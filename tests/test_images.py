@@ -107,9 +107,10 @@ def test_listing_files_tars_and_parquet(tmp_path):
     assert "unsupported input" in errors["notes"]
     assert "no 'uri' column" in errors["nouri"]
     assert "cannot read" in errors["gone"]
+    assert {r.own_id: r.error_kind for r in refs if r.error} == {"notes": "unsupported", "nouri": "unsupported", "gone": "unreadable"}
     data = read_image_bytes([by_id["s2"], by_id["a"], ImageRef(str(tmp_path / "shard.tar"), "s9.jpg", "s9")])
     assert decode_image(data[0]).width == 64 and decode_image(data[1]).width == 64
-    assert "member not found" in data[2]
+    assert "member not found" in str(data[2]) and data[2].kind == "unreadable"
 
 
 def test_ids_are_own_ids_unless_they_collide():
@@ -223,7 +224,13 @@ def test_decode_stage_gives_every_bad_image_a_row(tmp_path):
     assert len(refs) == len(expected) + 1
     batch = make_table(
         IMAGE_REFS,
-        {"image_id": assign_image_ids(refs), "uri": [r.uri for r in refs], "member": [r.member for r in refs], "error": [r.error for r in refs]},
+        {
+            "image_id": assign_image_ids(refs),
+            "uri": [r.uri for r in refs],
+            "member": [r.member for r in refs],
+            "error": [r.error for r in refs],
+            "error_kind": [r.error_kind for r in refs],
+        },
     )
     rows = {PurePosixPath(r["uri"]).name: r for r in DecodeImages(min_side=32, max_image_pixels=1_000_000).process_batch(batch).to_pylist()}
     assert set(rows) == {*expected, "gone.jpg"}
@@ -239,6 +246,15 @@ def test_decode_stage_gives_every_bad_image_a_row(tmp_path):
         assert row["dropped"] == dropped, name
         if dropped is None:
             assert row["image_bytes"] == (tmp_path / name).read_bytes(), name
+    assert {name: row["error_kind"] for name, row in rows.items() if row["error"]} == {
+        "gone.jpg": "unreadable",
+        "zero bytes.jpg": "empty",
+        "text.png": "undecodable",
+        "cut.jpg": "undecodable",
+        "cut.png": "undecodable",
+        "cut.webp": "undecodable",
+        "huge.png": "too_large",
+    }
     assert (rows["rotated.jpg"]["width"], rows["rotated.jpg"]["height"]) == (48, 64)
     assert {rows[n]["format"] for n in ("grey16.png", "rgb16.png", "palette.png")} == {"png"}
 
@@ -255,7 +271,9 @@ def test_an_unexpected_failure_is_that_images_error_only(tmp_path, monkeypatch):
 
     monkeypatch.setattr(Image.Image, "convert", convert)
     refs = list_images([str(tmp_path / "*.png")])
-    batch = make_table(IMAGE_REFS, {"image_id": ["a", "b"], "uri": [r.uri for r in refs], "member": [None, None], "error": [None, None]})
+    batch = make_table(
+        IMAGE_REFS, {"image_id": ["a", "b"], "uri": [r.uri for r in refs], "member": [None, None], "error": [None, None], "error_kind": [None, None]}
+    )
     rows = DecodeImages(min_side=8, max_image_pixels=10**6).process_batch(batch).to_pylist()
     assert rows[0]["error"] is None and rows[0]["width"] == 64
     assert rows[1]["error"] == f"{tmp_path / 'b.png'}: decoding failed (MemoryError: no room)"

@@ -54,21 +54,25 @@ def concept(label: str, text: str, clip: int, cosine: float, target: float) -> d
     }
 
 
-def manifest_row(i: int, shard: str | None, concepts: list[dict], error: str | None = None, caption: str = "a dog") -> dict:
+def manifest_row(
+    i: int, shard: str | None, concepts: list[dict], error: str | None = None, caption: str = "a dog", error_kind: str | None = None
+) -> dict:
     return {
         "key": f"img{i:03d}__qwen", "image_id": f"img{i:03d}", "image_uri": f"/data/{MARKUP_FILE if i == 0 else 'img'}{i:03d}.png",
         "image_member": None, "image_format": "png", "width": 64, "height": 48, "vlm": "qwen", "prompt_version": "v1",
         "caption": caption, "concepts": concepts, "dropped_concepts": 0, "mix_gain_db": -1.5 if i % 5 == 0 else 0.0,
         "mix_lufs": -24.0 + 0.1 * i, "mix_peak_dbfs": -3.0 - 0.1 * i, "sample_rate": RATE, "duration_s": CLIP_SECONDS,
-        "seed": 0, "shard": shard, "error": error,
+        "seed": 0, "shard": shard, "error": error, "error_kind": error_kind,
     }
 
 
-def scene_row(i: int, concepts: list[dict], error: str | None = None, stage: str | None = None, dropped: str | None = None) -> dict:
+def scene_row(
+    i: int, concepts: list[dict], error: str | None = None, stage: str | None = None, dropped: str | None = None, error_kind: str | None = None
+) -> dict:
     return {
         "image_id": f"img{i:03d}", "uri": f"/data/img{i:03d}.png", "member": None, "width": 64, "height": 48, "format": "png",
         "num_bytes": 100, "vlm": "qwen", "answer": None, "caption": "a dog", "concepts": [{"label": c["label"], "text": c["text"]} for c in concepts],
-        "dropped_empty_concepts": 0, "dropped": dropped, "error": error, "error_stage": stage,
+        "dropped_empty_concepts": 0, "dropped": dropped, "error": error, "error_kind": error_kind, "error_stage": stage,
     }
 
 
@@ -83,6 +87,8 @@ REJECTED = {
     17: (None, None, "non_sonic"),
     18: (None, None, None),  # no concept above retrieval.min_cosine
 }
+# The error_kind the pipeline stores with each rejected scene's error or drop.
+REJECTED_KINDS = {13: "empty", 14: "undecodable", 15: "too_small", 16: "bad_answer", 17: "non_sonic", 18: "no_usable_clip"}
 
 
 def sample_concepts(i: int) -> list[dict]:
@@ -96,17 +102,31 @@ def write_run(root: str) -> dict:
     """A finished sonify run and its pool, as the pipeline lays them out. Returns the config tree."""
     out, pool = storage.join(root, "out"), storage.join(root, "pool")
     rows = [manifest_row(i, "000000.tar" if i < 10 else "000001.tar", sample_concepts(i), caption=MARKUP_CAPTION if i == 0 else "a dog") for i in range(SAMPLES)]
-    rows.append(manifest_row(WRITE_FAILURE, "000001.tar", sample_concepts(WRITE_FAILURE), error="/data/img012.png: cannot read (gone)"))
-    rejected = [manifest_row(i, None, [], error=error or (f"dropped: {dropped}" if dropped else "dropped: no concept matched")) for i, (error, _, dropped) in REJECTED.items()]
+    rows.append(
+        manifest_row(WRITE_FAILURE, "000001.tar", sample_concepts(WRITE_FAILURE), error="/data/img012.png: cannot read (gone)", error_kind="unreadable")
+    )
+    rejected = [
+        manifest_row(i, None, [], error=error or (f"dropped: {dropped}" if dropped else "dropped: no concept matched"), error_kind=REJECTED_KINDS[i])
+        for i, (error, _, dropped) in REJECTED.items()
+    ]
     storage.write_parquet(storage.join(out, "manifest", "000000.parquet"), make_table(MANIFEST, pa.Table.from_pylist(rows[:10], schema=MANIFEST)))
     storage.write_parquet(storage.join(out, "manifest", "000001.parquet"), make_table(MANIFEST, pa.Table.from_pylist(rows[10:], schema=MANIFEST)))
     storage.write_parquet(storage.join(out, "manifest", "rejected-000000.parquet"), make_table(MANIFEST, pa.Table.from_pylist(rejected, schema=MANIFEST)))
     scenes = [scene_row(i, sample_concepts(i)) for i in range(SAMPLES + 1)]
-    scenes += [scene_row(i, [], error, stage, dropped) for i, (error, stage, dropped) in REJECTED.items()]
+    scenes += [scene_row(i, [], error, stage, dropped, REJECTED_KINDS[i] if error else None) for i, (error, stage, dropped) in REJECTED.items()]
     storage.write_parquet(storage.join(out, "scenes", "qwen", "000000.parquet"), make_table(SCENES, pa.Table.from_pylist(scenes, schema=SCENES)))
     storage.write_parquet(
         storage.join(out, "images.parquet"),
-        make_table(IMAGE_REFS, {"image_id": [s["image_id"] for s in scenes], "uri": [s["uri"] for s in scenes], "member": [None] * len(scenes), "error": [None] * len(scenes)}),
+        make_table(
+            IMAGE_REFS,
+            {
+                "image_id": [s["image_id"] for s in scenes],
+                "uri": [s["uri"] for s in scenes],
+                "member": [None] * len(scenes),
+                "error": [None] * len(scenes),
+                "error_kind": [None] * len(scenes),
+            },
+        ),
     )
     for shard, members in (("000000", rows[:10]), ("000001", rows[10:SAMPLES])):
         samples = [(r["key"], {"png": png_bytes(64 + j, 48, j), "flac": flac_bytes(CLIP_SECONDS, j), "json": b"{}"}) for j, r in enumerate(members)]
@@ -118,10 +138,11 @@ def write_run(root: str) -> dict:
             "source_format": "wav" if c < 4 else "flac", "source_sample_rate": 44100, "source_channels": 1, "source_duration_s": 5.0 + c,
             "chunk_index": 0, "start_s": 0.0, "duration_s": CLIP_SECONDS if c != 5 else 2.0, "sample_rate": 48000,
             "lufs": None if c == 5 else -20.0 - c, "peak_dbfs": -3.0, "loudness_at_rates": [], "silent": c == 5, "part": "part-1", "error": None,
+            "error_kind": None,
         }
         for c in range(6)
     ]
-    clips.append({**clips[0], "clip_id": "bad-error", "source_uri": "/audio/broken.wav", "chunk_index": -1, "error": "/audio/broken.wav: empty file (0 bytes)"})
+    clips.append({**clips[0], "clip_id": "bad-error", "source_uri": "/audio/broken.wav", "chunk_index": -1, "error": "/audio/broken.wav: empty file (0 bytes)", "error_kind": "empty"})
     storage.write_parquet(storage.join(pool, "clips", "part-1.parquet"), make_table(POOL_CLIPS, pa.Table.from_pylist(clips, schema=POOL_CLIPS)))
     storage.write_text(storage.join(pool, "index", "index.json"), json.dumps({"size": 5}))
     return {

@@ -12,7 +12,6 @@ from stages.standardize import (
     chunk,
     decode_flac,
     encode_flac,
-    error_kind,
     quantize_pcm16,
     resample,
     to_mono,
@@ -126,28 +125,41 @@ def test_a_header_claiming_a_sub_audio_rate_is_refused():
         decode(wav_with_rate(noise(1.0, 16000), 1))
 
 
-@pytest.mark.parametrize(
-    "reason, kind",
-    [
-        ("empty file (0 bytes)", "empty"),
-        ("audio has no samples", "empty"),
-        ("audio is too short to keep (1 samples at 192000 Hz leave none at 48000 Hz)", "empty"),
-        ("not decodable (libsndfile: flac decoder lost sync; FFmpeg: Invalid data found when processing input)", "undecodable"),
-        ("no audio stream (a mov,mp4,m4a,3gp,3g2,mj2 file holding only video streams)", "no_audio_stream"),
-        ("no audio bytes in column 'audio' (the row names only the path 'a.wav')", "empty"),
-        ("container: the tar holds 2 members named 'a.flac'", "bad_container"),
-        ("sample rate 1 Hz is below 1000 Hz: a damaged header, not audio", "bad_sample_rate"),
-        ("cannot read: FileNotFoundError: gone", "unreadable"),
-        ("cannot read /x/a b.wav: FileNotFoundError: gone", "unreadable"),
-        ("cannot open zz://a.wav: unknown protocol", "unreadable"),
-        ("/x/dir is a folder; use a glob such as /x/dir/*.wav", "not_a_file"),
-        ("standardizing failed (MemoryError: )", "failed"),
-        ("something new", "other"),
-    ],
-)
-def test_error_kinds(reason, kind):
-    uri = "/data/cannot read: sample rate.wav"
-    assert error_kind(f"{uri}: {reason}", uri) == kind
+def test_error_rows_carry_the_kind_they_were_raised_with(tmp_path):
+    files = {
+        "zero bytes.wav": b"",
+        "no samples.wav": encoded(np.zeros(0, np.float32), 16000),
+        "text.ogg": b"not audio\n" * 50,
+        "rate one.wav": wav_with_rate(noise(1.0, 16000), 1),
+        "single sample.flac": encoded(np.array([0.5], np.float32), 192000, "FLAC"),
+        "fine.wav": encoded(tone(1.0, 16000), 16000),
+    }
+    rows = part_rows(tmp_path, files)
+    assert {name: [r["error_kind"] for r in clips] for name, clips in rows.items()} == {
+        "zero bytes.wav": ["empty"],
+        "no samples.wav": ["empty"],
+        "text.ogg": ["undecodable"],
+        "rate one.wav": ["bad_sample_rate"],
+        "single sample.flac": ["empty"],
+        "fine.wav": [None],
+    }
+
+
+def test_listing_errors_and_unreadable_urls_keep_their_kind(tmp_path):
+    stage = Standardize(str(tmp_path / "pool"), 48000, 5.0, -70.0, [16000])
+    uris = ["/data/a folder", str(tmp_path / "gone.wav")]
+    part = {
+        "part": "p",
+        "uris": uris,
+        "fingerprints": [None, "f"],
+        "errors": ["/data/a folder is a folder; use a glob such as /data/a folder/*.wav", None],
+        "error_kinds": ["not_a_file", None],
+    }
+    rows = stage.process_part(part).to_pylist()
+    assert [(r["error_kind"], r["error"].split(": ", 1)[1].split(":")[0]) for r in rows] == [
+        ("not_a_file", "/data/a folder is a folder; use a glob such as /data/a folder/*.wav"),
+        ("unreadable", "cannot read"),
+    ]
 
 
 def part_rows(tmp_path, files: dict[str, bytes], **stage_args) -> dict[str, list[dict]]:
@@ -280,4 +292,4 @@ def test_a_failure_inside_one_file_loses_only_that_file(tmp_path, monkeypatch):
     assert [r["chunk_index"] for r in rows["a.wav"]] == [0, 1] and len(rows["c.wav"]) == 1
     (failed,) = rows["b.wav"]
     assert failed["error"] == f"{tmp_path / 'src' / 'b.wav'}: standardizing failed (MemoryError: no room for three channels)"
-    assert failed["audio"] is None
+    assert failed["audio"] is None and failed["error_kind"] == "failed"

@@ -1,0 +1,85 @@
+"""Errors: the text of an error row, the one base class of errors that stop a run, and the refusals
+of files written by another version of the pipeline."""
+
+import json
+
+import pyarrow as pa
+import pytest
+
+from pipelines.cli import main
+from pipelines.config import ConfigError, validate_config
+from pipelines.pool import PoolMismatch, check_compatible
+from schemas.layout import PoolLayout
+from pipelines.report import ReportError
+from pipelines.sonify import SonifyError, read_phase
+from schemas import SCENES, make_table, versioned
+from schemas.errors import PipelineError
+from stages import storage
+from stages.decode import NoAudioStream, UnreadableAudio
+from stages.errors import BadInput, error_text
+from stages.images import BadImage
+from stages.report_sql import ReportInputError
+from stages.storage import MissingAudioBytes
+from stages.vlm_openai import RequestFailed
+from stages.vlm_provided import ProvidedConceptsError
+
+
+def test_error_text_names_the_input_then_the_stage():
+    assert error_text("/a b.jpg", "empty file (0 bytes)") == "/a b.jpg: empty file (0 bytes)"
+    assert error_text("/s.tar", "empty answer", "k.jpg", "qwen") == "/s.tar#k.jpg: qwen: empty answer"
+
+
+@pytest.mark.parametrize(
+    "error, kind",
+    [
+        (UnreadableAudio("not decodable (...)"), "undecodable"),
+        (UnreadableAudio("empty file (0 bytes)", kind="empty"), "empty"),
+        (NoAudioStream("no audio stream"), "no_audio_stream"),
+        (MissingAudioBytes("no audio bytes in column 'audio'"), "empty"),
+        (BadImage("not a decodable image"), "undecodable"),
+        (RequestFailed("HTTP 500"), "vlm_failed"),
+    ],
+)
+def test_input_errors_carry_their_kind_and_their_reason_alone(error, kind):
+    assert isinstance(error, BadInput) and error.kind == kind
+    assert error_text("/x", str(error)) == f"/x: {error.args[0]}"
+
+
+@pytest.mark.parametrize("error", [ConfigError, PoolMismatch, SonifyError, ReportError, ReportInputError, ProvidedConceptsError])
+def test_every_error_that_stops_a_run_is_a_pipeline_error(error):
+    assert issubclass(error, PipelineError)
+    assert not issubclass(BadInput, PipelineError)
+
+
+def test_a_phase_of_another_schema_version_is_refused_saying_what_to_do(tmp_path):
+    url = str(tmp_path / "000000.parquet")
+    older = versioned("scenes", 1, [f for f in SCENES if f.name != "error_kind"])
+    storage.write_parquet(url, older.empty_table())
+    with pytest.raises(SonifyError, match=r"\('scenes', 1\).*this version writes \('scenes', 2\).*run sonify again into a new sonify.out$"):
+        read_phase(url, SCENES)
+    storage.write_parquet(url, make_table(SCENES, SCENES.empty_table()))
+    assert read_phase(url, SCENES).num_rows == 0
+
+
+def test_a_pool_of_another_format_is_refused_saying_what_to_do(tmp_path):
+    config = validate_config({"pool": {"dir": str(tmp_path)}, "models": {"clap": {"model": "unused"}}})
+    (tmp_path / "pool.json").write_text(json.dumps({"format": 1}))
+    with pytest.raises(PoolMismatch, match="pool format 1, this one writes 2\\); rebuild the pool into a new pool.dir$"):
+        check_compatible(PoolLayout(str(tmp_path)), {"dim": 512}, config)
+
+
+def test_the_command_line_prints_any_pipeline_error_as_one_line_and_exits_2(tmp_path, capsys):
+    pool, manifest = tmp_path / "pool", tmp_path / "manifest"
+    pool.mkdir()
+    (pool / "pool.json").write_text("{}")
+    older = versioned("manifest", 1, [pa.field("key", pa.string())])
+    storage.write_parquet(str(manifest / "000000.parquet"), older.empty_table())
+    config = tmp_path / "run.yaml"
+    config.write_text(json.dumps({"pool": {"dir": str(pool)}, "models": {"clap": {"model": "unused"}}}))
+    code = main(["render", "--config", str(config), f"render.manifest={manifest}", f"render.out={tmp_path / 'out'}"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert err[-1].startswith(f"error: {manifest}/000000.parquet was written under schema ('manifest', 1)")
+    assert err[-1].endswith("render reads manifests of this version only: sonify the images again with this version")
+    assert main(["pool", "--config", str(config), "pool.no_such_key=1"]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == f"error: {config}: pool.no_such_key: unknown key"
