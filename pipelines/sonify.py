@@ -369,6 +369,9 @@ def plan_samples(
             "concepts": [],
             "dropped_concepts": scene["dropped_empty_concepts"] or 0,
             # Set when the shard is written.
+            "shard_image_extension": None,
+            "shard_image_width": None,
+            "shard_image_height": None,
             "mix_gain_db": None,
             "mix_lufs": None,
             "mix_peak_dbfs": None,
