@@ -125,15 +125,19 @@ def test_a_header_claiming_a_sub_audio_rate_is_refused():
         decode(wav_with_rate(noise(1.0, 16000), 1))
 
 
-def test_error_rows_carry_the_kind_they_were_raised_with(tmp_path):
-    files = {
+def bad_files() -> dict[str, bytes]:
+    """One file of each way a source fails to give audio."""
+    return {
         "zero bytes.wav": b"",
         "no samples.wav": encoded(np.zeros(0, np.float32), 16000),
         "text.ogg": b"not audio\n" * 50,
         "rate one.wav": wav_with_rate(noise(1.0, 16000), 1),
         "single sample.flac": encoded(np.array([0.5], np.float32), 192000, "FLAC"),
-        "fine.wav": encoded(tone(1.0, 16000), 16000),
     }
+
+
+def test_error_rows_carry_the_kind_they_were_raised_with(tmp_path):
+    files = {**bad_files(), "fine.wav": encoded(tone(1.0, 16000), 16000)}
     rows = part_rows(tmp_path, files)
     assert {name: [r["error_kind"] for r in clips] for name, clips in rows.items()} == {
         "zero bytes.wav": ["empty"],
@@ -190,13 +194,7 @@ def encoded(audio: np.ndarray, rate: int, fmt: str = "WAV", subtype: str | None 
 
 
 def test_each_bad_file_is_one_error_row_naming_it(tmp_path):
-    files = {
-        "zero bytes.wav": b"",
-        "no samples.wav": encoded(np.zeros(0, np.float32), 16000),
-        "text.ogg": b"not audio\n" * 50,
-        "rate one.wav": wav_with_rate(noise(1.0, 16000), 1),
-        "single sample.flac": encoded(np.array([0.5], np.float32), 192000, "FLAC"),
-    }
+    files = bad_files()
     reasons = {
         "zero bytes.wav": "empty file (0 bytes)",
         "no samples.wav": "audio has no samples",
