@@ -368,14 +368,7 @@ def plan_samples(
             "error_kind": scene["error_kind"] if scene["error"] else scene["dropped"],
             "concepts": [],
             "dropped_concepts": scene["dropped_empty_concepts"] or 0,
-            # Set when the shard is written.
-            "shard_image_extension": None,
-            "shard_image_width": None,
-            "shard_image_height": None,
-            "mix_gain_db": None,
-            "mix_lufs": None,
-            "mix_peak_dbfs": None,
-            "shard": None,
+            **dict.fromkeys(WRITE_TIME_COLUMNS),
         }
         if row["error"]:
             rejected.append(row)
@@ -438,9 +431,19 @@ def manifest_table(rows: list[dict]) -> pa.Table:
 
 def shard_plan(manifest: pa.Table, part_of: dict[str, str]) -> pa.Table:
     """The plan file of one shard: its manifest rows, each with the pool part of every concept's clip."""
-    parts = [[part_of[c["clip_id"]] for c in concepts] for concepts in manifest.column("concepts").to_pylist()]
+    concepts = manifest.column("concepts").to_pylist()
+    missing = sorted({c["clip_id"] for row in concepts for c in row if c["clip_id"] not in part_of})
+    if missing:
+        raise SonifyError(
+            f"{len(missing)} clips of the manifest are not in the pool (first: {', '.join(missing[:3])}): "
+            "pool.dir must be the pool the manifest was made from, with none of its sources pruned"
+        )
+    parts = [[part_of[c["clip_id"]] for c in row] for row in concepts]
     return make_table(SHARD_PLANS, manifest.append_column("clip_parts", pa.array(parts, pa.list_(pa.string()))))
 
+
+# Manifest columns the shard writer sets; a planned row holds none of them.
+WRITE_TIME_COLUMNS = ("shard_image_extension", "shard_image_width", "shard_image_height", "mix_gain_db", "mix_lufs", "mix_peak_dbfs", "shard")
 
 CHUNK_COUNTS = ("samples", "rejected", "concepts_below_min_cosine", "concepts_no_usable_clip", "fallbacks")
 
@@ -635,6 +638,12 @@ def run_render(config: RunConfig) -> dict:
         if layout.is_rejected(url):
             continue
         rows = read_phase(url, MANIFEST, RENDER_REMEDY).filter(pc.is_null(pc.field("error")))
+        if not rows.num_rows:
+            log.warning("render: %s holds no sample (every row an error), so shard %s is not rebuilt", url, shard)
+            continue
+        # What the shard writer measures is measured again, as for a plan sonify makes.
+        for column in WRITE_TIME_COLUMNS:
+            rows = rows.set_column(rows.schema.get_field_index(column), rows.schema.field(column), pa.nulls(rows.num_rows, rows.schema.field(column).type))
         storage.write_parquet(layout.plan(shard), shard_plan(rows, part_of))
         shards.append(shard)
     results = write_shards(config, paths, out, shards)

@@ -89,10 +89,10 @@ MANIFEST_CONCEPT = pa.struct(
 
 # sonify.out/manifest/NNNNNN.parquet (one per shard) and manifest/rejected-NNNNNN.parquet (one per
 # chunk of images: scenes that became no sample, with the reason in `error`).
-# 2: the shard's image (extension, size) beside the source's.
+# 2: the shard's image (extension, size) beside the source's; 3: error_kind as well.
 MANIFEST = versioned(
     "manifest",
-    2,
+    3,
     [
         pa.field("key", pa.string(), nullable=False),
         pa.field("image_id", pa.string(), nullable=False),
@@ -128,9 +128,10 @@ MANIFEST = versioned(
 # sonify.out/plans/NNNNNN.parquet: the plan of shard NNNNNN, its manifest rows before mixing, each
 # with the pool part of every concept's clip (in the order of `concepts`), so a writer reads no pool
 # table of its own.
+# 2: manifest rows plus clip parts, replacing IPC bytes; 3: the manifest of version 3.
 SHARD_PLANS = versioned(
     "shard_plans",
-    2,
+    3,
     [*MANIFEST, pa.field("clip_parts", pa.list_(pa.string()), nullable=False)],
 )
 # The distinct concept texts that retrieval embeds and searches.

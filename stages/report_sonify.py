@@ -84,11 +84,11 @@ PROBLEMS = """
     SELECT 'dropped: ' || dropped || ' (' || vlm || ')', uri, coalesce(caption, dropped)
         FROM scenes WHERE error IS NULL AND dropped IS NOT NULL AND dropped <> 'too_small'
     UNION ALL
-    SELECT 'retrieval: no concept above retrieval.min_cosine (' || r.vlm || ')', r.image_uri, r.error
+    SELECT 'retrieval: ' || r.error_kind || ' (' || r.vlm || ')', r.image_uri, r.error
         FROM rejected r JOIN scenes s ON s.image_id = r.image_id AND s.vlm = r.vlm
         WHERE s.error IS NULL AND s.dropped IS NULL
     UNION ALL
-    SELECT 'write: image unreadable when its shard was written', image_uri, error FROM write_failures
+    SELECT 'write: ' || error_kind, image_uri, error FROM write_failures
 """
 
 

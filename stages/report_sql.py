@@ -28,8 +28,9 @@ class ReportInputError(PipelineError):
 def check_schema(url: str, schema: pa.Schema) -> None:
     """Refuses a file written under another contract than the one the report's queries assume."""
     fs, path = storage.filesystem(url)
-    found = schema_version(pq.read_schema(path, filesystem=fs))
-    if found != schema_version(schema):
+    written = pq.read_schema(path, filesystem=fs)
+    found = schema_version(written)
+    if found != schema_version(schema) or written.names != schema.names:
         raise ReportInputError(
             f"{url} was written under schema {found}; this report reads {schema_version(schema)}: "
             "report it with the version of the pipeline that wrote it, or run that phase again into a new folder"

@@ -83,3 +83,46 @@ def test_the_command_line_prints_any_pipeline_error_as_one_line_and_exits_2(tmp_
     assert err[-1].endswith("render reads manifests of this version only: sonify the images again with this version")
     assert main(["pool", "--config", str(config), "pool.no_such_key=1"]) == 2
     assert capsys.readouterr().err.strip().splitlines()[-1] == f"error: {config}: pool.no_such_key: unknown key"
+
+
+def test_render_refuses_a_manifest_naming_clips_the_pool_lacks_in_one_line():
+    import pyarrow as pa
+
+    from pipelines.sonify import SonifyError, shard_plan
+    from schemas import MANIFEST
+
+    concept = {"label": "x", "text": "x", "clip_id": "gone-00001", "cosine": 0.5, "ssr": 0.7, "threshold": 0.6,
+               "n_candidates": 1, "fallback": False, "target_lufs": -25.0, "clip_lufs": -20.0, "gain_db": -5.0}
+    row = {name: None for name in MANIFEST.names} | {"key": "k__v", "image_id": "k", "image_uri": "/i/k.jpg", "vlm": "v", "concepts": [concept]}
+    manifest = pa.Table.from_pylist([row], schema=MANIFEST)
+    with pytest.raises(SonifyError) as raised:
+        shard_plan(manifest, {"kept-00000": "part-a"})
+    assert "\n" not in str(raised.value) and "1 clips of the manifest are not in the pool (first: gone-00001)" in str(raised.value)
+    assert shard_plan(manifest, {"gone-00001": "part-a"}).column("clip_parts").to_pylist() == [["part-a"]]
+
+
+def test_render_skips_a_shard_whose_rows_all_failed_and_says_so(tmp_path, caplog):
+    import pyarrow.parquet as pq
+
+    from pipelines.sonify import run_render
+    from schemas import MANIFEST
+
+    (tmp_path / "pool").mkdir()
+    (tmp_path / "pool" / "pool.json").write_text("{}")
+    failed = {name: None for name in MANIFEST.names} | {
+        "key": "k__v", "image_id": "k", "image_uri": "/i/k.jpg", "vlm": "v", "concepts": [],
+        "error": "/i/k.jpg: cannot read (FileNotFoundError)", "error_kind": "unreadable",
+    }
+    (tmp_path / "manifest").mkdir()
+    pq.write_table(pa.Table.from_pylist([failed], schema=MANIFEST), tmp_path / "manifest" / "000000.parquet")
+    config = validate_config(
+        {
+            "pool": {"dir": str(tmp_path / "pool")},
+            "models": {"clap": {"model": "unused"}},
+            "render": {"manifest": str(tmp_path / "manifest"), "out": str(tmp_path / "out")},
+        }
+    )
+    with caplog.at_level("WARNING"):
+        result = run_render(config)
+    assert result["shards"] == 0 and result["samples"] == 0
+    assert "000000.parquet holds no sample (every row an error), so shard 000000 is not rebuilt" in caplog.text

@@ -280,8 +280,8 @@ def test_sonify_report_counts_problems_gallery_and_escaping(local_run):
     problems = {p["kind"]: p for p in json.loads(storage.read_bytes(f"{folder}/report.json"))["problems"]}
     assert {k: p["count"] for k, p in problems.items()} == {
         "image: empty": 1, "image: undecodable": 1, "dropped: too_small": 1, "concepts error (qwen)": 1,
-        "dropped: non_sonic (qwen)": 1, "retrieval: no concept above retrieval.min_cosine (qwen)": 1,
-        "write: image unreadable when its shard was written": 1,
+        "dropped: non_sonic (qwen)": 1, "retrieval: no_usable_clip (qwen)": 1,
+        "write: unreadable": 1,
     }
     assert problems["image: empty"]["examples"] == [{"file": "/data/img013.png", "reason": REJECTED[13][0]}]
 

@@ -40,8 +40,8 @@ def ensure_chromium() -> None:
     if shutil.which("apt-get") is None or os.geteuid() != 0:
         pytest.fail(f"{CHROMIUM} and {CHROMEDRIVER} are missing; install Debian's chromium and chromium-driver (as root)")
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    subprocess.run(["apt-get", "update"], check=True, env=env, capture_output=True)
-    subprocess.run(["apt-get", "install", "-y", "chromium", "chromium-driver"], check=True, env=env, capture_output=True)
+    subprocess.run(["apt-get", "update"], check=True, env=env, capture_output=True, timeout=600)
+    subprocess.run(["apt-get", "install", "-y", "chromium", "chromium-driver"], check=True, env=env, capture_output=True, timeout=600)
 
 
 @pytest.fixture(scope="module")
