@@ -516,17 +516,18 @@ def write_shards(config: RunConfig, paths: PoolLayout, out: str, shards: list[st
     return pa.concat_tables(results)
 
 
-def manifest_counts(out: str) -> tuple[int, int, int]:
-    """Samples written, rows that failed at write time, and distinct clips used, read part by part."""
-    samples = failed = 0
+def manifest_counts(out: str) -> tuple[int, Counter, int]:
+    """Samples written, rows that failed at write time by kind, and distinct clips used, read part by part."""
+    samples = 0
+    failed: Counter = Counter()
     used: set[str] = set()
     for url in storage.list_files(SonifyLayout(out).manifest_folder(), ".parquet"):
         if SonifyLayout(out).is_rejected(url):
             continue
-        table = storage.read_parquet(url, columns=["concepts", "error"])
+        table = storage.read_parquet(url, columns=["concepts", "error", "error_kind"])
         ok = table.filter(pc.is_null(table.column("error")))
         samples += ok.num_rows
-        failed += table.num_rows - ok.num_rows
+        failed.update(table.filter(pc.is_valid(table.column("error"))).column("error_kind").to_pylist())
         used.update(c["clip_id"] for concepts in ok.column("concepts").to_pylist() for c in concepts)
     return samples, failed, len(used)
 
@@ -607,7 +608,9 @@ def run_sonify(config: RunConfig) -> dict:
         "pool_clips_inaudible_at_mix_rate": inaudible,
         "threshold_fallbacks": planned["fallbacks"],
         "samples": samples,
-        "rejected": planned["rejected"] + failed_at_write,
+        "rejected": planned["rejected"] + sum(failed_at_write.values()),
+        # Samples planned whose shard could not hold them: an image gone or unencodable, a silent mix.
+        "write_errors_by_kind": dict(sorted(failed_at_write.items())),
         "error_reasons": reasons,
         "distinct_clips_used": clips_used,
         "shards": shard_count,

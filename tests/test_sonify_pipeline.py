@@ -114,6 +114,7 @@ def test_summary_counts(run):
     assert sum(summary["scenes"]["qwen"].values()) == 9
     assert summary["samples"] == 4 + summary["scenes"]["qwen"].get("ok", 0)
     assert summary["samples"] + summary["rejected"] == 18
+    assert summary["write_errors_by_kind"] == {}
     assert json.loads((out / "summary.json").read_text()) == summary
     assert "prompt:" in (out / "config.yaml").read_text()
 
