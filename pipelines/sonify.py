@@ -259,7 +259,9 @@ def run_scenes(config: RunConfig, listing: pa.Table, chunks: list[Chunk], vlm: V
         return
     decode = DecodeImages(config.sonify.min_side, config.sonify.max_image_pixels, batch_size=vlm.batch_size)
     answer = vlm_stage(vlm, config)
-    parse = ParseConcepts(vlm.name, config.prompt.max_answer_chars, config.prompt.max_concepts)
+    # Parsed in the VLM's own batches: a larger batch would hold answers back until it filled, across
+    # chunks, so chunk files would be written late, in bursts, and a kill would lose answers already made.
+    parse = ParseConcepts(vlm.name, config.prompt.max_answer_chars, config.prompt.max_concepts, batch_size=vlm.batch_size)
     check_chain(IMAGE_REFS, [decode, answer, parse])
     block_rows = vlm.batch_size * max(1, IMAGES_PER_BLOCK // vlm.batch_size)
     blocks = [listing.slice(start, stop - start) for c in todo for start, stop in block_ranges(c, block_rows)]

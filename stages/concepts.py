@@ -148,13 +148,14 @@ class ParseConcepts(Stage):
     name: ClassVar[str] = "parse_concepts"
     required_columns: ClassVar[tuple[str, ...]] = tuple(ANSWERS.names)
 
-    def __init__(self, vlm: str, max_answer_chars: int, max_concepts: int) -> None:
+    def __init__(self, vlm: str, max_answer_chars: int, max_concepts: int, batch_size: int = 256) -> None:
         self.vlm = vlm
         self.max_answer_chars = max_answer_chars
         self.max_concepts = max_concepts
+        self.batch_size = batch_size
 
     def resources(self) -> Resources:
-        return Resources(num_cpus=0.25, batch_size=256)
+        return Resources(num_cpus=0.25, batch_size=self.batch_size)
 
     def output_schema(self) -> pa.Schema:
         return SCENES
