@@ -15,16 +15,18 @@ from schemas.pool import (
     embeddings_schema,
 )
 from schemas.report import GALLERY_ITEMS, REPORT_PROBLEMS
-from schemas.sonify import ANSWERS, CONCEPT_TEXTS, IMAGE_REFS, IMAGES, MANIFEST, MATCHES, SCENES, SHARD_PLANS, SHARD_RESULTS, SHARD_TASKS
+from schemas.sonify import ANSWERS, CHUNK_TASKS, CLIP_LOCATION, IMAGE_REFS, IMAGES, MANIFEST, MATCHES, MIX_CLIPS, SCENES, SHARD_PLANS, SHARD_RESULTS, SHARD_TASKS
 
 __all__ = [
     "ANSWERS",
-    "CONCEPT_TEXTS",
+    "CHUNK_TASKS",
+    "CLIP_LOCATION",
     "GALLERY_ITEMS",
     "IMAGES",
     "IMAGE_REFS",
     "MANIFEST",
     "MATCHES",
+    "MIX_CLIPS",
     "SCENES",
     "SHARD_PLANS",
     "SHARD_RESULTS",

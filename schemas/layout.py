@@ -161,16 +161,34 @@ class SonifyLayout:
         """Every image of a chunk as one VLM saw it: caption, concepts, or why it stops."""
         return join(self.vlm_scenes_folder(vlm), f"{chunk}.parquet")
 
-    def matches(self) -> str:
-        """Top-K pool clips of every distinct concept text."""
-        return join(self.root, "matches.parquet")
+    def mix_clips(self) -> str:
+        """The pool clips a mix at mix.sample_rate may use: loudness at that rate and where their audio
+        is. Derived from the pool at the start of every run; planning tasks read it."""
+        return join(self.root, "mix_clips.parquet")
+
+    def matches_folder(self) -> str:
+        return join(self.root, "matches")
+
+    def matches(self, chunk: str) -> str:
+        """Top-K pool clips of every distinct concept text of a chunk."""
+        return join(self.matches_folder(), f"{chunk}.parquet")
+
+    def search_stats(self, chunk: str) -> str:
+        """How a chunk's texts were searched (texts, index setting, recall measured on its queries);
+        written after its matches, so it marks the chunk searched."""
+        return join(self.matches_folder(), f"{chunk}.json")
 
     def plans_folder(self) -> str:
         return join(self.root, "plans")
 
     def plan(self, shard: str) -> str:
-        """What a shard will hold: its manifest rows before mixing, and where its clips are."""
+        """What a shard of render.out will hold: its manifest rows before mixing, and where its clips are."""
         return join(self.plans_folder(), f"{shard}.parquet")
+
+    def chunk_shard_plan(self, chunk: str, position: int) -> str:
+        """The plan of a chunk's shard, by its position in the chunk: planning tasks run side by side
+        and cannot know the shard numbers before them; the driver numbers shards once all are planned."""
+        return join(self.plans_folder(), f"{chunk}-{position:06d}.parquet")
 
     def chunk_plan(self, chunk: str) -> str:
         """A chunk's shard count and planning counts; written last, so it marks the chunk planned."""
@@ -228,4 +246,4 @@ class SonifyLayout:
 
     def temporary_folders(self, vlms: Iterable[str]) -> list[str]:
         """Folders a sonify run with these VLMs writes, where killed writes may have left temporary files."""
-        return [self.root, *self.shard_folders(), *(self.vlm_scenes_folder(v) for v in vlms)]
+        return [self.root, self.matches_folder(), *self.shard_folders(), *(self.vlm_scenes_folder(v) for v in vlms)]

@@ -59,7 +59,7 @@ SCENES = versioned(
     ],
 )
 
-# sonify.out/matches.parquet: the top-K pool clips of each distinct concept text.
+# sonify.out/matches/NNNNNN.parquet: the top-K pool clips of each distinct concept text of chunk NNNNNN.
 MATCHES = versioned(
     "matches",
     1,
@@ -125,17 +125,34 @@ MANIFEST = versioned(
     ],
 )
 
-# sonify.out/plans/NNNNNN.parquet: the plan of shard NNNNNN, its manifest rows before mixing, each
-# with the pool part of every concept's clip (in the order of `concepts`), so a writer reads no pool
-# table of its own.
-# 2: manifest rows plus clip parts, replacing IPC bytes; 3: the manifest of version 3.
+# Where a clip's audio at the mix rate is: a byte range of its part's pack (PoolLayout.mix_audio).
+CLIP_LOCATION = pa.struct([pa.field("part", pa.string()), pa.field("offset", pa.int64()), pa.field("size", pa.int64())])
+
+# sonify.out/plans/CCCCCC-PPPPPP.parquet (shard P of chunk C) and render.out/plans/NNNNNN.parquet:
+# a shard's manifest rows before mixing, each with the location of every concept's clip (in the
+# order of `concepts`), so a writer reads no pool table of its own.
+# 2: manifest rows plus clip parts, replacing IPC bytes; 3: the manifest of version 3;
+# 4: clip locations (byte ranges) instead of parts.
 SHARD_PLANS = versioned(
     "shard_plans",
-    3,
-    [*MANIFEST, pa.field("clip_parts", pa.list_(pa.string()), nullable=False)],
+    4,
+    [*MANIFEST, pa.field("clip_locations", pa.list_(CLIP_LOCATION), nullable=False)],
 )
-# The distinct concept texts that retrieval embeds and searches.
-CONCEPT_TEXTS = versioned("concept_texts", 1, [pa.field("text", pa.string(), nullable=False)])
+# sonify.out/mix_clips.parquet: every pool clip audible at mix.sample_rate, sorted by clip_id; the
+# clips planning may choose, their loudness at that rate, and where their audio is.
+MIX_CLIPS = versioned(
+    "mix_clips",
+    1,
+    [
+        pa.field("clip_id", pa.string(), nullable=False),
+        pa.field("lufs", pa.float64(), nullable=False),
+        pa.field("part", pa.string(), nullable=False),
+        pa.field("audio_offset", pa.int64(), nullable=False),
+        pa.field("audio_bytes", pa.int64(), nullable=False),
+    ],
+)
+# The retrieval and planning stages' work, one row per chunk of images still to plan.
+CHUNK_TASKS = versioned("chunk_tasks", 1, [pa.field("chunk", pa.string(), nullable=False)])
 # The write stage's work, one row per shard still to write; the driver never holds the plans.
 SHARD_TASKS = versioned(
     "shard_tasks",

@@ -12,6 +12,8 @@ import numpy as np
 import pyarrow as pa
 import pyloudnorm
 
+from schemas import MIX_CLIPS, make_table
+
 _meters: dict[int, pyloudnorm.Meter] = {}
 
 
@@ -63,13 +65,31 @@ def audible_at_rate(pool_lufs: float | None, rate_lufs: float | None, silence_lu
     return rate_lufs >= silence_lufs and pool_lufs - rate_lufs <= max_band_loss_lu
 
 
+def _entry_at(at_rates: list[dict] | None, rate: int) -> dict | None:
+    return next((e for e in at_rates or [] if e["sample_rate"] == rate), None)
+
+
 def audible_clip_loudness(clips: pa.Table, rate: int, silence_lufs: float, max_band_loss_lu: float) -> dict[str, float]:
     """clip_id -> loudness at `rate` of every clip of a pool table (columns clip_id, lufs,
     loudness_at_rates) that is audible at that rate; the mixer sets gains from these values."""
     audible = {}
     columns = [clips.column(c).to_pylist() for c in ("clip_id", "lufs", "loudness_at_rates")]
     for clip_id, pool_lufs, at_rates in zip(*columns):
-        rate_lufs = next((e["lufs"] for e in at_rates or [] if e["sample_rate"] == rate), None)
-        if audible_at_rate(pool_lufs, rate_lufs, silence_lufs, max_band_loss_lu):
-            audible[clip_id] = rate_lufs
+        entry = _entry_at(at_rates, rate)
+        if audible_at_rate(pool_lufs, entry and entry["lufs"], silence_lufs, max_band_loss_lu):
+            audible[clip_id] = entry["lufs"]
     return audible
+
+
+def mix_clips(clips: pa.Table, rate: int, silence_lufs: float, max_band_loss_lu: float) -> pa.Table:
+    """The MIX_CLIPS table of a pool table (columns clip_id, part, lufs, loudness_at_rates): every
+    clip audible at `rate`, with its loudness there and the byte range of its audio at that rate,
+    sorted by clip_id."""
+    rows: dict[str, list] = {name: [] for name in MIX_CLIPS.names}
+    columns = [clips.column(c).to_pylist() for c in ("clip_id", "part", "lufs", "loudness_at_rates")]
+    for clip_id, part, pool_lufs, at_rates in zip(*columns):
+        entry = _entry_at(at_rates, rate)
+        if audible_at_rate(pool_lufs, entry and entry["lufs"], silence_lufs, max_band_loss_lu):
+            for name, value in zip(MIX_CLIPS.names, (clip_id, entry["lufs"], part, entry["audio_offset"], entry["audio_bytes"])):
+                rows[name].append(value)
+    return make_table(MIX_CLIPS, rows).sort_by([("clip_id", "ascending")])

@@ -16,7 +16,7 @@ import soundfile
 
 from pipelines.config import validate_config
 from pipelines.pool import PoolMismatch, format_summary, run_pool
-from pipelines.sonify import SonifyError, check_pool
+from pipelines.sonify.checks import SonifyError, check_pool
 from tests.helpers import noise, pyav_media, tone, wav_with_rate, write_audio
 
 # name -> (seconds of audio the file holds, whether its clips are all silent)
@@ -202,7 +202,8 @@ def test_every_awkward_image_through_sonify_is_a_sample_or_a_counted_error_row(r
     import webdataset as wds
     from PIL import Image
 
-    from pipelines.sonify import run_sonify, sample_key
+    from pipelines.sonify import run_sonify
+    from stages.planning import sample_key
     from tests.test_images import encode, gradient, write_image_inputs
 
     pool_dir, pool_config, _ = run

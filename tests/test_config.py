@@ -103,7 +103,7 @@ def test_readme_configuration_reference_matches_the_code():
 
 
 def test_sonify_refuses_chunks_that_split_a_vlm_batch_and_pool_does_not_care(config_file):
-    from pipelines.sonify import SonifyError, check_batches
+    from pipelines.sonify.checks import SonifyError, check_batches
 
     vlm = 'models.vlm=[{name: a, backend: provided, path: c.jsonl, batch_size: 12}]'
     config = load_config(config_file, [vlm, "sonify.images_per_chunk=100"])
@@ -131,7 +131,7 @@ def test_cli_refuses_a_missing_pool_in_one_line_before_any_work(config_file, tmp
 
 def test_sonify_refuses_an_output_folder_of_another_file_layout(config_file, tmp_path):
     from pipelines.config import dump_config
-    from pipelines.sonify import LAYOUT_VERSION, SonifyError, check_same_run
+    from pipelines.sonify.checks import LAYOUT_VERSION, SonifyError, check_same_run
 
     config = load_config(config_file, [f"sonify.out={tmp_path}"])
     (tmp_path / "config.yaml").write_text(dump_config(config))
@@ -157,7 +157,7 @@ def test_vlm_names_that_could_fold_two_keys_into_one_are_refused(config_file):
 
 def test_a_resumed_run_may_change_execution_settings_only(config_file, tmp_path):
     from pipelines.config import dump_config
-    from pipelines.sonify import LAYOUT_VERSION, SonifyError, check_same_run
+    from pipelines.sonify.checks import LAYOUT_VERSION, SonifyError, check_same_run
 
     vlm = "models.vlm=[{name: a, backend: openai, model: m, base_url: 'http://127.0.0.1:1/v1'}]"
     config = load_config(config_file, [f"sonify.out={tmp_path}", vlm])
@@ -176,28 +176,29 @@ def test_a_resumed_run_may_change_execution_settings_only(config_file, tmp_path)
 
 
 def test_a_resumed_run_refuses_a_changed_pool(tmp_path):
-    from pipelines.sonify import SonifyError, check_same_pool
+    from pipelines.sonify.checks import SonifyError, check_same_pool
 
     state = {"index_size": 10, "index_parts": {"part-a": 10}}
     grown = {"index_size": 14, "index_parts": {"part-a": 10, "part-b": 4}}
     # Before retrieval nothing depends on the pool: the state is recorded anew.
     check_same_pool(str(tmp_path), "/pools/p", grown)
     check_same_pool(str(tmp_path), "/pools/p", state)
-    (tmp_path / "matches.parquet").write_bytes(b"retrieved")
+    (tmp_path / "matches").mkdir()
+    (tmp_path / "matches" / "000000.json").write_text("{}")
     check_same_pool(str(tmp_path), "/pools/p", dict(state))
     with pytest.raises(SonifyError) as raised:
         check_same_pool(str(tmp_path), "/pools/p", grown)
     message = str(raised.value)
     assert "\n" not in message
     assert "pool /pools/p is not the pool" in message and "10 clips in 1 parts; now 14 clips in 2 parts" in message
-    assert "delete its matches.parquet, plans/, manifest/ and shards/" in message and "use a new sonify.out" in message
+    assert "delete its matches/, plans/, manifest/ and shards/" in message and "use a new sonify.out" in message
     (tmp_path / "pool_state.json").unlink()
     with pytest.raises(SonifyError, match="did not record its pool"):
         check_same_pool(str(tmp_path), "/pools/p", state)
 
 
 def test_sample_keys_stay_valid_file_names():
-    from pipelines.sonify import sample_key
+    from stages.planning import sample_key
 
     long_id = "a" * 300
     key = sample_key(long_id, "v" * 64)

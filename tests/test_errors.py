@@ -11,7 +11,7 @@ from pipelines.config import ConfigError, validate_config
 from pipelines.pool import PoolMismatch, check_compatible
 from schemas.layout import PoolLayout
 from pipelines.report import ReportError
-from pipelines.sonify import SonifyError, read_phase
+from pipelines.sonify.checks import SonifyError, read_phase
 from schemas import SCENES, make_table, versioned
 from schemas.errors import PipelineError
 from stages import storage
@@ -88,17 +88,18 @@ def test_the_command_line_prints_any_pipeline_error_as_one_line_and_exits_2(tmp_
 def test_render_refuses_a_manifest_naming_clips_the_pool_lacks_in_one_line():
     import pyarrow as pa
 
-    from pipelines.sonify import SonifyError, shard_plan
+    from stages.planning import UnknownClips, shard_plan
     from schemas import MANIFEST
 
     concept = {"label": "x", "text": "x", "clip_id": "gone-00001", "cosine": 0.5, "ssr": 0.7, "threshold": 0.6,
                "n_candidates": 1, "fallback": False, "target_lufs": -25.0, "clip_lufs": -20.0, "gain_db": -5.0}
     row = {name: None for name in MANIFEST.names} | {"key": "k__v", "image_id": "k", "image_uri": "/i/k.jpg", "vlm": "v", "concepts": [concept]}
     manifest = pa.Table.from_pylist([row], schema=MANIFEST)
-    with pytest.raises(SonifyError) as raised:
-        shard_plan(manifest, {"kept-00000": "part-a"})
+    with pytest.raises(UnknownClips) as raised:
+        shard_plan(manifest, {"kept-00000": ("part-a", 0, 10)})
     assert "\n" not in str(raised.value) and "1 clips of the manifest are not in the pool (first: gone-00001)" in str(raised.value)
-    assert shard_plan(manifest, {"gone-00001": "part-a"}).column("clip_parts").to_pylist() == [["part-a"]]
+    located = shard_plan(manifest, {"gone-00001": ("part-a", 512, 9000)}).column("clip_locations").to_pylist()
+    assert located == [[{"part": "part-a", "offset": 512, "size": 9000}]]
 
 
 def test_render_skips_a_shard_whose_rows_all_failed_and_says_so(tmp_path, caplog):

@@ -23,9 +23,10 @@ EXAMPLES = {
     "file_name": shard_file(shard_id(41)),
     "name": "clip-usage",
     "number": 7,
+    "position": 5,
 }
 # What the README's placeholders stand for.
-PLACEHOLDERS = {"NNNNNN": r"\d{6}", "NNNN": r"\d{4}", "<part>": r"[^/]+", "<vlm>": r"[^/]+", "<name>": r"[^/]+"}
+PLACEHOLDERS = {"NNNNNN": r"\d{6}", "PPPPPP": r"\d{6}", "NNNN": r"\d{4}", "<part>": r"[^/]+", "<vlm>": r"[^/]+", "<name>": r"[^/]+"}
 
 
 def readme_table_paths(line_prefix: str) -> list[str]:

@@ -14,7 +14,7 @@ import pytest
 
 from pipelines.config import validate_config
 from pipelines.pool import PoolMismatch, run_pool
-from pipelines.sonify import SonifyError, check_pool
+from pipelines.sonify.checks import SonifyError, check_pool
 from stages.standardize import decode_flac
 from tests.helpers import noise, tone, write_audio
 from tests.test_loudness import ebur128_lufs

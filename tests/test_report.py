@@ -381,7 +381,7 @@ def test_gallery_keeps_the_samples_it_cannot_read(local_run):
 
 def test_report_settings_do_not_change_which_run_sonify_out_holds(local_run):
     from pipelines.config import dump_config
-    from pipelines.sonify import LAYOUT_VERSION, SonifyError, check_same_run
+    from pipelines.sonify.checks import LAYOUT_VERSION, SonifyError, check_same_run
 
     out = local_run.sonify.out
     storage.write_text(f"{out}/config.yaml", dump_config(local_run))

@@ -77,7 +77,10 @@ def test_a_resumed_run_batches_every_image_with_the_same_neighbours(ray_session,
     import numpy as np
     from PIL import Image
 
-    from pipelines import sonify
+    import pyarrow as pa
+
+    from pipelines.sonify import listing as listing_phase
+    from pipelines.sonify import scenes as scenes_phase
     from pipelines.config import validate_config
 
     for i in range(20):
@@ -90,17 +93,17 @@ def test_a_resumed_run_batches_every_image_with_the_same_neighbours(ray_session,
             "sonify": {"images": [str(tmp_path / "*.png")], "out": str(out), "min_side": 16, "images_per_chunk": 6},
         }
     )
-    monkeypatch.setattr(sonify, "vlm_stage", recording_vlm)
-    monkeypatch.setattr(sonify, "IMAGES_PER_BLOCK", 3)
-    listing, _ = sonify.image_listing(config, str(out))
-    chunks = sonify.chunk_listing(listing.num_rows, config.sonify.images_per_chunk)
+    monkeypatch.setattr(scenes_phase, "vlm_stage", recording_vlm)
+    monkeypatch.setattr(scenes_phase, "IMAGES_PER_BLOCK", 3)
+    listing, _ = listing_phase.image_listing(config, str(out))
+    chunks = listing_phase.chunk_listing(listing.num_rows, config.sonify.images_per_chunk)
     assert [c.rows for c in chunks] == [6, 6, 6, 2]
 
     def batches() -> dict[str, str]:
-        scenes = sonify.pa.concat_tables([sonify.read_chunk_scenes(config, str(out), c) for c in chunks])
+        scenes = pa.concat_tables([scenes_phase.read_chunk_scenes(config, str(out), c) for c in chunks])
         return dict(zip(scenes.column("image_id").to_pylist(), scenes.column("caption").to_pylist()))
 
-    sonify.run_scenes(config, listing, chunks, config.models.vlm[0], str(out))
+    scenes_phase.run_scenes(config, listing, chunks, config.models.vlm[0], str(out))
     first = batches()
     ids = listing.column("image_id").to_pylist()
     expected = {i: " ".join(ids[start : start + 3]) for start in range(0, 20, 3) for i in ids[start : start + 3]}
@@ -109,7 +112,7 @@ def test_a_resumed_run_batches_every_image_with_the_same_neighbours(ray_session,
 
     for chunk in (chunks[1], chunks[3]):
         (out / "scenes" / "rec" / f"{chunk.name}.parquet").unlink()
-    sonify.run_scenes(config, listing, chunks, config.models.vlm[0], str(out))
+    scenes_phase.run_scenes(config, listing, chunks, config.models.vlm[0], str(out))
     assert batches() == first
 
 

@@ -1,0 +1,26 @@
+"""The retrieval phase: each chunk's distinct concept texts embedded and searched on a worker,
+its matches and search stats written beside the chunk (matches/). The driver holds no text."""
+
+from __future__ import annotations
+
+import json
+
+from pipelines.sonify.listing import Chunk
+from schemas.config import RunConfig
+from schemas.layout import PoolLayout, SonifyLayout
+from stages import storage
+from stages.retrieve import RetrieveChunks
+
+
+def retrieval_stage(config: RunConfig, paths: PoolLayout, out: str) -> RetrieveChunks:
+    return RetrieveChunks(paths.root, out, [v.name for v in config.models.vlm], config.models.clap, config.retrieval)
+
+
+def search_totals(out: str, chunks: list[Chunk]) -> dict:
+    """What the search stats of every chunk add up to: texts searched (a text recurring in several
+    chunks counts once per chunk)."""
+    texts = 0
+    for chunk in chunks:
+        stats = json.loads(storage.read_bytes(SonifyLayout(out).search_stats(chunk.name)))
+        texts += stats["texts"]
+    return {"texts_searched": texts}

@@ -1,0 +1,127 @@
+"""A sonify run: its phases in order, each skipped where sonify.out already holds it, and the summary."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+
+from pipelines.config import dump_config
+from pipelines.sonify.checks import LAYOUT_VERSION, SonifyError, check_batches, check_pool, check_same_pool, check_same_run
+from pipelines.sonify.listing import chunk_listing, image_listing
+from pipelines.sonify.planning import mixable_pool_clips, number_shards, retrieve_and_plan
+from pipelines.sonify.retrieval import search_totals
+from pipelines.sonify.scenes import count_scenes, run_scenes
+from pipelines.sonify.writing import manifest_counts, write_shards
+from schemas.config import RunConfig
+from schemas.layout import SonifyLayout
+from stages import storage
+
+log = logging.getLogger(__name__)
+
+
+def run_sonify(config: RunConfig) -> dict:
+    started = time.monotonic()
+    out = config.sonify.out
+    if not out:
+        raise SonifyError("sonify.out is not set")
+    if not config.models.vlm:
+        raise SonifyError("models.vlm is empty: configure at least one VLM (or backend: provided)")
+    paths, pool_state = check_pool(config)
+    out = out.rstrip("/")
+    layout = SonifyLayout(out)
+    check_batches(config)
+    check_same_run(config, out)
+    storage.makedirs(out)
+    check_same_pool(out, paths.root, pool_state)
+    layout_url = layout.layout_version()
+    if not storage.exists(layout_url):
+        storage.write_text(layout_url, json.dumps({"layout": LAYOUT_VERSION}) + "\n")
+    leftovers = storage.remove_temporaries(layout.temporary_folders(v.name for v in config.models.vlm))
+    if leftovers:
+        log.warning("removed %d temporary files that an interrupted run left", leftovers)
+    storage.write_text(layout.config(), dump_config(config))
+    seconds: dict[str, float] = {}
+
+    tick = time.monotonic()
+    listing, listed = image_listing(config, out)
+    chunks = chunk_listing(listing.num_rows, config.sonify.images_per_chunk)
+    seconds["list_images"] = time.monotonic() - tick
+    log.info("%d images listed, in %d chunks of up to %d", listing.num_rows, len(chunks), config.sonify.images_per_chunk)
+
+    for vlm in config.models.vlm:
+        tick = time.monotonic()
+        run_scenes(config, listing, chunks, vlm, out)
+        seconds[f"concepts_{vlm.name}"] = time.monotonic() - tick
+    del listing
+    scene_counts = count_scenes(config, out, chunks)
+
+    tick = time.monotonic()
+    mixable, inaudible = mixable_pool_clips(paths, config, config.mix.sample_rate)
+    storage.write_parquet(layout.mix_clips(), mixable)
+    del mixable
+    retrieve_and_plan(config, paths, out, chunks)
+    tasks, planned, reasons = number_shards(out, chunks)
+    search = search_totals(out, chunks)
+    seconds["retrieve_and_plan"] = time.monotonic() - tick
+
+    tick = time.monotonic()
+    write_shards(config, paths, out, tasks)
+    seconds["mix_and_write"] = time.monotonic() - tick
+
+    samples, failed_at_write, clips_used = manifest_counts(out)
+    summary = {
+        "out": out,
+        "images": {
+            "listed": listed["listed"],
+            "renamed_duplicate_ids": listed["renamed_duplicate_ids"],
+            "errors": sum(scene_counts.image_errors.values()),
+            "errors_by_kind": dict(sorted(scene_counts.image_errors.items())),
+            "too_small": scene_counts.too_small,
+        },
+        "chunks": len(chunks),
+        "scenes": {vlm.name: dict(sorted(scene_counts.by_vlm[vlm.name].items())) for vlm in config.models.vlm},
+        "concepts": scene_counts.concepts,
+        "concepts_with_empty_text": scene_counts.dropped_empty_concepts,
+        # Distinct texts per chunk, summed: a text recurring in several chunks is searched in each.
+        "concept_texts_searched": search["texts_searched"],
+        "concepts_below_min_cosine": planned["concepts_below_min_cosine"],
+        # Concepts whose neighbours were all inaudible at the mix rate or already used by the sample.
+        "concepts_without_usable_clip": planned["concepts_no_usable_clip"],
+        "pool_clips_inaudible_at_mix_rate": inaudible,
+        "threshold_fallbacks": planned["fallbacks"],
+        "samples": samples,
+        "rejected": planned["rejected"] + sum(failed_at_write.values()),
+        # Samples planned whose shard could not hold them: an image gone or unencodable, a silent mix.
+        "write_errors_by_kind": dict(sorted(failed_at_write.items())),
+        "error_reasons": reasons,
+        "distinct_clips_used": clips_used,
+        "shards": tasks.num_rows,
+        "seconds": {k: round(v, 3) for k, v in seconds.items()},
+        "wall_seconds": round(time.monotonic() - started, 3),
+    }
+    storage.write_text(layout.summary(), json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def format_summary(summary: dict) -> str:
+    images = summary["images"]
+    layout = SonifyLayout(summary["out"])
+    kinds = ", ".join(f"{n} {kind}" for kind, n in images["errors_by_kind"].items())
+    lines = [
+        f"sonify {summary['out']}",
+        f"  manifest: {layout.manifest_folder()}/*.parquet   shards: {layout.shards_folder()}/*.tar ({summary['shards']})",
+        f"  images:   {images['listed']} listed in {summary['chunks']} chunks, {images['errors']} errors"
+        f"{f' ({kinds})' if kinds else ''}, {images['too_small']} too small, {images['renamed_duplicate_ids']} duplicate ids renamed",
+    ]
+    lines += [f"  scenes:   {name}: {json.dumps(counts, sort_keys=True)}" for name, counts in summary["scenes"].items()]
+    lines += [
+        f"  concepts: {summary['concepts']} ({summary['concept_texts_searched']} texts searched, distinct per chunk), "
+        f"{summary['concepts_with_empty_text']} with empty text, {summary['concepts_below_min_cosine']} below min_cosine, "
+        f"{summary['concepts_without_usable_clip']} without a usable clip "
+        f"({summary['pool_clips_inaudible_at_mix_rate']} pool clips inaudible at the mix rate)",
+        f"  samples:  {summary['samples']} written, {summary['rejected']} rejected, {summary['distinct_clips_used']} distinct clips used",
+        f"  time:     {summary['wall_seconds']:.1f} s  " + ", ".join(f"{k} {v:.1f}s" for k, v in summary["seconds"].items()),
+    ]
+    lines += [f"  rejected: {reason}" for reason in summary["error_reasons"][:5]]
+    return "\n".join(lines)

@@ -1,0 +1,115 @@
+"""The scenes phase: every image of every chunk as each VLM sees it, one file per chunk and VLM,
+written as the chunk completes."""
+
+from __future__ import annotations
+
+import bisect
+import logging
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+
+import pyarrow as pa
+
+from pipelines.grouped_writer import GroupedWriter
+from pipelines.ray_runner import Runner
+from pipelines.sonify.checks import read_phase
+from pipelines.sonify.listing import Chunk, block_ranges
+from schemas import IMAGE_REFS, SCENES
+from schemas.config import RunConfig, VlmConfig
+from schemas.layout import SonifyLayout
+from stages import storage
+from stages.base import Stage, check_chain
+from stages.concepts import ParseConcepts
+from stages.images import DecodeImages
+from stages.vlm_openai import OpenAIVlm
+from stages.vlm_provided import ProvidedConcepts
+from stages.vlm_transformers import TransformersVlm
+from stages.vlm_vllm import VllmVlm
+
+log = logging.getLogger(__name__)
+
+# Rows of the blocks that carry images through decoding and the VLM (rounded to the VLM's batch).
+IMAGES_PER_BLOCK = 64
+
+
+def vlm_stage(vlm: VlmConfig, config: RunConfig) -> Stage:
+    """The answer stage of a VLM backend."""
+    if vlm.backend == "vllm":
+        return VllmVlm(vlm, config.prompt)
+    if vlm.backend == "transformers":
+        return TransformersVlm(vlm, config.prompt)
+    if vlm.backend == "openai":
+        return OpenAIVlm(vlm, config.prompt)
+    return ProvidedConcepts(vlm)
+
+
+def run_scenes(config: RunConfig, listing: pa.Table, chunks: list[Chunk], vlm: VlmConfig, out: str) -> None:
+    """Answers of one VLM for every chunk without a scenes file yet, each file written as its chunk completes."""
+    folder = SonifyLayout(out).vlm_scenes_folder(vlm.name)
+    done = {storage.file_stem(u) for u in storage.list_files(folder, ".parquet")}
+    todo = [c for c in chunks if c.name not in done]
+    log.info("scenes %s: %d of %d chunks to do", vlm.name, len(todo), len(chunks))
+    if not todo:
+        return
+    decode = DecodeImages(config.sonify.min_side, config.sonify.max_image_pixels, batch_size=vlm.batch_size)
+    answer = vlm_stage(vlm, config)
+    # Parsed in the VLM's own batches: a larger batch would hold answers back until it filled, across
+    # chunks, so chunk files would be written late, in bursts, and a kill would lose answers already made.
+    parse = ParseConcepts(vlm.name, config.prompt.max_answer_chars, config.prompt.max_concepts, batch_size=vlm.batch_size)
+    check_chain(IMAGE_REFS, [decode, answer, parse])
+    block_rows = vlm.batch_size * max(1, IMAGES_PER_BLOCK // vlm.batch_size)
+    blocks = [listing.slice(start, stop - start) for c in todo for start, stop in block_ranges(c, block_rows)]
+    first_ids = [listing.column("image_id")[c.start].as_py() for c in chunks]
+
+    def write(index: int, rows: pa.Table) -> int:
+        storage.write_parquet(SonifyLayout(out).scenes(vlm.name, chunks[index].name), rows.sort_by([("image_id", "ascending")]))
+        return rows.num_rows
+
+    writer = GroupedWriter(
+        f"scenes {vlm.name}: chunk",
+        [c.index for c in todo],
+        group_of=lambda batch: [bisect.bisect_right(first_ids, i) - 1 for i in batch.column("image_id").to_pylist()],
+        expected_rows=lambda index, rows: chunks[index].rows,
+        write=write,
+        unit="images",
+    )
+    # In order, every batch is a fixed slice of one block, so a resumed run batches as the first did.
+    writer.consume(Runner(config.ray).run(blocks, [decode, answer, parse], preserve_order=True))
+
+
+def read_chunk_scenes(config: RunConfig, out: str, chunk: Chunk, columns: list[str] | None = None) -> pa.Table:
+    tables = []
+    for vlm in config.models.vlm:
+        table = read_phase(SonifyLayout(out).scenes(vlm.name, chunk.name), SCENES)
+        tables.append(table.select(columns) if columns else table)
+    return pa.concat_tables(tables)
+
+
+@dataclass
+class SceneCounts:
+    """What the scenes of every chunk add up to, read one chunk at a time."""
+
+    concepts: int = 0
+    dropped_empty_concepts: int = 0
+    image_errors: Counter = field(default_factory=Counter)
+    too_small: int = 0
+    by_vlm: dict[str, Counter] = field(default_factory=lambda: defaultdict(Counter))
+
+
+def count_scenes(config: RunConfig, out: str, chunks: list[Chunk]) -> SceneCounts:
+    """The counts of every chunk's scenes; reading each also checks that this version wrote it."""
+    counts = SceneCounts()
+    first_vlm = config.models.vlm[0].name
+    columns = ["vlm", "concepts", "dropped_empty_concepts", "dropped", "error_kind", "error_stage"]
+    for chunk in chunks:
+        for row in read_chunk_scenes(config, out, chunk, columns).to_pylist():
+            status = f"{row['error_stage']}_error" if row["error_stage"] else row["dropped"] or "ok"
+            counts.by_vlm[row["vlm"]][status] += 1
+            counts.dropped_empty_concepts += row["dropped_empty_concepts"] or 0
+            if row["vlm"] == first_vlm:
+                counts.too_small += row["dropped"] == "too_small"
+                if row["error_stage"] == "images":
+                    counts.image_errors[row["error_kind"]] += 1
+            if status == "ok":
+                counts.concepts += len(row["concepts"])
+    return counts

@@ -1,0 +1,103 @@
+"""The writing phase: each planned shard mixed and written by a worker, its manifest part written
+last as its completion marker; and render, which rebuilds shards from a released manifest."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from pipelines.ray_runner import Runner
+from pipelines.sonify.checks import RENDER_REMEDY, SonifyError, read_phase
+from pipelines.sonify.planning import mixable_pool_clips
+from schemas import MANIFEST, SHARD_TASKS, make_table
+from schemas.config import RunConfig
+from schemas.layout import PoolLayout, SonifyLayout
+from stages import storage
+from stages.images import ImageEncoding
+from stages.planning import WRITE_TIME_COLUMNS, mixable_clips, shard_plan
+from stages.shards import WriteShards
+
+log = logging.getLogger(__name__)
+
+
+def write_shards(config: RunConfig, paths: PoolLayout, out: str, tasks: pa.Table) -> pa.Table | None:
+    """Writes the shards of `tasks` (SHARD_TASKS) not yet marked complete by their manifest part."""
+    done = {storage.file_stem(u) for u in storage.list_files(SonifyLayout(out).manifest_folder(), ".parquet")}
+    todo = tasks.filter(pc.invert(pc.is_in(tasks.column("shard"), value_set=pa.array(sorted(done), pa.string()))))
+    log.info("%d shards planned, %d already written", tasks.num_rows, tasks.num_rows - todo.num_rows)
+    if not todo.num_rows:
+        return None
+    encoding = ImageEncoding(
+        config.sonify.image_format, config.sonify.image_quality, config.sonify.max_image_side, config.sonify.max_image_pixels
+    )
+    writer = WriteShards(paths.root, out, config.mix.peak_dbfs, encoding)
+    results, written, report_at, started = [], 0, 0, time.monotonic()
+    for batch in Runner(config.ray).run(todo, [writer], blocks=todo.num_rows):
+        results.append(batch)
+        written += batch.num_rows
+        if written >= report_at:
+            elapsed = time.monotonic() - started
+            log.info("shards: %d/%d written this run, %.1f shards/s", written, todo.num_rows, written / elapsed if elapsed else 0.0)
+            report_at = written + max(1, todo.num_rows // 20)
+    return pa.concat_tables(results)
+
+
+def manifest_counts(out: str) -> tuple[int, Counter, int]:
+    """Samples written, rows that failed at write time by kind, and distinct clips used, read part by part."""
+    samples = 0
+    failed: Counter = Counter()
+    used: set[str] = set()
+    for url in storage.list_files(SonifyLayout(out).manifest_folder(), ".parquet"):
+        if SonifyLayout(out).is_rejected(url):
+            continue
+        table = storage.read_parquet(url, columns=["concepts", "error", "error_kind"])
+        ok = table.filter(pc.is_null(table.column("error")))
+        samples += ok.num_rows
+        failed.update(table.filter(pc.is_valid(table.column("error"))).column("error_kind").to_pylist())
+        used.update(c["clip_id"] for concepts in ok.column("concepts").to_pylist() for c in concepts)
+    return samples, failed, len(used)
+
+
+def run_render(config: RunConfig) -> dict:
+    """Rebuild shards and manifest from a manifest folder and the pool: no model is loaded. Each
+    manifest part becomes the plan file of its shard, one part in memory at a time."""
+    started = time.monotonic()
+    source, out = config.render.manifest, config.render.out
+    if not source or not out:
+        raise SonifyError("render needs render.manifest (a sonify run's manifest folder) and render.out")
+    paths = PoolLayout(config.pool.dir.rstrip("/"))
+    if not storage.exists(paths.pool_meta()):
+        raise SonifyError(f"pool.dir {paths.root} holds no pool (no pool.json)")
+    out = out.rstrip("/")
+    layout = SonifyLayout(out)
+    storage.remove_temporaries(layout.shard_folders())
+    pool_clips: dict[int, pa.Table] = {}
+    shards = []
+    for url in storage.list_files(source, ".parquet"):
+        shard = storage.file_stem(url)
+        if layout.is_rejected(url):
+            continue
+        rows = read_phase(url, MANIFEST, RENDER_REMEDY).filter(pc.is_null(pc.field("error")))
+        if not rows.num_rows:
+            log.warning("render: %s holds no sample (every row an error), so shard %s is not rebuilt", url, shard)
+            continue
+        # What the shard writer measures is measured again, as for a plan sonify makes.
+        for column in WRITE_TIME_COLUMNS:
+            rows = rows.set_column(rows.schema.get_field_index(column), rows.schema.field(column), pa.nulls(rows.num_rows, rows.schema.field(column).type))
+        rates = pc.unique(rows.column("sample_rate")).to_pylist()
+        if len(rates) != 1:
+            raise SonifyError(f"{url} mixes samples at several rates ({rates}); a shard is mixed at one rate")
+        if rates[0] not in pool_clips:
+            pool_clips[rates[0]] = mixable_pool_clips(paths, config, rates[0])[0]
+        used = [c["clip_id"] for concepts in rows.column("concepts").to_pylist() for c in concepts]
+        locations = mixable_clips(pool_clips[rates[0]], used).locations
+        storage.write_parquet(layout.plan(shard), shard_plan(rows, locations))
+        shards.append(shard)
+    tasks = make_table(SHARD_TASKS, {"shard": shards, "plan_url": [layout.plan(s) for s in shards]})
+    results = write_shards(config, paths, out, tasks)
+    samples = int(pc.sum(results.column("samples")).as_py()) if results is not None else 0
+    return {"out": out, "shards": len(shards), "samples": samples, "wall_seconds": round(time.monotonic() - started, 3)}

@@ -1,0 +1,159 @@
+"""Planning as pure functions: one chunk's scenes, its matches and the pool's mixable clips in,
+shard plans, rejected rows and counts out. No Ray, no model."""
+
+import json
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from pipelines.config import validate_config
+from schemas import MATCHES, MIX_CLIPS, SCENES, make_table
+from stages.planning import mixable_clips, plan_chunk, sample_key, shard_groups
+from stages.retrieve import concept_texts
+
+TEXTS = ["rain on a roof", "a dog barking", "wind in trees", "a crackling fire"]
+
+
+def config(**sonify):
+    return validate_config(
+        {
+            "seed": 7,
+            "pool": {"dir": "/unused"},
+            "models": {"clap": {"model": "unused"}, "vlm": [{"name": "given", "backend": "provided", "path": "/unused.jsonl"}]},
+            "sonify": {"images": ["/unused/*.jpg"], "out": "/unused-out", **sonify},
+            "retrieval": {"search_k": 8, "k": 3},
+        }
+    )
+
+
+def scenes(rows: list[dict]) -> pa.Table:
+    base = {name: None for name in SCENES.names}
+    filled = [
+        base | {"uri": f"/images/{r['image_id']}.jpg", "vlm": "given", "format": "JPEG", "width": 64, "height": 64, "num_bytes": 5000, "dropped_empty_concepts": 0} | r
+        for r in rows
+    ]
+    return pa.Table.from_pylist(filled, schema=SCENES)
+
+
+def concepts(*texts: str) -> list[dict]:
+    return [{"label": t.split()[-1], "text": t} for t in texts]
+
+
+def matches_of(texts: list[str], clips: int = 8, seed: int = 0) -> pa.Table:
+    """Each text's neighbours: `clips` of the 24 pool clips with descending cosines."""
+    rng = np.random.default_rng(seed)
+    ids, scores = [], []
+    for _ in texts:
+        ids.append([f"clip-{i:02d}" for i in rng.choice(24, size=clips, replace=False)])
+        scores.append(np.sort(rng.uniform(0.1, 0.6, clips))[::-1].astype(np.float32))
+    return make_table(MATCHES, {"text": texts, "clip_ids": ids, "scores": scores})
+
+
+def pool_clips(inaudible: set[str] = frozenset()) -> pa.Table:
+    ids = [f"clip-{i:02d}" for i in range(24) if f"clip-{i:02d}" not in inaudible]
+    return make_table(
+        MIX_CLIPS,
+        {
+            "clip_id": ids,
+            "lufs": [-20.0 - int(c[-2:]) / 4 for c in ids],
+            "part": [f"part-{int(c[-2:]) // 8}" for c in ids],
+            "audio_offset": [512 + 20_000 * (int(c[-2:]) % 8) for c in ids],
+            "audio_bytes": [19_000 + int(c[-2:]) for c in ids],
+        },
+    )
+
+
+def chunk_scenes(images: int = 12) -> pa.Table:
+    rows = [{"image_id": f"img-{i:03d}", "caption": f"scene {i}", "concepts": concepts(*TEXTS[: 1 + i % 4])} for i in range(images)]
+    rows.append({"image_id": "broken", "error": "/images/broken.jpg: cannot decode", "error_kind": "undecodable", "error_stage": "images"})
+    rows.append({"image_id": "tiny", "dropped": "too_small"})
+    return scenes(rows)
+
+
+def test_a_chunk_plan_is_reproducible_and_independent_of_scene_order():
+    scene_table = chunk_scenes()
+    first = plan_chunk(config(), scene_table, matches_of(TEXTS), pool_clips())
+    shuffled = scene_table.take(np.random.default_rng(3).permutation(scene_table.num_rows))
+    again = plan_chunk(config(), shuffled, matches_of(TEXTS), pool_clips())
+    assert [s.to_pylist() for s in first.shards] == [s.to_pylist() for s in again.shards]
+    assert sorted(first.rejected.column("key").to_pylist()) == sorted(again.rejected.column("key").to_pylist())
+    assert first.stats == {**again.stats, "rejection_reasons": first.stats["rejection_reasons"]}
+    assert first.stats["samples"] == 12 and first.stats["rejected"] == 2 and first.stats["shards"] == len(first.shards) == 1
+
+
+def test_planned_rows_choose_among_matches_with_gains_from_the_pool_loudness():
+    matches = matches_of(TEXTS)
+    neighbours = dict(zip(matches.column("text").to_pylist(), matches.column("clip_ids").to_pylist()))
+    pool = pool_clips()
+    lufs = dict(zip(pool.column("clip_id").to_pylist(), pool.column("lufs").to_pylist()))
+    plan = plan_chunk(config(), chunk_scenes(), matches, pool)
+    rows = plan.shards[0].to_pylist()
+    assert [r["key"] for r in rows] == sorted(r["key"] for r in rows)
+    for row in rows:
+        chosen = [c["clip_id"] for c in row["concepts"]]
+        assert len(set(chosen)) == len(chosen), "a clip was used twice in one sample"
+        for concept, location in zip(row["concepts"], row["clip_locations"]):
+            assert concept["clip_id"] in neighbours[concept["text"]]
+            assert concept["clip_lufs"] == lufs[concept["clip_id"]]
+            assert concept["gain_db"] == pytest.approx(concept["target_lufs"] - concept["clip_lufs"])
+            assert -27.0 <= concept["target_lufs"] <= -23.0
+            number = int(concept["clip_id"][-2:])
+            assert location == {"part": f"part-{number // 8}", "offset": 512 + 20_000 * (number % 8), "size": 19_000 + number}
+        assert all(row[c] is None for c in ("mix_lufs", "shard", "error"))
+
+
+def test_rejected_scenes_keep_their_reason_and_kind():
+    plan = plan_chunk(config(), chunk_scenes(), matches_of(TEXTS), pool_clips())
+    rejected = {r["image_id"]: r for r in plan.rejected.to_pylist()}
+    assert rejected["broken"]["error_kind"] == "undecodable" and "cannot decode" in rejected["broken"]["error"]
+    assert rejected["tiny"]["error_kind"] == "too_small" and rejected["tiny"]["error"] == "dropped: too_small"
+
+
+def test_inaudible_clips_are_never_chosen_and_a_concept_without_any_is_counted():
+    matches = matches_of(TEXTS)
+    everything_fire_has = set(matches.column("clip_ids").to_pylist()[3])
+    plan = plan_chunk(config(), chunk_scenes(), matches, pool_clips(inaudible=everything_fire_has))
+    chosen = {c["clip_id"] for s in plan.shards for row in s.to_pylist() for c in row["concepts"]}
+    assert not chosen & everything_fire_has
+    # Images 3, 7 and 11 have the fire concept: each loses it and keeps its other three.
+    assert plan.stats["concepts_no_usable_clip"] == 3
+
+
+def test_a_scene_with_no_usable_concept_is_rejected_as_no_usable_clip():
+    table = scenes([{"image_id": "quiet", "concepts": concepts("a crackling fire")}])
+    matches = matches_of(["a crackling fire"])
+    plan = plan_chunk(config(), table, matches, pool_clips(inaudible=set(matches.column("clip_ids").to_pylist()[0])))
+    assert plan.shards == [] and plan.rejected.column("error_kind").to_pylist() == ["no_usable_clip"]
+
+
+def test_shards_are_cut_by_size_in_key_order_and_numbered_within_the_chunk():
+    cfg = config(shard_size_mb=0.5)
+    samples = [{"key": f"k{i:02d}"} for i in range(10)]
+    # 100 kB images plus a 5 s mix at 16 kHz (96 kB estimated): 2 samples per 0.5 MB shard.
+    groups = shard_groups(samples, {s["key"]: 100_000 for s in samples}, cfg)
+    assert [[s["key"] for s in g] for g in groups] == [[f"k{i:02d}", f"k{i + 1:02d}"] for i in range(0, 10, 2)]
+    assert shard_groups([], {}, cfg) == []
+
+
+def test_mixable_clips_returns_only_the_clips_asked_for_that_the_pool_can_mix():
+    pool = pool_clips(inaudible={"clip-03"})
+    found = mixable_clips(pool, ["clip-01", "clip-03", "clip-01", "not-in-pool"])
+    assert found.lufs == {"clip-01": -20.25}
+    assert found.locations == {"clip-01": ("part-0", 20_512, 19_001)}
+
+
+def test_concept_texts_are_the_distinct_texts_of_scenes_that_go_on_to_retrieval():
+    table = chunk_scenes()
+    table = pa.concat_tables([table, scenes([{"image_id": "dropped", "dropped": "non_sonic", "concepts": concepts("silence itself")}])])
+    assert concept_texts(table) == sorted(TEXTS)
+    assert concept_texts(scenes([{"image_id": "x", "dropped": "no_concepts", "concepts": []}])) == []
+
+
+def test_sample_keys_of_one_chunk_do_not_depend_on_the_other_chunks():
+    whole = plan_chunk(config(), chunk_scenes(12), matches_of(TEXTS), pool_clips())
+    part = plan_chunk(config(), scenes([r for r in chunk_scenes(12).to_pylist() if r["image_id"] == "img-005"]), matches_of(TEXTS), pool_clips())
+    by_key = {r["key"]: r for r in whole.shards[0].to_pylist()}
+    (row,) = part.shards[0].to_pylist()
+    assert row == by_key[sample_key("img-005", "given")]
+    assert json.dumps(row, sort_keys=True) == json.dumps(by_key[row["key"]], sort_keys=True)
