@@ -118,8 +118,10 @@ def write_pool_inputs(root: Path, models: dict[str, str]) -> Path:
     return path
 
 
-def write_images(root: Path, count: int) -> tuple[Path, Path]:
-    """`count` small JPEGs and a concepts file naming one to three sounds for each."""
+def write_images(root: Path, count: int, concepts_per_image: int | None = None) -> tuple[Path, Path]:
+    """`count` small JPEGs and a concepts file naming `concepts_per_image` sounds for each (or one to
+    three). Every text is distinct, as a free-form VLM writes them, so retrieval searches as many
+    texts as the images hold."""
     import numpy as np
     from PIL import Image
 
@@ -131,8 +133,8 @@ def write_images(root: Path, count: int) -> tuple[Path, Path]:
         color = rng.integers(0, 255, 3)
         pixels = np.clip(color + rng.normal(0, 20, (64, 64, 3)), 0, 255).astype(np.uint8)
         Image.fromarray(pixels).save(folder / f"img-{i:06d}.jpg", quality=80)
-        sounds = rng.choice(len(SOUNDS), size=int(rng.integers(1, 4)), replace=False)
-        concepts = [{"label": SOUNDS[s].split(" ")[-1], "text": f"the sound of {SOUNDS[s]}"} for s in sounds]
+        sounds = rng.choice(len(SOUNDS), size=concepts_per_image or int(rng.integers(1, 4)), replace=False)
+        concepts = [{"label": SOUNDS[s].split(" ")[-1], "text": f"{SOUNDS[s]}, heard in scene {i} from place {j}"} for j, s in enumerate(sounds)]
         lines.append(json.dumps({"image_id": f"img-{i:06d}", "caption": "a scene", "concepts": concepts}))
     concepts = root / "concepts.jsonl"
     concepts.write_text("\n".join(lines) + "\n")
@@ -177,11 +179,13 @@ def run_measured(command: str, config: Path, log: Path) -> tuple[Peaks, float]:
     return sampler.peaks, seconds
 
 
-def measure_sizes(root: Path, sizes: list[int], pool_config: Path) -> list[tuple[int, Peaks, float, dict]]:
+def measure_sizes(
+    root: Path, sizes: list[int], pool_config: Path, concepts_per_image: int | None = None
+) -> list[tuple[int, Peaks, float, dict]]:
     """Runs sonify over each number of images against the pool that `pool_config` built."""
     results = []
     for number, size in enumerate(sizes):
-        images, concepts = write_images(root / f"inputs-{size}", size)
+        images, concepts = write_images(root / f"inputs-{size}", size, concepts_per_image)
         out = root / f"out-{number}-{size}"
         peaks, seconds = run_measured("sonify", sonify_config(pool_config, images, concepts, out), root / f"sonify-{number}-{size}.log")
         results.append((size, peaks, seconds, json.loads(Path(SonifyLayout(str(out)).summary()).read_text())))

@@ -1,5 +1,6 @@
-"""Sonify over 1,000 and then 5,000 generated images, with the memory of the driver and of every
-Ray worker sampled throughout (benchmarks/sonify_memory.py, the same functions): peak RSS and USS
+"""Sonify over 1,000 and then 5,000 generated images whose concept texts are all distinct (as a
+free-form VLM writes them, so retrieval and planning handle as many texts as the images hold), with
+the memory of the driver and of every Ray worker sampled throughout (benchmarks/sonify_memory.py, the same functions): peak RSS and USS
 must not grow with the number of images.
 
 USS (memory private to a process) is what anything held per image would add to. Peaks are
@@ -27,6 +28,7 @@ def test_peak_memory_does_not_grow_with_the_number_of_images(single_node_run, tm
     for size, summary in ((small, small_summary), (large, large_summary)):
         assert summary["samples"] == size and summary["rejected"] == 0, summary
         assert summary["chunks"] == -(-size // IMAGES_PER_CHUNK)
+        assert summary["concept_texts_searched"] == summary["concepts"] >= size
     for peaks in (small_peaks, large_peaks):
         # The sampler saw the workers at work, not an empty tree.
         assert peaks.samples > 20 and any("write_shards" in t for t in peaks.worker_titles), peaks.worker_titles

@@ -1,0 +1,122 @@
+"""The scale targets of a sonify run, measured in one run of this script and printed as one table.
+
+    .venv/bin/python benchmarks/sonify_scale.py [--quick]
+
+- Memory: two complete `run_pipeline.py sonify` processes, over 1,000 and 8,000 generated images
+  whose provided concepts are all distinct texts (4 per image: 32,000 at 8,000 images), against one
+  pool built first through the real pool code with the tiny CLAP. The driver and every Ray worker
+  are sampled every 0.1 s (benchmarks/sonify_memory.py); the table compares the peaks.
+- End to end: the 8,000-image run's samples per second, against a floor of the per-sample work
+  measured in this process on the same run's plans: the shard writer alone (read the image and the
+  clips' byte ranges, decode, mix, measure, encode, tar), on one core, times the run's cores.
+- Pool reads: benchmarks/scale_reads.py, bytes counted by a filesystem wrapper, not by our code.
+- Search: benchmarks/scale_search.py, 500K x 512 clustered vectors, queries across a modality gap.
+
+Timings on a shared machine are noisy; every target is a ratio of two measurements of this run.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from benchmarks import scale_reads, scale_search  # noqa: E402
+from benchmarks.common import parse_args  # noqa: E402
+from benchmarks.sonify_memory import measure_sizes, mib, run_measured, write_pool_inputs  # noqa: E402
+from schemas.layout import SonifyLayout  # noqa: E402
+
+CONCEPTS_PER_IMAGE = 4
+MIB = 2**20
+GROWTH_LIMIT = 100 * MIB
+
+
+def per_sample_floor(out: Path, pool_dir: str, scratch: Path) -> tuple[float, int]:
+    """Samples per second of the shard writer alone, in this process, over the run's own plans:
+    the work every sample needs however it is scheduled."""
+    import pyarrow.parquet as pq
+    import yaml
+
+    from schemas import SHARD_PLANS, make_table
+    from stages.images import ImageEncoding
+    from stages.shards import WriteShards
+
+    settings = yaml.safe_load(Path(SonifyLayout(str(out)).config()).read_text())
+    sonify = settings["sonify"]
+    encoding = ImageEncoding(sonify["image_format"], sonify["image_quality"], sonify["max_image_side"], sonify["max_image_pixels"])
+    writer = WriteShards(pool_dir, str(scratch), settings["mix"]["peak_dbfs"], encoding)
+    plans = sorted(Path(SonifyLayout(str(out)).plans_folder()).glob("*-*.parquet"))
+    samples, started = 0, time.perf_counter()
+    for number, plan in enumerate(plans):
+        samples += writer.write_shard(f"{number:06d}", make_table(SHARD_PLANS, pq.read_table(plan)))["samples"]
+    return samples / (time.perf_counter() - started), samples
+
+
+def row(measure: str, value: str, target: str, met: bool) -> dict:
+    return {"measure": measure, "value": value, "target": target, "met": met}
+
+
+def print_table(rows: list[dict]) -> None:
+    header = {"measure": "measure", "value": "value", "target": "target", "met": "met"}
+    lines = [header, *[{**r, "met": "yes" if r["met"] else "NO"} for r in rows]]
+    widths = {k: max(len(str(line[k])) for line in lines) for k in header}
+    for number, line in enumerate(lines):
+        print(" | ".join(str(line[k]).ljust(widths[k]) for k in header))
+        if number == 0:
+            print("-+-".join("-" * widths[k] for k in header))
+
+
+def main() -> None:
+    args = parse_args(__doc__)
+    sizes = [250, 2000] if args.quick else [1000, 8000]
+    import yaml
+
+    from pipelines.tiny_models import build_transformers_clap
+
+    with tempfile.TemporaryDirectory() as scratch:
+        root = Path(scratch)
+        models = {"clap_transformers": str(build_transformers_clap(root / "models", root / "build"))}
+        pool_config = write_pool_inputs(root, models)
+        run_measured("pool", pool_config, root / "pool.log")
+        runs = measure_sizes(root, sizes, pool_config, CONCEPTS_PER_IMAGE)
+        largest_out = root / f"out-{len(sizes) - 1}-{sizes[-1]}"
+        floor, floor_samples = per_sample_floor(largest_out, str(root / "pool"), root / "floor")
+        cpus = yaml.safe_load(pool_config.read_text())["ray"]["num_cpus"]
+
+    (small, small_peaks, _, small_summary), (large, large_peaks, large_seconds, large_summary) = runs
+    e2e = large_summary["samples"] / large_seconds
+    driver_growth = large_peaks.driver - small_peaks.driver
+    worker_growth = large_peaks.worker - small_peaks.worker
+    rows = [
+        row(
+            f"driver peak RSS, {small:,} vs {large:,} images ({large_summary['concept_texts_searched']:,} distinct texts)",
+            f"{mib(small_peaks.driver)} -> {mib(large_peaks.driver)} MiB ({driver_growth / MIB:+,.0f})",
+            "growth <= 100 MiB",
+            driver_growth <= GROWTH_LIMIT,
+        ),
+        row(
+            "largest worker peak RSS, same runs",
+            f"{mib(small_peaks.worker)} -> {mib(large_peaks.worker)} MiB ({worker_growth / MIB:+,.0f})",
+            "growth <= 100 MiB",
+            worker_growth <= GROWTH_LIMIT,
+        ),
+        *scale_reads.measure_pool_reads(quick=args.quick),
+        *scale_search.measure_search(quick=args.quick),
+        row(
+            "end-to-end samples/s ÷ floor of the per-sample work x cores",
+            f"{e2e:.1f} ÷ ({floor:.1f} x {cpus}) = {e2e / (floor * cpus):.2f}",
+            ">= 0.5",
+            e2e / (floor * cpus) >= 0.5,
+        ),
+    ]
+    print(f"cpus {os.cpu_count()}; {small_summary['samples']:,} and {large_summary['samples']:,} samples written; floor over {floor_samples:,} samples")
+    print_table(rows)
+
+
+if __name__ == "__main__":
+    main()
