@@ -31,7 +31,7 @@ import yaml
 
 from pipelines.config import dump_config, validate_config
 from schemas.config import RunConfig, VlmConfig
-from pipelines.pool import check_compatible, embedded_parts, read_clips
+from pipelines.pool import check_compatible, embedded_parts, read_clips, read_pool_meta
 from pipelines.grouped_writer import GroupedWriter
 from pipelines.ray_runner import Runner
 from schemas import CONCEPT_TEXTS, IMAGE_REFS, MANIFEST, MATCHES, SCENES, SHARD_PLANS, SHARD_TASKS, make_table, schema_version
@@ -421,27 +421,33 @@ def shard_groups(samples: list[dict], scenes_bytes: dict[str, int], config: RunC
     return groups
 
 
-def clip_parts(paths: PoolLayout) -> dict[str, str]:
-    """clip_id -> the pool part holding its audio; read once on the driver."""
-    table = read_clips(paths, ["clip_id", "part"])
-    return dict(zip(table.column("clip_id").to_pylist(), table.column("part").to_pylist()))
+def clip_locations(paths: PoolLayout, sample_rate: int) -> dict[str, tuple[str, int, int]]:
+    """clip_id -> (part, offset, size): where its audio at the mix rate is in the pool; read once on the driver."""
+    table = read_clips(paths, ["clip_id", "part", "loudness_at_rates"])
+    at_rates = table.column("loudness_at_rates").combine_chunks()
+    entries, rows = pc.list_flatten(at_rates), pc.list_parent_indices(at_rates)
+    at_rate = pc.equal(entries.field("sample_rate"), sample_rate)
+    entries, rows = entries.filter(at_rate), rows.filter(at_rate)
+    located = zip(table.column("part").take(rows).to_pylist(), entries.field("audio_offset").to_pylist(), entries.field("audio_bytes").to_pylist())
+    return dict(zip(table.column("clip_id").take(rows).to_pylist(), located))
 
 
 def manifest_table(rows: list[dict]) -> pa.Table:
     return make_table(MANIFEST, {name: [row[name] for row in rows] for name in MANIFEST.names})
 
 
-def shard_plan(manifest: pa.Table, part_of: dict[str, str]) -> pa.Table:
-    """The plan file of one shard: its manifest rows, each with the pool part of every concept's clip."""
+def shard_plan(manifest: pa.Table, location_of: dict[str, tuple[str, int, int]]) -> pa.Table:
+    """The plan file of one shard: its manifest rows, each with where every concept's clip is in the pool."""
     concepts = manifest.column("concepts").to_pylist()
-    missing = sorted({c["clip_id"] for row in concepts for c in row if c["clip_id"] not in part_of})
+    missing = sorted({c["clip_id"] for row in concepts for c in row if c["clip_id"] not in location_of})
     if missing:
         raise SonifyError(
             f"{len(missing)} clips of the manifest are not in the pool (first: {', '.join(missing[:3])}): "
             "pool.dir must be the pool the manifest was made from, with none of its sources pruned"
         )
-    parts = [[part_of[c["clip_id"]] for c in row] for row in concepts]
-    return make_table(SHARD_PLANS, manifest.append_column("clip_parts", pa.array(parts, pa.list_(pa.string()))))
+    locations = [[dict(zip(("part", "offset", "size"), location_of[c["clip_id"]])) for c in row] for row in concepts]
+    column = SHARD_PLANS.field("clip_locations")
+    return make_table(SHARD_PLANS, manifest.append_column(column.name, pa.array(locations, column.type)))
 
 
 # Manifest columns the shard writer sets; a planned row holds none of them.
@@ -457,13 +463,13 @@ def plan_chunks(
     last its stats file, which marks it planned. Shards are numbered on from the previous chunk's,
     so a rerun numbers them as the first run did. Returns the number of shards, the counts of all
     chunks, and the first rejection reasons."""
-    part_of = None
+    location_of = None
     next_shard, totals, reasons = 0, Counter(), []
     for chunk in chunks:
         stats_url = SonifyLayout(out).chunk_plan(chunk.name)
         if not storage.exists(stats_url):
-            if part_of is None:
-                part_of = clip_parts(paths)
+            if location_of is None:
+                location_of = clip_locations(paths, config.mix.sample_rate)
             scenes = read_chunk_scenes(config, out, chunk)
             samples, rejected, counts = plan_samples(config, scenes, found, clip_lufs)
             image_bytes = {
@@ -471,7 +477,7 @@ def plan_chunks(
             }
             groups = shard_groups(samples, image_bytes, config, next_shard)
             for shard, rows in groups.items():
-                plan = shard_plan(manifest_table(rows), part_of)
+                plan = shard_plan(manifest_table(rows), location_of)
                 storage.write_parquet(SonifyLayout(out).plan(shard), plan)
             storage.write_parquet(
                 SonifyLayout(out).rejected(chunk.name), manifest_table(rejected)
@@ -636,7 +642,8 @@ def run_render(config: RunConfig) -> dict:
     out = out.rstrip("/")
     layout = SonifyLayout(out)
     storage.remove_temporaries(layout.shard_folders())
-    part_of = clip_parts(paths)
+    # A manifest is mixed again at its own rate, from the pool's pack at that rate.
+    locations: dict[int, dict[str, tuple[str, int, int]]] = {}
     shards = []
     for url in storage.list_files(source, ".parquet"):
         shard = storage.file_stem(url)
@@ -649,7 +656,13 @@ def run_render(config: RunConfig) -> dict:
         # What the shard writer measures is measured again, as for a plan sonify makes.
         for column in WRITE_TIME_COLUMNS:
             rows = rows.set_column(rows.schema.get_field_index(column), rows.schema.field(column), pa.nulls(rows.num_rows, rows.schema.field(column).type))
-        storage.write_parquet(layout.plan(shard), shard_plan(rows, part_of))
+        rate = rows.column("sample_rate")[0].as_py()
+        if rate not in locations:
+            pool_rates = read_pool_meta(paths)["mix_sample_rates"]
+            if rate not in pool_rates:
+                raise SonifyError(f"render: {url} was mixed at {rate} Hz, and pool {paths.root} holds clips at its mix rates {pool_rates} only")
+            locations[rate] = clip_locations(paths, rate)
+        storage.write_parquet(layout.plan(shard), shard_plan(rows, locations[rate]))
         shards.append(shard)
     results = write_shards(config, paths, out, shards)
     samples = int(pc.sum(results.column("samples")).as_py()) if results is not None else 0

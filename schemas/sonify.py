@@ -125,14 +125,25 @@ MANIFEST = versioned(
     ],
 )
 
+# Where a clip's FLAC bytes sit in the pool: its part, and their byte range in that part's pack at
+# the mix rate (pool.dir/audio/<rate>/<part>.tar).
+CLIP_LOCATION = pa.struct(
+    [
+        pa.field("part", pa.string(), nullable=False),
+        pa.field("offset", pa.int64(), nullable=False),
+        pa.field("size", pa.int64(), nullable=False),
+    ]
+)
+
 # sonify.out/plans/NNNNNN.parquet: the plan of shard NNNNNN, its manifest rows before mixing, each
-# with the pool part of every concept's clip (in the order of `concepts`), so a writer reads no pool
-# table of its own.
-# 2: manifest rows plus clip parts, replacing IPC bytes; 3: the manifest of version 3.
+# with where every concept's clip is (in the order of `concepts`), so a writer reads no pool table of
+# its own and only the bytes of its clips.
+# 2: manifest rows plus clip parts, replacing IPC bytes; 3: the manifest of version 3; 4: clip
+# locations (part and byte range) replace clip parts.
 SHARD_PLANS = versioned(
     "shard_plans",
-    3,
-    [*MANIFEST, pa.field("clip_parts", pa.list_(pa.string()), nullable=False)],
+    4,
+    [*MANIFEST, pa.field("clip_locations", pa.list_(CLIP_LOCATION), nullable=False)],
 )
 # The distinct concept texts that retrieval embeds and searches.
 CONCEPT_TEXTS = versioned("concept_texts", 1, [pa.field("text", pa.string(), nullable=False)])
@@ -142,13 +153,18 @@ SHARD_TASKS = versioned(
     1,
     [pa.field("shard", pa.string(), nullable=False), pa.field("plan_url", pa.string(), nullable=False)],
 )
+# 2: what mixing read from the pool beside what its clips take there, so a run can report the ratio.
 SHARD_RESULTS = versioned(
     "shard_results",
-    1,
+    2,
     [
         pa.field("shard", pa.string(), nullable=False),
         pa.field("samples", pa.int64()),
         pa.field("errors", pa.int64()),
         pa.field("num_bytes", pa.int64()),
+        # Bytes the shard's mixing read from the pool's packs, tar headers and coalesced gaps included.
+        pa.field("pool_bytes_read", pa.int64()),
+        # Stored bytes (FLAC at the mix rate) of the distinct clips the shard uses.
+        pa.field("pool_clip_bytes", pa.int64()),
     ],
 )

@@ -64,7 +64,7 @@ def test_a_phase_of_another_schema_version_is_refused_saying_what_to_do(tmp_path
 def test_a_pool_of_another_format_is_refused_saying_what_to_do(tmp_path):
     config = validate_config({"pool": {"dir": str(tmp_path)}, "models": {"clap": {"model": "unused"}}})
     (tmp_path / "pool.json").write_text(json.dumps({"format": 1}))
-    with pytest.raises(PoolMismatch, match="pool format 1, this one writes 2\\); rebuild the pool into a new pool.dir$"):
+    with pytest.raises(PoolMismatch, match="pool format 1, this one writes 3\\); rebuild the pool into a new pool.dir$"):
         check_compatible(PoolLayout(str(tmp_path)), {"dim": 512}, config)
 
 
@@ -96,9 +96,10 @@ def test_render_refuses_a_manifest_naming_clips_the_pool_lacks_in_one_line():
     row = {name: None for name in MANIFEST.names} | {"key": "k__v", "image_id": "k", "image_uri": "/i/k.jpg", "vlm": "v", "concepts": [concept]}
     manifest = pa.Table.from_pylist([row], schema=MANIFEST)
     with pytest.raises(SonifyError) as raised:
-        shard_plan(manifest, {"kept-00000": "part-a"})
+        shard_plan(manifest, {"kept-00000": ("part-a", 512, 100)})
     assert "\n" not in str(raised.value) and "1 clips of the manifest are not in the pool (first: gone-00001)" in str(raised.value)
-    assert shard_plan(manifest, {"gone-00001": "part-a"}).column("clip_parts").to_pylist() == [["part-a"]]
+    located = shard_plan(manifest, {"gone-00001": ("part-a", 1536, 2048)}).column("clip_locations").to_pylist()
+    assert located == [[{"part": "part-a", "offset": 1536, "size": 2048}]]
 
 
 def test_render_skips_a_shard_whose_rows_all_failed_and_says_so(tmp_path, caplog):
