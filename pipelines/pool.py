@@ -1,8 +1,8 @@
 """The pool pipeline: audio files -> standardized clips, loudness, CLAP embeddings, FAISS index.
 
 pool.dir is laid out by schemas.layout.PoolLayout: per part a clips file (the pool table, written
-last, so it marks the part complete), an audio file and an embeddings file; the index; the pool's
-settings, the last run's config and summary.
+last, so it marks the part complete), an audio file, a pack per mix rate and an embeddings file; the
+index; the pool's settings, the last run's config and summary.
 
 A part is a group of source files processed together. Re-running adds parts for new or changed
 sources only; rows of a changed source are removed from their old part, and the index grows.
@@ -34,13 +34,14 @@ from stages.clap import clap_identity
 from stages.embed_audio import EmbedAudio
 from stages.loudness import audible_clip_loudness
 from schemas.errors import PipelineError
-from stages.standardize import Standardize
+from stages.standardize import Standardize, locate_in_pack, repack
 from stages.storage import SourceFile
 
 log = logging.getLogger(__name__)
 
-# 2: the clips table has error_kind (pool_clips v2).
-POOL_FORMAT = 2
+# 2: the clips table has error_kind (pool_clips v2). 3: a pack of the clips at each mix rate per part
+# (audio/<rate>/<part>.tar), located by loudness_at_rates (pool_clips v3).
+POOL_FORMAT = 3
 MAX_REPORTED_ERRORS = 50
 
 
@@ -119,6 +120,17 @@ def group_parts(sources: list[SourceFile], files_per_part: int) -> pa.Table:
 # Reading and repairing what is on disk
 
 
+def read_pool_meta(paths: PoolLayout) -> dict:
+    """pool.json of an existing pool; a PoolMismatch if another version of the pipeline wrote it."""
+    found = json.loads(storage.read_bytes(paths.pool_meta()))
+    if found.get("format") != POOL_FORMAT:
+        raise PoolMismatch(
+            f"pool {paths.root} was written by another version of this pipeline (pool format {found.get('format')}, "
+            f"this one writes {POOL_FORMAT}); rebuild the pool into a new pool.dir"
+        )
+    return found
+
+
 def check_compatible(paths: PoolLayout, identity: dict, config: RunConfig) -> dict:
     """pool.json for this run; a PoolMismatch if the folder was built with other settings."""
     wanted = {
@@ -130,12 +142,7 @@ def check_compatible(paths: PoolLayout, identity: dict, config: RunConfig) -> di
     }
     meta_url = paths.pool_meta()
     if storage.exists(meta_url):
-        found = json.loads(storage.read_bytes(meta_url))
-        if found.get("format") != POOL_FORMAT:
-            raise PoolMismatch(
-                f"pool {paths.root} was written by another version of this pipeline (pool format {found.get('format')}, "
-                f"this one writes {POOL_FORMAT}); rebuild the pool into a new pool.dir"
-            )
+        found = read_pool_meta(paths)
         differing = [k for k in wanted if found.get(k) != wanted[k]]
         if differing:
             detail = "; ".join(f"{k}: pool has {found.get(k)!r}, config has {wanted[k]!r}" for k in differing)
@@ -143,15 +150,16 @@ def check_compatible(paths: PoolLayout, identity: dict, config: RunConfig) -> di
     return wanted
 
 
-def remove_unfinished_parts(paths: PoolLayout) -> list[str]:
-    """Audio or embedding files without a clips file are left by an interrupted run: delete them."""
+def remove_unfinished_parts(paths: PoolLayout, mix_rates: list[int]) -> list[str]:
+    """Audio, pack or embedding files without a clips file are left by an interrupted run: delete them."""
     finished = {storage.file_stem(u) for u in storage.list_files(paths.clips_folder(), ".parquet")}
+    files = [*storage.list_files(paths.audio_folder(), ".parquet"), *storage.list_files(paths.embeddings_folder(), ".parquet")]
+    files += [url for rate in mix_rates for url in storage.list_files(paths.mix_audio_folder(rate), ".tar")]
     removed = []
-    for folder in (paths.audio_folder(), paths.embeddings_folder()):
-        for url in storage.list_files(folder, ".parquet"):
-            if storage.file_stem(url) not in finished:
-                storage.remove(url)
-                removed.append(url)
+    for url in files:
+        if storage.file_stem(url) not in finished:
+            storage.remove(url)
+            removed.append(url)
     return removed
 
 
@@ -165,9 +173,11 @@ def read_clips(paths: PoolLayout, columns: list[str]) -> pa.Table:
     return pa.concat_tables(tables)
 
 
-def prune_stale(paths: PoolLayout, stale: dict[str, set[str]]) -> int:
-    """Remove stale sources' rows from their old parts. Audio and embeddings are rewritten before
-    the clips file, so an interruption leaves rows that the next run finds stale again."""
+def prune_stale(paths: PoolLayout, stale: dict[str, set[str]], mix_rates: list[int]) -> int:
+    """Remove stale sources' rows from their old parts. Audio, packs and embeddings are rewritten
+    before the clips file, so an interruption leaves rows that the next run finds stale again. A
+    pack's kept clips are found by member name: after such an interruption, the offsets in the old
+    rows no longer match the rewritten pack."""
     touched = 0
     for part, uris in sorted(stale.items()):
         clips_url = paths.clips(part)
@@ -179,12 +189,23 @@ def prune_stale(paths: PoolLayout, stale: dict[str, set[str]]) -> int:
             storage.remove(clips_url)
             storage.remove(paths.audio(part))
             storage.remove(paths.embeddings(part))
+            for rate in mix_rates:
+                storage.remove(paths.mix_audio(part, rate))
             continue
         ids = kept.column("clip_id")
         for url in (paths.audio(part), paths.embeddings(part)):
             if storage.exists(url):
                 old = storage.read_parquet(url)
                 storage.write_parquet(url, old.filter(pc.is_in(old.column("clip_id"), value_set=ids)))
+        clip_ids = ids.to_pylist()
+        packed = kept.filter(pc.is_null(kept.column("error"))).column("clip_id").to_pylist()
+        at_rates = kept.column("loudness_at_rates").to_pylist()
+        for rate in mix_rates:
+            pack, ranges = repack(storage.read_bytes(paths.mix_audio(part, rate)), packed)
+            storage.write_bytes(paths.mix_audio(part, rate), pack)
+            locate_in_pack(clip_ids, at_rates, rate, ranges)
+        located = POOL_CLIPS.field("loudness_at_rates")
+        kept = kept.set_column(kept.schema.get_field_index(located.name), located, pa.array(at_rates, located.type))
         storage.write_parquet(clips_url, make_table(POOL_CLIPS, kept))
     return touched
 
@@ -342,10 +363,10 @@ def run_pool(config: RunConfig) -> dict:
     storage.write_text(paths.config(), dump_config(config))
     if not storage.exists(paths.pool_meta()):
         storage.write_text(paths.pool_meta(), json.dumps(meta, indent=2) + "\n")
-    leftovers = remove_unfinished_parts(paths)
+    leftovers = remove_unfinished_parts(paths, config.pool.mix_sample_rates)
     if leftovers:
         log.warning("removed %d files of parts an interrupted run left unfinished", len(leftovers))
-    temporaries = storage.remove_temporaries(paths.temporary_folders())
+    temporaries = storage.remove_temporaries(paths.temporary_folders(config.pool.mix_sample_rates))
     if temporaries:
         log.warning("removed %d temporary files that an interrupted run left", temporaries)
 
@@ -374,7 +395,7 @@ def run_pool(config: RunConfig) -> dict:
     # the failed one it replaces; rewriting it already dropped the stale rows, and pruning it would
     # delete what this run just wrote.
     written = set(parts.column("part").to_pylist())
-    pruned_parts = prune_stale(paths, {part: uris for part, uris in plan.stale.items() if part not in written})
+    pruned_parts = prune_stale(paths, {part: uris for part, uris in plan.stale.items() if part not in written}, config.pool.mix_sample_rates)
     index = update_index(paths, config)
 
     summary = {

@@ -91,8 +91,8 @@ class PoolConfig(_Section):
     )
     mix_sample_rates: list[int] = Field(
         default_factory=lambda: [16000],
-        description="Rates at which mixes will be made. Loudness is also stored at each of them, measured "
-        "on the clip resampled exactly as the mixer resamples it.",
+        description="Rates at which mixes will be made. The pool also stores every clip at each of them "
+        "(16-bit FLAC, audio/<rate>/<part>.tar), with its loudness measured on that stored audio, which is what the mixer decodes.",
     )
     max_band_loss_lu: float = Field(
         20.0,

@@ -101,6 +101,14 @@ class PoolLayout:
         """The part's clips as 16-bit FLAC, one row per clip."""
         return join(self.audio_folder(), f"{part}.parquet")
 
+    def mix_audio_folder(self, rate: int) -> str:
+        return join(self.audio_folder(), str(rate))
+
+    def mix_audio(self, part: str, rate: int) -> str:
+        """The part's clips as a mix at `rate` decodes them: a tar of `<clip_id>.flac` (16-bit FLAC at
+        that rate), each read by its byte range."""
+        return join(self.mix_audio_folder(rate), f"{part}.tar")
+
     def embeddings_folder(self) -> str:
         return join(self.root, "embeddings")
 
@@ -127,13 +135,13 @@ class PoolLayout:
         """The HTML report; its files are named by ReportLayout."""
         return join(self.root, "report")
 
-    def part_folders(self) -> tuple[str, ...]:
-        """The folders holding one file per part."""
-        return (self.clips_folder(), self.audio_folder(), self.embeddings_folder())
+    def part_folders(self, mix_rates: Iterable[int]) -> tuple[str, ...]:
+        """The folders holding one file per part, in a pool with these mix rates."""
+        return (self.clips_folder(), self.audio_folder(), *(self.mix_audio_folder(r) for r in mix_rates), self.embeddings_folder())
 
-    def temporary_folders(self) -> list[str]:
-        """Folders a pool run writes, where killed writes may have left temporary files."""
-        return [self.root, *self.part_folders(), self.index_folder()]
+    def temporary_folders(self, mix_rates: Iterable[int]) -> list[str]:
+        """Folders a pool run with these mix rates writes, where killed writes may have left temporary files."""
+        return [self.root, *self.part_folders(mix_rates), self.index_folder()]
 
 
 @dataclass(frozen=True)

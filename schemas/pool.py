@@ -9,6 +9,10 @@ LOUDNESS_AT_RATE = pa.struct(
         pa.field("sample_rate", pa.int32(), nullable=False),
         pa.field("lufs", pa.float64()),
         pa.field("peak_dbfs", pa.float64()),
+        # Where the clip's FLAC at this rate sits in its part's pack (pool.dir/audio/<rate>/<part>.tar):
+        # the byte offset of its data and its size, so a mix reads exactly these bytes.
+        pa.field("audio_offset", pa.int64()),
+        pa.field("audio_bytes", pa.int64()),
     ]
 )
 
@@ -31,8 +35,9 @@ _CLIP_FIELDS = [
     # Integrated loudness (ITU-R BS.1770) of the stored clip at the pool rate; null for digital silence.
     pa.field("lufs", pa.float64()),
     pa.field("peak_dbfs", pa.float64()),
-    # The same measurement after resampling the stored clip to each configured mix rate, so that a
-    # mix at that rate sets each source's loudness exactly without measuring again.
+    # The same measurement on the clip as a mix at each configured mix rate decodes it (resampled
+    # from the stored clip, then 16-bit), so that a mix sets each source's loudness exactly without
+    # measuring again; and where that audio is stored.
     pa.field("loudness_at_rates", pa.list_(LOUDNESS_AT_RATE)),
     pa.field("silent", pa.bool_()),
     pa.field("part", pa.string(), nullable=False),
@@ -44,12 +49,12 @@ _CLIP_FIELDS = [
 # What the standardize stage hands to the embed stage: one row per clip (the audio stays in its part
 # file), plus how many rows its part has, so the writer knows when a part is complete.
 STANDARDIZED_CLIPS = versioned(
-    "standardized_clips", 2, [*_CLIP_FIELDS, pa.field("part_rows", pa.int32(), nullable=False)]
+    "standardized_clips", 3, [*_CLIP_FIELDS, pa.field("part_rows", pa.int32(), nullable=False)]
 )
 
 # pool.dir/clips/<part>.parquet: the pool table. Written last for a part, so it is the part's
-# completion marker.
-POOL_CLIPS = versioned("pool_clips", 2, _CLIP_FIELDS)
+# completion marker. 3: loudness_at_rates locates each clip in the part's pack at that rate.
+POOL_CLIPS = versioned("pool_clips", 3, _CLIP_FIELDS)
 
 # pool.dir/audio/<part>.parquet: the standardized clip audio, FLAC-encoded, one row per clip.
 POOL_AUDIO = versioned(
@@ -79,7 +84,7 @@ def embedded_clips_schema(dim: int) -> pa.Schema:
     null for silent and error rows."""
     return versioned(
         "embedded_clips",
-        2,
+        3,
         [*STANDARDIZED_CLIPS, pa.field("embedding", pa.list_(pa.float32(), dim))],
     )
 

@@ -125,8 +125,15 @@ MANIFEST = versioned(
     ],
 )
 
-# Where a clip's audio at the mix rate is: a byte range of its part's pack (PoolLayout.mix_audio).
-CLIP_LOCATION = pa.struct([pa.field("part", pa.string()), pa.field("offset", pa.int64()), pa.field("size", pa.int64())])
+# Where a clip's FLAC bytes sit in the pool: its part, and their byte range in that part's pack at
+# the mix rate (pool.dir/audio/<rate>/<part>.tar).
+CLIP_LOCATION = pa.struct(
+    [
+        pa.field("part", pa.string(), nullable=False),
+        pa.field("offset", pa.int64(), nullable=False),
+        pa.field("size", pa.int64(), nullable=False),
+    ]
+)
 
 # sonify.out/plans/CCCCCC-PPPPPP.parquet (shard P of chunk C) and render.out/plans/NNNNNN.parquet:
 # a shard's manifest rows before mixing, each with the location of every concept's clip (in the
@@ -159,13 +166,18 @@ SHARD_TASKS = versioned(
     1,
     [pa.field("shard", pa.string(), nullable=False), pa.field("plan_url", pa.string(), nullable=False)],
 )
+# 2: what mixing read from the pool beside what its clips take there, so a run can report the ratio.
 SHARD_RESULTS = versioned(
     "shard_results",
-    1,
+    2,
     [
         pa.field("shard", pa.string(), nullable=False),
         pa.field("samples", pa.int64()),
         pa.field("errors", pa.int64()),
         pa.field("num_bytes", pa.int64()),
+        # Bytes the shard's mixing read from the pool's packs, tar headers and coalesced gaps included.
+        pa.field("pool_bytes_read", pa.int64()),
+        # Stored bytes (FLAC at the mix rate) of the distinct clips the shard uses.
+        pa.field("pool_clip_bytes", pa.int64()),
     ],
 )

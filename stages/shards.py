@@ -1,14 +1,9 @@
 """WebDataset shards: `NNNNNN.tar` files whose samples are the members sharing a key
-(`KEY.jpg`, `KEY.flac`, `KEY.json`). Tar headers are fixed (mtime 0, owner 0, mode 0444), so the same
-samples always give the same bytes, and a shard is written atomically. Member names longer than a
-ustar header holds (100 bytes) get a POSIX (pax) extended header, which GNU tar, Python's tarfile
-and the WebDataset readers all understand; shorter names give plain ustar headers."""
+(`KEY.jpg`, `KEY.flac`, `KEY.json`), byte-stable (stages.tars) and written atomically."""
 
 from __future__ import annotations
 
-import io
 import json
-import tarfile
 from collections.abc import Iterable
 from typing import ClassVar
 
@@ -21,25 +16,9 @@ from stages import loudness, storage
 from stages.base import Resources, Stage
 from stages.errors import BadInput, error_text
 from stages.images import ImageEncoding, ImageRef, read_image_bytes, shard_image
-from stages.mix import load_pool_clips, mix_sources
+from stages.mix import ClipLocation, load_pool_clips, mix_sources
 from stages.standardize import PCM16_SCALE, encode_flac, quantize_pcm16
-
-
-def tar_bytes(samples: Iterable[tuple[str, dict[str, bytes]]]) -> bytes:
-    """A tar of samples in the given order; each sample's members in sorted extension order."""
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as tar:
-        for key, members in samples:
-            if "." in key.rsplit("/", 1)[-1]:
-                raise ValueError(f"sample key {key!r} contains a dot; WebDataset would split it")
-            for extension in sorted(members):
-                payload = members[extension]
-                info = tarfile.TarInfo(f"{key}.{extension}")
-                info.size, info.mtime, info.mode = len(payload), 0, 0o444
-                info.uid = info.gid = 0
-                info.uname = info.gname = ""
-                tar.addfile(info, io.BytesIO(payload))
-    return buffer.getvalue()
+from stages.tars import tar_bytes
 
 
 def plan_shards(sizes: list[int], target_bytes: int) -> list[int]:
@@ -110,13 +89,13 @@ class WriteShards(Stage):
     def write_shard(self, shard: str, plan: pa.Table) -> dict:
         """Mixes and writes the samples of a plan (SHARD_PLANS rows)."""
         rows = sorted(plan.to_pylist(), key=lambda r: r["key"])
-        part_of: dict[str, str] = {}
+        located: dict[str, ClipLocation] = {}
         for row in rows:
-            part_of.update(zip((c["clip_id"] for c in row["concepts"]), row.pop("clip_parts")))
+            for concept, where in zip(row["concepts"], row.pop("clip_locations")):
+                located[concept["clip_id"]] = ClipLocation(concept["clip_id"], where["part"], where["offset"], where["size"])
         images = read_image_bytes([ImageRef(r["image_uri"], r["image_member"], r["image_id"]) for r in rows])
         rate = rows[0]["sample_rate"]
-        wanted = {(c["clip_id"], part_of[c["clip_id"]]) for r in rows for c in r["concepts"]}
-        clips = load_pool_clips(self.pool_dir, sorted(wanted), rate)
+        clips, pool_bytes_read = load_pool_clips(self.pool_dir, sorted(located.values()), rate)
         samples, errors = [], 0
         for row, image in zip(rows, images):
             row["shard"] = shard_file(shard)
@@ -152,4 +131,7 @@ class WriteShards(Stage):
         size = write_shard(SonifyLayout(self.out_dir).shard(shard), samples)
         manifest = make_table(MANIFEST, {name: [r[name] for r in rows] for name in MANIFEST.names})
         storage.write_parquet(SonifyLayout(self.out_dir).manifest(shard), manifest)
-        return {"shard": shard, "samples": len(samples), "errors": errors, "num_bytes": size}
+        return {
+            "shard": shard, "samples": len(samples), "errors": errors, "num_bytes": size,
+            "pool_bytes_read": pool_bytes_read, "pool_clip_bytes": sum(clip.size for clip in located.values()),
+        }

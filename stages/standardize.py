@@ -2,9 +2,11 @@
 
 The algorithms are plain functions on numpy arrays. `Standardize` is the stage: it takes one part
 (a group of sources: files, Parquet rows, tar members), writes the part's clip audio to
-`pool.dir/audio/<part>.parquet`, and returns one metadata row per clip. A source that cannot be used
-becomes one row with `error` set to "<uri>: <reason>" and `error_kind` to the kind the error was
-raised with (stages.errors). Decoding (libsndfile, then FFmpeg) is stages.decode.
+`pool.dir/audio/<part>.parquet` and, resampled to each mix rate, to a pack per rate
+(`pool.dir/audio/<rate>/<part>.tar`), and returns one metadata row per clip, which locates the clip
+in each pack. A source that cannot be used becomes one row with `error` set to "<uri>: <reason>"
+and `error_kind` to the kind the error was raised with (stages.errors). Decoding (libsndfile, then
+FFmpeg) is stages.decode.
 
 How awkward sources are handled (tests/test_standardize.py, tests/test_decode.py and
 tests/test_bad_input.py):
@@ -34,6 +36,7 @@ from __future__ import annotations
 import hashlib
 import io
 import math
+from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -48,9 +51,11 @@ from stages import loudness, storage
 from stages.base import Resources, Stage
 from stages.decode import DecodedAudio, UnreadableAudio, decode
 from stages.errors import BadInput, error_text
+from stages.tars import member_ranges, tar_bytes
 
 PCM16_SCALE = 32768.0
 DECODE_MEMORY_BYTES = 512 * 1024**2
+PACK_EXTENSION = "flac"
 
 def to_mono(audio: np.ndarray) -> np.ndarray:
     """[frames, channels] -> [frames], averaging channels (a sum scaled by 1/channels cannot clip)."""
@@ -60,8 +65,7 @@ def to_mono(audio: np.ndarray) -> np.ndarray:
 
 
 def resample(audio: np.ndarray, rate_in: int, rate_out: int) -> np.ndarray:
-    """Deterministic high-quality resampling (soxr HQ). The pool and the mixer both call this, so
-    loudness stored at a mix rate is exactly the loudness the mixer will see."""
+    """Deterministic high-quality resampling (soxr HQ)."""
     if rate_in == rate_out:
         return audio.astype(np.float32, copy=False)
     return soxr.resample(audio.astype(np.float32, copy=False), rate_in, rate_out, quality="HQ").astype(np.float32)
@@ -98,6 +102,34 @@ def decode_flac(data: bytes) -> tuple[np.ndarray, int]:
     return audio, rate
 
 
+def pack_member(clip_id: str) -> str:
+    """A clip's member name in a pack."""
+    return f"{clip_id}.{PACK_EXTENSION}"
+
+
+def pack_clips(clips: list[tuple[str, bytes]]) -> tuple[bytes, dict[str, tuple[int, int]]]:
+    """A pack of (clip_id, FLAC) clips in the given order, and where each clip's bytes are in it
+    (offset, size), read back from the tar as any reader would find them."""
+    data = tar_bytes((clip, {PACK_EXTENSION: flac}) for clip, flac in clips)
+    ranges = member_ranges(data)
+    return data, {clip: ranges[pack_member(clip)] for clip, _ in clips}
+
+
+def repack(pack: bytes, clip_ids: list[str]) -> tuple[bytes, dict[str, tuple[int, int]]]:
+    """A pack of only these clips of `pack`, found by member name, and where each is in it now."""
+    ranges = member_ranges(pack)
+    kept = [(clip, pack[offset : offset + size]) for clip in clip_ids for offset, size in [ranges[pack_member(clip)]]]
+    return pack_clips(kept)
+
+
+def locate_in_pack(clip_ids: list[str], loudness_at_rates: list[list[dict] | None], rate: int, ranges: dict[str, tuple[int, int]]) -> None:
+    """Sets, in place, the offset and size of each clip's entry for `rate` from its pack's ranges."""
+    for clip, at_rates in zip(clip_ids, loudness_at_rates):
+        for at in at_rates or []:
+            if at["sample_rate"] == rate:
+                at["audio_offset"], at["audio_bytes"] = ranges[clip]
+
+
 def source_id(uri: str, content_sha256: str) -> str:
     """Stable id of one version of one source: a changed file gets new clip ids."""
     return hashlib.sha1(f"{uri}\0{content_sha256}".encode()).hexdigest()[:16]
@@ -116,6 +148,8 @@ class PartOutput:
     rows: dict[str, list] = field(default_factory=lambda: {f.name: [] for f in STANDARDIZED_CLIPS})
     audio_ids: list[str] = field(default_factory=list)
     audio_flac: list[bytes] = field(default_factory=list)
+    # Per mix rate, the FLAC of each clip of audio_ids: its pack is written once the part is done.
+    mix_flac: dict[int, list[bytes]] = field(default_factory=lambda: defaultdict(list))
 
     def add(self, **row) -> None:
         for name, values in self.rows.items():
@@ -163,10 +197,12 @@ class Standardize(Stage):
         for uri, fingerprint, listing_error, listing_kind, member in zip(part["uris"], fingerprints, errors, error_kinds, members):
             listed = BadInput(listing_error, listing_kind) if listing_error else None
             self._standardize_file(out, part["part"], uri, fingerprint, listed, reader, member)
-        storage.write_parquet(
-            PoolLayout(self.pool_dir).audio(part["part"]),
-            make_table(POOL_AUDIO, {"clip_id": out.audio_ids, "flac": out.audio_flac}),
-        )
+        layout = PoolLayout(self.pool_dir)
+        storage.write_parquet(layout.audio(part["part"]), make_table(POOL_AUDIO, {"clip_id": out.audio_ids, "flac": out.audio_flac}))
+        for rate in self.mix_sample_rates:
+            pack, ranges = pack_clips(list(zip(out.audio_ids, out.mix_flac[rate])))
+            storage.write_bytes(layout.mix_audio(part["part"], rate), pack)
+            locate_in_pack(out.rows["clip_id"], out.rows["loudness_at_rates"], rate, ranges)
         out.rows["part_rows"] = [len(out.rows["clip_id"])] * len(out.rows["clip_id"])
         return make_table(STANDARDIZED_CLIPS, out.rows)
 
@@ -199,19 +235,24 @@ class Standardize(Stage):
             fail(BadInput(f"cannot read: {type(exc).__name__}: {exc}", kind="unreadable"))
             return
         try:
-            rows, flacs = self._clips(uri, fingerprint, part, data, decode(data))
+            rows, flacs, mix_flacs = self._clips(uri, fingerprint, part, data, decode(data))
         except BadInput as exc:
             fail(exc)
             return
         except Exception as exc:  # one file's failure must not lose the other files of its part
             fail(BadInput(f"standardizing failed ({type(exc).__name__}: {exc})", kind="failed"))
             return
-        for row, flac in zip(rows, flacs):
+        for row, flac, at_rates in zip(rows, flacs, mix_flacs):
             out.add(**row)
             out.audio_ids.append(row["clip_id"])
             out.audio_flac.append(flac)
+            for rate, mix_flac in at_rates.items():
+                out.mix_flac[rate].append(mix_flac)
 
-    def _clips(self, uri: str, fingerprint: str | None, part: str, data: bytes, decoded: DecodedAudio) -> tuple[list[dict], list[bytes]]:
+    def _clips(
+        self, uri: str, fingerprint: str | None, part: str, data: bytes, decoded: DecodedAudio
+    ) -> tuple[list[dict], list[bytes], list[dict[int, bytes]]]:
+        """The rows of a source's clips, their FLAC at the pool rate, and their FLAC at each mix rate."""
         sha = hashlib.sha256(data).hexdigest()
         source = source_id(uri, sha)
         # Non-finite samples (a broken encoder) would poison every measurement: they become silence.
@@ -224,17 +265,23 @@ class Standardize(Stage):
                 kind="empty",
             )
         clips, real_samples = chunk(standardized, self.sample_rate, self.clip_seconds)
-        rows, flacs = [], []
+        rows, flacs, mix_flacs = [], [], []
         for index, (clip, real) in enumerate(zip(clips, real_samples)):
             pcm = quantize_pcm16(clip)
             stored = pcm.astype(np.float32) / PCM16_SCALE
             lufs = loudness.integrated_lufs(stored, self.sample_rate)
-            at_rates = []
+            at_rates, at_rate_flacs = [], {}
             for rate in self.mix_sample_rates:
-                at_rate = resample(stored, self.sample_rate, rate)
+                # Measured on the 16-bit audio the pack stores, which is exactly what a mix decodes,
+                # so a gain set from this loudness lands on the audio mixed. Where the clip sits in
+                # the pack is known once the whole pack is written.
+                pcm_at_rate = quantize_pcm16(resample(stored, self.sample_rate, rate))
+                heard = pcm_at_rate.astype(np.float32) / PCM16_SCALE
                 at_rates.append(
-                    {"sample_rate": rate, "lufs": loudness.integrated_lufs(at_rate, rate), "peak_dbfs": loudness.peak_dbfs(at_rate)}
+                    {"sample_rate": rate, "lufs": loudness.integrated_lufs(heard, rate), "peak_dbfs": loudness.peak_dbfs(heard),
+                     "audio_offset": None, "audio_bytes": None}
                 )
+                at_rate_flacs[rate] = encode_flac(pcm_at_rate, rate)
             rows.append(
                 dict(
                     clip_id=clip_id(source, index),
@@ -258,4 +305,5 @@ class Standardize(Stage):
                 )
             )
             flacs.append(encode_flac(pcm, self.sample_rate))
-        return rows, flacs
+            mix_flacs.append(at_rate_flacs)
+        return rows, flacs, mix_flacs

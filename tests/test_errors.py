@@ -64,7 +64,7 @@ def test_a_phase_of_another_schema_version_is_refused_saying_what_to_do(tmp_path
 def test_a_pool_of_another_format_is_refused_saying_what_to_do(tmp_path):
     config = validate_config({"pool": {"dir": str(tmp_path)}, "models": {"clap": {"model": "unused"}}})
     (tmp_path / "pool.json").write_text(json.dumps({"format": 1}))
-    with pytest.raises(PoolMismatch, match="pool format 1, this one writes 2\\); rebuild the pool into a new pool.dir$"):
+    with pytest.raises(PoolMismatch, match="pool format 1, this one writes 3\\); rebuild the pool into a new pool.dir$"):
         check_compatible(PoolLayout(str(tmp_path)), {"dim": 512}, config)
 
 

@@ -24,9 +24,10 @@ EXAMPLES = {
     "name": "clip-usage",
     "number": 7,
     "position": 5,
+    "rate": 16000,
 }
 # What the README's placeholders stand for.
-PLACEHOLDERS = {"NNNNNN": r"\d{6}", "PPPPPP": r"\d{6}", "NNNN": r"\d{4}", "<part>": r"[^/]+", "<vlm>": r"[^/]+", "<name>": r"[^/]+"}
+PLACEHOLDERS = {"NNNNNN": r"\d{6}", "PPPPPP": r"\d{6}", "NNNN": r"\d{4}", "<part>": r"[^/]+", "<vlm>": r"[^/]+", "<name>": r"[^/]+", "<rate>": r"\d+"}
 
 
 def readme_table_paths(line_prefix: str) -> list[str]:
@@ -95,11 +96,15 @@ def test_the_readme_check_tells_folders_and_numbers_apart():
     assert pattern.fullmatch(SonifyLayout(ROOT).rejected(chunk_id(3)).removeprefix(ROOT + "/"))
     assert not pattern.fullmatch("manifest/rejected-3.parquet")
     assert not as_pattern("audio/<part>.parquet").fullmatch("audio/a/b.parquet")
+    assert as_pattern("audio/<rate>/<part>.tar").fullmatch(PoolLayout(ROOT).mix_audio("p", 16000).removeprefix(ROOT + "/"))
+    assert not as_pattern("audio/<rate>/<part>.tar").fullmatch("audio/p.tar")
 
 
 def test_every_folder_a_run_writes_files_into_is_cleaned_of_temporaries():
     pool = PoolLayout(ROOT)
-    assert {p.rsplit("/", 1)[0] for p in file_kinds(pool).values()} == set(pool.temporary_folders())
+    rates = [EXAMPLES["rate"], 22050]
+    written = {p.rsplit("/", 1)[0] for p in file_kinds(pool).values()} | {pool.mix_audio("p", 22050).rsplit("/", 1)[0]}
+    assert written == set(pool.temporary_folders(rates))
     sonify = SonifyLayout(ROOT)
     vlms = [EXAMPLES["vlm"], "other"]
     written = {p.rsplit("/", 1)[0] for p in file_kinds(sonify).values()} | {sonify.scenes("other", chunk_id(0)).rsplit("/", 1)[0]}

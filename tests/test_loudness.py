@@ -1,11 +1,13 @@
 """Loudness stored in the pool, checked with an independent meter (libebur128) on decoded audio."""
 
+import tarfile
+
 import numpy as np
 import pytest
 from pyebur128 import MeasurementMode, R128State, get_loudness_global
 
 from stages import loudness
-from stages.standardize import Standardize, decode_flac, resample
+from stages.standardize import Standardize, decode_flac, quantize_pcm16, resample
 from tests.helpers import noise, tone, write_audio
 
 
@@ -37,7 +39,7 @@ def test_peak_dbfs():
 
 def test_stored_loudness_matches_decoded_clips_at_pool_and_mix_rates(tmp_path):
     """What the pool stores for each clip is what an independent meter reads on the stored FLAC,
-    both at the pool rate and after the mixer's resampling to each mix rate."""
+    both at the pool rate and in the pack at each mix rate, which holds the clip resampled."""
     source = write_audio(tmp_path / "src" / "mix.wav", np.concatenate([noise(6.0, 44100, 0.2), tone(4.0, 44100, 3000, 0.05)]), 44100)
     quiet = write_audio(tmp_path / "src" / "quiet.flac", noise(3.0, 22050, 0.00001), 22050, "FLAC", "PCM_24")
     pool_dir = tmp_path / "pool"
@@ -49,6 +51,10 @@ def test_stored_loudness_matches_decoded_clips_at_pool_and_mix_rates(tmp_path):
 
     audio = storage.read_parquet(str(pool_dir / "audio" / "p.parquet")).to_pylist()
     flac = {r["clip_id"]: r["flac"] for r in audio}
+    packs = {}
+    for rate in (16000, 22050):
+        with tarfile.open(pool_dir / "audio" / str(rate) / "p.tar") as tar:
+            packs[rate] = {m.name: tar.extractfile(m).read() for m in tar}
     loud = [r for r in rows if r["source_uri"] == str(source)]
     assert len(loud) == 2
     for row in loud:
@@ -56,11 +62,14 @@ def test_stored_loudness_matches_decoded_clips_at_pool_and_mix_rates(tmp_path):
         assert rate == 48000
         assert row["lufs"] == pytest.approx(ebur128_lufs(decoded, 48000), abs=0.1)
         for at in row["loudness_at_rates"]:
-            resampled = resample(decoded, 48000, at["sample_rate"])
+            at_rate, rate = decode_flac(packs[at["sample_rate"]][f"{row['clip_id']}.flac"])
+            assert rate == at["sample_rate"]
+            # The pack holds the stored clip resampled, at 16 bits.
+            assert np.array_equal(at_rate, quantize_pcm16(resample(decoded, 48000, rate)) / np.float32(32768))
             # The two meters design the K-weighting filters differently away from 48 kHz.
-            assert at["lufs"] == pytest.approx(ebur128_lufs(resampled, at["sample_rate"]), abs=0.3)
-            assert at["lufs"] == pytest.approx(loudness.integrated_lufs(resampled, at["sample_rate"]), abs=1e-9)
-            assert at["peak_dbfs"] == pytest.approx(20 * np.log10(np.abs(resampled).max()), abs=1e-6)
+            assert at["lufs"] == pytest.approx(ebur128_lufs(at_rate, rate), abs=0.3)
+            assert at["lufs"] == loudness.integrated_lufs(at_rate, rate)
+            assert at["peak_dbfs"] == pytest.approx(20 * np.log10(float(np.abs(at_rate).max())), abs=1e-9)
         assert not row["silent"]
     # Removing the top of the spectrum changes loudness: the per-rate value is not a copy.
     second = loud[1]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import tarfile
 from pathlib import Path
 
 import duckdb
@@ -15,6 +16,7 @@ import pytest
 from pipelines.config import validate_config
 from pipelines.pool import PoolMismatch, run_pool
 from pipelines.sonify.checks import SonifyError, check_pool
+from stages.mix import ClipLocation, load_pool_clips
 from stages.standardize import decode_flac
 from tests.helpers import noise, tone, write_audio
 from tests.test_loudness import ebur128_lufs
@@ -150,6 +152,9 @@ def test_extend_changed_source_and_mismatch(first_run, sources, tiny_models, tmp
 
     db = clips_db(pool_dir)
     old_ids = {r[0] for r in db.execute("SELECT clip_id FROM clips WHERE source_uri LIKE '%short.flac'").fetchall()}
+    (short_part,) = {r[0] for r in db.execute("SELECT part FROM clips WHERE source_uri LIKE '%short.flac'").fetchall()}
+    kept_audio = {clip: audio for clip, audio in mixed_audio(pool_dir, short_part).items() if clip not in old_ids}
+    assert kept_audio, "the part of short.flac holds no other clip to keep"
     time_before = os.stat(sources / "short.flac").st_mtime_ns
     write_audio(sources / "short.flac", tone(3.0, 22050, 550.0), 22050, "FLAC", "PCM_24")
     os.utime(sources / "short.flac", ns=(time_before + 10**9, time_before + 10**9))
@@ -162,11 +167,23 @@ def test_extend_changed_source_and_mismatch(first_run, sources, tiny_models, tmp
     assert db.execute("SELECT count(*) FROM clips WHERE error IS NULL").fetchone()[0] == 18
     audio_ids = {r[0] for r in db.execute(f"SELECT clip_id FROM read_parquet('{pool_dir}/audio/*.parquet')").fetchall()}
     assert not (audio_ids & old_ids)
+    # The pruned part's pack holds its kept clips only, and their new offsets give the same audio.
+    after = mixed_audio(pool_dir, short_part)
+    assert after.keys() == kept_audio.keys() and all(np.array_equal(after[c], kept_audio[c]) for c in kept_audio)
+    with tarfile.open(pool_dir / "audio" / "16000" / f"{short_part}.tar") as tar:
+        assert sorted(tar.getnames()) == sorted(f"{c}.flac" for c in kept_audio)
     index_ids = {r[0] for r in db.execute(f"SELECT clip_id FROM read_parquet('{pool_dir}/index/ids.parquet')").fetchall()}
     assert rows[0][0] in index_ids and not (index_ids & old_ids)
 
     with pytest.raises(PoolMismatch, match="sample_rate: pool has 48000, config has 16000"):
         run_pool(make_config(pool_dir, patterns, tiny_models, sample_rate=16000))
+
+
+def mixed_audio(pool_dir: Path, part: str) -> dict[str, np.ndarray]:
+    """The clips of a part as the mixer reads them at 16 kHz, from where its clips file says they are."""
+    rows = clips_db(pool_dir).execute("SELECT clip_id, loudness_at_rates FROM clips WHERE part = ? AND error IS NULL", [part]).fetchall()
+    where = [ClipLocation(clip, part, at["audio_offset"], at["audio_bytes"]) for clip, at_rates in rows for at in at_rates if at["sample_rate"] == 16000]
+    return load_pool_clips(str(pool_dir), where, 16000)[0]
 
 
 class Killed(BaseException):

@@ -23,7 +23,7 @@ from stages import storage
 from stages.report_gallery import read_samples
 from stages.report_sonify import clip_usage
 from stages.report_sql import histogram
-from stages.shards import tar_bytes
+from stages.tars import tar_bytes
 
 RATE = 16000
 CLIP_SECONDS = 5.0

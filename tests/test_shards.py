@@ -14,8 +14,9 @@ from PIL import Image
 
 from schemas import MANIFEST, SHARD_PLANS
 from schemas.layout import shard_file, shard_id
-from stages.shards import WriteShards, plan_shards, tar_bytes, write_shard
-from stages.standardize import encode_flac, quantize_pcm16
+from stages.shards import WriteShards, plan_shards, write_shard
+from stages.standardize import encode_flac, pack_clips, quantize_pcm16
+from stages.tars import tar_bytes
 from tests.helpers import tone
 
 
@@ -100,9 +101,9 @@ def writer_setup(tmp_path):
     of samples whose images are files named as a URL with a query string would be."""
     rate = 16000
     clip = tone(5.0, rate, 440.0, 0.2)
-    flacs = [encode_flac(quantize_pcm16(clip), rate), encode_flac(quantize_pcm16(-clip), rate)]
-    (tmp_path / "pool" / "audio").mkdir(parents=True)
-    pq.write_table(pa.table({"clip_id": ["tone", "inverted"], "flac": flacs}), tmp_path / "pool" / "audio" / "p0.parquet")
+    pack, _ = pack_clips([("tone", encode_flac(quantize_pcm16(clip), rate)), ("inverted", encode_flac(quantize_pcm16(-clip), rate))])
+    (tmp_path / "pool" / "audio" / str(rate)).mkdir(parents=True)
+    (tmp_path / "pool" / "audio" / str(rate) / "p0.tar").write_bytes(pack)
     images = tmp_path / "images"
     images.mkdir()
 
@@ -122,7 +123,9 @@ def write_one_shard(root, rows, encoding):
     from stages.images import ImageEncoding
 
     writer = WriteShards(str(root / "pool"), str(root / "out"), -1.0, ImageEncoding(*encoding))
-    plan = pa.Table.from_pylist([{**r, "clip_parts": ["p0"] * len(r["concepts"])} for r in rows], schema=SHARD_PLANS)
+    with tarfile.open(root / "pool" / "audio" / "16000" / "p0.tar") as tar:
+        where = {m.name.removesuffix(".flac"): {"part": "p0", "offset": m.offset_data, "size": m.size} for m in tar}
+    plan = pa.Table.from_pylist([{**r, "clip_locations": [where[c["clip_id"]] for c in r["concepts"]]} for r in rows], schema=SHARD_PLANS)
     result = writer.write_shard("000000", plan)
     with tarfile.open(root / "out" / "shards" / "000000.tar") as tar:
         members = {m.name: tar.extractfile(m).read() for m in tar}
@@ -137,6 +140,10 @@ def test_original_images_take_their_extension_from_the_decoded_format(writer_set
     ]
     result, members, _ = write_one_shard(root, rows, ("original",))
     assert result["samples"] == 2
+    # Both samples mix the one clip: read once, its bytes and the tar header before them.
+    with tarfile.open(root / "pool" / "audio" / "16000" / "p0.tar") as tar:
+        tone_bytes = tar.getmember("tone.flac").size
+    assert (result["pool_clip_bytes"], result["pool_bytes_read"]) == (tone_bytes, tone_bytes + 512)
     assert sorted(members) == ["a.flac", "a.jpg", "a.json", "b.flac", "b.json", "b.png"]
     assert members["a.jpg"] == (root / "images" / "a.jpg?raw=1").read_bytes()
 

@@ -291,3 +291,45 @@ def test_a_failure_inside_one_file_loses_only_that_file(tmp_path, monkeypatch):
     (failed,) = rows["b.wav"]
     assert failed["error"] == f"{tmp_path / 'src' / 'b.wav'}: standardizing failed (MemoryError: no room for three channels)"
     assert failed["audio"] is None and failed["error_kind"] == "failed"
+
+
+def test_a_part_has_a_pack_per_mix_rate_that_any_tar_tool_lists(tmp_path):
+    """Every clip but error rows (silent ones too) is a `<clip_id>.flac` member at each mix rate,
+    under fixed headers; the rows locate each member where tarfile finds it; a rerun writes the same bytes."""
+    import subprocess
+    import tarfile
+
+    files = {"noise.wav": encoded(noise(7.0, 44100, 0.1), 44100), "quiet.wav": encoded(np.zeros(16000, np.float32), 16000), "text.ogg": b"not audio\n" * 50}
+    rows = [r for clips in part_rows(tmp_path, files, mix_sample_rates=[16000, 8000]).values() for r in clips]
+    clip_ids = [r["clip_id"] for r in rows if r["error"] is None]
+    assert len(clip_ids) == 3 and any(r["silent"] for r in rows)
+    first = {}
+    for number, rate in enumerate((16000, 8000)):
+        pack = tmp_path / "pool" / "audio" / str(rate) / "p.tar"
+        first[rate] = pack.read_bytes()
+        listed = subprocess.run(["tar", "-tvf", str(pack)], capture_output=True, text=True, check=True).stdout.splitlines()
+        assert [line.split()[-1] for line in listed] == [f"{c}.flac" for c in clip_ids]
+        assert all(line.startswith("-r--r--r-- 0/0 ") for line in listed)
+        with tarfile.open(pack) as tar:
+            members = {m.name: m for m in tar}
+            for row in (r for r in rows if r["error"] is None):
+                at = row["loudness_at_rates"][number]
+                member = members[f"{row['clip_id']}.flac"]
+                assert at["sample_rate"] == rate and (at["audio_offset"], at["audio_bytes"]) == (member.offset_data, member.size)
+                assert (member.mtime, member.mode, member.uid, member.gid, member.uname, member.gname) == (0, 0o444, 0, 0, "", "")
+                assert decode_flac(tar.extractfile(member).read())[1] == rate
+    assert next(r for r in rows if r["error"]).get("loudness_at_rates") is None
+    part_rows(tmp_path, files, mix_sample_rates=[16000, 8000])
+    assert all((tmp_path / "pool" / "audio" / str(rate) / "p.tar").read_bytes() == data for rate, data in first.items())
+
+
+def test_repacking_keeps_the_named_clips_bytes_and_locates_them_anew():
+    from stages.standardize import pack_clips, repack
+
+    clips = [(f"c{i}", bytes([i]) * (700 * (i + 1))) for i in range(4)]
+    pack, ranges = pack_clips(clips)
+    assert all(pack[o : o + n] == data for (clip, data), (o, n) in zip(clips, ranges.values()))
+    smaller, moved = repack(pack, ["c1", "c3"])
+    assert list(moved) == ["c1", "c3"] and smaller == pack_clips([clips[1], clips[3]])[0]
+    assert all(smaller[o : o + n] == dict(clips)[clip] for clip, (o, n) in moved.items())
+    assert moved["c1"][0] < ranges["c1"][0]

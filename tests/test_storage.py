@@ -186,3 +186,42 @@ def test_a_write_killed_before_its_rename_leaves_the_old_file_and_a_temporary_th
     assert sorted(p.name for p in target.parent.iterdir()) == [".tmp-a user's own file", "000001.parquet"]
     storage.write_bytes(str(target), b"the new bytes")
     assert target.read_bytes() == b"the new bytes"
+
+
+def test_near_ranges_coalesce_and_far_ones_stay_apart():
+    from stages.storage import COALESCE_GAP_BYTES, coalesce_ranges
+
+    assert coalesce_ranges([]) == []
+    assert coalesce_ranges([(9000, 100), (0, 512), (512, 100)]) == [(0, 612), (9000, 100)]
+    assert coalesce_ranges([(0, 100), (100 + COALESCE_GAP_BYTES, 10)]) == [(0, 110 + COALESCE_GAP_BYTES)]
+    assert coalesce_ranges([(0, 100), (101 + COALESCE_GAP_BYTES, 10)]) == [(0, 100), (101 + COALESCE_GAP_BYTES, 10)]
+    # Overlapping and repeated ranges are read once.
+    assert coalesce_ranges([(0, 300), (100, 50), (100, 50)]) == [(0, 300)]
+
+
+@pytest.mark.parametrize("where", ["local", "memory"])
+def test_read_ranges_asks_the_file_system_for_the_coalesced_ranges_only(where, tmp_path, monkeypatch):
+    """Each range's bytes in the order asked; the file system is asked once per coalesced range and
+    returns exactly those bytes (no read-ahead), whether the file is local or in memory://."""
+    from stages import storage
+
+    fs_class = fsspec.get_filesystem_class("file" if where == "local" else "memory")
+    url = str(tmp_path / "data.bin") if where == "local" else f"memory://ranges-{uuid.uuid4().hex}/data.bin"
+    data = np.random.default_rng(0).integers(0, 256, 100_000, dtype=np.uint8).tobytes()
+    storage.write_bytes(url, data)
+    asked: list[tuple[int, int, int]] = []
+    cat_file = fs_class.cat_file
+
+    def recorded(self, path, start=None, end=None, **kwargs):
+        out = cat_file(self, path, start, end, **kwargs)
+        asked.append((start, end, len(out)))
+        return out
+
+    monkeypatch.setattr(fs_class, "cat_file", recorded)
+    ranges = [(50_000, 1000), (10, 90), (51_500, 200), (0, 5)]
+    assert storage.read_ranges(url, ranges) == [data[o : o + n] for o, n in ranges]
+    assert asked == [(0, 100, 100), (50_000, 51_700, 1700)]
+    asked.clear()
+    assert storage.read_ranges(url, [(0, len(data))]) == [data] and asked == [(0, len(data), len(data))]
+    with pytest.raises(ValueError, match="ends before byte 100010"):
+        storage.read_ranges(url, [(99_990, 20)])

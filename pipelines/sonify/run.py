@@ -6,6 +6,8 @@ import json
 import logging
 import time
 
+import pyarrow.compute as pc
+
 from pipelines.config import dump_config
 from pipelines.sonify.checks import LAYOUT_VERSION, SonifyError, check_batches, check_pool, check_same_pool, check_same_run
 from pipelines.sonify.listing import chunk_listing, image_listing
@@ -66,7 +68,7 @@ def run_sonify(config: RunConfig) -> dict:
     seconds["retrieve_and_plan"] = time.monotonic() - tick
 
     tick = time.monotonic()
-    write_shards(config, paths, out, tasks)
+    written = write_shards(config, paths, out, tasks)
     seconds["mix_and_write"] = time.monotonic() - tick
 
     samples, failed_at_write, clips_used = manifest_counts(out)
@@ -96,6 +98,10 @@ def run_sonify(config: RunConfig) -> dict:
         "write_errors_by_kind": dict(sorted(failed_at_write.items())),
         "error_reasons": reasons,
         "distinct_clips_used": clips_used,
+        # Bytes the shards written by this run read from the pool, and the stored size of the clips
+        # each shard uses (a clip used by two shards counts in both): reads are by byte range.
+        "pool_bytes_read": int(pc.sum(written.column("pool_bytes_read")).as_py()) if written is not None else 0,
+        "pool_bytes_of_clips_used": int(pc.sum(written.column("pool_clip_bytes")).as_py()) if written is not None else 0,
         "shards": tasks.num_rows,
         "seconds": {k: round(v, 3) for k, v in seconds.items()},
         "wall_seconds": round(time.monotonic() - started, 3),

@@ -10,6 +10,7 @@ from collections import Counter
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from pipelines.pool import read_pool_meta
 from pipelines.ray_runner import Runner
 from pipelines.sonify.checks import RENDER_REMEDY, SonifyError, read_phase
 from pipelines.sonify.planning import mixable_pool_clips
@@ -92,6 +93,10 @@ def run_render(config: RunConfig) -> dict:
         if len(rates) != 1:
             raise SonifyError(f"{url} mixes samples at several rates ({rates}); a shard is mixed at one rate")
         if rates[0] not in pool_clips:
+            # A manifest is mixed again at its own rate, from the pool's copy at that rate.
+            pool_rates = read_pool_meta(paths)["mix_sample_rates"]
+            if rates[0] not in pool_rates:
+                raise SonifyError(f"render: {url} was mixed at {rates[0]} Hz, and pool {paths.root} holds clips at its mix rates {pool_rates} only")
             pool_clips[rates[0]] = mixable_pool_clips(paths, config, rates[0])[0]
         used = [c["clip_id"] for concepts in rows.column("concepts").to_pylist() for c in concepts]
         locations = mixable_clips(pool_clips[rates[0]], used).locations
