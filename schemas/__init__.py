@@ -15,7 +15,7 @@ from schemas.pool import (
     embeddings_schema,
 )
 from schemas.report import GALLERY_ITEMS, REPORT_PROBLEMS
-from schemas.sonify import ANSWERS, CHUNK_TASKS, CLIP_LOCATION, IMAGE_REFS, IMAGES, MANIFEST, MATCHES, MIX_CLIPS, SCENES, SHARD_PLANS, SHARD_RESULTS, SHARD_TASKS
+from schemas.sonify import ANSWERS, CHUNK_TASKS, CLIP_LOCATION, IMAGE_REFS, IMAGES, MANIFEST, MANIFEST_POOL_READS, MATCHES, MIX_CLIPS, SCENES, SHARD_PLANS, SHARD_RESULTS, SHARD_TASKS
 
 __all__ = [
     "ANSWERS",
@@ -25,6 +25,7 @@ __all__ = [
     "IMAGES",
     "IMAGE_REFS",
     "MANIFEST",
+    "MANIFEST_POOL_READS",
     "MATCHES",
     "MIX_CLIPS",
     "SCENES",

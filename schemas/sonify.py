@@ -135,6 +135,11 @@ CLIP_LOCATION = pa.struct(
     ]
 )
 
+# Parquet key-value metadata of a shard's manifest part: the bytes its mixing read from the pool and
+# the stored size of the distinct clips it used, so a run's totals cover shards written by earlier
+# runs of the same sonify.out too.
+MANIFEST_POOL_READS = ("pool_bytes_read", "pool_clip_bytes")
+
 # sonify.out/plans/CCCCCC-PPPPPP.parquet (shard P of chunk C) and render.out/plans/NNNNNN.parquet:
 # a shard's manifest rows before mixing, each with the location of every concept's clip (in the
 # order of `concepts`), so a writer reads no pool table of its own.

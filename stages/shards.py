@@ -10,7 +10,7 @@ from typing import ClassVar
 import numpy as np
 import pyarrow as pa
 
-from schemas import MANIFEST, SHARD_PLANS, SHARD_RESULTS, SHARD_TASKS, make_table
+from schemas import MANIFEST, MANIFEST_POOL_READS, SHARD_PLANS, SHARD_RESULTS, SHARD_TASKS, make_table
 from schemas.layout import SonifyLayout, shard_file
 from stages import loudness, storage
 from stages.base import Resources, Stage
@@ -129,9 +129,8 @@ class WriteShards(Stage):
             members = {stored.extension: stored.data, "flac": encode_flac(pcm, rate), "json": sample_metadata(row)}
             samples.append((row["key"], members))
         size = write_shard(SonifyLayout(self.out_dir).shard(shard), samples)
+        reads = dict(zip(MANIFEST_POOL_READS, (pool_bytes_read, sum(clip.size for clip in located.values()))))
         manifest = make_table(MANIFEST, {name: [r[name] for r in rows] for name in MANIFEST.names})
+        manifest = manifest.replace_schema_metadata({**manifest.schema.metadata, **{k: str(v) for k, v in reads.items()}})
         storage.write_parquet(SonifyLayout(self.out_dir).manifest(shard), manifest)
-        return {
-            "shard": shard, "samples": len(samples), "errors": errors, "num_bytes": size,
-            "pool_bytes_read": pool_bytes_read, "pool_clip_bytes": sum(clip.size for clip in located.values()),
-        }
+        return {"shard": shard, "samples": len(samples), "errors": errors, "num_bytes": size, **reads}

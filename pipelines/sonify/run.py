@@ -6,8 +6,6 @@ import json
 import logging
 import time
 
-import pyarrow.compute as pc
-
 from pipelines.config import dump_config
 from pipelines.sonify.checks import LAYOUT_VERSION, SonifyError, check_batches, check_pool, check_same_pool, check_same_run
 from pipelines.sonify.listing import chunk_listing, image_listing
@@ -68,10 +66,10 @@ def run_sonify(config: RunConfig) -> dict:
     seconds["retrieve_and_plan"] = time.monotonic() - tick
 
     tick = time.monotonic()
-    written = write_shards(config, paths, out, tasks)
+    write_shards(config, paths, out, tasks)
     seconds["mix_and_write"] = time.monotonic() - tick
 
-    samples, failed_at_write, clips_used = manifest_counts(out)
+    written = manifest_counts(out)
     summary = {
         "out": out,
         "images": {
@@ -92,16 +90,16 @@ def run_sonify(config: RunConfig) -> dict:
         "concepts_without_usable_clip": planned["concepts_no_usable_clip"],
         "pool_clips_inaudible_at_mix_rate": inaudible,
         "threshold_fallbacks": planned["fallbacks"],
-        "samples": samples,
-        "rejected": planned["rejected"] + sum(failed_at_write.values()),
+        "samples": written.samples,
+        "rejected": planned["rejected"] + sum(written.failed_by_kind.values()),
         # Samples planned whose shard could not hold them: an image gone or unencodable, a silent mix.
-        "write_errors_by_kind": dict(sorted(failed_at_write.items())),
+        "write_errors_by_kind": dict(sorted(written.failed_by_kind.items())),
         "error_reasons": reasons,
-        "distinct_clips_used": clips_used,
-        # Bytes the shards written by this run read from the pool, and the stored size of the clips
-        # each shard uses (a clip used by two shards counts in both): reads are by byte range.
-        "pool_bytes_read": int(pc.sum(written.column("pool_bytes_read")).as_py()) if written is not None else 0,
-        "pool_bytes_of_clips_used": int(pc.sum(written.column("pool_clip_bytes")).as_py()) if written is not None else 0,
+        "distinct_clips_used": written.distinct_clips,
+        # What mixing read from the pool, and the stored size of the clips each shard uses (a clip
+        # used by two shards counts in both): clips are read by byte range, so the two are close.
+        "pool_bytes_read": written.pool_reads["pool_bytes_read"],
+        "pool_bytes_of_clips_used": written.pool_reads["pool_clip_bytes"],
         "shards": tasks.num_rows,
         "seconds": {k: round(v, 3) for k, v in seconds.items()},
         "wall_seconds": round(time.monotonic() - started, 3),
@@ -127,6 +125,7 @@ def format_summary(summary: dict) -> str:
         f"{summary['concepts_without_usable_clip']} without a usable clip "
         f"({summary['pool_clips_inaudible_at_mix_rate']} pool clips inaudible at the mix rate)",
         f"  samples:  {summary['samples']} written, {summary['rejected']} rejected, {summary['distinct_clips_used']} distinct clips used",
+        f"  pool:     {summary['pool_bytes_read'] / 1e6:.1f} MB read to mix {summary['pool_bytes_of_clips_used'] / 1e6:.1f} MB of clips",
         f"  time:     {summary['wall_seconds']:.1f} s  " + ", ".join(f"{k} {v:.1f}s" for k, v in summary["seconds"].items()),
     ]
     lines += [f"  rejected: {reason}" for reason in summary["error_reasons"][:5]]

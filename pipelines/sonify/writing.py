@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
+from dataclasses import dataclass
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -14,7 +15,7 @@ from pipelines.pool import read_pool_meta
 from pipelines.ray_runner import Runner
 from pipelines.sonify.checks import RENDER_REMEDY, SonifyError, read_phase
 from pipelines.sonify.planning import mixable_pool_clips
-from schemas import MANIFEST, SHARD_TASKS, make_table
+from schemas import MANIFEST, MANIFEST_POOL_READS, SHARD_TASKS, make_table
 from schemas.config import RunConfig
 from schemas.layout import PoolLayout, SonifyLayout
 from stages import storage
@@ -47,10 +48,19 @@ def write_shards(config: RunConfig, paths: PoolLayout, out: str, tasks: pa.Table
     return pa.concat_tables(results)
 
 
-def manifest_counts(out: str) -> tuple[int, Counter, int]:
-    """Samples written, rows that failed at write time by kind, and distinct clips used, read part by part."""
+@dataclass
+class ManifestCounts:
+    samples: int
+    failed_by_kind: Counter
+    distinct_clips: int
+    pool_reads: Counter  # MANIFEST_POOL_READS summed over the shards
+
+
+def manifest_counts(out: str) -> ManifestCounts:
+    """What the manifest parts add up to, read part by part."""
     samples = 0
     failed: Counter = Counter()
+    reads: Counter = Counter()
     used: set[str] = set()
     for url in storage.list_files(SonifyLayout(out).manifest_folder(), ".parquet"):
         if SonifyLayout(out).is_rejected(url):
@@ -58,9 +68,11 @@ def manifest_counts(out: str) -> tuple[int, Counter, int]:
         table = storage.read_parquet(url, columns=["concepts", "error", "error_kind"])
         ok = table.filter(pc.is_null(table.column("error")))
         samples += ok.num_rows
+        metadata = table.schema.metadata or {}
+        reads.update({k: int(metadata[k.encode()]) for k in MANIFEST_POOL_READS if k.encode() in metadata})
         failed.update(table.filter(pc.is_valid(table.column("error"))).column("error_kind").to_pylist())
         used.update(c["clip_id"] for concepts in ok.column("concepts").to_pylist() for c in concepts)
-    return samples, failed, len(used)
+    return ManifestCounts(samples, failed, len(used), reads)
 
 
 def run_render(config: RunConfig) -> dict:
