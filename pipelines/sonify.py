@@ -323,7 +323,7 @@ def count_scenes(config: RunConfig, out: str, chunks: list[Chunk]) -> SceneCount
 
 
 def run_matches(config: RunConfig, paths: PoolLayout, texts: list[str]) -> pa.Table:
-    retrieve = RetrieveClips(paths.root, config.models.clap, config.retrieval.search_k)
+    retrieve = RetrieveClips(paths.root, config.models.clap, config.retrieval)
     batches = Runner(config.ray).run(make_table(CONCEPT_TEXTS, {"text": texts}), [retrieve], blocks=max(1, min(len(texts) // 64, 1000)))
     tables = [b for b in batches if b.num_rows]
     return (pa.concat_tables(tables) if tables else MATCHES.empty_table()).sort_by([("text", "ascending")])
