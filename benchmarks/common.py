@@ -13,8 +13,8 @@ from typing import TypeVar
 
 import numpy as np
 
-from schemas.config import IndexConfig
-from stages.index import build_index, search
+from schemas.config import IndexConfig, RetrievalConfig
+from stages.index import RecallTarget, build_index, search_queries
 
 T = TypeVar("T")
 
@@ -89,9 +89,11 @@ def queries_per_second(run_search: Callable[[], np.ndarray], count: int) -> tupl
 
 
 def build_and_search(config: IndexConfig, vectors: np.ndarray, queries: np.ndarray, k: int) -> tuple[float, float, np.ndarray]:
-    """Build seconds of an index over `vectors`, its top-k queries/s, and the rows it finds."""
+    """Build seconds of an index over `vectors`, its top-k queries/s searched as retrieval searches
+    (`search_queries` at the default retrieval.target_recall), and the rows it finds."""
     build_s, index = timed(lambda: build_index(vectors, config))
-    qps, rows = queries_per_second(lambda: search(index, queries, k)[1], len(queries))
+    recall = RecallTarget.from_config(RetrievalConfig())
+    qps, rows = queries_per_second(lambda: search_queries(index, queries, k, recall).rows, len(queries))
     return build_s, qps, rows
 
 

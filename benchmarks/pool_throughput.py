@@ -4,8 +4,8 @@
 
 1. standardize: `Standardize.process_part` (no Ray) on one part of synthetic source files.
 2. embed: `embed_audio` of both CLAP backends, with the tiny random models from `build_all`.
-3. index: flat, ivf and hnsw over clustered, L2-normalized 512-d vectors: build time, queries/s
-   and recall@10 against exact (flat) search.
+3. index: flat, ivf and hnsw over clustered, L2-normalized 512-d vectors, searched as retrieval
+   searches them (`search_queries`): build time, queries/s and recall@10 against exact (flat) search.
 
 Absolute timings on a shared machine are noisy; the ratios printed under the table compare
 measurements taken back to back in the same process and are the figures to rely on.
@@ -259,7 +259,7 @@ def bench(args: argparse.Namespace, rng: np.random.Generator) -> None:
     rows += [index_row(r) for r in index_results]
 
     common.print_report(rows, ratio_lines(embed_rows, index_results, standardize) + notes)
-    print(f"\nindex data: {common.INDEX_CENTERS} clusters, {INDEX_QUERIES} held-out queries, k={INDEX_K}, IndexConfig defaults.")
+    print(f"\nindex data: {common.INDEX_CENTERS} clusters, {INDEX_QUERIES} held-out queries, k={INDEX_K}, IndexConfig defaults, searched through search_queries.")
     print(common.cluster_caveat(INDEX_K))
 
 

@@ -4,8 +4,9 @@
 
 1. retrieval: top-K search (K = retrieval.search_k = 64) over clustered, L2-normalized 512-d vectors,
    by a brute-force numpy baseline (chunked queries @ pool.T, argpartition, sort) and by the
-   `stages.index` flat, ivf and hnsw indexes: build time, queries/s and recall@10 against exact
-   (flat) search.
+   `stages.index` flat, ivf and hnsw indexes searched as retrieval searches them
+   (`search_queries`, nprobe or efSearch chosen per call for retrieval.target_recall): build
+   time, queries/s and recall@10 against exact (flat) search.
 2. mixing: 3-source mixes the pipeline's way (gains from loudness stored once per clip,
    `gains_db` + `mix_sources`) against a naive mixer that measures every source's loudness again
    in every mix; both must give the same audio.
@@ -27,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks import common  # noqa: E402
 from schemas.config import IndexConfig, MixConfig, RetrievalConfig  # noqa: E402
-from stages.index import ivf_cells, recall_at_k  # noqa: E402
+from stages.index import TRAIN_POINTS_PER_CELL, ivf_cells, recall_at_k  # noqa: E402
 from stages.loudness import integrated_lufs  # noqa: E402
 from stages.mix import Mix, draw_targets, gains_db, mix_sources  # noqa: E402
 
@@ -103,12 +104,9 @@ def bench_index(
 
 
 def ivf_training_work(n: int, nlist: int) -> float:
-    """k-means cost of an IVF build: FAISS trains on at most max_points_per_centroid * nlist
+    """k-means cost of an IVF build: `build_index` trains on at most TRAIN_POINTS_PER_CELL * nlist
     vectors, and each iteration compares every training vector with every centroid."""
-    import faiss
-
-    points = min(n, faiss.ClusteringParameters().max_points_per_centroid * nlist)
-    return points * nlist
+    return min(n, TRAIN_POINTS_PER_CELL * nlist) * nlist
 
 
 def projected_ivf_seconds(measured: SearchResult, n: int, nlist: int) -> float:
@@ -273,7 +271,8 @@ def bench(args: argparse.Namespace, rng: np.random.Generator) -> None:
     common.print_report(rows, ratio_lines(search_results, mix_rows) + [mix_check])
     print(
         f"\nsearch data: {common.INDEX_CENTERS} clusters, held-out queries, K={SEARCH_K} (retrieval.search_k), recall@{RECALL_K}"
-        f" from the first {RECALL_K} of the K rows, IndexConfig defaults unless noted."
+        f" from the first {RECALL_K} of the K rows, IndexConfig defaults unless noted,\nsearched through search_queries"
+        " at the default retrieval.target_recall (benchmarks/scale_search.py: queries across a modality gap)."
     )
     print(common.cluster_caveat(RECALL_K))
     print("queries/s is the best of several runs of the whole query batch.")

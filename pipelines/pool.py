@@ -274,7 +274,8 @@ def update_index(paths: PoolLayout, config: RunConfig) -> dict:
     (and their rows) the index covers, so a run killed anywhere after writing parts leaves an index
     that the next run sees is behind. New parts are added in name order; a part that shrank or
     went away, other index settings, or an index file out of step with index.json (a write torn
-    by a kill) mean a rebuild. Approximate indexes are reported with recall@k."""
+    by a kill) mean a rebuild, and so does a pool that grew past pool.index.exact_below (kind auto).
+    Recall is not measured here: it depends on the queries, and retrieval measures it on its own."""
     index_config = config.pool.index
     meta_url = paths.index_meta()
     previous = json.loads(storage.read_bytes(meta_url)) if storage.exists(meta_url) else None
@@ -285,7 +286,8 @@ def update_index(paths: PoolLayout, config: RunConfig) -> dict:
         return {**previous, "action": "unchanged"}
 
     index = None
-    if indexed and previous["size"] > 0 and all(covered.get(p) == n for p, n in indexed.items()):
+    same_kind = previous is not None and previous.get("kind") == faiss_index.index_kind(index_config, sum(covered.values()))
+    if indexed and same_kind and previous["size"] > 0 and all(covered.get(p) == n for p, n in indexed.items()):
         if storage.exists(paths.index_file()):
             index = faiss_index.deserialize(storage.read_bytes(paths.index_file()))
             ids = storage.read_parquet(paths.index_ids()).column("clip_id").to_pylist()
@@ -299,24 +301,18 @@ def update_index(paths: PoolLayout, config: RunConfig) -> dict:
         action = "grown"
     else:
         ids, vectors = read_embeddings(paths)
-        index = faiss_index.build_index(vectors, index_config) if vectors is not None else None
+        index = faiss_index.build_index(vectors, index_config, config.seed) if vectors is not None else None
         action = "built"
 
-    recall = None
-    if index is not None and index_config.kind != "flat":
-        _, all_vectors = read_embeddings(paths)
-        recall = faiss_index.measure_recall(index, all_vectors, index_config, config.seed)
     if index is not None:
         storage.write_bytes(paths.index_file(), faiss_index.serialize(index))
     else:
         storage.remove(paths.index_file())
     storage.write_parquet(paths.index_ids(), make_table(POOL_INDEX_IDS, {"row": list(range(len(ids))), "clip_id": ids}))
     meta = {
-        "kind": index_config.kind,
+        "kind": faiss_index.index_kind(index_config, len(ids)),
         "settings": settings,
         "size": len(ids),
-        f"recall_at_{index_config.recall_k}": recall,
-        "recall_queries": min(index_config.recall_queries, len(ids)) if recall is not None else None,
         "parts": covered,
     }
     storage.write_text(meta_url, json.dumps(meta, indent=2) + "\n")
@@ -427,8 +423,8 @@ def _kinds(counts: dict[str, int]) -> str:
 
 def format_summary(summary: dict) -> str:
     pool, index = summary["pool"], summary["index"]
-    recall_keys = [k for k in index if k.startswith("recall_at_")]
-    recall = next((f", {k.replace('_', ' ')} = {index[k]:.3f}" for k in recall_keys if index[k] is not None), "")
+    requested = index["settings"]["kind"]
+    kind = f"{index['kind']} ({requested})" if requested != index["kind"] else index["kind"]
     lines = [
         f"pool {summary['pool_dir']}",
         f"  this run: {summary['files_processed']} files processed ({summary['files_unchanged']} unchanged), "
@@ -437,7 +433,7 @@ def format_summary(summary: dict) -> str:
         f"  pool:     {pool['files']} files, {pool['clips']} clips, {pool['silent_clips']} silent, "
         f"{pool['error_rows']} error rows{_kinds(pool['errors_by_kind'])}, inaudible at mix rates: "
         + ", ".join(f"{n} at {rate} Hz" for rate, n in pool["inaudible_at_mix_rates"].items()),
-        f"  index:    {index['kind']}, {index['size']} vectors ({index['action']}){recall}",
+        f"  index:    {kind}, {index['size']} vectors ({index['action']})",
     ]
     lines += [f"  error:    {reason}" for reason in summary["error_reasons"][:10]]
     if summary["errors"] > 10:

@@ -41,22 +41,35 @@ class RayConfig(_Section):
 
 
 class IndexConfig(_Section):
-    kind: Literal["flat", "ivf", "hnsw"] = Field(
-        "flat",
-        description="flat: exact inner product. ivf: IVF-Flat, trained on the pool. hnsw: HNSW graph. "
-        "Vectors are L2-normalized, so inner product is cosine.",
+    kind: Literal["auto", "flat", "ivf", "hnsw"] = Field(
+        "auto",
+        description="auto: flat below exact_below vectors, ivf at or above. flat: exact inner product. ivf: "
+        "IVF-Flat, trained on a sample of the pool. hnsw: HNSW graph. Vectors are L2-normalized, so inner product "
+        "is cosine. index/index.json records the kind built.",
+    )
+    exact_below: int = Field(
+        200_000,
+        ge=1,
+        description="auto: pools of fewer vectors get an exact flat index, pools of this many or more an IVF one "
+        "(exact search cost grows with the pool; see benchmarks/scale_search.py).",
     )
     nlist: int | None = Field(
         None, ge=1, description="IVF cells; unset means 4*sqrt(N), capped so each cell trains on 39 vectors."
     )
-    nprobe: int = Field(16, ge=1, description="IVF cells visited per query.")
+    nprobe: int = Field(
+        1,
+        ge=1,
+        description="IVF cells visited per query at the first try; retrieval doubles it per search call until "
+        "retrieval.target_recall is reached. A low start costs only searches of the recall sample.",
+    )
     hnsw_m: int = Field(32, ge=4, description="HNSW neighbours per node.")
     ef_construction: int = Field(80, ge=8, description="HNSW build-time search depth.")
-    ef_search: int = Field(64, ge=8, description="HNSW query-time search depth.")
-    recall_queries: int = Field(
-        500, ge=1, description="Pool vectors used as queries when measuring an approximate index's recall."
+    ef_search: int = Field(
+        64,
+        ge=8,
+        description="HNSW query-time search depth at the first try; retrieval doubles it per search call until "
+        "retrieval.target_recall is reached.",
     )
-    recall_k: int = Field(10, ge=1, description="k of the recall@k reported for an approximate index.")
 
 
 class ParquetSourceConfig(_Section):
@@ -248,6 +261,30 @@ class SonifyConfig(_Section):
 
 class RetrievalConfig(_Section):
     search_k: int = Field(64, ge=1, description="K: neighbours fetched from the index per concept text.")
+    target_recall: float = Field(
+        0.95,
+        gt=0,
+        le=1,
+        description="Approximate indexes (ivf, hnsw): each retrieval actor searches with the smallest nprobe "
+        "(efSearch) on a doubling ladder whose recall@recall_k, on calibration_queries of the run's own concept "
+        "texts against exact search, reaches this. A higher target visits more of the index for every text.",
+    )
+    calibration_queries: int = Field(
+        256,
+        ge=1,
+        description="Concept texts (evenly spaced in the first chunks' sorted distinct texts, the same for every "
+        "actor and every rerun) that choose the approximate index's setting. Each costs one exact search over the "
+        "whole pool, once per retrieval actor.",
+    )
+    recall_k: int = Field(10, ge=1, description="k of the recall@k that target_recall applies to; above search_k, search_k is used.")
+    recall_sample: int = Field(
+        8,
+        ge=1,
+        description="Concept texts per chunk whose exact neighbours are computed to measure the recall of the "
+        "chunk's approximate search (evenly spaced in its texts); the run summary reports it over all chunks. "
+        "Each costs one exact search over the whole pool: at 500K clips, 8 add about a third to the search of a "
+        "chunk of 4,000 texts.",
+    )
     k: int = Field(16, ge=1, description="k: the threshold is the mean of the top-k scores; k <= search_k.")
     ssr: bool = Field(True, description="Signed square root of the scores; false for the ablation.")
     min_cosine: float = Field(

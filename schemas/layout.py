@@ -128,7 +128,7 @@ class PoolLayout:
         return join(self.index_folder(), "ids.parquet")
 
     def index_meta(self) -> str:
-        """Kind, settings, size, recall and the parts covered; written last, so it marks the index current."""
+        """Kind built, settings, size and the parts covered; written last, so it marks the index current."""
         return join(self.index_folder(), "index.json")
 
     def report_folder(self) -> str:

@@ -4,15 +4,22 @@ The actor loads the CLAP text encoder, the FAISS index and its row -> clip_id ma
 chunk it embeds the chunk's distinct concept texts and searches them all in one FAISS call, then
 writes the chunk's matches and, last, its search stats, which mark the chunk searched. A text that
 recurs in another chunk is embedded and searched again there: that keeps every chunk independent
-of the others (and of the driver), at the price counted in the run summary as texts searched per
-distinct text of a chunk.
+of the others (and of the driver), at the price counted in the run summary as texts searched.
+
+An approximate index is searched at one setting for the whole run, chosen when the actor starts
+by the recall it reaches on `retrieval.calibration_queries` of the run's own concept texts (the
+first chunks' texts, so every actor and every rerun chooses the same); each chunk then measures the
+recall of its own search on `retrieval.recall_sample` of its texts.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
+from dataclasses import replace
 from typing import ClassVar
 
+import faiss
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -23,7 +30,9 @@ from schemas.layout import PoolLayout, SonifyLayout
 from stages import index as faiss_index
 from stages import storage
 from stages.base import Resources, Stage
-from stages.clap import load_clap
+from stages.clap import ClapBackend, load_clap
+
+SCENE_COLUMNS = ["concepts", "dropped", "error"]
 
 
 def concept_texts(scenes: pa.Table) -> list[str]:
@@ -33,11 +42,21 @@ def concept_texts(scenes: pa.Table) -> list[str]:
     return pc.unique(texts.drop_null()).sort().to_pylist() if len(texts) else []
 
 
-def embed_and_search(model, index, texts: list[str], batch_size: int, search_k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Embeds `texts` in batches of the text encoder and searches all of them in one FAISS call:
-    FAISS reaches its speed on thousands of queries at once."""
-    vectors = [model.embed_text(texts[start : start + batch_size]) for start in range(0, len(texts), batch_size)]
-    return faiss_index.search(index, np.concatenate(vectors), search_k)
+def embed(model: ClapBackend, texts: list[str], batch_size: int) -> np.ndarray:
+    """CLAP text embeddings of `texts`, computed in batches of `batch_size`; one row per text."""
+    batches = [model.embed_text(texts[i : i + batch_size]) for i in range(0, len(texts), batch_size)]
+    return np.concatenate(batches)
+
+
+def calibration_texts(chunk_texts: Iterable[list[str]], count: int) -> list[str]:
+    """`count` texts evenly spaced in the texts of the first chunks (in chunk order) that hold at
+    least that many: they depend only on the scenes, never on which actor asks or when."""
+    texts: list[str] = []
+    for chunk in chunk_texts:
+        texts.extend(chunk)
+        if len(texts) >= count:
+            break
+    return [texts[i] for i in faiss_index.sample_rows(len(texts), count)]
 
 
 class RetrieveChunks(Stage):
@@ -50,7 +69,7 @@ class RetrieveChunks(Stage):
         self.vlms = list(vlms)
         self.clap_config = clap
         self.retrieval = retrieval
-        self.model = self.index = self.clip_ids = None
+        self.model = self.index = self.clip_ids = self.calibration = None
 
     def resources(self) -> Resources:
         c = self.clap_config
@@ -64,24 +83,50 @@ class RetrieveChunks(Stage):
         self.index = faiss_index.deserialize(storage.read_bytes(PoolLayout(self.pool_dir).index_file()))
         ids = storage.read_parquet(PoolLayout(self.pool_dir).index_ids())
         self.clip_ids = np.array(ids.sort_by("row").column("clip_id").to_pylist(), dtype=object)
+        self.calibration = self.calibrate()
+
+    def chunk_texts(self, chunk: str) -> list[str]:
+        layout = SonifyLayout(self.out_dir)
+        return concept_texts(pa.concat_tables(storage.read_parquet(layout.scenes(vlm, chunk), columns=SCENE_COLUMNS) for vlm in self.vlms))
+
+    def calibrate(self) -> faiss_index.SearchResult | None:
+        """The setting of an approximate index for this run; None for exact search."""
+        if isinstance(self.index, faiss.IndexFlat):
+            return None
+        chunks = [storage.file_stem(u) for u in storage.list_files(SonifyLayout(self.out_dir).vlm_scenes_folder(self.vlms[0]), ".parquet")]
+        texts = calibration_texts((self.chunk_texts(c) for c in chunks), self.retrieval.calibration_queries)
+        if not texts:
+            return None
+        target = replace(faiss_index.RecallTarget.from_config(self.retrieval), sample_size=len(texts))
+        return faiss_index.search_queries(self.index, embed(self.model, texts, self.clap_config.batch_size), self.retrieval.search_k, target)
 
     def process_batch(self, batch: pa.Table) -> pa.Table:
         layout = SonifyLayout(self.out_dir)
         for chunk in batch.column("chunk").to_pylist():
             if not storage.exists(layout.search_stats(chunk)):
-                scenes = pa.concat_tables(
-                    storage.read_parquet(layout.scenes(vlm, chunk), columns=["concepts", "dropped", "error"]) for vlm in self.vlms
-                )
-                matches, stats = self.search(concept_texts(scenes))
+                matches, stats = self.search(self.chunk_texts(chunk))
                 storage.write_parquet(layout.matches(chunk), matches)
                 storage.write_text(layout.search_stats(chunk), json.dumps(stats) + "\n")
         return batch
 
     def search(self, texts: list[str]) -> tuple[pa.Table, dict]:
         """The MATCHES table of `texts`, and how they were searched."""
+        stats: dict = {"texts": len(texts)}
         if not texts:
-            return MATCHES.empty_table(), {"texts": 0}
-        scores, rows = embed_and_search(self.model, self.index, texts, self.clap_config.batch_size, self.retrieval.search_k)
+            return MATCHES.empty_table(), stats
+        vectors = embed(self.model, texts, self.clap_config.batch_size)
+        setting = self.calibration.setting if self.calibration else None
+        scores, rows = faiss_index.search_at(self.index, vectors, self.retrieval.search_k, setting)
+        if self.calibration:
+            recall, sampled = faiss_index.sample_recall(self.index, vectors, rows, self.retrieval.recall_sample, self.retrieval.recall_k)
+            stats |= {
+                "setting": setting,
+                "calibration_recall": self.calibration.recall,
+                "calibration_queries": self.calibration.sample_size,
+                "recall_k": self.calibration.recall_k,
+                "recall": recall,
+                "recall_queries": sampled,
+            }
         found = [r >= 0 for r in rows]
         matches = make_table(
             MATCHES,
@@ -91,4 +136,4 @@ class RetrieveChunks(Stage):
                 "scores": [s[ok].astype(np.float32) for s, ok in zip(scores, found)],
             },
         )
-        return matches, {"texts": len(texts)}
+        return matches, stats

@@ -40,7 +40,7 @@ def test_defaults(config_file):
     config = load_config(config_file)
     assert config.pool.sample_rate == 48000
     assert config.pool.clip_seconds == 5.0
-    assert config.pool.index.kind == "flat"
+    assert config.pool.index.kind == "auto"
     assert config.models.clap.backend == "transformers"
 
 

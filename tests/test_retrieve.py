@@ -1,12 +1,15 @@
+"""The retrieval stage's pieces without Ray or a model: embedding in batches, the calibration texts,
+searching at one setting and the recall measured on a chunk's sample."""
+
 import numpy as np
 
 from schemas.config import IndexConfig
-from stages.index import RecallTarget, build_index, search_queries
-from stages.retrieve import embed_and_search
+from stages.index import build_index, exact_search, recall_at_k, sample_recall, search_at
+from stages.retrieve import calibration_texts, embed
 
 
 class FakeClap:
-    """Texts -> fixed unit vectors, recording the batches it was given."""
+    """Texts -> fixed unit vectors, recording the size of each batch it was given."""
 
     def __init__(self, table: dict[str, np.ndarray]) -> None:
         self.table = table
@@ -17,25 +20,49 @@ class FakeClap:
         return np.stack([self.table[t] for t in texts])
 
 
-def test_texts_are_embedded_in_batches_and_searched_in_one_call():
-    rng = np.random.default_rng(0)
-    vectors = rng.standard_normal((3000, 16)).astype(np.float32)
-    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+def unit(rows: np.ndarray) -> np.ndarray:
+    return (rows / np.linalg.norm(rows, axis=1, keepdims=True)).astype(np.float32)
+
+
+def test_texts_are_embedded_in_batches_one_row_each_in_order():
+    vectors = unit(np.random.default_rng(0).standard_normal((10, 16)))
     texts = [f"text {i}" for i in range(10)]
-    model = FakeClap({t: vectors[i * 7] for i, t in enumerate(texts)})
-    index = build_index(vectors, IndexConfig(kind="ivf", nprobe=1))
-    recall = RecallTarget(target=0.95, recall_k=5, sample_size=4)
-
-    result = embed_and_search(model, index, texts, batch_size=4, search_k=5, recall=recall)
+    model = FakeClap(dict(zip(texts, vectors)))
+    assert np.array_equal(embed(model, texts, batch_size=4), vectors)
     assert model.batches == [4, 4, 2]
-    # One search over all the texts: the recall sample is drawn from all ten.
-    expected = search_queries(index, np.stack([model.table[t] for t in texts]), 5, recall)
-    assert np.array_equal(result.rows, expected.rows) and result.setting == expected.setting
-    assert result.sample_size == 4
-    assert result.rows[:, 0].tolist() == [i * 7 for i in range(10)]
 
 
-def test_no_texts_give_no_rows():
-    index = build_index(np.eye(4, dtype=np.float32), IndexConfig(kind="flat"))
-    result = embed_and_search(FakeClap({}), index, [], batch_size=4, search_k=3, recall=RecallTarget(0.95, 10, 32))
-    assert result.rows.shape == (0, 3)
+def test_calibration_texts_come_from_the_first_chunks_evenly_spaced():
+    chunks = [[f"a{i:02d}" for i in range(5)], [f"b{i:02d}" for i in range(5)], [f"c{i:02d}" for i in range(50)]]
+    assert calibration_texts(iter(chunks), 4) == ["a00", "a01", "a02", "a03"]
+    # Ten texts from the first two chunks, eight of them evenly spaced; the third chunk is never read.
+    assert calibration_texts(iter(chunks), 8) == ["a00", "a01", "a02", "a03", "b00", "b01", "b02", "b03"]
+    assert calibration_texts(iter(chunks[:1]), 100) == chunks[0]
+    assert calibration_texts(iter([]), 10) == []
+
+
+def test_search_at_a_setting_is_one_call_that_leaves_the_index_alone_and_reaches_exact_at_nlist():
+    rng = np.random.default_rng(1)
+    vectors = unit(rng.standard_normal((4000, 16)))
+    queries = unit(rng.standard_normal((50, 16)))
+    index = build_index(vectors, IndexConfig(kind="ivf", nprobe=1, nlist=32))
+    _, exact_rows = exact_search(index, queries, 10)
+    _, coarse = search_at(index, queries, 10, 1)
+    _, full = search_at(index, queries, 10, 32)
+    assert index.nprobe == 1
+    assert recall_at_k(full, exact_rows) == 1.0
+    assert recall_at_k(coarse, exact_rows) < 1.0
+
+
+def test_sample_recall_measures_the_given_rows_on_an_even_sample():
+    rng = np.random.default_rng(2)
+    vectors = unit(rng.standard_normal((3000, 16)))
+    queries = unit(rng.standard_normal((40, 16)))
+    index = build_index(vectors, IndexConfig(kind="ivf", nprobe=1, nlist=16))
+    _, exact_rows = exact_search(index, queries, 10)
+    assert sample_recall(index, queries, exact_rows, 8, 10) == (1.0, 8)
+    wrong = exact_rows.copy()
+    wrong[::5, :5] = -1  # every fifth query loses half its neighbours: the sample holds queries 0, 5, ..., 35
+    recall, sampled = sample_recall(index, queries, wrong, 8, 10)
+    assert sampled == 8 and recall == 0.5
+    assert sample_recall(index, queries[:0], exact_rows[:0], 8, 10) == (1.0, 0)

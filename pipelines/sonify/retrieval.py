@@ -18,9 +18,24 @@ def retrieval_stage(config: RunConfig, paths: PoolLayout, out: str) -> RetrieveC
 
 def search_totals(out: str, chunks: list[Chunk]) -> dict:
     """What the search stats of every chunk add up to: texts searched (a text recurring in several
-    chunks counts once per chunk)."""
-    texts = 0
+    chunks counts once per chunk) and, for an approximate index, the setting it was searched at, the
+    recall that chose it and the recall measured on every chunk's sample, over all of them."""
+    texts, hits, sampled, approximate = 0, 0.0, 0, None
     for chunk in chunks:
         stats = json.loads(storage.read_bytes(SonifyLayout(out).search_stats(chunk.name)))
         texts += stats["texts"]
-    return {"texts_searched": texts}
+        if "setting" in stats:
+            approximate = stats
+            hits += stats["recall"] * stats["recall_queries"]
+            sampled += stats["recall_queries"]
+    totals = {"texts_searched": texts, "exact": approximate is None}
+    if approximate is not None:
+        k = approximate["recall_k"]
+        totals |= {
+            "setting": approximate["setting"],
+            f"calibration_recall_at_{k}": approximate["calibration_recall"],
+            "calibration_queries": approximate["calibration_queries"],
+            f"recall_at_{k}": hits / sampled,
+            "recall_queries": sampled,
+        }
+    return totals

@@ -84,7 +84,9 @@ def run_sonify(config: RunConfig) -> dict:
         "concepts": scene_counts.concepts,
         "concepts_with_empty_text": scene_counts.dropped_empty_concepts,
         # Distinct texts per chunk, summed: a text recurring in several chunks is searched in each.
-        "concept_texts_searched": search["texts_searched"],
+        "concept_texts_searched": search.pop("texts_searched"),
+        # Exact (flat index), or the nprobe/efSearch used and the recall measured on the run's texts.
+        "search": search,
         "concepts_below_min_cosine": planned["concepts_below_min_cosine"],
         # Concepts whose neighbours were all inaudible at the mix rate or already used by the sample.
         "concepts_without_usable_clip": planned["concepts_no_usable_clip"],
@@ -108,6 +110,17 @@ def run_sonify(config: RunConfig) -> dict:
     return summary
 
 
+def search_line(search: dict) -> str:
+    if search["exact"]:
+        return "exact (flat index)"
+    recall = next(k for k in search if k.startswith("recall_at_"))
+    calibration = next(k for k in search if k.startswith("calibration_recall_at_"))
+    return (
+        f"setting {search['setting']}, {recall.replace('_at_', '@')} {search[recall]:.3f} on {search['recall_queries']} "
+        f"sampled texts (chosen at {search[calibration]:.3f} on {search['calibration_queries']})"
+    )
+
+
 def format_summary(summary: dict) -> str:
     images = summary["images"]
     layout = SonifyLayout(summary["out"])
@@ -124,6 +137,7 @@ def format_summary(summary: dict) -> str:
         f"{summary['concepts_with_empty_text']} with empty text, {summary['concepts_below_min_cosine']} below min_cosine, "
         f"{summary['concepts_without_usable_clip']} without a usable clip "
         f"({summary['pool_clips_inaudible_at_mix_rate']} pool clips inaudible at the mix rate)",
+        f"  search:   {search_line(summary['search'])}",
         f"  samples:  {summary['samples']} written, {summary['rejected']} rejected, {summary['distinct_clips_used']} distinct clips used",
         f"  pool:     {summary['pool_bytes_read'] / 1e6:.1f} MB read to mix {summary['pool_bytes_of_clips_used'] / 1e6:.1f} MB of clips",
         f"  time:     {summary['wall_seconds']:.1f} s  " + ", ".join(f"{k} {v:.1f}s" for k, v in summary["seconds"].items()),

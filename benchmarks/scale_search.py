@@ -1,0 +1,228 @@
+"""Concept-text search at pool scale: the retrieval stage's search path against one batched FAISS
+call, and the auto (IVF) index at the recall target against exact search.
+
+    .venv/bin/python benchmarks/scale_search.py [--quick] [--threads N]
+
+1. Exact: `search_queries` on a flat index (what retrieval runs below pool.index.exact_below), with
+   the queries of one chunk, against one `index.search(all_queries, k)` call on the same
+   IndexFlatIP. The old path, one FAISS call per CLAP batch of 64 texts, is shown for contrast.
+2. Approximate: `build_index` with the default config (`auto`, IVF at this size, trained on its
+   bounded sample), searched through `search_queries` at recall@10 >= 0.95: the nprobe chosen, the
+   recall measured on the call's sample, the recall of all queries against exact search (is the
+   sample's estimate honest?), the speed against the exact flat call on the same queries, and the
+   share of that search spent on the exact search of the sample.
+
+Data. Pool vectors stand for CLAP audio embeddings: CLUSTERS centres drawn uniformly on the unit
+sphere; each vector is a centre plus isotropic Gaussian noise whose length is the cluster's
+spread (drawn per cluster from SPREAD, in units of the centre's length), L2-normalized. Queries
+stand for CLAP text embeddings of concepts: a random cluster's centre plus one gap vector G, the
+same for every query (CLIP/CLAP's modality gap: text embeddings sit in a region of their own), plus
+isotropic noise of length QUERY_NOISE, L2-normalized. |G| is GAP_NORM, so a query's cosine to the
+points of its own cluster is about 0.4, like real CLAP text-to-audio cosines, while points of other
+clusters sit near 0. Pool vectors are never used as queries: they sit on the side of the gap where
+the index was trained, which is not where retrieval's queries are.
+
+Timings are on a machine that may be shared: each measurement is the fastest of ROUNDS runs, taken
+in turns, with the same FAISS thread count on both sides of every ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import faiss  # noqa: E402
+
+from schemas.config import IndexConfig, RetrievalConfig  # noqa: E402
+from stages.index import RecallTarget, build_index, exact_search, index_kind, recall_at_k, sample_rows, search_queries  # noqa: E402
+
+CLUSTERS = 1500
+SPREAD = (0.5, 1.3)
+GAP_NORM = 1.2
+QUERY_NOISE = 1.0
+OLD_BATCH = 64  # models.clap.batch_size: the old path searched once per CLAP batch
+# The old path is timed on the first this many queries only: it is slow enough that all of them
+# would take minutes at 500K.
+OLD_PATH_QUERIES = 512
+ROUNDS = 3
+# Vectors generated per step, so the temporaries stay a small fraction of the pool.
+GENERATE_STEP = 50_000
+
+EXACT_TARGET = 0.8
+APPROXIMATE_TARGET = 20.0
+
+
+def unit_rows(rows: np.ndarray) -> np.ndarray:
+    return rows / np.linalg.norm(rows, axis=1, keepdims=True)
+
+
+def make_data(n_vectors: int, dim: int, queries: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Pool vectors, queries across the gap, and the cluster of each (see the module docstring)."""
+    rng = np.random.default_rng(seed)
+    centres = unit_rows(rng.standard_normal((CLUSTERS, dim), dtype=np.float32))
+    spread = rng.uniform(*SPREAD, size=CLUSTERS).astype(np.float32)
+    pool_cluster = rng.integers(CLUSTERS, size=n_vectors)
+    pool = np.empty((n_vectors, dim), dtype=np.float32)
+    for start in range(0, n_vectors, GENERATE_STEP):
+        c = pool_cluster[start : start + GENERATE_STEP]
+        # Noise of length ~1 per row, scaled by the cluster's spread.
+        noise = rng.standard_normal((len(c), dim), dtype=np.float32) / math.sqrt(dim)
+        pool[start : start + len(c)] = unit_rows(centres[c] + spread[c, None] * noise)
+    gap = GAP_NORM * unit_rows(rng.standard_normal((1, dim), dtype=np.float32))
+    query_cluster = rng.integers(CLUSTERS, size=queries)
+    noise = QUERY_NOISE * rng.standard_normal((queries, dim), dtype=np.float32) / math.sqrt(dim)
+    return pool, unit_rows(centres[query_cluster] + gap + noise), pool_cluster, query_cluster
+
+
+def own_cluster_cosine(pool: np.ndarray, queries: np.ndarray, pool_cluster: np.ndarray, query_cluster: np.ndarray) -> float:
+    """Mean cosine between a query and the points of its own cluster (200 queries)."""
+    members = {}
+    cosines = []
+    for q, c in zip(queries[:200], query_cluster[:200]):
+        rows = members.setdefault(c, np.flatnonzero(pool_cluster == c))
+        cosines.append(float(np.mean(pool[rows] @ q)))
+    return float(np.mean(cosines))
+
+
+def fastest(runs: dict[str, Callable[[], object]], rounds: int) -> tuple[dict[str, float], dict[str, object]]:
+    """Seconds of the fastest of `rounds` runs of each, run in turns so load on the machine hits
+    each alike, and each one's last result."""
+    best = {name: float("inf") for name in runs}
+    results = {}
+    for _ in range(rounds):
+        for name, run in runs.items():
+            start = time.perf_counter()
+            results[name] = run()
+            best[name] = min(best[name], time.perf_counter() - start)
+    return best, results
+
+
+def row(measure: str, value: float | int | str, target: float | None = None) -> dict:
+    met = None if target is None else value >= target
+    return {"measure": measure, "value": value, "target": target, "met": met}
+
+
+def measure_search(
+    n_vectors: int = 500_000,
+    dim: int = 512,
+    queries: int = 4000,
+    k: int | None = None,
+    threads: int | None = None,
+    rounds: int = ROUNDS,
+    seed: int = 0,
+) -> list[dict]:
+    """Rows of (measure, value, target, met); target and met are None for rows shown for information."""
+    k = k if k is not None else RetrievalConfig().search_k
+    faiss.omp_set_num_threads(threads or os.cpu_count() or 1)
+    retrieval = RetrievalConfig()
+    recall = RecallTarget.from_config(retrieval)
+    pool, query_vectors, pool_cluster, query_cluster = make_data(n_vectors, dim, queries, seed)
+    rows = [
+        row("cores on this machine", os.cpu_count() or 0),
+        row("FAISS threads, both sides of every ratio", faiss.omp_get_max_threads()),
+        row("mean cosine of a query to its own cluster's points", round(own_cluster_cosine(pool, query_vectors, pool_cluster, query_cluster), 3)),
+    ]
+
+    flat = build_index(pool, IndexConfig(kind="flat"))
+    # Quick sizes sit below the default exact_below; lowering it to the pool size still builds
+    # what auto builds at scale.
+    config = IndexConfig(exact_below=min(IndexConfig().exact_below, n_vectors))
+    build_start = time.perf_counter()
+    index = build_index(pool, config, seed)
+    build_s = time.perf_counter() - build_start
+    del pool
+    sample = query_vectors[sample_rows(queries, recall.sample_size)]
+    # Both sides of both ratios in the same rounds, so a burst of load elsewhere hits them alike.
+    seconds, results = fastest(
+        {
+            "one call": lambda: flat.search(query_vectors, k),
+            "flat search_queries": lambda: search_queries(flat, query_vectors, k, recall),
+            "approximate": lambda: search_queries(index, query_vectors, k, recall),
+            "sample exact": lambda: exact_search(index, sample, recall.recall_k),
+        },
+        rounds,
+    )
+    exact_rows = results["one call"][1]
+    assert np.array_equal(results["flat search_queries"].rows, exact_rows), "flat search_queries must equal the one call"
+    old_queries = query_vectors[:OLD_PATH_QUERIES]
+    old_seconds, _ = fastest({"per batch": lambda: [flat.search(old_queries[i : i + OLD_BATCH], k) for i in range(0, len(old_queries), OLD_BATCH)]}, 1)
+    exact_qps = queries / seconds["one call"]
+    result = results["approximate"]
+    size = f"{n_vectors // 1000}K x {dim}, {queries:,} queries, k={k}"
+    rows += [
+        row(f"exact one batched FAISS call, queries/s ({size})", round(exact_qps)),
+        row(
+            f"exact search queries/s / one batched FAISS flat call on the same index, {size}",
+            round(seconds["one call"] / seconds["flat search_queries"], 2),
+            EXACT_TARGET,
+        ),
+        row(
+            f"old path (one FAISS call per {OLD_BATCH} queries; first {len(old_queries)} queries, one run) queries/s / one batched call",
+            round(len(old_queries) / old_seconds["per batch"] / exact_qps, 3),
+        ),
+        row(f"auto index built: kind, nlist (pool.index.exact_below {config.exact_below:,})", f"{index_kind(config, n_vectors)}, {getattr(index, 'nlist', None)}"),
+        row("auto index build seconds (IVF k-means on its bounded sample)", round(build_s, 1)),
+        row(f"nprobe chosen (ladder from pool.index.nprobe {config.nprobe})", "exact" if result.setting is None else result.setting),
+        row(f"recall@{recall.recall_k} on the call's sample of {result.sample_size}", "exact" if result.recall is None else round(result.recall, 3)),
+        row(
+            f"recall@{recall.recall_k} over all {queries:,} queries vs exact",
+            round(recall_at_k(result.rows[:, : recall.recall_k], exact_rows[:, : recall.recall_k]), 3),
+            recall.target,
+        ),
+        row(
+            f"approximate search at recall@{recall.recall_k} >= {recall.target} on concept-text queries / exact (x)",
+            round(seconds["one call"] / seconds["approximate"], 1),
+            APPROXIMATE_TARGET,
+        ),
+        row(
+            f"share of the approximate search spent on the exact search of its {len(sample)} sampled queries",
+            round(seconds["sample exact"] / seconds["approximate"], 2),
+        ),
+    ]
+    return rows
+
+
+def print_rows(rows: list[dict]) -> None:
+    cells = [["measure", "value", "target", "met"]]
+    for r in rows:
+        target = "" if r["target"] is None else f">= {r['target']:g}"
+        met = "" if r["met"] is None else ("yes" if r["met"] else "NO")
+        cells.append([r["measure"], str(r["value"]), target, met])
+    widths = [max(len(c[i]) for c in cells) for i in range(4)]
+    for number, line in enumerate(cells):
+        print(" | ".join(c.ljust(w) for c, w in zip(line, widths)).rstrip())
+        if number == 0:
+            print("-+-".join("-" * w for w in widths))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="100K vectors instead of 500K")
+    parser.add_argument("--threads", type=int, default=None, help="FAISS threads (default: every core)")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    start = time.perf_counter()
+    n_vectors = 100_000 if args.quick else 500_000
+    rows = measure_search(n_vectors=n_vectors, threads=args.threads, seed=args.seed)
+    print_rows(rows)
+    print(
+        f"\ndata: {n_vectors:,} pool vectors around {CLUSTERS} centres uniform on the unit sphere, isotropic noise "
+        f"of per-cluster spread U{SPREAD} x the centre's length, normalized;\nqueries: a cluster's centre + one gap "
+        f"vector of norm {GAP_NORM} shared by all queries + noise of norm {QUERY_NOISE}, normalized "
+        f"(across a modality gap; pool vectors are never queries).\nseconds: fastest of {ROUNDS} runs taken in turns; "
+        "timings on a shared machine are noisy, rely on the ratios.\n"
+        f"total wall time {time.perf_counter() - start:.0f} s"
+    )
+
+
+if __name__ == "__main__":
+    main()
