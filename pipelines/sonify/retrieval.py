@@ -30,12 +30,12 @@ def search_totals(out: str, chunks: list[Chunk]) -> dict:
             sampled += stats["recall_queries"]
     totals = {"texts_searched": texts, "exact": approximate is None}
     if approximate is not None:
-        k = approximate["recall_k"]
         totals |= {
             "setting": approximate["setting"],
-            f"calibration_recall_at_{k}": approximate["calibration_recall"],
-            "calibration_queries": approximate["calibration_queries"],
-            f"recall_at_{k}": hits / sampled,
+            "recall_k": approximate["recall_k"],
+            "recall": hits / sampled,
             "recall_queries": sampled,
+            "calibration_recall": approximate["calibration_recall"],
+            "calibration_queries": approximate["calibration_queries"],
         }
     return totals

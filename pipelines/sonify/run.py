@@ -113,11 +113,9 @@ def run_sonify(config: RunConfig) -> dict:
 def search_line(search: dict) -> str:
     if search["exact"]:
         return "exact (flat index)"
-    recall = next(k for k in search if k.startswith("recall_at_"))
-    calibration = next(k for k in search if k.startswith("calibration_recall_at_"))
     return (
-        f"setting {search['setting']}, {recall.replace('_at_', '@')} {search[recall]:.3f} on {search['recall_queries']} "
-        f"sampled texts (chosen at {search[calibration]:.3f} on {search['calibration_queries']})"
+        f"setting {search['setting']}, recall@{search['recall_k']} {search['recall']:.3f} on {search['recall_queries']} "
+        f"sampled texts (chosen at {search['calibration_recall']:.3f} on {search['calibration_queries']})"
     )
 
 
