@@ -280,10 +280,15 @@ class RetrievalConfig(_Section):
     recall_sample: int = Field(
         8,
         ge=1,
-        description="Concept texts per chunk whose exact neighbours are computed to measure the recall of the "
-        "chunk's approximate search (evenly spaced in its texts); the run summary reports it over all chunks. "
-        "Each costs one exact search over the whole pool: at 500K clips, 8 add about a third to the search of a "
-        "chunk of 4,000 texts.",
+        description="Concept texts per measured chunk whose exact neighbours are computed to measure the recall "
+        "of the chunk's approximate search (evenly spaced in its texts); the run summary reports it over all "
+        "measured chunks. The exact search reads the whole index once, whatever the number of texts.",
+    )
+    recall_every: int = Field(
+        10,
+        ge=1,
+        description="Chunks numbered by a multiple of this measure their recall (recall_sample texts each): at 500K "
+        "clips one measurement costs about as much as searching a chunk of 4,000 texts approximately.",
     )
     k: int = Field(16, ge=1, description="k: the threshold is the mean of the top-k scores; k <= search_k.")
     ssr: bool = Field(True, description="Signed square root of the scores; false for the ablation.")

@@ -8,8 +8,9 @@ of the others (and of the driver), at the price counted in the run summary as te
 
 An approximate index is searched at one setting for the whole run, chosen when the actor starts
 by the recall it reaches on `retrieval.calibration_queries` of the run's own concept texts (the
-first chunks' texts, so every actor and every rerun chooses the same); each chunk then measures the
-recall of its own search on `retrieval.recall_sample` of its texts.
+first chunks' texts, so every actor and every rerun chooses the same); every
+`retrieval.recall_every`-th chunk then measures the recall of its own search on
+`retrieval.recall_sample` of its texts.
 """
 
 from __future__ import annotations
@@ -104,13 +105,15 @@ class RetrieveChunks(Stage):
         layout = SonifyLayout(self.out_dir)
         for chunk in batch.column("chunk").to_pylist():
             if not storage.exists(layout.search_stats(chunk)):
-                matches, stats = self.search(self.chunk_texts(chunk))
+                measured = int(chunk) % self.retrieval.recall_every == 0
+                matches, stats = self.search(self.chunk_texts(chunk), measured)
                 storage.write_parquet(layout.matches(chunk), matches)
                 storage.write_text(layout.search_stats(chunk), json.dumps(stats) + "\n")
         return batch
 
-    def search(self, texts: list[str]) -> tuple[pa.Table, dict]:
-        """The MATCHES table of `texts`, and how they were searched."""
+    def search(self, texts: list[str], measured: bool) -> tuple[pa.Table, dict]:
+        """The MATCHES table of `texts`, and how they were searched; `measured`: with the recall of
+        an approximate search on a sample of them."""
         stats: dict = {"texts": len(texts)}
         if not texts:
             return MATCHES.empty_table(), stats
@@ -118,7 +121,11 @@ class RetrieveChunks(Stage):
         setting = self.calibration.setting if self.calibration else None
         scores, rows = faiss_index.search_at(self.index, vectors, self.retrieval.search_k, setting)
         if self.calibration:
-            recall, sampled = faiss_index.sample_recall(self.index, vectors, rows, self.retrieval.recall_sample, self.retrieval.recall_k)
+            recall, sampled = (
+                faiss_index.sample_recall(self.index, vectors, rows, self.retrieval.recall_sample, self.retrieval.recall_k)
+                if measured
+                else (None, 0)
+            )
             stats |= {
                 "setting": setting,
                 "calibration_recall": self.calibration.recall,

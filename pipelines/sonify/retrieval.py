@@ -26,14 +26,14 @@ def search_totals(out: str, chunks: list[Chunk]) -> dict:
         texts += stats["texts"]
         if "setting" in stats:
             approximate = stats
-            hits += stats["recall"] * stats["recall_queries"]
+            hits += (stats["recall"] or 0.0) * stats["recall_queries"]
             sampled += stats["recall_queries"]
     totals = {"texts_searched": texts, "exact": approximate is None}
     if approximate is not None:
         totals |= {
             "setting": approximate["setting"],
             "recall_k": approximate["recall_k"],
-            "recall": hits / sampled,
+            "recall": hits / sampled if sampled else None,
             "recall_queries": sampled,
             "calibration_recall": approximate["calibration_recall"],
             "calibration_queries": approximate["calibration_queries"],

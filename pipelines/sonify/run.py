@@ -114,8 +114,8 @@ def search_line(search: dict) -> str:
     if search["exact"]:
         return "exact (flat index)"
     return (
-        f"setting {search['setting']}, recall@{search['recall_k']} {search['recall']:.3f} on {search['recall_queries']} "
-        f"sampled texts (chosen at {search['calibration_recall']:.3f} on {search['calibration_queries']})"
+        f"setting {search['setting']}, chosen at recall@{search['recall_k']} {search['calibration_recall']:.3f} on "
+        f"{search['calibration_queries']} texts; measured {search['recall'] or 0:.3f} on {search['recall_queries']} sampled texts"
     )
 
 
