@@ -59,16 +59,16 @@ class IndexConfig(_Section):
     nprobe: int = Field(
         1,
         ge=1,
-        description="IVF cells visited per query at the first try; retrieval doubles it per search call until "
-        "retrieval.target_recall is reached. A low start costs only searches of the recall sample.",
+        description="IVF cells visited per query at the first try; each retrieval actor doubles it on its "
+        "calibration texts until retrieval.target_recall is reached. A low start costs only searches of those texts.",
     )
     hnsw_m: int = Field(32, ge=4, description="HNSW neighbours per node.")
     ef_construction: int = Field(80, ge=8, description="HNSW build-time search depth.")
     ef_search: int = Field(
         64,
         ge=8,
-        description="HNSW query-time search depth at the first try; retrieval doubles it per search call until "
-        "retrieval.target_recall is reached.",
+        description="HNSW query-time search depth at the first try; each retrieval actor doubles it on its "
+        "calibration texts until retrieval.target_recall is reached.",
     )
 
 

@@ -41,12 +41,16 @@ def test_calibration_texts_come_from_the_first_chunks_evenly_spaced():
     assert calibration_texts(iter([]), 10) == []
 
 
+def random_ivf(seed: int, vectors: int, queries: int, nlist: int):
+    """An IVF index over random unit vectors at nprobe 1, random queries, and their exact top 10."""
+    rng = np.random.default_rng(seed)
+    index = build_index(unit(rng.standard_normal((vectors, 16))), IndexConfig(kind="ivf", nprobe=1, nlist=nlist))
+    query_vectors = unit(rng.standard_normal((queries, 16)))
+    return index, query_vectors, exact_search(index, query_vectors, 10)[1]
+
+
 def test_search_at_a_setting_is_one_call_that_leaves_the_index_alone_and_reaches_exact_at_nlist():
-    rng = np.random.default_rng(1)
-    vectors = unit(rng.standard_normal((4000, 16)))
-    queries = unit(rng.standard_normal((50, 16)))
-    index = build_index(vectors, IndexConfig(kind="ivf", nprobe=1, nlist=32))
-    _, exact_rows = exact_search(index, queries, 10)
+    index, queries, exact_rows = random_ivf(1, 4000, 50, 32)
     _, coarse = search_at(index, queries, 10, 1)
     _, full = search_at(index, queries, 10, 32)
     assert index.nprobe == 1
@@ -55,11 +59,7 @@ def test_search_at_a_setting_is_one_call_that_leaves_the_index_alone_and_reaches
 
 
 def test_sample_recall_measures_the_given_rows_on_an_even_sample():
-    rng = np.random.default_rng(2)
-    vectors = unit(rng.standard_normal((3000, 16)))
-    queries = unit(rng.standard_normal((40, 16)))
-    index = build_index(vectors, IndexConfig(kind="ivf", nprobe=1, nlist=16))
-    _, exact_rows = exact_search(index, queries, 10)
+    index, queries, exact_rows = random_ivf(2, 3000, 40, 16)
     assert sample_recall(index, queries, exact_rows, 8, 10) == (1.0, 8)
     wrong = exact_rows.copy()
     wrong[::5, :5] = -1  # every fifth query loses half its neighbours: the sample holds queries 0, 5, ..., 35
