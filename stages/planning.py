@@ -88,6 +88,19 @@ def mixable_clips(mix_clips: pa.Table, clip_ids: Iterable[str]) -> MixableClips:
     )
 
 
+def clip_locations(clips: pa.Table, rate: int, clip_ids: Iterable[str]) -> dict[str, tuple[str, int, int]]:
+    """Where the audio at `rate` of each of `clip_ids` is, from pool table rows (clip_id, part,
+    loudness_at_rates), audible at that rate or not: rendering mixes again what a manifest names,
+    whatever the audibility settings it is rendered with."""
+    wanted = clips.filter(pc.is_in(clips.column("clip_id"), value_set=pa.array(sorted(set(clip_ids)), pa.string())))
+    located = {}
+    for clip_id, part, at_rates in zip(*[wanted.column(c).to_pylist() for c in ("clip_id", "part", "loudness_at_rates")]):
+        entry = next((e for e in at_rates or [] if e["sample_rate"] == rate), None)
+        if entry is not None and entry["audio_bytes"] is not None:
+            located[clip_id] = (part, entry["audio_offset"], entry["audio_bytes"])
+    return located
+
+
 def plan_samples(
     config: RunConfig, scenes: pa.Table, found: Matches, clip_lufs: Mapping[str, float]
 ) -> tuple[list[dict], list[dict], Counter]:

@@ -50,14 +50,15 @@ def embed(model: ClapBackend, texts: list[str], batch_size: int) -> np.ndarray:
 
 
 def calibration_texts(chunk_texts: Iterable[list[str]], count: int) -> list[str]:
-    """`count` texts evenly spaced in the texts of the first chunks (in chunk order) that hold at
-    least that many: they depend only on the scenes, never on which actor asks or when."""
-    texts: list[str] = []
+    """`count` texts evenly spaced in the sorted distinct texts of the first chunks (in chunk order)
+    that hold at least that many: they depend only on the scenes, never on which actor asks or when."""
+    texts: set[str] = set()
     for chunk in chunk_texts:
-        texts.extend(chunk)
+        texts.update(chunk)
         if len(texts) >= count:
             break
-    return [texts[i] for i in faiss_index.sample_rows(len(texts), count)]
+    ordered = sorted(texts)
+    return [ordered[i] for i in faiss_index.sample_rows(len(ordered), count)]
 
 
 class RetrieveChunks(Stage):

@@ -52,7 +52,7 @@ def test_every_chunk_is_searched_at_the_calibrated_setting_and_the_recall_is_sum
     config, root, summary = run
     chunks = IMAGES // PER_CHUNK
     stats = [json.loads((root / "out" / "matches" / f"{c:06d}.json").read_text()) for c in range(chunks)]
-    assert {s["setting"] for s in stats} == {summary["search"]["setting"]}
+    assert [{s["setting"] for s in stats}] == [set(summary["search"]["settings"])] and len(summary["search"]["settings"]) == 1
     assert all(s["texts"] == 3 * PER_CHUNK for s in stats)
     # Chunks 0 and 2 (numbers that are multiples of retrieval.recall_every) measure their recall.
     assert [s["recall_queries"] for s in stats] == [5, 0, 5] and stats[1]["recall"] is None
@@ -60,7 +60,7 @@ def test_every_chunk_is_searched_at_the_calibrated_setting_and_the_recall_is_sum
     # The calibration texts are the first ten texts of the first chunks, whatever chunk an actor holds.
     assert {s["calibration_queries"] for s in stats} == {10}
     search = summary["search"]
-    assert search["exact"] is False and search["recall_queries"] == 10
+    assert search["exact"] is False and search["index_kind"] == "hnsw" and search["recall_queries"] == 10
     assert search["recall"] == pytest.approx((stats[0]["recall"] + stats[2]["recall"]) / 2)
     # recall@10 is measured on the 8 neighbours a text gets (retrieval.search_k).
     assert search["recall_k"] == 8 and search["calibration_recall"] >= config.retrieval.target_recall

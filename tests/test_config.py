@@ -170,7 +170,8 @@ def test_a_resumed_run_may_change_execution_settings_only(config_file, tmp_path)
     changed = load_config(config_file, [f"sonify.out={tmp_path}", vlm.replace("}]", ", concurrency: 8, timeout_s: 5, retries: 9}]")]
                           + [e for e in execution if not e.startswith("models.vlm")])
     check_same_run(changed, str(tmp_path))
-    for output_setting in ["models.clap.batch_size=7", "retrieval.k=3", "pool.max_band_loss_lu=10"]:
+    check_same_run(load_config(config_file, [f"sonify.out={tmp_path}", vlm, "retrieval.recall_every=3", "retrieval.recall_sample=20"]), str(tmp_path))
+    for output_setting in ["models.clap.batch_size=7", "retrieval.k=3", "pool.max_band_loss_lu=10", "retrieval.calibration_queries=9"]:
         with pytest.raises(SonifyError, match="other settings"):
             check_same_run(load_config(config_file, [f"sonify.out={tmp_path}", vlm, output_setting]), str(tmp_path))
 

@@ -28,7 +28,7 @@ import pytest
 NODES = 3
 OBJECT_STORE_BYTES = 100 * 1024 * 1024
 POOL_STAGES = ("standardize", "embed_audio")
-SONIFY_STAGES = ("decode_images", "vlm_transformers", "parse_concepts", "retrieve_clips", "write_shards")
+SONIFY_STAGES = ("decode_images", "vlm_transformers", "parse_concepts", "retrieve_chunks", "plan_chunks", "write_shards")
 
 
 def serve_cluster(conn, temp_dir: str) -> None:

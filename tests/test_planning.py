@@ -9,7 +9,7 @@ import pytest
 
 from pipelines.config import validate_config
 from schemas import MATCHES, MIX_CLIPS, SCENES, make_table
-from stages.planning import mixable_clips, plan_chunk, sample_key, shard_groups
+from stages.planning import clip_locations, mixable_clips, plan_chunk, sample_key, shard_groups
 from stages.retrieve import concept_texts
 
 TEXTS = ["rain on a roof", "a dog barking", "wind in trees", "a crackling fire"]
@@ -141,6 +141,19 @@ def test_mixable_clips_returns_only_the_clips_asked_for_that_the_pool_can_mix():
     found = mixable_clips(pool, ["clip-01", "clip-03", "clip-01", "not-in-pool"])
     assert found.lufs == {"clip-01": -20.25}
     assert found.locations == {"clip-01": ("part-0", 20_512, 19_001)}
+
+
+def test_render_locates_every_clip_a_manifest_names_audible_or_not():
+    at = lambda rate, lufs, offset: {"sample_rate": rate, "lufs": lufs, "peak_dbfs": -1.0, "audio_offset": offset, "audio_bytes": 900}  # noqa: E731
+    clips = pa.Table.from_pylist(
+        [
+            {"clip_id": "loud", "part": "p1", "loudness_at_rates": [at(16000, -20.0, 512), at(22050, -20.0, 4096)]},
+            {"clip_id": "hiss", "part": "p2", "loudness_at_rates": [at(16000, None, 1536)]},
+            {"clip_id": "other", "part": "p2", "loudness_at_rates": [at(22050, -30.0, 512)]},
+        ]
+    )
+    assert clip_locations(clips, 16000, ["loud", "hiss", "other", "gone"]) == {"loud": ("p1", 512, 900), "hiss": ("p2", 1536, 900)}
+    assert clip_locations(clips, 22050, ["loud"]) == {"loud": ("p1", 4096, 900)}
 
 
 def test_concept_texts_are_the_distinct_texts_of_scenes_that_go_on_to_retrieval():

@@ -38,6 +38,8 @@ def test_calibration_texts_come_from_the_first_chunks_evenly_spaced():
     # Ten texts from the first two chunks, eight of them evenly spaced; the third chunk is never read.
     assert calibration_texts(iter(chunks), 8) == ["a00", "a01", "a02", "a03", "b00", "b01", "b02", "b03"]
     assert calibration_texts(iter(chunks[:1]), 100) == chunks[0]
+    # A text recurring in several chunks counts once.
+    assert calibration_texts(iter([["x", "y"], ["y", "x"], ["z", "a"]]), 3) == ["a", "x", "y"]
     assert calibration_texts(iter([]), 10) == []
 
 

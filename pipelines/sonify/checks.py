@@ -24,6 +24,8 @@ from stages.clap import clap_identity
 LAYOUT_VERSION = 4
 # Settings that decide where and how fast work runs, not what it computes: a resumed run may change them.
 EXECUTION_SETTINGS = ("concurrency", "num_gpus", "num_cpus", "timeout_s", "retries")
+# Retrieval settings that decide only what recall is measured, not which clips are found.
+MEASUREMENT_SETTINGS = ("recall_sample", "recall_every")
 RESUME_REMEDY = "this version cannot resume that run: run sonify again into a new sonify.out"
 RENDER_REMEDY = "render reads manifests of this version only: sonify the images again with this version"
 
@@ -72,6 +74,8 @@ def _run_identity(config: RunConfig) -> dict:
     for model in [identity["models"]["clap"], *identity["models"]["vlm"]]:
         for setting in EXECUTION_SETTINGS:
             model.pop(setting, None)
+    for setting in MEASUREMENT_SETTINGS:
+        identity["retrieval"].pop(setting)
     return identity
 
 

@@ -3,7 +3,8 @@ on the driver.
 
 A chunk's retrieval and its planning run one after the other in one Ray pipeline, chunk by chunk,
 so the first shards can be planned while later chunks are still searched. Planning workers read
-one pool-sized table, mix_clips.parquet, written here at the start of each run from the pool.
+one pool-sized table, mix_clips.parquet (`mixable_pool_clips`), which the run writes from the pool
+before this phase.
 Shards are numbered by a prefix sum of the chunks' shard counts, in chunk order, so a rerun numbers
 them as the first run did whichever chunks it had to plan."""
 
@@ -49,7 +50,9 @@ def retrieve_and_plan(config: RunConfig, paths: PoolLayout, out: str, chunks: li
     log.info("retrieval and planning: %d of %d chunks to do", len(todo), len(chunks))
     if not todo:
         return
-    stages = [retrieval_stage(config, paths, out), PlanChunks(out, config)]
+    searched = all(storage.exists(layout.search_stats(chunk)) for chunk in todo)
+    # Retrieval actors load the text model and the whole index: a run left with planning only starts none.
+    stages = [PlanChunks(out, config)] if searched else [retrieval_stage(config, paths, out), PlanChunks(out, config)]
     check_chain(CHUNK_TASKS, stages)
     done, report_at, started = 0, 0, time.monotonic()
     for batch in Runner(config.ray).run(make_table(CHUNK_TASKS, {"chunk": todo}), stages, blocks=len(todo)):

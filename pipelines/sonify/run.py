@@ -62,7 +62,7 @@ def run_sonify(config: RunConfig) -> dict:
     del mixable
     retrieve_and_plan(config, paths, out, chunks)
     tasks, planned, reasons = number_shards(out, chunks)
-    search = search_totals(out, chunks)
+    search = search_totals(out, chunks, json.loads(storage.read_bytes(paths.index_meta()))["kind"])
     seconds["retrieve_and_plan"] = time.monotonic() - tick
 
     tick = time.monotonic()
@@ -85,7 +85,7 @@ def run_sonify(config: RunConfig) -> dict:
         "concepts_with_empty_text": scene_counts.dropped_empty_concepts,
         # Distinct texts per chunk, summed: a text recurring in several chunks is searched in each.
         "concept_texts_searched": search.pop("texts_searched"),
-        # Exact (flat index), or the nprobe/efSearch used and the recall measured on the run's texts.
+        # The index kind, and for an approximate one the nprobe/efSearch used and the recall measured on the run's texts.
         "search": search,
         "concepts_below_min_cosine": planned["concepts_below_min_cosine"],
         # Concepts whose neighbours were all inaudible at the mix rate or already used by the sample.
@@ -113,9 +113,12 @@ def run_sonify(config: RunConfig) -> dict:
 def search_line(search: dict) -> str:
     if search["exact"]:
         return "exact (flat index)"
+    if "settings" not in search:
+        return f"{search['index_kind']}, no text searched"
+    measured = f"{search['recall']:.3f} on {search['recall_queries']} sampled texts" if search["recall"] is not None else "not measured (no chunk of texts among those recall_every picks)"
     return (
-        f"setting {search['setting']}, chosen at recall@{search['recall_k']} {search['calibration_recall']:.3f} on "
-        f"{search['calibration_queries']} texts; measured {search['recall'] or 0:.3f} on {search['recall_queries']} sampled texts"
+        f"{search['index_kind']} at {'/'.join(map(str, search['settings']))}, chosen at recall@{search['recall_k']} "
+        f"{search['calibration_recall']:.3f} on {search['calibration_queries']} texts; measured {measured}"
     )
 
 

@@ -9,6 +9,7 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from pipelines.grouped_writer import GroupedWriter
 from pipelines.ray_runner import Runner
@@ -100,9 +101,12 @@ def count_scenes(config: RunConfig, out: str, chunks: list[Chunk]) -> SceneCount
     """The counts of every chunk's scenes; reading each also checks that this version wrote it."""
     counts = SceneCounts()
     first_vlm = config.models.vlm[0].name
-    columns = ["vlm", "concepts", "dropped_empty_concepts", "dropped", "error_kind", "error_stage"]
+    columns = ["vlm", "dropped_empty_concepts", "dropped", "error_kind", "error_stage"]
     for chunk in chunks:
-        for row in read_chunk_scenes(config, out, chunk, columns).to_pylist():
+        scenes = read_chunk_scenes(config, out, chunk)
+        # Concept counts, not the concepts: no text reaches the driver.
+        counted = scenes.select(columns).append_column("concepts", pc.list_value_length(scenes.column("concepts")))
+        for row in counted.to_pylist():
             status = f"{row['error_stage']}_error" if row["error_stage"] else row["dropped"] or "ok"
             counts.by_vlm[row["vlm"]][status] += 1
             counts.dropped_empty_concepts += row["dropped_empty_concepts"] or 0
@@ -111,5 +115,5 @@ def count_scenes(config: RunConfig, out: str, chunks: list[Chunk]) -> SceneCount
                 if row["error_stage"] == "images":
                     counts.image_errors[row["error_kind"]] += 1
             if status == "ok":
-                counts.concepts += len(row["concepts"])
+                counts.concepts += row["concepts"] or 0
     return counts

@@ -11,16 +11,15 @@ from dataclasses import dataclass
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipelines.pool import read_pool_meta
+from pipelines.pool import read_clips, read_pool_meta
 from pipelines.ray_runner import Runner
 from pipelines.sonify.checks import RENDER_REMEDY, SonifyError, read_phase
-from pipelines.sonify.planning import mixable_pool_clips
 from schemas import MANIFEST, MANIFEST_POOL_READS, SHARD_TASKS, make_table
 from schemas.config import RunConfig
 from schemas.layout import PoolLayout, SonifyLayout
 from stages import storage
 from stages.images import ImageEncoding
-from stages.planning import WRITE_TIME_COLUMNS, mixable_clips, shard_plan
+from stages.planning import WRITE_TIME_COLUMNS, clip_locations, shard_plan
 from stages.shards import WriteShards
 
 log = logging.getLogger(__name__)
@@ -88,7 +87,8 @@ def run_render(config: RunConfig) -> dict:
     out = out.rstrip("/")
     layout = SonifyLayout(out)
     storage.remove_temporaries(layout.shard_folders())
-    pool_clips: dict[int, pa.Table] = {}
+    pool_clips = read_clips(paths, ["clip_id", "part", "loudness_at_rates"])
+    pool_rates = read_pool_meta(paths)["mix_sample_rates"]
     shards = []
     for url in storage.list_files(source, ".parquet"):
         shard = storage.file_stem(url)
@@ -104,14 +104,11 @@ def run_render(config: RunConfig) -> dict:
         rates = pc.unique(rows.column("sample_rate")).to_pylist()
         if len(rates) != 1:
             raise SonifyError(f"{url} mixes samples at several rates ({rates}); a shard is mixed at one rate")
-        if rates[0] not in pool_clips:
-            # A manifest is mixed again at its own rate, from the pool's copy at that rate.
-            pool_rates = read_pool_meta(paths)["mix_sample_rates"]
-            if rates[0] not in pool_rates:
-                raise SonifyError(f"render: {url} was mixed at {rates[0]} Hz, and pool {paths.root} holds clips at its mix rates {pool_rates} only")
-            pool_clips[rates[0]] = mixable_pool_clips(paths, config, rates[0])[0]
+        # A manifest is mixed again at its own rate, from the pool's copy at that rate.
+        if rates[0] not in pool_rates:
+            raise SonifyError(f"render: {url} was mixed at {rates[0]} Hz, and pool {paths.root} holds clips at its mix rates {pool_rates} only")
         used = [c["clip_id"] for concepts in rows.column("concepts").to_pylist() for c in concepts]
-        locations = mixable_clips(pool_clips[rates[0]], used).locations
+        locations = clip_locations(pool_clips, rates[0], used)
         storage.write_parquet(layout.plan(shard), shard_plan(rows, locations))
         shards.append(shard)
     tasks = make_table(SHARD_TASKS, {"shard": shards, "plan_url": [layout.plan(s) for s in shards]})
