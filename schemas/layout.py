@@ -171,7 +171,8 @@ class SonifyLayout:
 
     def mix_clips(self) -> str:
         """The pool clips a mix at mix.sample_rate may use: loudness at that rate and where their audio
-        is. Derived from the pool at the start of every run; planning tasks read it."""
+        is. Derived from the pool, and written anew by every run until a chunk has been searched (after
+        that the pool may not change); planning tasks read it."""
         return join(self.root, "mix_clips.parquet")
 
     def matches_folder(self) -> str:

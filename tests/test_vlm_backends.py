@@ -297,7 +297,9 @@ def standin_engine_processor(stage, seen_file: str):
 
 
 def test_vllm_wiring_decodes_each_image_once_and_engine_sees_only_answerable_rows(ray_session, tmp_path, monkeypatch):
-    from pipelines import ray_runner, sonify
+    from pipelines import ray_runner
+    from pipelines.sonify import listing as listing_phase
+    from pipelines.sonify import scenes as scenes_phase
     from pipelines.config import validate_config
     from stages.images import DecodeImages
 
@@ -316,7 +318,7 @@ def test_vllm_wiring_decodes_each_image_once_and_engine_sees_only_answerable_row
                 seen.writelines(f"{i}\n" for i in batch.column("image_id").to_pylist())
             return super().process_batch(batch)
 
-    monkeypatch.setattr(sonify, "DecodeImages", RecordingDecode)
+    monkeypatch.setattr(scenes_phase, "DecodeImages", RecordingDecode)
     monkeypatch.setattr(ray_runner, "build_llm_processor", lambda stage, retries, restarts: standin_engine_processor(stage, str(engine)))
     out = tmp_path / "out"
     config = validate_config(
@@ -326,14 +328,14 @@ def test_vllm_wiring_decodes_each_image_once_and_engine_sees_only_answerable_row
             "sonify": {"images": [str(images / "*.png")], "out": str(out), "min_side": 16, "images_per_chunk": 8},
         }
     )
-    listing, _ = sonify.image_listing(config, str(out))
-    chunks = sonify.chunk_listing(listing.num_rows, config.sonify.images_per_chunk)
-    sonify.run_scenes(config, listing, chunks, config.models.vlm[0], str(out))
+    listing, _ = listing_phase.image_listing(config, str(out))
+    chunks = listing_phase.chunk_listing(listing.num_rows, config.sonify.images_per_chunk)
+    scenes_phase.run_scenes(config, listing, chunks, config.models.vlm[0], str(out))
 
     ids = sorted(listing.column("image_id").to_pylist())
     assert sorted(decoded.read_text().split()) == ids
     assert sorted(engine.read_text().split()) == sorted([f"img-{i}" for i in range(9)] + ["engine-fail"])
-    scenes = pa.concat_tables([sonify.read_chunk_scenes(config, str(out), c) for c in chunks]).to_pylist()
+    scenes = pa.concat_tables([scenes_phase.read_chunk_scenes(config, str(out), c) for c in chunks]).to_pylist()
     by_id = {s["image_id"]: s for s in scenes}
     assert sorted(by_id) == ids
     assert all(by_id[f"img-{i}"]["concepts"][0]["text"] == "a dog barking" for i in range(9))

@@ -7,7 +7,7 @@ import logging
 import time
 
 from pipelines.config import dump_config
-from pipelines.sonify.checks import LAYOUT_VERSION, SonifyError, check_batches, check_pool, check_same_pool, check_same_run
+from pipelines.sonify.checks import LAYOUT_VERSION, SonifyError, check_batches, check_pool, check_same_pool, check_same_run, has_searched
 from pipelines.sonify.listing import chunk_listing, image_listing
 from pipelines.sonify.planning import mixable_pool_clips, number_shards, retrieve_and_plan
 from pipelines.sonify.retrieval import search_totals
@@ -58,7 +58,10 @@ def run_sonify(config: RunConfig) -> dict:
 
     tick = time.monotonic()
     mixable, inaudible = mixable_pool_clips(paths, config, config.mix.sample_rate)
-    storage.write_parquet(layout.mix_clips(), mixable)
+    # Once a chunk is searched the pool cannot change (check_same_pool), so neither can this table:
+    # a rerun leaves it, and the files of a finished run, untouched.
+    if not has_searched(out) or not storage.exists(layout.mix_clips()):
+        storage.write_parquet(layout.mix_clips(), mixable)
     del mixable
     retrieve_and_plan(config, paths, out, chunks)
     tasks, planned, reasons = number_shards(out, chunks)
