@@ -87,8 +87,9 @@ def run_render(config: RunConfig) -> dict:
     out = out.rstrip("/")
     layout = SonifyLayout(out)
     storage.remove_temporaries(layout.shard_folders())
-    pool_clips = read_clips(paths, ["clip_id", "part", "loudness_at_rates"])
-    pool_rates = read_pool_meta(paths)["mix_sample_rates"]
+    # Read at the first manifest part that is rendered, so that a manifest of another version is
+    # refused for what it is before the pool is looked at.
+    pool_clips, pool_rates = None, None
     shards = []
     for url in storage.list_files(source, ".parquet"):
         shard = storage.file_stem(url)
@@ -104,6 +105,9 @@ def run_render(config: RunConfig) -> dict:
         rates = pc.unique(rows.column("sample_rate")).to_pylist()
         if len(rates) != 1:
             raise SonifyError(f"{url} mixes samples at several rates ({rates}); a shard is mixed at one rate")
+        if pool_clips is None:
+            pool_rates = read_pool_meta(paths)["mix_sample_rates"]
+            pool_clips = read_clips(paths, ["clip_id", "part", "loudness_at_rates"])
         # A manifest is mixed again at its own rate, from the pool's copy at that rate.
         if rates[0] not in pool_rates:
             raise SonifyError(f"render: {url} was mixed at {rates[0]} Hz, and pool {paths.root} holds clips at its mix rates {pool_rates} only")
