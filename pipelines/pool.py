@@ -35,7 +35,7 @@ from stages.embed_audio import EmbedAudio
 from stages.loudness import audible_clip_loudness
 from schemas.errors import PipelineError
 from stages.standardize import Standardize, locate_in_pack, repack
-from stages.storage import SourceFile
+from stages.sources import ParquetLayout, SourceFile, expand_audio_sources
 
 log = logging.getLogger(__name__)
 
@@ -366,8 +366,8 @@ def run_pool(config: RunConfig) -> dict:
     if temporaries:
         log.warning("removed %d temporary files that an interrupted run left", temporaries)
 
-    parquet = storage.ParquetLayout(config.pool.parquet.audio_column, config.pool.parquet.id_column)
-    sources, empty_globs = storage.expand_audio_sources(config.pool.sources, parquet)
+    parquet = ParquetLayout(config.pool.parquet.audio_column, config.pool.parquet.id_column)
+    sources, empty_globs = expand_audio_sources(config.pool.sources, parquet)
     for pattern in empty_globs:
         log.warning("source pattern %s matched no files", pattern)
     plan = plan_work(sources, read_clips(paths, PLAN_COLUMNS), config.pool.retry_errors)

@@ -98,7 +98,7 @@ POOL_INDEX_IDS = versioned(
     ],
 )
 
-# Where a source that is not a file of its own sits in its container (stages.storage.Member): a
+# Where a source that is not a file of its own sits in its container (stages.sources.Member): a
 # Parquet row (column, row group, row in group) or a tar member (byte offset and size).
 SOURCE_MEMBER = pa.struct(
     [

@@ -37,6 +37,7 @@ from PIL import Image, ImageOps
 
 from schemas import IMAGE_REFS, IMAGES, make_table
 from stages import storage
+from stages.sources import expand_sources
 from stages.base import Resources, Stage
 from stages.errors import BadInput, error_text
 
@@ -93,7 +94,7 @@ def _list_parquet(uri: str) -> list[ImageRef]:
 def list_images(patterns: list[str]) -> list[ImageRef]:
     """Every image the patterns name, in a stable order. Unreadable or unsupported inputs become
     references carrying an error, so they are counted rather than lost."""
-    sources, _ = storage.expand_sources(patterns)
+    sources, _ = expand_sources(patterns)
     refs: list[ImageRef] = []
     for source in sources:
         name = source.uri.lower()

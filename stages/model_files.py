@@ -21,7 +21,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from stages import storage
+from stages import sources, storage
 
 CACHE_ENV = "SONIFY_MODEL_CACHE"
 
@@ -58,9 +58,9 @@ def _remote_files(url: str) -> tuple[bool, dict[str, str], dict[str, str]]:
         if not found:
             raise FileNotFoundError(f"model folder {url} holds no files")
         prefix = len(path) + 1
-        return True, {p[prefix:]: p for p in found}, {p[prefix:]: storage.fingerprint_of(i) for p, i in found.items()}
+        return True, {p[prefix:]: p for p in found}, {p[prefix:]: sources.fingerprint_of(i) for p, i in found.items()}
     name = path.rsplit("/", 1)[-1]
-    return False, {name: path}, {name: storage.fingerprint_of(info)}
+    return False, {name: path}, {name: sources.fingerprint_of(info)}
 
 
 def stage_model(url: str, cache: str | Path | None = None) -> str:

@@ -27,7 +27,7 @@ tests/test_bad_input.py):
 - Float samples beyond full scale: saturated at 16-bit full scale, as the pool stores PCM16.
 - Any channel count is averaged to mono; any rate is resampled.
 - A URL that cannot be opened or read: `unreadable`; a folder given where a file is expected:
-  `not_a_file` (both found when sources are listed, stages.storage).
+  `not_a_file` (both found when sources are listed, stages.sources).
 - Anything else that fails while standardizing one file: a `failed` error row for that file only.
 """
 
@@ -48,6 +48,7 @@ import soxr
 from schemas import POOL_AUDIO, POOL_PARTS, STANDARDIZED_CLIPS, make_table
 from schemas.layout import PoolLayout
 from stages import loudness, storage
+from stages.sources import Member, SourceReader
 from stages.base import Resources, Stage
 from stages.decode import DecodedAudio, UnreadableAudio, decode
 from stages.errors import BadInput, error_text
@@ -192,8 +193,8 @@ class Standardize(Stage):
         errors = part["errors"] or [None] * len(part["uris"])
         error_kinds = part.get("error_kinds") or [None] * len(part["uris"])
         # A part of plain files has no members (null, or absent from a hand-built part).
-        members = [storage.Member(**m) if m else None for m in part.get("members") or [None] * len(part["uris"])]
-        reader = storage.SourceReader()
+        members = [Member(**m) if m else None for m in part.get("members") or [None] * len(part["uris"])]
+        reader = SourceReader()
         for uri, fingerprint, listing_error, listing_kind, member in zip(part["uris"], fingerprints, errors, error_kinds, members):
             listed = BadInput(listing_error, listing_kind) if listing_error else None
             self._standardize_file(out, part["part"], uri, fingerprint, listed, reader, member)
@@ -213,8 +214,8 @@ class Standardize(Stage):
         uri: str,
         fingerprint: str | None,
         listing_error: BadInput | None,
-        reader: storage.SourceReader,
-        member: storage.Member | None,
+        reader: SourceReader,
+        member: Member | None,
     ) -> None:
         def fail(error: BadInput) -> None:
             out.add(

@@ -19,7 +19,7 @@ from stages.decode import NoAudioStream, UnreadableAudio
 from stages.errors import BadInput, error_text
 from stages.images import BadImage
 from stages.report_sql import ReportInputError
-from stages.storage import MissingAudioBytes
+from stages.sources import MissingAudioBytes
 from stages.vlm_openai import RequestFailed
 from stages.vlm_provided import ProvidedConceptsError
 

@@ -12,7 +12,7 @@ from schemas.layout import PoolLayout
 from stages import storage
 from stages.mix import ClipLocation, load_pool_clips
 from stages.standardize import Standardize
-from stages.storage import SourceFile
+from stages.sources import SourceFile
 from tests.helpers import noise, tone, write_audio
 
 
