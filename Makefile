@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO := .demo
 
-.PHONY: demo test test-fast venv clean
+.PHONY: demo test test-fast lint venv clean
 
 venv: $(STAMP)
 
@@ -29,11 +29,16 @@ demo: $(STAMP) $(DEMO)/models/models.json $(DEMO)/sample/.complete
 	$(BIN)/python run_pipeline.py sonify --config configs/demo.yaml
 	$(BIN)/python run_pipeline.py report --config configs/demo.yaml
 
-test: $(STAMP)
+# Lint and import order (ruff, configured in pyproject.toml); `make test` runs it first, so CI does.
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+test: lint
 	$(BIN)/python -m pytest
 
 # Unit and stage tests, no Ray: the tier to run while working (under 3 minutes on 2 cores).
-test-fast: $(STAMP)
+test-fast: lint
 	$(BIN)/python -m pytest -m "not slow"
 
 clean:

@@ -14,7 +14,7 @@ from typing import TypeVar
 import numpy as np
 
 from schemas.config import IndexConfig, RetrievalConfig
-from stages.index import RecallTarget, build_index, search_queries
+from stages.search.faiss_index import RecallTarget, build_index, search_queries
 
 T = TypeVar("T")
 
@@ -88,7 +88,9 @@ def queries_per_second(run_search: Callable[[], np.ndarray], count: int) -> tupl
     return count / best, rows
 
 
-def build_and_search(config: IndexConfig, vectors: np.ndarray, queries: np.ndarray, k: int) -> tuple[float, float, np.ndarray]:
+def build_and_search(
+    config: IndexConfig, vectors: np.ndarray, queries: np.ndarray, k: int
+) -> tuple[float, float, np.ndarray]:
     """Build seconds of an index over `vectors`, its top-k queries/s searched as retrieval searches
     (`search_queries` at the default retrieval.target_recall), and the rows it finds."""
     build_s, index = timed(lambda: build_index(vectors, config))

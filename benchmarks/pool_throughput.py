@@ -29,11 +29,11 @@ import soundfile
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks import common  # noqa: E402
-from schemas.config import ClapConfig, IndexConfig, PoolConfig  # noqa: E402
 from pipelines.tiny_models import build_all  # noqa: E402
-from stages.clap import CLAP_SAMPLE_RATE, load_clap  # noqa: E402
-from stages.index import recall_at_k  # noqa: E402
-from stages.standardize import Standardize  # noqa: E402
+from schemas.config import ClapConfig, IndexConfig, PoolConfig  # noqa: E402
+from stages.audio.standardize_stage import Standardize  # noqa: E402
+from stages.embed.clap import CLAP_SAMPLE_RATE, load_clap  # noqa: E402
+from stages.search.faiss_index import recall_at_k  # noqa: E402
 
 SOURCE_RATES = (16000, 44100, 48000)
 EMBED_BATCH = 16
@@ -169,7 +169,9 @@ class IndexResult:
     recall: float
 
 
-def bench_one_index(kind: str, vectors: np.ndarray, queries: np.ndarray, exact_rows: np.ndarray | None) -> tuple[IndexResult, np.ndarray]:
+def bench_one_index(
+    kind: str, vectors: np.ndarray, queries: np.ndarray, exact_rows: np.ndarray | None
+) -> tuple[IndexResult, np.ndarray]:
     """Build time, queries/s and recall@k against `exact_rows` (None: this index is the exact one)."""
     build_s, qps, rows = common.build_and_search(IndexConfig(kind=kind), vectors, queries, INDEX_K)
     recall = 1.0 if exact_rows is None else recall_at_k(rows, exact_rows)
@@ -189,7 +191,10 @@ def bench_index_size(
         hnsw_n = hnsw_size_within_budget(hnsw_probe.n, hnsw_probe.build_s, n)
         if hnsw_n < n:
             projected = common.projected_hnsw_seconds(hnsw_probe.n, hnsw_probe.build_s, n)
-            note = f"hnsw capped to {hnsw_n:,} vectors: N={n:,} projected at {projected:.0f} s > {HNSW_BUILD_BUDGET_S:.0f} s"
+            note = (
+                f"hnsw capped to {hnsw_n:,} vectors: "
+                f"N={n:,} projected at {projected:.0f} s > {HNSW_BUILD_BUDGET_S:.0f} s"
+            )
     if hnsw_n < n:
         # The capped hnsw is compared with a flat index over the same subset.
         vectors = vectors[:hnsw_n]
@@ -202,7 +207,9 @@ def bench_index_size(
 
 def index_row(result: IndexResult) -> common.Row:
     recall = "exact" if result.kind == "flat" else f"{result.recall:.3f}"
-    return common.Row(f"index {result.kind}", f"N={result.n:,}", result.build_s, result.qps, "queries/s", recall, "seconds = build")
+    return common.Row(
+        f"index {result.kind}", f"N={result.n:,}", result.build_s, result.qps, "queries/s", recall, "seconds = build"
+    )
 
 
 def ratio_lines(embed_rows: list[common.Row], index_results: list[IndexResult], standardize: common.Row) -> list[str]:
@@ -216,7 +223,10 @@ def ratio_lines(embed_rows: list[common.Row], index_results: list[IndexResult], 
         if result.kind == "flat":
             continue
         flat = flats[result.n]
-        lines.append(f"{result.kind} / flat queries/s at N={result.n:,}: {result.qps / flat.qps:.2f} (recall@10 {result.recall:.3f})")
+        lines.append(
+            f"{result.kind} / flat queries/s at N={result.n:,}: {result.qps / flat.qps:.2f} "
+            f"(recall@10 {result.recall:.3f})"
+        )
     return lines
 
 
@@ -226,7 +236,9 @@ def bench(args: argparse.Namespace, rng: np.random.Generator) -> None:
     import faiss
     import torch
 
-    common.print_machine(args.quick, f"torch threads {torch.get_num_threads()}", f"faiss threads {faiss.omp_get_max_threads()}")
+    common.print_machine(
+        args.quick, f"torch threads {torch.get_num_threads()}", f"faiss threads {faiss.omp_get_max_threads()}"
+    )
     rows: list[common.Row] = []
     with tempfile.TemporaryDirectory(prefix="pool-bench-") as tmp:
         work = Path(tmp)
@@ -237,9 +249,7 @@ def bench(args: argparse.Namespace, rng: np.random.Generator) -> None:
         with quiet_stdout():
             models = build_all(work / "models", seed=args.seed)
         rows.append(common.Row("build tiny models", "both backends", time.perf_counter() - start))
-        clips = [
-            synthetic_audio(rng, EMBED_CLIP_SECONDS, CLAP_SAMPLE_RATE, 1)[:, 0] for _ in range(sizes.embed_clips)
-        ]
+        clips = [synthetic_audio(rng, EMBED_CLIP_SECONDS, CLAP_SAMPLE_RATE, 1)[:, 0] for _ in range(sizes.embed_clips)]
         embed_rows = []
         for backend, config in clap_configs(models).items():
             embed_rows += bench_embed(backend, config, clips)
@@ -259,7 +269,10 @@ def bench(args: argparse.Namespace, rng: np.random.Generator) -> None:
     rows += [index_row(r) for r in index_results]
 
     common.print_report(rows, ratio_lines(embed_rows, index_results, standardize) + notes)
-    print(f"\nindex data: {common.INDEX_CENTERS} clusters, {INDEX_QUERIES} held-out queries, k={INDEX_K}, IndexConfig defaults, searched through search_queries.")
+    print(
+        f"\nindex data: {common.INDEX_CENTERS} clusters, {INDEX_QUERIES} held-out queries, k={INDEX_K}, "
+        "IndexConfig defaults, searched through search_queries."
+    )
     print(common.cluster_caveat(INDEX_K))
 
 

@@ -29,32 +29,43 @@ from pipelines.config import validate_config  # noqa: E402
 from pipelines.report import sonify_report  # noqa: E402
 from schemas import IMAGE_REFS, MANIFEST, SCENES, make_table  # noqa: E402
 from schemas.layout import SonifyLayout, chunk_id, shard_id  # noqa: E402
-from stages import storage  # noqa: E402
+from stages.io import storage  # noqa: E402
 
 PART_ROWS = 250_000
 LABELS = 500
 CLIPS = 50_000
 
 MANIFEST_ROWS = """
-    SELECT 'img' || lpad(CAST(i AS VARCHAR), 8, '0') || '__v' AS key, 'img' || lpad(CAST(i AS VARCHAR), 8, '0') AS image_id,
-           '/data/img' || i || '.jpg' AS image_uri, NULL AS image_member, 'jpeg' AS image_format, 640 AS width, 480 AS height,
+    SELECT 'img' || lpad(CAST(i AS VARCHAR), 8, '0') || '__v' AS key,
+               'img' || lpad(CAST(i AS VARCHAR), 8, '0') AS image_id,
+           '/data/img' || i || '.jpg' AS image_uri, NULL AS image_member, 'jpeg' AS image_format,
+               640 AS width, 480 AS height,
            'v' AS vlm, 'sounds-v1' AS prompt_version, 'a caption ' || (i % 1000) AS caption,
            list_transform(range(1 + i % 3), lambda j: {
-               'label': 'label ' || ((i * 7 + j * 13) % $labels), 'text': 'the sound of ' || ((i * 7 + j * 13) % $labels),
-               'clip_id': 'clip-' || ((i * 31 + j * 17) % $clips), 'cosine': 0.1 + 0.5 * random(), 'ssr': 0.3 + 0.4 * random(),
+               'label': 'label ' || ((i * 7 + j * 13) % $labels),
+               'text': 'the sound of ' || ((i * 7 + j * 13) % $labels),
+               'clip_id': 'clip-' || ((i * 31 + j * 17) % $clips), 'cosine': 0.1 + 0.5 * random(),
+               'ssr': 0.3 + 0.4 * random(),
                'threshold': 0.3 + 0.2 * random(), 'n_candidates': CAST(1 + (i + j) % 12 AS INTEGER), 'fallback': false,
-               'target_lufs': -27 + 4 * random(), 'clip_lufs': -20 - 10 * random(), 'gain_db': 5 * random()}) AS concepts,
-           0 AS dropped_concepts, CASE WHEN i % 10 = 0 THEN -1.5 ELSE 0.0 END AS mix_gain_db, -26 + 6 * random() AS mix_lufs,
+               'target_lufs': -27 + 4 * random(), 'clip_lufs': -20 - 10 * random(),
+               'gain_db': 5 * random()}) AS concepts,
+           0 AS dropped_concepts, CASE WHEN i % 10 = 0 THEN -1.5 ELSE 0.0 END AS mix_gain_db,
+               -26 + 6 * random() AS mix_lufs,
            -6 + 5 * random() AS mix_peak_dbfs, 16000 AS sample_rate, 5.0 AS duration_s, 0 AS seed,
            lpad(CAST(i // 1000 AS VARCHAR), 6, '0') || '.tar' AS shard, NULL AS error, NULL AS error_kind
     FROM range($start, $stop) t(i)
 """
 
-SCENE_ROWS = """
-    SELECT image_id, image_uri AS uri, image_member AS member, width, height, image_format AS format, 100000 AS num_bytes, vlm,
+SCENE_ROWS = (
+    """
+    SELECT image_id, image_uri AS uri, image_member AS member, width, height, image_format AS format,
+               100000 AS num_bytes, vlm,
            NULL AS answer, caption, list_transform(concepts, lambda c: {'label': c.label, 'text': c.text}) AS concepts,
            0 AS dropped_empty_concepts, NULL AS dropped, NULL AS error, NULL AS error_kind, NULL AS error_stage
-    FROM (""" + MANIFEST_ROWS + ")"
+    FROM ("""
+    + MANIFEST_ROWS
+    + ")"
+)
 
 
 def write_run(root: Path, samples: int) -> None:
@@ -87,7 +98,13 @@ def main() -> None:
             started = time.perf_counter()
             write_run(root, samples)
             generated = time.perf_counter() - started
-            config = validate_config({"pool": {"dir": str(root / "pool")}, "models": {"clap": {"model": "unused"}}, "sonify": {"out": str(root / "out")}})
+            config = validate_config(
+                {
+                    "pool": {"dir": str(root / "pool")},
+                    "models": {"clap": {"model": "unused"}},
+                    "sonify": {"out": str(root / "out")},
+                }
+            )
             started = time.perf_counter()
             sonify_report(config)
             reported = time.perf_counter() - started

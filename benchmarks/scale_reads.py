@@ -33,13 +33,13 @@ sys.path.insert(0, str(REPO))
 
 from pipelines.config import validate_config  # noqa: E402
 from pipelines.pool import read_clips, run_pool  # noqa: E402
-from schemas.config import RunConfig  # noqa: E402
-from pipelines.sonify.planning import mixable_pool_clips  # noqa: E402
+from pipelines.sonify.plans import mixable_pool_clips  # noqa: E402
 from schemas import MANIFEST  # noqa: E402
+from schemas.config import RunConfig  # noqa: E402
 from schemas.layout import PoolLayout, shard_id  # noqa: E402
-from stages.images import ImageEncoding  # noqa: E402
-from stages.planning import manifest_table, mixable_clips, shard_plan  # noqa: E402
-from stages.shards import WriteShards  # noqa: E402
+from stages.images.decoding import ImageEncoding  # noqa: E402
+from stages.pairing.planning import manifest_table, mixable_clips, shard_plan  # noqa: E402
+from stages.pairing.shard_stage import WriteShards  # noqa: E402
 
 MIX_RATE = 16000
 SOURCE_RATE = 22050
@@ -129,7 +129,9 @@ def build_pool(root: Path, sizes: Sizes, clap_model: str, rng: np.random.Generat
     )
     summary = run_pool(config)
     if summary["errors"]:
-        raise RuntimeError(f"the generated pool has error rows, so its reads mean nothing: {summary['error_reasons'][:3]}")
+        raise RuntimeError(
+            f"the generated pool has error rows, so its reads mean nothing: {summary['error_reasons'][:3]}"
+        )
     return PoolLayout(str(root / "pool")), config
 
 
@@ -139,15 +141,38 @@ def plan_rows(shard: int, clips: list[str], lufs: dict[str, float], image: Path,
     for sample in range(sizes.samples):
         chosen = clips[sample * sizes.clips_per_sample : (sample + 1) * sizes.clips_per_sample]
         concepts = [
-            {"label": "x", "text": "x", "clip_id": c, "cosine": 0.5, "ssr": 0.5, "threshold": 0.4, "n_candidates": 1, "fallback": False,
-             "target_lufs": -25.0, "clip_lufs": lufs[c], "gain_db": -25.0 - lufs[c]}
+            {
+                "label": "x",
+                "text": "x",
+                "clip_id": c,
+                "cosine": 0.5,
+                "ssr": 0.5,
+                "threshold": 0.4,
+                "n_candidates": 1,
+                "fallback": False,
+                "target_lufs": -25.0,
+                "clip_lufs": lufs[c],
+                "gain_db": -25.0 - lufs[c],
+            }
             for c in chosen
         ]
         key = f"s{shard:04d}-{sample:04d}"
         rows.append(
             {name: None for name in MANIFEST.names}
-            | {"key": key, "image_id": key, "image_uri": str(image), "image_format": "png", "width": 32, "height": 32, "vlm": "given",
-               "prompt_version": "p", "concepts": concepts, "dropped_concepts": 0, "sample_rate": MIX_RATE, "seed": shard}
+            | {
+                "key": key,
+                "image_id": key,
+                "image_uri": str(image),
+                "image_format": "png",
+                "width": 32,
+                "height": 32,
+                "vlm": "given",
+                "prompt_version": "p",
+                "concepts": concepts,
+                "dropped_concepts": 0,
+                "sample_rate": MIX_RATE,
+                "seed": shard,
+            }
         )
     return rows
 
@@ -231,9 +256,13 @@ def main() -> None:
         r = measure_pool_reads(Path(scratch), sizes, seed=args.seed)
     print(
         f"pool: {r['sources']} sources, {r['clips']} clips in {r['parts']} parts, built in {r['pool_seconds']:.0f} s; "
-        f"audio at the pool rate {mib(r['pool_rate_audio_bytes'])}, packs at {MIX_RATE} Hz {mib(r['mix_rate_pack_bytes'])}"
+        f"audio at the pool rate {mib(r['pool_rate_audio_bytes'])}, "
+        f"packs at {MIX_RATE} Hz {mib(r['mix_rate_pack_bytes'])}"
     )
-    print(f"mixing: {r['shards']} shards, {r['samples']} samples of {sizes.clips_per_sample} random clips, {r['write_seconds']:.0f} s")
+    print(
+        f"mixing: {r['shards']} shards, {r['samples']} samples of {sizes.clips_per_sample} random clips, "
+        f"{r['write_seconds']:.0f} s"
+    )
     rows = [
         ("read from the pool (counted by the file system)", mib(r["bytes_read"]), f"{r['read_requests']} requests"),
         ("read, as the shard writer reports it", mib(r["bytes_read_reported"]), ""),
@@ -244,9 +273,15 @@ def main() -> None:
     widths = [max(len(row[i]) for row in rows) for i in range(3)]
     for row in rows:
         print("  " + " | ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
-    print(f"read / used {r['read_ratio']:.3f} (bound {MAX_READ_RATIO}); whole parts / read {r['whole_part_bytes'] / r['bytes_read']:.0f}x")
+    print(
+        f"read / used {r['read_ratio']:.3f} (bound {MAX_READ_RATIO}); "
+        f"whole parts / read {r['whole_part_bytes'] / r['bytes_read']:.0f}x"
+    )
     if r["read_ratio"] > MAX_READ_RATIO:
-        raise SystemExit(f"mixing read {r['read_ratio']:.2f} bytes per stored byte of the clips it used, over the bound of {MAX_READ_RATIO}")
+        raise SystemExit(
+            f"mixing read {r['read_ratio']:.2f} bytes per stored byte of the clips it used, "
+            f"over the bound of {MAX_READ_RATIO}"
+        )
 
 
 if __name__ == "__main__":

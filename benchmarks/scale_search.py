@@ -47,7 +47,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import faiss  # noqa: E402
 
 from schemas.config import IndexConfig, RetrievalConfig  # noqa: E402
-from stages.index import RecallTarget, build_index, exact_search, index_kind, recall_at_k, sample_recall, sample_rows, search_at, search_queries  # noqa: E402
+from stages.search.faiss_index import (
+    RecallTarget,
+    build_index,
+    exact_search,
+    index_kind,
+    recall_at_k,
+    sample_recall,
+    sample_rows,
+    search_at,
+    search_queries,
+)  # noqa: E402
 
 CLUSTERS = 1500
 SPREAD = (0.5, 1.3)
@@ -69,7 +79,9 @@ def unit_rows(rows: np.ndarray) -> np.ndarray:
     return rows / np.linalg.norm(rows, axis=1, keepdims=True)
 
 
-def make_data(n_vectors: int, dim: int, queries: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def make_data(
+    n_vectors: int, dim: int, queries: int, seed: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Pool vectors, queries across the gap, and the cluster of each (see the module docstring)."""
     rng = np.random.default_rng(seed)
     centres = unit_rows(rng.standard_normal((CLUSTERS, dim), dtype=np.float32))
@@ -87,7 +99,9 @@ def make_data(n_vectors: int, dim: int, queries: int, seed: int) -> tuple[np.nda
     return pool, unit_rows(centres[query_cluster] + gap + noise), pool_cluster, query_cluster
 
 
-def own_cluster_cosine(pool: np.ndarray, queries: np.ndarray, pool_cluster: np.ndarray, query_cluster: np.ndarray) -> float:
+def own_cluster_cosine(
+    pool: np.ndarray, queries: np.ndarray, pool_cluster: np.ndarray, query_cluster: np.ndarray
+) -> float:
     """Mean cosine between a query and the points of its own cluster (200 queries)."""
     members = {}
     cosines = []
@@ -133,7 +147,10 @@ def measure_search(
     rows = [
         row("cores on this machine", os.cpu_count() or 0),
         row("FAISS threads, both sides of every ratio", faiss.omp_get_max_threads()),
-        row("mean cosine of a query to its own cluster's points", round(own_cluster_cosine(pool, query_vectors, pool_cluster, query_cluster), 3)),
+        row(
+            "mean cosine of a query to its own cluster's points",
+            round(own_cluster_cosine(pool, query_vectors, pool_cluster, query_cluster), 3),
+        ),
     ]
 
     flat = build_index(pool, IndexConfig(kind="flat"))
@@ -147,7 +164,9 @@ def measure_search(
     # What each retrieval actor does once: choose the setting on calibration_queries of the run's texts.
     calibration_set = query_vectors[sample_rows(queries, retrieval.calibration_queries)]
     calibration_target = RecallTarget(recall.target, recall.recall_k, len(calibration_set))
-    calibration_s, calibration = fastest({"calibrate": lambda: search_queries(index, calibration_set, k, calibration_target)}, 1)
+    calibration_s, calibration = fastest(
+        {"calibrate": lambda: search_queries(index, calibration_set, k, calibration_target)}, 1
+    )
     calibration = calibration["calibrate"]
     sample = query_vectors[sample_rows(queries, recall.sample_size)]
 
@@ -164,10 +183,19 @@ def measure_search(
     exact_rows = results["one call"][1]
     assert np.array_equal(results["flat search_at"][1], exact_rows), "the flat search must equal the one call"
     old_queries = query_vectors[:OLD_PATH_QUERIES]
-    old_seconds, _ = fastest({"per batch": lambda: [flat.search(old_queries[i : i + OLD_BATCH], k) for i in range(0, len(old_queries), OLD_BATCH)]}, 1)
+    old_seconds, _ = fastest(
+        {
+            "per batch": lambda: [
+                flat.search(old_queries[i : i + OLD_BATCH], k) for i in range(0, len(old_queries), OLD_BATCH)
+            ]
+        },
+        1,
+    )
     exact_qps = queries / seconds["one call"]
     approximate_rows = results["approximate"][1]
-    chunk_recall, chunk_sampled = sample_recall(index, query_vectors, approximate_rows, recall.sample_size, recall.recall_k)
+    chunk_recall, chunk_sampled = sample_recall(
+        index, query_vectors, approximate_rows, recall.sample_size, recall.recall_k
+    )
     # Every recall_every-th chunk also runs the exact search of its sample.
     chunk_seconds = seconds["approximate"] + seconds["sample exact"] / retrieval.recall_every
     size = f"{n_vectors // 1000}K x {dim}, {queries:,} queries, k={k}"
@@ -179,29 +207,39 @@ def measure_search(
             EXACT_TARGET,
         ),
         row(
-            f"old path (one FAISS call per {OLD_BATCH} queries; first {len(old_queries)} queries, one run) queries/s / one batched call",
+            f"old path (one FAISS call per {OLD_BATCH} queries; first {len(old_queries)} queries, one run) "
+            "queries/s / one batched call",
             round(len(old_queries) / old_seconds["per batch"] / exact_qps, 3),
         ),
-        row(f"auto index built: kind, nlist (pool.index.exact_below {config.exact_below:,})", f"{index_kind(config, n_vectors)}, {getattr(index, 'nlist', None)}"),
+        row(
+            f"auto index built: kind, nlist (pool.index.exact_below {config.exact_below:,})",
+            f"{index_kind(config, n_vectors)}, {getattr(index, 'nlist', None)}",
+        ),
         row("auto index build seconds (IVF k-means on its bounded sample)", round(build_s, 1)),
         row(
-            f"nprobe chosen on {calibration.sample_size} calibration queries (ladder from pool.index.nprobe {config.nprobe}); seconds, once per actor",
+            f"nprobe chosen on {calibration.sample_size} calibration queries "
+            f"(ladder from pool.index.nprobe {config.nprobe}); seconds, once per actor",
             f"{calibration.setting}; {calibration_s['calibrate']:.1f} s",
         ),
         row(f"recall@{recall.recall_k} on the calibration queries", round(calibration.recall, 3)),
-        row(f"recall@{recall.recall_k} on a measured chunk's sample of {chunk_sampled} (what the run summary adds up)", round(chunk_recall, 3)),
+        row(
+            f"recall@{recall.recall_k} on a measured chunk's sample of {chunk_sampled} (what the run summary adds up)",
+            round(chunk_recall, 3),
+        ),
         row(
             f"recall@{recall.recall_k} over all {queries:,} queries vs exact",
             round(recall_at_k(approximate_rows[:, : recall.recall_k], exact_rows[:, : recall.recall_k]), 3),
             recall.target,
         ),
         row(
-            f"approximate search at recall@{recall.recall_k} >= {recall.target} on concept-text queries / exact (x), recall measurement amortized",
+            f"approximate search at recall@{recall.recall_k} >= {recall.target} on concept-text queries / exact (x), "
+            "recall measurement amortized",
             round(seconds["one call"] / chunk_seconds, 1),
             APPROXIMATE_TARGET,
         ),
         row(
-            f"exact search of {len(sample)} sampled queries / the approximate search of all (once per {retrieval.recall_every} chunks)",
+            f"exact search of {len(sample)} sampled queries / the approximate search of all "
+            f"(once per {retrieval.recall_every} chunks)",
             round(seconds["sample exact"] / seconds["approximate"], 2),
         ),
     ]

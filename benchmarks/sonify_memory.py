@@ -34,10 +34,26 @@ from schemas.layout import SonifyLayout  # noqa: E402
 
 SAMPLE_SECONDS = 0.1
 SOUNDS = [
-    "dog barking", "rain on a roof", "car engine idling", "birds singing", "waves on a beach", "wind in trees",
-    "people talking", "church bells", "a train passing", "footsteps on gravel", "a crackling fire", "a river flowing",
-    "traffic noise", "children playing", "a door closing", "thunder", "a cat meowing", "a horse galloping",
-    "a siren", "keyboard typing",
+    "dog barking",
+    "rain on a roof",
+    "car engine idling",
+    "birds singing",
+    "waves on a beach",
+    "wind in trees",
+    "people talking",
+    "church bells",
+    "a train passing",
+    "footsteps on gravel",
+    "a crackling fire",
+    "a river flowing",
+    "traffic noise",
+    "children playing",
+    "a door closing",
+    "thunder",
+    "a cat meowing",
+    "a horse galloping",
+    "a siren",
+    "keyboard typing",
 ]
 IMAGES_PER_CHUNK = 512
 AUDIO_FILES = 4
@@ -134,7 +150,10 @@ def write_images(root: Path, count: int, concepts_per_image: int | None = None) 
         pixels = np.clip(color + rng.normal(0, 20, (64, 64, 3)), 0, 255).astype(np.uint8)
         Image.fromarray(pixels).save(folder / f"img-{i:06d}.jpg", quality=80)
         sounds = rng.choice(len(SOUNDS), size=concepts_per_image or int(rng.integers(1, 4)), replace=False)
-        concepts = [{"label": SOUNDS[s].split(" ")[-1], "text": f"{SOUNDS[s]}, heard in scene {i} from place {j}"} for j, s in enumerate(sounds)]
+        concepts = [
+            {"label": SOUNDS[s].split(" ")[-1], "text": f"{SOUNDS[s]}, heard in scene {i} from place {j}"}
+            for j, s in enumerate(sounds)
+        ]
         lines.append(json.dumps({"image_id": f"img-{i:06d}", "caption": "a scene", "concepts": concepts}))
     concepts = root / "concepts.jsonl"
     concepts.write_text("\n".join(lines) + "\n")
@@ -147,8 +166,17 @@ def sonify_config(pool_config: Path, images: Path, concepts: Path, out: Path) ->
     config = yaml.safe_load(pool_config.read_text())
     config.update(
         {
-            "models": {**config["models"], "vlm": [{"name": "given", "backend": "provided", "path": str(concepts), "batch_size": 256}]},
-            "sonify": {"images": [str(images / "*.jpg")], "out": str(out), "min_side": 32, "shard_size_mb": 16, "images_per_chunk": IMAGES_PER_CHUNK},
+            "models": {
+                **config["models"],
+                "vlm": [{"name": "given", "backend": "provided", "path": str(concepts), "batch_size": 256}],
+            },
+            "sonify": {
+                "images": [str(images / "*.jpg")],
+                "out": str(out),
+                "min_side": 32,
+                "shard_size_mb": 16,
+                "images_per_chunk": IMAGES_PER_CHUNK,
+            },
             "retrieval": {"search_k": 8, "k": 4, "min_cosine": -1.0},
         }
     )
@@ -166,7 +194,11 @@ def run_measured(command: str, config: Path, log: Path) -> tuple[Peaks, float]:
     with open(log, "wb") as sink:
         process = subprocess.Popen(
             [sys.executable, str(REPO / "run_pipeline.py"), command, "--config", str(config)],
-            cwd=REPO, env=env, stdout=sink, stderr=subprocess.STDOUT, start_new_session=True,
+            cwd=REPO,
+            env=env,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
         sampler = RssSampler(process.pid)
         sampler.start()
@@ -187,7 +219,9 @@ def measure_sizes(
     for number, size in enumerate(sizes):
         images, concepts = write_images(root / f"inputs-{size}", size, concepts_per_image)
         out = root / f"out-{number}-{size}"
-        peaks, seconds = run_measured("sonify", sonify_config(pool_config, images, concepts, out), root / f"sonify-{number}-{size}.log")
+        peaks, seconds = run_measured(
+            "sonify", sonify_config(pool_config, images, concepts, out), root / f"sonify-{number}-{size}.log"
+        )
         results.append((size, peaks, seconds, json.loads(Path(SonifyLayout(str(out)).summary()).read_text())))
     return results
 
@@ -213,9 +247,29 @@ def main() -> None:
         results = measure_sizes(root, sizes, pool_config)
 
     print(f"cpus {os.cpu_count()}, images_per_chunk {IMAGES_PER_CHUNK}, RSS sampled every {SAMPLE_SECONDS} s")
-    header = ["images", "samples", "shards", "seconds", "driver RSS", "driver USS", "worker RSS", "worker USS", "tree RSS"]
+    header = [
+        "images",
+        "samples",
+        "shards",
+        "seconds",
+        "driver RSS",
+        "driver USS",
+        "worker RSS",
+        "worker USS",
+        "tree RSS",
+    ]
     rows = [
-        [f"{size:,}", f"{s['samples']:,}", str(s["shards"]), f"{seconds:.0f}", mib(p.driver), mib(p.driver_uss), mib(p.worker), mib(p.worker_uss), mib(p.tree)]
+        [
+            f"{size:,}",
+            f"{s['samples']:,}",
+            str(s["shards"]),
+            f"{seconds:.0f}",
+            mib(p.driver),
+            mib(p.driver_uss),
+            mib(p.worker),
+            mib(p.worker_uss),
+            mib(p.tree),
+        ]
         for size, p, seconds, s in results
     ]
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
@@ -227,8 +281,11 @@ def main() -> None:
     print()
     print(f"From {first[0]:,} to {last[0]:,} images ({last[0] / first[0]:.0f}x), same run:")
     for name, attribute in (
-        ("driver RSS", "driver"), ("driver USS", "driver_uss"), ("largest worker RSS", "worker"),
-        ("largest worker USS", "worker_uss"), ("process tree RSS", "tree"),
+        ("driver RSS", "driver"),
+        ("driver USS", "driver_uss"),
+        ("largest worker RSS", "worker"),
+        ("largest worker USS", "worker_uss"),
+        ("process tree RSS", "tree"),
     ):
         a, b = getattr(first[1], attribute), getattr(last[1], attribute)
         print(f"  {name}: {mib(a)} -> {mib(b)} MiB ({b / a:.2f}x)")

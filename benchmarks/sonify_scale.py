@@ -45,12 +45,14 @@ def per_sample_floor(out: Path, pool_dir: str, scratch: Path) -> tuple[float, in
     import yaml
 
     from schemas import SHARD_PLANS, make_table
-    from stages.images import ImageEncoding
-    from stages.shards import WriteShards
+    from stages.images.decoding import ImageEncoding
+    from stages.pairing.shard_stage import WriteShards
 
     settings = yaml.safe_load(Path(SonifyLayout(str(out)).config()).read_text())
     sonify = settings["sonify"]
-    encoding = ImageEncoding(sonify["image_format"], sonify["image_quality"], sonify["max_image_side"], sonify["max_image_pixels"])
+    encoding = ImageEncoding(
+        sonify["image_format"], sonify["image_quality"], sonify["max_image_side"], sonify["max_image_pixels"]
+    )
     writer = WriteShards(pool_dir, str(scratch), settings["mix"]["peak_dbfs"], encoding)
     plans = sorted(Path(SonifyLayout(str(out)).plans_folder()).glob("*-*.parquet"))
     samples, started = 0, time.perf_counter()
@@ -68,30 +70,52 @@ def planning_rate(pool_clips: int, images: int = 1024, concepts: int = 5, search
 
     from pipelines.config import validate_config
     from schemas import MATCHES, MIX_CLIPS, SCENES, make_table
-    from stages.planning import plan_chunk
+    from stages.pairing.planning import plan_chunk
 
     rng = np.random.default_rng(0)
     ids = np.array([f"{rng.integers(2**62):016x}-{i % 100:05d}" for i in range(pool_clips)], dtype=object)
     mix_clips = make_table(
         MIX_CLIPS,
-        {"clip_id": ids, "lufs": rng.uniform(-40, -10, pool_clips), "part": [f"part-{i // 200:06d}" for i in range(pool_clips)],
-         "audio_offset": rng.integers(0, 10**7, pool_clips), "audio_bytes": rng.integers(50_000, 150_000, pool_clips)},
+        {
+            "clip_id": ids,
+            "lufs": rng.uniform(-40, -10, pool_clips),
+            "part": [f"part-{i // 200:06d}" for i in range(pool_clips)],
+            "audio_offset": rng.integers(0, 10**7, pool_clips),
+            "audio_bytes": rng.integers(50_000, 150_000, pool_clips),
+        },
     ).sort_by("clip_id")
     texts = [[f"sound {j} of scene {i}" for j in range(concepts)] for i in range(images)]
     base = dict.fromkeys(SCENES.names)
     scenes = pa.Table.from_pylist(
-        [base | {"image_id": f"img-{i:07d}", "uri": f"/images/{i}.jpg", "vlm": "given", "format": "JPEG", "width": 512, "height": 512,
-                 "num_bytes": 60_000, "dropped_empty_concepts": 0, "concepts": [{"label": "x", "text": t} for t in row]}
-         for i, row in enumerate(texts)],
+        [
+            base
+            | {
+                "image_id": f"img-{i:07d}",
+                "uri": f"/images/{i}.jpg",
+                "vlm": "given",
+                "format": "JPEG",
+                "width": 512,
+                "height": 512,
+                "num_bytes": 60_000,
+                "dropped_empty_concepts": 0,
+                "concepts": [{"label": "x", "text": t} for t in row],
+            }
+            for i, row in enumerate(texts)
+        ],
         schema=SCENES,
     )
     flat = [t for row in texts for t in row]
     matches = make_table(
         MATCHES,
-        {"text": flat, "clip_ids": [ids[rng.choice(pool_clips, search_k, replace=False)].tolist() for _ in flat],
-         "scores": [np.sort(rng.uniform(0.1, 0.6, search_k))[::-1].astype(np.float32) for _ in flat]},
+        {
+            "text": flat,
+            "clip_ids": [ids[rng.choice(pool_clips, search_k, replace=False)].tolist() for _ in flat],
+            "scores": [np.sort(rng.uniform(0.1, 0.6, search_k))[::-1].astype(np.float32) for _ in flat],
+        },
     )
-    config = validate_config({"pool": {"dir": "/unused"}, "models": {"clap": {"model": "unused"}}, "retrieval": {"search_k": search_k}})
+    config = validate_config(
+        {"pool": {"dir": "/unused"}, "models": {"clap": {"model": "unused"}}, "retrieval": {"search_k": search_k}}
+    )
     started = time.perf_counter()
     plan_chunk(config, scenes, matches, mix_clips)
     return images / (time.perf_counter() - started)
@@ -127,7 +151,9 @@ def main() -> None:
         largest_out = root / f"out-{len(sizes) - 1}-{sizes[-1]}"
         floor, floor_samples = per_sample_floor(largest_out, str(root / "pool"), root / "floor")
         cpus = yaml.safe_load(pool_config.read_text())["ray"]["num_cpus"]
-        reads = scale_reads.measure_pool_reads(root / "reads", scale_reads.QUICK if args.quick else scale_reads.FULL, models["clap_transformers"])
+        reads = scale_reads.measure_pool_reads(
+            root / "reads", scale_reads.QUICK if args.quick else scale_reads.FULL, models["clap_transformers"]
+        )
     search = scale_search.measure_search(n_vectors=100_000 if args.quick else 500_000)
     planned = planning_rate(100_000 if args.quick else 500_000)
 
@@ -137,7 +163,8 @@ def main() -> None:
     worker_growth = large_peaks.worker - small_peaks.worker
     rows = [
         row(
-            f"driver peak RSS, {small:,} vs {large:,} images ({large_summary['concept_texts_searched']:,} distinct texts)",
+            f"driver peak RSS, {small:,} vs {large:,} images "
+            f"({large_summary['concept_texts_searched']:,} distinct texts)",
             f"{mib(small_peaks.driver)} -> {mib(large_peaks.driver)} MiB ({driver_growth / MIB:+,.0f})",
             "growth <= 100 MiB",
             driver_growth <= GROWTH_LIMIT,
@@ -154,9 +181,24 @@ def main() -> None:
             f"<= {scale_reads.MAX_READ_RATIO:g}",
             reads["read_ratio"] <= scale_reads.MAX_READ_RATIO,
         ),
-        row("  whole pool-rate parts those shards touch (the read before packs)", f"{reads['whole_part_bytes'] / MIB:,.0f} MiB", "", None),
-        *[row(r["measure"], str(r["value"]), "" if r["target"] is None else f">= {r['target']:g}", r["met"]) for r in search if r["target"] is not None],
-        row(f"planning samples/s in one process (a chunk of 1,024 images x 5 texts, K=64, {'100K' if args.quick else '500K'} mixable clips)", f"{planned:,.0f}", "", None),
+        row(
+            "  whole pool-rate parts those shards touch (the read before packs)",
+            f"{reads['whole_part_bytes'] / MIB:,.0f} MiB",
+            "",
+            None,
+        ),
+        *[
+            row(r["measure"], str(r["value"]), "" if r["target"] is None else f">= {r['target']:g}", r["met"])
+            for r in search
+            if r["target"] is not None
+        ],
+        row(
+            "planning samples/s in one process (a chunk of 1,024 images x 5 texts, K=64, "
+            f"{'100K' if args.quick else '500K'} mixable clips)",
+            f"{planned:,.0f}",
+            "",
+            None,
+        ),
         row(
             "end-to-end samples/s ÷ the per-sample work's samples/s in one process (the floor)",
             f"{e2e:.1f} ÷ {floor:.1f} = {e2e / floor:.2f}",
@@ -171,7 +213,10 @@ def main() -> None:
             None,
         ),
     ]
-    print(f"cpus {os.cpu_count()}; {small_summary['samples']:,} and {large_summary['samples']:,} samples written; floor over {floor_samples:,} samples")
+    print(
+        f"cpus {os.cpu_count()}; {small_summary['samples']:,} and {large_summary['samples']:,} samples written; "
+        f"floor over {floor_samples:,} samples"
+    )
     print_table(rows)
 
 

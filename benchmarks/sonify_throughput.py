@@ -4,7 +4,7 @@
 
 1. retrieval: top-K search (K = retrieval.search_k = 64) over clustered, L2-normalized 512-d vectors,
    by a brute-force numpy baseline (chunked queries @ pool.T, argpartition, sort) and by the
-   `stages.index` flat, ivf and hnsw indexes searched as retrieval searches them
+   `stages.search.faiss_index` flat, ivf and hnsw indexes searched as retrieval searches them
    (`search_queries`, nprobe or efSearch chosen per call for retrieval.target_recall): build
    time, queries/s and recall@10 against exact (flat) search.
 2. mixing: 3-source mixes the pipeline's way (gains from loudness stored once per clip,
@@ -28,9 +28,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks import common  # noqa: E402
 from schemas.config import IndexConfig, MixConfig, RetrievalConfig  # noqa: E402
-from stages.index import TRAIN_POINTS_PER_CELL, ivf_cells, recall_at_k  # noqa: E402
-from stages.loudness import integrated_lufs  # noqa: E402
-from stages.mix import Mix, draw_targets, gains_db, mix_sources  # noqa: E402
+from stages.audio.loudness import integrated_lufs  # noqa: E402
+from stages.audio.mixing import Mix, draw_targets, gains_db, mix_sources  # noqa: E402
+from stages.search.faiss_index import TRAIN_POINTS_PER_CELL, ivf_cells, recall_at_k  # noqa: E402
 
 SEARCH_K = RetrievalConfig().search_k
 RECALL_K = 10
@@ -91,11 +91,18 @@ class SearchResult:
 def bench_numpy(pool: np.ndarray, queries: np.ndarray) -> tuple[SearchResult, np.ndarray]:
     qps, rows = common.queries_per_second(lambda: numpy_top_k(pool, queries, SEARCH_K)[1], len(queries))
     chunk = min(len(queries), max(1, NUMPY_SCORE_FLOATS // len(pool)))
-    return SearchResult("numpy", len(pool), len(queries), None, qps, None, f"no build; {chunk} queries per matmul"), rows
+    return SearchResult(
+        "numpy", len(pool), len(queries), None, qps, None, f"no build; {chunk} queries per matmul"
+    ), rows
 
 
 def bench_index(
-    method: str, config: IndexConfig, pool: np.ndarray, queries: np.ndarray, exact_rows: np.ndarray | None, note: str = ""
+    method: str,
+    config: IndexConfig,
+    pool: np.ndarray,
+    queries: np.ndarray,
+    exact_rows: np.ndarray | None,
+    note: str = "",
 ) -> tuple[SearchResult, np.ndarray]:
     """Build time, queries/s and recall@10 against `exact_rows` (None: this index is the exact one)."""
     build_s, qps, rows = common.build_and_search(config, pool, queries, SEARCH_K)
@@ -162,7 +169,9 @@ def search_row(result: SearchResult) -> common.Row:
         recall = "" if result.recall is None else f"{result.recall:.3f}"
     name = "search numpy brute force" if result.method == "numpy" else f"search index {result.method}"
     note = "; ".join(part for part in ("seconds = build" if result.build_s is not None else "", result.note) if part)
-    return common.Row(name, f"N={result.n:,}, {result.queries} q", result.build_s, result.qps, "queries/s", recall, note)
+    return common.Row(
+        name, f"N={result.n:,}, {result.queries} q", result.build_s, result.qps, "queries/s", recall, note
+    )
 
 
 def bench_retrieval(sizes: Sizes, rng: np.random.Generator) -> list[SearchResult]:
@@ -228,14 +237,35 @@ def bench_mixing(mix_count: int, rng: np.random.Generator) -> tuple[list[common.
     scaled = sum(p.mix_gain_db < 0 for p in pipeline_mixes)
     size = f"{mix_count} mixes x {MIX_SOURCES} x {MIX_SECONDS:g} s"
     rows = [
-        common.Row("loudness once per clip", f"{MIX_BANK_CLIPS} clips x {MIX_SECONDS:g} s", loudness_s,
-            MIX_BANK_CLIPS / loudness_s, "clips/s", note="pool build cost, not timed below"),
-        common.Row("mix pipeline (stored lufs)", size, pipeline_s, mix_count / pipeline_s, "mixes/s",
-            note=f"gains_db + mix_sources at {MIX_RATE} Hz; {scaled} mixes scaled under {config.peak_dbfs:g} dBFS"),
-        common.Row("mix naive (measure per mix)", size, naive_s, mix_count / naive_s, "mixes/s",
-            note="integrated_lufs of every source in every mix"),
+        common.Row(
+            "loudness once per clip",
+            f"{MIX_BANK_CLIPS} clips x {MIX_SECONDS:g} s",
+            loudness_s,
+            MIX_BANK_CLIPS / loudness_s,
+            "clips/s",
+            note="pool build cost, not timed below",
+        ),
+        common.Row(
+            "mix pipeline (stored lufs)",
+            size,
+            pipeline_s,
+            mix_count / pipeline_s,
+            "mixes/s",
+            note=f"gains_db + mix_sources at {MIX_RATE} Hz; {scaled} mixes scaled under {config.peak_dbfs:g} dBFS",
+        ),
+        common.Row(
+            "mix naive (measure per mix)",
+            size,
+            naive_s,
+            mix_count / naive_s,
+            "mixes/s",
+            note="integrated_lufs of every source in every mix",
+        ),
     ]
-    check = f"mix audio identical: np.allclose {'holds' if same else 'FAILS'} for all {mix_count} mixes (max |diff| {max_diff:.1e})"
+    check = (
+        f"mix audio identical: np.allclose {'holds' if same else 'FAILS'} for all {mix_count} mixes "
+        f"(max |diff| {max_diff:.1e})"
+    )
     return rows, check
 
 
@@ -262,7 +292,10 @@ def bench(args: argparse.Namespace, rng: np.random.Generator) -> None:
     import faiss
 
     common.print_machine(
-        args.quick, f"faiss threads {faiss.omp_get_max_threads()}", f"numpy {np.__version__}", f"faiss {faiss.__version__}"
+        args.quick,
+        f"faiss threads {faiss.omp_get_max_threads()}",
+        f"numpy {np.__version__}",
+        f"faiss {faiss.__version__}",
     )
     search_results = bench_retrieval(sizes, rng)
     mix_rows, mix_check = bench_mixing(sizes.mixes, rng)
@@ -270,7 +303,8 @@ def bench(args: argparse.Namespace, rng: np.random.Generator) -> None:
 
     common.print_report(rows, ratio_lines(search_results, mix_rows) + [mix_check])
     print(
-        f"\nsearch data: {common.INDEX_CENTERS} clusters, held-out queries, K={SEARCH_K} (retrieval.search_k), recall@{RECALL_K}"
+        f"\nsearch data: {common.INDEX_CENTERS} clusters, held-out queries, K={SEARCH_K} (retrieval.search_k), "
+        f"recall@{RECALL_K}"
         f" from the first {RECALL_K} of the K rows, IndexConfig defaults unless noted,\nsearched through search_queries"
         " at the default retrieval.target_recall (benchmarks/scale_search.py: queries across a modality gap)."
     )

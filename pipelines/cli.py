@@ -14,7 +14,9 @@ CONFIG_TABLE_HEADER = "| key | type | default | meaning |\n|---|---|---|---|\n"
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="run_pipeline.py", description="Sonify image datasets: build audio pools and pairs.")
+    parser = argparse.ArgumentParser(
+        prog="run_pipeline.py", description="Sonify image datasets: build audio pools and pairs."
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     for name, text in (
         ("pool", "build or extend an audio pool: clips, loudness, CLAP embeddings, index"),
@@ -23,12 +25,19 @@ def _parser() -> argparse.ArgumentParser:
     ):
         command = sub.add_parser(name, help=text)
         command.add_argument("--config", required=True, help="YAML config file")
-        command.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides, values parsed as YAML")
-    report = sub.add_parser("report", help="write an HTML report of sonify.out and of pool.dir, in their report/ folders")
+        command.add_argument(
+            "overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides, values parsed as YAML"
+        )
+    report = sub.add_parser(
+        "report", help="write an HTML report of sonify.out and of pool.dir, in their report/ folders"
+    )
     report.add_argument("--config", required=True, help="YAML config file")
     report.add_argument(
-        "--of", choices=("all", "sonify", "pool"), default="all",
-        help="what to report: sonify (sonify.out/report), pool (pool.dir/report), or all: each of them that holds a finished run (default)",
+        "--of",
+        choices=("all", "sonify", "pool"),
+        default="all",
+        help="what to report: sonify (sonify.out/report), pool (pool.dir/report), "
+        "or all: each of them that holds a finished run (default)",
     )
     report.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides, values parsed as YAML")
     tiny = sub.add_parser("tiny-models", help="write tiny random models of the real architectures (offline)")

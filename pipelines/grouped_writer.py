@@ -66,8 +66,14 @@ class GroupedWriter:
         elapsed = time.monotonic() - self.started
         log.info(
             "%s %d/%d written (%s); %d %s so far, %.1f %s/s",
-            self.what, len(self.written), len(self.groups), group, self.units, self.unit,
-            self.units / elapsed if elapsed else 0.0, self.unit,
+            self.what,
+            len(self.written),
+            len(self.groups),
+            group,
+            self.units,
+            self.unit,
+            self.units / elapsed if elapsed else 0.0,
+            self.unit,
         )
 
     def unfinished(self) -> list[Hashable]:

@@ -22,20 +22,21 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipelines.config import dump_config
-from schemas.config import RunConfig
 from pipelines.grouped_writer import GroupedWriter
 from pipelines.ray_runner import Runner
 from schemas import POOL_CLIPS, POOL_INDEX_IDS, POOL_PARTS, embeddings_schema, make_table
-from schemas.layout import PoolLayout
-from stages import index as faiss_index
-from stages import storage
-from stages.base import check_chain
-from stages.clap import clap_identity
-from stages.embed_audio import EmbedAudio
-from stages.loudness import audible_clip_loudness
+from schemas.config import RunConfig
 from schemas.errors import PipelineError
-from stages.standardize import Standardize, locate_in_pack, repack
-from stages.sources import ParquetLayout, SourceFile, expand_audio_sources
+from schemas.layout import PoolLayout
+from stages.audio.loudness import audible_clip_loudness
+from stages.audio.packs import locate_in_pack, repack
+from stages.audio.standardize_stage import Standardize
+from stages.base import check_chain
+from stages.embed.clap import clap_identity
+from stages.embed.embed_audio_stage import EmbedAudio
+from stages.io import storage
+from stages.io.sources import ParquetLayout, SourceFile, expand_audio_sources
+from stages.search import faiss_index
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +113,14 @@ def group_parts(sources: list[SourceFile], files_per_part: int) -> pa.Table:
         members.append([asdict(s.member) if s.member is not None else None for s in group])
     return make_table(
         POOL_PARTS,
-        {"part": names, "uris": uris, "fingerprints": fingerprints, "errors": errors, "error_kinds": error_kinds, "members": members},
+        {
+            "part": names,
+            "uris": uris,
+            "fingerprints": fingerprints,
+            "errors": errors,
+            "error_kinds": error_kinds,
+            "members": members,
+        },
     )
 
 
@@ -153,7 +161,10 @@ def check_compatible(paths: PoolLayout, identity: dict, config: RunConfig) -> di
 def remove_unfinished_parts(paths: PoolLayout, mix_rates: list[int]) -> list[str]:
     """Audio, pack or embedding files without a clips file are left by an interrupted run: delete them."""
     finished = {storage.file_stem(u) for u in storage.list_files(paths.clips_folder(), ".parquet")}
-    files = [*storage.list_files(paths.audio_folder(), ".parquet"), *storage.list_files(paths.embeddings_folder(), ".parquet")]
+    files = [
+        *storage.list_files(paths.audio_folder(), ".parquet"),
+        *storage.list_files(paths.embeddings_folder(), ".parquet"),
+    ]
     files += [url for rate in mix_rates for url in storage.list_files(paths.mix_audio_folder(rate), ".tar")]
     removed = []
     for url in files:
@@ -230,7 +241,10 @@ class PartFiles:
         embedded = rows.filter(pc.is_valid(rows.column("embedding")))
         storage.write_parquet(
             self.paths.embeddings(part),
-            make_table(self.embeddings_schema, {"clip_id": embedded.column("clip_id"), "embedding": embedded.column("embedding")}),
+            make_table(
+                self.embeddings_schema,
+                {"clip_id": embedded.column("clip_id"), "embedding": embedded.column("embedding")},
+            ),
         )
         storage.write_parquet(self.paths.clips(part), make_table(POOL_CLIPS, rows.select(POOL_CLIPS.names)))
         errors = [e for e in rows.column("error").to_pylist() if e]
@@ -266,7 +280,9 @@ def read_embeddings(paths: PoolLayout, parts: list[str] | None = None) -> tuple[
 
 def embedded_parts(paths: PoolLayout) -> dict[str, int]:
     """part -> rows of its embeddings file: what an index of the pool must cover."""
-    return {storage.file_stem(u): storage.parquet_rows(u) for u in storage.list_files(paths.embeddings_folder(), ".parquet")}
+    return {
+        storage.file_stem(u): storage.parquet_rows(u) for u in storage.list_files(paths.embeddings_folder(), ".parquet")
+    }
 
 
 def update_index(paths: PoolLayout, config: RunConfig) -> dict:
@@ -286,7 +302,9 @@ def update_index(paths: PoolLayout, config: RunConfig) -> dict:
         return {**previous, "action": "unchanged"}
 
     index = None
-    same_kind = previous is not None and previous.get("kind") == faiss_index.index_kind(index_config, sum(covered.values()))
+    same_kind = previous is not None and previous.get("kind") == faiss_index.index_kind(
+        index_config, sum(covered.values())
+    )
     if indexed and same_kind and previous["size"] > 0 and all(covered.get(p) == n for p, n in indexed.items()):
         if storage.exists(paths.index_file()):
             index = faiss_index.deserialize(storage.read_bytes(paths.index_file()))
@@ -350,7 +368,11 @@ def run_pool(config: RunConfig) -> dict:
     meta = check_compatible(paths, identity, config)
 
     standardize = Standardize(
-        paths.root, config.pool.sample_rate, config.pool.clip_seconds, config.pool.silence_lufs, config.pool.mix_sample_rates
+        paths.root,
+        config.pool.sample_rate,
+        config.pool.clip_seconds,
+        config.pool.silence_lufs,
+        config.pool.mix_sample_rates,
     )
     embed = EmbedAudio(paths.root, config.models.clap, identity["dim"])
     check_chain(POOL_PARTS, [standardize, embed])
@@ -373,7 +395,11 @@ def run_pool(config: RunConfig) -> dict:
     plan = plan_work(sources, read_clips(paths, PLAN_COLUMNS), config.pool.retry_errors)
     parts = group_parts(plan.to_process, config.pool.files_per_part)
     log.info(
-        "%d source files listed: %d to process in %d parts, %d unchanged", len(sources), len(plan.to_process), parts.num_rows, plan.unchanged
+        "%d source files listed: %d to process in %d parts, %d unchanged",
+        len(sources),
+        len(plan.to_process),
+        parts.num_rows,
+        plan.unchanged,
     )
 
     writer = PartFiles(paths, identity["dim"])
@@ -391,7 +417,9 @@ def run_pool(config: RunConfig) -> dict:
     # the failed one it replaces; rewriting it already dropped the stale rows, and pruning it would
     # delete what this run just wrote.
     written = set(parts.column("part").to_pylist())
-    pruned_parts = prune_stale(paths, {part: uris for part, uris in plan.stale.items() if part not in written}, config.pool.mix_sample_rates)
+    pruned_parts = prune_stale(
+        paths, {part: uris for part, uris in plan.stale.items() if part not in written}, config.pool.mix_sample_rates
+    )
     index = update_index(paths, config)
 
     summary = {

@@ -85,7 +85,11 @@ def build_llm_processor(stage: EngineStage, task_retries: int, actor_restarts: i
     )
     for name in processor.list_stage_names():
         llm_stage = processor.get_stage_by_name(name)
-        llm_stage.map_batches_kwargs = {**llm_stage.map_batches_kwargs, "max_restarts": actor_restarts, "max_task_retries": task_retries}
+        llm_stage.map_batches_kwargs = {
+            **llm_stage.map_batches_kwargs,
+            "max_restarts": actor_restarts,
+            "max_task_retries": task_retries,
+        }
     return processor
 
 
@@ -103,7 +107,11 @@ class Runner:
         start_ray(config)
 
     def run(
-        self, source: pa.Table | list[pa.Table], stages: list[Stage], blocks: int | None = None, preserve_order: bool = False
+        self,
+        source: pa.Table | list[pa.Table],
+        stages: list[Stage],
+        blocks: int | None = None,
+        preserve_order: bool = False,
     ) -> Iterator[pa.Table]:
         """The output batches of `stages` applied in order to `source`: one table cut into `blocks`
         blocks, or a list of tables, one block each. With `preserve_order`, batches are fixed

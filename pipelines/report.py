@@ -19,15 +19,17 @@ from typing import Literal
 
 from PIL import Image
 
-from schemas.config import RunConfig
 from schemas import IMAGE_REFS, MANIFEST, POOL_CLIPS, SCENES
+from schemas.config import RunConfig
 from schemas.errors import PipelineError
 from schemas.layout import PoolLayout, ReportLayout, SonifyLayout
-from stages import report_plots as plots
-from stages import report_pool, report_sonify, storage
-from stages.report_gallery import read_samples, thumbnail_jpeg
-from stages.report_html import GalleryEntry, Plot, render_page
-from stages.report_sql import Histogram, ReportInputError, connect
+from stages.io import storage
+from stages.report import plots
+from stages.report import pool as report_pool
+from stages.report import sonify as report_sonify
+from stages.report.gallery import read_samples, thumbnail_jpeg
+from stages.report.html import GalleryEntry, Plot, render_page
+from stages.report.sql import Histogram, ReportInputError, connect
 
 log = logging.getLogger(__name__)
 
@@ -83,9 +85,17 @@ def write_report(folder: str, report: ReportFiles) -> str:
 
 
 def _histogram_plot(
-    report: ReportFiles, name: str, hist: Histogram, title: str, xlabel: str, caption: str, marker: tuple[float, str] | None = None
+    report: ReportFiles,
+    name: str,
+    hist: Histogram,
+    title: str,
+    xlabel: str,
+    caption: str,
+    marker: tuple[float, str] | None = None,
 ) -> Plot:
-    return Plot(name, report.add(ReportLayout.plot(name), plots.histogram_plot(hist, title, xlabel, marker)), title, caption)
+    return Plot(
+        name, report.add(ReportLayout.plot(name), plots.histogram_plot(hist, title, xlabel, marker)), title, caption
+    )
 
 
 def _read_json(url: str) -> dict | None:
@@ -99,7 +109,9 @@ def gallery_media(paths: SonifyLayout, items: list[dict], thumbnail_px: int, rep
     for item in items:
         image_name = item["image_uri"] + (f" ({item['image_member']})" if item["image_member"] else "")
         entries.append(
-            GalleryEntry(item["key"], item["vlm"], item["shard"], image_name, item["caption"], item["mix_lufs"], item["concepts"])
+            GalleryEntry(
+                item["key"], item["vlm"], item["shard"], image_name, item["caption"], item["mix_lufs"], item["concepts"]
+            )
         )
     by_shard: dict[str, list[int]] = {}
     for number, item in enumerate(items):
@@ -131,7 +143,9 @@ def gallery_media(paths: SonifyLayout, items: list[dict], thumbnail_px: int, rep
             try:
                 if not images:
                     raise ValueError("no image member")
-                entries[n].thumbnail = report.add(ReportLayout.thumbnail(n + 1), thumbnail_jpeg(members[images[0]], thumbnail_px))
+                entries[n].thumbnail = report.add(
+                    ReportLayout.thumbnail(n + 1), thumbnail_jpeg(members[images[0]], thumbnail_px)
+                )
             except (OSError, ValueError, Image.DecompressionBombError) as exc:
                 entries[n].problems.append(f"{url}: sample {items[n]['key']}: image not shown ({exc})")
     return entries
@@ -172,43 +186,118 @@ def sonify_report(config: RunConfig) -> str:
     figures = [
         Plot(
             "labels",
-            report.add(ReportLayout.plot("labels"), plots.bar_chart(labels, f"Concept labels, the {TOP_LABELS} most frequent", "concepts in written samples")),
+            report.add(
+                ReportLayout.plot("labels"),
+                plots.bar_chart(
+                    labels, f"Concept labels, the {TOP_LABELS} most frequent", "concepts in written samples"
+                ),
+            ),
             "Concept label frequency",
             "How often each label names a concept of a written sample.",
         ),
-        _histogram_plot(report, "cosine", concept_hists["cosine"], "Cosine of the chosen clip", "cosine similarity (CLAP text to audio)",
-                        "Cosine between each concept's text and its chosen clip."),
-        _histogram_plot(report, "ssr", concept_hists["ssr"], "SSR score of the chosen clip", "signed square root of the cosine",
-                        "The score the weighted choice used (the cosine itself when retrieval.ssr is false)."),
-        _histogram_plot(report, "threshold", concept_hists["threshold"], "Threshold tau", "mean of the top-k scores",
-                        "Each concept's dynamic threshold: candidates score at least this."),
-        _histogram_plot(report, "candidates", concept_hists["n_candidates"], "Candidate-set size |C|", "clips at or above tau",
-                        "How many clips each concept chose from."),
-        Plot("clip-usage", report.add(ReportLayout.plot("clip-usage"), plots.lorenz_plot(usage)), "Clip usage",
-             "Lorenz curve of clip choices over the pool's indexed clips: the further below the diagonal, the more a few clips dominate."),
-        Plot("loudness", report.add(ReportLayout.plot("loudness"), plots.loudness_plot(loudness)), "Target against measured loudness",
-             "Each dot is a sample; on the diagonal the mix is as loud as its sources' targets add up to."),
-        _histogram_plot(report, "mix-peak", mix_hists["mix_peak_dbfs"], "Mix peak", "sample peak (dBFS)",
-                        "Peak of each written mix.", (config.mix.peak_dbfs, "mix.peak_dbfs")),
-        _histogram_plot(report, "mix-gain", mix_hists["mix_gain_db"], "Mix gain", "gain applied to the whole mix (dB)",
-                        "Below 0: the mix passed the peak ceiling and was scaled down."),
+        _histogram_plot(
+            report,
+            "cosine",
+            concept_hists["cosine"],
+            "Cosine of the chosen clip",
+            "cosine similarity (CLAP text to audio)",
+            "Cosine between each concept's text and its chosen clip.",
+        ),
+        _histogram_plot(
+            report,
+            "ssr",
+            concept_hists["ssr"],
+            "SSR score of the chosen clip",
+            "signed square root of the cosine",
+            "The score the weighted choice used (the cosine itself when retrieval.ssr is false).",
+        ),
+        _histogram_plot(
+            report,
+            "threshold",
+            concept_hists["threshold"],
+            "Threshold tau",
+            "mean of the top-k scores",
+            "Each concept's dynamic threshold: candidates score at least this.",
+        ),
+        _histogram_plot(
+            report,
+            "candidates",
+            concept_hists["n_candidates"],
+            "Candidate-set size |C|",
+            "clips at or above tau",
+            "How many clips each concept chose from.",
+        ),
+        Plot(
+            "clip-usage",
+            report.add(ReportLayout.plot("clip-usage"), plots.lorenz_plot(usage)),
+            "Clip usage",
+            "Lorenz curve of clip choices over the pool's indexed clips: "
+            "the further below the diagonal, the more a few clips dominate.",
+        ),
+        Plot(
+            "loudness",
+            report.add(ReportLayout.plot("loudness"), plots.loudness_plot(loudness)),
+            "Target against measured loudness",
+            "Each dot is a sample; on the diagonal the mix is as loud as its sources' targets add up to.",
+        ),
+        _histogram_plot(
+            report,
+            "mix-peak",
+            mix_hists["mix_peak_dbfs"],
+            "Mix peak",
+            "sample peak (dBFS)",
+            "Peak of each written mix.",
+            (config.mix.peak_dbfs, "mix.peak_dbfs"),
+        ),
+        _histogram_plot(
+            report,
+            "mix-gain",
+            mix_hists["mix_gain_db"],
+            "Mix gain",
+            "gain applied to the whole mix (dB)",
+            "Below 0: the mix passed the peak ceiling and was scaled down.",
+        ),
     ]
     gallery = gallery_media(paths, items, config.report.thumbnail_px, report)
     summary = _read_json(paths.summary())
-    notes = [f"The last sonify run took {summary['wall_seconds']:.0f} s." if summary else "No summary.json: the run has not finished."]
+    notes = [
+        f"The last sonify run took {summary['wall_seconds']:.0f} s."
+        if summary
+        else "No summary.json: the run has not finished."
+    ]
     samples_written = dict(counts)["samples written"]
     report.add(
         ReportLayout.page(),
         render_page(
-            "Sonify report", paths.root, counts, problems, figures, notes, gallery,
+            "Sonify report",
+            paths.root,
+            counts,
+            problems,
+            figures,
+            notes,
+            gallery,
             f"{len(gallery)} of {samples_written} written samples, chosen at random with report.gallery_seed "
             f"{config.report.gallery_seed}. Images and mixes are copies beside this page.",
         ).encode(),
     )
-    clip_stats = {"distinct": usage.distinct, "uses": usage.uses, "top_20_share": usage.top_share, "gini": usage.gini, "indexed_clips": usage.population}
-    report.add(ReportLayout.summary(), _report_json(counts, problems, {"gallery": [i["key"] for i in items], "clip_usage": clip_stats}))
+    clip_stats = {
+        "distinct": usage.distinct,
+        "uses": usage.uses,
+        "top_20_share": usage.top_share,
+        "gini": usage.gini,
+        "indexed_clips": usage.population,
+    }
+    report.add(
+        ReportLayout.summary(),
+        _report_json(counts, problems, {"gallery": [i["key"] for i in items], "clip_usage": clip_stats}),
+    )
     index = write_report(paths.report_folder(), report)
-    log.info("sonify report written in %.1f s: %d plots, %d gallery samples", time.monotonic() - started, len(figures), len(gallery))
+    log.info(
+        "sonify report written in %.1f s: %d plots, %d gallery samples",
+        time.monotonic() - started,
+        len(figures),
+        len(gallery),
+    )
     return index
 
 
@@ -234,16 +323,45 @@ def pool_report(config: RunConfig) -> str:
         counts.append(("clips in the index", int(index_meta["size"])))
     share = silent / (silent + audible) if silent + audible else 0.0
     figures = [
-        Plot("formats", report.add(ReportLayout.plot("formats"), plots.bar_chart(formats, "Source files by format", "files")), "Formats",
-             "Decoded format of each source file that gave clips."),
-        _histogram_plot(report, "durations", durations, "Source durations", "seconds", "Length of each source file before it was cut into clips."),
-        _histogram_plot(report, "clip-loudness", loudness, "Clip loudness", "integrated loudness at the pool rate (LUFS)",
-                        "Loudness of each clip; digital silence has none.", (config.pool.silence_lufs, "pool.silence_lufs")),
-        Plot("silent", report.add(ReportLayout.plot("silent"), plots.bar_chart([("audible", audible), ("silent", silent)], f"Silent share: {share:.1%}", "clips")),
-             "Silent share", "Clips below pool.silence_lufs are kept in the table but never retrieved."),
+        Plot(
+            "formats",
+            report.add(ReportLayout.plot("formats"), plots.bar_chart(formats, "Source files by format", "files")),
+            "Formats",
+            "Decoded format of each source file that gave clips.",
+        ),
+        _histogram_plot(
+            report,
+            "durations",
+            durations,
+            "Source durations",
+            "seconds",
+            "Length of each source file before it was cut into clips.",
+        ),
+        _histogram_plot(
+            report,
+            "clip-loudness",
+            loudness,
+            "Clip loudness",
+            "integrated loudness at the pool rate (LUFS)",
+            "Loudness of each clip; digital silence has none.",
+            (config.pool.silence_lufs, "pool.silence_lufs"),
+        ),
+        Plot(
+            "silent",
+            report.add(
+                ReportLayout.plot("silent"),
+                plots.bar_chart([("audible", audible), ("silent", silent)], f"Silent share: {share:.1%}", "clips"),
+            ),
+            "Silent share",
+            "Clips below pool.silence_lufs are kept in the table but never retrieved.",
+        ),
     ]
     summary = _read_json(pool.summary())
-    notes = [f"The last pool run took {summary['wall_seconds']:.0f} s." if summary else "No summary.json: the last pool run has not finished."]
+    notes = [
+        f"The last pool run took {summary['wall_seconds']:.0f} s."
+        if summary
+        else "No summary.json: the last pool run has not finished."
+    ]
     report.add(ReportLayout.page(), render_page("Pool report", pool.root, counts, problems, figures, notes).encode())
     report.add(ReportLayout.summary(), _report_json(counts, problems, {"silent_share": share}))
     return write_report(pool.report_folder(), report)
@@ -266,5 +384,8 @@ def run_report(config: RunConfig, target: Target) -> list[str]:
         if target == "pool" or has_pool:
             written.append(pool_report(config))
     if not written:
-        raise ReportError(f"nothing to report: neither sonify.out ({config.sonify.out}) nor pool.dir ({config.pool.dir}) holds a finished run")
+        raise ReportError(
+            f"nothing to report: neither sonify.out ({config.sonify.out}) "
+            f"nor pool.dir ({config.pool.dir}) holds a finished run"
+        )
     return written

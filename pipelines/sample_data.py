@@ -73,7 +73,10 @@ def drums(t, rng):
 
 
 def crowd(t, rng):
-    voices = sum(np.sin(2 * np.pi * (150 + 40 * k) * t + rng.random() * 6) * (np.sin(2 * np.pi * (0.5 + 0.2 * k) * t) > 0) for k in range(6))
+    voices = sum(
+        np.sin(2 * np.pi * (150 + 40 * k) * t + rng.random() * 6) * (np.sin(2 * np.pi * (0.5 + 0.2 * k) * t) > 0)
+        for k in range(6)
+    )
     return voices * 0.06 + rng.standard_normal(t.size) * 0.02
 
 
@@ -126,7 +129,15 @@ def synthesize(spec: SampleFile, seed: int) -> np.ndarray:
 
 
 IMAGE_COUNT = 42
-IMAGE_MODES = (("RGB", "JPEG", "jpg"), ("RGB", "PNG", "png"), ("RGB", "WEBP", "webp"), ("CMYK", "JPEG", "jpg"), ("P", "PNG", "png"), ("RGBA", "PNG", "png"), ("L", "JPEG", "jpeg"))
+IMAGE_MODES = (
+    ("RGB", "JPEG", "jpg"),
+    ("RGB", "PNG", "png"),
+    ("RGB", "WEBP", "webp"),
+    ("CMYK", "JPEG", "jpg"),
+    ("P", "PNG", "png"),
+    ("RGBA", "PNG", "png"),
+    ("L", "JPEG", "jpeg"),
+)
 
 
 def synthesize_image(index: int) -> Image.Image:

@@ -103,7 +103,7 @@ def build_laion_clap(out: Path, scratch: Path, seed: int = 0) -> tuple[Path, Pat
     import torch
     from transformers import BartTokenizer, BertTokenizer, RobertaConfig, RobertaModel, RobertaTokenizer
 
-    from stages.clap import _working_directory
+    from stages.embed.clap import _working_directory
 
     torch.manual_seed(seed)
     root = out / "laion-clap"
@@ -136,9 +136,7 @@ def build_laion_clap(out: Path, scratch: Path, seed: int = 0) -> tuple[Path, Pat
     _spread_weights(module.model, seed)
     state = dict(module.model.state_dict())
     # Real checkpoints carry this buffer and laion-clap's loader deletes it unconditionally.
-    state.setdefault(
-        "text_branch.embeddings.position_ids", torch.arange(TEXT_POSITIONS).unsqueeze(0)
-    )
+    state.setdefault("text_branch.embeddings.position_ids", torch.arange(TEXT_POSITIONS).unsqueeze(0))
     checkpoint = root / "tiny-htsat.pt"
     torch.save({"state_dict": state}, checkpoint)
     return checkpoint, backbones

@@ -15,7 +15,21 @@ from schemas.pool import (
     embeddings_schema,
 )
 from schemas.report import GALLERY_ITEMS, REPORT_PROBLEMS
-from schemas.sonify import ANSWERS, CHUNK_TASKS, CLIP_LOCATION, IMAGE_REFS, IMAGES, MANIFEST, MANIFEST_POOL_READS, MATCHES, MIX_CLIPS, SCENES, SHARD_PLANS, SHARD_RESULTS, SHARD_TASKS
+from schemas.sonify import (
+    ANSWERS,
+    CHUNK_TASKS,
+    CLIP_LOCATION,
+    IMAGE_REFS,
+    IMAGES,
+    MANIFEST,
+    MANIFEST_POOL_READS,
+    MATCHES,
+    MIX_CLIPS,
+    SCENES,
+    SHARD_PLANS,
+    SHARD_RESULTS,
+    SHARD_TASKS,
+)
 
 __all__ = [
     "ANSWERS",

@@ -105,7 +105,8 @@ class PoolConfig(_Section):
     mix_sample_rates: list[int] = Field(
         default_factory=lambda: [16000],
         description="Rates at which mixes will be made. The pool also stores every clip at each of them "
-        "(16-bit FLAC, audio/<rate>/<part>.tar), with its loudness measured on that stored audio, which is what the mixer decodes.",
+        "(16-bit FLAC, audio/<rate>/<part>.tar), with its loudness measured on that stored audio, "
+        "which is what the mixer decodes.",
     )
     max_band_loss_lu: float = Field(
         20.0,
@@ -115,7 +116,9 @@ class PoolConfig(_Section):
         "Nyquist frequency is lost in resampling; a 12 kHz tone mixed at 16 kHz would otherwise get 30+ dB of gain).",
     )
     files_per_part: int = Field(
-        16, ge=1, description="Sources (files, Parquet rows, tar members) per part, the unit of work and of output files."
+        16,
+        ge=1,
+        description="Sources (files, Parquet rows, tar members) per part, the unit of work and of output files.",
     )
     retry_errors: bool = Field(
         False, description="Re-read sources whose last attempt ended in an error row, even if unchanged."
@@ -136,9 +139,7 @@ class ClapConfig(_Section):
         "laion_clap: a .pt checkpoint (630k-audioset-best.pt). Folders and files may be fsspec URLs: "
         "remote ones are copied once per node into $SONIFY_MODEL_CACHE (default ~/.cache/sonify/models).",
     )
-    amodel: str = Field(
-        "HTSAT-tiny", description="laion_clap audio encoder; the music checkpoints need HTSAT-base."
-    )
+    amodel: str = Field("HTSAT-tiny", description="laion_clap audio encoder; the music checkpoints need HTSAT-base.")
     enable_fusion: bool = Field(False, description="laion_clap: fusion checkpoints need true.")
     text_backbones_dir: str | None = Field(
         None,
@@ -192,9 +193,13 @@ class VlmConfig(_Section):
         "transformers: any fsspec URL, copied once per node like models.clap.model. vllm: s3://, gs://, "
         "abfss:// and azure:// URLs, which Ray Data LLM downloads.",
     )
-    path: str | None = Field(None, description="provided: Parquet or JSONL (fsspec URL) of {image_id, concepts: [{label, text}]}.")
+    path: str | None = Field(
+        None, description="provided: Parquet or JSONL (fsspec URL) of {image_id, concepts: [{label, text}]}."
+    )
     batch_size: int = Field(8, ge=1, description="Images per batch.")
-    concurrency: int = Field(1, ge=1, description="Engine replicas or model actors (vllm, transformers); parallel requests (openai).")
+    concurrency: int = Field(
+        1, ge=1, description="Engine replicas or model actors (vllm, transformers); parallel requests (openai)."
+    )
     num_gpus: float = Field(0.0, ge=0, description="transformers: GPUs per actor.")
     engine_kwargs: dict[str, Any] = Field(
         default_factory=dict, description="vllm: engine arguments, e.g. {max_model_len: 8192, tensor_parallel_size: 1}."
@@ -204,7 +209,6 @@ class VlmConfig(_Section):
     timeout_s: float = Field(120.0, gt=0, description="openai: timeout of one request.")
     retries: int = Field(3, ge=0, description="openai: retries of a failed request, with exponential backoff.")
     temperature: float = Field(0.0, ge=0, description="Sampling temperature; 0 is greedy.")
-
 
     @field_validator("name")
     @classmethod
@@ -276,7 +280,9 @@ class RetrievalConfig(_Section):
         "actor and every rerun) that choose the approximate index's setting. Each costs one exact search over the "
         "whole pool, once per retrieval actor.",
     )
-    recall_k: int = Field(10, ge=1, description="k of the recall@k that target_recall applies to; above search_k, search_k is used.")
+    recall_k: int = Field(
+        10, ge=1, description="k of the recall@k that target_recall applies to; above search_k, search_k is used."
+    )
     recall_sample: int = Field(
         8,
         ge=1,
@@ -302,10 +308,14 @@ class RetrievalConfig(_Section):
 
 
 class MixConfig(_Section):
-    sample_rate: int = Field(16000, ge=8000, le=192000, description="Rate of the mixes; must be in pool.mix_sample_rates.")
+    sample_rate: int = Field(
+        16000, ge=8000, le=192000, description="Rate of the mixes; must be in pool.mix_sample_rates."
+    )
     lufs_min: float = Field(-27.0, le=0, description="Lower end of each source's target loudness.")
     lufs_max: float = Field(-23.0, le=0, description="Upper end of each source's target loudness.")
-    peak_dbfs: float = Field(-1.0, le=0, description="Peak ceiling: a mix above it is scaled down and the gain recorded.")
+    peak_dbfs: float = Field(
+        -1.0, le=0, description="Peak ceiling: a mix above it is scaled down and the gain recorded."
+    )
 
 
 class RenderConfig(_Section):
@@ -314,9 +324,13 @@ class RenderConfig(_Section):
 
 
 class ReportConfig(_Section):
-    gallery_size: int = Field(48, ge=0, description="report: samples shown in the gallery, a seeded random choice among those written.")
+    gallery_size: int = Field(
+        48, ge=0, description="report: samples shown in the gallery, a seeded random choice among those written."
+    )
     gallery_seed: int = Field(0, description="report: seed of the gallery's choice; another seed shows other samples.")
-    thumbnail_px: int = Field(320, ge=32, le=2048, description="report: longest side of the gallery's JPEG thumbnails, in pixels.")
+    thumbnail_px: int = Field(
+        320, ge=32, le=2048, description="report: longest side of the gallery's JPEG thumbnails, in pixels."
+    )
 
 
 class RunConfig(_Section):
@@ -337,11 +351,15 @@ class RunConfig(_Section):
         if bad:
             raise ValueError(f"pool.mix_sample_rates: {bad} outside 8000..192000 Hz")
         if self.retrieval.k > self.retrieval.search_k:
-            raise ValueError(f"retrieval.k ({self.retrieval.k}) must not exceed retrieval.search_k ({self.retrieval.search_k})")
+            raise ValueError(
+                f"retrieval.k ({self.retrieval.k}) must not exceed retrieval.search_k ({self.retrieval.search_k})"
+            )
         if self.mix.lufs_min > self.mix.lufs_max:
             raise ValueError(f"mix.lufs_min ({self.mix.lufs_min}) is above mix.lufs_max ({self.mix.lufs_max})")
         if self.sonify.max_image_side is not None and self.sonify.image_format == "original":
-            raise ValueError("sonify.max_image_side needs sonify.image_format jpg, webp or png: original keeps the source bytes")
+            raise ValueError(
+                "sonify.max_image_side needs sonify.image_format jpg, webp or png: original keeps the source bytes"
+            )
         names = [v.name for v in self.models.vlm]
         if len(set(names)) != len(names):
             raise ValueError(f"models.vlm: names must be unique, got {names}")

@@ -137,7 +137,12 @@ class PoolLayout:
 
     def part_folders(self, mix_rates: Iterable[int]) -> tuple[str, ...]:
         """The folders holding one file per part, in a pool with these mix rates."""
-        return (self.clips_folder(), self.audio_folder(), *(self.mix_audio_folder(r) for r in mix_rates), self.embeddings_folder())
+        return (
+            self.clips_folder(),
+            self.audio_folder(),
+            *(self.mix_audio_folder(r) for r in mix_rates),
+            self.embeddings_folder(),
+        )
 
     def temporary_folders(self, mix_rates: Iterable[int]) -> list[str]:
         """Folders a pool run with these mix rates writes, where killed writes may have left temporary files."""

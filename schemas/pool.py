@@ -88,6 +88,7 @@ def embedded_clips_schema(dim: int) -> pa.Schema:
         [*STANDARDIZED_CLIPS, pa.field("embedding", pa.list_(pa.float32(), dim))],
     )
 
+
 # pool.dir/index/ids.parquet: row i of the FAISS index is the clip with this clip_id.
 POOL_INDEX_IDS = versioned(
     "pool_index_ids",
@@ -98,7 +99,7 @@ POOL_INDEX_IDS = versioned(
     ],
 )
 
-# Where a source that is not a file of its own sits in its container (stages.sources.Member): a
+# Where a source that is not a file of its own sits in its container (stages.io.sources.Member): a
 # Parquet row (column, row group, row in group) or a tar member (byte offset and size).
 SOURCE_MEMBER = pa.struct(
     [

@@ -71,5 +71,7 @@ def check_chain(source: pa.Schema, stages: list[Stage]) -> None:
     for stage in stages:
         missing = [c for c in stage.required_columns if c not in available]
         if missing:
-            raise ChainError(f"stage {stage.name} needs columns {missing}; the stage before it gives {sorted(available)}")
+            raise ChainError(
+                f"stage {stage.name} needs columns {missing}; the stage before it gives {sorted(available)}"
+            )
         available = set(stage.output_schema().names)

@@ -40,8 +40,8 @@ def tiny_models(tmp_path_factory) -> dict[str, str]:
 def ray_session():
     import ray
 
-    from schemas.config import RayConfig
     from pipelines.ray_runner import start_ray
+    from schemas.config import RayConfig
 
     start_ray(RayConfig(num_cpus=2))
     yield
@@ -68,7 +68,9 @@ class PipelineProcess:
             # The run's own local Ray lives in the run's process group.
             os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait()
-            raise AssertionError(f"run did not finish in {timeout} s; {self.log}:\n{self.log.read_text()[-4000:]}") from None
+            raise AssertionError(
+                f"run did not finish in {timeout} s; {self.log}:\n{self.log.read_text()[-4000:]}"
+            ) from None
         assert code == 0, f"run exited {code}; {self.log}:\n{self.log.read_text()[-6000:]}"
 
     def driver_core_log(self) -> str:
@@ -106,7 +108,9 @@ class PipelineRuns:
             pixels = (np.random.default_rng(100 + i).random((64, 96, 3)) * 255).astype(np.uint8)
             Image.fromarray(pixels).save(images / f"image {i:02d}.png")
 
-    def config(self, name: str, clap_concurrency: int = 1, vlm_concurrency: int = 1, pool_dir: Path | None = None) -> Path:
+    def config(
+        self, name: str, clap_concurrency: int = 1, vlm_concurrency: int = 1, pool_dir: Path | None = None
+    ) -> Path:
         """Writes `<name>/config.yaml`, with the pool and the output under `<name>/` unless `pool_dir`
         names another run's pool. One file per part, two items per batch and four images per chunk
         make many small batches and files, so that each stage runs long enough to be caught at work."""
@@ -114,13 +118,34 @@ class PipelineRuns:
 
         folder = self.root / name
         folder.mkdir()
-        clap = {"backend": "transformers", "model": self.models["clap_transformers"], "batch_size": 2, "concurrency": clap_concurrency}
-        vlm = {"name": "qwen", "backend": "transformers", "model": self.models["vlm_qwen2_5_vl"], "batch_size": 2, "concurrency": vlm_concurrency}
+        clap = {
+            "backend": "transformers",
+            "model": self.models["clap_transformers"],
+            "batch_size": 2,
+            "concurrency": clap_concurrency,
+        }
+        vlm = {
+            "name": "qwen",
+            "backend": "transformers",
+            "model": self.models["vlm_qwen2_5_vl"],
+            "batch_size": 2,
+            "concurrency": vlm_concurrency,
+        }
         tree = {
             "seed": 5,
-            "pool": {"dir": str(pool_dir or folder / "pool"), "sources": [str(self.root / "inputs" / "audio" / "*")], "files_per_part": 1},
+            "pool": {
+                "dir": str(pool_dir or folder / "pool"),
+                "sources": [str(self.root / "inputs" / "audio" / "*")],
+                "files_per_part": 1,
+            },
             "models": {"clap": clap, "vlm": [vlm]},
-            "sonify": {"images": [str(self.root / "inputs" / "images" / "*")], "out": str(folder / "out"), "min_side": 32, "shard_size_mb": 0.25, "images_per_chunk": 4},
+            "sonify": {
+                "images": [str(self.root / "inputs" / "images" / "*")],
+                "out": str(folder / "out"),
+                "min_side": 32,
+                "shard_size_mb": 0.25,
+                "images_per_chunk": 4,
+            },
             "prompt": {"max_new_tokens": 64, "max_concepts": 3, "max_text_chars": 20},
             "retrieval": {"search_k": 8, "k": 4, "min_cosine": -1.0},
         }
@@ -138,7 +163,11 @@ class PipelineRuns:
         with open(log, "wb") as sink:
             process = subprocess.Popen(
                 [sys.executable, str(REPO / "run_pipeline.py"), command, "--config", str(config), *overrides],
-                cwd=REPO, env=env, stdout=sink, stderr=subprocess.STDOUT, start_new_session=True,
+                cwd=REPO,
+                env=env,
+                stdout=sink,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
             )
         return PipelineProcess(process, log, Path(ray_temp))
 
@@ -162,7 +191,11 @@ class PipelineRuns:
             for p in sorted((pool_dir / table).glob("*.parquet"))
         }
         assert "index/ids.parquet" in tables, f"{pool_dir} holds no index"
-        return {**tables, "index/index.faiss": (pool_dir / "index" / "index.faiss").read_bytes(), "pool.json": (pool_dir / "pool.json").read_text()}
+        return {
+            **tables,
+            "index/index.faiss": (pool_dir / "index" / "index.faiss").read_bytes(),
+            "pool.json": (pool_dir / "pool.json").read_text(),
+        }
 
     @staticmethod
     def sonify_outputs(out_dir: Path) -> tuple[list[dict], dict[str, dict[str, bytes]]]:

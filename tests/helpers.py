@@ -31,6 +31,7 @@ def png(width: int, height: int, bit_depth: int, color_type: int, pixels: np.nda
     """A PNG written by hand, for what Pillow will not write (16-bit RGB) or must not decode (a header
     claiming a huge size). `pixels` is [height, width, channels] of the bit depth, or None for a
     file whose image data is empty."""
+
     def chunk(kind: bytes, body: bytes) -> bytes:
         return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
 
@@ -75,7 +76,9 @@ def pyav_media(audio: np.ndarray | None, rate: int, container: str, codec: str |
                 samples = block.T if sample_format.is_planar else block.reshape(1, -1)
                 if sample_format.name.startswith("s16"):
                     samples = np.round(samples * 32767).astype(np.int16)
-                frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(samples), format=sample_format.name, layout=layout)
+                frame = av.AudioFrame.from_ndarray(
+                    np.ascontiguousarray(samples), format=sample_format.name, layout=layout
+                )
                 frame.sample_rate, frame.pts = rate, start
                 for packet in sound.encode(frame):
                     out.mux(packet)

@@ -24,7 +24,11 @@ PER_CHUNK = 4
 def run(tiny_models, ray_session, tmp_path_factory):
     root = tmp_path_factory.mktemp("approximate")
     for i in range(6):
-        write_audio(root / "audio" / f"tone-{i}.wav", tone(12.0, 16000, 150.0 + 170 * i, 0.3) + noise(12.0, 16000, 0.02, i), 16000)
+        write_audio(
+            root / "audio" / f"tone-{i}.wav",
+            tone(12.0, 16000, 150.0 + 170 * i, 0.3) + noise(12.0, 16000, 0.02, i),
+            16000,
+        )
     (root / "images").mkdir()
     lines = []
     for i in range(IMAGES):
@@ -35,13 +39,32 @@ def run(tiny_models, ray_session, tmp_path_factory):
     config = validate_config(
         {
             "seed": 3,
-            "pool": {"dir": str(root / "pool"), "sources": [str(root / "audio" / "*.wav")], "sample_rate": 16000, "index": {"kind": "hnsw"}},
+            "pool": {
+                "dir": str(root / "pool"),
+                "sources": [str(root / "audio" / "*.wav")],
+                "sample_rate": 16000,
+                "index": {"kind": "hnsw"},
+            },
             "models": {
                 "clap": {"backend": "transformers", "model": tiny_models["clap_transformers"], "batch_size": 4},
-                "vlm": [{"name": "given", "backend": "provided", "path": str(root / "concepts.jsonl"), "batch_size": 4}],
+                "vlm": [
+                    {"name": "given", "backend": "provided", "path": str(root / "concepts.jsonl"), "batch_size": 4}
+                ],
             },
-            "sonify": {"images": [str(root / "images" / "*.png")], "out": str(root / "out"), "min_side": 16, "images_per_chunk": PER_CHUNK},
-            "retrieval": {"search_k": 8, "k": 4, "min_cosine": -1.0, "calibration_queries": 10, "recall_sample": 5, "recall_every": 2},
+            "sonify": {
+                "images": [str(root / "images" / "*.png")],
+                "out": str(root / "out"),
+                "min_side": 16,
+                "images_per_chunk": PER_CHUNK,
+            },
+            "retrieval": {
+                "search_k": 8,
+                "k": 4,
+                "min_cosine": -1.0,
+                "calibration_queries": 10,
+                "recall_sample": 5,
+                "recall_every": 2,
+            },
         }
     )
     run_pool(config)
@@ -52,7 +75,9 @@ def test_every_chunk_is_searched_at_the_calibrated_setting_and_the_recall_is_sum
     config, root, summary = run
     chunks = IMAGES // PER_CHUNK
     stats = [json.loads((root / "out" / "matches" / f"{c:06d}.json").read_text()) for c in range(chunks)]
-    assert [{s["setting"] for s in stats}] == [set(summary["search"]["settings"])] and len(summary["search"]["settings"]) == 1
+    assert [{s["setting"] for s in stats}] == [set(summary["search"]["settings"])] and len(
+        summary["search"]["settings"]
+    ) == 1
     assert all(s["texts"] == 3 * PER_CHUNK for s in stats)
     # Chunks 0 and 2 (numbers that are multiples of retrieval.recall_every) measure their recall.
     assert [s["recall_queries"] for s in stats] == [5, 0, 5] and stats[1]["recall"] is None

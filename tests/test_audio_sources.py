@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipelines.pool import group_parts, plan_work
-from stages.sources import ParquetLayout, SourceFile, SourceReader, expand_audio_sources
+from stages.io.sources import ParquetLayout, SourceFile, SourceReader, expand_audio_sources
 
 HF_AUDIO = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
 DEFAULT = ParquetLayout("audio", None)
@@ -65,14 +65,19 @@ def test_an_id_column_names_the_rows(tmp_path, id_column, first):
 
 def test_a_plain_binary_column_and_rows_without_bytes(tmp_path):
     pq.write_table(pa.table({"flac": pa.array([b"abc", None, b"def"], pa.binary())}), tmp_path / "plain.parquet")
-    pq.write_table(pa.table({"audio": pa.array([{"bytes": None, "path": "/elsewhere/a.wav"}], HF_AUDIO)}), tmp_path / "paths.parquet")
+    pq.write_table(
+        pa.table({"audio": pa.array([{"bytes": None, "path": "/elsewhere/a.wav"}], HF_AUDIO)}),
+        tmp_path / "paths.parquet",
+    )
     plain, _ = expand_audio_sources([str(tmp_path / "plain.parquet")], ParquetLayout("flac", None))
     reader = SourceReader()
     assert reader.read(plain[0].uri, plain[0].member) == b"abc" and reader.read(plain[2].uri, plain[2].member) == b"def"
     with pytest.raises(ValueError, match=r"^no audio bytes in column 'flac'$"):
         reader.read(plain[1].uri, plain[1].member)
     (only_path,) = expand_audio_sources([str(tmp_path / "paths.parquet")], DEFAULT)[0]
-    with pytest.raises(ValueError, match=r"^no audio bytes in column 'audio' \(the row names only the path '/elsewhere/a.wav'\)$") as raised:
+    with pytest.raises(
+        ValueError, match=r"^no audio bytes in column 'audio' \(the row names only the path '/elsewhere/a.wav'\)$"
+    ) as raised:
         reader.read(only_path.uri, only_path.member)
     assert raised.value.kind == "empty"
 
@@ -86,11 +91,17 @@ def test_unusable_parquet_files_are_one_error_each(tmp_path):
     assert errors == {
         "broken.parquet": errors["broken.parquet"],
         "numbers.parquet": "container: the Parquet column 'audio' is int64, not binary or a struct with binary `bytes`",
-        "other column.parquet": "container: the Parquet file has no column 'audio' (its columns: sound); set pool.parquet.audio_column",
+        "other column.parquet": (
+            "container: the Parquet file has no column 'audio' (its columns: sound); set pool.parquet.audio_column"
+        ),
     }
     assert errors["broken.parquet"].startswith(f"cannot read {tmp_path}/broken.parquet as Parquet: ")
     kinds = {Path(s.uri).name: s.error_kind for s in sources}
-    assert kinds == {"broken.parquet": "unreadable", "numbers.parquet": "bad_container", "other column.parquet": "bad_container"}
+    assert kinds == {
+        "broken.parquet": "unreadable",
+        "numbers.parquet": "bad_container",
+        "other column.parquet": "bad_container",
+    }
 
 
 def test_repeated_and_null_ids_are_error_rows_and_the_other_rows_stay(tmp_path):
@@ -110,7 +121,13 @@ def test_repeated_and_null_ids_are_error_rows_and_the_other_rows_stay(tmp_path):
 def test_audio_members_of_a_tar_are_sources_and_metadata_is_not(tmp_path):
     write_tar(
         tmp_path / "shard-000.tar",
-        [("a/k1.flac", b"flac-bytes-1"), ("a/k1.json", b"{}"), ("k2.m4a", b"m4a-bytes" * 300), ("k2.txt", b"hi"), ("k3.OPUS", b"opus")],
+        [
+            ("a/k1.flac", b"flac-bytes-1"),
+            ("a/k1.json", b"{}"),
+            ("k2.m4a", b"m4a-bytes" * 300),
+            ("k2.txt", b"hi"),
+            ("k3.OPUS", b"opus"),
+        ],
     )
     sources, _ = expand_audio_sources([str(tmp_path / "shard-000.tar")], DEFAULT)
     assert [s.uri.rsplit("#", 1)[1] for s in sources] == ["a/k1.flac", "k2.m4a", "k3.OPUS"]
@@ -128,14 +145,20 @@ def test_damaged_and_ambiguous_tars(tmp_path):
     sources, _ = expand_audio_sources([str(tmp_path / name) for name in names], DEFAULT)
     found = {s.uri.rsplit("/", 1)[1]: s.error for s in sources}
     assert found["twice.tar#j.wav"] is None
-    assert [s.error for s in sources if s.uri.endswith("twice.tar#k.flac")] == ["container: the tar holds 2 members named 'k.flac'"]
+    assert [s.error for s in sources if s.uri.endswith("twice.tar#k.flac")] == [
+        "container: the tar holds 2 members named 'k.flac'"
+    ]
     # The members whose headers precede the damage stay sources; the tar itself gets the error.
     assert {u for u in found if u.startswith("cut.tar#")} == {"cut.tar#k0.wav", "cut.tar#k1.wav"}
     assert found["cut.tar"].startswith(f"cannot read {tmp_path}/cut.tar as a tar past 2 audio members: ")
     assert found["packed.tar.gz"].startswith("container: a compressed tar")
     assert found["images.tar"] == "container: the tar holds no audio members (other members: 1 jpg, 1 json)"
     kinds = {s.uri.rsplit("/", 1)[1]: s.error_kind for s in sources}
-    assert kinds["twice.tar#j.wav"] is None and kinds["twice.tar#k.flac"] == "bad_container" and kinds["cut.tar"] == "unreadable"
+    assert (
+        kinds["twice.tar#j.wav"] is None
+        and kinds["twice.tar#k.flac"] == "bad_container"
+        and kinds["cut.tar"] == "unreadable"
+    )
     assert kinds["packed.tar.gz"] == kinds["images.tar"] == "bad_container"
 
 
@@ -147,11 +170,21 @@ def test_parts_keep_a_containers_rows_together_in_stored_order(tmp_path):
     parts = group_parts(list(reversed(sources)), files_per_part=5).to_pylist()
     uris = [[u.rsplit("/", 1)[1] for u in p["uris"]] for p in parts]
     # Row 10 sorts before row 2 as a string, yet parts follow the file's order.
-    assert uris == [["a.wav", *(f"b.parquet#{i}" for i in range(4))], [f"b.parquet#{i}" for i in range(4, 9)], ["b.parquet#9", "b.parquet#10", "b.parquet#11", "c.wav"]]
+    assert uris == [
+        ["a.wav", *(f"b.parquet#{i}" for i in range(4))],
+        [f"b.parquet#{i}" for i in range(4, 9)],
+        ["b.parquet#9", "b.parquet#10", "b.parquet#11", "c.wav"],
+    ]
     assert parts[0]["members"][0] is None and parts[0]["members"][1]["row_in_group"] == 0
     assert parts[1]["members"][0] == {
-        "container": f"{tmp_path}/b.parquet", "kind": "parquet", "key": "4", "column": "audio",
-        "row_group": 1, "row_in_group": 0, "data_offset": None, "data_size": None,
+        "container": f"{tmp_path}/b.parquet",
+        "kind": "parquet",
+        "key": "4",
+        "column": "audio",
+        "row_group": 1,
+        "row_in_group": 0,
+        "data_offset": None,
+        "data_size": None,
     }
 
 
@@ -171,7 +204,9 @@ def test_a_container_that_failed_once_and_now_lists_rows_leaves_no_error_row(tmp
     assert [s.uri for s in plan.to_process] == [f"{container}#0", f"{container}#1"]
     assert plan.stale == {"p-old": {container}}
     # While it still fails it stays listed under its own URL, and its error row stays current.
-    failing = plan_work([*expand_audio_sources([str(tmp_path / "missing.parquet")], DEFAULT)[0]], stored, retry_errors=False)
+    failing = plan_work(
+        [*expand_audio_sources([str(tmp_path / "missing.parquet")], DEFAULT)[0]], stored, retry_errors=False
+    )
     assert failing.stale == {}
 
 

@@ -43,7 +43,10 @@ BROKEN = {
     "no samples.wav": ("empty", "audio has no samples"),
     "text.mp3": ("undecodable", "not decodable (libsndfile: "),
     "rate one.wav": ("bad_sample_rate", "sample rate 1 Hz is below 1000 Hz"),
-    "silent video.mp4": ("no_audio_stream", "no audio stream (a mov,mp4,m4a,3gp,3g2,mj2 file holding only video streams)"),
+    "silent video.mp4": (
+        "no_audio_stream",
+        "no audio stream (a mov,mp4,m4a,3gp,3g2,mj2 file holding only video streams)",
+    ),
     "missing.wav": ("unreadable", "cannot read "),
     "a folder": ("not_a_file", "{uri} is a folder"),
 }
@@ -58,7 +61,11 @@ def encoded(audio: np.ndarray, rate: int, fmt: str, subtype: str | None = None) 
 @pytest.fixture(scope="module")
 def sources(tmp_path_factory) -> Path:
     src = tmp_path_factory.mktemp("bad sources")
-    write_audio(src / "café – rüzgâr sesi 1.wav", np.stack([noise(7.0, 44100, 0.1, 1), noise(7.0, 44100, 0.1, 2)], axis=1), 44100)
+    write_audio(
+        src / "café – rüzgâr sesi 1.wav",
+        np.stack([noise(7.0, 44100, 0.1, 1), noise(7.0, 44100, 0.1, 2)], axis=1),
+        44100,
+    )
     write_audio(src / "engine.mp3", tone(6.0, 16000, 90.0, 0.4), 16000, "MP3", "MPEG_LAYER_III")
     write_audio(src / "birds.ogg", tone(3.0, 32000, 2500.0, 0.2), 32000, "OGG", "VORBIS")
     write_audio(src / "bell.aiff", tone(2.0, 22050, 880.0), 22050, "AIFF", "PCM_16")
@@ -91,7 +98,9 @@ def make_config(pool_dir: Path, patterns: list[str], models: dict, clap: dict | 
     return validate_config(
         {
             "pool": {"dir": str(pool_dir), "sources": patterns, "files_per_part": 4},
-            "models": {"clap": clap or {"backend": "transformers", "model": models["clap_transformers"], "batch_size": 8}},
+            "models": {
+                "clap": clap or {"backend": "transformers", "model": models["clap_transformers"], "batch_size": 8}
+            },
         }
     )
 
@@ -112,7 +121,9 @@ def test_every_file_is_clips_or_one_error_row(run, sources):
     pool_dir = run[0]
     db = duckdb.connect()
     db.execute(f"CREATE VIEW clips AS SELECT * FROM read_parquet('{pool_dir}/clips/*.parquet')")
-    rows = db.execute("SELECT source_uri, chunk_index, error, silent, duration_s FROM clips ORDER BY source_uri, chunk_index").fetchall()
+    rows = db.execute(
+        "SELECT source_uri, chunk_index, error, silent, duration_s FROM clips ORDER BY source_uri, chunk_index"
+    ).fetchall()
     by_file: dict[str, list[tuple]] = {}
     for uri, *rest in rows:
         by_file.setdefault(Path(uri).name, []).append((uri, *rest))
@@ -160,7 +171,10 @@ def test_summary_counts_every_file_and_error_kind(run):
     assert json.loads((pool_dir / "summary.json").read_text()) == summary
     text = format_summary(summary)
     assert "7 errors (1 bad_sample_rate, 2 empty, 1 no_audio_stream, 1 not_a_file, 1 undecodable, 1 unreadable)" in text
-    assert "7 error rows (1 bad_sample_rate, 2 empty, 1 no_audio_stream, 1 not_a_file, 1 undecodable, 1 unreadable)" in text
+    assert (
+        "7 error rows (1 bad_sample_rate, 2 empty, 1 no_audio_stream, 1 not_a_file, 1 undecodable, 1 unreadable)"
+        in text
+    )
     assert f"  error:    {summary['error_reasons'][0]}" in text
 
 
@@ -203,7 +217,7 @@ def test_every_awkward_image_through_sonify_is_a_sample_or_a_counted_error_row(r
     from PIL import Image
 
     from pipelines.sonify import run_sonify
-    from stages.planning import sample_key
+    from stages.pairing.planning import sample_key
     from tests.test_images import encode, gradient, write_image_inputs
 
     pool_dir, pool_config, _ = run
@@ -215,10 +229,20 @@ def test_every_awkward_image_through_sonify_is_a_sample_or_a_counted_error_row(r
         (folder / "same name.png").write_bytes(encode(gradient(), "PNG"))
     stems = [Path(n).stem for n in expected] + ["same name"]
     concepts = tmp_path / "concepts.jsonl"
-    concepts.write_text("".join(json.dumps({"image_id": s, "caption": "a street", "concepts": [{"label": "car", "text": "a car"}]}) + "\n" for s in stems))
+    concepts.write_text(
+        "".join(
+            json.dumps({"image_id": s, "caption": "a street", "concepts": [{"label": "car", "text": "a car"}]}) + "\n"
+            for s in stems
+        )
+    )
     tree = pool_config.model_dump(mode="json")
     tree["models"]["vlm"] = [{"name": "given", "backend": "provided", "path": str(concepts)}]
-    tree["sonify"] = {"images": [f"{images}/*", f"{more}/*"], "out": str(tmp_path / "out"), "min_side": 32, "max_image_pixels": 1_000_000}
+    tree["sonify"] = {
+        "images": [f"{images}/*", f"{more}/*"],
+        "out": str(tmp_path / "out"),
+        "min_side": 32,
+        "max_image_pixels": 1_000_000,
+    }
     tree["retrieval"] = {"search_k": 4, "k": 2, "min_cosine": -1.0}
     summary = run_sonify(validate_config(tree))
 
@@ -235,7 +259,13 @@ def test_every_awkward_image_through_sonify_is_a_sample_or_a_counted_error_row(r
     # the shared id cannot say which is which, so both are rejected with that reason.
     assert summary["scenes"]["given"] == {"images_error": 6, "too_small": 1, "ok": len(decoded), "vlm_error": 2}
 
-    manifest = duckdb.connect().sql(f"SELECT * FROM read_parquet('{tmp_path}/out/manifest/*.parquet')").arrow().read_all().to_pylist()
+    manifest = (
+        duckdb.connect()
+        .sql(f"SELECT * FROM read_parquet('{tmp_path}/out/manifest/*.parquet')")
+        .arrow()
+        .read_all()
+        .to_pylist()
+    )
     assert len(manifest) == len(expected) + 2, "every listed image is one manifest row"
     by_name = {Path(r["image_uri"]).name: r for r in manifest if Path(r["image_uri"]).parent == images}
     for name, (error, _) in expected.items():
@@ -258,4 +288,8 @@ def test_every_awkward_image_through_sonify_is_a_sample_or_a_counted_error_row(r
         assert set(sample) - {"__key__", "__url__", "__local_path__"} == {"jpg", "flac", "json"}, key
         # Every image, whatever its mode or orientation, is the upright RGB image the VLM saw, as JPEG.
         with Image.open(io.BytesIO(sample["jpg"])) as image:
-            assert (image.format, image.mode, image.size) == ("JPEG", "RGB", (samples[key]["width"], samples[key]["height"])), key
+            assert (image.format, image.mode, image.size) == (
+                "JPEG",
+                "RGB",
+                (samples[key]["width"], samples[key]["height"]),
+            ), key

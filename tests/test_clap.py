@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from schemas.config import ClapConfig
-from stages.clap import clap_identity, load_clap
+from stages.embed.clap import clap_identity, load_clap
 from tests.helpers import noise, tone
 
 
@@ -12,7 +12,9 @@ def configs(models):
     return {
         "transformers": ClapConfig(backend="transformers", model=models["clap_transformers"]),
         "laion_clap": ClapConfig(
-            backend="laion_clap", model=models["clap_laion_checkpoint"], text_backbones_dir=models["clap_laion_text_backbones"]
+            backend="laion_clap",
+            model=models["clap_laion_checkpoint"],
+            text_backbones_dir=models["clap_laion_text_backbones"],
         ),
     }
 

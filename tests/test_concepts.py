@@ -4,9 +4,13 @@ import pyarrow as pa
 import pytest
 
 from schemas import ANSWERS, SCENES
-from stages.concepts import ParseConcepts, is_non_sonic, parse_answer
+from stages.vlm.concepts import is_non_sonic, parse_answer
+from stages.vlm.parse_stage import ParseConcepts
 
-GOOD = '{"caption": "a dog on a lawn", "sounds": [{"label": "dog", "text": "a dog barking"}, {"label": "wind", "text": "wind in leaves"}]}'
+GOOD = (
+    '{"caption": "a dog on a lawn", "sounds": [{"label": "dog", "text": "a dog barking"}, '
+    '{"label": "wind", "text": "wind in leaves"}]}'
+)
 
 
 def test_good_answer():
@@ -45,7 +49,9 @@ def test_wrapped_answers_still_parse(answer):
 def test_broken_answers_become_errors(answer, reason):
     parsed = parse_answer(answer, 4000, 8)
     assert parsed.error is not None and reason in parsed.error
-    assert parsed.error_kind == {"empty answer": "empty_answer", "over the limit": "answer_too_long"}.get(reason, "bad_answer")
+    assert parsed.error_kind == {"empty answer": "empty_answer", "over the limit": "answer_too_long"}.get(
+        reason, "bad_answer"
+    )
     assert parsed.concepts == []
 
 
@@ -58,7 +64,11 @@ def test_empty_texts_are_dropped_and_counted_duplicates_merged_and_count_capped(
     parsed = parse_answer(answer, 4000, 3)
     assert parsed.error is None
     assert parsed.dropped_empty == 3
-    assert [(c.label, c.text) for c in parsed.concepts] == [("bus", "a bus braking"), ("people talking", "people talking"), ("a", "t1")]
+    assert [(c.label, c.text) for c in parsed.concepts] == [
+        ("bus", "a bus braking"),
+        ("people talking", "people talking"),
+        ("a", "t1"),
+    ]
 
 
 @pytest.mark.parametrize(
@@ -86,7 +96,8 @@ def test_deeply_nested_answer_is_an_error_not_a_crash():
 
 def test_texts_that_are_not_strings_are_dropped_and_counted():
     answer = (
-        '{"caption": "a yard", "sounds": [{"label": "a", "text": 7}, {"label": "b", "text": ["x"]}, {"label": "c", "text": null},'
+        '{"caption": "a yard", "sounds": [{"label": "a", "text": 7}, {"label": "b", "text": ["x"]}, '
+        '{"label": "c", "text": null},'
         ' {"label": 5, "text": "a dog barking"}]}'
     )
     parsed = parse_answer(answer, 4000, 8)
@@ -99,7 +110,9 @@ def test_lone_surrogates_are_replaced_so_arrow_can_store_them():
     parsed = parse_answer(answer, 4000, 8)
     assert parsed.caption == "a cat \ufffd"
     assert [(c.label, c.text) for c in parsed.concepts] == [("cat \U0001f600", "a cat \ufffd meowing")]
-    assert pa.array([parsed.caption, parsed.concepts[0].label, parsed.concepts[0].text]).to_pylist()[1] == "cat \U0001f600"
+    assert (
+        pa.array([parsed.caption, parsed.concepts[0].label, parsed.concepts[0].text]).to_pylist()[1] == "cat \U0001f600"
+    )
 
 
 def scene_row(image_id: str, answer: str | None, **fields) -> dict:
@@ -115,20 +128,40 @@ def test_parse_stage_gives_every_answer_a_row():
         scene_row("empty", ""),
         scene_row("cut", GOOD[:50]),
         scene_row("long", GOOD + " " * 5000),
-        scene_row("blank texts", '{"caption": "a park", "sounds": [{"label": "x", "text": " "}, {"label": "y", "text": ""}]}'),
+        scene_row(
+            "blank texts", '{"caption": "a park", "sounds": [{"label": "x", "text": " "}, {"label": "y", "text": ""}]}'
+        ),
         scene_row("logo", '{"caption": "a red logo", "sounds": [{"label": "x", "text": "hum"}]}'),
         scene_row("in tar", None, member="s1.jpg"),
         scene_row("unreadable", None, error="/images/unreadable.jpg: empty file (0 bytes)", error_stage="images"),
     ]
-    out = ParseConcepts("qwen", max_answer_chars=4000, max_concepts=8).process_batch(pa.Table.from_pylist(rows, schema=ANSWERS))
+    out = ParseConcepts("qwen", max_answer_chars=4000, max_concepts=8).process_batch(
+        pa.Table.from_pylist(rows, schema=ANSWERS)
+    )
     assert out.schema.equals(SCENES, check_metadata=False)
     scenes = {r["image_id"]: r for r in out.to_pylist()}
     assert len(scenes) == len(rows) and all(r["vlm"] == "qwen" for r in scenes.values())
-    assert scenes["good"]["error"] is None and scenes["good"]["dropped"] is None and len(scenes["good"]["concepts"]) == 2
-    for image_id, reason in [("prose", "no JSON object"), ("empty", "empty answer"), ("cut", "not valid JSON"), ("long", "over the limit")]:
-        assert scenes[image_id]["error"].startswith(f"/images/{image_id}.jpg: qwen: ") and reason in scenes[image_id]["error"]
+    assert (
+        scenes["good"]["error"] is None and scenes["good"]["dropped"] is None and len(scenes["good"]["concepts"]) == 2
+    )
+    for image_id, reason in [
+        ("prose", "no JSON object"),
+        ("empty", "empty answer"),
+        ("cut", "not valid JSON"),
+        ("long", "over the limit"),
+    ]:
+        assert (
+            scenes[image_id]["error"].startswith(f"/images/{image_id}.jpg: qwen: ")
+            and reason in scenes[image_id]["error"]
+        )
         assert scenes[image_id]["error_stage"] == "concepts"
-    assert [scenes[i]["error_kind"] for i in ("prose", "empty", "cut", "long", "good")] == ["bad_answer", "empty_answer", "bad_answer", "answer_too_long", None]
+    assert [scenes[i]["error_kind"] for i in ("prose", "empty", "cut", "long", "good")] == [
+        "bad_answer",
+        "empty_answer",
+        "bad_answer",
+        "answer_too_long",
+        None,
+    ]
     assert scenes["in tar"]["error"] == "/images/in tar.jpg#s1.jpg: qwen: empty answer"
     assert scenes["blank texts"]["dropped"] == "no_concepts" and scenes["blank texts"]["dropped_empty_concepts"] == 2
     assert scenes["logo"]["dropped"] == "non_sonic"

@@ -28,7 +28,12 @@ def config_file(tmp_path):
 def test_overrides_are_parsed_as_yaml(config_file):
     config = load_config(
         config_file,
-        ['pool.sources=["/data/a/*.wav","s3://b/c/*.flac"]', "pool.sample_rate=16000", "pool.index.kind=hnsw", "ray.address=auto"],
+        [
+            'pool.sources=["/data/a/*.wav","s3://b/c/*.flac"]',
+            "pool.sample_rate=16000",
+            "pool.index.kind=hnsw",
+            "ray.address=auto",
+        ],
     )
     assert config.pool.sources == ["/data/a/*.wav", "s3://b/c/*.flac"]
     assert config.pool.sample_rate == 16000
@@ -88,7 +93,10 @@ def test_override_syntax_errors():
 def test_cli_reports_config_error_in_one_line_before_any_work(config_file):
     result = subprocess.run(
         [sys.executable, str(REPO / "run_pipeline.py"), "pool", "--config", str(config_file), "pool.bogus=1"],
-        capture_output=True, text=True, cwd=REPO, timeout=120,
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=120,
     )
     assert result.returncode == 2
     assert result.stderr.strip() == f"error: {config_file}: pool.bogus: unknown key"
@@ -105,7 +113,7 @@ def test_readme_configuration_reference_matches_the_code():
 def test_sonify_refuses_chunks_that_split_a_vlm_batch_and_pool_does_not_care(config_file):
     from pipelines.sonify.checks import SonifyError, check_batches
 
-    vlm = 'models.vlm=[{name: a, backend: provided, path: c.jsonl, batch_size: 12}]'
+    vlm = "models.vlm=[{name: a, backend: provided, path: c.jsonl, batch_size: 12}]"
     config = load_config(config_file, [vlm, "sonify.images_per_chunk=100"])
     with pytest.raises(SonifyError) as raised:
         check_batches(config)
@@ -117,14 +125,24 @@ def test_cli_refuses_a_missing_pool_in_one_line_before_any_work(config_file, tmp
     out = tmp_path / "out"
     result = subprocess.run(
         [
-            sys.executable, str(REPO / "run_pipeline.py"), "sonify", "--config", str(config_file),
-            f"pool.dir={tmp_path / 'no-pool'}", f"sonify.out={out}", 'models.vlm=[{name: a, backend: provided, path: c.jsonl}]',
+            sys.executable,
+            str(REPO / "run_pipeline.py"),
+            "sonify",
+            "--config",
+            str(config_file),
+            f"pool.dir={tmp_path / 'no-pool'}",
+            f"sonify.out={out}",
+            "models.vlm=[{name: a, backend: provided, path: c.jsonl}]",
         ],
-        capture_output=True, text=True, cwd=REPO, timeout=120,
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=120,
     )
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1] == (
-        f"error: pool.dir {tmp_path / 'no-pool'} holds no pool (no pool.json); build it with `run_pipeline.py pool` first"
+        f"error: pool.dir {tmp_path / 'no-pool'} holds no pool (no pool.json); "
+        "build it with `run_pipeline.py pool` first"
     )
     assert not out.exists()
 
@@ -164,14 +182,33 @@ def test_a_resumed_run_may_change_execution_settings_only(config_file, tmp_path)
     (tmp_path / "config.yaml").write_text(dump_config(config))
     (tmp_path / "layout.json").write_text(f'{{"layout": {LAYOUT_VERSION}}}')
     execution = [
-        "models.clap.concurrency=4", "models.clap.num_gpus=1", "models.clap.num_cpus=2", "ray.num_cpus=1",
-        "models.vlm.0.concurrency=8", "models.vlm.0.num_gpus=1", "models.vlm.0.timeout_s=5", "models.vlm.0.retries=9",
+        "models.clap.concurrency=4",
+        "models.clap.num_gpus=1",
+        "models.clap.num_cpus=2",
+        "ray.num_cpus=1",
+        "models.vlm.0.concurrency=8",
+        "models.vlm.0.num_gpus=1",
+        "models.vlm.0.timeout_s=5",
+        "models.vlm.0.retries=9",
     ]
-    changed = load_config(config_file, [f"sonify.out={tmp_path}", vlm.replace("}]", ", concurrency: 8, timeout_s: 5, retries: 9}]")]
-                          + [e for e in execution if not e.startswith("models.vlm")])
+    changed = load_config(
+        config_file,
+        [f"sonify.out={tmp_path}", vlm.replace("}]", ", concurrency: 8, timeout_s: 5, retries: 9}]")]
+        + [e for e in execution if not e.startswith("models.vlm")],
+    )
     check_same_run(changed, str(tmp_path))
-    check_same_run(load_config(config_file, [f"sonify.out={tmp_path}", vlm, "retrieval.recall_every=3", "retrieval.recall_sample=20"]), str(tmp_path))
-    for output_setting in ["models.clap.batch_size=7", "retrieval.k=3", "pool.max_band_loss_lu=10", "retrieval.calibration_queries=9"]:
+    check_same_run(
+        load_config(
+            config_file, [f"sonify.out={tmp_path}", vlm, "retrieval.recall_every=3", "retrieval.recall_sample=20"]
+        ),
+        str(tmp_path),
+    )
+    for output_setting in [
+        "models.clap.batch_size=7",
+        "retrieval.k=3",
+        "pool.max_band_loss_lu=10",
+        "retrieval.calibration_queries=9",
+    ]:
         with pytest.raises(SonifyError, match="other settings"):
             check_same_run(load_config(config_file, [f"sonify.out={tmp_path}", vlm, output_setting]), str(tmp_path))
 
@@ -199,7 +236,7 @@ def test_a_resumed_run_refuses_a_changed_pool(tmp_path):
 
 
 def test_sample_keys_stay_valid_file_names():
-    from stages.planning import sample_key
+    from stages.pairing.planning import sample_key
 
     long_id = "a" * 300
     key = sample_key(long_id, "v" * 64)

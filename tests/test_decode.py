@@ -14,8 +14,9 @@ import pyarrow.parquet as pq
 import pytest
 import soundfile
 
-from stages.decode import NoAudioStream, UnreadableAudio, decode
-from stages.standardize import Standardize, resample, to_mono
+from stages.audio.decode import NoAudioStream, UnreadableAudio, decode
+from stages.audio.standardize import resample, to_mono
+from stages.audio.standardize_stage import Standardize
 from tests.conftest import REPO
 from tests.helpers import noise, pyav_media, tone
 from tests.test_loudness import ebur128_lufs
@@ -85,7 +86,9 @@ def test_opus_and_vorbis_in_ogg_decode():
 
 def test_a_video_without_sound_is_its_own_kind_of_error():
     silent_video = pyav_media(None, RATE, "mp4", None, video=True)
-    with pytest.raises(NoAudioStream, match=r"^no audio stream \(a .*mp4.* file holding only video streams\)") as raised:
+    with pytest.raises(
+        NoAudioStream, match=r"^no audio stream \(a .*mp4.* file holding only video streams\)"
+    ) as raised:
         decode(silent_video)
     assert raised.value.kind == "no_audio_stream"
 
@@ -109,10 +112,11 @@ def test_damage_midway_ends_the_audio_there(media):
 
 CLIP_DIGEST = """
 import hashlib, json, sys, tempfile
-from stages.standardize import Standardize
+from stages.audio.standardize_stage import Standardize
 uris = json.loads(sys.argv[1])
 with tempfile.TemporaryDirectory() as pool:
-    Standardize(pool, 48000, 5.0, -70.0, [16000]).process_part({"part": "p", "uris": uris, "fingerprints": None, "errors": None})
+    Standardize(pool, 48000, 5.0, -70.0, [16000]).process_part({"part": "p", "uris": uris, \
+"fingerprints": None, "errors": None})
     import pyarrow.parquet as pq
     rows = pq.read_table(pool + "/audio/p.parquet").to_pylist()
 print(json.dumps({r["clip_id"]: hashlib.sha256(r["flac"]).hexdigest() for r in rows}))
@@ -124,7 +128,9 @@ def test_the_same_file_gives_the_same_clip_bytes_in_another_process(media, tmp_p
     for name in ("m4a", "aac", "webm", "mp4"):
         (tmp_path / f"source.{name}").write_bytes(media[name])
         uris.append(str(tmp_path / f"source.{name}"))
-    Standardize(str(tmp_path / "pool"), RATE, 5.0, -70.0, [16000]).process_part({"part": "p", "uris": uris, "fingerprints": None, "errors": None})
+    Standardize(str(tmp_path / "pool"), RATE, 5.0, -70.0, [16000]).process_part(
+        {"part": "p", "uris": uris, "fingerprints": None, "errors": None}
+    )
     rows = pq.read_table(tmp_path / "pool" / "audio" / "p.parquet").to_pylist()
     here = {r["clip_id"]: hashlib.sha256(r["flac"]).hexdigest() for r in rows}
     assert len(here) == 8  # two clips from each 6 s file

@@ -9,19 +9,19 @@ import pytest
 from pipelines.cli import main
 from pipelines.config import ConfigError, validate_config
 from pipelines.pool import PoolMismatch, check_compatible
-from schemas.layout import PoolLayout
 from pipelines.report import ReportError
 from pipelines.sonify.checks import SonifyError, read_phase
 from schemas import SCENES, make_table, versioned
 from schemas.errors import PipelineError
-from stages import storage
-from stages.decode import NoAudioStream, UnreadableAudio
+from schemas.layout import PoolLayout
+from stages.audio.decode import NoAudioStream, UnreadableAudio
 from stages.errors import BadInput, error_text
-from stages.images import BadImage
-from stages.report_sql import ReportInputError
-from stages.sources import MissingAudioBytes
-from stages.vlm_openai import RequestFailed
-from stages.vlm_provided import ProvidedConceptsError
+from stages.images.decoding import BadImage
+from stages.io import storage
+from stages.io.sources import MissingAudioBytes
+from stages.report.sql import ReportInputError
+from stages.vlm.openai_stage import RequestFailed
+from stages.vlm.provided_stage import ProvidedConceptsError
 
 
 def test_error_text_names_the_input_then_the_stage():
@@ -45,7 +45,9 @@ def test_input_errors_carry_their_kind_and_their_reason_alone(error, kind):
     assert error_text("/x", str(error)) == f"/x: {error.args[0]}"
 
 
-@pytest.mark.parametrize("error", [ConfigError, PoolMismatch, SonifyError, ReportError, ReportInputError, ProvidedConceptsError])
+@pytest.mark.parametrize(
+    "error", [ConfigError, PoolMismatch, SonifyError, ReportError, ReportInputError, ProvidedConceptsError]
+)
 def test_every_error_that_stops_a_run_is_a_pipeline_error(error):
     assert issubclass(error, PipelineError)
     assert not issubclass(BadInput, PipelineError)
@@ -55,7 +57,10 @@ def test_a_phase_of_another_schema_version_is_refused_saying_what_to_do(tmp_path
     url = str(tmp_path / "000000.parquet")
     older = versioned("scenes", 1, [f for f in SCENES if f.name != "error_kind"])
     storage.write_parquet(url, older.empty_table())
-    with pytest.raises(SonifyError, match=r"\('scenes', 1\).*this version writes \('scenes', 2\).*run sonify again into a new sonify.out$"):
+    with pytest.raises(
+        SonifyError,
+        match=r"\('scenes', 1\).*this version writes \('scenes', 2\).*run sonify again into a new sonify.out$",
+    ):
         read_phase(url, SCENES)
     storage.write_parquet(url, make_table(SCENES, SCENES.empty_table()))
     assert read_phase(url, SCENES).num_rows == 0
@@ -64,7 +69,9 @@ def test_a_phase_of_another_schema_version_is_refused_saying_what_to_do(tmp_path
 def test_a_pool_of_another_format_is_refused_saying_what_to_do(tmp_path):
     config = validate_config({"pool": {"dir": str(tmp_path)}, "models": {"clap": {"model": "unused"}}})
     (tmp_path / "pool.json").write_text(json.dumps({"format": 1}))
-    with pytest.raises(PoolMismatch, match="pool format 1, this one writes 3\\); rebuild the pool into a new pool.dir$"):
+    with pytest.raises(
+        PoolMismatch, match="pool format 1, this one writes 3\\); rebuild the pool into a new pool.dir$"
+    ):
         check_compatible(PoolLayout(str(tmp_path)), {"dim": 512}, config)
 
 
@@ -88,16 +95,35 @@ def test_the_command_line_prints_any_pipeline_error_as_one_line_and_exits_2(tmp_
 def test_render_refuses_a_manifest_naming_clips_the_pool_lacks_in_one_line():
     import pyarrow as pa
 
-    from stages.planning import UnknownClips, shard_plan
     from schemas import MANIFEST
+    from stages.pairing.planning import UnknownClips, shard_plan
 
-    concept = {"label": "x", "text": "x", "clip_id": "gone-00001", "cosine": 0.5, "ssr": 0.7, "threshold": 0.6,
-               "n_candidates": 1, "fallback": False, "target_lufs": -25.0, "clip_lufs": -20.0, "gain_db": -5.0}
-    row = {name: None for name in MANIFEST.names} | {"key": "k__v", "image_id": "k", "image_uri": "/i/k.jpg", "vlm": "v", "concepts": [concept]}
+    concept = {
+        "label": "x",
+        "text": "x",
+        "clip_id": "gone-00001",
+        "cosine": 0.5,
+        "ssr": 0.7,
+        "threshold": 0.6,
+        "n_candidates": 1,
+        "fallback": False,
+        "target_lufs": -25.0,
+        "clip_lufs": -20.0,
+        "gain_db": -5.0,
+    }
+    row = {name: None for name in MANIFEST.names} | {
+        "key": "k__v",
+        "image_id": "k",
+        "image_uri": "/i/k.jpg",
+        "vlm": "v",
+        "concepts": [concept],
+    }
     manifest = pa.Table.from_pylist([row], schema=MANIFEST)
     with pytest.raises(UnknownClips) as raised:
         shard_plan(manifest, {"kept-00000": ("part-a", 0, 10)})
-    assert "\n" not in str(raised.value) and "1 clips of the manifest are not in the pool (first: gone-00001)" in str(raised.value)
+    assert "\n" not in str(raised.value) and "1 clips of the manifest are not in the pool (first: gone-00001)" in str(
+        raised.value
+    )
     located = shard_plan(manifest, {"gone-00001": ("part-a", 512, 9000)}).column("clip_locations").to_pylist()
     assert located == [[{"part": "part-a", "offset": 512, "size": 9000}]]
 
@@ -111,8 +137,13 @@ def test_render_skips_a_shard_whose_rows_all_failed_and_says_so(tmp_path, caplog
     (tmp_path / "pool").mkdir()
     (tmp_path / "pool" / "pool.json").write_text("{}")
     failed = {name: None for name in MANIFEST.names} | {
-        "key": "k__v", "image_id": "k", "image_uri": "/i/k.jpg", "vlm": "v", "concepts": [],
-        "error": "/i/k.jpg: cannot read (FileNotFoundError)", "error_kind": "unreadable",
+        "key": "k__v",
+        "image_id": "k",
+        "image_uri": "/i/k.jpg",
+        "vlm": "v",
+        "concepts": [],
+        "error": "/i/k.jpg: cannot read (FileNotFoundError)",
+        "error_kind": "unreadable",
     }
     (tmp_path / "manifest").mkdir()
     pq.write_table(pa.Table.from_pylist([failed], schema=MANIFEST), tmp_path / "manifest" / "000000.parquet")

@@ -11,16 +11,9 @@ import pytest
 from PIL import Image
 
 from schemas import IMAGE_REFS, make_table
-from stages.images import (
-    BadImage,
-    DecodeImages,
-    ImageRef,
-    assign_image_ids,
-    decode_image,
-    list_images,
-    read_image_bytes,
-    sample_key,
-)
+from stages.images.decode_stage import DecodeImages
+from stages.images.decoding import BadImage, decode_image, read_image_bytes
+from stages.images.listing import ImageRef, assign_image_ids, list_images, tar_member_key
 from tests.helpers import png
 
 
@@ -68,7 +61,11 @@ def test_exif_rotation_is_applied():
 
 @pytest.mark.parametrize(
     "data, reason",
-    [(b"", "empty file"), (b"GIF89a not really", "not a decodable image"), (b"\xff\xd8\xff\xe0" + b"\x00" * 40, "not a decodable image")],
+    [
+        (b"", "empty file"),
+        (b"GIF89a not really", "not a decodable image"),
+        (b"\xff\xd8\xff\xe0" + b"\x00" * 40, "not a decodable image"),
+    ],
 )
 def test_bad_bytes(data, reason):
     with pytest.raises(BadImage, match=reason):
@@ -97,7 +94,9 @@ def test_listing_files_tars_and_parquet(tmp_path):
                 info = tarfile.TarInfo(f"{key}.{ext}")
                 info.size = len(payload)
                 tar.addfile(info, io.BytesIO(payload))
-    pq.write_table(pa.table({"uri": [str(tmp_path / "a.jpg")], "image_id": ["from-parquet"]}), tmp_path / "list.parquet")
+    pq.write_table(
+        pa.table({"uri": [str(tmp_path / "a.jpg")], "image_id": ["from-parquet"]}), tmp_path / "list.parquet"
+    )
     pq.write_table(pa.table({"path": ["x"]}), tmp_path / "nouri.parquet")
     refs = list_images([str(tmp_path / "*"), str(tmp_path / "sub dir" / "*"), str(tmp_path / "gone.jpg")])
     by_id = {r.own_id: r for r in refs}
@@ -107,7 +106,11 @@ def test_listing_files_tars_and_parquet(tmp_path):
     assert "unsupported input" in errors["notes"]
     assert "no 'uri' column" in errors["nouri"]
     assert "cannot read" in errors["gone"]
-    assert {r.own_id: r.error_kind for r in refs if r.error} == {"notes": "unsupported", "nouri": "unsupported", "gone": "unreadable"}
+    assert {r.own_id: r.error_kind for r in refs if r.error} == {
+        "notes": "unsupported",
+        "nouri": "unsupported",
+        "gone": "unreadable",
+    }
     data = read_image_bytes([by_id["s2"], by_id["a"], ImageRef(str(tmp_path / "shard.tar"), "s9.jpg", "s9")])
     assert decode_image(data[0]).width == 64 and decode_image(data[1]).width == 64
     assert "member not found" in str(data[2]) and data[2].kind == "unreadable"
@@ -121,9 +124,9 @@ def test_ids_are_own_ids_unless_they_collide():
     assert assign_image_ids(refs) == ids
 
 
-def test_sample_key():
-    assert sample_key("dir/abc.seg.jpg") == "dir/abc"
-    assert sample_key("abc.jpg") == "abc"
+def test_tar_member_key():
+    assert tar_member_key("dir/abc.seg.jpg") == "dir/abc"
+    assert tar_member_key("abc.jpg") == "abc"
 
 
 def test_sixteen_bit_rgb_keeps_the_high_byte():
@@ -180,7 +183,9 @@ def test_duplicate_ids_across_inputs_are_all_kept_and_unique(tmp_path):
             tar.addfile(info, io.BytesIO(payload))
     same = str(tmp_path / "a" / "0001.jpg")
     pq.write_table(pa.table({"uri": [same, same], "image_id": ["0001", "0001"]}), tmp_path / "list.parquet")
-    refs = list_images([str(tmp_path / "a" / "*"), str(tmp_path / "b" / "*"), str(tmp_path / "*.tar"), str(tmp_path / "list.parquet")])
+    refs = list_images(
+        [str(tmp_path / "a" / "*"), str(tmp_path / "b" / "*"), str(tmp_path / "*.tar"), str(tmp_path / "list.parquet")]
+    )
     assert len(refs) == 6 and all(r.own_id == "0001" for r in refs)
     ids = assign_image_ids(refs)
     assert len(set(ids)) == 6
@@ -232,7 +237,10 @@ def test_decode_stage_gives_every_bad_image_a_row(tmp_path):
             "error_kind": [r.error_kind for r in refs],
         },
     )
-    rows = {PurePosixPath(r["uri"]).name: r for r in DecodeImages(min_side=32, max_image_pixels=1_000_000).process_batch(batch).to_pylist()}
+    rows = {
+        PurePosixPath(r["uri"]).name: r
+        for r in DecodeImages(min_side=32, max_image_pixels=1_000_000).process_batch(batch).to_pylist()
+    }
     assert set(rows) == {*expected, "gone.jpg"}
     assert rows["gone.jpg"]["error"].startswith(f"cannot read {tmp_path / 'gone.jpg'}: FileNotFoundError")
     assert rows["gone.jpg"]["error_stage"] == "images"
@@ -272,22 +280,31 @@ def test_an_unexpected_failure_is_that_images_error_only(tmp_path, monkeypatch):
     monkeypatch.setattr(Image.Image, "convert", convert)
     refs = list_images([str(tmp_path / "*.png")])
     batch = make_table(
-        IMAGE_REFS, {"image_id": ["a", "b"], "uri": [r.uri for r in refs], "member": [None, None], "error": [None, None], "error_kind": [None, None]}
+        IMAGE_REFS,
+        {
+            "image_id": ["a", "b"],
+            "uri": [r.uri for r in refs],
+            "member": [None, None],
+            "error": [None, None],
+            "error_kind": [None, None],
+        },
     )
     rows = DecodeImages(min_side=8, max_image_pixels=10**6).process_batch(batch).to_pylist()
     assert rows[0]["error"] is None and rows[0]["width"] == 64
     assert rows[1]["error"] == f"{tmp_path / 'b.png'}: decoding failed (MemoryError: no room)"
 
 
-@pytest.mark.parametrize("size,max_side,expected", [((400, 100), 200, (200, 50)), ((90, 300), 100, (30, 100)), ((50, 40), 100, (50, 40))])
+@pytest.mark.parametrize(
+    "size,max_side,expected", [((400, 100), 200, (200, 50)), ((90, 300), 100, (30, 100)), ((50, 40), 100, (50, 40))]
+)
 def test_bound_side_keeps_the_aspect_ratio_and_never_upscales(size, max_side, expected):
-    from stages.images import bound_side
+    from stages.images.decoding import bound_side
 
     assert bound_side(Image.new("RGB", size), max_side).size == expected
 
 
 def test_original_keeps_the_bytes_and_ignores_the_uri_for_its_extension():
-    from stages.images import ImageEncoding, shard_image
+    from stages.images.decoding import ImageEncoding, shard_image
 
     data = b"any bytes: the images stage decoded them already"
     stored = shard_image(data, "mpo", (30, 20), ImageEncoding("original"))
@@ -295,7 +312,7 @@ def test_original_keeps_the_bytes_and_ignores_the_uri_for_its_extension():
 
 
 def test_a_reencoded_image_is_upright():
-    from stages.images import ImageEncoding, shard_image
+    from stages.images.decoding import ImageEncoding, shard_image
 
     image = Image.new("RGB", (40, 20), (255, 0, 0))
     exif = image.getexif()
@@ -308,7 +325,7 @@ def test_a_reencoded_image_is_upright():
 
 
 def test_reencoding_applies_the_configured_bomb_guard():
-    from stages.images import BadImage, ImageEncoding, shard_image
+    from stages.images.decoding import BadImage, ImageEncoding, shard_image
 
     buffer = io.BytesIO()
     Image.new("RGB", (120, 80)).save(buffer, format="PNG")

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from schemas.config import IndexConfig
-from stages.index import (
+from stages.search.faiss_index import (
     RecallTarget,
     add_to_index,
     build_index,
@@ -104,7 +104,9 @@ def test_ivf_trains_on_a_bounded_seeded_sample():
     assert np.array_equal(sample, training_sample(vectors, cells=10, seed=3))
     assert not np.array_equal(sample, training_sample(vectors, cells=10, seed=4))
     # Rows of the pool, each once.
-    assert len({row.tobytes() for row in sample}) == 640 and {row.tobytes() for row in sample} <= {v.tobytes() for v in vectors}
+    assert len({row.tobytes() for row in sample}) == 640 and {row.tobytes() for row in sample} <= {
+        v.tobytes() for v in vectors
+    }
     assert len(training_sample(vectors, cells=1000, seed=3)) == len(vectors)
 
 
@@ -144,7 +146,9 @@ def test_hnsw_search_reaches_the_target():
     index = build_index(vectors, IndexConfig(kind="hnsw", hnsw_m=4, ef_search=8))
     result = search_queries(index, queries, 10, TARGET)
     assert result.recall >= TARGET.target and result.setting in ladder_from(8, 5000)
-    assert sample_recall(index, faiss.SearchParametersHNSW(efSearch=result.setting), vectors, queries, 10) == pytest.approx(result.recall)
+    assert sample_recall(
+        index, faiss.SearchParametersHNSW(efSearch=result.setting), vectors, queries, 10
+    ) == pytest.approx(result.recall)
 
 
 def test_a_target_of_one_on_ivf_ends_at_exact_search():

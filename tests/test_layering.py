@@ -1,5 +1,7 @@
 """Imports point one way, read from the source's import graph: schemas <- stages <- pipelines, and
-only the runner knows Ray."""
+only the runner knows Ray. Inside stages, the domain packages are layered too: a package imports
+only itself and packages of a lower layer (io <- audio, images, report <- embed, vlm <- search <-
+pairing), with the shared stage base and errors below them all."""
 
 from __future__ import annotations
 
@@ -9,6 +11,18 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 LAYERS = {"schemas": 0, "stages": 1, "pipelines": 2}
 RAY_ONLY_IN = {"pipelines/ray_runner.py"}
+STAGE_LAYERS = {
+    "base": 0,
+    "errors": 0,
+    "io": 1,
+    "audio": 2,
+    "images": 2,
+    "report": 2,
+    "embed": 3,
+    "vlm": 3,
+    "search": 4,
+    "pairing": 5,
+}
 
 
 def imported_modules(path: Path) -> list[tuple[int, str]]:
@@ -41,6 +55,41 @@ def test_no_module_imports_a_layer_above_its_own():
             if target in LAYERS and LAYERS[target] > layer:
                 upward.append(f"{path.relative_to(REPO)}:{line} imports {module}")
     assert upward == []
+
+
+def stage_package(module: str) -> str | None:
+    parts = module.split(".")
+    return parts[1] if parts[0] == "stages" and len(parts) > 1 else None
+
+
+def test_every_stage_module_sits_in_a_layered_package():
+    unplaced = []
+    for path in (REPO / "stages").rglob("*.py"):
+        parts = path.relative_to(REPO / "stages").parts
+        package = parts[0] if len(parts) > 1 else path.stem
+        if package not in STAGE_LAYERS and path.name != "__init__.py":
+            unplaced.append(str(path.relative_to(REPO)))
+    assert unplaced == []
+
+
+def test_stage_packages_import_only_their_own_or_lower_layers():
+    upward = []
+    for path in (REPO / "stages").rglob("*.py"):
+        parts = path.relative_to(REPO / "stages").parts
+        own = parts[0] if len(parts) > 1 else path.stem
+        for line, module in imported_modules(path):
+            target = stage_package(module)
+            if target is None or target == own or own not in STAGE_LAYERS:
+                continue
+            if STAGE_LAYERS.get(target, 99) >= STAGE_LAYERS[own]:
+                upward.append(f"{path.relative_to(REPO)}:{line} imports {module}")
+    assert upward == []
+
+
+def test_the_stage_layer_check_sees_a_sideways_import(tmp_path):
+    assert STAGE_LAYERS["audio"] == STAGE_LAYERS["images"], "a sideways import must count as upward"
+    assert stage_package("stages.images.listing") == "images"
+    assert stage_package("schemas.layout") is None
 
 
 def test_only_the_runner_imports_ray():

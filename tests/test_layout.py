@@ -27,7 +27,15 @@ EXAMPLES = {
     "rate": 16000,
 }
 # What the README's placeholders stand for.
-PLACEHOLDERS = {"NNNNNN": r"\d{6}", "PPPPPP": r"\d{6}", "NNNN": r"\d{4}", "<part>": r"[^/]+", "<vlm>": r"[^/]+", "<name>": r"[^/]+", "<rate>": r"\d+"}
+PLACEHOLDERS = {
+    "NNNNNN": r"\d{6}",
+    "PPPPPP": r"\d{6}",
+    "NNNN": r"\d{4}",
+    "<part>": r"[^/]+",
+    "<vlm>": r"[^/]+",
+    "<name>": r"[^/]+",
+    "<rate>": r"\d+",
+}
 
 
 def readme_table_paths(line_prefix: str) -> list[str]:
@@ -83,8 +91,12 @@ def test_the_readme_output_table_lists_exactly_the_files_of_the_layout(folder):
     produced = layout_files()
     patterns = {path: as_pattern(path) for path in documented}
     assert len(documented) == len(set(documented)) and documented
-    undocumented = {name: path for name, path in produced.items() if not any(p.fullmatch(path) for p in patterns.values())}
-    ambiguous = {name: path for name, path in produced.items() if sum(bool(p.fullmatch(path)) for p in patterns.values()) > 1}
+    undocumented = {
+        name: path for name, path in produced.items() if not any(p.fullmatch(path) for p in patterns.values())
+    }
+    ambiguous = {
+        name: path for name, path in produced.items() if sum(bool(p.fullmatch(path)) for p in patterns.values()) > 1
+    }
     unproduced = [doc for doc, p in patterns.items() if not any(p.fullmatch(path) for path in produced.values())]
     assert undocumented == {}, f"layout files missing from the README's {folder} table"
     assert ambiguous == {}
@@ -96,7 +108,9 @@ def test_the_readme_check_tells_folders_and_numbers_apart():
     assert pattern.fullmatch(SonifyLayout(ROOT).rejected(chunk_id(3)).removeprefix(ROOT + "/"))
     assert not pattern.fullmatch("manifest/rejected-3.parquet")
     assert not as_pattern("audio/<part>.parquet").fullmatch("audio/a/b.parquet")
-    assert as_pattern("audio/<rate>/<part>.tar").fullmatch(PoolLayout(ROOT).mix_audio("p", 16000).removeprefix(ROOT + "/"))
+    assert as_pattern("audio/<rate>/<part>.tar").fullmatch(
+        PoolLayout(ROOT).mix_audio("p", 16000).removeprefix(ROOT + "/")
+    )
     assert not as_pattern("audio/<rate>/<part>.tar").fullmatch("audio/p.tar")
 
 
@@ -107,14 +121,18 @@ def test_every_folder_a_run_writes_files_into_is_cleaned_of_temporaries():
     assert written == set(pool.temporary_folders(rates))
     sonify = SonifyLayout(ROOT)
     vlms = [EXAMPLES["vlm"], "other"]
-    written = {p.rsplit("/", 1)[0] for p in file_kinds(sonify).values()} | {sonify.scenes("other", chunk_id(0)).rsplit("/", 1)[0]}
+    written = {p.rsplit("/", 1)[0] for p in file_kinds(sonify).values()} | {
+        sonify.scenes("other", chunk_id(0)).rsplit("/", 1)[0]
+    }
     assert written == set(sonify.temporary_folders(vlms))
 
 
 def test_render_cleans_the_folders_of_the_files_it_writes():
     out = SonifyLayout(ROOT)
     shard = shard_id(5)
-    assert {url.rsplit("/", 1)[0] for url in (out.plan(shard), out.manifest(shard), out.shard(shard))} == set(out.shard_folders())
+    assert {url.rsplit("/", 1)[0] for url in (out.plan(shard), out.manifest(shard), out.shard(shard))} == set(
+        out.shard_folders()
+    )
 
 
 def test_rejected_scenes_are_told_from_shard_parts_in_either_layout_version():

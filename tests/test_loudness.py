@@ -6,8 +6,10 @@ import numpy as np
 import pytest
 from pyebur128 import MeasurementMode, R128State, get_loudness_global
 
-from stages import loudness
-from stages.standardize import Standardize, decode_flac, quantize_pcm16, resample
+from stages.audio import loudness
+from stages.audio.packs import decode_flac, quantize_pcm16
+from stages.audio.standardize import resample
+from stages.audio.standardize_stage import Standardize
 from tests.helpers import noise, tone, write_audio
 
 
@@ -40,14 +42,16 @@ def test_peak_dbfs():
 def test_stored_loudness_matches_decoded_clips_at_pool_and_mix_rates(tmp_path):
     """What the pool stores for each clip is what an independent meter reads on the stored FLAC,
     both at the pool rate and in the pack at each mix rate, which holds the clip resampled."""
-    source = write_audio(tmp_path / "src" / "mix.wav", np.concatenate([noise(6.0, 44100, 0.2), tone(4.0, 44100, 3000, 0.05)]), 44100)
+    source = write_audio(
+        tmp_path / "src" / "mix.wav", np.concatenate([noise(6.0, 44100, 0.2), tone(4.0, 44100, 3000, 0.05)]), 44100
+    )
     quiet = write_audio(tmp_path / "src" / "quiet.flac", noise(3.0, 22050, 0.00001), 22050, "FLAC", "PCM_24")
     pool_dir = tmp_path / "pool"
     stage = Standardize(str(pool_dir), 48000, 5.0, -70.0, [16000, 22050])
     rows = stage.process_part(
         {"part": "p", "uris": [str(source), str(quiet)], "fingerprints": ["a", "b"], "errors": [None, None]}
     ).to_pylist()
-    from stages import storage
+    from stages.io import storage
 
     audio = storage.read_parquet(str(pool_dir / "audio" / "p.parquet")).to_pylist()
     flac = {r["clip_id"]: r["flac"] for r in audio}

@@ -1,7 +1,7 @@
 """Sonify over 1,000 and then 5,000 generated images whose concept texts are all distinct (as a
 free-form VLM writes them, so retrieval and planning handle as many texts as the images hold), with
-the memory of the driver and of every Ray worker sampled throughout (benchmarks/sonify_memory.py, the same functions): peak RSS and USS
-must not grow with the number of images.
+the memory of the driver and of every Ray worker sampled throughout (benchmarks/sonify_memory.py,
+the same functions): peak RSS and USS must not grow with the number of images.
 
 USS (memory private to a process) is what anything held per image would add to. Peaks are
 transient maxima that the 0.1 s sampler catches or misses: two identical 1,000-image runs here
@@ -11,7 +11,6 @@ fails on what holds about 40 KB or more per image in one process (the decoded pi
 128x128 image, say), not on small per-row metadata; the benchmark prints the figures themselves."""
 
 from __future__ import annotations
-
 
 from benchmarks.sonify_memory import IMAGES_PER_CHUNK, measure_sizes
 
@@ -35,4 +34,6 @@ def test_peak_memory_does_not_grow_with_the_number_of_images(single_node_run, tm
 
     for name in ("driver", "driver_uss", "worker", "worker_uss"):
         small_peak, large_peak = getattr(small_peaks, name), getattr(large_peaks, name)
-        assert large_peak <= small_peak + GROWTH_ALLOWANCE, f"{name}: {small_peak >> 20} MiB at {small} images, {large_peak >> 20} MiB at {large}"
+        assert large_peak <= small_peak + GROWTH_ALLOWANCE, (
+            f"{name}: {small_peak >> 20} MiB at {small} images, {large_peak >> 20} MiB at {large}"
+        )

@@ -8,10 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from stages import loudness
-from stages.mix import ClipLocation, draw_targets, gains_db, load_pool_clips, mix_sources
-from stages.retrieval import concept_rng
-from stages.standardize import Standardize, decode_flac, encode_flac, quantize_pcm16, resample
+from stages.audio import loudness
+from stages.audio.mixing import ClipLocation, draw_targets, gains_db, load_pool_clips, mix_sources
+from stages.audio.packs import decode_flac, encode_flac, quantize_pcm16
+from stages.audio.standardize import resample
+from stages.audio.standardize_stage import Standardize
+from stages.search.choice import concept_rng
 from tests.helpers import noise, tone, write_audio
 from tests.test_loudness import ebur128_lufs
 
@@ -65,14 +67,23 @@ def pool(tmp_path_factory):
         write_audio(root / "src" / "noise.wav", noise(40.0, 44100, 0.2, seed=5), 44100),
         write_audio(root / "src" / "tone.wav", tone(9.0, 22050, 880.0, 0.1), 22050),
     ]
-    rows = Standardize(str(root / "pool"), 48000, 5.0, -70.0, [RATE]).process_part(
-        {"part": "p0", "uris": [str(s) for s in sources], "fingerprints": ["a", "b"], "errors": [None, None]}
-    ).to_pylist()
+    rows = (
+        Standardize(str(root / "pool"), 48000, 5.0, -70.0, [RATE])
+        .process_part(
+            {"part": "p0", "uris": [str(s) for s in sources], "fingerprints": ["a", "b"], "errors": [None, None]}
+        )
+        .to_pylist()
+    )
     return str(root / "pool"), rows
 
 
 def located(rows: list[dict]) -> list[ClipLocation]:
-    return [ClipLocation(r["clip_id"], r["part"], r["loudness_at_rates"][0]["audio_offset"], r["loudness_at_rates"][0]["audio_bytes"]) for r in rows]
+    return [
+        ClipLocation(
+            r["clip_id"], r["part"], r["loudness_at_rates"][0]["audio_offset"], r["loudness_at_rates"][0]["audio_bytes"]
+        )
+        for r in rows
+    ]
 
 
 def test_pool_clips_are_the_audio_whose_loudness_the_pool_stored(pool):
@@ -92,7 +103,9 @@ def test_pool_clips_are_the_audio_whose_loudness_the_pool_stored(pool):
         assert loudness.integrated_lufs(audio, RATE) == stored["lufs"]
         assert loudness.peak_dbfs(audio) == stored["peak_dbfs"]
         mix = mix_sources([audio], gains_db(np.array([-26.0]), np.array([stored["lufs"]])), -1.0)
-        assert loudness.integrated_lufs(mix.audio.astype(np.float64), RATE) == pytest.approx(-26.0 + mix.mix_gain_db, abs=0.01)
+        assert loudness.integrated_lufs(mix.audio.astype(np.float64), RATE) == pytest.approx(
+            -26.0 + mix.mix_gain_db, abs=0.01
+        )
 
 
 def test_reading_some_clips_reads_their_bytes_not_the_part(pool, monkeypatch):
@@ -136,5 +149,8 @@ def test_a_location_that_is_not_its_clip_or_not_at_the_mix_rate_is_refused(pool,
     other = tmp_path / "pool" / "audio" / "22050"
     other.mkdir(parents=True)
     (other / "p0.tar").write_bytes(Path(f"{pool_dir}/audio/{RATE}/p0.tar").read_bytes())
-    with pytest.raises(ValueError, match=f"pool part p0: clip {first.clip_id} in .* is stored at {RATE} Hz, not at the mix rate 22050 Hz"):
+    with pytest.raises(
+        ValueError,
+        match=f"pool part p0: clip {first.clip_id} in .* is stored at {RATE} Hz, not at the mix rate 22050 Hz",
+    ):
         load_pool_clips(str(tmp_path / "pool"), [first], 22050)

@@ -28,7 +28,14 @@ import pytest
 NODES = 3
 OBJECT_STORE_BYTES = 100 * 1024 * 1024
 POOL_STAGES = ("standardize", "embed_audio")
-SONIFY_STAGES = ("decode_images", "vlm_transformers", "parse_concepts", "retrieve_chunks", "plan_chunks", "write_shards")
+SONIFY_STAGES = (
+    "decode_images",
+    "vlm_transformers",
+    "parse_concepts",
+    "retrieve_chunks",
+    "plan_chunks",
+    "write_shards",
+)
 
 
 def serve_cluster(conn, temp_dir: str) -> None:
@@ -109,7 +116,10 @@ def work_by_node(logs: Path) -> dict[str, set[str]]:
 
 def nodes_running(work: dict[str, set[str]], stages: tuple[str, ...]) -> dict[str, set[str]]:
     """Stage -> nodes where a task or actor of that stage ran; fused operators count for each stage."""
-    return {stage: set().union(*[nodes for name, nodes in work.items() if f"MapBatches({stage})" in name]) for stage in stages}
+    return {
+        stage: set().union(*[nodes for name, nodes in work.items() if f"MapBatches({stage})" in name])
+        for stage in stages
+    }
 
 
 def test_pool_and_sonify_across_three_nodes_equal_a_single_node_run(single_node_run, cluster, pipeline_runs):

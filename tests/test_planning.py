@@ -9,8 +9,8 @@ import pytest
 
 from pipelines.config import validate_config
 from schemas import MATCHES, MIX_CLIPS, SCENES, make_table
-from stages.planning import clip_locations, mixable_clips, plan_chunk, sample_key, shard_groups
-from stages.retrieve import concept_texts
+from stages.pairing.planning import clip_locations, mixable_clips, plan_chunk, sample_key, shard_groups
+from stages.search.search_stage import concept_texts
 
 TEXTS = ["rain on a roof", "a dog barking", "wind in trees", "a crackling fire"]
 
@@ -20,7 +20,10 @@ def config(**sonify):
         {
             "seed": 7,
             "pool": {"dir": "/unused"},
-            "models": {"clap": {"model": "unused"}, "vlm": [{"name": "given", "backend": "provided", "path": "/unused.jsonl"}]},
+            "models": {
+                "clap": {"model": "unused"},
+                "vlm": [{"name": "given", "backend": "provided", "path": "/unused.jsonl"}],
+            },
             "sonify": {"images": ["/unused/*.jpg"], "out": "/unused-out", **sonify},
             "retrieval": {"search_k": 8, "k": 3},
         }
@@ -30,7 +33,17 @@ def config(**sonify):
 def scenes(rows: list[dict]) -> pa.Table:
     base = {name: None for name in SCENES.names}
     filled = [
-        base | {"uri": f"/images/{r['image_id']}.jpg", "vlm": "given", "format": "JPEG", "width": 64, "height": 64, "num_bytes": 5000, "dropped_empty_concepts": 0} | r
+        base
+        | {
+            "uri": f"/images/{r['image_id']}.jpg",
+            "vlm": "given",
+            "format": "JPEG",
+            "width": 64,
+            "height": 64,
+            "num_bytes": 5000,
+            "dropped_empty_concepts": 0,
+        }
+        | r
         for r in rows
     ]
     return pa.Table.from_pylist(filled, schema=SCENES)
@@ -65,8 +78,18 @@ def pool_clips(inaudible: set[str] = frozenset()) -> pa.Table:
 
 
 def chunk_scenes(images: int = 12) -> pa.Table:
-    rows = [{"image_id": f"img-{i:03d}", "caption": f"scene {i}", "concepts": concepts(*TEXTS[: 1 + i % 4])} for i in range(images)]
-    rows.append({"image_id": "broken", "error": "/images/broken.jpg: cannot decode", "error_kind": "undecodable", "error_stage": "images"})
+    rows = [
+        {"image_id": f"img-{i:03d}", "caption": f"scene {i}", "concepts": concepts(*TEXTS[: 1 + i % 4])}
+        for i in range(images)
+    ]
+    rows.append(
+        {
+            "image_id": "broken",
+            "error": "/images/broken.jpg: cannot decode",
+            "error_kind": "undecodable",
+            "error_stage": "images",
+        }
+    )
     rows.append({"image_id": "tiny", "dropped": "too_small"})
     return scenes(rows)
 
@@ -79,7 +102,11 @@ def test_a_chunk_plan_is_reproducible_and_independent_of_scene_order():
     assert [s.to_pylist() for s in first.shards] == [s.to_pylist() for s in again.shards]
     assert sorted(first.rejected.column("key").to_pylist()) == sorted(again.rejected.column("key").to_pylist())
     assert first.stats == {**again.stats, "rejection_reasons": first.stats["rejection_reasons"]}
-    assert first.stats["samples"] == 12 and first.stats["rejected"] == 2 and first.stats["shards"] == len(first.shards) == 1
+    assert (
+        first.stats["samples"] == 12
+        and first.stats["rejected"] == 2
+        and first.stats["shards"] == len(first.shards) == 1
+    )
 
 
 def test_planned_rows_choose_among_matches_with_gains_from_the_pool_loudness():
@@ -99,7 +126,11 @@ def test_planned_rows_choose_among_matches_with_gains_from_the_pool_loudness():
             assert concept["gain_db"] == pytest.approx(concept["target_lufs"] - concept["clip_lufs"])
             assert -27.0 <= concept["target_lufs"] <= -23.0
             number = int(concept["clip_id"][-2:])
-            assert location == {"part": f"part-{number // 8}", "offset": 512 + 20_000 * (number % 8), "size": 19_000 + number}
+            assert location == {
+                "part": f"part-{number // 8}",
+                "offset": 512 + 20_000 * (number % 8),
+                "size": 19_000 + number,
+            }
         assert all(row[c] is None for c in ("mix_lufs", "shard", "error"))
 
 
@@ -144,7 +175,15 @@ def test_mixable_clips_returns_only_the_clips_asked_for_that_the_pool_can_mix():
 
 
 def test_render_locates_every_clip_a_manifest_names_audible_or_not():
-    at = lambda rate, lufs, offset: {"sample_rate": rate, "lufs": lufs, "peak_dbfs": -1.0, "audio_offset": offset, "audio_bytes": 900}  # noqa: E731
+    def at(rate, lufs, offset):
+        return {
+            "sample_rate": rate,
+            "lufs": lufs,
+            "peak_dbfs": -1.0,
+            "audio_offset": offset,
+            "audio_bytes": 900,
+        }
+
     clips = pa.Table.from_pylist(
         [
             {"clip_id": "loud", "part": "p1", "loudness_at_rates": [at(16000, -20.0, 512), at(22050, -20.0, 4096)]},
@@ -152,20 +191,30 @@ def test_render_locates_every_clip_a_manifest_names_audible_or_not():
             {"clip_id": "other", "part": "p2", "loudness_at_rates": [at(22050, -30.0, 512)]},
         ]
     )
-    assert clip_locations(clips, 16000, ["loud", "hiss", "other", "gone"]) == {"loud": ("p1", 512, 900), "hiss": ("p2", 1536, 900)}
+    assert clip_locations(clips, 16000, ["loud", "hiss", "other", "gone"]) == {
+        "loud": ("p1", 512, 900),
+        "hiss": ("p2", 1536, 900),
+    }
     assert clip_locations(clips, 22050, ["loud"]) == {"loud": ("p1", 4096, 900)}
 
 
 def test_concept_texts_are_the_distinct_texts_of_scenes_that_go_on_to_retrieval():
     table = chunk_scenes()
-    table = pa.concat_tables([table, scenes([{"image_id": "dropped", "dropped": "non_sonic", "concepts": concepts("silence itself")}])])
+    table = pa.concat_tables(
+        [table, scenes([{"image_id": "dropped", "dropped": "non_sonic", "concepts": concepts("silence itself")}])]
+    )
     assert concept_texts(table) == sorted(TEXTS)
     assert concept_texts(scenes([{"image_id": "x", "dropped": "no_concepts", "concepts": []}])) == []
 
 
 def test_sample_keys_of_one_chunk_do_not_depend_on_the_other_chunks():
     whole = plan_chunk(config(), chunk_scenes(12), matches_of(TEXTS), pool_clips())
-    part = plan_chunk(config(), scenes([r for r in chunk_scenes(12).to_pylist() if r["image_id"] == "img-005"]), matches_of(TEXTS), pool_clips())
+    part = plan_chunk(
+        config(),
+        scenes([r for r in chunk_scenes(12).to_pylist() if r["image_id"] == "img-005"]),
+        matches_of(TEXTS),
+        pool_clips(),
+    )
     by_key = {r["key"]: r for r in whole.shards[0].to_pylist()}
     (row,) = part.shards[0].to_pylist()
     assert row == by_key[sample_key("img-005", "given")]

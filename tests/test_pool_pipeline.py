@@ -18,11 +18,12 @@ from pipelines.pool import PoolMismatch, run_pool, update_index
 from pipelines.sonify.checks import SonifyError, check_pool
 from schemas import embeddings_schema, make_table
 from schemas.layout import PoolLayout
-from stages import storage
-from stages.mix import ClipLocation, load_pool_clips
-from stages.standardize import decode_flac
+from stages.audio.mixing import ClipLocation, load_pool_clips
+from stages.audio.packs import decode_flac
+from stages.io import storage
 from tests.helpers import noise, tone, write_audio
 from tests.test_loudness import ebur128_lufs
+
 
 def make_config(pool_dir: Path, sources: list[str], models: dict, **pool_overrides) -> object:
     return validate_config(
@@ -45,7 +46,9 @@ def snapshot(folder: Path) -> dict[str, tuple[int, bytes]]:
 @pytest.fixture(scope="module")
 def sources(tmp_path_factory) -> Path:
     src = tmp_path_factory.mktemp("sources")
-    write_audio(src / "long noise.wav", np.stack([noise(34.0, 44100, 0.1, 1), noise(34.0, 44100, 0.05, 2)], axis=1), 44100)
+    write_audio(
+        src / "long noise.wav", np.stack([noise(34.0, 44100, 0.1, 1), noise(34.0, 44100, 0.05, 2)], axis=1), 44100
+    )
     write_audio(src / "short.flac", tone(2.0, 22050, 330.0), 22050, "FLAC", "PCM_24")
     write_audio(src / "engine.mp3", tone(12.0, 16000, 90.0, 0.4), 16000, "MP3", "MPEG_LAYER_III")
     write_audio(src / "birds.ogg", tone(7.0, 32000, 2500.0, 0.2), 32000, "OGG", "VORBIS")
@@ -88,22 +91,31 @@ def test_pool_table_through_duckdb(first_run, sources):
     pool_dir = first_run[0]
     db = clips_db(pool_dir)
     per_file = dict(
-        db.execute("SELECT regexp_extract(source_uri, '[^/]+$'), count(*) FROM clips WHERE error IS NULL GROUP BY 1").fetchall()
+        db.execute(
+            "SELECT regexp_extract(source_uri, '[^/]+$'), count(*) FROM clips WHERE error IS NULL GROUP BY 1"
+        ).fetchall()
     )
     assert per_file == {"long noise.wav": 7, "short.flac": 1, "engine.mp3": 3, "birds.ogg": 2, "silence.wav": 2}
     last = db.execute(
-        "SELECT start_s, duration_s, sample_rate FROM clips WHERE source_uri LIKE '%long noise.wav' ORDER BY chunk_index DESC LIMIT 1"
+        "SELECT start_s, duration_s, sample_rate FROM clips "
+        "WHERE source_uri LIKE '%long noise.wav' ORDER BY chunk_index DESC LIMIT 1"
     ).fetchone()
     assert last == (30.0, pytest.approx(4.0, abs=1e-3), 48000)
     assert db.execute("SELECT count(*) FROM clips WHERE silent AND error IS NULL").fetchone()[0] == 2
     assert db.execute("SELECT count(*) FROM clips WHERE silent AND lufs IS NOT NULL AND lufs > -70").fetchone()[0] == 0
     assert db.execute("SELECT count(DISTINCT clip_id) = count(*) FROM clips").fetchone()[0]
-    errors = dict(db.execute("SELECT regexp_extract(source_uri, '[^/]+$'), error FROM clips WHERE error IS NOT NULL").fetchall())
+    errors = dict(
+        db.execute("SELECT regexp_extract(source_uri, '[^/]+$'), error FROM clips WHERE error IS NOT NULL").fetchall()
+    )
     assert set(errors) == {"empty.wav", "notes.wav", "missing.wav"}
     assert errors["empty.wav"] == f"{sources / 'empty.wav'}: empty file (0 bytes)"
     assert errors["notes.wav"].startswith(f"{sources / 'notes.wav'}: not decodable")
     assert errors["missing.wav"].startswith(f"{sources / 'missing.wav'}: cannot read")
-    formats = dict(db.execute("SELECT DISTINCT regexp_extract(source_uri, '[^/]+$'), source_format FROM clips WHERE error IS NULL").fetchall())
+    formats = dict(
+        db.execute(
+            "SELECT DISTINCT regexp_extract(source_uri, '[^/]+$'), source_format FROM clips WHERE error IS NULL"
+        ).fetchall()
+    )
     assert formats["engine.mp3"] == "MP3" and formats["birds.ogg"] == "OGG"
 
 
@@ -175,7 +187,9 @@ def test_extend_changed_source_and_mismatch(first_run, sources, tiny_models, tmp
     assert after.keys() == kept_audio.keys() and all(np.array_equal(after[c], kept_audio[c]) for c in kept_audio)
     with tarfile.open(pool_dir / "audio" / "16000" / f"{short_part}.tar") as tar:
         assert sorted(tar.getnames()) == sorted(f"{c}.flac" for c in kept_audio)
-    index_ids = {r[0] for r in db.execute(f"SELECT clip_id FROM read_parquet('{pool_dir}/index/ids.parquet')").fetchall()}
+    index_ids = {
+        r[0] for r in db.execute(f"SELECT clip_id FROM read_parquet('{pool_dir}/index/ids.parquet')").fetchall()
+    }
     assert rows[0][0] in index_ids and not (index_ids & old_ids)
 
     with pytest.raises(PoolMismatch, match="sample_rate: pool has 48000, config has 16000"):
@@ -184,8 +198,17 @@ def test_extend_changed_source_and_mismatch(first_run, sources, tiny_models, tmp
 
 def mixed_audio(pool_dir: Path, part: str) -> dict[str, np.ndarray]:
     """The clips of a part as the mixer reads them at 16 kHz, from where its clips file says they are."""
-    rows = clips_db(pool_dir).execute("SELECT clip_id, loudness_at_rates FROM clips WHERE part = ? AND error IS NULL", [part]).fetchall()
-    where = [ClipLocation(clip, part, at["audio_offset"], at["audio_bytes"]) for clip, at_rates in rows for at in at_rates if at["sample_rate"] == 16000]
+    rows = (
+        clips_db(pool_dir)
+        .execute("SELECT clip_id, loudness_at_rates FROM clips WHERE part = ? AND error IS NULL", [part])
+        .fetchall()
+    )
+    where = [
+        ClipLocation(clip, part, at["audio_offset"], at["audio_bytes"])
+        for clip, at_rates in rows
+        for at in at_rates
+        if at["sample_rate"] == 16000
+    ]
     return load_pool_clips(str(pool_dir), where, 16000)[0]
 
 
@@ -194,14 +217,26 @@ class Killed(BaseException):
 
 
 def embedded_ids(pool_dir: Path) -> list[str]:
-    return [r[0] for r in duckdb.connect().execute(f"SELECT clip_id FROM read_parquet('{pool_dir}/embeddings/*.parquet')").fetchall()]
+    return [
+        r[0]
+        for r in duckdb.connect()
+        .execute(f"SELECT clip_id FROM read_parquet('{pool_dir}/embeddings/*.parquet')")
+        .fetchall()
+    ]
 
 
 def index_ids(pool_dir: Path) -> list[str]:
-    return [r[0] for r in duckdb.connect().execute(f"SELECT clip_id FROM read_parquet('{pool_dir}/index/ids.parquet') ORDER BY row").fetchall()]
+    return [
+        r[0]
+        for r in duckdb.connect()
+        .execute(f"SELECT clip_id FROM read_parquet('{pool_dir}/index/ids.parquet') ORDER BY row")
+        .fetchall()
+    ]
 
 
-def test_a_run_killed_before_its_index_update_is_caught_up_by_the_rerun(sources, tiny_models, ray_session, tmp_path, monkeypatch):
+def test_a_run_killed_before_its_index_update_is_caught_up_by_the_rerun(
+    sources, tiny_models, ray_session, tmp_path, monkeypatch
+):
     pool_dir = tmp_path / "pool"
     run_pool(make_config(pool_dir, [f"{sources}/*.wav"], tiny_models))
     first = index_ids(pool_dir)
@@ -228,7 +263,9 @@ def test_a_run_killed_before_its_index_update_is_caught_up_by_the_rerun(sources,
     # A kill between writing index.faiss and index.json: the index holds vectors that index.json,
     # the marker, does not know of. Growing it again would add them twice.
     old_marker = json.loads((pool_dir / "index" / "index.json").read_text())
-    old_marker.update(size=len(first), parts={k: v for k, v in old_marker["parts"].items() if k in first_parts(pool_dir, first)})
+    old_marker.update(
+        size=len(first), parts={k: v for k, v in old_marker["parts"].items() if k in first_parts(pool_dir, first)}
+    )
     (pool_dir / "index" / "index.json").write_text(json.dumps(old_marker))
     repaired = run_pool(make_config(pool_dir, [f"{sources}/*"], tiny_models))
     assert repaired["index"]["action"] == "built"
@@ -238,19 +275,28 @@ def test_a_run_killed_before_its_index_update_is_caught_up_by_the_rerun(sources,
 
 def first_parts(pool_dir: Path, ids: list[str]) -> set[str]:
     """The parts whose embeddings hold these clip ids."""
-    rows = duckdb.connect().execute(f"SELECT clip_id, filename FROM read_parquet('{pool_dir}/embeddings/*.parquet', filename = true)").fetchall()
+    rows = (
+        duckdb.connect()
+        .execute(f"SELECT clip_id, filename FROM read_parquet('{pool_dir}/embeddings/*.parquet', filename = true)")
+        .fetchall()
+    )
     return {Path(f).stem for clip, f in rows if clip in set(ids)}
 
 
 def test_auto_index_is_rebuilt_as_ivf_once_the_pool_reaches_exact_below(tmp_path):
     """update_index reads only the embeddings files, so parts written here stand for pool runs."""
     paths = PoolLayout(str(tmp_path / "pool"))
-    config = validate_config({"pool": {"dir": paths.root, "index": {"exact_below": 100}}, "models": {"clap": {"model": "m"}}})
+    config = validate_config(
+        {"pool": {"dir": paths.root, "index": {"exact_below": 100}}, "models": {"clap": {"model": "m"}}}
+    )
     vectors = np.random.default_rng(0).standard_normal((150, 8)).astype(np.float32)
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
 
     def add_part(name: str, rows: range) -> tuple:
-        table = make_table(embeddings_schema(8), {"clip_id": [f"c{i}" for i in rows], "embedding": list(vectors[rows.start : rows.stop])})
+        table = make_table(
+            embeddings_schema(8),
+            {"clip_id": [f"c{i}" for i in rows], "embedding": list(vectors[rows.start : rows.stop])},
+        )
         storage.write_parquet(paths.embeddings(name), table)
         index = update_index(paths, config)
         return index["kind"], index["size"], index["action"]
@@ -303,10 +349,16 @@ def test_a_retry_that_succeeds_keeps_its_clips(tiny_models, ray_session, tmp_pat
     put(audio)
     summary = run_pool(config)
     assert summary["files_processed"] == 1 and summary["errors"] == 0 and summary["clips_added"] == 2
-    clips = duckdb.connect().sql(
-        f"select clip_id from read_parquet('{tmp_path / 'pool' / 'clips'}/*.parquet') where error is null"
-    ).fetchall()
+    clips = (
+        duckdb.connect()
+        .sql(f"select clip_id from read_parquet('{tmp_path / 'pool' / 'clips'}/*.parquet') where error is null")
+        .fetchall()
+    )
     assert len(clips) == 2
-    indexed = duckdb.connect().sql(f"select clip_id from read_parquet('{tmp_path / 'pool' / 'index' / 'ids.parquet'}')").fetchall()
+    indexed = (
+        duckdb.connect()
+        .sql(f"select clip_id from read_parquet('{tmp_path / 'pool' / 'index' / 'ids.parquet'}')")
+        .fetchall()
+    )
     assert sorted(indexed) == sorted(clips)
     assert summary["index"]["size"] == 2

@@ -9,10 +9,10 @@ import pytest
 from pipelines.pool import group_parts, plan_work, prune_stale, remove_unfinished_parts
 from schemas import POOL_CLIPS, POOL_PARTS, make_table
 from schemas.layout import PoolLayout
-from stages import storage
-from stages.mix import ClipLocation, load_pool_clips
-from stages.standardize import Standardize
-from stages.sources import SourceFile
+from stages.audio.mixing import ClipLocation, load_pool_clips
+from stages.audio.standardize_stage import Standardize
+from stages.io import storage
+from stages.io.sources import SourceFile
 from tests.helpers import noise, tone, write_audio
 
 
@@ -83,12 +83,19 @@ def test_pruning_repacks_each_mix_rate_and_an_interrupted_prune_is_finished_by_t
         str(write_audio(tmp_path / "b.wav", tone(4.0, 16000, 300.0), 16000)),
         str(write_audio(tmp_path / "c.wav", noise(3.0, 16000, 0.2, seed=2), 16000)),
     ]
-    rows = Standardize(paths.root, 16000, 5.0, -70.0, rates).process_part({"part": "p", "uris": uris, "fingerprints": None, "errors": None})
+    rows = Standardize(paths.root, 16000, 5.0, -70.0, rates).process_part(
+        {"part": "p", "uris": uris, "fingerprints": None, "errors": None}
+    )
     storage.write_parquet(paths.clips("p"), make_table(POOL_CLIPS, rows.select(POOL_CLIPS.names)))
 
     def audio(rate: int) -> dict:
         clips = storage.read_parquet(paths.clips("p")).to_pylist()
-        where = [ClipLocation(c["clip_id"], "p", at["audio_offset"], at["audio_bytes"]) for c in clips for at in c["loudness_at_rates"] if at["sample_rate"] == rate]
+        where = [
+            ClipLocation(c["clip_id"], "p", at["audio_offset"], at["audio_bytes"])
+            for c in clips
+            for at in c["loudness_at_rates"]
+            if at["sample_rate"] == rate
+        ]
         return load_pool_clips(paths.root, where, rate)[0]
 
     before = {rate: audio(rate) for rate in rates}
@@ -102,7 +109,9 @@ def test_pruning_repacks_each_mix_rate_and_an_interrupted_prune_is_finished_by_t
 
     # Killed after rewriting the packs, before the clips file.
     write_parquet = storage.write_parquet
-    monkeypatch.setattr(storage, "write_parquet", lambda url, table: None if url == paths.clips("p") else write_parquet(url, table))
+    monkeypatch.setattr(
+        storage, "write_parquet", lambda url, table: None if url == paths.clips("p") else write_parquet(url, table)
+    )
     prune_stale(paths, {"p": {uris[0]}}, rates)
     monkeypatch.undo()
     with pytest.raises(ValueError, match="pool part p: .*the pool changed after these locations were read"):
@@ -117,4 +126,6 @@ def test_pruning_repacks_each_mix_rate_and_an_interrupted_prune_is_finished_by_t
     storage.write_bytes(paths.mix_audio("unfinished", 8000), storage.read_bytes(paths.mix_audio("p", 8000)))
     assert remove_unfinished_parts(paths, rates) == [paths.mix_audio("unfinished", 8000)]
     prune_stale(paths, {"p": {uris[2]}}, rates)
-    assert not any(storage.exists(url) for url in [paths.clips("p"), paths.audio("p"), *(paths.mix_audio("p", r) for r in rates)])
+    assert not any(
+        storage.exists(url) for url in [paths.clips("p"), paths.audio("p"), *(paths.mix_audio("p", r) for r in rates)]
+    )

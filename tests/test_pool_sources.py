@@ -18,7 +18,7 @@ import soundfile
 
 from pipelines.config import validate_config
 from pipelines.pool import run_pool
-from stages.standardize import decode_flac
+from stages.audio.packs import decode_flac
 from tests.helpers import noise, pyav_media, tone
 from tests.test_loudness import ebur128_lufs
 from tests.test_pool_pipeline import snapshot
@@ -62,7 +62,10 @@ def sources(tmp_path_factory) -> Path:
     (src / "no sound.mp4").write_bytes(pyav_media(None, RATE, "mp4", None, video=True))
 
     audio_type = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
-    rows = [{"bytes": makers[name.rsplit(".", 1)[1]](sound(6.0, 20 + i)), "path": name} for i, name in enumerate(PARQUET_ROWS)]
+    rows = [
+        {"bytes": makers[name.rsplit(".", 1)[1]](sound(6.0, 20 + i)), "path": name}
+        for i, name in enumerate(PARQUET_ROWS)
+    ]
     pq.write_table(pa.table({"audio": pa.array(rows, audio_type), "label": ["dog", "cat"]}), src / "hf-train.parquet")
 
     with tarfile.open(src / "shard-000000.tar", "w") as tar:
@@ -79,7 +82,12 @@ def runs(sources, tmp_path_factory, tiny_models, ray_session):
     pool_dir = tmp_path_factory.mktemp("every source pool") / "pool"
     config = validate_config(
         {
-            "pool": {"dir": str(pool_dir), "sources": [f"{sources}/*"], "files_per_part": 4, "parquet": {"id_column": "audio.path"}},
+            "pool": {
+                "dir": str(pool_dir),
+                "sources": [f"{sources}/*"],
+                "files_per_part": 4,
+                "parquet": {"id_column": "audio.path"},
+            },
             "models": {"clap": {"backend": "transformers", "model": tiny_models["clap_transformers"], "batch_size": 8}},
         }
     )
@@ -99,11 +107,26 @@ def test_every_source_gives_clips_and_a_silent_video_its_own_error(runs):
     expected += [f"shard-000000.tar#{name}" for name in TAR_MEMBERS]
     assert per_source == {f"{sources}/{name}": 2 for name in expected}
     errors = db.execute("SELECT source_uri, error FROM clips WHERE error IS NOT NULL").fetchall()
-    assert errors == [(f"{sources}/no sound.mp4", f"{sources}/no sound.mp4: no audio stream (a mov,mp4,m4a,3gp,3g2,mj2 file holding only video streams)")]
-    assert first["errors_by_kind"] == {"no_audio_stream": 1} and first["pool"]["errors_by_kind"] == {"no_audio_stream": 1}
+    assert errors == [
+        (
+            f"{sources}/no sound.mp4",
+            f"{sources}/no sound.mp4: no audio stream (a mov,mp4,m4a,3gp,3g2,mj2 file holding only video streams)",
+        )
+    ]
+    assert first["errors_by_kind"] == {"no_audio_stream": 1} and first["pool"]["errors_by_kind"] == {
+        "no_audio_stream": 1
+    }
     assert first["files_listed"] == len(expected) + 1 and first["clips_added"] == 2 * len(expected)
-    formats = dict(db.execute("SELECT DISTINCT regexp_extract(source_uri, '[^/#]+$'), source_format FROM clips WHERE error IS NULL").fetchall())
-    assert formats["street.mp4"] == "AAC/MOV" and formats["speech.webm"] == "OPUS/MATROSKA" and formats["radio.aac"] == "AAC/AAC"
+    formats = dict(
+        db.execute(
+            "SELECT DISTINCT regexp_extract(source_uri, '[^/#]+$'), source_format FROM clips WHERE error IS NULL"
+        ).fetchall()
+    )
+    assert (
+        formats["street.mp4"] == "AAC/MOV"
+        and formats["speech.webm"] == "OPUS/MATROSKA"
+        and formats["radio.aac"] == "AAC/AAC"
+    )
     assert formats["cat.m4a"] == "AAC/MOV" and formats["horn.webm"] == "OPUS/MATROSKA" and formats["wind.wav"] == "WAV"
 
 
@@ -112,9 +135,12 @@ def test_stored_clips_are_as_loud_as_the_lossless_original(runs):
     db = duckdb.connect()
     rows = db.execute(
         f"SELECT c.source_uri, c.chunk_index, c.lufs, a.flac FROM read_parquet('{pool_dir}/clips/*.parquet') c "
-        f"JOIN read_parquet('{pool_dir}/audio/*.parquet') a USING (clip_id) WHERE c.source_uri LIKE '%wind%' ORDER BY 1, 2"
+        f"JOIN read_parquet('{pool_dir}/audio/*.parquet') a USING (clip_id) "
+        "WHERE c.source_uri LIKE '%wind%' ORDER BY 1, 2"
     ).fetchall()
-    measured = {(Path(uri).name, chunk): (lufs, ebur128_lufs(decode_flac(flac)[0], RATE)) for uri, chunk, lufs, flac in rows}
+    measured = {
+        (Path(uri).name, chunk): (lufs, ebur128_lufs(decode_flac(flac)[0], RATE)) for uri, chunk, lufs, flac in rows
+    }
     for chunk in (0, 1):
         stored_m4a, independent_m4a = measured[("wind again.m4a", chunk)]
         stored_wav, _ = measured[("wind.wav", chunk)]

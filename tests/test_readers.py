@@ -49,7 +49,11 @@ def dataset(tiny_models, ray_session, tmp_path_factory):
     `image_member` as always null."""
     root = tmp_path_factory.mktemp("readers")
     for i in range(3):
-        write_audio(root / "audio" / f"a{i}.wav", noise(6.0, 44100, 0.05 + 0.05 * i, i) + tone(6.0, 44100, 200.0 * (i + 1), 0.1), 44100)
+        write_audio(
+            root / "audio" / f"a{i}.wav",
+            noise(6.0, 44100, 0.05 + 0.05 * i, i) + tone(6.0, 44100, 200.0 * (i + 1), 0.1),
+            44100,
+        )
     images = root / "images"
     images.mkdir()
     ids = []
@@ -66,7 +70,11 @@ def dataset(tiny_models, ray_session, tmp_path_factory):
             ids.append(f"z{i}")
     concepts = root / "concepts.jsonl"
     concepts.write_text(
-        "".join(json.dumps({"image_id": i, "caption": "a street", "concepts": [{"label": "car", "text": "a car passing"}]}) + "\n" for i in ids)
+        "".join(
+            json.dumps({"image_id": i, "caption": "a street", "concepts": [{"label": "car", "text": "a car passing"}]})
+            + "\n"
+            for i in ids
+        )
     )
     config = validate_config(
         {
@@ -76,7 +84,11 @@ def dataset(tiny_models, ray_session, tmp_path_factory):
                 "clap": {"backend": "transformers", "model": tiny_models["clap_transformers"], "batch_size": 8},
                 "vlm": [{"name": "given", "backend": "provided", "path": str(concepts)}],
             },
-            "sonify": {"images": [str(images / "*"), str(root / "members.tar")], "out": str(root / "out"), "shard_size_mb": 0.25},
+            "sonify": {
+                "images": [str(images / "*"), str(root / "members.tar")],
+                "out": str(root / "out"),
+                "shard_size_mb": 0.25,
+            },
             "retrieval": {"search_k": 4, "k": 2, "min_cosine": -1.0},
         }
     )
@@ -85,7 +97,9 @@ def dataset(tiny_models, ray_session, tmp_path_factory):
     assert summary["samples"] == len(ids) and summary["rejected"] == 0, summary
     out = root / "out"
     shards = sorted(str(p) for p in (out / "shards").glob("*.tar"))
-    manifest = {r["key"]: r for p in sorted((out / "manifest").glob("[0-9]*.parquet")) for r in pq.read_table(p).to_pylist()}
+    manifest = {
+        r["key"]: r for p in sorted((out / "manifest").glob("[0-9]*.parquet")) for r in pq.read_table(p).to_pylist()
+    }
     members = {}
     for shard in shards:
         with tarfile.open(shard) as tar:

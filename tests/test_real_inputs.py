@@ -49,7 +49,12 @@ def run(tiny_models, ray_session, tmp_path_factory):
     concepts = root / "concepts.jsonl"
     concepts.write_text(
         "\n".join(
-            json.dumps({"image_id": stem, "concepts": [{"label": s, "text": s} for s in ("door slam", "whistle", "hum", "wind")]})
+            json.dumps(
+                {
+                    "image_id": stem,
+                    "concepts": [{"label": s, "text": s} for s in ("door slam", "whistle", "hum", "wind")],
+                }
+            )
             for stem in stems
         )
         + "\n"
@@ -57,12 +62,21 @@ def run(tiny_models, ray_session, tmp_path_factory):
     config = validate_config(
         {
             "seed": 5,
-            "pool": {"dir": str(root / "pool"), "sources": [str(audio / "**" / "*")], "max_band_loss_lu": MAX_BAND_LOSS_LU},
+            "pool": {
+                "dir": str(root / "pool"),
+                "sources": [str(audio / "**" / "*")],
+                "max_band_loss_lu": MAX_BAND_LOSS_LU,
+            },
             "models": {
                 "clap": {"backend": "transformers", "model": tiny_models["clap_transformers"], "batch_size": 8},
                 "vlm": [{"name": "given", "backend": "provided", "path": str(concepts)}],
             },
-            "sonify": {"images": [str(images / "*.jpg")], "out": str(root / "out"), "min_side": 32, "shard_size_mb": 0.05},
+            "sonify": {
+                "images": [str(images / "*.jpg")],
+                "out": str(root / "out"),
+                "min_side": 32,
+                "shard_size_mb": 0.05,
+            },
             # Every pool clip is a neighbour of every text, so inaudible clips and tied copies are in reach.
             "retrieval": {"search_k": 64, "k": 64, "min_cosine": -1.0},
         }
@@ -74,18 +88,25 @@ def run(tiny_models, ray_session, tmp_path_factory):
 def test_inaudible_clips_are_counted_and_never_chosen(run):
     config, root, _, pool_summary, summary = run
     db = duckdb.connect()
-    db.execute(f"CREATE VIEW clips AS SELECT * FROM read_parquet('{root}/pool/clips/*.parquet') WHERE error IS NULL AND NOT silent")
+    db.execute(
+        f"CREATE VIEW clips AS SELECT * FROM read_parquet('{root}/pool/clips/*.parquet') "
+        "WHERE error IS NULL AND NOT silent"
+    )
     # The rule, restated on the pool table: measured at 16 kHz, above the floor, at most 20 LU lost.
     inaudible = {
         row[0]
         for row in db.execute(
-            "SELECT clip_id, lufs, (SELECT r.lufs FROM (SELECT unnest(loudness_at_rates) AS r) WHERE r.sample_rate = 16000) AS at16 "
+            "SELECT clip_id, lufs, "
+            "(SELECT r.lufs FROM (SELECT unnest(loudness_at_rates) AS r) WHERE r.sample_rate = 16000) AS at16 "
             "FROM clips"
         ).fetchall()
         if row[2] is None or row[2] < SILENCE_LUFS or row[1] - row[2] > MAX_BAND_LOSS_LU
     }
     whistle_and_hiss = {
-        r[0] for r in db.execute("SELECT clip_id FROM clips WHERE source_uri LIKE '%whistle%' OR source_uri LIKE '%hiss%'").fetchall()
+        r[0]
+        for r in db.execute(
+            "SELECT clip_id FROM clips WHERE source_uri LIKE '%whistle%' OR source_uri LIKE '%hiss%'"
+        ).fetchall()
     }
     assert inaudible == whistle_and_hiss and len(inaudible) == 3
     assert pool_summary["pool"]["inaudible_at_mix_rates"] == {"16000": 3}
@@ -94,11 +115,13 @@ def test_inaudible_clips_are_counted_and_never_chosen(run):
 
     db.execute(f"CREATE VIEW m AS SELECT * FROM read_parquet('{root}/out/manifest/*.parquet') WHERE error IS NULL")
     chosen = db.execute(
-        "SELECT c.clip_id, c.clip_lufs, c.target_lufs, c.gain_db, c.n_candidates, c.fallback FROM (SELECT unnest(concepts) AS c FROM m)"
+        "SELECT c.clip_id, c.clip_lufs, c.target_lufs, c.gain_db, c.n_candidates, c.fallback "
+        "FROM (SELECT unnest(concepts) AS c FROM m)"
     ).fetchall()
     assert len(chosen) == 12
     quietest_audible = db.execute(
-        "SELECT min(r.lufs) FROM (SELECT unnest(loudness_at_rates) AS r FROM clips) WHERE r.sample_rate = 16000 AND r.lufs >= -70"
+        "SELECT min(r.lufs) FROM (SELECT unnest(loudness_at_rates) AS r FROM clips) "
+        "WHERE r.sample_rate = 16000 AND r.lufs >= -70"
     ).fetchone()[0]
     copies = {r[0] for r in db.execute("SELECT clip_id FROM clips WHERE source_uri LIKE '%door.wav'").fetchall()}
     assert len(copies) == DUPLICATES
@@ -120,7 +143,9 @@ def test_long_image_names_give_shards_every_reader_reads(run):
     _, root, stems, _, summary = run
     shards = sorted(str(p) for p in (root / "out" / "shards").glob("*.tar"))
     assert len(shards) == summary["shards"] >= 1
-    manifest_keys = sorted(r[0] for r in duckdb.sql(f"SELECT key FROM read_parquet('{root}/out/manifest/*.parquet')").fetchall())
+    manifest_keys = sorted(
+        r[0] for r in duckdb.sql(f"SELECT key FROM read_parquet('{root}/out/manifest/*.parquet')").fetchall()
+    )
     assert f"{stems[0]}__given" in manifest_keys and len(set(manifest_keys)) == 3
     assert all(len(f"{key}.flac") <= 255 for key in manifest_keys)
     tar_names = []
@@ -128,7 +153,7 @@ def test_long_image_names_give_shards_every_reader_reads(run):
         with tarfile.open(shard) as tar:
             tar_names += tar.getnames()
         gnu = subprocess.run(["tar", "-tf", shard], capture_output=True, text=True, check=True).stdout.split()
-        assert gnu == tar_names[-len(gnu):]
+        assert gnu == tar_names[-len(gnu) :]
     assert sorted({name.rsplit(".", 1)[0] for name in tar_names}) == manifest_keys
     samples = list(wds.WebDataset(shards, shardshuffle=False))
     assert sorted(s["__key__"] for s in samples) == manifest_keys

@@ -25,8 +25,8 @@ import webdataset as wds
 import yaml
 from PIL import Image
 
-from stages import storage
-from stages.standardize import decode_flac
+from stages.audio.packs import decode_flac
+from stages.io import storage
 from tests.helpers import noise, tone, write_audio
 
 REPO = Path(__file__).resolve().parents[1]
@@ -72,7 +72,9 @@ def reader(server):
     """An s3fs client configured by arguments, independent of the pipeline's environment."""
     import s3fs
 
-    fs = s3fs.S3FileSystem(key=KEY_ID, secret=SECRET, endpoint_url=server, skip_instance_cache=True, use_listings_cache=False)
+    fs = s3fs.S3FileSystem(
+        key=KEY_ID, secret=SECRET, endpoint_url=server, skip_instance_cache=True, use_listings_cache=False
+    )
     fs.mkdir(BUCKET)
     return fs
 
@@ -111,7 +113,10 @@ def upload_inputs(reader, tiny_models: dict, scratch: Path) -> None:
     listing = io.BytesIO()
     pq.write_table(pa.table({"uri": [f"s3://{BUCKET}/listed/listed.png"], "image_id": ["from-list"]}), listing)
     reader.pipe(f"{BUCKET}/lists/list.parquet", listing.getvalue())
-    lines = [{"image_id": f"photo{i}", "caption": "a field", "concepts": [{"label": "wind", "text": "wind blowing"}]} for i in range(3)]
+    lines = [
+        {"image_id": f"photo{i}", "caption": "a field", "concepts": [{"label": "wind", "text": "wind blowing"}]}
+        for i in range(3)
+    ]
     lines += [
         {"image_id": "t1", "caption": "a street", "concepts": [{"label": "car", "text": "a car passing"}]},
         {"image_id": "from-list", "concepts": [{"label": "rain", "text": "rain falling"}]},
@@ -124,14 +129,21 @@ def upload_inputs(reader, tiny_models: dict, scratch: Path) -> None:
 def run_cli(command: str, config: Path, env: dict[str, str], *overrides: str) -> subprocess.CompletedProcess:
     done = subprocess.run(
         [sys.executable, "run_pipeline.py", command, "--config", str(config), *overrides],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert done.returncode == 0, f"{command} failed:\n{done.stderr[-6000:]}"
     return done
 
 
 def snapshot(reader, prefix: str) -> dict[str, tuple[str, object]]:
-    return {path: (info["ETag"], info["LastModified"]) for path, info in reader.find(f"{BUCKET}/{prefix}", detail=True).items()}
+    return {
+        path: (info["ETag"], info["LastModified"])
+        for path, info in reader.find(f"{BUCKET}/{prefix}", detail=True).items()
+    }
 
 
 @pytest.fixture(scope="module")
@@ -149,14 +161,27 @@ def runs(reader, aws_env, tiny_models, tmp_path_factory):
                 "ray": {"num_cpus": 2},
                 "pool": {"dir": f"s3://{BUCKET}/pool", "sources": [f"s3://{BUCKET}/audio/*"], "files_per_part": 2},
                 "models": {
-                    "clap": {"backend": "transformers", "model": f"s3://{BUCKET}/models/clap-transformers", "batch_size": 8},
+                    "clap": {
+                        "backend": "transformers",
+                        "model": f"s3://{BUCKET}/models/clap-transformers",
+                        "batch_size": 8,
+                    },
                     "vlm": [
-                        {"name": "qwen", "backend": "transformers", "model": f"s3://{BUCKET}/models/vlm-qwen", "batch_size": 4},
+                        {
+                            "name": "qwen",
+                            "backend": "transformers",
+                            "model": f"s3://{BUCKET}/models/vlm-qwen",
+                            "batch_size": 4,
+                        },
                         {"name": "given", "backend": "provided", "path": f"s3://{BUCKET}/concepts.jsonl"},
                     ],
                 },
                 "sonify": {
-                    "images": [f"s3://{BUCKET}/images/*", f"s3://{BUCKET}/tars/shard-a.tar", f"s3://{BUCKET}/lists/list.parquet"],
+                    "images": [
+                        f"s3://{BUCKET}/images/*",
+                        f"s3://{BUCKET}/tars/shard-a.tar",
+                        f"s3://{BUCKET}/lists/list.parquet",
+                    ],
                     "out": f"s3://{BUCKET}/out",
                     "min_side": 32,
                     "shard_size_mb": 0.25,
@@ -196,8 +221,12 @@ def test_pool_built_on_s3(runs, reader):
     assert summary["files_listed"] == 4 and summary["errors"] == 1
     # 12 s -> 3 clips, 9 s -> 2, 7 s -> 2
     assert summary["clips_added"] == 7 and summary["index"]["size"] == 7
-    clips = pa.concat_tables([pq.read_table(f, filesystem=reader) for f in reader.glob(f"{BUCKET}/pool/clips/*.parquet")])
-    assert {u for u in clips.column("source_uri").to_pylist()} == {f"s3://{BUCKET}/audio/{n}" for n in ("a.wav", "b.flac", "c.ogg", "corrupt.wav")}
+    clips = pa.concat_tables(
+        [pq.read_table(f, filesystem=reader) for f in reader.glob(f"{BUCKET}/pool/clips/*.parquet")]
+    )
+    assert {u for u in clips.column("source_uri").to_pylist()} == {
+        f"s3://{BUCKET}/audio/{n}" for n in ("a.wav", "b.flac", "c.ogg", "corrupt.wav")
+    }
     assert all(f.startswith("etag:") for f in clips.column("source_fingerprint").to_pylist())
     assert reader.exists(f"{BUCKET}/pool/index/index.faiss")
 
@@ -260,12 +289,20 @@ def test_second_sonify_run_changes_nothing(runs):
     assert {k: first[k][1] for k in kept} == {k: second[k][1] for k in kept}
     assert "already written" in runs["logs"]
     strip = ("seconds", "wall_seconds")
-    assert {k: v for k, v in runs["second_summary"].items() if k not in strip} == {k: v for k, v in runs["summary"].items() if k not in strip}
+    assert {k: v for k, v in runs["second_summary"].items() if k not in strip} == {
+        k: v for k, v in runs["summary"].items() if k not in strip
+    }
 
 
 @pytest.mark.slow
 def test_render_from_and_to_s3_is_bit_identical(runs, reader):
-    run_cli("render", runs["config"], runs["env"], f"render.manifest=s3://{BUCKET}/out/manifest", f"render.out=s3://{BUCKET}/rendered")
+    run_cli(
+        "render",
+        runs["config"],
+        runs["env"],
+        f"render.manifest=s3://{BUCKET}/out/manifest",
+        f"render.out=s3://{BUCKET}/rendered",
+    )
     original = sorted(reader.glob(f"{BUCKET}/out/shards/*.tar"))
     rendered = sorted(reader.glob(f"{BUCKET}/rendered/shards/*.tar"))
     assert [p.rsplit("/", 1)[-1] for p in rendered] == [p.rsplit("/", 1)[-1] for p in original]
@@ -303,11 +340,15 @@ def test_concurrent_stagings_from_s3_share_one_copy(reader, aws_env, tiny_models
     # The endpoint variable for all AWS services, which botocore also reads (the pipeline runs
     # above use the S3-specific one).
     env["AWS_ENDPOINT_URL"] = env.pop("AWS_ENDPOINT_URL_S3")
-    code = "import sys; from stages.model_files import stage_model; print(stage_model(sys.argv[1], sys.argv[2]))"
+    code = "import sys; from stages.io.model_files import stage_model; print(stage_model(sys.argv[1], sys.argv[2]))"
     loaders = [
         subprocess.Popen(
             [sys.executable, "-c", code, f"s3://{BUCKET}/staging/backbones", str(tmp_path)],
-            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            cwd=REPO,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
         )
         for _ in range(2)
     ]

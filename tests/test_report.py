@@ -19,17 +19,17 @@ from PIL import Image
 from pipelines.config import validate_config
 from pipelines.report import ReportError, pool_report, run_report, sonify_report
 from schemas import IMAGE_REFS, MANIFEST, POOL_CLIPS, SCENES, make_table
-from stages import storage
-from stages.report_gallery import read_samples
-from stages.report_sonify import clip_usage
-from stages.report_sql import histogram
-from stages.tars import tar_bytes
+from stages.io import storage
+from stages.io.tars import tar_bytes
+from stages.report.gallery import read_samples
+from stages.report.sonify import clip_usage
+from stages.report.sql import histogram
 
 RATE = 16000
 CLIP_SECONDS = 5.0
 MARKUP_LABEL = "<script>document.title='pwned'</script>"
 MARKUP_TEXT = "<img src=x onerror=\"document.title='pwned'\"> barks"
-MARKUP_CAPTION = "a \"quoted\" & <b>bold</b> dog"
+MARKUP_CAPTION = 'a "quoted" & <b>bold</b> dog'
 MARKUP_FILE = "im'<age>"
 
 
@@ -42,37 +42,86 @@ def flac_bytes(seconds: float, seed: int) -> bytes:
 
 def png_bytes(width: int, height: int, seed: int) -> bytes:
     buffer = io.BytesIO()
-    Image.fromarray((np.random.default_rng(seed).random((height, width, 3)) * 255).astype(np.uint8)).save(buffer, format="PNG")
+    Image.fromarray((np.random.default_rng(seed).random((height, width, 3)) * 255).astype(np.uint8)).save(
+        buffer, format="PNG"
+    )
     return buffer.getvalue()
 
 
 def concept(label: str, text: str, clip: int, cosine: float, target: float) -> dict:
     return {
-        "label": label, "text": text, "clip_id": f"clip-{clip}", "cosine": cosine, "ssr": float(np.sqrt(cosine)),
-        "threshold": 0.3, "n_candidates": 1 + clip % 4, "fallback": False, "target_lufs": target,
-        "clip_lufs": -20.0, "gain_db": target + 20.0,
+        "label": label,
+        "text": text,
+        "clip_id": f"clip-{clip}",
+        "cosine": cosine,
+        "ssr": float(np.sqrt(cosine)),
+        "threshold": 0.3,
+        "n_candidates": 1 + clip % 4,
+        "fallback": False,
+        "target_lufs": target,
+        "clip_lufs": -20.0,
+        "gain_db": target + 20.0,
     }
 
 
 def manifest_row(
-    i: int, shard: str | None, concepts: list[dict], error: str | None = None, caption: str = "a dog", error_kind: str | None = None
+    i: int,
+    shard: str | None,
+    concepts: list[dict],
+    error: str | None = None,
+    caption: str = "a dog",
+    error_kind: str | None = None,
 ) -> dict:
     return {
-        "key": f"img{i:03d}__qwen", "image_id": f"img{i:03d}", "image_uri": f"/data/{MARKUP_FILE if i == 0 else 'img'}{i:03d}.png",
-        "image_member": None, "image_format": "png", "width": 64, "height": 48, "vlm": "qwen", "prompt_version": "v1",
-        "caption": caption, "concepts": concepts, "dropped_concepts": 0, "mix_gain_db": -1.5 if i % 5 == 0 else 0.0,
-        "mix_lufs": -24.0 + 0.1 * i, "mix_peak_dbfs": -3.0 - 0.1 * i, "sample_rate": RATE, "duration_s": CLIP_SECONDS,
-        "seed": 0, "shard": shard, "error": error, "error_kind": error_kind,
+        "key": f"img{i:03d}__qwen",
+        "image_id": f"img{i:03d}",
+        "image_uri": f"/data/{MARKUP_FILE if i == 0 else 'img'}{i:03d}.png",
+        "image_member": None,
+        "image_format": "png",
+        "width": 64,
+        "height": 48,
+        "vlm": "qwen",
+        "prompt_version": "v1",
+        "caption": caption,
+        "concepts": concepts,
+        "dropped_concepts": 0,
+        "mix_gain_db": -1.5 if i % 5 == 0 else 0.0,
+        "mix_lufs": -24.0 + 0.1 * i,
+        "mix_peak_dbfs": -3.0 - 0.1 * i,
+        "sample_rate": RATE,
+        "duration_s": CLIP_SECONDS,
+        "seed": 0,
+        "shard": shard,
+        "error": error,
+        "error_kind": error_kind,
     }
 
 
 def scene_row(
-    i: int, concepts: list[dict], error: str | None = None, stage: str | None = None, dropped: str | None = None, error_kind: str | None = None
+    i: int,
+    concepts: list[dict],
+    error: str | None = None,
+    stage: str | None = None,
+    dropped: str | None = None,
+    error_kind: str | None = None,
 ) -> dict:
     return {
-        "image_id": f"img{i:03d}", "uri": f"/data/img{i:03d}.png", "member": None, "width": 64, "height": 48, "format": "png",
-        "num_bytes": 100, "vlm": "qwen", "answer": None, "caption": "a dog", "concepts": [{"label": c["label"], "text": c["text"]} for c in concepts],
-        "dropped_empty_concepts": 0, "dropped": dropped, "error": error, "error_kind": error_kind, "error_stage": stage,
+        "image_id": f"img{i:03d}",
+        "uri": f"/data/img{i:03d}.png",
+        "member": None,
+        "width": 64,
+        "height": 48,
+        "format": "png",
+        "num_bytes": 100,
+        "vlm": "qwen",
+        "answer": None,
+        "caption": "a dog",
+        "concepts": [{"label": c["label"], "text": c["text"]} for c in concepts],
+        "dropped_empty_concepts": 0,
+        "dropped": dropped,
+        "error": error,
+        "error_kind": error_kind,
+        "error_stage": stage,
     }
 
 
@@ -88,11 +137,22 @@ REJECTED = {
     18: (None, None, None),  # no concept above retrieval.min_cosine
 }
 # The error_kind the pipeline stores with each rejected scene's error or drop.
-REJECTED_KINDS = {13: "empty", 14: "undecodable", 15: "too_small", 16: "bad_answer", 17: "non_sonic", 18: "no_usable_clip"}
+REJECTED_KINDS = {
+    13: "empty",
+    14: "undecodable",
+    15: "too_small",
+    16: "bad_answer",
+    17: "non_sonic",
+    18: "no_usable_clip",
+}
 
 
 def sample_concepts(i: int) -> list[dict]:
-    chosen = [concept(MARKUP_LABEL if i == 0 else "dog", MARKUP_TEXT if i == 0 else "a dog barks", i % 3, 0.2 + 0.05 * i, -25.0)]
+    chosen = [
+        concept(
+            MARKUP_LABEL if i == 0 else "dog", MARKUP_TEXT if i == 0 else "a dog barks", i % 3, 0.2 + 0.05 * i, -25.0
+        )
+    ]
     if i % 2:
         chosen.append(concept("rain", "rain on a roof", 3 + i % 2, 0.4, -26.0))
     return chosen
@@ -101,20 +161,55 @@ def sample_concepts(i: int) -> list[dict]:
 def write_run(root: str) -> dict:
     """A finished sonify run and its pool, as the pipeline lays them out. Returns the config tree."""
     out, pool = storage.join(root, "out"), storage.join(root, "pool")
-    rows = [manifest_row(i, "000000.tar" if i < 10 else "000001.tar", sample_concepts(i), caption=MARKUP_CAPTION if i == 0 else "a dog") for i in range(SAMPLES)]
+    rows = [
+        manifest_row(
+            i,
+            "000000.tar" if i < 10 else "000001.tar",
+            sample_concepts(i),
+            caption=MARKUP_CAPTION if i == 0 else "a dog",
+        )
+        for i in range(SAMPLES)
+    ]
     rows.append(
-        manifest_row(WRITE_FAILURE, "000001.tar", sample_concepts(WRITE_FAILURE), error="/data/img012.png: cannot read (gone)", error_kind="unreadable")
+        manifest_row(
+            WRITE_FAILURE,
+            "000001.tar",
+            sample_concepts(WRITE_FAILURE),
+            error="/data/img012.png: cannot read (gone)",
+            error_kind="unreadable",
+        )
     )
     rejected = [
-        manifest_row(i, None, [], error=error or (f"dropped: {dropped}" if dropped else "dropped: no concept matched"), error_kind=REJECTED_KINDS[i])
+        manifest_row(
+            i,
+            None,
+            [],
+            error=error or (f"dropped: {dropped}" if dropped else "dropped: no concept matched"),
+            error_kind=REJECTED_KINDS[i],
+        )
         for i, (error, _, dropped) in REJECTED.items()
     ]
-    storage.write_parquet(storage.join(out, "manifest", "000000.parquet"), make_table(MANIFEST, pa.Table.from_pylist(rows[:10], schema=MANIFEST)))
-    storage.write_parquet(storage.join(out, "manifest", "000001.parquet"), make_table(MANIFEST, pa.Table.from_pylist(rows[10:], schema=MANIFEST)))
-    storage.write_parquet(storage.join(out, "manifest", "rejected-000000.parquet"), make_table(MANIFEST, pa.Table.from_pylist(rejected, schema=MANIFEST)))
+    storage.write_parquet(
+        storage.join(out, "manifest", "000000.parquet"),
+        make_table(MANIFEST, pa.Table.from_pylist(rows[:10], schema=MANIFEST)),
+    )
+    storage.write_parquet(
+        storage.join(out, "manifest", "000001.parquet"),
+        make_table(MANIFEST, pa.Table.from_pylist(rows[10:], schema=MANIFEST)),
+    )
+    storage.write_parquet(
+        storage.join(out, "manifest", "rejected-000000.parquet"),
+        make_table(MANIFEST, pa.Table.from_pylist(rejected, schema=MANIFEST)),
+    )
     scenes = [scene_row(i, sample_concepts(i)) for i in range(SAMPLES + 1)]
-    scenes += [scene_row(i, [], error, stage, dropped, REJECTED_KINDS[i] if error else None) for i, (error, stage, dropped) in REJECTED.items()]
-    storage.write_parquet(storage.join(out, "scenes", "qwen", "000000.parquet"), make_table(SCENES, pa.Table.from_pylist(scenes, schema=SCENES)))
+    scenes += [
+        scene_row(i, [], error, stage, dropped, REJECTED_KINDS[i] if error else None)
+        for i, (error, stage, dropped) in REJECTED.items()
+    ]
+    storage.write_parquet(
+        storage.join(out, "scenes", "qwen", "000000.parquet"),
+        make_table(SCENES, pa.Table.from_pylist(scenes, schema=SCENES)),
+    )
     storage.write_parquet(
         storage.join(out, "images.parquet"),
         make_table(
@@ -129,21 +224,51 @@ def write_run(root: str) -> dict:
         ),
     )
     for shard, members in (("000000", rows[:10]), ("000001", rows[10:SAMPLES])):
-        samples = [(r["key"], {"png": png_bytes(64 + j, 48, j), "flac": flac_bytes(CLIP_SECONDS, j), "json": b"{}"}) for j, r in enumerate(members)]
+        samples = [
+            (r["key"], {"png": png_bytes(64 + j, 48, j), "flac": flac_bytes(CLIP_SECONDS, j), "json": b"{}"})
+            for j, r in enumerate(members)
+        ]
         storage.write_bytes(storage.join(out, "shards", f"{shard}.tar"), tar_bytes(samples))
     storage.write_text(storage.join(out, "summary.json"), json.dumps({"wall_seconds": 12.0}))
     clips = [
         {
-            "clip_id": f"clip-{c}", "source_id": f"s{c}", "source_uri": f"/audio/source {c}.wav", "source_fingerprint": "f", "source_sha256": "h",
-            "source_format": "wav" if c < 4 else "flac", "source_sample_rate": 44100, "source_channels": 1, "source_duration_s": 5.0 + c,
-            "chunk_index": 0, "start_s": 0.0, "duration_s": CLIP_SECONDS if c != 5 else 2.0, "sample_rate": 48000,
-            "lufs": None if c == 5 else -20.0 - c, "peak_dbfs": -3.0, "loudness_at_rates": [], "silent": c == 5, "part": "part-1", "error": None,
+            "clip_id": f"clip-{c}",
+            "source_id": f"s{c}",
+            "source_uri": f"/audio/source {c}.wav",
+            "source_fingerprint": "f",
+            "source_sha256": "h",
+            "source_format": "wav" if c < 4 else "flac",
+            "source_sample_rate": 44100,
+            "source_channels": 1,
+            "source_duration_s": 5.0 + c,
+            "chunk_index": 0,
+            "start_s": 0.0,
+            "duration_s": CLIP_SECONDS if c != 5 else 2.0,
+            "sample_rate": 48000,
+            "lufs": None if c == 5 else -20.0 - c,
+            "peak_dbfs": -3.0,
+            "loudness_at_rates": [],
+            "silent": c == 5,
+            "part": "part-1",
+            "error": None,
             "error_kind": None,
         }
         for c in range(6)
     ]
-    clips.append({**clips[0], "clip_id": "bad-error", "source_uri": "/audio/broken.wav", "chunk_index": -1, "error": "/audio/broken.wav: empty file (0 bytes)", "error_kind": "empty"})
-    storage.write_parquet(storage.join(pool, "clips", "part-1.parquet"), make_table(POOL_CLIPS, pa.Table.from_pylist(clips, schema=POOL_CLIPS)))
+    clips.append(
+        {
+            **clips[0],
+            "clip_id": "bad-error",
+            "source_uri": "/audio/broken.wav",
+            "chunk_index": -1,
+            "error": "/audio/broken.wav: empty file (0 bytes)",
+            "error_kind": "empty",
+        }
+    )
+    storage.write_parquet(
+        storage.join(pool, "clips", "part-1.parquet"),
+        make_table(POOL_CLIPS, pa.Table.from_pylist(clips, schema=POOL_CLIPS)),
+    )
     storage.write_text(storage.join(pool, "index", "index.json"), json.dumps({"size": 5}))
     return {
         "pool": {"dir": pool, "clip_seconds": CLIP_SECONDS},
@@ -253,7 +378,9 @@ def test_shard_reader_reads_headers_and_wanted_members_only():
     found = read_samples(io.BufferedReader(reader, buffer_size=512), [f"{long_key}5", f"{long_key}2", "absent"])
     assert found == {f"{long_key}5": payload[5], f"{long_key}2": payload[2]}
     wanted = 2 * (200_000 + 50_000)
-    assert reader.bytes_read < wanted + 64 * 1024, f"read {reader.bytes_read} of a {len(shard)}-byte shard for {wanted} wanted bytes"
+    assert reader.bytes_read < wanted + 64 * 1024, (
+        f"read {reader.bytes_read} of a {len(shard)}-byte shard for {wanted} wanted bytes"
+    )
 
 
 def test_sonify_report_counts_problems_gallery_and_escaping(local_run):
@@ -270,7 +397,10 @@ def test_sonify_report_counts_problems_gallery_and_escaping(local_run):
     assert f"/data/{MARKUP_FILE}000.png" in text
 
     rows = {tuple(cells) for cells in _table_rows(storage.read_bytes(index).decode(), "counts")}
-    manifest = pq.read_table(f"{local_run.sonify.out}/manifest/000000.parquet").to_pylist() + pq.read_table(f"{local_run.sonify.out}/manifest/000001.parquet").to_pylist()
+    manifest = (
+        pq.read_table(f"{local_run.sonify.out}/manifest/000000.parquet").to_pylist()
+        + pq.read_table(f"{local_run.sonify.out}/manifest/000001.parquet").to_pylist()
+    )
     written = [r for r in manifest if r["error"] is None]
     assert ("samples written", str(len(written))) in rows
     assert ("distinct clips used", str(len({c["clip_id"] for r in written for c in r["concepts"]}))) in rows
@@ -279,14 +409,31 @@ def test_sonify_report_counts_problems_gallery_and_escaping(local_run):
 
     problems = {p["kind"]: p for p in json.loads(storage.read_bytes(f"{folder}/report.json"))["problems"]}
     assert {k: p["count"] for k, p in problems.items()} == {
-        "image: empty": 1, "image: undecodable": 1, "dropped: too_small": 1, "concepts error (qwen)": 1,
-        "dropped: non_sonic (qwen)": 1, "retrieval: no_usable_clip (qwen)": 1,
+        "image: empty": 1,
+        "image: undecodable": 1,
+        "dropped: too_small": 1,
+        "concepts error (qwen)": 1,
+        "dropped: non_sonic (qwen)": 1,
+        "retrieval: no_usable_clip (qwen)": 1,
         "write: unreadable": 1,
     }
     assert problems["image: empty"]["examples"] == [{"file": "/data/img013.png", "reason": REJECTED[13][0]}]
 
     plots = [a["src"] for a in page.all("img") if a["src"].startswith("plots/")]
-    assert sorted(plots) == sorted(f"plots/{n}.png" for n in ("labels", "cosine", "ssr", "threshold", "candidates", "clip-usage", "loudness", "mix-peak", "mix-gain"))
+    assert sorted(plots) == sorted(
+        f"plots/{n}.png"
+        for n in (
+            "labels",
+            "cosine",
+            "ssr",
+            "threshold",
+            "candidates",
+            "clip-usage",
+            "loudness",
+            "mix-peak",
+            "mix-gain",
+        )
+    )
     for src in plots:
         assert Image.open(io.BytesIO(storage.read_bytes(f"{folder}/{src}"))).format == "PNG"
 
@@ -332,8 +479,13 @@ def test_gallery_choice_is_seeded_and_removes_media_it_no_longer_shows(local_run
     index = sonify_report(local_run)
     keys = json.loads(storage.read_bytes(index.replace("index.html", "report.json")))["gallery"]
     assert json.loads(storage.read_bytes(index.replace("index.html", "report.json")))["gallery"] == keys
-    assert sonify_report(local_run) and json.loads(storage.read_bytes(index.replace("index.html", "report.json")))["gallery"] == keys
-    other = local_run.model_copy(update={"report": local_run.report.model_copy(update={"gallery_seed": 1, "gallery_size": 3})})
+    assert (
+        sonify_report(local_run)
+        and json.loads(storage.read_bytes(index.replace("index.html", "report.json")))["gallery"] == keys
+    )
+    other = local_run.model_copy(
+        update={"report": local_run.report.model_copy(update={"gallery_seed": 1, "gallery_size": 3})}
+    )
     sonify_report(other)
     chosen = json.loads(storage.read_bytes(index.replace("index.html", "report.json")))["gallery"]
     assert len(chosen) == 3 and chosen != keys[:3]
@@ -354,15 +506,36 @@ def test_pool_report(local_run):
     index = pool_report(local_run)
     page = storage.read_bytes(index).decode()
     rows = {tuple(cells) for cells in _table_rows(page, "counts")}
-    assert {("source files", "7"), ("source files with an error", "1"), ("clips", "6"), ("silent clips (never retrieved)", "1"), ("clips with zero padding", "1"), ("clips in the index", "5")} <= rows
+    assert {
+        ("source files", "7"),
+        ("source files with an error", "1"),
+        ("clips", "6"),
+        ("silent clips (never retrieved)", "1"),
+        ("clips with zero padding", "1"),
+        ("clips in the index", "5"),
+    } <= rows
     report = json.loads(storage.read_bytes(index.replace("index.html", "report.json")))
-    assert report["problems"] == [{"kind": "audio: empty", "count": 1, "examples": [{"file": "/audio/broken.wav", "reason": "/audio/broken.wav: empty file (0 bytes)"}]}]
+    assert report["problems"] == [
+        {
+            "kind": "audio: empty",
+            "count": 1,
+            "examples": [{"file": "/audio/broken.wav", "reason": "/audio/broken.wav: empty file (0 bytes)"}],
+        }
+    ]
     assert report["silent_share"] == pytest.approx(1 / 6)
-    assert sorted(a["src"] for a in PageReader.read(page).all("img")) == [f"plots/{n}.png" for n in ("clip-loudness", "durations", "formats", "silent")]
+    assert sorted(a["src"] for a in PageReader.read(page).all("img")) == [
+        f"plots/{n}.png" for n in ("clip-loudness", "durations", "formats", "silent")
+    ]
 
 
 def test_nothing_to_report_is_a_clear_error(tmp_path):
-    config = validate_config({"pool": {"dir": str(tmp_path / "pool")}, "models": {"clap": {"model": "x"}}, "sonify": {"out": str(tmp_path / "out")}})
+    config = validate_config(
+        {
+            "pool": {"dir": str(tmp_path / "pool")},
+            "models": {"clap": {"model": "x"}},
+            "sonify": {"out": str(tmp_path / "out")},
+        }
+    )
     with pytest.raises(ReportError, match="nothing to report"):
         run_report(config, "all")
     with pytest.raises(ReportError, match="holds no manifest"):
@@ -386,7 +559,9 @@ def test_report_settings_do_not_change_which_run_sonify_out_holds(local_run):
     out = local_run.sonify.out
     storage.write_text(f"{out}/config.yaml", dump_config(local_run))
     storage.write_text(f"{out}/layout.json", json.dumps({"layout": LAYOUT_VERSION}))
-    other_report = local_run.model_copy(update={"report": local_run.report.model_copy(update={"gallery_size": 3, "gallery_seed": 9})})
+    other_report = local_run.model_copy(
+        update={"report": local_run.report.model_copy(update={"gallery_size": 3, "gallery_seed": 9})}
+    )
     check_same_run(other_report, out)
     other_mix = local_run.model_copy(update={"mix": local_run.mix.model_copy(update={"lufs_max": -20.0})})
     with pytest.raises(SonifyError, match="other settings"):
@@ -410,8 +585,11 @@ def s3_env(monkeypatch, tmp_path):
     server.start()
     nowhere = tmp_path / "absent"
     for name, value in {
-        "AWS_ACCESS_KEY_ID": "k", "AWS_SECRET_ACCESS_KEY": "s", "AWS_ENDPOINT_URL_S3": f"http://127.0.0.1:{port}",
-        "AWS_CONFIG_FILE": str(nowhere), "AWS_SHARED_CREDENTIALS_FILE": str(nowhere),
+        "AWS_ACCESS_KEY_ID": "k",
+        "AWS_SECRET_ACCESS_KEY": "s",
+        "AWS_ENDPOINT_URL_S3": f"http://127.0.0.1:{port}",
+        "AWS_CONFIG_FILE": str(nowhere),
+        "AWS_SHARED_CREDENTIALS_FILE": str(nowhere),
     }.items():
         monkeypatch.setenv(name, value)
     # s3fs keeps one client per set of arguments; one made for another test's server is gone.

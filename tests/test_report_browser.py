@@ -23,13 +23,20 @@ from pipelines.config import load_config
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
 CHROMIUM_FLAGS = (
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-    "--disable-component-update", "--disable-sync", "--window-size=1280,1600",
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--window-size=1280,1600",
 )
 MARKUP_CAPTION = "a \"quoted\" & <b>bold</b> caption <script>document.title='pwned'</script>"
 MARKUP_LABEL = "<script>document.title='pwned'</script>"
 MARKUP_TEXT = "<img src=x onerror=\"document.title='pwned'\"> a dog barks"
-MARKUP_FILE_STEM = "x\"><img src=x onerror=\"document.title='pwned'\">"
+MARKUP_FILE_STEM = 'x"><img src=x onerror="document.title=\'pwned\'">'
 SONIFY_PLOTS = {"labels", "cosine", "ssr", "threshold", "candidates", "clip-usage", "loudness", "mix-peak", "mix-gain"}
 POOL_PLOTS = {"formats", "durations", "clip-loudness", "silent"}
 
@@ -38,10 +45,18 @@ def ensure_chromium() -> None:
     if os.path.exists(CHROMIUM) and os.path.exists(CHROMEDRIVER):
         return
     if shutil.which("apt-get") is None or os.geteuid() != 0:
-        pytest.fail(f"{CHROMIUM} and {CHROMEDRIVER} are missing; install Debian's chromium and chromium-driver (as root)")
+        pytest.fail(
+            f"{CHROMIUM} and {CHROMEDRIVER} are missing; install Debian's chromium and chromium-driver (as root)"
+        )
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     subprocess.run(["apt-get", "update"], check=True, env=env, capture_output=True, timeout=600)
-    subprocess.run(["apt-get", "install", "-y", "chromium", "chromium-driver"], check=True, env=env, capture_output=True, timeout=600)
+    subprocess.run(
+        ["apt-get", "install", "-y", "chromium", "chromium-driver"],
+        check=True,
+        env=env,
+        capture_output=True,
+        timeout=600,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -97,12 +112,18 @@ def markup_run(pipeline_runs, single_node_run):
     Image.fromarray(pixels).save(folder / "images" / f"{MARKUP_FILE_STEM}.png")
     stems = [p.stem for p in sorted((pipeline_runs.root / "inputs" / "images").glob("*.png"))] + [MARKUP_FILE_STEM]
     concepts = [
-        {"image_id": stem, "caption": MARKUP_CAPTION, "concepts": [{"label": MARKUP_LABEL, "text": MARKUP_TEXT}, {"label": "rain", "text": "rain on a tin roof"}]}
+        {
+            "image_id": stem,
+            "caption": MARKUP_CAPTION,
+            "concepts": [{"label": MARKUP_LABEL, "text": MARKUP_TEXT}, {"label": "rain", "text": "rain on a tin roof"}],
+        }
         for stem in stems
     ]
     (folder / "concepts.jsonl").write_text("".join(json.dumps(c) + "\n" for c in concepts))
     tree = yaml.safe_load(config_path.read_text())
-    tree["models"]["vlm"] = [{"name": "given", "backend": "provided", "path": str(folder / "concepts.jsonl"), "batch_size": 4}]
+    tree["models"]["vlm"] = [
+        {"name": "given", "backend": "provided", "path": str(folder / "concepts.jsonl"), "batch_size": 4}
+    ]
     tree["sonify"]["images"].append(str(folder / "images" / "*"))
     tree["sonify"]["images_per_chunk"] = 20
     config_path.write_text(yaml.safe_dump(tree))
@@ -150,13 +171,19 @@ def test_report_pages_in_chromium(markup_run, browser, tmp_path):
     with ServedFolder(out / "report") as base:
         open_page(browser, f"{base}/index.html")
         WebDriverWait(browser, 60).until(
-            lambda d: d.execute_script("return [...document.querySelectorAll('audio')].every(a => a.readyState >= 1 || a.error)")
+            lambda d: d.execute_script(
+                "return [...document.querySelectorAll('audio')].every(a => a.readyState >= 1 || a.error)"
+            )
         )
-        audio = browser.execute_script("return [...document.querySelectorAll('audio')].map(a => [a.duration, a.error && a.error.code])")
+        audio = browser.execute_script(
+            "return [...document.querySelectorAll('audio')].map(a => [a.duration, a.error && a.error.code])"
+        )
         assert len(audio) == images, "every sample is in a gallery of up to 48"
         for duration, error in audio:
             assert error is None and duration == pytest.approx(config.pool.clip_seconds, abs=0.05)
-        thumbnails = browser.execute_script("return [...document.querySelectorAll('img.thumb')].map(i => i.naturalWidth)")
+        thumbnails = browser.execute_script(
+            "return [...document.querySelectorAll('img.thumb')].map(i => i.naturalWidth)"
+        )
         assert len(thumbnails) == images and all(width > 0 for width in thumbnails)
         check_plots(browser, SONIFY_PLOTS)
 
@@ -164,7 +191,9 @@ def test_report_pages_in_chromium(markup_run, browser, tmp_path):
         assert browser.title == "Sonify report"
         assert browser.execute_script("return document.scripts.length") == 0
         assert browser.execute_script("return document.querySelectorAll('[onerror]').length") == 0
-        assert not browser.execute_script("return [...document.querySelectorAll('b')].some(b => b.textContent === 'bold')")
+        assert not browser.execute_script(
+            "return [...document.querySelectorAll('b')].some(b => b.textContent === 'bold')"
+        )
         assert browser.execute_script("return document.querySelectorAll('img').length") == images + len(SONIFY_PLOTS)
         text = browser.execute_script("return document.body.innerText")
         for untrusted in (MARKUP_CAPTION, MARKUP_LABEL, MARKUP_TEXT, f"{MARKUP_FILE_STEM}.png"):

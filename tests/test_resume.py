@@ -18,7 +18,6 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-
 POLL_SECONDS = 0.01
 
 
@@ -33,7 +32,9 @@ def kill_when(pipeline_runs, command: str, config: Path, reached: Callable[[], b
     running = pipeline_runs.start(command, config)
     deadline = time.monotonic() + timeout
     while not reached():
-        assert running.process.poll() is None, f"the run ended before the kill point; {running.log}:\n{running.log.read_text()[-3000:]}"
+        assert running.process.poll() is None, (
+            f"the run ended before the kill point; {running.log}:\n{running.log.read_text()[-3000:]}"
+        )
         assert time.monotonic() < deadline, f"kill point not reached in {timeout} s; see {running.log}"
         time.sleep(POLL_SECONDS)
     os.kill(running.pid, signal.SIGKILL)
@@ -50,7 +51,7 @@ def recording_vlm(vlm, config):
     """A VLM stage, with a model actor's batching, whose caption lists the images of its batch."""
     from schemas import ANSWERS
     from stages.base import Resources, Stage
-    from stages.concepts import answers_table
+    from stages.vlm.concepts import answers_table
 
     class RecordingVlm(Stage):
         name = "vlm_recording"
@@ -64,7 +65,9 @@ def recording_vlm(vlm, config):
 
         def process_batch(self, batch):
             rows = batch.to_pylist()
-            answer = json.dumps({"caption": " ".join(r["image_id"] for r in rows), "sounds": [{"label": "x", "text": "x"}]})
+            answer = json.dumps(
+                {"caption": " ".join(r["image_id"] for r in rows), "sounds": [{"label": "x", "text": "x"}]}
+            )
             return answers_table(rows, [answer] * len(rows))
 
     return RecordingVlm()
@@ -75,13 +78,12 @@ def test_a_resumed_run_batches_every_image_with_the_same_neighbours(ray_session,
     Every batch the VLM sees is one aligned run of three images of one chunk (the last, two), and
     redoing chunks 1 and 3 alone gives them exactly the batches of the first run."""
     import numpy as np
+    import pyarrow as pa
     from PIL import Image
 
-    import pyarrow as pa
-
+    from pipelines.config import validate_config
     from pipelines.sonify import listing as listing_phase
     from pipelines.sonify import scenes as scenes_phase
-    from pipelines.config import validate_config
 
     for i in range(20):
         Image.fromarray(np.full((40, 40, 3), i * 12, np.uint8)).save(tmp_path / f"img-{i:02d}.png")
@@ -89,7 +91,10 @@ def test_a_resumed_run_batches_every_image_with_the_same_neighbours(ray_session,
     config = validate_config(
         {
             "pool": {"dir": str(tmp_path / "pool")},
-            "models": {"clap": {"model": "unused"}, "vlm": [{"name": "rec", "backend": "transformers", "model": "unused", "batch_size": 3}]},
+            "models": {
+                "clap": {"model": "unused"},
+                "vlm": [{"name": "rec", "backend": "transformers", "model": "unused", "batch_size": 3}],
+            },
             "sonify": {"images": [str(tmp_path / "*.png")], "out": str(out), "min_side": 16, "images_per_chunk": 6},
         }
     )
@@ -126,7 +131,9 @@ def test_sonify_killed_twice_then_rerun_equals_an_uninterrupted_run(pipeline_run
     answered = parquet_names(scenes)
     assert not summary.exists() and 1 <= len(answered) < chunks, answered
 
-    kill_when(pipeline_runs, "sonify", config, lambda: any(not n.startswith("rejected") for n in parquet_names(manifest)))
+    kill_when(
+        pipeline_runs, "sonify", config, lambda: any(not n.startswith("rejected") for n in parquet_names(manifest))
+    )
     written = [n for n in parquet_names(manifest) if not n.startswith("rejected")]
     assert not summary.exists() and written, written
     # Chunks answered before a kill were not asked again.
@@ -144,9 +151,14 @@ def test_sonify_killed_twice_then_rerun_equals_an_uninterrupted_run(pipeline_run
     assert rows == reference_rows
     assert shards == reference_shards
     assert not [p for p in out.rglob(".tmp-*")], "temporary files of killed writes were left"
-    resumed, reference = json.loads(summary.read_text()), json.loads((single_node_run.folder() / "out" / "summary.json").read_text())
+    resumed, reference = (
+        json.loads(summary.read_text()),
+        json.loads((single_node_run.folder() / "out" / "summary.json").read_text()),
+    )
     timings = ("seconds", "wall_seconds", "out")
-    assert {k: v for k, v in resumed.items() if k not in timings} == {k: v for k, v in reference.items() if k not in timings}
+    assert {k: v for k, v in resumed.items() if k not in timings} == {
+        k: v for k, v in reference.items() if k not in timings
+    }
 
 
 def test_pool_killed_twice_then_rerun_equals_an_uninterrupted_run(pipeline_runs, single_node_run):

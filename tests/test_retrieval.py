@@ -3,7 +3,15 @@
 import numpy as np
 import pytest
 
-from stages.retrieval import ConceptChoice, DroppedConcept, candidate_set, choose, choose_clips, concept_rng, signed_sqrt
+from stages.search.choice import (
+    ConceptChoice,
+    DroppedConcept,
+    candidate_set,
+    choose,
+    choose_clips,
+    concept_rng,
+    signed_sqrt,
+)
 
 
 def test_signed_sqrt():

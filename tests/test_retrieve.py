@@ -4,8 +4,8 @@ searching at one setting and the recall measured on a chunk's sample."""
 import numpy as np
 
 from schemas.config import IndexConfig
-from stages.index import build_index, exact_search, recall_at_k, sample_recall, search_at
-from stages.retrieve import calibration_texts, embed
+from stages.search.faiss_index import build_index, exact_search, recall_at_k, sample_recall, search_at
+from stages.search.search_stage import calibration_texts, embed
 
 
 class FakeClap:

@@ -14,15 +14,19 @@ from PIL import Image
 
 from schemas import MANIFEST, SHARD_PLANS
 from schemas.layout import shard_file, shard_id
-from stages.shards import WriteShards, plan_shards, write_shard
-from stages.standardize import encode_flac, pack_clips, quantize_pcm16
-from stages.tars import tar_bytes
+from stages.audio.packs import encode_flac, pack_clips, quantize_pcm16
+from stages.io.tars import tar_bytes
+from stages.pairing.shard_stage import WriteShards
+from stages.pairing.shards import plan_shards, write_shard
 from tests.helpers import tone
 
 
 def samples():
     return [
-        (f"img-{i:03d}", {"jpg": bytes([i]) * (100 + i), "flac": b"fLaC" + bytes(50), "json": json.dumps({"i": i}).encode()})
+        (
+            f"img-{i:03d}",
+            {"jpg": bytes([i]) * (100 + i), "flac": b"fLaC" + bytes(50), "json": json.dumps({"i": i}).encode()},
+        )
         for i in range(5)
     ]
 
@@ -83,7 +87,15 @@ def test_short_names_keep_plain_ustar_headers():
         for key, members in samples():
             for extension in sorted(members):
                 info = tarfile.TarInfo(f"{key}.{extension}")
-                info.size, info.mtime, info.mode, info.uid, info.gid, info.uname, info.gname = len(members[extension]), 0, 0o444, 0, 0, "", ""
+                info.size, info.mtime, info.mode, info.uid, info.gid, info.uname, info.gname = (
+                    len(members[extension]),
+                    0,
+                    0o444,
+                    0,
+                    0,
+                    "",
+                    "",
+                )
                 tar.addfile(info, io.BytesIO(members[extension]))
     assert data == buffer.getvalue()
 
@@ -101,7 +113,9 @@ def writer_setup(tmp_path):
     of samples whose images are files named as a URL with a query string would be."""
     rate = 16000
     clip = tone(5.0, rate, 440.0, 0.2)
-    pack, _ = pack_clips([("tone", encode_flac(quantize_pcm16(clip), rate)), ("inverted", encode_flac(quantize_pcm16(-clip), rate))])
+    pack, _ = pack_clips(
+        [("tone", encode_flac(quantize_pcm16(clip), rate)), ("inverted", encode_flac(quantize_pcm16(-clip), rate))]
+    )
     (tmp_path / "pool" / "audio" / str(rate)).mkdir(parents=True)
     (tmp_path / "pool" / "audio" / str(rate) / "p0.tar").write_bytes(pack)
     images = tmp_path / "images"
@@ -109,23 +123,46 @@ def writer_setup(tmp_path):
 
     def row(key: str, data: bytes, name: str, fmt: str, size: tuple[int, int], concepts: list[str]) -> dict:
         (images / name).write_bytes(data)
-        concept = {"label": "x", "text": "x", "cosine": 0.5, "ssr": 0.7, "threshold": 0.6, "n_candidates": 1, "fallback": False, "target_lufs": -25.0, "clip_lufs": -20.0}
+        concept = {
+            "label": "x",
+            "text": "x",
+            "cosine": 0.5,
+            "ssr": 0.7,
+            "threshold": 0.6,
+            "n_candidates": 1,
+            "fallback": False,
+            "target_lufs": -25.0,
+            "clip_lufs": -20.0,
+        }
         return {
-            "key": key, "image_id": key, "image_uri": str(images / name), "image_member": None, "image_format": fmt,
-            "width": size[0], "height": size[1], "vlm": "v", "prompt_version": "p", "caption": None, "seed": 1, "sample_rate": rate,
-            "dropped_concepts": 0, "concepts": [{**concept, "clip_id": c, "gain_db": 0.0} for c in concepts],
+            "key": key,
+            "image_id": key,
+            "image_uri": str(images / name),
+            "image_member": None,
+            "image_format": fmt,
+            "width": size[0],
+            "height": size[1],
+            "vlm": "v",
+            "prompt_version": "p",
+            "caption": None,
+            "seed": 1,
+            "sample_rate": rate,
+            "dropped_concepts": 0,
+            "concepts": [{**concept, "clip_id": c, "gain_db": 0.0} for c in concepts],
         }
 
     return tmp_path, row
 
 
 def write_one_shard(root, rows, encoding):
-    from stages.images import ImageEncoding
+    from stages.images.decoding import ImageEncoding
 
     writer = WriteShards(str(root / "pool"), str(root / "out"), -1.0, ImageEncoding(*encoding))
     with tarfile.open(root / "pool" / "audio" / "16000" / "p0.tar") as tar:
         where = {m.name.removesuffix(".flac"): {"part": "p0", "offset": m.offset_data, "size": m.size} for m in tar}
-    plan = pa.Table.from_pylist([{**r, "clip_locations": [where[c["clip_id"]] for c in r["concepts"]]} for r in rows], schema=SHARD_PLANS)
+    plan = pa.Table.from_pylist(
+        [{**r, "clip_locations": [where[c["clip_id"]] for c in r["concepts"]]} for r in rows], schema=SHARD_PLANS
+    )
     result = writer.write_shard("000000", plan)
     with tarfile.open(root / "out" / "shards" / "000000.tar") as tar:
         members = {m.name: tar.extractfile(m).read() for m in tar}
@@ -152,22 +189,34 @@ def test_original_images_take_their_extension_from_the_decoded_format(writer_set
 def test_every_image_is_reencoded_under_one_member_name(writer_setup, fmt, pillow_name):
     root, row = writer_setup
     sources = [("JPEG", "jpeg"), ("PNG", "png"), ("WEBP", "webp")]
-    rows = [row(f"k{i}", picture_bytes(src, seed=i), f"k{i}.{ext}", ext, (120, 80), ["tone"]) for i, (src, ext) in enumerate(sources)]
+    rows = [
+        row(f"k{i}", picture_bytes(src, seed=i), f"k{i}.{ext}", ext, (120, 80), ["tone"])
+        for i, (src, ext) in enumerate(sources)
+    ]
     result, members, manifest = write_one_shard(root, rows, (fmt, 90, 60))
     assert result["samples"] == 3
     assert sorted(members) == sorted(f"k{i}.{e}" for i in range(3) for e in (fmt, "flac", "json"))
     for i in range(3):
         with Image.open(io.BytesIO(members[f"k{i}.{fmt}"])) as image:
             assert image.format == pillow_name and image.size == (60, 40)
-            reference = Image.open(io.BytesIO(picture_bytes("PNG", seed=i))).convert("L").resize((60, 40), Image.Resampling.LANCZOS)
+            reference = (
+                Image.open(io.BytesIO(picture_bytes("PNG", seed=i)))
+                .convert("L")
+                .resize((60, 40), Image.Resampling.LANCZOS)
+            )
             # Lossy encoders keep luma close; another of these noise pictures differs by about 55 on average.
             assert np.abs(np.asarray(image.convert("L"), float) - np.asarray(reference, float)).mean() < 10
-    assert {(r["shard_image_extension"], r["shard_image_width"], r["shard_image_height"]) for r in manifest} == {(fmt, 60, 40)}
+    assert {(r["shard_image_extension"], r["shard_image_width"], r["shard_image_height"]) for r in manifest} == {
+        (fmt, 60, 40)
+    }
 
 
 def test_metadata_types_do_not_depend_on_the_row(writer_setup):
     root, row = writer_setup
-    rows = [row("a", picture_bytes("PNG"), "a.png", "png", (120, 80), ["tone"]), row("b", picture_bytes("PNG", seed=2), "b.png", "png", (120, 80), ["tone"])]
+    rows = [
+        row("a", picture_bytes("PNG"), "a.png", "png", (120, 80), ["tone"]),
+        row("b", picture_bytes("PNG", seed=2), "b.png", "png", (120, 80), ["tone"]),
+    ]
     # b comes from a tar, as its member b.png.
     with tarfile.open(root / "images" / "in.tar", "w") as tar:
         tar.add(rows[1]["image_uri"], arcname="b.png")

@@ -20,9 +20,10 @@ from PIL import Image
 from pipelines.config import validate_config
 from pipelines.pool import run_pool
 from pipelines.sonify import SonifyError, run_render, run_sonify
-from stages.standardize import decode_flac
+from stages.audio.packs import decode_flac
 from tests.helpers import noise, tone, write_audio
 from tests.test_loudness import ebur128_lufs
+
 
 def picture(seed: int, size=(96, 64)) -> Image.Image:
     rng = np.random.default_rng(seed)
@@ -57,7 +58,10 @@ def inputs(tmp_path_factory):
     (root / "listed.png").write_bytes(encoded(picture(20), "PNG"))
     pq.write_table(pa.table({"uri": [str(root / "listed.png")], "image_id": ["from-list"]}), root / "list.parquet")
     provided = root / "concepts.jsonl"
-    lines = [{"image_id": f"photo {i}", "caption": "a field", "concepts": [{"label": "wind", "text": "wind blowing"}]} for i in range(4)]
+    lines = [
+        {"image_id": f"photo {i}", "caption": "a field", "concepts": [{"label": "wind", "text": "wind blowing"}]}
+        for i in range(4)
+    ]
     lines.append({"image_id": "t1", "caption": "a street sign", "concepts": [{"label": "car", "text": "a car"}]})
     lines.append({"image_id": "t2", "concepts": [{"label": "x", "text": ""}]})
     provided.write_text("\n".join(json.dumps(line) for line in lines) + "\n")
@@ -135,7 +139,9 @@ def test_shards_read_back_with_webdataset(run, inputs):
         meta = json.loads(sample["json"])
         with Image.open(io.BytesIO(sample["jpg"])) as image:
             assert image.format == "JPEG"
-            assert image.size == (meta["width"], meta["height"]) == (meta["shard_image_width"], meta["shard_image_height"])
+            assert (
+                image.size == (meta["width"], meta["height"]) == (meta["shard_image_width"], meta["shard_image_height"])
+            )
             stored = np.asarray(image.convert("L"), dtype=float)
         if not meta["image_member"]:
             with Image.open(meta["image_uri"]) as source:
@@ -187,7 +193,9 @@ def test_single_source_loudness_on_decoded_flac(run):
 def test_render_is_bit_identical(run, tmp_path):
     config, out, _ = run
     rendered = tmp_path / "rendered"
-    render_config = config.model_copy(update={"render": config.render.model_copy(update={"manifest": str(out / "manifest"), "out": str(rendered)})})
+    render_config = config.model_copy(
+        update={"render": config.render.model_copy(update={"manifest": str(out / "manifest"), "out": str(rendered)})}
+    )
     result = run_render(render_config)
     assert result["samples"] > 0
     for shard in sorted((out / "shards").glob("*.tar")):
@@ -198,8 +206,12 @@ def test_same_config_twice_gives_identical_manifest(run, inputs, tiny_models, tm
     config, out, _ = run
     again = make_config(inputs, tiny_models, tmp_path / "again")
     run_sonify(again)
-    first = duckdb.sql(f"SELECT * EXCLUDE (shard) FROM read_parquet('{out}/manifest/*.parquet') ORDER BY key").fetchall()
-    second = duckdb.sql(f"SELECT * EXCLUDE (shard) FROM read_parquet('{tmp_path}/again/manifest/*.parquet') ORDER BY key").fetchall()
+    first = duckdb.sql(
+        f"SELECT * EXCLUDE (shard) FROM read_parquet('{out}/manifest/*.parquet') ORDER BY key"
+    ).fetchall()
+    second = duckdb.sql(
+        f"SELECT * EXCLUDE (shard) FROM read_parquet('{tmp_path}/again/manifest/*.parquet') ORDER BY key"
+    ).fetchall()
     assert first == second
 
 
@@ -208,7 +220,6 @@ def test_missing_pool_is_an_error_before_work(inputs, tiny_models, tmp_path):
     with pytest.raises(SonifyError, match="holds no pool"):
         run_sonify(config)
     assert not (tmp_path / "x").exists()
-
 
 
 def test_rerun_reuses_finished_work_and_refuses_other_settings(run, inputs, tiny_models):

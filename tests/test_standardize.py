@@ -5,17 +5,11 @@ import pyarrow.parquet as pq
 import pytest
 import soundfile
 
-from stages import loudness
-from stages.decode import UnreadableAudio, decode
-from stages.standardize import (
-    Standardize,
-    chunk,
-    decode_flac,
-    encode_flac,
-    quantize_pcm16,
-    resample,
-    to_mono,
-)
+from stages.audio import loudness
+from stages.audio.decode import UnreadableAudio, decode
+from stages.audio.packs import decode_flac, encode_flac, quantize_pcm16
+from stages.audio.standardize import chunk, resample, to_mono
+from stages.audio.standardize_stage import Standardize
 from tests.helpers import noise, tone, wav_with_rate
 from tests.test_loudness import ebur128_lufs
 
@@ -31,7 +25,7 @@ def test_chunk_counts_and_padding(seconds, clips, last_real_seconds):
     assert chunks.shape == (clips, 5000)
     assert real[-1] == int(round(last_real_seconds * rate))
     assert all(r == 5000 for r in real[:-1])
-    assert np.all(chunks[-1, real[-1]:] == 0)
+    assert np.all(chunks[-1, real[-1] :] == 0)
     assert np.all(chunks[-1, : real[-1]] == 1)
     assert chunks.sum() == audio.size
 
@@ -93,7 +87,11 @@ def test_decode_formats_rates_depths_channels(fmt, subtype, rate, channels):
 
 @pytest.mark.parametrize(
     "data, reason",
-    [(b"", "empty file"), (b"this is a text file, not audio\n" * 20, "not decodable"), (b"RIFF\x00\x00\x00\x00WAVE", "not decodable")],
+    [
+        (b"", "empty file"),
+        (b"this is a text file, not audio\n" * 20, "not decodable"),
+        (b"RIFF\x00\x00\x00\x00WAVE", "not decodable"),
+    ],
 )
 def test_decode_rejects_non_audio(data, reason):
     with pytest.raises(UnreadableAudio, match=reason):
@@ -175,9 +173,17 @@ def part_rows(tmp_path, files: dict[str, bytes], **stage_args) -> dict[str, list
     for name, data in files.items():
         (src / name).write_bytes(data)
         uris.append(str(src / name))
-    stage = Standardize(str(tmp_path / "pool"), **{"sample_rate": 48000, "clip_seconds": 5.0, "silence_lufs": -70.0, "mix_sample_rates": [16000], **stage_args})
-    rows = stage.process_part({"part": "p", "uris": uris, "fingerprints": ["f"] * len(uris), "errors": [None] * len(uris)}).to_pylist()
-    audio = {r["clip_id"]: decode_flac(r["flac"])[0] for r in pq.read_table(tmp_path / "pool" / "audio" / "p.parquet").to_pylist()}
+    stage = Standardize(
+        str(tmp_path / "pool"),
+        **{"sample_rate": 48000, "clip_seconds": 5.0, "silence_lufs": -70.0, "mix_sample_rates": [16000], **stage_args},
+    )
+    rows = stage.process_part(
+        {"part": "p", "uris": uris, "fingerprints": ["f"] * len(uris), "errors": [None] * len(uris)}
+    ).to_pylist()
+    audio = {
+        r["clip_id"]: decode_flac(r["flac"])[0]
+        for r in pq.read_table(tmp_path / "pool" / "audio" / "p.parquet").to_pylist()
+    }
     grouped: dict[str, list[dict]] = {}
     for row in rows:
         row["audio"] = audio.get(row["clip_id"])
@@ -268,14 +274,16 @@ def test_awkward_but_usable_files_become_clips(tmp_path):
     (loud,) = rows["too loud.wav"]
     assert loud["peak_dbfs"] == pytest.approx(0.0, abs=1e-3) and np.abs(loud["audio"]).max() <= 1.0
     (cut,) = rows["cut.wav"]
-    assert cut["duration_s"] == pytest.approx(3.0, abs=1e-3) and cut["source_duration_s"] == pytest.approx(3.0, abs=1e-3)
+    assert cut["duration_s"] == pytest.approx(3.0, abs=1e-3) and cut["source_duration_s"] == pytest.approx(
+        3.0, abs=1e-3
+    )
     # libsndfile refuses a FLAC stream cut midway; FFmpeg decodes the frames before the cut.
     (cut_flac,) = rows["cut.flac"]
     assert cut_flac["source_format"] == "FLAC/FLAC" and 0.5 < cut_flac["duration_s"] < 1.5
 
 
 def test_a_failure_inside_one_file_loses_only_that_file(tmp_path, monkeypatch):
-    from stages import standardize
+    from stages.audio import standardize_stage as standardize
 
     original = standardize.to_mono
 
@@ -285,11 +293,18 @@ def test_a_failure_inside_one_file_loses_only_that_file(tmp_path, monkeypatch):
         return original(audio)
 
     monkeypatch.setattr(standardize, "to_mono", to_mono)
-    files = {"a.wav": encoded(tone(7.0, 16000), 16000), "b.wav": encoded(tone(1.0, 16000, channels=3), 16000), "c.wav": encoded(tone(1.0, 16000), 16000)}
+    files = {
+        "a.wav": encoded(tone(7.0, 16000), 16000),
+        "b.wav": encoded(tone(1.0, 16000, channels=3), 16000),
+        "c.wav": encoded(tone(1.0, 16000), 16000),
+    }
     rows = part_rows(tmp_path, files)
     assert [r["chunk_index"] for r in rows["a.wav"]] == [0, 1] and len(rows["c.wav"]) == 1
     (failed,) = rows["b.wav"]
-    assert failed["error"] == f"{tmp_path / 'src' / 'b.wav'}: standardizing failed (MemoryError: no room for three channels)"
+    assert (
+        failed["error"]
+        == f"{tmp_path / 'src' / 'b.wav'}: standardizing failed (MemoryError: no room for three channels)"
+    )
     assert failed["audio"] is None and failed["error_kind"] == "failed"
 
 
@@ -299,7 +314,11 @@ def test_a_part_has_a_pack_per_mix_rate_that_any_tar_tool_lists(tmp_path):
     import subprocess
     import tarfile
 
-    files = {"noise.wav": encoded(noise(7.0, 44100, 0.1), 44100), "quiet.wav": encoded(np.zeros(16000, np.float32), 16000), "text.ogg": b"not audio\n" * 50}
+    files = {
+        "noise.wav": encoded(noise(7.0, 44100, 0.1), 44100),
+        "quiet.wav": encoded(np.zeros(16000, np.float32), 16000),
+        "text.ogg": b"not audio\n" * 50,
+    }
     rows = [r for clips in part_rows(tmp_path, files, mix_sample_rates=[16000, 8000]).values() for r in clips]
     clip_ids = [r["clip_id"] for r in rows if r["error"] is None]
     assert len(clip_ids) == 3 and any(r["silent"] for r in rows)
@@ -307,7 +326,9 @@ def test_a_part_has_a_pack_per_mix_rate_that_any_tar_tool_lists(tmp_path):
     for number, rate in enumerate((16000, 8000)):
         pack = tmp_path / "pool" / "audio" / str(rate) / "p.tar"
         first[rate] = pack.read_bytes()
-        listed = subprocess.run(["tar", "-tvf", str(pack)], capture_output=True, text=True, check=True).stdout.splitlines()
+        listed = subprocess.run(
+            ["tar", "-tvf", str(pack)], capture_output=True, text=True, check=True
+        ).stdout.splitlines()
         assert [line.split()[-1] for line in listed] == [f"{c}.flac" for c in clip_ids]
         assert all(line.startswith("-r--r--r-- 0/0 ") for line in listed)
         with tarfile.open(pack) as tar:
@@ -315,8 +336,18 @@ def test_a_part_has_a_pack_per_mix_rate_that_any_tar_tool_lists(tmp_path):
             for row in (r for r in rows if r["error"] is None):
                 at = row["loudness_at_rates"][number]
                 member = members[f"{row['clip_id']}.flac"]
-                assert at["sample_rate"] == rate and (at["audio_offset"], at["audio_bytes"]) == (member.offset_data, member.size)
-                assert (member.mtime, member.mode, member.uid, member.gid, member.uname, member.gname) == (0, 0o444, 0, 0, "", "")
+                assert at["sample_rate"] == rate and (at["audio_offset"], at["audio_bytes"]) == (
+                    member.offset_data,
+                    member.size,
+                )
+                assert (member.mtime, member.mode, member.uid, member.gid, member.uname, member.gname) == (
+                    0,
+                    0o444,
+                    0,
+                    0,
+                    "",
+                    "",
+                )
                 assert decode_flac(tar.extractfile(member).read())[1] == rate
     assert next(r for r in rows if r["error"]).get("loudness_at_rates") is None
     part_rows(tmp_path, files, mix_sample_rates=[16000, 8000])
@@ -324,7 +355,7 @@ def test_a_part_has_a_pack_per_mix_rate_that_any_tar_tool_lists(tmp_path):
 
 
 def test_repacking_keeps_the_named_clips_bytes_and_locates_them_anew():
-    from stages.standardize import pack_clips, repack
+    from stages.audio.packs import pack_clips, repack
 
     clips = [(f"c{i}", bytes([i]) * (700 * (i + 1))) for i in range(4)]
     pack, ranges = pack_clips(clips)

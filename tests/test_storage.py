@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 
 from schemas.config import ClapConfig
-from stages.clap import clap_identity, load_clap
-from stages.model_files import is_remote, model_name, stage_model
-from stages.vlm_vllm import vllm_model_source
+from stages.embed.clap import clap_identity, load_clap
+from stages.io.model_files import is_remote, model_name, stage_model
+from stages.vlm.vllm_stage import vllm_model_source
 
 
 @pytest.fixture
@@ -26,7 +26,11 @@ def memory_model():
     """A model folder at a fresh memory:// URL, with a nested file, as HF checkpoints have."""
     fs = fsspec.filesystem("memory")
     root = f"/models-{uuid.uuid4().hex}/clap"
-    files = {"config.json": b'{"projection_dim": 512}', "model.safetensors": b"\x00" * 4096, "tokenizer/vocab.json": b"{}"}
+    files = {
+        "config.json": b'{"projection_dim": 512}',
+        "model.safetensors": b"\x00" * 4096,
+        "tokenizer/vocab.json": b"{}",
+    }
     for name, data in files.items():
         fs.pipe(f"{root}/{name}", data)
     yield f"memory://{root}", files
@@ -128,7 +132,6 @@ def test_vllm_model_source():
         vllm_model_source("memory://bucket/qwen")
 
 
-
 @pytest.fixture(scope="module")
 def models_in_memory(tiny_models):
     """The tiny CLAP checkpoints copied to memory://, a filesystem no model library can read."""
@@ -137,7 +140,10 @@ def models_in_memory(tiny_models):
     for name in ("clap_transformers", "clap_laion_checkpoint", "clap_laion_text_backbones"):
         local = Path(tiny_models[name])
         fs.put(str(local), f"{root}/{name}/{local.name}", recursive=local.is_dir())
-    yield {name: f"memory://{root}/{name}/{Path(tiny_models[name]).name}" for name in ("clap_transformers", "clap_laion_checkpoint", "clap_laion_text_backbones")}
+    yield {
+        name: f"memory://{root}/{name}/{Path(tiny_models[name]).name}"
+        for name in ("clap_transformers", "clap_laion_checkpoint", "clap_laion_text_backbones")
+    }
     fs.rm(root, recursive=True)
 
 
@@ -148,7 +154,11 @@ def test_clap_loads_from_a_remote_url(backend, tiny_models, models_in_memory, tm
     def config(models):
         if backend == "transformers":
             return ClapConfig(backend=backend, model=models["clap_transformers"])
-        return ClapConfig(backend=backend, model=models["clap_laion_checkpoint"], text_backbones_dir=models["clap_laion_text_backbones"])
+        return ClapConfig(
+            backend=backend,
+            model=models["clap_laion_checkpoint"],
+            text_backbones_dir=models["clap_laion_text_backbones"],
+        )
 
     local, remote = config(tiny_models), config(models_in_memory)
     assert clap_identity(remote) == clap_identity(local)
@@ -158,10 +168,12 @@ def test_clap_loads_from_a_remote_url(backend, tiny_models, models_in_memory, tm
     assert len([p for p in tmp_path.iterdir() if not p.name.startswith(".")]) == (1 if backend == "transformers" else 2)
 
 
-def test_a_write_killed_before_its_rename_leaves_the_old_file_and_a_temporary_that_is_never_listed(tmp_path, monkeypatch):
+def test_a_write_killed_before_its_rename_leaves_the_old_file_and_a_temporary_that_is_never_listed(
+    tmp_path, monkeypatch
+):
     from fsspec.implementations.local import LocalFileSystem
 
-    from stages import storage
+    from stages.io import storage
 
     target = tmp_path / "manifest" / "000001.parquet"
     storage.write_bytes(str(target), b"complete")
@@ -189,7 +201,7 @@ def test_a_write_killed_before_its_rename_leaves_the_old_file_and_a_temporary_th
 
 
 def test_near_ranges_coalesce_and_far_ones_stay_apart():
-    from stages.storage import COALESCE_GAP_BYTES, coalesce_ranges
+    from stages.io.storage import COALESCE_GAP_BYTES, coalesce_ranges
 
     assert coalesce_ranges([]) == []
     assert coalesce_ranges([(9000, 100), (0, 512), (512, 100)]) == [(0, 612), (9000, 100)]
@@ -203,7 +215,7 @@ def test_near_ranges_coalesce_and_far_ones_stay_apart():
 def test_read_ranges_asks_the_file_system_for_the_coalesced_ranges_only(where, tmp_path, monkeypatch):
     """Each range's bytes in the order asked; the file system is asked once per coalesced range and
     returns exactly those bytes (no read-ahead), whether the file is local or in memory://."""
-    from stages import storage
+    from stages.io import storage
 
     fs_class = fsspec.get_filesystem_class("file" if where == "local" else "memory")
     url = str(tmp_path / "data.bin") if where == "local" else f"memory://ranges-{uuid.uuid4().hex}/data.bin"

@@ -20,4 +20,7 @@ def test_tiny_vlm_loads_with_auto_classes_and_generates(tiny_models):
     # 120x160 is resized to a multiple of 28 (112x168): (112/14)*(168/14)/4 merged patches.
     assert image_tokens == (112 // 14) * (168 // 14) // 4
     generated = model.generate(**inputs, max_new_tokens=8, do_sample=False)
-    assert generated.shape[1] == inputs["input_ids"].shape[1] + 8 or generated[0, -1] == model.config.text_config.eos_token_id
+    assert (
+        generated.shape[1] == inputs["input_ids"].shape[1] + 8
+        or generated[0, -1] == model.config.text_config.eos_token_id
+    )

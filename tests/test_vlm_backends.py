@@ -16,18 +16,20 @@ import pyarrow as pa
 import pytest
 from PIL import Image
 
-from schemas.config import PromptConfig, VlmConfig
 from schemas import IMAGES
-from stages.vlm_openai import OpenAIVlm, RequestFailed, chat_payload, post_with_retries
-from stages.vlm_provided import ProvidedConceptsError, read_provided
-from stages.vlm_vllm import INFERENCE_ERROR, NO_ANSWER_NEEDED, normalize_answers, vllm_answer, vllm_request
+from schemas.config import PromptConfig, VlmConfig
+from stages.vlm.openai_stage import OpenAIVlm, RequestFailed, chat_payload, post_with_retries
+from stages.vlm.provided_stage import ProvidedConceptsError, read_provided
+from stages.vlm.vllm_stage import INFERENCE_ERROR, NO_ANSWER_NEEDED, normalize_answers, vllm_answer, vllm_request
 
 ANSWER = '{"caption": "a dog", "sounds": [{"label": "dog", "text": "a dog barking"}]}'
 
 
 def jpeg(size=(640, 480)) -> bytes:
     buffer = io.BytesIO()
-    Image.fromarray((np.random.default_rng(0).random((size[1], size[0], 3)) * 255).astype(np.uint8)).save(buffer, "JPEG")
+    Image.fromarray((np.random.default_rng(0).random((size[1], size[0], 3)) * 255).astype(np.uint8)).save(
+        buffer, "JPEG"
+    )
     return buffer.getvalue()
 
 
@@ -100,14 +102,19 @@ def images_batch(count: int, dropped_at: int | None = None) -> pa.Table:
     for i in range(count):
         rows.append(
             {f.name: None for f in IMAGES}
-            | {"image_id": f"i{i}", "uri": f"/img/{i}.jpg", "image_bytes": jpeg(), "dropped": "too_small" if i == dropped_at else None}
+            | {
+                "image_id": f"i{i}",
+                "uri": f"/img/{i}.jpg",
+                "image_bytes": jpeg(),
+                "dropped": "too_small" if i == dropped_at else None,
+            }
         )
     return pa.Table.from_pylist(rows, schema=IMAGES)
 
 
 def test_payload_carries_schema_and_capped_image():
     prompt = PromptConfig(max_pixels=100 * 100)
-    from stages.images import vlm_jpeg
+    from stages.images.decoding import vlm_jpeg
 
     payload = chat_payload(vlm("http://x/v1"), prompt, vlm_jpeg(jpeg(), prompt.max_pixels))
     assert payload["model"] == "served-model"
@@ -236,14 +243,18 @@ def test_vllm_request_and_answers():
 
 def test_provided_concepts_files(tmp_path):
     jsonl = tmp_path / "c.jsonl"
-    jsonl.write_text('{"image_id": "a", "concepts": [{"label": "dog", "text": "bark"}]}\n\n{"image_id": 7, "concepts": []}\n')
+    jsonl.write_text(
+        '{"image_id": "a", "concepts": [{"label": "dog", "text": "bark"}]}\n\n{"image_id": 7, "concepts": []}\n'
+    )
     answers = read_provided(str(jsonl))
     assert json.loads(answers["a"]) == {"caption": "", "sounds": [{"label": "dog", "text": "bark"}]}
     assert "7" in answers
     parquet = tmp_path / "c.parquet"
     import pyarrow.parquet as pq
 
-    pq.write_table(pa.table({"image_id": ["b"], "caption": ["x"], "concepts": [[{"label": "l", "text": "t"}]]}), parquet)
+    pq.write_table(
+        pa.table({"image_id": ["b"], "caption": ["x"], "concepts": [[{"label": "l", "text": "t"}]]}), parquet
+    )
     assert json.loads(read_provided(str(parquet))["b"])["caption"] == "x"
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"image_id": "a"}\n')
@@ -262,7 +273,9 @@ def test_vllm_preprocess_marks_rows_that_need_no_answer():
     passed = vllm_request(broken, prompt, 0.0)
     assert passed[INFERENCE_ERROR] == NO_ANSWER_NEEDED and "messages" not in passed
     assert passed["error_stage"] == "vlm" and "could not be prepared for the VLM" in passed["error"]
-    out = normalize_answers(pa.Table.from_pylist([dropped | {INFERENCE_ERROR: NO_ANSWER_NEEDED}, passed]), "qwen").to_pylist()
+    out = normalize_answers(
+        pa.Table.from_pylist([dropped | {INFERENCE_ERROR: NO_ANSWER_NEEDED}, passed]), "qwen"
+    ).to_pylist()
     assert out[0]["dropped"] == "too_small" and out[0]["error"] is None and out[0]["answer"] is None
     assert out[1]["error"] == passed["error"] and out[1]["answer"] is None
 
@@ -293,15 +306,17 @@ def standin_engine_processor(stage, seen_file: str):
     from ray.data import ActorPoolStrategy
 
     engine = StandInEngineStage(fn=StandInEngine, map_batches_kwargs={"compute": ActorPoolStrategy(size=1)})
-    return Processor(ProcessorConfig(batch_size=stage.vlm.batch_size), [engine], preprocess=stage.request, postprocess=stage.answer)
+    return Processor(
+        ProcessorConfig(batch_size=stage.vlm.batch_size), [engine], preprocess=stage.request, postprocess=stage.answer
+    )
 
 
 def test_vllm_wiring_decodes_each_image_once_and_engine_sees_only_answerable_rows(ray_session, tmp_path, monkeypatch):
     from pipelines import ray_runner
+    from pipelines.config import validate_config
     from pipelines.sonify import listing as listing_phase
     from pipelines.sonify import scenes as scenes_phase
-    from pipelines.config import validate_config
-    from stages.images import DecodeImages
+    from stages.images.decode_stage import DecodeImages
 
     images = tmp_path / "images"
     images.mkdir()
@@ -319,12 +334,17 @@ def test_vllm_wiring_decodes_each_image_once_and_engine_sees_only_answerable_row
             return super().process_batch(batch)
 
     monkeypatch.setattr(scenes_phase, "DecodeImages", RecordingDecode)
-    monkeypatch.setattr(ray_runner, "build_llm_processor", lambda stage, retries, restarts: standin_engine_processor(stage, str(engine)))
+    monkeypatch.setattr(
+        ray_runner, "build_llm_processor", lambda stage, retries, restarts: standin_engine_processor(stage, str(engine))
+    )
     out = tmp_path / "out"
     config = validate_config(
         {
             "pool": {"dir": str(tmp_path / "pool")},
-            "models": {"clap": {"model": "unused"}, "vlm": [{"name": "engine", "backend": "vllm", "model": "unused", "batch_size": 4}]},
+            "models": {
+                "clap": {"model": "unused"},
+                "vlm": [{"name": "engine", "backend": "vllm", "model": "unused", "batch_size": 4}],
+            },
             "sonify": {"images": [str(images / "*.png")], "out": str(out), "min_side": 16, "images_per_chunk": 8},
         }
     )
@@ -347,7 +367,7 @@ def test_vllm_wiring_decodes_each_image_once_and_engine_sees_only_answerable_row
 def test_vllm_processor_stages_get_the_run_retry_settings(tiny_models, ray_session):
     """Ray Data LLM builds its processor without an engine; every stage must carry our retries."""
     from pipelines.ray_runner import build_llm_processor
-    from stages.vlm_vllm import VllmVlm
+    from stages.vlm.vllm_stage import VllmVlm
 
     vlm_config = VlmConfig(name="q", backend="vllm", model=tiny_models["vlm_qwen2_5_vl"])
     processor = build_llm_processor(VllmVlm(vlm_config, PromptConfig()), task_retries=2, actor_restarts=7)

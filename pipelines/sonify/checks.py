@@ -14,8 +14,8 @@ from schemas import schema_version
 from schemas.config import RunConfig
 from schemas.errors import PipelineError
 from schemas.layout import PoolLayout, SonifyLayout
-from stages import storage
-from stages.clap import clap_identity
+from stages.embed.clap import clap_identity
+from stages.io import storage
 
 # The files a run keeps in sonify.out; a folder of another layout is refused.
 # 1: scenes/<vlm>.parquet and manifest/rejected.parquet; 2: per chunk, with images.parquet and plans/;
@@ -38,11 +38,14 @@ def check_pool(config: RunConfig) -> tuple[PoolLayout, dict]:
     """The pool's folder and the state of its index (parts and size), refused when sonify cannot use it."""
     paths = PoolLayout(config.pool.dir.rstrip("/"))
     if not storage.exists(paths.pool_meta()):
-        raise SonifyError(f"pool.dir {paths.root} holds no pool (no pool.json); build it with `run_pipeline.py pool` first")
+        raise SonifyError(
+            f"pool.dir {paths.root} holds no pool (no pool.json); build it with `run_pipeline.py pool` first"
+        )
     check_compatible(paths, clap_identity(config.models.clap), config)
     if config.mix.sample_rate not in config.pool.mix_sample_rates:
         raise SonifyError(
-            f"mix.sample_rate {config.mix.sample_rate} is not among the pool's mix_sample_rates {config.pool.mix_sample_rates}"
+            f"mix.sample_rate {config.mix.sample_rate} is not among "
+            f"the pool's mix_sample_rates {config.pool.mix_sample_rates}"
         )
     if not storage.exists(paths.index_file()):
         raise SonifyError(f"pool {paths.root} has no index: it holds no non-silent clip")
@@ -63,7 +66,8 @@ def check_batches(config: RunConfig) -> None:
         if config.sonify.images_per_chunk % vlm.batch_size:
             raise SonifyError(
                 f"sonify.images_per_chunk ({config.sonify.images_per_chunk}) must be a multiple of "
-                f"models.vlm.{i}.batch_size ({vlm.batch_size}), so that a resumed run batches images as an uninterrupted one"
+                f"models.vlm.{i}.batch_size ({vlm.batch_size}), "
+                "so that a resumed run batches images as an uninterrupted one"
             )
 
 
@@ -121,7 +125,8 @@ def check_same_pool(out: str, pool_root: str, pool_state: dict) -> None:
             else "the version of the pipeline that retrieved did not record its pool"
         )
         raise SonifyError(
-            f"pool {pool_root} is not the pool sonify.out {out} retrieved from ({then}; now {pool_state['index_size']} clips "
+            f"pool {pool_root} is not the pool sonify.out {out} retrieved from "
+            f"({then}; now {pool_state['index_size']} clips "
             f"in {len(pool_state['index_parts'])} parts): delete its matches/, plans/, manifest/ and shards/ to match "
             "its VLM scenes against this pool, or use a new sonify.out"
         )

@@ -11,8 +11,8 @@ from pipelines.sonify.checks import read_phase
 from schemas import IMAGE_REFS, make_table
 from schemas.config import RunConfig
 from schemas.layout import SonifyLayout, chunk_id
-from stages import storage
-from stages.images import assign_image_ids, list_images
+from stages.images.listing import assign_image_ids, list_images
+from stages.io import storage
 
 
 @dataclass(frozen=True)

@@ -7,15 +7,23 @@ import logging
 import time
 
 from pipelines.config import dump_config
-from pipelines.sonify.checks import LAYOUT_VERSION, SonifyError, check_batches, check_pool, check_same_pool, check_same_run, has_searched
+from pipelines.sonify.checks import (
+    LAYOUT_VERSION,
+    SonifyError,
+    check_batches,
+    check_pool,
+    check_same_pool,
+    check_same_run,
+    has_searched,
+)
 from pipelines.sonify.listing import chunk_listing, image_listing
-from pipelines.sonify.planning import mixable_pool_clips, number_shards, retrieve_and_plan
-from pipelines.sonify.retrieval import search_totals
+from pipelines.sonify.matching import search_totals
+from pipelines.sonify.plans import mixable_pool_clips, number_shards, retrieve_and_plan
 from pipelines.sonify.scenes import count_scenes, run_scenes
 from pipelines.sonify.writing import manifest_counts, write_shards
 from schemas.config import RunConfig
 from schemas.layout import SonifyLayout
-from stages import storage
+from stages.io import storage
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +55,9 @@ def run_sonify(config: RunConfig) -> dict:
     listing, listed = image_listing(config, out)
     chunks = chunk_listing(listing.num_rows, config.sonify.images_per_chunk)
     seconds["list_images"] = time.monotonic() - tick
-    log.info("%d images listed, in %d chunks of up to %d", listing.num_rows, len(chunks), config.sonify.images_per_chunk)
+    log.info(
+        "%d images listed, in %d chunks of up to %d", listing.num_rows, len(chunks), config.sonify.images_per_chunk
+    )
 
     for vlm in config.models.vlm:
         tick = time.monotonic()
@@ -88,7 +98,8 @@ def run_sonify(config: RunConfig) -> dict:
         "concepts_with_empty_text": scene_counts.dropped_empty_concepts,
         # Distinct texts per chunk, summed: a text recurring in several chunks is searched in each.
         "concept_texts_searched": search.pop("texts_searched"),
-        # The index kind, and for an approximate one the nprobe/efSearch used and the recall measured on the run's texts.
+        # The index kind, and for an approximate one the nprobe/efSearch used and the recall
+        # measured on the run's texts.
         "search": search,
         "concepts_below_min_cosine": planned["concepts_below_min_cosine"],
         # Concepts whose neighbours were all inaudible at the mix rate or already used by the sample.
@@ -118,7 +129,11 @@ def search_line(search: dict) -> str:
         return "exact (flat index)"
     if "settings" not in search:
         return f"{search['index_kind']}, no text searched"
-    measured = f"{search['recall']:.3f} on {search['recall_queries']} sampled texts" if search["recall"] is not None else "not measured (no chunk of texts among those recall_every picks)"
+    measured = (
+        f"{search['recall']:.3f} on {search['recall_queries']} sampled texts"
+        if search["recall"] is not None
+        else "not measured (no chunk of texts among those recall_every picks)"
+    )
     return (
         f"{search['index_kind']} at {'/'.join(map(str, search['settings']))}, chosen at recall@{search['recall_k']} "
         f"{search['calibration_recall']:.3f} on {search['calibration_queries']} texts; measured {measured}"
@@ -131,20 +146,26 @@ def format_summary(summary: dict) -> str:
     kinds = ", ".join(f"{n} {kind}" for kind, n in images["errors_by_kind"].items())
     lines = [
         f"sonify {summary['out']}",
-        f"  manifest: {layout.manifest_folder()}/*.parquet   shards: {layout.shards_folder()}/*.tar ({summary['shards']})",
+        f"  manifest: {layout.manifest_folder()}/*.parquet   "
+        f"shards: {layout.shards_folder()}/*.tar ({summary['shards']})",
         f"  images:   {images['listed']} listed in {summary['chunks']} chunks, {images['errors']} errors"
-        f"{f' ({kinds})' if kinds else ''}, {images['too_small']} too small, {images['renamed_duplicate_ids']} duplicate ids renamed",
+        f"{f' ({kinds})' if kinds else ''}, {images['too_small']} too small, "
+        f"{images['renamed_duplicate_ids']} duplicate ids renamed",
     ]
     lines += [f"  scenes:   {name}: {json.dumps(counts, sort_keys=True)}" for name, counts in summary["scenes"].items()]
     lines += [
         f"  concepts: {summary['concepts']} ({summary['concept_texts_searched']} texts searched, distinct per chunk), "
-        f"{summary['concepts_with_empty_text']} with empty text, {summary['concepts_below_min_cosine']} below min_cosine, "
+        f"{summary['concepts_with_empty_text']} with empty text, "
+        f"{summary['concepts_below_min_cosine']} below min_cosine, "
         f"{summary['concepts_without_usable_clip']} without a usable clip "
         f"({summary['pool_clips_inaudible_at_mix_rate']} pool clips inaudible at the mix rate)",
         f"  search:   {search_line(summary['search'])}",
-        f"  samples:  {summary['samples']} written, {summary['rejected']} rejected, {summary['distinct_clips_used']} distinct clips used",
-        f"  pool:     {summary['pool_bytes_read'] / 1e6:.1f} MB read to mix {summary['pool_bytes_of_clips_used'] / 1e6:.1f} MB of clips",
-        f"  time:     {summary['wall_seconds']:.1f} s  " + ", ".join(f"{k} {v:.1f}s" for k, v in summary["seconds"].items()),
+        f"  samples:  {summary['samples']} written, {summary['rejected']} rejected, "
+        f"{summary['distinct_clips_used']} distinct clips used",
+        f"  pool:     {summary['pool_bytes_read'] / 1e6:.1f} MB read to mix "
+        f"{summary['pool_bytes_of_clips_used'] / 1e6:.1f} MB of clips",
+        f"  time:     {summary['wall_seconds']:.1f} s  "
+        + ", ".join(f"{k} {v:.1f}s" for k, v in summary["seconds"].items()),
     ]
     lines += [f"  rejected: {reason}" for reason in summary["error_reasons"][:5]]
     return "\n".join(lines)

@@ -18,14 +18,14 @@ from pipelines.sonify.listing import Chunk, block_ranges
 from schemas import IMAGE_REFS, SCENES
 from schemas.config import RunConfig, VlmConfig
 from schemas.layout import SonifyLayout
-from stages import storage
 from stages.base import Stage, check_chain
-from stages.concepts import ParseConcepts
-from stages.images import DecodeImages
-from stages.vlm_openai import OpenAIVlm
-from stages.vlm_provided import ProvidedConcepts
-from stages.vlm_transformers import TransformersVlm
-from stages.vlm_vllm import VllmVlm
+from stages.images.decode_stage import DecodeImages
+from stages.io import storage
+from stages.vlm.openai_stage import OpenAIVlm
+from stages.vlm.parse_stage import ParseConcepts
+from stages.vlm.provided_stage import ProvidedConcepts
+from stages.vlm.transformers_stage import TransformersVlm
+from stages.vlm.vllm_stage import VllmVlm
 
 log = logging.getLogger(__name__)
 
@@ -56,14 +56,18 @@ def run_scenes(config: RunConfig, listing: pa.Table, chunks: list[Chunk], vlm: V
     answer = vlm_stage(vlm, config)
     # Parsed in the VLM's own batches: a larger batch would hold answers back until it filled, across
     # chunks, so chunk files would be written late, in bursts, and a kill would lose answers already made.
-    parse = ParseConcepts(vlm.name, config.prompt.max_answer_chars, config.prompt.max_concepts, batch_size=vlm.batch_size)
+    parse = ParseConcepts(
+        vlm.name, config.prompt.max_answer_chars, config.prompt.max_concepts, batch_size=vlm.batch_size
+    )
     check_chain(IMAGE_REFS, [decode, answer, parse])
     block_rows = vlm.batch_size * max(1, IMAGES_PER_BLOCK // vlm.batch_size)
     blocks = [listing.slice(start, stop - start) for c in todo for start, stop in block_ranges(c, block_rows)]
     first_ids = [listing.column("image_id")[c.start].as_py() for c in chunks]
 
     def write(index: int, rows: pa.Table) -> int:
-        storage.write_parquet(SonifyLayout(out).scenes(vlm.name, chunks[index].name), rows.sort_by([("image_id", "ascending")]))
+        storage.write_parquet(
+            SonifyLayout(out).scenes(vlm.name, chunks[index].name), rows.sort_by([("image_id", "ascending")])
+        )
         return rows.num_rows
 
     writer = GroupedWriter(

@@ -17,10 +17,10 @@ from pipelines.sonify.checks import RENDER_REMEDY, SonifyError, read_phase
 from schemas import MANIFEST, MANIFEST_POOL_READS, SHARD_TASKS, make_table
 from schemas.config import RunConfig
 from schemas.layout import PoolLayout, SonifyLayout
-from stages import storage
-from stages.images import ImageEncoding
-from stages.planning import WRITE_TIME_COLUMNS, clip_locations, shard_plan
-from stages.shards import WriteShards
+from stages.images.decoding import ImageEncoding
+from stages.io import storage
+from stages.pairing.planning import WRITE_TIME_COLUMNS, clip_locations, shard_plan
+from stages.pairing.shard_stage import WriteShards
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +33,10 @@ def write_shards(config: RunConfig, paths: PoolLayout, out: str, tasks: pa.Table
     if not todo.num_rows:
         return None
     encoding = ImageEncoding(
-        config.sonify.image_format, config.sonify.image_quality, config.sonify.max_image_side, config.sonify.max_image_pixels
+        config.sonify.image_format,
+        config.sonify.image_quality,
+        config.sonify.max_image_side,
+        config.sonify.max_image_pixels,
     )
     writer = WriteShards(paths.root, out, config.mix.peak_dbfs, encoding)
     results, written, report_at, started = [], 0, 0, time.monotonic()
@@ -42,7 +45,12 @@ def write_shards(config: RunConfig, paths: PoolLayout, out: str, tasks: pa.Table
         written += batch.num_rows
         if written >= report_at:
             elapsed = time.monotonic() - started
-            log.info("shards: %d/%d written this run, %.1f shards/s", written, todo.num_rows, written / elapsed if elapsed else 0.0)
+            log.info(
+                "shards: %d/%d written this run, %.1f shards/s",
+                written,
+                todo.num_rows,
+                written / elapsed if elapsed else 0.0,
+            )
             report_at = written + max(1, todo.num_rows // 20)
     return pa.concat_tables(results)
 
@@ -101,7 +109,11 @@ def run_render(config: RunConfig) -> dict:
             continue
         # What the shard writer measures is measured again, as for a plan sonify makes.
         for column in WRITE_TIME_COLUMNS:
-            rows = rows.set_column(rows.schema.get_field_index(column), rows.schema.field(column), pa.nulls(rows.num_rows, rows.schema.field(column).type))
+            rows = rows.set_column(
+                rows.schema.get_field_index(column),
+                rows.schema.field(column),
+                pa.nulls(rows.num_rows, rows.schema.field(column).type),
+            )
         rates = pc.unique(rows.column("sample_rate")).to_pylist()
         if len(rates) != 1:
             raise SonifyError(f"{url} mixes samples at several rates ({rates}); a shard is mixed at one rate")
@@ -110,7 +122,10 @@ def run_render(config: RunConfig) -> dict:
             pool_clips = read_clips(paths, ["clip_id", "part", "loudness_at_rates"])
         # A manifest is mixed again at its own rate, from the pool's copy at that rate.
         if rates[0] not in pool_rates:
-            raise SonifyError(f"render: {url} was mixed at {rates[0]} Hz, and pool {paths.root} holds clips at its mix rates {pool_rates} only")
+            raise SonifyError(
+                f"render: {url} was mixed at {rates[0]} Hz, "
+                f"and pool {paths.root} holds clips at its mix rates {pool_rates} only"
+            )
         used = [c["clip_id"] for concepts in rows.column("concepts").to_pylist() for c in concepts]
         locations = clip_locations(pool_clips, rates[0], used)
         storage.write_parquet(layout.plan(shard), shard_plan(rows, locations))

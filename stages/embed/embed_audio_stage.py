@@ -1,0 +1,82 @@
+"""CLAP audio embeddings of standardized clips.
+
+The stage loads its CLAP once per actor, reads each clip's audio from the part file the standardize
+stage wrote, and adds an L2-normalized embedding to every non-silent, error-free row. Rows of one
+part arrive together, so each part file is read once per actor that sees it.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import numpy as np
+import pyarrow as pa
+
+from schemas import STANDARDIZED_CLIPS, embedded_clips_schema, make_table
+from schemas.config import ClapConfig
+from schemas.layout import PoolLayout
+from stages.audio.packs import decode_flac
+from stages.audio.standardize import resample
+from stages.base import Resources, Stage
+from stages.embed.clap import ClapBackend, load_clap
+from stages.io import storage
+
+
+def embeddable(silent: list[bool | None], errors: list[str | None]) -> list[int]:
+    """Rows that get an embedding: neither silent nor failed."""
+    return [i for i, (s, e) in enumerate(zip(silent, errors)) if e is None and s is False]
+
+
+class EmbedAudio(Stage):
+    name: ClassVar[str] = "embed_audio"
+    required_columns: ClassVar[tuple[str, ...]] = ("clip_id", "part", "silent", "error", "sample_rate")
+
+    def __init__(self, pool_dir: str, clap: ClapConfig, dim: int) -> None:
+        self.pool_dir = pool_dir
+        self.clap_config = clap
+        self.dim = dim
+        self.model: ClapBackend | None = None
+        self._part_name: str | None = None
+        self._part_audio: dict[str, bytes] = {}
+
+    def resources(self) -> Resources:
+        c = self.clap_config
+        return Resources(num_cpus=c.num_cpus, num_gpus=c.num_gpus, actors=c.concurrency, batch_size=c.batch_size)
+
+    def output_schema(self) -> pa.Schema:
+        return embedded_clips_schema(self.dim)
+
+    def setup(self) -> None:
+        self.model = load_clap(self.clap_config)
+        if self.model.dim != self.dim:
+            raise ValueError(f"CLAP {self.clap_config.model} gives {self.model.dim}-d embeddings, expected {self.dim}")
+
+    def _clip_audio(self, part: str, clip_id: str) -> bytes:
+        if part != self._part_name:
+            table = storage.read_parquet(PoolLayout(self.pool_dir).audio(part))
+            self._part_audio = dict(zip(table.column("clip_id").to_pylist(), table.column("flac").to_pylist()))
+            self._part_name = part
+        return self._part_audio[clip_id]
+
+    def process_batch(self, batch: pa.Table) -> pa.Table:
+        rows = embeddable(batch.column("silent").to_pylist(), batch.column("error").to_pylist())
+        clip_ids, parts = batch.column("clip_id").to_pylist(), batch.column("part").to_pylist()
+        rates = batch.column("sample_rate").to_pylist()
+        embeddings: list[np.ndarray | None] = [None] * batch.num_rows
+        if rows:
+            clips = []
+            for i in rows:
+                audio, rate = decode_flac(self._clip_audio(parts[i], clip_ids[i]))
+                if rate != rates[i]:
+                    raise ValueError(f"clip {clip_ids[i]} is stored at {rate} Hz but its row says {rates[i]} Hz")
+                clips.append(resample(audio, rate, self.model.sample_rate))
+            vectors = self.model.embed_audio(clips)
+            for i, vector in zip(rows, vectors):
+                embeddings[i] = vector
+        column = pa.array(
+            [None if e is None else e.astype(np.float32) for e in embeddings],
+            type=pa.list_(pa.float32(), self.dim),
+        )
+        return make_table(
+            self.output_schema(), batch.select(STANDARDIZED_CLIPS.names).append_column("embedding", column)
+        )

@@ -1,0 +1,166 @@
+"""The one I/O helper: every path is an fsspec URL, and every write is atomic.
+
+Local files are written under a temporary name and renamed into place. Object stores (s3, gs, ...)
+make a PUT visible all at once, so they are written directly. Either way a crashed run leaves no
+half-written file under a final name. What the inputs are (files, Parquet rows, tar members) is
+stages.io.sources' concern.
+"""
+
+from __future__ import annotations
+
+import bisect
+import io
+import re
+import uuid
+
+import fsspec
+import pyarrow as pa
+import pyarrow.parquet as pq
+from fsspec.core import url_to_fs
+
+# Layouts and callers of this module join URLs by the same rule.
+from schemas.layout import join  # noqa: F401
+
+TEMPORARY_PREFIX = ".tmp-"
+TEMPORARY_NAME = re.compile(rf"^{re.escape(TEMPORARY_PREFIX)}[0-9a-f]{{32}}-")
+
+
+def filesystem(url: str) -> tuple[fsspec.AbstractFileSystem, str]:
+    # Ray workers write files that the driver lists right after, and the other way round. A
+    # listing cached by one process (s3fs, gcsfs and others cache them) would hide the files
+    # another process wrote since, so listings are never cached.
+    return url_to_fs(url, use_listings_cache=False)
+
+
+def is_local(fs: fsspec.AbstractFileSystem) -> bool:
+    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+    return protocol in ("file", "local")
+
+
+def full_url(fs: fsspec.AbstractFileSystem, path: str) -> str:
+    """The URL a user would pass for `path` on `fs` (local paths stay plain paths)."""
+    return path if is_local(fs) else fs.unstrip_protocol(path)
+
+
+def makedirs(url: str) -> None:
+    fs, path = filesystem(url)
+    fs.makedirs(path, exist_ok=True)
+
+
+def exists(url: str) -> bool:
+    fs, path = filesystem(url)
+    return fs.exists(path)
+
+
+def read_bytes(url: str) -> bytes:
+    fs, path = filesystem(url)
+    with fs.open(path, "rb") as handle:
+        return handle.read()
+
+
+# Ranges this close are read as one: the tar header (512 bytes) between neighbouring members of a
+# pack costs less to read than another request.
+COALESCE_GAP_BYTES = 4096
+
+
+def coalesce_ranges(ranges: list[tuple[int, int]], gap: int = COALESCE_GAP_BYTES) -> list[tuple[int, int]]:
+    """(offset, size) ranges merged where they overlap or lie at most `gap` bytes apart, sorted:
+    the ranges `read_ranges` requests."""
+    merged: list[list[int]] = []
+    for offset, size in sorted(ranges):
+        if merged and offset - merged[-1][1] <= gap:
+            merged[-1][1] = max(merged[-1][1], offset + size)
+        else:
+            merged.append([offset, offset + size])
+    return [(start, end - start) for start, end in merged]
+
+
+def read_ranges(url: str, ranges: list[tuple[int, int]]) -> list[bytes]:
+    """The bytes of each (offset, size) range of a file, in the order given. Near ranges are
+    coalesced, and each coalesced range is one `cat_ranges` request (a ranged GET on object
+    stores); fsspec's cat_file reads exactly the range asked, with no read-ahead or block cache."""
+    fs, path = filesystem(url)
+    spans = coalesce_ranges(ranges)
+    blobs = fs.cat_ranges([path] * len(spans), [s for s, _ in spans], [s + n for s, n in spans], on_error="raise")
+    starts = [s for s, _ in spans]
+    out = []
+    for offset, size in ranges:
+        index = bisect.bisect_right(starts, offset) - 1
+        local = offset - spans[index][0]
+        data = blobs[index][local : local + size]
+        if len(data) != size:
+            raise ValueError(f"{url} ends before byte {offset + size}, the end of a range asked of it")
+        out.append(data)
+    return out
+
+
+def write_bytes(url: str, data: bytes) -> None:
+    fs, path = filesystem(url)
+    parent = path.rsplit("/", 1)[0]
+    if is_local(fs):
+        fs.makedirs(parent, exist_ok=True)
+        temporary = f"{parent}/{TEMPORARY_PREFIX}{uuid.uuid4().hex}-{path.rsplit('/', 1)[-1]}"
+        with fs.open(temporary, "wb") as handle:
+            handle.write(data)
+        fs.mv(temporary, path)
+    else:
+        with fs.open(path, "wb") as handle:
+            handle.write(data)
+
+
+def write_text(url: str, text: str) -> None:
+    write_bytes(url, text.encode())
+
+
+def write_parquet(url: str, table: pa.Table) -> None:
+    buffer = io.BytesIO()
+    pq.write_table(table, buffer, compression="zstd")
+    write_bytes(url, buffer.getvalue())
+
+
+def read_parquet(url: str, columns: list[str] | None = None) -> pa.Table:
+    fs, path = filesystem(url)
+    return pq.read_table(path, columns=columns, filesystem=fs)
+
+
+def parquet_rows(url: str) -> int:
+    """Row count from the file's footer, without reading its data."""
+    fs, path = filesystem(url)
+    return pq.read_metadata(path, filesystem=fs).num_rows
+
+
+def remove(url: str) -> None:
+    fs, path = filesystem(url)
+    if fs.exists(path):
+        fs.rm(path)
+
+
+def file_stem(url: str) -> str:
+    """The name of a file without its folder and extension: a part, chunk or shard name."""
+    return url.rsplit("/", 1)[-1].rsplit(".", 1)[0]
+
+
+def remove_temporaries(folder_urls: list[str]) -> int:
+    """Deletes, directly inside each folder, the temporary files that writes killed midway left.
+    They are never listed here, but a user's own glob (`shards/*.tar` in Python) would find them.
+    Only names this module makes are touched, in folders the pipeline writes."""
+    removed = 0
+    for url in folder_urls:
+        fs, path = filesystem(url)
+        if not is_local(fs) or not fs.isdir(path):
+            continue
+        for leftover in fs.ls(path, detail=False):
+            if TEMPORARY_NAME.match(leftover.rsplit("/", 1)[-1]):
+                fs.rm(leftover)
+                removed += 1
+    return removed
+
+
+def list_files(folder_url: str, suffix: str) -> list[str]:
+    """URLs of the files directly inside a folder whose names end in `suffix`, sorted. Temporary
+    files left by an interrupted write are never listed."""
+    fs, path = filesystem(folder_url)
+    if not fs.exists(path):
+        return []
+    names = [p for p in fs.ls(path, detail=False) if p.endswith(suffix) and not p.rsplit("/", 1)[-1].startswith(".")]
+    return sorted(full_url(fs, p) for p in names)

@@ -1,0 +1,250 @@
+"""Planning a chunk of scenes: the clip and gain of every concept, the samples of every shard.
+
+Pure functions of one chunk's scenes, its matches and the pool's mixable clips (MIX_CLIPS), so a
+chunk is planned on any worker, alone, and the same way every time: every random draw is seeded by
+the sample key (stages.search.choice.concept_rng), and shards are cut in key order. Shards are numbered
+within their chunk; the driver numbers them across chunks once all are planned.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from schemas import MANIFEST, SHARD_PLANS, make_table
+from schemas.config import RunConfig
+from schemas.errors import PipelineError
+from stages.audio.mixing import draw_targets, gains_db
+from stages.pairing.shards import plan_shards
+from stages.search.choice import ConceptChoice, DroppedConcept, choose_clips, concept_rng
+
+# FLAC of a 16-bit mono mix is roughly 60% of its PCM size; used only to size shards.
+FLAC_BYTES_PER_SAMPLE = 1.2
+# Image-id part of a sample key; with "__<vlm>" and the member extension, names stay under 255 bytes.
+MAX_KEY_ID_CHARS = 160
+MAX_REPORTED_REASONS = 50
+# Manifest columns the shard writer sets; a planned row holds none of them.
+WRITE_TIME_COLUMNS = (
+    "shard_image_extension",
+    "shard_image_width",
+    "shard_image_height",
+    "mix_gain_db",
+    "mix_lufs",
+    "mix_peak_dbfs",
+    "shard",
+)
+# The counts a chunk's plan adds to the run's summary.
+CHUNK_COUNTS = ("samples", "rejected", "concepts_below_min_cosine", "concepts_no_usable_clip", "fallbacks")
+
+# text -> (clip ids, cosines) of its top-K neighbours, best first.
+Matches = dict[str, tuple[list[str], np.ndarray]]
+# clip_id -> (part, byte offset, byte size) of its audio at the mix rate.
+Locations = Mapping[str, tuple[str, int, int]]
+
+
+class UnknownClips(PipelineError):
+    """A manifest names clips that the pool does not hold (at the manifest's mix rate)."""
+
+
+def sample_key(image_id: str, vlm: str) -> str:
+    """WebDataset keys may not hold dots or slashes; other characters become underscores, and a
+    hash of the id keeps keys unique when that folds two ids together. Long ids are cut to
+    MAX_KEY_ID_CHARS, so that every member name stays a valid file name (255 bytes) when a shard is
+    unpacked; then a 64-bit hash is all that tells apart ids sharing their first characters
+    (scraped names often differ only at the end)."""
+    safe = re.sub(r"[^A-Za-z0-9_-]", "_", image_id)
+    if len(safe) > MAX_KEY_ID_CHARS:
+        safe = f"{safe[: MAX_KEY_ID_CHARS - 17]}_{hashlib.sha1(image_id.encode()).hexdigest()[:16]}"
+    elif safe != image_id:
+        safe = f"{safe}_{hashlib.sha1(image_id.encode()).hexdigest()[:8]}"
+    return f"{safe}__{vlm}"
+
+
+def matches_by_text(matches: pa.Table) -> Matches:
+    return {
+        t: (ids, np.asarray(s, dtype=np.float64))
+        for t, ids, s in zip(*[matches.column(c).to_pylist() for c in ("text", "clip_ids", "scores")])
+    }
+
+
+@dataclass(frozen=True)
+class MixableClips:
+    """The rows of MIX_CLIPS for some clip ids: the ones a mix may use (audible at the mix rate)."""
+
+    lufs: dict[str, float]
+    locations: dict[str, tuple[str, int, int]]
+
+
+def mixable_clips(mix_clips: pa.Table, clip_ids: Iterable[str]) -> MixableClips:
+    """Looks up clip ids in the pool-sized MIX_CLIPS table without copying it: only the rows of the
+    ids asked for become Python objects. Ids absent from the table (inaudible at the mix rate, or
+    not in the pool) are absent from the result."""
+    wanted = pa.array(sorted(set(clip_ids)), pa.string())
+    positions = pc.index_in(wanted, value_set=mix_clips.column("clip_id"))
+    rows = mix_clips.take(positions.filter(pc.is_valid(positions))).to_pydict()
+    ids = rows["clip_id"]
+    return MixableClips(
+        lufs=dict(zip(ids, rows["lufs"])),
+        locations={c: (p, o, s) for c, p, o, s in zip(ids, rows["part"], rows["audio_offset"], rows["audio_bytes"])},
+    )
+
+
+def clip_locations(clips: pa.Table, rate: int, clip_ids: Iterable[str]) -> dict[str, tuple[str, int, int]]:
+    """Where the audio at `rate` of each of `clip_ids` is, from pool table rows (clip_id, part,
+    loudness_at_rates), audible at that rate or not: rendering mixes again what a manifest names,
+    whatever the audibility settings it is rendered with."""
+    wanted = clips.filter(pc.is_in(clips.column("clip_id"), value_set=pa.array(sorted(set(clip_ids)), pa.string())))
+    located = {}
+    for clip_id, part, at_rates in zip(
+        *[wanted.column(c).to_pylist() for c in ("clip_id", "part", "loudness_at_rates")]
+    ):
+        entry = next((e for e in at_rates or [] if e["sample_rate"] == rate), None)
+        if entry is not None and entry["audio_bytes"] is not None:
+            located[clip_id] = (part, entry["audio_offset"], entry["audio_bytes"])
+    return located
+
+
+def plan_samples(
+    config: RunConfig, scenes: pa.Table, found: Matches, clip_lufs: Mapping[str, float]
+) -> tuple[list[dict], list[dict], Counter]:
+    """Manifest rows of every sample (audio fields still empty, sorted by key) and of every rejected
+    scene, and the counts of dropped concepts and threshold fallbacks."""
+    samples, rejected, counts = [], [], Counter()
+    for scene in scenes.to_pylist():
+        key = sample_key(scene["image_id"], scene["vlm"])
+        row = {
+            "key": key,
+            "image_id": scene["image_id"],
+            "image_uri": scene["uri"],
+            "image_member": scene["member"],
+            "image_format": scene["format"],
+            "width": scene["width"],
+            "height": scene["height"],
+            "vlm": scene["vlm"],
+            "prompt_version": config.prompt.version,
+            "caption": scene["caption"],
+            "sample_rate": config.mix.sample_rate,
+            "duration_s": config.pool.clip_seconds,
+            "seed": config.seed,
+            "error": scene["error"] or (f"dropped: {scene['dropped']}" if scene["dropped"] else None),
+            "error_kind": scene["error_kind"] if scene["error"] else scene["dropped"],
+            "concepts": [],
+            "dropped_concepts": scene["dropped_empty_concepts"] or 0,
+            **dict.fromkeys(WRITE_TIME_COLUMNS),
+        }
+        if row["error"]:
+            rejected.append(row)
+            continue
+        texts = [c["text"] for c in scene["concepts"]]
+        choices = choose_clips(
+            texts,
+            found,
+            config.seed,
+            key,
+            config.retrieval.k,
+            config.retrieval.ssr,
+            config.retrieval.min_cosine,
+            clip_lufs,
+        )
+        kept = [(c, choice) for c, choice in zip(scene["concepts"], choices) if isinstance(choice, ConceptChoice)]
+        counts.update(f"concepts_{c.reason}" for c in choices if isinstance(c, DroppedConcept))
+        row["dropped_concepts"] += len(choices) - len(kept)
+        if not kept:
+            row["error"] = (
+                "dropped: no concept matched a pool clip audible at the mix rate and at or above retrieval.min_cosine"
+            )
+            row["error_kind"] = "no_usable_clip"
+            rejected.append(row)
+            continue
+        targets = draw_targets(
+            concept_rng(config.seed, key, 0, "loudness"), len(kept), config.mix.lufs_min, config.mix.lufs_max
+        )
+        lufs = np.array([clip_lufs[choice.clip_id] for _, choice in kept])
+        for (concept, choice), target, clip_level, gain in zip(kept, targets, lufs, gains_db(targets, lufs)):
+            row["concepts"].append(
+                {
+                    "label": concept["label"],
+                    "text": concept["text"],
+                    "clip_id": choice.clip_id,
+                    "cosine": choice.cosine,
+                    "ssr": choice.ssr,
+                    "threshold": choice.threshold,
+                    "n_candidates": choice.n_candidates,
+                    "fallback": choice.fallback,
+                    "target_lufs": float(target),
+                    "clip_lufs": float(clip_level),
+                    "gain_db": float(gain),
+                }
+            )
+        samples.append(row)
+        counts["fallbacks"] += sum(c.fallback for _, c in kept)
+    return sorted(samples, key=lambda r: r["key"]), rejected, counts
+
+
+def shard_groups(samples: list[dict], image_bytes: Mapping[str, int], config: RunConfig) -> list[list[dict]]:
+    """Samples (in key order) cut into shards of about sonify.shard_size_mb. An image's size in the
+    shard is estimated by its source's, a mix's by its FLAC at the mix rate."""
+    flac_estimate = int(config.mix.sample_rate * config.pool.clip_seconds * FLAC_BYTES_PER_SAMPLE)
+    sizes = [image_bytes.get(s["key"], 0) + flac_estimate for s in samples]
+    groups: list[list[dict]] = []
+    for sample, index in zip(samples, plan_shards(sizes, int(config.sonify.shard_size_mb * 1e6))):
+        if index == len(groups):
+            groups.append([])
+        groups[index].append(sample)
+    return groups
+
+
+def manifest_table(rows: list[dict]) -> pa.Table:
+    return make_table(MANIFEST, {name: [row[name] for row in rows] for name in MANIFEST.names})
+
+
+def shard_plan(manifest: pa.Table, locations: Locations) -> pa.Table:
+    """The plan of one shard: its manifest rows, each with the audio location of every concept's clip."""
+    concepts = manifest.column("concepts").to_pylist()
+    missing = sorted({c["clip_id"] for row in concepts for c in row if c["clip_id"] not in locations})
+    if missing:
+        raise UnknownClips(
+            f"{len(missing)} clips of the manifest are not in the pool (first: {', '.join(missing[:3])}): "
+            "pool.dir must be the pool the manifest was made from, with none of its sources pruned"
+        )
+    located = [[dict(zip(("part", "offset", "size"), locations[c["clip_id"]])) for c in row] for row in concepts]
+    return make_table(
+        SHARD_PLANS,
+        manifest.append_column("clip_locations", pa.array(located, SHARD_PLANS.field("clip_locations").type)),
+    )
+
+
+@dataclass(frozen=True)
+class ChunkPlan:
+    shards: list[pa.Table]  # SHARD_PLANS tables, in shard order
+    rejected: pa.Table  # MANIFEST rows of the scenes that became no sample
+    stats: dict  # CHUNK_COUNTS, the shard count and the first rejection reasons
+
+
+def plan_chunk(config: RunConfig, scenes: pa.Table, matches: pa.Table, mix_clips: pa.Table) -> ChunkPlan:
+    """The plan of one chunk from its scenes (every VLM's), its matches and the pool's MIX_CLIPS."""
+    found = matches_by_text(matches)
+    clips = mixable_clips(mix_clips, (c for ids, _ in found.values() for c in ids))
+    samples, rejected, counts = plan_samples(config, scenes, found, clips.lufs)
+    image_bytes = {
+        sample_key(i, v): n or 0
+        for i, v, n in zip(*[scenes.column(c).to_pylist() for c in ("image_id", "vlm", "num_bytes")])
+    }
+    shards = [shard_plan(manifest_table(rows), clips.locations) for rows in shard_groups(samples, image_bytes, config)]
+    stats = {
+        "shards": len(shards),
+        "samples": len(samples),
+        "rejected": len(rejected),
+        "concepts_below_min_cosine": counts["concepts_below_min_cosine"],
+        "concepts_no_usable_clip": counts["concepts_no_usable_clip"],
+        "fallbacks": counts["fallbacks"],
+        "rejection_reasons": [r["error"] for r in rejected][:MAX_REPORTED_REASONS],
+    }
+    return ChunkPlan(shards, manifest_table(rejected), stats)

@@ -1,0 +1,50 @@
+"""WebDataset shards: `NNNNNN.tar` files whose samples are the members sharing a key
+(`KEY.jpg`, `KEY.flac`, `KEY.json`), byte-stable (stages.io.tars) and written atomically."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+
+import pyarrow as pa
+
+from schemas import MANIFEST
+from stages.io import storage
+from stages.io.tars import tar_bytes
+
+
+def plan_shards(sizes: list[int], target_bytes: int) -> list[int]:
+    """Shard index of each sample, in order: a new shard starts when the next sample would push the
+    current one past the target (a sample larger than the target gets a shard of its own)."""
+    assignment, shard, used = [], 0, 0
+    for size in sizes:
+        if used and used + size > target_bytes:
+            shard, used = shard + 1, 0
+        assignment.append(shard)
+        used += size
+    return assignment
+
+
+def write_shard(url: str, samples: Iterable[tuple[str, dict[str, bytes]]]) -> int:
+    data = tar_bytes(samples)
+    storage.write_bytes(url, data)
+    return len(data)
+
+
+def sample_metadata(row: dict) -> bytes:
+    """The sample's JSON member: its manifest row, every key present and of one type in every sample.
+    Loaders infer column types from the first samples they meet (Hugging Face datasets: five, of the
+    first shard), so a key null there would be typed null and a later string would fail to load. A
+    missing text is written as ""; a written sample has every number, and a null one is a broken
+    contract. A written sample has no error, so error_kind (always null there) is left out."""
+    metadata = {}
+    for field in MANIFEST:
+        if field.name == "error_kind":
+            continue
+        value = row.get(field.name)
+        if value is None:
+            if not pa.types.is_string(field.type):
+                raise ValueError(f"sample {row['key']}: {field.name} is null, and a written sample's numbers never are")
+            value = ""
+        metadata[field.name] = value
+    return json.dumps(metadata, sort_keys=True).encode()

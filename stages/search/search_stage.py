@@ -1,0 +1,160 @@
+"""CLAP text-to-audio search, one chunk of scenes at a time.
+
+The actor loads the CLAP text encoder, the FAISS index and its row -> clip_id map once. For each
+chunk it embeds the chunk's distinct concept texts and searches them all in one FAISS call, then
+writes the chunk's matches and, last, its search stats, which mark the chunk searched. A text that
+recurs in another chunk is embedded and searched again there: that keeps every chunk independent
+of the others (and of the driver), at the price counted in the run summary as texts searched.
+
+An approximate index is searched at one setting for the whole run, chosen when the actor starts
+by the recall it reaches on `retrieval.calibration_queries` of the run's own concept texts (the
+first chunks' texts, so every actor and every rerun chooses the same); every
+`retrieval.recall_every`-th chunk then measures the recall of its own search on
+`retrieval.recall_sample` of its texts.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from dataclasses import replace
+from typing import ClassVar
+
+import faiss
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from schemas import CHUNK_TASKS, MATCHES, make_table
+from schemas.config import ClapConfig, RetrievalConfig
+from schemas.layout import PoolLayout, SonifyLayout
+from stages.base import Resources, Stage
+from stages.embed.clap import ClapBackend, load_clap
+from stages.io import storage
+from stages.search import faiss_index
+
+SCENE_COLUMNS = ["concepts", "dropped", "error"]
+
+
+def concept_texts(scenes: pa.Table) -> list[str]:
+    """The distinct concept texts, sorted, of the scenes that go on to retrieval (no error, not dropped)."""
+    going_on = scenes.filter(pc.is_null(pc.field("error")) & pc.is_null(pc.field("dropped")))
+    texts = pc.struct_field(pc.list_flatten(going_on.column("concepts")), "text")
+    return pc.unique(texts.drop_null()).sort().to_pylist() if len(texts) else []
+
+
+def embed(model: ClapBackend, texts: list[str], batch_size: int) -> np.ndarray:
+    """CLAP text embeddings of `texts`, computed in batches of `batch_size`; one row per text."""
+    batches = [model.embed_text(texts[i : i + batch_size]) for i in range(0, len(texts), batch_size)]
+    return np.concatenate(batches)
+
+
+def calibration_texts(chunk_texts: Iterable[list[str]], count: int) -> list[str]:
+    """`count` texts evenly spaced in the sorted distinct texts of the first chunks (in chunk order)
+    that hold at least that many: they depend only on the scenes, never on which actor asks or when."""
+    texts: set[str] = set()
+    for chunk in chunk_texts:
+        texts.update(chunk)
+        if len(texts) >= count:
+            break
+    ordered = sorted(texts)
+    return [ordered[i] for i in faiss_index.sample_rows(len(ordered), count)]
+
+
+class RetrieveChunks(Stage):
+    name: ClassVar[str] = "retrieve_chunks"
+    required_columns: ClassVar[tuple[str, ...]] = tuple(CHUNK_TASKS.names)
+
+    def __init__(
+        self, pool_dir: str, out_dir: str, vlms: list[str], clap: ClapConfig, retrieval: RetrievalConfig
+    ) -> None:
+        self.pool_dir = pool_dir
+        self.out_dir = out_dir
+        self.vlms = list(vlms)
+        self.clap_config = clap
+        self.retrieval = retrieval
+        self.model = self.index = self.clip_ids = self.calibration = None
+
+    def resources(self) -> Resources:
+        c = self.clap_config
+        return Resources(num_cpus=c.num_cpus, num_gpus=c.num_gpus, actors=c.concurrency, batch_size=1)
+
+    def output_schema(self) -> pa.Schema:
+        return CHUNK_TASKS
+
+    def setup(self) -> None:
+        self.model = load_clap(self.clap_config)
+        self.index = faiss_index.deserialize(storage.read_bytes(PoolLayout(self.pool_dir).index_file()))
+        ids = storage.read_parquet(PoolLayout(self.pool_dir).index_ids())
+        self.clip_ids = np.array(ids.sort_by("row").column("clip_id").to_pylist(), dtype=object)
+        self.calibration = self.calibrate()
+
+    def chunk_texts(self, chunk: str) -> list[str]:
+        layout = SonifyLayout(self.out_dir)
+        return concept_texts(
+            pa.concat_tables(
+                storage.read_parquet(layout.scenes(vlm, chunk), columns=SCENE_COLUMNS) for vlm in self.vlms
+            )
+        )
+
+    def calibrate(self) -> faiss_index.SearchResult | None:
+        """The setting of an approximate index for this run; None for exact search."""
+        if isinstance(self.index, faiss.IndexFlat):
+            return None
+        chunks = [
+            storage.file_stem(u)
+            for u in storage.list_files(SonifyLayout(self.out_dir).vlm_scenes_folder(self.vlms[0]), ".parquet")
+        ]
+        texts = calibration_texts((self.chunk_texts(c) for c in chunks), self.retrieval.calibration_queries)
+        if not texts:
+            return None
+        target = replace(faiss_index.RecallTarget.from_config(self.retrieval), sample_size=len(texts))
+        return faiss_index.search_queries(
+            self.index, embed(self.model, texts, self.clap_config.batch_size), self.retrieval.search_k, target
+        )
+
+    def process_batch(self, batch: pa.Table) -> pa.Table:
+        layout = SonifyLayout(self.out_dir)
+        for chunk in batch.column("chunk").to_pylist():
+            if not storage.exists(layout.search_stats(chunk)):
+                measured = int(chunk) % self.retrieval.recall_every == 0
+                matches, stats = self.search(self.chunk_texts(chunk), measured)
+                storage.write_parquet(layout.matches(chunk), matches)
+                storage.write_text(layout.search_stats(chunk), json.dumps(stats) + "\n")
+        return batch
+
+    def search(self, texts: list[str], measured: bool) -> tuple[pa.Table, dict]:
+        """The MATCHES table of `texts`, and how they were searched; `measured`: with the recall of
+        an approximate search on a sample of them."""
+        stats: dict = {"texts": len(texts)}
+        if not texts:
+            return MATCHES.empty_table(), stats
+        vectors = embed(self.model, texts, self.clap_config.batch_size)
+        setting = self.calibration.setting if self.calibration else None
+        scores, rows = faiss_index.search_at(self.index, vectors, self.retrieval.search_k, setting)
+        if self.calibration:
+            recall, sampled = (
+                faiss_index.sample_recall(
+                    self.index, vectors, rows, self.retrieval.recall_sample, self.retrieval.recall_k
+                )
+                if measured
+                else (None, 0)
+            )
+            stats |= {
+                "setting": setting,
+                "calibration_recall": self.calibration.recall,
+                "calibration_queries": self.calibration.sample_size,
+                "recall_k": self.calibration.recall_k,
+                "recall": recall,
+                "recall_queries": sampled,
+            }
+        found = [r >= 0 for r in rows]
+        matches = make_table(
+            MATCHES,
+            {
+                "text": texts,
+                "clip_ids": [self.clip_ids[r[ok]].tolist() for r, ok in zip(rows, found)],
+                "scores": [s[ok].astype(np.float32) for s, ok in zip(scores, found)],
+            },
+        )
+        return matches, stats
