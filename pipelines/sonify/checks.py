@@ -4,6 +4,7 @@ resumes was made by the same settings, layout and pool."""
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pyarrow as pa
 import yaml
@@ -16,6 +17,7 @@ from schemas.errors import PipelineError
 from schemas.layout import PoolLayout, SonifyLayout
 from stages.embed.clap import clap_identity
 from stages.io import storage
+from stages.io.model_files import is_path_or_url
 
 # The files a run keeps in sonify.out; a folder of another layout is refused.
 # 1: scenes/<vlm>.parquet and manifest/rejected.parquet; 2: per chunk, with images.parquet and plans/;
@@ -26,6 +28,8 @@ LAYOUT_VERSION = 4
 EXECUTION_SETTINGS = ("concurrency", "num_gpus", "num_cpus", "timeout_s", "retries")
 # Retrieval settings that decide only what recall is measured, not which clips are found.
 MEASUREMENT_SETTINGS = ("recall_sample", "recall_every")
+# Pool settings that decide how the pool is built from its sources, which sonify never reads.
+POOL_BUILD_SETTINGS = ("sources", "files_per_part", "retry_errors", "parquet")
 RESUME_REMEDY = "this version cannot resume that run: run sonify again into a new sonify.out"
 RENDER_REMEDY = "render reads manifests of this version only: sonify the images again with this version"
 
@@ -72,15 +76,36 @@ def check_batches(config: RunConfig) -> None:
 
 
 def _run_identity(config: RunConfig) -> dict:
-    """What decides a run's output; where work runs (ray, the models' execution settings), render
-    and report settings do not."""
+    """What decides a run's output. Where work runs (ray, the models' execution settings), render and
+    report settings do not, and neither does where the run itself is (sonify.out: a moved or copied
+    run resumes), nor how the pool was built from its sources (pool.sources, files_per_part,
+    retry_errors, parquet): the pool's content is checked on its own (check_pool, check_same_pool).
+    Paths are compared resolved, so `dir/`, `./dir` and `/abs/dir` are one folder."""
     identity = config.model_dump(mode="json", exclude={"ray", "render", "report"})
+    del identity["sonify"]["out"]
+    for setting in POOL_BUILD_SETTINGS:
+        del identity["pool"][setting]
+    identity["pool"]["dir"] = storage.resolved_url(identity["pool"]["dir"])
+    identity["sonify"]["images"] = [storage.resolved_url(pattern) for pattern in identity["sonify"]["images"]]
     for model in [identity["models"]["clap"], *identity["models"]["vlm"]]:
         for setting in EXECUTION_SETTINGS:
             model.pop(setting, None)
+        for setting in ("model", "path", "text_backbones_dir"):
+            if model.get(setting) and is_path_or_url(model[setting]):
+                model[setting] = storage.resolved_url(model[setting])
     for setting in MEASUREMENT_SETTINGS:
         identity["retrieval"].pop(setting)
     return identity
+
+
+def _differences(before: Any, now: Any, prefix: str = "") -> list[str]:
+    """Dotted names of the settings that differ between two identities."""
+    if isinstance(before, dict) and isinstance(now, dict):
+        names = sorted(set(before) | set(now))
+        return [d for k in names for d in _differences(before.get(k), now.get(k), f"{prefix}{k}.")]
+    if isinstance(before, list) and isinstance(now, list) and len(before) == len(now):
+        return [d for i, (b, n) in enumerate(zip(before, now)) for d in _differences(b, n, f"{prefix}{i}.")]
+    return [] if before == now else [prefix.rstrip(".")]
 
 
 def check_same_run(config: RunConfig, out: str) -> None:
@@ -97,10 +122,11 @@ def check_same_run(config: RunConfig, out: str) -> None:
             f"({layout or 'before layout.json'}, this one writes {LAYOUT_VERSION}); use a new sonify.out"
         )
     previous = validate_config(yaml.safe_load(storage.read_bytes(url)), origin=url)
-    if _run_identity(previous) != _run_identity(config):
+    differing = _differences(_run_identity(previous), _run_identity(config))
+    if differing:
         raise SonifyError(
-            f"sonify.out {out} holds a run made with other settings (see its config.yaml); "
-            "use a new sonify.out, or delete the old run to start over"
+            f"sonify.out {out} holds a run made with other settings ({', '.join(differing)} differ; see its "
+            "config.yaml); use a new sonify.out, or delete the old run to start over"
         )
 
 

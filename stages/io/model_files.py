@@ -39,11 +39,16 @@ def is_remote(model: str) -> bool:
     return "://" in model and not storage.is_local(storage.filesystem(model)[0])
 
 
+def is_path_or_url(model: str) -> bool:
+    """Whether a model setting names a URL or a local path, rather than a Hugging Face id (org/name)."""
+    return "://" in model or Path(model).exists()
+
+
 def model_name(model: str) -> str:
     """The name a pool records for a model: the last component of a path or URL, so the same
     checkpoint read from a local folder or from a bucket gives the same pool identity; a Hugging
     Face id stays whole."""
-    if "://" in model or Path(model).exists():
+    if is_path_or_url(model):
         return model.rstrip("/").rsplit("/", 1)[-1]
     return model
 

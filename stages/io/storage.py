@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import bisect
 import io
+import os
 import re
 import uuid
 
@@ -40,6 +41,16 @@ def is_local(fs: fsspec.AbstractFileSystem) -> bool:
 def full_url(fs: fsspec.AbstractFileSystem, path: str) -> str:
     """The URL a user would pass for `path` on `fs` (local paths stay plain paths)."""
     return path if is_local(fs) else fs.unstrip_protocol(path)
+
+
+def resolved_url(url: str) -> str:
+    """One spelling of a location, for comparing settings: a local path made absolute, with links
+    resolved and no trailing slash (`dir/`, `./dir` and `/abs/dir` are one folder); other URLs with
+    their protocol and without a trailing slash. Glob characters are kept as they are."""
+    fs, path = filesystem(url)
+    if is_local(fs):
+        return os.path.realpath(os.path.expanduser(path))
+    return fs.unstrip_protocol(path.rstrip("/"))
 
 
 def makedirs(url: str) -> None:
