@@ -3,6 +3,7 @@ resumes was made by the same settings, layout and pool."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 from typing import Any
 
@@ -128,6 +129,44 @@ def check_same_run(config: RunConfig, out: str) -> None:
             f"sonify.out {out} holds a run made with other settings ({', '.join(differing)} differ; see its "
             "config.yaml); use a new sonify.out, or delete the old run to start over"
         )
+
+
+def render_origin(config: RunConfig, manifest_urls: list[str]) -> dict:
+    """What decides the files of a render.out: the manifest's content (its parts, by name and SHA-256)
+    and the settings its shards are written with. The pool is named by the manifest: clip ids carry
+    a hash of their content."""
+    parts = [[url.rsplit("/", 1)[-1], storage.sha256_of(url)] for url in manifest_urls]
+    settings = config.sonify.model_dump(include={"image_format", "image_quality", "max_image_side", "max_image_pixels"})
+    return {
+        "manifest_sha256": hashlib.sha256(json.dumps(parts).encode()).hexdigest(),
+        "settings": {**settings, "peak_dbfs": config.mix.peak_dbfs},
+    }
+
+
+def check_render_out(out: str, origin: dict) -> None:
+    """A render.out holds the shards of one manifest rendered with one setting, never a mix. The
+    origin is recorded in layout.json before any file is written, so a render stopped midway
+    resumes; a folder holding files of another origin, or of none recorded, is refused naming why."""
+    layout = SonifyLayout(out)
+    url = layout.layout_version()
+    recorded = json.loads(storage.read_bytes(url)) if storage.exists(url) else {}
+    made = recorded.get("render")
+    if recorded.get("layout") == LAYOUT_VERSION and made == origin:
+        return
+    found = [name for folder in layout.shard_folders() for name in storage.list_files(folder, "")]
+    if not found:
+        storage.write_text(url, json.dumps({"layout": LAYOUT_VERSION, "render": origin}, sort_keys=True) + "\n")
+        return
+    if not recorded:
+        why = f"{len(found)} files (first: {found[0]}) of an origin it does not record (no layout.json)"
+    elif made is None or recorded.get("layout") != LAYOUT_VERSION:
+        why = "shards made by a sonify run or by another version of this pipeline"
+    elif made.get("manifest_sha256") != origin["manifest_sha256"]:
+        why = "shards made from another manifest"
+    else:
+        why = "shards made with other settings (" + ", ".join(_differences(made["settings"], origin["settings"]))
+        why += " differ)"
+    raise SonifyError(f"render.out {out} holds {why}; use a new render.out, or delete it to render this manifest there")
 
 
 def has_searched(out: str) -> bool:

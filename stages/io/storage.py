@@ -9,6 +9,7 @@ stages.io.sources' concern.
 from __future__ import annotations
 
 import bisect
+import hashlib
 import io
 import os
 import re
@@ -67,6 +68,16 @@ def read_bytes(url: str) -> bytes:
     fs, path = filesystem(url)
     with fs.open(path, "rb") as handle:
         return handle.read()
+
+
+def sha256_of(url: str, block_bytes: int = 1 << 20) -> str:
+    """Hex SHA-256 of a file's bytes, read in blocks so that a large file is never held whole."""
+    digest = hashlib.sha256()
+    fs, path = filesystem(url)
+    with fs.open(path, "rb") as handle:
+        while block := handle.read(block_bytes):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 # Ranges this close are read as one: the tar header (512 bytes) between neighbouring members of a
