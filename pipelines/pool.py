@@ -32,7 +32,7 @@ from stages.audio.loudness import audible_clip_loudness
 from stages.audio.packs import locate_in_pack, repack
 from stages.audio.standardize_stage import Standardize
 from stages.base import check_chain
-from stages.embed.clap import clap_identity
+from stages.embed.clap import clap_identity, same_clap
 from stages.embed.embed_audio_stage import EmbedAudio
 from stages.io import storage
 from stages.io.sources import ParquetLayout, SourceFile, expand_audio_sources
@@ -139,6 +139,10 @@ def read_pool_meta(paths: PoolLayout) -> dict:
     return found
 
 
+def _same_setting(name: str, recorded, wanted) -> bool:
+    return same_clap(recorded or {}, wanted) if name == "clap" else recorded == wanted
+
+
 def check_compatible(paths: PoolLayout, identity: dict, config: RunConfig) -> dict:
     """pool.json for this run; a PoolMismatch if the folder was built with other settings."""
     wanted = {
@@ -151,7 +155,7 @@ def check_compatible(paths: PoolLayout, identity: dict, config: RunConfig) -> di
     meta_url = paths.pool_meta()
     if storage.exists(meta_url):
         found = read_pool_meta(paths)
-        differing = [k for k in wanted if found.get(k) != wanted[k]]
+        differing = [k for k in wanted if not _same_setting(k, found.get(k), wanted[k])]
         if differing:
             detail = "; ".join(f"{k}: pool has {found.get(k)!r}, config has {wanted[k]!r}" for k in differing)
             raise PoolMismatch(f"pool {paths.root} was built with other settings ({detail}); use a new pool.dir")
