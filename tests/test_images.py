@@ -192,6 +192,28 @@ def test_a_truncated_tar_keeps_the_images_before_the_damage(tmp_path, cut_in):
     assert [decode_image(b).width for b in images] == [48, 48, 48]
 
 
+def test_images_named_in_latin1_are_listed_under_storable_names_and_read(tmp_path):
+    import os
+
+    folder = os.fsencode(tmp_path)
+    with open(folder + b"/caf\xe9.png", "wb") as handle:
+        handle.write(encode(gradient(), "PNG"))
+    with tarfile.open(tmp_path / "shard.tar", "w") as tar:
+        payload = encode(gradient(32, 32), "PNG")
+        info = tarfile.TarInfo(b"na\xefve.png".decode("utf-8", "surrogateescape"))
+        info.size = len(payload)
+        tar.addfile(info, io.BytesIO(payload))
+    refs = list_images([str(tmp_path / "*")])
+    assert sorted((r.own_id, r.member) for r in refs) == [("caf%E9", None), ("na%EFve", "na%EFve.png")]
+    table = make_table(
+        IMAGE_REFS,
+        {"image_id": [r.own_id for r in refs], "uri": [r.uri for r in refs], "member": [r.member for r in refs]}
+        | {"error": [None] * 2, "error_kind": [None] * 2},
+    )
+    assert table.num_rows == 2
+    assert sorted(decode_image(data).width for data in read_image_bytes(refs)) == [32, 64]
+
+
 def test_ids_are_own_ids_unless_they_collide():
     refs = [ImageRef("/x/a.jpg", None, "a"), ImageRef("/y/a.jpg", None, "a"), ImageRef("/y/b.jpg", None, "b")]
     ids = assign_image_ids(refs)

@@ -61,8 +61,9 @@ def _list_tar(uri: str) -> list[ImageRef]:
 
 def _add_tar_image(refs: dict[str, ImageRef], uri: str, member: tarfile.TarInfo | None) -> None:
     if member is not None and member.isfile() and _is_image(member.name):
-        key = tar_member_key(member.name)
-        refs.setdefault(key, ImageRef(uri, member.name, PurePosixPath(key).name))
+        name = storage.utf8_name(member.name)
+        key = tar_member_key(name)
+        refs.setdefault(key, ImageRef(uri, name, PurePosixPath(key).name))
 
 
 def _list_parquet(uri: str) -> list[ImageRef]:
