@@ -330,7 +330,7 @@ def test_names_that_are_not_utf8_go_through_pool_and_sonify_and_keep_their_bytes
     )
     config = runs.config("latin1")
     tree = yaml.safe_load(config.read_text())
-    tree["models"]["vlm"] = [{"name": "given", "backend": "provided", "path": str(concepts)}]
+    tree["models"]["vlm"] = [{"name": "given", "backend": "provided", "path": str(concepts), "batch_size": 2}]
     tree["sonify"]["image_format"] = "original"
     config.write_text(yaml.safe_dump(tree))
     try:
