@@ -73,12 +73,10 @@ def main(argv: list[str] | None = None) -> int:
             for url in run_report(config, args.of):
                 print(f"report: {url}")
             return 0
-        from pipelines import sonify
-        from pipelines.pool.run import run_pool
-        from pipelines.pool.summary import format_summary
+        from pipelines import pool, sonify
 
         if args.command == "pool":
-            print(format_summary(run_pool(config)))
+            print(pool.format_summary(pool.run_pool(config)))
         elif args.command == "sonify":
             print(sonify.format_summary(sonify.run_sonify(config)))
         else:

@@ -5,6 +5,9 @@ standardize stage's part, embeddings written by hand, the index by the pool's ow
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,6 +23,7 @@ from stages.io import storage
 from tests.helpers import noise, tone, write_audio
 
 POOL_RATE, MIX_RATE, DIM = 16000, 8000, 8
+REPO = Path(__file__).resolve().parents[1]
 IDENTITY = {"backend": "transformers", "model": "clap", "dim": DIM}
 
 
@@ -171,3 +175,17 @@ def test_summary_is_none_until_a_run_finishes(pool):
     assert store.summary() is None
     storage.write_text(store.layout.summary(), json.dumps({"wall_seconds": 1.5}))
     assert store.summary() == {"wall_seconds": 1.5}
+
+
+def test_reading_a_pool_imports_no_ray_and_the_package_still_names_its_run():
+    """Report reads pools through the store: that must not import the run, which imports Ray; the
+    CLI and callers reach run_pool and format_summary through the package all the same."""
+    code = (
+        "import sys, pipelines.pool, pipelines.report\n"
+        "assert 'ray' not in sys.modules, 'reading a pool imported Ray'\n"
+        "from pipelines.pool import format_summary, run_pool\n"
+        "print(run_pool.__module__, format_summary.__module__)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["pipelines.pool.run", "pipelines.pool.summary"]

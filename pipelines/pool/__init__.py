@@ -12,10 +12,22 @@ One module per phase, and the store:
 - parts: the part files on disk: an interrupted run's removed, stale rows pruned, parts written;
 - index: the FAISS index brought up to the embeddings on disk;
 - summary: the pool's totals and the run's summary text;
-- run: the phases in order (`run_pool`); it alone starts Ray work, so it is imported by name;
+- run: the phases in order (`run_pool`);
 - store: `PoolStore`, the one way sonify, render and report read a pool.
 """
 
+from importlib import import_module
+
 from pipelines.pool.store import PoolMismatch, PoolStore
 
-__all__ = ["PoolMismatch", "PoolStore"]
+# The run imports Ray; a reader of a pool (report) imports the store alone, so these are imported
+# on first use.
+_RUN_NAMES = {"run_pool": "pipelines.pool.run", "format_summary": "pipelines.pool.summary"}
+
+__all__ = ["PoolMismatch", "PoolStore", "format_summary", "run_pool"]
+
+
+def __getattr__(name: str):
+    if name not in _RUN_NAMES:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(import_module(_RUN_NAMES[name]), name)
