@@ -209,13 +209,14 @@ def test_cli_refuses_a_missing_pool_in_one_line_before_any_work(config_file, tmp
 
 def test_sonify_refuses_an_output_folder_of_another_file_layout(config_file, tmp_path):
     from pipelines.config import dump_config
-    from pipelines.sonify.checks import LAYOUT_VERSION, SonifyError, check_same_run
+    from pipelines.sonify.checks import SonifyError, check_same_run
+    from schemas.layout import SonifyLayout
 
     config = load_config(config_file, [f"sonify.out={tmp_path}"])
     (tmp_path / "config.yaml").write_text(dump_config(config))
     with pytest.raises(SonifyError, match="another file layout"):
         check_same_run(config, str(tmp_path))
-    (tmp_path / "layout.json").write_text(f'{{"layout": {LAYOUT_VERSION}}}')
+    (tmp_path / "layout.json").write_text(f'{{"layout": {SonifyLayout.VERSION}}}')
     check_same_run(config, str(tmp_path))
 
 
@@ -235,12 +236,13 @@ def test_vlm_names_that_could_fold_two_keys_into_one_are_refused(config_file):
 
 def test_a_resumed_run_may_change_execution_settings_only(config_file, tmp_path):
     from pipelines.config import dump_config
-    from pipelines.sonify.checks import LAYOUT_VERSION, SonifyError, check_same_run
+    from pipelines.sonify.checks import SonifyError, check_same_run
+    from schemas.layout import SonifyLayout
 
     vlm = "models.vlm=[{name: a, backend: openai, model: m, base_url: 'http://127.0.0.1:1/v1'}]"
     config = load_config(config_file, [f"sonify.out={tmp_path}", vlm])
     (tmp_path / "config.yaml").write_text(dump_config(config))
-    (tmp_path / "layout.json").write_text(f'{{"layout": {LAYOUT_VERSION}}}')
+    (tmp_path / "layout.json").write_text(f'{{"layout": {SonifyLayout.VERSION}}}')
     execution = [
         "models.clap.concurrency=4",
         "models.clap.num_gpus=1",
