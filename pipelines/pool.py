@@ -31,7 +31,6 @@ from schemas.layout import PoolLayout
 from stages.audio.loudness import audible_clip_loudness
 from stages.audio.packs import locate_in_pack, repack
 from stages.audio.standardize_stage import Standardize
-from stages.base import check_chain
 from stages.embed.clap import clap_identity
 from stages.embed.embed_audio_stage import EmbedAudio
 from stages.io import storage
@@ -375,7 +374,6 @@ def run_pool(config: RunConfig) -> dict:
         config.pool.mix_sample_rates,
     )
     embed = EmbedAudio(paths.root, config.models.clap, identity["dim"])
-    check_chain(POOL_PARTS, [standardize, embed])
 
     storage.makedirs(paths.root)
     storage.write_text(paths.config(), dump_config(config))

@@ -26,7 +26,6 @@ from schemas import CHUNK_TASKS, SHARD_TASKS, make_table
 from schemas.config import RunConfig
 from schemas.layout import PoolLayout, SonifyLayout, shard_id
 from stages.audio.loudness import mix_clips
-from stages.base import check_chain
 from stages.io import storage
 from stages.pairing.plan_stage import PlanChunks
 from stages.pairing.planning import CHUNK_COUNTS, MAX_REPORTED_REASONS
@@ -53,7 +52,6 @@ def retrieve_and_plan(config: RunConfig, paths: PoolLayout, out: str, chunks: li
     searched = all(storage.exists(layout.search_stats(chunk)) for chunk in todo)
     # Retrieval actors load the text model and the whole index: a run left with planning only starts none.
     stages = [PlanChunks(out, config)] if searched else [retrieval_stage(config, paths, out), PlanChunks(out, config)]
-    check_chain(CHUNK_TASKS, stages)
     done, report_at, started = 0, 0, time.monotonic()
     for batch in Runner(config.ray).run(make_table(CHUNK_TASKS, {"chunk": todo}), stages, blocks=len(todo)):
         done += batch.num_rows

@@ -15,10 +15,10 @@ from pipelines.grouped_writer import GroupedWriter
 from pipelines.ray_runner import Runner
 from pipelines.sonify.checks import read_phase
 from pipelines.sonify.listing import Chunk, block_ranges
-from schemas import IMAGE_REFS, SCENES
+from schemas import SCENES
 from schemas.config import RunConfig, VlmConfig
 from schemas.layout import SonifyLayout
-from stages.base import Stage, check_chain
+from stages.base import Stage
 from stages.images.decode_stage import DecodeImages
 from stages.io import storage
 from stages.vlm.openai_stage import OpenAIVlm
@@ -59,7 +59,6 @@ def run_scenes(config: RunConfig, listing: pa.Table, chunks: list[Chunk], vlm: V
     parse = ParseConcepts(
         vlm.name, config.prompt.max_answer_chars, config.prompt.max_concepts, batch_size=vlm.batch_size
     )
-    check_chain(IMAGE_REFS, [decode, answer, parse])
     block_rows = vlm.batch_size * max(1, IMAGES_PER_BLOCK // vlm.batch_size)
     blocks = [listing.slice(start, stop - start) for c in todo for start, stop in block_ranges(c, block_rows)]
     first_ids = [listing.column("image_id")[c.start].as_py() for c in chunks]
