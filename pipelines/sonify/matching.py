@@ -15,18 +15,18 @@ from stages.search.search_stage import RetrieveChunks
 log = logging.getLogger(__name__)
 
 
-def retrieval_stage(config: RunConfig, paths: PoolLayout, out: str) -> RetrieveChunks:
-    return RetrieveChunks(paths.root, out, [v.name for v in config.models.vlm], config.models.clap, config.retrieval)
+def retrieval_stage(config: RunConfig, pool: PoolLayout, layout: SonifyLayout) -> RetrieveChunks:
+    return RetrieveChunks(pool, layout, [v.name for v in config.models.vlm], config.models.clap, config.retrieval)
 
 
-def search_totals(out: str, chunks: list[Chunk], index_kind: str) -> dict:
+def search_totals(layout: SonifyLayout, chunks: list[Chunk], index_kind: str) -> dict:
     """What the search stats of every chunk add up to: texts searched (a text recurring in several
     chunks counts once per chunk) and, for an approximate index, the settings it was searched at
     (one, unless actors calibrated apart), the lowest recall that chose one, and the recall measured
     on the sampled texts of the measured chunks, over all of them (None if no chunk was measured)."""
     texts, hits, sampled, stats_of_searches = 0, 0.0, 0, []
     for chunk in chunks:
-        stats = json.loads(storage.read_bytes(SonifyLayout(out).search_stats(chunk.name)))
+        stats = json.loads(storage.read_bytes(layout.search_stats(chunk.name)))
         texts += stats["texts"]
         if "setting" in stats:
             stats_of_searches.append(stats)

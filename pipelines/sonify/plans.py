@@ -42,16 +42,16 @@ def mixable_pool_clips(paths: PoolLayout, config: RunConfig, rate: int) -> tuple
     return mixable, indexed.num_rows - mixable.num_rows
 
 
-def retrieve_and_plan(config: RunConfig, paths: PoolLayout, out: str, chunks: list[Chunk]) -> None:
+def retrieve_and_plan(config: RunConfig, pool: PoolLayout, layout: SonifyLayout, chunks: list[Chunk]) -> None:
     """Searches and plans every chunk not yet planned."""
-    layout = SonifyLayout(out)
     todo = [c.name for c in chunks if not storage.exists(layout.chunk_plan(c.name))]
     log.info("retrieval and planning: %d of %d chunks to do", len(todo), len(chunks))
     if not todo:
         return
     searched = all(storage.exists(layout.search_stats(chunk)) for chunk in todo)
     # Retrieval actors load the text model and the whole index: a run left with planning only starts none.
-    stages = [PlanChunks(out, config)] if searched else [retrieval_stage(config, paths, out), PlanChunks(out, config)]
+    plan = PlanChunks(layout, config)
+    stages = [plan] if searched else [retrieval_stage(config, pool, layout), plan]
     done, report_at, started = 0, 0, time.monotonic()
     for batch in Runner(config.ray).run(make_table(CHUNK_TASKS, {"chunk": todo}), stages, blocks=len(todo)):
         done += batch.num_rows
@@ -65,10 +65,9 @@ def retrieve_and_plan(config: RunConfig, paths: PoolLayout, out: str, chunks: li
             report_at = done + max(1, len(todo) // 20)
 
 
-def number_shards(out: str, chunks: list[Chunk]) -> tuple[pa.Table, Counter, list[str]]:
+def number_shards(layout: SonifyLayout, chunks: list[Chunk]) -> tuple[pa.Table, Counter, list[str]]:
     """SHARD_TASKS of every planned shard, numbered in chunk order; the counts of all chunks; the
     first rejection reasons."""
-    layout = SonifyLayout(out)
     shards, plans, totals, reasons = [], [], Counter(), []
     for chunk in chunks:
         stats = json.loads(storage.read_bytes(layout.chunk_plan(chunk.name)))

@@ -44,9 +44,9 @@ def vlm_stage(vlm: VlmConfig, config: RunConfig) -> Stage:
     return ProvidedConcepts(vlm)
 
 
-def run_scenes(config: RunConfig, listing: pa.Table, chunks: list[Chunk], vlm: VlmConfig, out: str) -> None:
+def run_scenes(config: RunConfig, listing: pa.Table, chunks: list[Chunk], vlm: VlmConfig, layout: SonifyLayout) -> None:
     """Answers of one VLM for every chunk without a scenes file yet, each file written as its chunk completes."""
-    folder = SonifyLayout(out).vlm_scenes_folder(vlm.name)
+    folder = layout.vlm_scenes_folder(vlm.name)
     done = {storage.file_stem(u) for u in storage.list_files(folder, ".parquet")}
     todo = [c for c in chunks if c.name not in done]
     log.info("scenes %s: %d of %d chunks to do", vlm.name, len(todo), len(chunks))
@@ -64,9 +64,7 @@ def run_scenes(config: RunConfig, listing: pa.Table, chunks: list[Chunk], vlm: V
     first_ids = [listing.column("image_id")[c.start].as_py() for c in chunks]
 
     def write(index: int, rows: pa.Table) -> int:
-        storage.write_parquet(
-            SonifyLayout(out).scenes(vlm.name, chunks[index].name), rows.sort_by([("image_id", "ascending")])
-        )
+        storage.write_parquet(layout.scenes(vlm.name, chunks[index].name), rows.sort_by([("image_id", "ascending")]))
         return rows.num_rows
 
     writer = GroupedWriter(
@@ -81,10 +79,12 @@ def run_scenes(config: RunConfig, listing: pa.Table, chunks: list[Chunk], vlm: V
     writer.consume(Runner(config.ray).run(blocks, [decode, answer, parse], preserve_order=True))
 
 
-def read_chunk_scenes(config: RunConfig, out: str, chunk: Chunk, columns: list[str] | None = None) -> pa.Table:
+def read_chunk_scenes(
+    config: RunConfig, layout: SonifyLayout, chunk: Chunk, columns: list[str] | None = None
+) -> pa.Table:
     tables = []
     for vlm in config.models.vlm:
-        table = read_phase(SonifyLayout(out).scenes(vlm.name, chunk.name), SCENES)
+        table = read_phase(layout.scenes(vlm.name, chunk.name), SCENES)
         tables.append(table.select(columns) if columns else table)
     return pa.concat_tables(tables)
 
@@ -100,13 +100,13 @@ class SceneCounts:
     by_vlm: dict[str, Counter] = field(default_factory=lambda: defaultdict(Counter))
 
 
-def count_scenes(config: RunConfig, out: str, chunks: list[Chunk]) -> SceneCounts:
+def count_scenes(config: RunConfig, layout: SonifyLayout, chunks: list[Chunk]) -> SceneCounts:
     """The counts of every chunk's scenes; reading each also checks that this version wrote it."""
     counts = SceneCounts()
     first_vlm = config.models.vlm[0].name
     columns = ["vlm", "dropped_empty_concepts", "dropped", "error_kind", "error_stage"]
     for chunk in chunks:
-        scenes = read_chunk_scenes(config, out, chunk)
+        scenes = read_chunk_scenes(config, layout, chunk)
         # Concept counts, not the concepts: no text reaches the driver.
         counted = scenes.select(columns).append_column("concepts", pc.list_value_length(scenes.column("concepts")))
         for row in counted.to_pylist():

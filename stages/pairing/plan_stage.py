@@ -24,8 +24,8 @@ class PlanChunks(Stage):
     name: ClassVar[str] = "plan_chunks"
     required_columns: ClassVar[tuple[str, ...]] = tuple(CHUNK_TASKS.names)
 
-    def __init__(self, out_dir: str, config: RunConfig) -> None:
-        self.out_dir = out_dir
+    def __init__(self, layout: SonifyLayout, config: RunConfig) -> None:
+        self.layout = layout
         self.config = config
         self.mix_clips: pa.Table | None = None
 
@@ -36,10 +36,10 @@ class PlanChunks(Stage):
         return CHUNK_TASKS
 
     def setup(self) -> None:
-        self.mix_clips = storage.read_parquet(SonifyLayout(self.out_dir).mix_clips())
+        self.mix_clips = storage.read_parquet(self.layout.mix_clips())
 
     def process_batch(self, batch: pa.Table) -> pa.Table:
-        layout = SonifyLayout(self.out_dir)
+        layout = self.layout
         for chunk in batch.column("chunk").to_pylist():
             if storage.exists(layout.chunk_plan(chunk)):
                 continue

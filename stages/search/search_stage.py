@@ -66,10 +66,10 @@ class RetrieveChunks(Stage):
     required_columns: ClassVar[tuple[str, ...]] = tuple(CHUNK_TASKS.names)
 
     def __init__(
-        self, pool_dir: str, out_dir: str, vlms: list[str], clap: ClapConfig, retrieval: RetrievalConfig
+        self, pool: PoolLayout, layout: SonifyLayout, vlms: list[str], clap: ClapConfig, retrieval: RetrievalConfig
     ) -> None:
-        self.pool_dir = pool_dir
-        self.out_dir = out_dir
+        self.pool = pool
+        self.layout = layout
         self.vlms = list(vlms)
         self.clap_config = clap
         self.retrieval = retrieval
@@ -84,16 +84,15 @@ class RetrieveChunks(Stage):
 
     def setup(self) -> None:
         self.model = load_clap(self.clap_config)
-        self.index = faiss_index.deserialize(storage.read_bytes(PoolLayout(self.pool_dir).index_file()))
-        ids = storage.read_parquet(PoolLayout(self.pool_dir).index_ids())
+        self.index = faiss_index.deserialize(storage.read_bytes(self.pool.index_file()))
+        ids = storage.read_parquet(self.pool.index_ids())
         self.clip_ids = np.array(ids.sort_by("row").column("clip_id").to_pylist(), dtype=object)
         self.calibration = self.calibrate()
 
     def chunk_texts(self, chunk: str) -> list[str]:
-        layout = SonifyLayout(self.out_dir)
         return concept_texts(
             pa.concat_tables(
-                storage.read_parquet(layout.scenes(vlm, chunk), columns=SCENE_COLUMNS) for vlm in self.vlms
+                storage.read_parquet(self.layout.scenes(vlm, chunk), columns=SCENE_COLUMNS) for vlm in self.vlms
             )
         )
 
@@ -102,8 +101,7 @@ class RetrieveChunks(Stage):
         if isinstance(self.index, faiss.IndexFlat):
             return None
         chunks = [
-            storage.file_stem(u)
-            for u in storage.list_files(SonifyLayout(self.out_dir).vlm_scenes_folder(self.vlms[0]), ".parquet")
+            storage.file_stem(u) for u in storage.list_files(self.layout.vlm_scenes_folder(self.vlms[0]), ".parquet")
         ]
         texts = calibration_texts((self.chunk_texts(c) for c in chunks), self.retrieval.calibration_queries)
         if not texts:
@@ -114,7 +112,7 @@ class RetrieveChunks(Stage):
         )
 
     def process_batch(self, batch: pa.Table) -> pa.Table:
-        layout = SonifyLayout(self.out_dir)
+        layout = self.layout
         for chunk in batch.column("chunk").to_pylist():
             if not storage.exists(layout.search_stats(chunk)):
                 measured = int(chunk) % self.retrieval.recall_every == 0
