@@ -4,7 +4,6 @@ written as the chunk completes."""
 from __future__ import annotations
 
 import bisect
-import logging
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 
@@ -12,6 +11,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipelines.grouped_writer import GroupedWriter
+from pipelines.progress import pending
 from pipelines.ray_runner import Runner
 from pipelines.sonify.checks import read_phase
 from pipelines.sonify.listing import Chunk, block_ranges
@@ -26,8 +26,6 @@ from stages.vlm.parse_stage import ParseConcepts
 from stages.vlm.provided_stage import ProvidedConcepts
 from stages.vlm.transformers_stage import TransformersVlm
 from stages.vlm.vllm_stage import VllmVlm
-
-log = logging.getLogger(__name__)
 
 # Rows of the blocks that carry images through decoding and the VLM (rounded to the VLM's batch).
 IMAGES_PER_BLOCK = 64
@@ -46,10 +44,8 @@ def vlm_stage(vlm: VlmConfig, config: RunConfig) -> Stage:
 
 def run_scenes(config: RunConfig, listing: pa.Table, chunks: list[Chunk], vlm: VlmConfig, layout: SonifyLayout) -> None:
     """Answers of one VLM for every chunk without a scenes file yet, each file written as its chunk completes."""
-    folder = layout.vlm_scenes_folder(vlm.name)
-    done = {storage.file_stem(u) for u in storage.list_files(folder, ".parquet")}
-    todo = [c for c in chunks if c.name not in done]
-    log.info("scenes %s: %d of %d chunks to do", vlm.name, len(todo), len(chunks))
+    done = {storage.file_stem(u) for u in storage.list_files(layout.vlm_scenes_folder(vlm.name), ".parquet")}
+    todo = pending(f"scenes {vlm.name}", chunks, lambda chunk: chunk.name in done)
     if not todo:
         return
     decode = DecodeImages(config.sonify.min_side, config.sonify.max_image_pixels, batch_size=vlm.batch_size)
@@ -68,12 +64,13 @@ def run_scenes(config: RunConfig, listing: pa.Table, chunks: list[Chunk], vlm: V
         return rows.num_rows
 
     writer = GroupedWriter(
-        f"scenes {vlm.name}: chunk",
+        f"scenes {vlm.name}",
         [c.index for c in todo],
         group_of=lambda batch: [bisect.bisect_right(first_ids, i) - 1 for i in batch.column("image_id").to_pylist()],
         expected_rows=lambda index, rows: chunks[index].rows,
         write=write,
         unit="images",
+        group_unit="chunks",
     )
     # In order, every batch is a fixed slice of one block, so a resumed run batches as the first did.
     writer.consume(Runner(config.ray).run(blocks, [decode, answer, parse], preserve_order=True))

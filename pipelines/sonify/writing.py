@@ -12,6 +12,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipelines.pool import read_clips, read_pool_meta
+from pipelines.progress import Progress, pending
 from pipelines.ray_runner import Runner
 from pipelines.sonify.checks import RENDER_REMEDY, SonifyError, read_phase
 from schemas import MANIFEST, MANIFEST_POOL_READS, SHARD_TASKS, make_table
@@ -28,10 +29,10 @@ log = logging.getLogger(__name__)
 def write_shards(config: RunConfig, pool: PoolLayout, layout: SonifyLayout, tasks: pa.Table) -> pa.Table | None:
     """Writes the shards of `tasks` (SHARD_TASKS) not yet marked complete by their manifest part."""
     done = {storage.file_stem(u) for u in storage.list_files(layout.manifest_folder(), ".parquet")}
-    todo = tasks.filter(pc.invert(pc.is_in(tasks.column("shard"), value_set=pa.array(sorted(done), pa.string()))))
-    log.info("%d shards planned, %d already written", tasks.num_rows, tasks.num_rows - todo.num_rows)
-    if not todo.num_rows:
+    shards = pending("shards", tasks.column("shard").to_pylist(), done.__contains__, unit="shards")
+    if not shards:
         return None
+    todo = tasks.filter(pc.is_in(tasks.column("shard"), value_set=pa.array(shards, pa.string())))
     encoding = ImageEncoding(
         config.sonify.image_format,
         config.sonify.image_quality,
@@ -39,19 +40,10 @@ def write_shards(config: RunConfig, pool: PoolLayout, layout: SonifyLayout, task
         config.sonify.max_image_pixels,
     )
     writer = WriteShards(pool, layout, config.mix.peak_dbfs, encoding)
-    results, written, report_at, started = [], 0, 0, time.monotonic()
+    results, progress = [], Progress("shards", todo.num_rows, "shards")
     for batch in Runner(config.ray).run(todo, [writer], blocks=todo.num_rows):
         results.append(batch)
-        written += batch.num_rows
-        if written >= report_at:
-            elapsed = time.monotonic() - started
-            log.info(
-                "shards: %d/%d written this run, %.1f shards/s",
-                written,
-                todo.num_rows,
-                written / elapsed if elapsed else 0.0,
-            )
-            report_at = written + max(1, todo.num_rows // 20)
+        progress.advance(batch.num_rows)
     return pa.concat_tables(results)
 
 
