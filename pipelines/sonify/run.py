@@ -72,9 +72,10 @@ def run_sonify(config: RunConfig) -> dict:
     if not has_searched(layout) or not storage.exists(layout.mix_clips()):
         storage.write_parquet(layout.mix_clips(), mixable)
     del mixable
-    retrieve_and_plan(config, paths, layout, chunks)
-    tasks, planned, reasons = number_shards(layout, chunks)
-    search = search_totals(layout, chunks, json.loads(storage.read_bytes(paths.index_meta()))["kind"])
+    plans = retrieve_and_plan(config, paths, layout, chunks)
+    tasks, planned, reasons = number_shards(plans)
+    search = search_totals(plans, json.loads(storage.read_bytes(paths.index_meta()))["kind"])
+    del plans
     seconds["retrieve_and_plan"] = time.monotonic() - tick
 
     tick = time.monotonic()
