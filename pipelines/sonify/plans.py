@@ -5,7 +5,8 @@ A chunk's retrieval and its planning run one after the other in one Ray pipeline
 so the first shards can be planned while later chunks are still searched. Planning workers read
 one pool-sized table, mix_clips.parquet (`mixable_pool_clips`), which the run writes from the pool
 before this phase.
-Shards are numbered by a prefix sum of the chunks' shard counts, in chunk order, so a rerun numbers
+The driver gets one CHUNK_PLANS row per chunk (what its files hold, its search carried through)
+and numbers shards by a prefix sum of the chunks' shard counts, in chunk order, so a rerun numbers
 them as the first run did whichever chunks it had to plan."""
 
 from __future__ import annotations

@@ -4,9 +4,9 @@ The actor loads the CLAP text encoder, the FAISS index and its row -> clip_id ma
 chunk it embeds the chunk's distinct concept texts and searches them all in one FAISS call, then
 writes the chunk's matches and, last, its search stats, which mark the chunk searched; its output
 row (CHUNK_SEARCHES) says what the chunk's files hold, whether this run or an earlier one wrote
-them. A text that
-recurs in another chunk is embedded and searched again there: that keeps every chunk independent
-of the others (and of the driver), at the price counted in the run summary as texts searched.
+them. A text that recurs in another chunk is embedded and searched again there: that keeps every
+chunk independent of the others (and of the driver), at the price counted in the run summary as
+texts searched.
 
 An approximate index is searched at one setting for the whole run, chosen when the actor starts
 by the recall it reaches on `retrieval.calibration_queries` of the run's own concept texts (the
