@@ -36,7 +36,7 @@ from pipelines.pool.run import run_pool  # noqa: E402
 from pipelines.pool.store import PoolStore  # noqa: E402
 from schemas import MANIFEST  # noqa: E402
 from schemas.config import RunConfig  # noqa: E402
-from schemas.layout import PoolLayout, shard_id  # noqa: E402
+from schemas.layout import PoolLayout, SonifyLayout, shard_id  # noqa: E402
 from stages.images.decoding import ImageEncoding  # noqa: E402
 from stages.pairing.planning import manifest_table, mixable_clips, shard_plan  # noqa: E402
 from stages.pairing.shard_stage import WriteShards  # noqa: E402
@@ -201,7 +201,7 @@ def measure_pool_reads(root: Path, sizes: Sizes = FULL, clap_model: str | None =
     Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(image)
 
     counted = PoolLayout(f"counted://{paths.root}")
-    writer = WriteShards(counted.root, str(root / "out"), -1.0, ImageEncoding("original"))
+    writer = WriteShards(counted, SonifyLayout(str(root / "out")), -1.0, ImageEncoding("original"))
     per_shard = sizes.samples * sizes.clips_per_sample
     read = reported = used = whole_parts = whole_packs = 0
     CountedFileSystem.reset()

@@ -31,7 +31,7 @@ sys.path.insert(0, str(REPO))
 from benchmarks import scale_reads, scale_search  # noqa: E402
 from benchmarks.common import parse_args  # noqa: E402
 from benchmarks.sonify_memory import measure_sizes, mib, run_measured, write_pool_inputs  # noqa: E402
-from schemas.layout import SonifyLayout  # noqa: E402
+from schemas.layout import PoolLayout, SonifyLayout  # noqa: E402
 
 CONCEPTS_PER_IMAGE = 4
 MIB = 2**20
@@ -53,7 +53,7 @@ def per_sample_floor(out: Path, pool_dir: str, scratch: Path) -> tuple[float, in
     encoding = ImageEncoding(
         sonify["image_format"], sonify["image_quality"], sonify["max_image_side"], sonify["max_image_pixels"]
     )
-    writer = WriteShards(pool_dir, str(scratch), settings["mix"]["peak_dbfs"], encoding)
+    writer = WriteShards(PoolLayout(pool_dir), SonifyLayout(str(scratch)), settings["mix"]["peak_dbfs"], encoding)
     plans = sorted(Path(SonifyLayout(str(out)).plans_folder()).glob("*-*.parquet"))
     samples, started = 0, time.perf_counter()
     for number, plan in enumerate(plans):

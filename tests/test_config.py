@@ -8,6 +8,7 @@ from pydantic import BaseModel, Field
 
 from pipelines.config import ConfigError, load_config, parse_override
 from pipelines.config_reference import PAGE_PATH, TABLE_HEADER, config_reference, configuration_page
+from schemas.layout import SonifyLayout
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -215,9 +216,9 @@ def test_sonify_refuses_an_output_folder_of_another_file_layout(config_file, tmp
     config = load_config(config_file, [f"sonify.out={tmp_path}"])
     (tmp_path / "config.yaml").write_text(dump_config(config))
     with pytest.raises(SonifyError, match="another file layout"):
-        check_same_run(config, str(tmp_path))
+        check_same_run(config, SonifyLayout(str(tmp_path)))
     (tmp_path / "layout.json").write_text(f'{{"layout": {SonifyLayout.VERSION}}}')
-    check_same_run(config, str(tmp_path))
+    check_same_run(config, SonifyLayout(str(tmp_path)))
 
 
 def test_vlm_names_that_could_fold_two_keys_into_one_are_refused(config_file):
@@ -258,12 +259,12 @@ def test_a_resumed_run_may_change_execution_settings_only(config_file, tmp_path)
         [f"sonify.out={tmp_path}", vlm.replace("}]", ", concurrency: 8, timeout_s: 5, retries: 9}]")]
         + [e for e in execution if not e.startswith("models.vlm")],
     )
-    check_same_run(changed, str(tmp_path))
+    check_same_run(changed, SonifyLayout(str(tmp_path)))
     check_same_run(
         load_config(
             config_file, [f"sonify.out={tmp_path}", vlm, "retrieval.recall_every=3", "retrieval.recall_sample=20"]
         ),
-        str(tmp_path),
+        SonifyLayout(str(tmp_path)),
     )
     for output_setting in [
         "models.clap.batch_size=7",
@@ -272,7 +273,9 @@ def test_a_resumed_run_may_change_execution_settings_only(config_file, tmp_path)
         "retrieval.calibration_queries=9",
     ]:
         with pytest.raises(SonifyError, match="other settings"):
-            check_same_run(load_config(config_file, [f"sonify.out={tmp_path}", vlm, output_setting]), str(tmp_path))
+            check_same_run(
+                load_config(config_file, [f"sonify.out={tmp_path}", vlm, output_setting]), SonifyLayout(str(tmp_path))
+            )
 
 
 def test_a_resumed_run_refuses_a_changed_pool(tmp_path):
@@ -281,20 +284,20 @@ def test_a_resumed_run_refuses_a_changed_pool(tmp_path):
     state = {"index_size": 10, "index_parts": {"part-a": 10}}
     grown = {"index_size": 14, "index_parts": {"part-a": 10, "part-b": 4}}
     # Before retrieval nothing depends on the pool: the state is recorded anew.
-    check_same_pool(str(tmp_path), "/pools/p", grown)
-    check_same_pool(str(tmp_path), "/pools/p", state)
+    check_same_pool(SonifyLayout(str(tmp_path)), "/pools/p", grown)
+    check_same_pool(SonifyLayout(str(tmp_path)), "/pools/p", state)
     (tmp_path / "matches").mkdir()
     (tmp_path / "matches" / "000000.json").write_text("{}")
-    check_same_pool(str(tmp_path), "/pools/p", dict(state))
+    check_same_pool(SonifyLayout(str(tmp_path)), "/pools/p", dict(state))
     with pytest.raises(SonifyError) as raised:
-        check_same_pool(str(tmp_path), "/pools/p", grown)
+        check_same_pool(SonifyLayout(str(tmp_path)), "/pools/p", grown)
     message = str(raised.value)
     assert "\n" not in message
     assert "pool /pools/p is not the pool" in message and "10 clips in 1 parts; now 14 clips in 2 parts" in message
     assert "delete its matches/, plans/, manifest/ and shards/" in message and "use a new sonify.out" in message
     (tmp_path / "pool_state.json").unlink()
     with pytest.raises(SonifyError, match="did not record its pool"):
-        check_same_pool(str(tmp_path), "/pools/p", state)
+        check_same_pool(SonifyLayout(str(tmp_path)), "/pools/p", state)
 
 
 def test_sample_keys_stay_valid_file_names():
