@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"wrote {len(written)} files to {args.out}")
         return 0
     try:
-        config = load_config(args.config, args.overrides)
+        config = load_config(args.config, args.overrides, command=args.command)
         if args.command == "report":
             from pipelines.report import run_report
 

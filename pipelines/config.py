@@ -1,6 +1,6 @@
 """Loading the typed run configuration (schemas.config): a YAML file plus dotted command-line
-overrides, validated before any work; and the reference table of every field, which the README
-lists.
+overrides, validated before any work, with the sections that the command run needs; and the
+reference table of every field, which the README lists.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from schemas.config import RunConfig
+from schemas.config import VLM_BACKENDS, RunConfig
 from schemas.errors import PipelineError
 
 
@@ -46,20 +46,52 @@ def _apply(tree: dict[str, Any], path: list[str], value: Any) -> None:
     node[path[-1]] = value
 
 
+# Sections the model leaves optional because some commands do without them, and the commands that need each.
+COMMAND_NEEDS = {
+    "pool": {"models.clap": "CLAP embeds every clip"},
+    "sonify": {"models.clap": "CLAP embeds the concept texts"},
+}
+
+
+def _vlm_backend_in(loc: list) -> str | None:
+    """The backend tag pydantic puts in the location of an error inside a models.vlm entry (taken out of `loc`)."""
+    if loc[:2] == ["models", "vlm"] and len(loc) > 3 and loc[3] in VLM_BACKENDS:
+        return loc.pop(3)
+    return None
+
+
 def _describe(error: dict[str, Any]) -> str:
+    message = str(error["msg"]).removeprefix("Value error, ")
     if not error["loc"]:
-        return str(error["msg"]).removeprefix("Value error, ")
-    key = ".".join(str(p) for p in error["loc"])
+        return message
+    loc = list(error["loc"])
+    backend = _vlm_backend_in(loc)
+    key = ".".join(str(p) for p in loc)
+    of_backend = f" of backend {backend}" if backend else ""
     if error["type"] == "extra_forbidden":
-        return f"{key}: unknown key"
-    if error["type"] == "missing":
-        return f"{key}: required key is missing"
+        return f"{key}: unknown key{of_backend}"
+    if error["type"] in ("missing", "union_tag_not_found"):
+        key += ".backend" if error["type"] == "union_tag_not_found" else ""
+        return f"{key}: required key is missing{f' (backend {backend})' if backend else ''}"
+    if error["type"] == "union_tag_invalid":
+        return f"{key}.backend: {error['ctx']['tag']!r} is not one of {', '.join(VLM_BACKENDS)}"
     got = error.get("input")
     shown = "" if isinstance(got, dict) else f" (got {got!r})"
-    return f"{key}: {error['msg']}{shown}"
+    return f"{key}: {message}{shown}"
 
 
-def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
+def check_command_needs(config: RunConfig, command: str, origin: str = "config") -> RunConfig:
+    """`config` if it holds every section `command` needs, else a ConfigError naming the first missing one."""
+    for key, why in COMMAND_NEEDS.get(command, {}).items():
+        section, name = key.split(".")
+        if getattr(getattr(config, section), name) is None:
+            raise ConfigError(f"{origin}: {key}: required by `{command}` ({why}), and not set")
+    return config
+
+
+def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = (), command: str | None = None) -> RunConfig:
+    """The config in the YAML file at `path` with `overrides` applied; with a `command`, also checked
+    to hold what that command needs."""
     path = Path(path)
     try:
         tree = yaml.safe_load(path.read_text()) or {}
@@ -72,15 +104,18 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
     for text in overrides:
         key_path, value = parse_override(text)
         _apply(tree, key_path, value)
-    return validate_config(tree, origin=str(path))
+    config = validate_config(tree, origin=str(path))
+    return check_command_needs(config, command, str(path)) if command else config
 
 
 def validate_config(tree: dict[str, Any], origin: str = "config") -> RunConfig:
     try:
         return RunConfig.model_validate(tree)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        more = len(exc.errors()) - 1
+        # An unknown key first: a misspelt key also makes the key it was meant to be missing.
+        errors = sorted(exc.errors(), key=lambda e: e["type"] != "extra_forbidden")
+        first = errors[0]
+        more = len(errors) - 1
         suffix = f" (and {more} more problem{'s' if more > 1 else ''})" if more else ""
         raise ConfigError(f"{origin}: {_describe(first)}{suffix}") from None
 
@@ -100,19 +135,40 @@ def _type_name(annotation: Any) -> str:
     return str(annotation).replace("typing.", "")
 
 
+def _sections_in(annotation: Any) -> list[type[BaseModel]]:
+    """The config sections an annotation holds: itself, or the members of a (discriminated or optional) union."""
+    if typing.get_origin(annotation) is typing.Annotated:
+        annotation = typing.get_args(annotation)[0]
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    members = [a for a in typing.get_args(annotation) if a is not type(None)]
+    if members and all(isinstance(a, type) and issubclass(a, BaseModel) for a in members):
+        return members
+    return []
+
+
 def config_reference(model: type[BaseModel] = RunConfig, prefix: str = "") -> list[str]:
     """Markdown table rows (key, type, default, description) of every leaf key, in order."""
     rows = []
     for name, info in model.model_fields.items():
         key = f"{prefix}{name}"
         annotation = info.annotation
-        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-            rows.extend(config_reference(annotation, f"{key}."))
+        sections = _sections_in(annotation)
+        if len(sections) == 1:
+            if not info.is_required() and info.get_default(call_default_factory=True) is None:
+                rows.append(f"| `{key}` | section, optional | unset | {info.description} |")
+            rows.extend(config_reference(sections[0], f"{key}."))
             continue
-        item = typing.get_args(annotation)[0] if typing.get_origin(annotation) is list else None
-        if isinstance(item, type) and issubclass(item, BaseModel):
+        entries = _sections_in(typing.get_args(annotation)[0]) if typing.get_origin(annotation) is list else []
+        if len(entries) == 1:
             rows.append(f"| `{key}` | list | `[]` | {info.description} Each entry: |")
-            rows.extend(config_reference(item, f"{key}[]."))
+            rows.extend(config_reference(entries[0], f"{key}[]."))
+            continue
+        if entries:
+            tags = [typing.get_args(e.model_fields["backend"].annotation)[0] for e in entries]
+            rows.append(f"| `{key}` | list | `[]` | {info.description} Each entry, by backend: |")
+            for tag, entry in zip(tags, entries):
+                rows.extend(config_reference(entry, f"{key}[{tag}]."))
             continue
         if info.is_required():
             default = "required"
