@@ -29,7 +29,7 @@ import soundfile
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks import common  # noqa: E402
-from pipelines.tiny_models import build_all  # noqa: E402
+from demo.tiny_models import build_all  # noqa: E402
 from schemas.config import ClapConfig, IndexConfig, PoolConfig  # noqa: E402
 from stages.audio.standardize_stage import Standardize  # noqa: E402
 from stages.embed.clap import CLAP_SAMPLE_RATE, load_clap  # noqa: E402

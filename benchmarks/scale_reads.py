@@ -184,7 +184,7 @@ def measure_pool_reads(root: Path, sizes: Sizes = FULL, clap_model: str | None =
 
     rng = np.random.default_rng(seed)
     if clap_model is None:
-        from pipelines.tiny_models import build_transformers_clap
+        from demo.tiny_models import build_transformers_clap
 
         clap_model = str(build_transformers_clap(root / "models", root / "build"))
     started = time.perf_counter()

@@ -237,7 +237,7 @@ def main() -> None:
     args = parser.parse_args()
     sizes = [200, 1000] if args.quick else args.sizes
 
-    from pipelines.tiny_models import build_transformers_clap
+    from demo.tiny_models import build_transformers_clap
 
     with tempfile.TemporaryDirectory() as scratch:
         root = Path(scratch)

@@ -140,7 +140,7 @@ def main() -> None:
     sizes = [250, 2000] if args.quick else [1000, 8000]
     import yaml
 
-    from pipelines.tiny_models import build_transformers_clap
+    from demo.tiny_models import build_transformers_clap
 
     with tempfile.TemporaryDirectory() as scratch:
         root = Path(scratch)
