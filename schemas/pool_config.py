@@ -21,7 +21,7 @@ class IndexConfig(ConfigSection):
         200_000,
         ge=1,
         description="auto: pools of fewer vectors get an exact flat index, pools of this many or more an IVF one "
-        "(exact search cost grows with the pool; see benchmarks/scale_search.py).",
+        "(exact search cost grows with the pool; `python -m benchmarks.search` measures both).",
     )
     nlist: int | None = Field(
         None, ge=1, description="IVF cells; unset means 4*sqrt(N), capped so each cell trains on 39 vectors."
