@@ -250,7 +250,6 @@ def test_a_resumed_run_may_change_execution_settings_only(config_file, tmp_path)
         "models.clap.num_cpus=2",
         "ray.num_cpus=1",
         "models.vlm.0.concurrency=8",
-        "models.vlm.0.num_gpus=1",
         "models.vlm.0.timeout_s=5",
         "models.vlm.0.retries=9",
     ]
@@ -312,3 +311,116 @@ def test_sample_keys_stay_valid_file_names():
     assert len(keys) == 200_000
     assert sample_key("photo-1", "given") == "photo-1__given"
     assert sample_key("x" * 120, "qwen") == "x" * 120 + "__qwen"
+
+
+def one_vlm(entry: str) -> list[str]:
+    return [f"models.vlm=[{{{entry}}}]"]
+
+
+def test_each_vlm_entry_is_its_backends_model(config_file):
+    from schemas.config import OpenAIVlmConfig, ProvidedVlmConfig, TransformersVlmConfig, VllmVlmConfig
+
+    entries = [
+        "{name: a, backend: vllm, model: m, engine_kwargs: {max_model_len: 8192}}",
+        "{name: b, backend: transformers, model: m, num_gpus: 1}",
+        "{name: c, backend: openai, model: m, base_url: 'http://127.0.0.1:1/v1', timeout_s: 5}",
+        "{name: d, backend: provided, path: c.jsonl}",
+    ]
+    config = load_config(config_file, [f"models.vlm=[{', '.join(entries)}]"])
+    kinds = [type(v) for v in config.models.vlm]
+    assert kinds == [VllmVlmConfig, TransformersVlmConfig, OpenAIVlmConfig, ProvidedVlmConfig]
+    assert config.models.vlm[0].engine_kwargs == {"max_model_len": 8192}
+    assert config.models.vlm[1].num_gpus == 1
+    assert config.models.vlm[2].timeout_s == 5
+
+
+@pytest.mark.parametrize(
+    "entry, message",
+    [
+        (
+            "name: a, backend: openai, model: m, base_url: u, engine_kwargs: {}",
+            "models.vlm.0: backend openai does not take engine_kwargs (a setting of backend vllm)",
+        ),
+        (
+            "name: a, backend: transformers, model: m, base_url: u, retries: 2",
+            "backend transformers does not take base_url (a setting of backend openai), "
+            "retries (a setting of backend openai)",
+        ),
+        (
+            "name: a, backend: vllm, model: m, num_gpus: 1",
+            "backend vllm does not take num_gpus (a setting of backend transformers)",
+        ),
+        (
+            "name: a, backend: provided, path: p, model: m",
+            "backend provided does not take model (a setting of backend vllm and transformers and openai)",
+        ),
+        ("name: a, backend: transformers, modle: m", "models.vlm.0.modle: unknown key of backend transformers"),
+        ("name: a, backend: openai, model: m", "models.vlm.0.base_url: required key is missing (backend openai)"),
+        ("name: a, backend: provided", "models.vlm.0.path: required key is missing (backend provided)"),
+        ("name: a, backend: llava, model: m", "models.vlm.0.backend: 'llava' is not one of vllm, transformers"),
+        ("name: a, model: m", "models.vlm.0.backend: required key is missing"),
+    ],
+)
+def test_vlm_keys_are_checked_against_the_entrys_backend(config_file, entry, message):
+    with pytest.raises(ConfigError) as raised:
+        load_config(config_file, one_vlm(entry))
+    text = str(raised.value)
+    assert message in text
+    assert "\n" not in text
+
+
+NO_CLAP = """
+pool:
+  dir: /tmp/pool
+render:
+  manifest: /tmp/run/manifest
+  out: /tmp/rendered
+"""
+
+
+def test_each_command_needs_only_its_own_sections(tmp_path):
+    path = tmp_path / "render.yaml"
+    path.write_text(NO_CLAP)
+    for command in ("render", "report"):
+        assert load_config(path, command=command).models.clap is None
+    for command in ("pool", "sonify"):
+        with pytest.raises(ConfigError) as raised:
+            load_config(path, command=command)
+        assert str(raised.value).startswith(f"{path}: models.clap: required by `{command}` (CLAP embeds ")
+
+
+def test_cli_refuses_sonify_without_clap_and_lets_render_past_validation(tmp_path):
+    path = tmp_path / "render.yaml"
+    path.write_text(NO_CLAP)
+
+    def run(command: str) -> subprocess.CompletedProcess:
+        argv = [sys.executable, str(REPO / "run_pipeline.py"), command, "--config", str(path)]
+        return subprocess.run(argv, capture_output=True, text=True, cwd=REPO, timeout=120)
+
+    refused = run("sonify")
+    assert refused.returncode == 2
+    assert refused.stderr.strip() == (
+        f"error: {path}: models.clap: required by `sonify` (CLAP embeds the concept texts), and not set"
+    )
+    rendered = run("render")
+    # Validation passed: render goes on to look for the pool, which is not there.
+    assert rendered.returncode == 2
+    assert rendered.stderr.strip().splitlines()[-1] == "error: pool.dir /tmp/pool holds no pool (no pool.json)"
+
+
+def test_a_run_whose_stored_config_this_version_cannot_read_is_not_resumed(config_file, tmp_path):
+    from pipelines.config import dump_config
+    from pipelines.sonify.checks import SonifyError, check_same_run
+
+    vlm = one_vlm("name: a, backend: provided, path: c.jsonl")
+    config = load_config(config_file, [f"sonify.out={tmp_path}", *vlm])
+    # A VLM entry holding a key of another backend, as a flat VLM model over every backend wrote them.
+    stored = dump_config(config).replace("    path: c.jsonl\n", "    path: c.jsonl\n    base_url: null\n")
+    assert "base_url: null" in stored
+    (tmp_path / "config.yaml").write_text(stored)
+    (tmp_path / "layout.json").write_text(f'{{"layout": {SonifyLayout.VERSION}}}')
+    with pytest.raises(SonifyError) as raised:
+        check_same_run(config, SonifyLayout(str(tmp_path)))
+    message = str(raised.value)
+    assert "backend provided does not take base_url (a setting of backend openai)" in message
+    assert message.endswith("run sonify again into a new sonify.out")

@@ -17,7 +17,7 @@ import pytest
 from PIL import Image
 
 from schemas import IMAGES
-from schemas.config import PromptConfig, VlmConfig
+from schemas.config import OpenAIVlmConfig, PromptConfig, VllmVlmConfig
 from schemas.layout import SonifyLayout
 from stages.vlm.openai_stage import OpenAIVlm, RequestFailed, chat_payload, post_with_retries
 from stages.vlm.provided_stage import ProvidedConceptsError, read_provided
@@ -95,7 +95,7 @@ def server(request):
 
 
 def vlm(url, **kwargs):
-    return VlmConfig(name="remote", backend="openai", model="served-model", base_url=url, **kwargs)
+    return OpenAIVlmConfig(name="remote", backend="openai", model="served-model", base_url=url, **kwargs)
 
 
 def images_batch(count: int, dropped_at: int | None = None) -> pa.Table:
@@ -371,7 +371,7 @@ def test_vllm_processor_stages_get_the_run_retry_settings(tiny_models, ray_sessi
     from pipelines.ray_runner import build_llm_processor
     from stages.vlm.vllm_stage import VllmVlm
 
-    vlm_config = VlmConfig(name="q", backend="vllm", model=tiny_models["vlm_qwen2_5_vl"])
+    vlm_config = VllmVlmConfig(name="q", backend="vllm", model=tiny_models["vlm_qwen2_5_vl"])
     processor = build_llm_processor(VllmVlm(vlm_config, PromptConfig()), task_retries=2, actor_restarts=7)
     names = processor.list_stage_names()
     assert "vLLMEngineStage" in names

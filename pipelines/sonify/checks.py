@@ -8,7 +8,7 @@ import json
 import pyarrow as pa
 import yaml
 
-from pipelines.config import validate_config
+from pipelines.config import ConfigError, validate_config
 from pipelines.pool.store import PoolStore
 from schemas import schema_version
 from schemas.config import RunConfig
@@ -92,7 +92,10 @@ def check_same_run(config: RunConfig, layout: SonifyLayout) -> None:
             f"sonify.out {out} was written by a version of this pipeline with another file layout "
             f"({layout or 'before layout.json'}, this one writes {SonifyLayout.VERSION}); use a new sonify.out"
         )
-    previous = validate_config(yaml.safe_load(storage.read_bytes(url)), origin=url)
+    try:
+        previous = validate_config(yaml.safe_load(storage.read_bytes(url)), origin=url)
+    except ConfigError as exc:
+        raise SonifyError(f"{exc}; {RESUME_REMEDY}") from None
     if _run_identity(previous) != _run_identity(config):
         raise SonifyError(
             f"sonify.out {out} holds a run made with other settings (see its config.yaml); "

@@ -16,7 +16,7 @@ from pipelines.ray_runner import Runner
 from pipelines.sonify.checks import read_phase
 from pipelines.sonify.listing import Chunk, block_ranges
 from schemas import SCENES
-from schemas.config import RunConfig, VlmConfig
+from schemas.config import OpenAIVlmConfig, RunConfig, TransformersVlmConfig, VllmVlmConfig, VlmConfig
 from schemas.layout import SonifyLayout
 from stages.base import Stage
 from stages.images.decode_stage import DecodeImages
@@ -33,11 +33,11 @@ IMAGES_PER_BLOCK = 64
 
 def vlm_stage(vlm: VlmConfig, config: RunConfig) -> Stage:
     """The answer stage of a VLM backend."""
-    if vlm.backend == "vllm":
+    if isinstance(vlm, VllmVlmConfig):
         return VllmVlm(vlm, config.prompt)
-    if vlm.backend == "transformers":
+    if isinstance(vlm, TransformersVlmConfig):
         return TransformersVlm(vlm, config.prompt)
-    if vlm.backend == "openai":
+    if isinstance(vlm, OpenAIVlmConfig):
         return OpenAIVlm(vlm, config.prompt)
     return ProvidedConcepts(vlm)
 
