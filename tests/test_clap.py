@@ -60,7 +60,7 @@ def test_missing_laion_checkpoint_is_a_clear_error(tmp_path):
 
 @pytest.mark.parametrize("fusion", [False, True])
 def test_a_clip_embeds_the_same_in_any_batch_and_random_state(tmp_path, fusion):
-    from pipelines.tiny_models import build_transformers_clap
+    from demo.tiny_models import build_transformers_clap
 
     folder = build_transformers_clap(tmp_path / "out", tmp_path / "scratch", fusion=fusion)
     model = load_clap(ClapConfig(backend="transformers", model=str(folder)))
@@ -83,7 +83,7 @@ def test_identity_tells_checkpoints_apart_by_content_not_folder_name(tiny_models
     import shutil
 
     from pipelines.config import validate_config
-    from pipelines.pool import PoolMismatch, check_compatible
+    from pipelines.pool.store import PoolMismatch, PoolStore
     from schemas.layout import PoolLayout
     from stages.io import storage
 
@@ -108,15 +108,15 @@ def test_identity_tells_checkpoints_apart_by_content_not_folder_name(tiny_models
     pool = tmp_path / "pool"
     pool.mkdir()
     config = validate_config({"pool": {"dir": str(pool)}, "models": {"clap": {"model": str(first)}}})
-    recorded = check_compatible(PoolLayout(str(pool)), identity(first), config)
+    recorded = PoolStore(PoolLayout(str(pool))).check_compatible(identity(first), config.pool)
     (pool / "pool.json").write_text(json.dumps(recorded))
-    check_compatible(PoolLayout(str(pool)), identity(renamed), config)
+    PoolStore(PoolLayout(str(pool))).check_compatible(identity(renamed), config.pool)
     with pytest.raises(PoolMismatch, match="built with other settings \\(clap: "):
-        check_compatible(PoolLayout(str(pool)), identity(second), config)
+        PoolStore(PoolLayout(str(pool))).check_compatible(identity(second), config.pool)
     # A pool recorded before identities held the content is compared as it was then.
     legacy = {k: v for k, v in recorded["clap"].items() if k != "content"}
     (pool / "pool.json").write_text(json.dumps({**recorded, "clap": legacy}))
-    check_compatible(PoolLayout(str(pool)), identity(second), config)
+    PoolStore(PoolLayout(str(pool))).check_compatible(identity(second), config.pool)
 
     # Each file is hashed once, and again only when its size or mtime changes.
     hashed = []

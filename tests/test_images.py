@@ -126,6 +126,7 @@ def image_list_config(tmp_path, images: list[str]):
 
 def test_bad_parquet_lists_are_error_rows_and_the_listing_table_is_made(tmp_path):
     from pipelines.sonify.listing import image_listing
+    from schemas.layout import SonifyLayout
 
     good = tmp_path / "good.png"
     good.write_bytes(encode(gradient(), "PNG"))
@@ -138,7 +139,8 @@ def test_bad_parquet_lists_are_error_rows_and_the_listing_table_is_made(tmp_path
     )
     pq.write_table(pa.table({"uri": [str(good)], "image_id": [b"\xff\x00"]}), tmp_path / "binary.parquet")
     (tmp_path / "fake.parquet").write_bytes(b"not a parquet file")
-    table, stats = image_listing(image_list_config(tmp_path, [str(tmp_path / "*.parquet")]), str(tmp_path / "out"))
+    config = image_list_config(tmp_path, [str(tmp_path / "*.parquet")])
+    table, stats = image_listing(config, SonifyLayout(str(tmp_path / "out")))
     rows = table.to_pylist()
     assert stats["listed"] == len(rows) == 12
     errors = sorted(
