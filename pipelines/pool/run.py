@@ -72,12 +72,13 @@ def run_pool(config: RunConfig) -> dict:
     writer = PartFiles(paths, identity["dim"])
     if parts.num_rows:
         grouped = GroupedWriter(
-            "part",
+            "pool",
             parts.column("part").to_pylist(),
             group_of=lambda batch: batch.column("part").to_numpy(zero_copy_only=False),
             expected_rows=lambda part, rows: rows.column("part_rows")[0].as_py(),
             write=writer.write,
             unit="clips",
+            group_unit="parts",
         )
         grouped.consume(Runner(config.ray).run(parts, [standardize, embed], blocks=parts.num_rows))
     # A part is named by its sources and their fingerprints, so a retried part can have the name of
