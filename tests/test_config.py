@@ -424,3 +424,39 @@ def test_a_run_whose_stored_config_this_version_cannot_read_is_not_resumed(confi
     message = str(raised.value)
     assert "backend provided does not take base_url (a setting of backend openai)" in message
     assert message.endswith("run sonify again into a new sonify.out")
+
+
+def test_a_resumed_run_is_the_same_run_wherever_it_lies_and_however_its_paths_are_spelt(
+    config_file, tmp_path, monkeypatch
+):
+    import shutil
+
+    from pipelines.config import dump_config
+    from pipelines.sonify.checks import SonifyError, check_same_run
+    from schemas.layout import SonifyLayout
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "pool").mkdir()
+    (tmp_path / "images").mkdir()
+    run = tmp_path / "runs" / "first"
+    settings = [f"pool.dir={tmp_path / 'pool'}", f"sonify.images=[{tmp_path / 'images'}/*]"]
+    config = load_config(config_file, [f"sonify.out={run}", *settings])
+    run.mkdir(parents=True)
+    (run / "config.yaml").write_text(dump_config(config))
+    (run / "layout.json").write_text(f'{{"layout": {SonifyLayout.VERSION}}}')
+
+    def resumes(out, *overrides: str) -> None:
+        config = load_config(config_file, [f"sonify.out={out}", *settings, *overrides])
+        check_same_run(config, SonifyLayout(str(out)))
+
+    resumes(f"{run}/")
+    resumes("runs/first")
+    resumes("./runs/first/", "pool.dir=pool/", "sonify.images=[images/*]")
+    # How the pool is built from its sources is not what sonify reads: extending a pool is documented.
+    resumes(run, "pool.sources=[a.wav, 'more/*.flac']", "pool.files_per_part=3", "pool.retry_errors=true")
+    shutil.copytree(run, tmp_path / "moved")
+    resumes(tmp_path / "moved")
+
+    with pytest.raises(SonifyError) as refused:
+        resumes(run, "sonify.images=[elsewhere/*]", "pool.dir=other-pool", "retrieval.k=2")
+    assert "(pool.dir, retrieval.k, sonify.images.0 differ; see its config.yaml)" in str(refused.value)

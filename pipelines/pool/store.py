@@ -22,6 +22,7 @@ from schemas.config import PoolConfig
 from schemas.errors import PipelineError
 from schemas.layout import PoolLayout
 from stages.audio.loudness import audible_at_rate, loudness_entry_at
+from stages.embed.clap import same_clap
 from stages.io import storage
 
 
@@ -100,7 +101,7 @@ class PoolStore:
         wanted = pool_settings(identity, pool)
         if self.exists():
             found = self.meta()
-            differing = [k for k in wanted if found.get(k) != wanted[k]]
+            differing = [k for k in wanted if not _same_setting(k, found.get(k), wanted[k])]
             if differing:
                 detail = "; ".join(f"{k}: pool has {found.get(k)!r}, config has {wanted[k]!r}" for k in differing)
                 raise PoolMismatch(f"pool {self.root} was built with other settings ({detail}); use a new pool.dir")
@@ -174,6 +175,11 @@ class PoolStore:
         parts and its index update leaves it behind)."""
         meta = self.index_meta() or {}
         return meta.get("parts") == self.embedded_parts()
+
+
+def _same_setting(name: str, recorded, wanted) -> bool:
+    """Whether a pool.json setting matches: the CLAP by its checkpoint's content (same_clap)."""
+    return same_clap(recorded or {}, wanted) if name == "clap" else recorded == wanted
 
 
 def _json_or_none(url: str) -> dict | None:

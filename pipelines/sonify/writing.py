@@ -14,7 +14,7 @@ import pyarrow.compute as pc
 from pipelines.pool.store import PoolStore
 from pipelines.progress import Progress, pending
 from pipelines.ray_runner import Runner
-from pipelines.sonify.checks import RENDER_REMEDY, SonifyError, read_phase
+from pipelines.sonify.checks import RENDER_REMEDY, SonifyError, check_render_out, read_phase, render_origin
 from schemas import MANIFEST, MANIFEST_POOL_READS, SHARD_TASKS, make_table
 from schemas.config import RunConfig
 from schemas.layout import PoolLayout, SonifyLayout
@@ -86,12 +86,14 @@ def run_render(config: RunConfig) -> dict:
     if not store.exists():
         raise SonifyError(f"pool.dir {paths.root} holds no pool (no pool.json)")
     layout = SonifyLayout(out)
+    manifest_urls = storage.list_files(source, ".parquet")
+    check_render_out(layout, render_origin(config, manifest_urls))
     storage.remove_temporaries(layout.shard_folders())
     # Read at the first manifest part that is rendered, so that a manifest of another version is
     # refused for what it is before the pool is looked at.
     pool_clips, pool_rates = None, None
     shards = []
-    for url in storage.list_files(source, ".parquet"):
+    for url in manifest_urls:
         shard = storage.file_stem(url)
         if layout.is_rejected(url):
             continue

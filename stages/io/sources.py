@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from stages.errors import BadInput
-from stages.io.storage import filesystem, full_url, read_bytes
+from stages.io.storage import filesystem, full_url, read_bytes, utf8_name
 
 log = logging.getLogger(__name__)
 
@@ -249,8 +249,9 @@ def _tar_members(source: SourceFile) -> list[SourceFile]:
                 if not info.isfile() or extension not in AUDIO_MEMBER_EXTENSIONS:
                     skipped[(extension or "(none)") if info.isfile() else "(not a file)"] += 1
                     continue
-                names[info.name] += 1
-                member = Member(source.uri, "tar", info.name, data_offset=info.offset_data, data_size=info.size)
+                key = utf8_name(info.name)
+                names[key] += 1
+                member = Member(source.uri, "tar", key, data_offset=info.offset_data, data_size=info.size)
                 members.append(_member_source(source, member, info.size))
     except Exception as exc:  # damage ends the listing; the members before it stay sources
         members.append(

@@ -9,9 +9,12 @@ stages.io.sources' concern.
 from __future__ import annotations
 
 import bisect
+import hashlib
 import io
+import os
 import re
 import uuid
+from urllib.parse import quote, unquote_to_bytes
 
 import fsspec
 import pyarrow as pa
@@ -25,7 +28,32 @@ TEMPORARY_PREFIX = ".tmp-"
 TEMPORARY_NAME = re.compile(rf"^{re.escape(TEMPORARY_PREFIX)}[0-9a-f]{{32}}-")
 
 
+# A local name that is not valid UTF-8 (Linux allows any bytes but `/` and NUL) cannot be stored in
+# an Arrow string or JSON. Such a path is stored as a `file://` URL whose bytes are percent-encoded
+# (RFC 8089), and `filesystem` decodes it back to the same bytes; other local paths stay plain.
+LOCAL_URL_PREFIX = "file://"
+
+
+def utf8_name(name: str) -> str:
+    """`name` where it is valid UTF-8; else its bytes percent-encoded (`/` kept), so that a name
+    the file system or a tar handed back with surrogate escapes can be stored and shown."""
+    try:
+        name.encode()
+        return name
+    except UnicodeEncodeError:
+        return quote(os.fsencode(name), safe="/")
+
+
+def local_url(path: str) -> str:
+    """The URL a local path is stored under: the path itself, or a percent-encoded `file://` URL
+    when the path is not valid UTF-8."""
+    named = utf8_name(path)
+    return path if named == path else LOCAL_URL_PREFIX + named
+
+
 def filesystem(url: str) -> tuple[fsspec.AbstractFileSystem, str]:
+    if url.startswith(LOCAL_URL_PREFIX):
+        return fsspec.filesystem("file"), os.fsdecode(unquote_to_bytes(url[len(LOCAL_URL_PREFIX) :]))
     # Ray workers write files that the driver lists right after, and the other way round. A
     # listing cached by one process (s3fs, gcsfs and others cache them) would hide the files
     # another process wrote since, so listings are never cached.
@@ -38,8 +66,18 @@ def is_local(fs: fsspec.AbstractFileSystem) -> bool:
 
 
 def full_url(fs: fsspec.AbstractFileSystem, path: str) -> str:
-    """The URL a user would pass for `path` on `fs` (local paths stay plain paths)."""
-    return path if is_local(fs) else fs.unstrip_protocol(path)
+    """The URL a user would pass for `path` on `fs` (local paths stay plain paths, see local_url)."""
+    return local_url(path) if is_local(fs) else fs.unstrip_protocol(path)
+
+
+def resolved_url(url: str) -> str:
+    """One spelling of a location, for comparing settings: a local path made absolute, with links
+    resolved and no trailing slash (`dir/`, `./dir` and `/abs/dir` are one folder); other URLs with
+    their protocol and without a trailing slash. Glob characters are kept as they are."""
+    fs, path = filesystem(url)
+    if is_local(fs):
+        return os.path.realpath(os.path.expanduser(path))
+    return fs.unstrip_protocol(path.rstrip("/"))
 
 
 def makedirs(url: str) -> None:
@@ -56,6 +94,16 @@ def read_bytes(url: str) -> bytes:
     fs, path = filesystem(url)
     with fs.open(path, "rb") as handle:
         return handle.read()
+
+
+def sha256_of(url: str, block_bytes: int = 1 << 20) -> str:
+    """Hex SHA-256 of a file's bytes, read in blocks so that a large file is never held whole."""
+    digest = hashlib.sha256()
+    fs, path = filesystem(url)
+    with fs.open(path, "rb") as handle:
+        while block := handle.read(block_bytes):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 # Ranges this close are read as one: the tar header (512 bytes) between neighbouring members of a
