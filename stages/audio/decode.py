@@ -39,6 +39,11 @@ MIN_SOURCE_RATE = 1000
 MAX_SOURCE_RATE = 1_536_000
 # Samples (frames x channels) of one decoded block: 4 MiB of float32.
 BLOCK_SAMPLES = 1 << 20
+# libsndfile's MP3 decoder gives slightly different samples (a few float32 ulps) when a file is read
+# in several calls, so an MP3 whose header claims up to this many samples (128 MiB of float32, 6
+# minutes of 44.1 kHz stereo) is read in one call, exactly as whole-file decoding read it; a longer
+# one is read in blocks.
+MP3_WHOLE_READ_SAMPLES = 1 << 25
 
 # Full scale of each integer sample format FFmpeg decoders emit (u8 is offset binary).
 _INTEGER_FULL_SCALE = {"u8": 128.0, "s16": 32768.0, "s32": 2.0**31, "s64": 2.0**63}
@@ -90,7 +95,8 @@ def open_audio(source: BinaryIO) -> Iterator[AudioStream]:
     handle = None
     try:
         handle = soundfile.SoundFile(source)
-        first = _read_libsndfile(handle)
+        whole = handle.format == "MP3" and 0 < handle.frames * handle.channels <= MP3_WHOLE_READ_SAMPLES
+        first = handle.read(handle.frames, dtype="float32", always_2d=True) if whole else _read_libsndfile(handle)
     except (soundfile.LibsndfileError, RuntimeError, TypeError) as exc:
         if handle is not None:
             handle.close()
