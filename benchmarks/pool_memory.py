@@ -1,6 +1,6 @@
 """Peak memory of a pool worker on a long source: a 5-minute and a 2-hour 48 kHz stereo recording.
 
-    python -m benchmarks.pool_memory [--minutes 5 120] [--work DIR]
+    python -m benchmarks.pool_memory [--quick] [--minutes 5 120] [--work DIR]
 
 Each recording (16-bit WAV of noise and a slow tone, generated here and deleted after) is the only
 source of a `run_pipeline.py pool` process with the tiny CLAP, in a pool of its own. While the run
@@ -147,14 +147,16 @@ def measure(work: Path, minutes: float, clap_model: str) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--minutes", type=float, nargs=2, default=[5.0, 120.0], help="short and long recording")
+    parser.add_argument("--quick", action="store_true", help="30 seconds and 3 minutes, to check that it runs")
     parser.add_argument("--work", type=Path, default=None, help="folder for the runs (default: a temporary one)")
     args = parser.parse_args()
+    minutes = [0.5, 3.0] if args.quick else args.minutes
     from pipelines.tiny_models import build_all
 
     with tempfile.TemporaryDirectory(prefix="pool-memory-") as scratch:
         work = args.work or Path(scratch)
         models = build_all(work / "models")
-        short, long = (measure(work, minutes, models["clap_transformers"]) for minutes in args.minutes)
+        short, long = (measure(work, minutes, models["clap_transformers"]) for minutes in minutes)
 
     def mib(value: float) -> str:
         return f"{value / 2**20:,.0f} MiB"

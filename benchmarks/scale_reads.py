@@ -32,8 +32,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from pipelines.config import validate_config  # noqa: E402
-from pipelines.pool import read_clips, run_pool  # noqa: E402
-from pipelines.sonify.plans import mixable_pool_clips  # noqa: E402
+from pipelines.pool.run import run_pool  # noqa: E402
+from pipelines.pool.store import PoolStore  # noqa: E402
 from schemas import MANIFEST  # noqa: E402
 from schemas.config import RunConfig  # noqa: E402
 from schemas.layout import PoolLayout, shard_id  # noqa: E402
@@ -191,8 +191,9 @@ def measure_pool_reads(root: Path, sizes: Sizes = FULL, clap_model: str | None =
     paths, config = build_pool(root, sizes, clap_model, rng)
     pool_seconds = time.perf_counter() - started
 
-    table = read_clips(paths, ["clip_id", "part"]).to_pylist()
-    mixable_table, _ = mixable_pool_clips(paths, config, MIX_RATE)
+    store = PoolStore(paths)
+    table = store.clips(["clip_id", "part"]).to_pylist()
+    mixable_table, _ = store.mixable_clips(MIX_RATE, config.pool.silence_lufs, config.pool.max_band_loss_lu)
     mixable = mixable_clips(mixable_table, mixable_table.column("clip_id").to_pylist())
     lufs, locations = mixable.lufs, mixable.locations
     usable = sorted(lufs)

@@ -19,10 +19,11 @@ from typing import Literal
 
 from PIL import Image
 
+from pipelines.pool.store import PoolStore
 from schemas import IMAGE_REFS, MANIFEST, POOL_CLIPS, SCENES
 from schemas.config import RunConfig
 from schemas.errors import PipelineError
-from schemas.layout import PoolLayout, ReportLayout, SonifyLayout
+from schemas.layout import ReportLayout, SonifyLayout
 from stages.io import storage
 from stages.report import plots
 from stages.report import pool as report_pool
@@ -161,12 +162,12 @@ def sonify_report(config: RunConfig) -> str:
     if not manifest:
         raise ReportError(f"{paths.manifest_folder()} holds no manifest: run `run_pipeline.py sonify` first")
     images_url = paths.images()
-    pool = PoolLayout(config.pool.dir.rstrip("/"))
+    pool = PoolStore.at(config.pool.dir)
     views = {
         "manifest": (manifest, MANIFEST),
         "scenes": (scene_files(paths), SCENES),
         "images": ([images_url] if storage.exists(images_url) else [], IMAGE_REFS),
-        "pool_clips": (storage.list_files(pool.clips_folder(), ".parquet"), POOL_CLIPS),
+        "pool_clips": (pool.clip_files(), POOL_CLIPS),
     }
     report = ReportFiles({})
     try:
@@ -177,7 +178,7 @@ def sonify_report(config: RunConfig) -> str:
             labels = report_sonify.label_frequency(con, TOP_LABELS)
             concept_hists = report_sonify.concept_histograms(con)
             mix_hists = report_sonify.mix_histograms(con)
-            index_meta = _read_json(pool.index_meta()) or {}
+            index_meta = pool.index_meta() or {}
             usage = report_sonify.clip_usage(report_sonify.clip_use_counts(con), index_meta.get("size"))
             loudness = report_sonify.loudness_check(con, LOUDNESS_POINTS, config.report.gallery_seed)
             items = report_sonify.gallery_items(con, config.report.gallery_size, config.report.gallery_seed).to_pylist()
@@ -303,10 +304,10 @@ def sonify_report(config: RunConfig) -> str:
 
 def pool_report(config: RunConfig) -> str:
     """Writes pool.dir/report/ and returns the URL of its index.html."""
-    pool = PoolLayout(config.pool.dir.rstrip("/"))
-    clips = storage.list_files(pool.clips_folder(), ".parquet")
+    pool = PoolStore.at(config.pool.dir)
+    clips = pool.clip_files()
     if not clips:
-        raise ReportError(f"{pool.clips_folder()} holds no pool table: run `run_pipeline.py pool` first")
+        raise ReportError(f"{pool.layout.clips_folder()} holds no pool table: run `run_pipeline.py pool` first")
     report = ReportFiles({})
     try:
         with connect({"clips": (clips, POOL_CLIPS)}) as con:
@@ -318,7 +319,7 @@ def pool_report(config: RunConfig) -> str:
             silent, audible = report_pool.silent_share(con)
     except ReportInputError as exc:
         raise ReportError(str(exc)) from None
-    index_meta = _read_json(pool.index_meta())
+    index_meta = pool.index_meta()
     if index_meta is not None:
         counts.append(("clips in the index", int(index_meta["size"])))
     share = silent / (silent + audible) if silent + audible else 0.0
@@ -356,7 +357,7 @@ def pool_report(config: RunConfig) -> str:
             "Clips below pool.silence_lufs are kept in the table but never retrieved.",
         ),
     ]
-    summary = _read_json(pool.summary())
+    summary = pool.summary()
     notes = [
         f"The last pool run took {summary['wall_seconds']:.0f} s."
         if summary
@@ -364,7 +365,7 @@ def pool_report(config: RunConfig) -> str:
     ]
     report.add(ReportLayout.page(), render_page("Pool report", pool.root, counts, problems, figures, notes).encode())
     report.add(ReportLayout.summary(), _report_json(counts, problems, {"silent_share": share}))
-    return write_report(pool.report_folder(), report)
+    return write_report(pool.layout.report_folder(), report)
 
 
 def _report_json(counts: list[tuple[str, int]], problems: list[dict], extra: dict) -> bytes:
@@ -380,7 +381,7 @@ def run_report(config: RunConfig, target: Target) -> list[str]:
         if target == "sonify" or has_run:
             written.append(sonify_report(config))
     if target in ("pool", "all"):
-        has_pool = bool(storage.list_files(PoolLayout(config.pool.dir.rstrip("/")).clips_folder(), ".parquet"))
+        has_pool = bool(PoolStore.at(config.pool.dir).clip_files())
         if target == "pool" or has_pool:
             written.append(pool_report(config))
     if not written:

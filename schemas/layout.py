@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import ClassVar
 
 # Rejected scenes share the manifest folder with the shards' parts; layout 1 kept them all in one
 # `rejected.parquet`, which released manifests may still hold.
@@ -72,6 +73,11 @@ class ReportLayout:
 class PoolLayout:
     """pool.dir. A part's clips file is written last and marks the part complete; its audio and
     embeddings files without one are an interrupted run's and are deleted."""
+
+    # The format pool.json records; a pool of another format is refused, not read.
+    # 2: the clips table has error_kind (pool_clips v2). 3: a pack of the clips at each mix rate per
+    # part (audio/<rate>/<part>.tar), located by loudness_at_rates (pool_clips v3).
+    FORMAT: ClassVar[int] = 3
 
     root: str
 
@@ -153,6 +159,12 @@ class PoolLayout:
 class SonifyLayout:
     """sonify.out (and render.out, which holds the plans, manifest and shards only). Each phase is
     materialized here, so that a rerun skips what is done and each can be queried."""
+
+    # The version layout.json records; a rerun into a folder of another version is refused.
+    # 1: scenes/<vlm>.parquet and manifest/rejected.parquet; 2: per chunk, with images.parquet and plans/;
+    # 3: one image member name for every sample (sonify.image_format), shards no longer split by format;
+    # 4: matches and shard plans per chunk (matches/, plans/CCCCCC-PPPPPP.parquet), mix_clips.parquet.
+    VERSION: ClassVar[int] = 4
 
     root: str
 

@@ -11,7 +11,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipelines.pool import group_parts, plan_work
+from pipelines.pool.plan import group_parts, plan_work
 from stages.io.source_reader import SourceReader
 from stages.io.sources import ParquetLayout, SourceFile, expand_audio_sources
 

@@ -15,7 +15,9 @@ import pytest
 import soundfile
 
 from pipelines.config import validate_config
-from pipelines.pool import PoolMismatch, format_summary, run_pool
+from pipelines.pool.run import run_pool
+from pipelines.pool.store import PoolMismatch
+from pipelines.pool.summary import format_summary
 from pipelines.sonify.checks import SonifyError, check_pool
 from tests.helpers import noise, pyav_media, tone, wav_with_rate, write_audio
 

@@ -8,7 +8,7 @@ import pytest
 
 from pipelines.cli import main
 from pipelines.config import ConfigError, validate_config
-from pipelines.pool import PoolMismatch, check_compatible
+from pipelines.pool.store import PoolMismatch, PoolStore
 from pipelines.report import ReportError
 from pipelines.sonify.checks import SonifyError, read_phase
 from schemas import SCENES, make_table, versioned
@@ -72,7 +72,7 @@ def test_a_pool_of_another_format_is_refused_saying_what_to_do(tmp_path):
     with pytest.raises(
         PoolMismatch, match="pool format 1, this one writes 3\\); rebuild the pool into a new pool.dir$"
     ):
-        check_compatible(PoolLayout(str(tmp_path)), {"dim": 512}, config)
+        PoolStore(PoolLayout(str(tmp_path))).check_compatible({"dim": 512}, config.pool)
 
 
 def test_the_command_line_prints_any_pipeline_error_as_one_line_and_exits_2(tmp_path, capsys):

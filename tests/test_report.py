@@ -554,11 +554,12 @@ def test_gallery_keeps_the_samples_it_cannot_read(local_run):
 
 def test_report_settings_do_not_change_which_run_sonify_out_holds(local_run):
     from pipelines.config import dump_config
-    from pipelines.sonify.checks import LAYOUT_VERSION, SonifyError, check_same_run
+    from pipelines.sonify.checks import SonifyError, check_same_run
+    from schemas.layout import SonifyLayout
 
     out = local_run.sonify.out
     storage.write_text(f"{out}/config.yaml", dump_config(local_run))
-    storage.write_text(f"{out}/layout.json", json.dumps({"layout": LAYOUT_VERSION}))
+    storage.write_text(f"{out}/layout.json", json.dumps({"layout": SonifyLayout.VERSION}))
     other_report = local_run.model_copy(
         update={"report": local_run.report.model_copy(update={"gallery_size": 3, "gallery_seed": 9})}
     )

@@ -18,7 +18,7 @@ import webdataset as wds
 from PIL import Image
 
 from pipelines.config import validate_config
-from pipelines.pool import run_pool
+from pipelines.pool.run import run_pool
 from pipelines.sonify import SonifyError, run_render, run_sonify
 from stages.audio.packs import decode_flac
 from tests.helpers import noise, tone, write_audio

@@ -9,7 +9,7 @@ import pyarrow as pa
 import yaml
 
 from pipelines.config import validate_config
-from pipelines.pool import check_compatible, embedded_parts
+from pipelines.pool.store import PoolStore
 from schemas import schema_version
 from schemas.config import RunConfig
 from schemas.errors import PipelineError
@@ -17,11 +17,6 @@ from schemas.layout import PoolLayout, SonifyLayout
 from stages.embed.clap import clap_identity
 from stages.io import storage
 
-# The files a run keeps in sonify.out; a folder of another layout is refused.
-# 1: scenes/<vlm>.parquet and manifest/rejected.parquet; 2: per chunk, with images.parquet and plans/;
-# 3: one image member name for every sample (sonify.image_format), shards no longer split by format;
-# 4: matches and shard plans per chunk (matches/, plans/CCCCCC-PPPPPP.parquet), mix_clips.parquet.
-LAYOUT_VERSION = 4
 # Settings that decide where and how fast work runs, not what it computes: a resumed run may change them.
 EXECUTION_SETTINGS = ("concurrency", "num_gpus", "num_cpus", "timeout_s", "retries")
 # Retrieval settings that decide only what recall is measured, not which clips are found.
@@ -37,26 +32,26 @@ class SonifyError(PipelineError):
 def check_pool(config: RunConfig) -> tuple[PoolLayout, dict]:
     """The pool's folder and the state of its index (parts and size), refused when sonify cannot use it."""
     paths = PoolLayout(config.pool.dir.rstrip("/"))
-    if not storage.exists(paths.pool_meta()):
+    store = PoolStore(paths)
+    if not store.exists():
         raise SonifyError(
             f"pool.dir {paths.root} holds no pool (no pool.json); build it with `run_pipeline.py pool` first"
         )
-    check_compatible(paths, clap_identity(config.models.clap), config)
+    store.check_compatible(clap_identity(config.models.clap), config.pool)
     if config.mix.sample_rate not in config.pool.mix_sample_rates:
         raise SonifyError(
             f"mix.sample_rate {config.mix.sample_rate} is not among "
             f"the pool's mix_sample_rates {config.pool.mix_sample_rates}"
         )
-    if not storage.exists(paths.index_file()):
+    if not store.has_index():
         raise SonifyError(f"pool {paths.root} has no index: it holds no non-silent clip")
-    meta_url = paths.index_meta()
-    index_meta = json.loads(storage.read_bytes(meta_url)) if storage.exists(meta_url) else {}
-    if index_meta.get("parts") != embedded_parts(paths):
+    if not store.index_is_current():
         raise SonifyError(
             f"pool {paths.root}: its index does not cover its parts (a pool run stopped before its index update?); "
             "run `run_pipeline.py pool` with the same config again"
         )
-    return paths, {"index_size": index_meta.get("size"), "index_parts": index_meta["parts"]}
+    index_meta = store.index_meta()
+    return paths, {"index_size": index_meta["size"], "index_parts": index_meta["parts"]}
 
 
 def check_batches(config: RunConfig) -> None:
@@ -91,10 +86,10 @@ def check_same_run(config: RunConfig, out: str) -> None:
         return
     layout_url = SonifyLayout(out).layout_version()
     layout = json.loads(storage.read_bytes(layout_url)).get("layout") if storage.exists(layout_url) else None
-    if layout != LAYOUT_VERSION:
+    if layout != SonifyLayout.VERSION:
         raise SonifyError(
             f"sonify.out {out} was written by a version of this pipeline with another file layout "
-            f"({layout or 'before layout.json'}, this one writes {LAYOUT_VERSION}); use a new sonify.out"
+            f"({layout or 'before layout.json'}, this one writes {SonifyLayout.VERSION}); use a new sonify.out"
         )
     previous = validate_config(yaml.safe_load(storage.read_bytes(url)), origin=url)
     if _run_identity(previous) != _run_identity(config):

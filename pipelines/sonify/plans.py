@@ -3,8 +3,8 @@ on the driver.
 
 A chunk's retrieval and its planning run one after the other in one Ray pipeline, chunk by chunk,
 so the first shards can be planned while later chunks are still searched. Planning workers read
-one pool-sized table, mix_clips.parquet (`mixable_pool_clips`), which the run writes from the pool
-before this phase.
+one pool-sized table, mix_clips.parquet, which the run writes from the pool
+(`PoolStore.mixable_clips`) before this phase.
 Shards are numbered by a prefix sum of the chunks' shard counts, in chunk order, so a rerun numbers
 them as the first run did whichever chunks it had to plan."""
 
@@ -16,31 +16,19 @@ import time
 from collections import Counter
 
 import pyarrow as pa
-import pyarrow.compute as pc
 
-from pipelines.pool import read_clips
 from pipelines.ray_runner import Runner
 from pipelines.sonify.listing import Chunk
 from pipelines.sonify.matching import retrieval_stage
 from schemas import CHUNK_TASKS, SHARD_TASKS, make_table
 from schemas.config import RunConfig
 from schemas.layout import PoolLayout, SonifyLayout, shard_id
-from stages.audio.loudness import mix_clips
 from stages.base import check_chain
 from stages.io import storage
 from stages.pairing.plan_stage import PlanChunks
 from stages.pairing.planning import CHUNK_COUNTS, MAX_REPORTED_REASONS
 
 log = logging.getLogger(__name__)
-
-
-def mixable_pool_clips(paths: PoolLayout, config: RunConfig, rate: int) -> tuple[pa.Table, int]:
-    """The pool's MIX_CLIPS table at `rate` (the clips a mix at that rate may use), and how many
-    indexed (non-silent) clips are not audible there."""
-    table = read_clips(paths, ["clip_id", "part", "lufs", "loudness_at_rates", "silent", "error"])
-    indexed = table.filter(pc.is_null(pc.field("error")) & pc.invert(pc.field("silent")))
-    mixable = mix_clips(indexed, rate, config.pool.silence_lufs, config.pool.max_band_loss_lu)
-    return mixable, indexed.num_rows - mixable.num_rows
 
 
 def retrieve_and_plan(config: RunConfig, paths: PoolLayout, out: str, chunks: list[Chunk]) -> None:

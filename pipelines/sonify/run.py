@@ -7,8 +7,8 @@ import logging
 import time
 
 from pipelines.config import dump_config
+from pipelines.pool.store import PoolStore
 from pipelines.sonify.checks import (
-    LAYOUT_VERSION,
     SonifyError,
     check_batches,
     check_pool,
@@ -18,7 +18,7 @@ from pipelines.sonify.checks import (
 )
 from pipelines.sonify.listing import chunk_listing, image_listing
 from pipelines.sonify.matching import search_totals
-from pipelines.sonify.plans import mixable_pool_clips, number_shards, retrieve_and_plan
+from pipelines.sonify.plans import number_shards, retrieve_and_plan
 from pipelines.sonify.scenes import count_scenes, run_scenes
 from pipelines.sonify.writing import manifest_counts, write_shards
 from schemas.config import RunConfig
@@ -44,7 +44,7 @@ def run_sonify(config: RunConfig) -> dict:
     check_same_pool(out, paths.root, pool_state)
     layout_url = layout.layout_version()
     if not storage.exists(layout_url):
-        storage.write_text(layout_url, json.dumps({"layout": LAYOUT_VERSION}) + "\n")
+        storage.write_text(layout_url, json.dumps({"layout": SonifyLayout.VERSION}) + "\n")
     leftovers = storage.remove_temporaries(layout.temporary_folders(v.name for v in config.models.vlm))
     if leftovers:
         log.warning("removed %d temporary files that an interrupted run left", leftovers)
@@ -67,7 +67,10 @@ def run_sonify(config: RunConfig) -> dict:
     scene_counts = count_scenes(config, out, chunks)
 
     tick = time.monotonic()
-    mixable, inaudible = mixable_pool_clips(paths, config, config.mix.sample_rate)
+    store = PoolStore(paths)
+    mixable, inaudible = store.mixable_clips(
+        config.mix.sample_rate, config.pool.silence_lufs, config.pool.max_band_loss_lu
+    )
     # Once a chunk is searched the pool cannot change (check_same_pool), so neither can this table:
     # a rerun leaves it, and the files of a finished run, untouched.
     if not has_searched(out) or not storage.exists(layout.mix_clips()):
@@ -75,7 +78,7 @@ def run_sonify(config: RunConfig) -> dict:
     del mixable
     retrieve_and_plan(config, paths, out, chunks)
     tasks, planned, reasons = number_shards(out, chunks)
-    search = search_totals(out, chunks, json.loads(storage.read_bytes(paths.index_meta()))["kind"])
+    search = search_totals(out, chunks, store.index_meta()["kind"])
     seconds["retrieve_and_plan"] = time.monotonic() - tick
 
     tick = time.monotonic()

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipelines.pool import read_clips, read_pool_meta
+from pipelines.pool.store import PoolStore
 from pipelines.ray_runner import Runner
 from pipelines.sonify.checks import RENDER_REMEDY, SonifyError, read_phase
 from schemas import MANIFEST, MANIFEST_POOL_READS, SHARD_TASKS, make_table
@@ -90,7 +90,8 @@ def run_render(config: RunConfig) -> dict:
     if not source or not out:
         raise SonifyError("render needs render.manifest (a sonify run's manifest folder) and render.out")
     paths = PoolLayout(config.pool.dir.rstrip("/"))
-    if not storage.exists(paths.pool_meta()):
+    store = PoolStore(paths)
+    if not store.exists():
         raise SonifyError(f"pool.dir {paths.root} holds no pool (no pool.json)")
     out = out.rstrip("/")
     layout = SonifyLayout(out)
@@ -118,8 +119,8 @@ def run_render(config: RunConfig) -> dict:
         if len(rates) != 1:
             raise SonifyError(f"{url} mixes samples at several rates ({rates}); a shard is mixed at one rate")
         if pool_clips is None:
-            pool_rates = read_pool_meta(paths)["mix_sample_rates"]
-            pool_clips = read_clips(paths, ["clip_id", "part", "loudness_at_rates"])
+            pool_rates = store.meta()["mix_sample_rates"]
+            pool_clips = store.clips(["clip_id", "part", "loudness_at_rates"])
         # A manifest is mixed again at its own rate, from the pool's copy at that rate.
         if rates[0] not in pool_rates:
             raise SonifyError(
