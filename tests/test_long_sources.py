@@ -178,8 +178,9 @@ def peak_traced_bytes(pool: Path, path: Path, mix_rates: list[int]) -> tuple[int
 @pytest.mark.parametrize("rate, channels", [(POOL_RATE, 2), (1000, 1)])
 def test_memory_does_not_grow_with_the_length_of_a_source(tmp_path, rate, channels):
     """A 30-second and a 6-minute source (48 kHz stereo; or 1 kHz mono, which resampling
-    multiplies 48-fold) peak within a few MiB of each other: the long one's 66 MiB of WAV (or 66 MiB
-    of samples at 48 kHz) are never held whole. Whole-file decoding held several times that."""
+    multiplies 48-fold) peak within 48 MiB of each other: the long one's 66 MiB of WAV (or 66 MiB
+    of samples at 48 kHz) are never held whole; what it holds more is its clips' FLAC, capped at
+    part_writer.SPOOL_MEMORY_BYTES (32 MiB) in memory. Whole-file decoding held 131 to 393 MiB more."""
 
     def source(name: str, seconds: int) -> Path:
         path = tmp_path / name
@@ -192,4 +193,4 @@ def test_memory_does_not_grow_with_the_length_of_a_source(tmp_path, rate, channe
     short_peak, short_rows = peak_traced_bytes(tmp_path / "short", source("short.wav", 30), [16000])
     long_peak, long_rows = peak_traced_bytes(tmp_path / "long", source("long.wav", 6 * 60), [16000])
     assert len(short_rows) == 6 and len(long_rows) == 72
-    assert long_peak - short_peak < 24 * 2**20, (short_peak >> 20, long_peak >> 20)
+    assert long_peak - short_peak < 48 * 2**20, (short_peak >> 20, long_peak >> 20)

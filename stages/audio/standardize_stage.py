@@ -239,15 +239,13 @@ class Standardize(Stage):
 def _hashed(handle: BinaryIO) -> tuple[BinaryIO, str]:
     """The source to decode and the SHA-256 of its bytes: a small source read once into memory, a
     large one hashed as it is read through, then decoded from its file."""
+    size = handle.seek(0, io.SEEK_END)
+    handle.seek(0)
+    if size <= SOURCE_IN_MEMORY_BYTES:
+        data = handle.read()
+        return io.BytesIO(data), hashlib.sha256(data).hexdigest()
     digest = hashlib.sha256()
-    head: list[bytes] | None = []
-    held = 0
     while block := handle.read(HASH_READ_BYTES):
         digest.update(block)
-        held += len(block)
-        if head is not None:
-            head = head + [block] if held <= SOURCE_IN_MEMORY_BYTES else None
-    if head is not None:
-        return io.BytesIO(b"".join(head)), digest.hexdigest()
     handle.seek(0)
     return handle, digest.hexdigest()
