@@ -151,7 +151,7 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=None, help="folder for the runs (default: a temporary one)")
     args = parser.parse_args()
     minutes = [0.5, 3.0] if args.quick else args.minutes
-    from pipelines.tiny_models import build_all
+    from demo.tiny_models import build_all
 
     with tempfile.TemporaryDirectory(prefix="pool-memory-") as scratch:
         work = args.work or Path(scratch)

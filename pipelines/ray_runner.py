@@ -15,7 +15,7 @@ from ray.data import ActorPoolStrategy
 
 from schemas.config import RayConfig
 from schemas.errors import PipelineError
-from stages.base import EngineStage, Stage
+from stages.base import EngineStage, Stage, check_chain
 
 log = logging.getLogger(__name__)
 
@@ -133,7 +133,20 @@ class Runner:
     ) -> Iterator[pa.Table]:
         """The output batches of `stages` applied in order to `source`: one table cut into `blocks`
         blocks, or a list of tables, one block each. With `preserve_order`, batches are fixed
-        slices of the blocks in order, whichever blocks a run has to do."""
+        slices of the blocks in order, whichever blocks a run has to do.
+
+        The column chain is checked here, when the call is made and before anything runs: a stage
+        that needs a column its predecessor does not give is refused (ChainError) whichever
+        pipeline built the list."""
+        tables = source if isinstance(source, list) else [source]
+        if not tables:
+            raise ValueError("Runner.run got an empty list of tables: nothing to run")
+        check_chain(tables[0].schema, stages)
+        return self._batches(source, stages, blocks, preserve_order)
+
+    def _batches(
+        self, source: pa.Table | list[pa.Table], stages: list[Stage], blocks: int | None, preserve_order: bool
+    ) -> Iterator[pa.Table]:
         dataset = ray.data.from_arrow(source)
         if blocks:
             dataset = dataset.repartition(blocks)

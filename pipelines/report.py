@@ -157,7 +157,7 @@ def sonify_report(config: RunConfig) -> str:
     started = time.monotonic()
     if not config.sonify.out:
         raise ReportError("sonify.out is not set")
-    paths = SonifyLayout(config.sonify.out.rstrip("/"))
+    paths = SonifyLayout(config.sonify.out)
     manifest = manifest_files(paths)
     if not manifest:
         raise ReportError(f"{paths.manifest_folder()} holds no manifest: run `run_pipeline.py sonify` first")
@@ -377,7 +377,7 @@ def run_report(config: RunConfig, target: Target) -> list[str]:
     report). Returns the URLs of their pages."""
     written = []
     if target in ("sonify", "all"):
-        has_run = bool(config.sonify.out) and bool(manifest_files(SonifyLayout(config.sonify.out.rstrip("/"))))
+        has_run = bool(config.sonify.out) and bool(manifest_files(SonifyLayout(config.sonify.out)))
         if target == "sonify" or has_run:
             written.append(sonify_report(config))
     if target in ("pool", "all"):

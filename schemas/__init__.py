@@ -17,6 +17,8 @@ from schemas.pool import (
 from schemas.report import GALLERY_ITEMS, REPORT_PROBLEMS
 from schemas.sonify import (
     ANSWERS,
+    CHUNK_PLANS,
+    CHUNK_SEARCHES,
     CHUNK_TASKS,
     CLIP_LOCATION,
     IMAGE_REFS,
@@ -33,6 +35,8 @@ from schemas.sonify import (
 
 __all__ = [
     "ANSWERS",
+    "CHUNK_PLANS",
+    "CHUNK_SEARCHES",
     "CHUNK_TASKS",
     "CLIP_LOCATION",
     "GALLERY_ITEMS",

@@ -17,9 +17,15 @@ from typing import ClassVar
 REJECTED_STEM = "rejected"
 
 
+def folder_url(url: str) -> str:
+    """A folder's URL as every layout spells it: without a trailing `/`, so that `out/` and `out`
+    name the same files and a summary or report shows one spelling. The one place URLs are normalized."""
+    return url.rstrip("/")
+
+
 def join(base: str, *parts: str) -> str:
     """`base/part/...`: fsspec URLs join with `/` on every file system."""
-    return "/".join([base.rstrip("/"), *[p.strip("/") for p in parts]])
+    return "/".join([folder_url(base), *[p.strip("/") for p in parts]])
 
 
 # Chunks and shards are named by their position, zero-padded so that names sort in order.
@@ -80,6 +86,9 @@ class PoolLayout:
     FORMAT: ClassVar[int] = 3
 
     root: str
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "root", folder_url(self.root))
 
     def pool_meta(self) -> str:
         """What the pool was built with (CLAP, rates, clip length); later runs must match."""
@@ -158,7 +167,10 @@ class PoolLayout:
 @dataclass(frozen=True)
 class SonifyLayout:
     """sonify.out (and render.out, which holds the plans, manifest and shards only). Each phase is
-    materialized here, so that a rerun skips what is done and each can be queried."""
+    materialized here, so that a rerun skips what is done and each can be queried.
+
+    A run builds its layout once and hands it to its phases and stages; a layout pickles as its
+    root, so Ray workers get the same object."""
 
     # The version layout.json records; a rerun into a folder of another version is refused.
     # 1: scenes/<vlm>.parquet and manifest/rejected.parquet; 2: per chunk, with images.parquet and plans/;
@@ -167,6 +179,9 @@ class SonifyLayout:
     VERSION: ClassVar[int] = 4
 
     root: str
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "root", folder_url(self.root))
 
     def images(self) -> str:
         """The listing, sorted by image id; made once, so a rerun resumes over the same images."""

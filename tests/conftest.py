@@ -31,7 +31,7 @@ def pytest_collection_modifyitems(items) -> None:
 
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory) -> dict[str, str]:
-    from pipelines.tiny_models import build_all
+    from demo.tiny_models import build_all
 
     return build_all(tmp_path_factory.mktemp("tiny-models"))
 

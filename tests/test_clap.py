@@ -60,7 +60,7 @@ def test_missing_laion_checkpoint_is_a_clear_error(tmp_path):
 
 @pytest.mark.parametrize("fusion", [False, True])
 def test_a_clip_embeds_the_same_in_any_batch_and_random_state(tmp_path, fusion):
-    from pipelines.tiny_models import build_transformers_clap
+    from demo.tiny_models import build_transformers_clap
 
     folder = build_transformers_clap(tmp_path / "out", tmp_path / "scratch", fusion=fusion)
     model = load_clap(ClapConfig(backend="transformers", model=str(folder)))

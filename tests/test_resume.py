@@ -18,6 +18,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from schemas.layout import SonifyLayout
+
 POLL_SECONDS = 0.01
 
 
@@ -100,15 +102,16 @@ def test_a_resumed_run_batches_every_image_with_the_same_neighbours(ray_session,
     )
     monkeypatch.setattr(scenes_phase, "vlm_stage", recording_vlm)
     monkeypatch.setattr(scenes_phase, "IMAGES_PER_BLOCK", 3)
-    listing, _ = listing_phase.image_listing(config, str(out))
+    layout = SonifyLayout(str(out))
+    listing, _ = listing_phase.image_listing(config, layout)
     chunks = listing_phase.chunk_listing(listing.num_rows, config.sonify.images_per_chunk)
     assert [c.rows for c in chunks] == [6, 6, 6, 2]
 
     def batches() -> dict[str, str]:
-        scenes = pa.concat_tables([scenes_phase.read_chunk_scenes(config, str(out), c) for c in chunks])
+        scenes = pa.concat_tables([scenes_phase.read_chunk_scenes(config, layout, c) for c in chunks])
         return dict(zip(scenes.column("image_id").to_pylist(), scenes.column("caption").to_pylist()))
 
-    scenes_phase.run_scenes(config, listing, chunks, config.models.vlm[0], str(out))
+    scenes_phase.run_scenes(config, listing, chunks, config.models.vlm[0], layout)
     first = batches()
     ids = listing.column("image_id").to_pylist()
     expected = {i: " ".join(ids[start : start + 3]) for start in range(0, 20, 3) for i in ids[start : start + 3]}
@@ -117,7 +120,7 @@ def test_a_resumed_run_batches_every_image_with_the_same_neighbours(ray_session,
 
     for chunk in (chunks[1], chunks[3]):
         (out / "scenes" / "rec" / f"{chunk.name}.parquet").unlink()
-    scenes_phase.run_scenes(config, listing, chunks, config.models.vlm[0], str(out))
+    scenes_phase.run_scenes(config, listing, chunks, config.models.vlm[0], layout)
     assert batches() == first
 
 

@@ -15,11 +15,9 @@ from pipelines.pool.plan import PLAN_COLUMNS, group_parts, plan_work
 from pipelines.pool.store import PoolStore
 from pipelines.pool.summary import pool_totals
 from pipelines.ray_runner import Runner
-from schemas import POOL_PARTS
 from schemas.config import RunConfig
 from schemas.layout import PoolLayout
 from stages.audio.standardize_stage import Standardize
-from stages.base import check_chain
 from stages.embed.clap import clap_identity
 from stages.embed.embed_audio_stage import EmbedAudio
 from stages.io import storage
@@ -32,7 +30,7 @@ MAX_REPORTED_ERRORS = 50
 
 def run_pool(config: RunConfig) -> dict:
     started = time.monotonic()
-    paths = PoolLayout(config.pool.dir.rstrip("/"))
+    paths = PoolLayout(config.pool.dir)
     identity = clap_identity(config.models.clap)
     store = PoolStore(paths)
     meta = store.check_compatible(identity, config.pool)
@@ -45,7 +43,6 @@ def run_pool(config: RunConfig) -> dict:
         config.pool.mix_sample_rates,
     )
     embed = EmbedAudio(paths.root, config.models.clap, identity["dim"])
-    check_chain(POOL_PARTS, [standardize, embed])
 
     storage.makedirs(paths.root)
     storage.write_text(paths.config(), dump_config(config))
@@ -75,12 +72,13 @@ def run_pool(config: RunConfig) -> dict:
     writer = PartFiles(paths, identity["dim"])
     if parts.num_rows:
         grouped = GroupedWriter(
-            "part",
+            "pool",
             parts.column("part").to_pylist(),
             group_of=lambda batch: batch.column("part").to_numpy(zero_copy_only=False),
             expected_rows=lambda part, rows: rows.column("part_rows")[0].as_py(),
             write=writer.write,
             unit="clips",
+            group_unit="parts",
         )
         grouped.consume(Runner(config.ray).run(parts, [standardize, embed], blocks=parts.num_rows))
     # A part is named by its sources and their fingerprints, so a retried part can have the name of

@@ -66,7 +66,7 @@ class PoolStore:
 
     @classmethod
     def at(cls, root: str) -> PoolStore:
-        return cls(PoolLayout(root.rstrip("/")))
+        return cls(PoolLayout(root))
 
     @property
     def root(self) -> str:

@@ -8,7 +8,7 @@ import json
 import pyarrow as pa
 import yaml
 
-from pipelines.config import validate_config
+from pipelines.config import ConfigError, validate_config
 from pipelines.pool.store import PoolStore
 from schemas import schema_version
 from schemas.config import RunConfig
@@ -31,7 +31,7 @@ class SonifyError(PipelineError):
 
 def check_pool(config: RunConfig) -> tuple[PoolLayout, dict]:
     """The pool's folder and the state of its index (parts and size), refused when sonify cannot use it."""
-    paths = PoolLayout(config.pool.dir.rstrip("/"))
+    paths = PoolLayout(config.pool.dir)
     store = PoolStore(paths)
     if not store.exists():
         raise SonifyError(
@@ -78,20 +78,24 @@ def _run_identity(config: RunConfig) -> dict:
     return identity
 
 
-def check_same_run(config: RunConfig, out: str) -> None:
+def check_same_run(config: RunConfig, layout: SonifyLayout) -> None:
     """Finished phases in sonify.out are reused, so they must come from the same settings and the
     same layout of files."""
-    url = SonifyLayout(out).config()
+    out = layout.root
+    url = layout.config()
     if not storage.exists(url):
         return
-    layout_url = SonifyLayout(out).layout_version()
+    layout_url = layout.layout_version()
     layout = json.loads(storage.read_bytes(layout_url)).get("layout") if storage.exists(layout_url) else None
     if layout != SonifyLayout.VERSION:
         raise SonifyError(
             f"sonify.out {out} was written by a version of this pipeline with another file layout "
             f"({layout or 'before layout.json'}, this one writes {SonifyLayout.VERSION}); use a new sonify.out"
         )
-    previous = validate_config(yaml.safe_load(storage.read_bytes(url)), origin=url)
+    try:
+        previous = validate_config(yaml.safe_load(storage.read_bytes(url)), origin=url)
+    except ConfigError as exc:
+        raise SonifyError(f"{exc}; {RESUME_REMEDY}") from None
     if _run_identity(previous) != _run_identity(config):
         raise SonifyError(
             f"sonify.out {out} holds a run made with other settings (see its config.yaml); "
@@ -99,17 +103,17 @@ def check_same_run(config: RunConfig, out: str) -> None:
         )
 
 
-def has_searched(out: str) -> bool:
+def has_searched(layout: SonifyLayout) -> bool:
     """Whether retrieval has finished any chunk of the run in sonify.out."""
-    return bool(storage.list_files(SonifyLayout(out).matches_folder(), ".json"))
+    return bool(storage.list_files(layout.matches_folder(), ".json"))
 
 
-def check_same_pool(out: str, pool_root: str, pool_state: dict) -> None:
+def check_same_pool(layout: SonifyLayout, pool_root: str, pool_state: dict) -> None:
     """Matches, plans and shards name pool clips: once retrieval has run, a pool extended or pruned
     since would be mixed with stale choices, or lack the clips they name. Before that nothing in
     sonify.out depends on the pool (scenes do not), so the state is recorded anew."""
-    url = SonifyLayout(out).pool_state()
-    if not has_searched(out):
+    url = layout.pool_state()
+    if not has_searched(layout):
         storage.write_text(url, json.dumps(pool_state, sort_keys=True) + "\n")
         return
     recorded = json.loads(storage.read_bytes(url)) if storage.exists(url) else None
@@ -120,7 +124,7 @@ def check_same_pool(out: str, pool_root: str, pool_state: dict) -> None:
             else "the version of the pipeline that retrieved did not record its pool"
         )
         raise SonifyError(
-            f"pool {pool_root} is not the pool sonify.out {out} retrieved from "
+            f"pool {pool_root} is not the pool sonify.out {layout.root} retrieved from "
             f"({then}; now {pool_state['index_size']} clips "
             f"in {len(pool_state['index_parts'])} parts): delete its matches/, plans/, manifest/ and shards/ to match "
             "its VLM scenes against this pool, or use a new sonify.out"

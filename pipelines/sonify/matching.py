@@ -1,37 +1,37 @@
 """The retrieval phase: each chunk's distinct concept texts embedded and searched on a worker,
-its matches and search stats written beside the chunk (matches/). The driver holds no text."""
+its matches and search stats written beside the chunk (matches/). The driver holds no text, only
+one CHUNK_SEARCHES row per chunk."""
 
 from __future__ import annotations
 
-import json
 import logging
 
-from pipelines.sonify.listing import Chunk
+import pyarrow as pa
+
+from schemas import CHUNK_SEARCHES
 from schemas.config import RunConfig
 from schemas.layout import PoolLayout, SonifyLayout
-from stages.io import storage
 from stages.search.search_stage import RetrieveChunks
 
 log = logging.getLogger(__name__)
 
 
-def retrieval_stage(config: RunConfig, paths: PoolLayout, out: str) -> RetrieveChunks:
-    return RetrieveChunks(paths.root, out, [v.name for v in config.models.vlm], config.models.clap, config.retrieval)
+def retrieval_stage(config: RunConfig, pool: PoolLayout, layout: SonifyLayout) -> RetrieveChunks:
+    return RetrieveChunks(pool, layout, [v.name for v in config.models.vlm], config.models.clap, config.retrieval)
 
 
-def search_totals(out: str, chunks: list[Chunk], index_kind: str) -> dict:
-    """What the search stats of every chunk add up to: texts searched (a text recurring in several
-    chunks counts once per chunk) and, for an approximate index, the settings it was searched at
-    (one, unless actors calibrated apart), the lowest recall that chose one, and the recall measured
-    on the sampled texts of the measured chunks, over all of them (None if no chunk was measured)."""
-    texts, hits, sampled, stats_of_searches = 0, 0.0, 0, []
-    for chunk in chunks:
-        stats = json.loads(storage.read_bytes(SonifyLayout(out).search_stats(chunk.name)))
-        texts += stats["texts"]
-        if "setting" in stats:
-            stats_of_searches.append(stats)
-            hits += (stats["recall"] or 0.0) * stats["recall_queries"]
-            sampled += stats["recall_queries"]
+def search_totals(plans: pa.Table, index_kind: str) -> dict:
+    """What the searches of every chunk (CHUNK_SEARCHES columns, as CHUNK_PLANS carries them) add up
+    to: texts searched (a text recurring in several chunks counts once per chunk) and, for an
+    approximate index, the settings it was searched at (one, unless actors calibrated apart), the
+    lowest recall that chose one, and the recall measured on the sampled texts of the measured
+    chunks, over all of them (None if no chunk was measured)."""
+    searches = plans.select(CHUNK_SEARCHES.names).to_pylist()
+    texts = sum(search["texts"] for search in searches)
+    # Exact search records no setting.
+    stats_of_searches = [search for search in searches if search["setting"] is not None]
+    hits = sum((search["recall"] or 0.0) * search["recall_queries"] for search in stats_of_searches)
+    sampled = sum(search["recall_queries"] for search in stats_of_searches)
     totals = {"texts_searched": texts, "index_kind": index_kind, "exact": index_kind == "flat"}
     if stats_of_searches:
         settings = sorted({s["setting"] for s in stats_of_searches})

@@ -36,12 +36,11 @@ def run_sonify(config: RunConfig) -> dict:
     if not config.models.vlm:
         raise SonifyError("models.vlm is empty: configure at least one VLM (or backend: provided)")
     paths, pool_state = check_pool(config)
-    out = out.rstrip("/")
     layout = SonifyLayout(out)
     check_batches(config)
-    check_same_run(config, out)
-    storage.makedirs(out)
-    check_same_pool(out, paths.root, pool_state)
+    check_same_run(config, layout)
+    storage.makedirs(layout.root)
+    check_same_pool(layout, paths.root, pool_state)
     layout_url = layout.layout_version()
     if not storage.exists(layout_url):
         storage.write_text(layout_url, json.dumps({"layout": SonifyLayout.VERSION}) + "\n")
@@ -52,7 +51,7 @@ def run_sonify(config: RunConfig) -> dict:
     seconds: dict[str, float] = {}
 
     tick = time.monotonic()
-    listing, listed = image_listing(config, out)
+    listing, listed = image_listing(config, layout)
     chunks = chunk_listing(listing.num_rows, config.sonify.images_per_chunk)
     seconds["list_images"] = time.monotonic() - tick
     log.info(
@@ -61,10 +60,10 @@ def run_sonify(config: RunConfig) -> dict:
 
     for vlm in config.models.vlm:
         tick = time.monotonic()
-        run_scenes(config, listing, chunks, vlm, out)
+        run_scenes(config, listing, chunks, vlm, layout)
         seconds[f"concepts_{vlm.name}"] = time.monotonic() - tick
     del listing
-    scene_counts = count_scenes(config, out, chunks)
+    scene_counts = count_scenes(config, layout, chunks)
 
     tick = time.monotonic()
     store = PoolStore(paths)
@@ -73,21 +72,22 @@ def run_sonify(config: RunConfig) -> dict:
     )
     # Once a chunk is searched the pool cannot change (check_same_pool), so neither can this table:
     # a rerun leaves it, and the files of a finished run, untouched.
-    if not has_searched(out) or not storage.exists(layout.mix_clips()):
+    if not has_searched(layout) or not storage.exists(layout.mix_clips()):
         storage.write_parquet(layout.mix_clips(), mixable)
     del mixable
-    retrieve_and_plan(config, paths, out, chunks)
-    tasks, planned, reasons = number_shards(out, chunks)
-    search = search_totals(out, chunks, store.index_meta()["kind"])
+    plans = retrieve_and_plan(config, paths, layout, chunks)
+    tasks, planned, reasons = number_shards(plans)
+    search = search_totals(plans, store.index_meta()["kind"])
+    del plans
     seconds["retrieve_and_plan"] = time.monotonic() - tick
 
     tick = time.monotonic()
-    write_shards(config, paths, out, tasks)
+    write_shards(config, paths, layout, tasks)
     seconds["mix_and_write"] = time.monotonic() - tick
 
-    written = manifest_counts(out)
+    written = manifest_counts(layout)
     summary = {
-        "out": out,
+        "out": layout.root,
         "images": {
             "listed": listed["listed"],
             "renamed_duplicate_ids": listed["renamed_duplicate_ids"],
