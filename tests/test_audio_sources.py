@@ -12,7 +12,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipelines.pool.plan import group_parts, plan_work
-from stages.io.sources import ParquetLayout, SourceFile, SourceReader, expand_audio_sources
+from stages.io.source_reader import SourceReader
+from stages.io.sources import ParquetLayout, SourceFile, expand_audio_sources
 
 HF_AUDIO = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
 DEFAULT = ParquetLayout("audio", None)

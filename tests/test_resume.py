@@ -182,3 +182,41 @@ def test_pool_killed_twice_then_rerun_equals_an_uninterrupted_run(pipeline_runs,
 
     assert pipeline_runs.pool_outputs(pool) == pipeline_runs.pool_outputs(single_node_run.pool_dir())
     assert not [p for p in pool.rglob(".tmp-*")]
+
+
+def kill_job_when(pipeline_runs, command: str, config: Path, reached: Callable[[], bool], timeout: float = 300) -> None:
+    """Starts a run in its own process group and SIGKILLs the whole group (the command and the
+    local Ray it started: raylet, GCS, workers) at once, as soon as `reached()` holds."""
+    running = pipeline_runs.start(command, config)
+    deadline = time.monotonic() + timeout
+    while not reached():
+        assert running.process.poll() is None, (
+            f"the run ended before the kill point; {running.log}:\n{running.log.read_text()[-3000:]}"
+        )
+        assert time.monotonic() < deadline, f"kill point not reached in {timeout} s; see {running.log}"
+        time.sleep(POLL_SECONDS)
+    os.killpg(running.pid, signal.SIGKILL)
+    running.process.wait()
+
+
+def test_pool_job_killed_whole_while_parts_are_in_flight_then_rerun_equals_an_uninterrupted_run(
+    pipeline_runs, single_node_run
+):
+    """Kill points: a part's audio being written (its temporary file exists) before any part is
+    finished; then, in the rerun, the first part's completion marker written. Tables, packs and
+    index are compared by content."""
+    config = pipeline_runs.config("pool-job-killed")
+    pool = config.parent / "pool"
+
+    def writing_a_part() -> bool:
+        return any((pool / "audio").glob(".tmp-*")) and not parquet_names(pool / "clips")
+
+    kill_job_when(pipeline_runs, "pool", config, writing_a_part)
+    assert not (pool / "summary.json").exists()
+
+    kill_job_when(pipeline_runs, "pool", config, lambda: len(parquet_names(pool / "clips")) >= 1)
+    assert not (pool / "summary.json").exists() and len(parquet_names(pool / "clips")) < pipeline_runs.AUDIO_FILES
+
+    pipeline_runs.run("pool", config)
+    assert pipeline_runs.pool_outputs(pool) == pipeline_runs.pool_outputs(single_node_run.pool_dir())
+    assert not [p for p in pool.rglob(".tmp-*")]

@@ -2,8 +2,9 @@
 
 Local files are written under a temporary name and renamed into place. Object stores (s3, gs, ...)
 make a PUT visible all at once, so they are written directly. Either way a crashed run leaves no
-half-written file under a final name. What the inputs are (files, Parquet rows, tar members) is
-stages.io.sources' concern.
+half-written file under a final name. A write that finds its device full (ENOSPC, or a quota:
+EDQUOT) deletes its temporary file and raises `DiskFull`, which stops the run with one line naming
+the folder. What the inputs are (files, Parquet rows, tar members) is stages.io.sources' concern.
 """
 
 from __future__ import annotations
@@ -14,6 +15,9 @@ import io
 import os
 import re
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import BinaryIO
 from urllib.parse import quote, unquote_to_bytes
 
 import fsspec
@@ -23,6 +27,8 @@ from fsspec.core import url_to_fs
 
 # Layouts and callers of this module join URLs by the same rule.
 from schemas.layout import join  # noqa: F401
+from stages.io.disk_full import DiskFull as DiskFull
+from stages.io.disk_full import disk_full
 
 TEMPORARY_PREFIX = ".tmp-"
 TEMPORARY_NAME = re.compile(rf"^{re.escape(TEMPORARY_PREFIX)}[0-9a-f]{{32}}-")
@@ -142,18 +148,72 @@ def read_ranges(url: str, ranges: list[tuple[int, int]]) -> list[bytes]:
     return out
 
 
-def write_bytes(url: str, data: bytes) -> None:
+class _Target:
+    """A file being written, whose failed writes on a full device raise DiskFull naming its folder."""
+
+    def __init__(self, handle, folder: str) -> None:
+        self._handle = handle
+        self._folder = folder
+
+    def write(self, data) -> int:
+        try:
+            return self._handle.write(data)
+        except OSError as exc:
+            raise disk_full(exc, self._folder) or exc from None
+
+    def flush(self) -> None:
+        try:
+            self._handle.flush()
+        except OSError as exc:
+            raise disk_full(exc, self._folder) or exc from None
+
+    def __getattr__(self, name: str):
+        return getattr(self._handle, name)
+
+
+@contextmanager
+def open_for_writing(url: str) -> Iterator[BinaryIO]:
+    """A file to write in pieces, that appears under `url`, whole, only if the block ends without an
+    exception: a local file goes to a temporary name renamed into place at the end, and deleted on
+    an exception; an object store's upload is committed at the end, and discarded on an exception."""
     fs, path = filesystem(url)
     parent = path.rsplit("/", 1)[0]
-    if is_local(fs):
-        fs.makedirs(parent, exist_ok=True)
-        temporary = f"{parent}/{TEMPORARY_PREFIX}{uuid.uuid4().hex}-{path.rsplit('/', 1)[-1]}"
-        with fs.open(temporary, "wb") as handle:
-            handle.write(data)
-        fs.mv(temporary, path)
-    else:
-        with fs.open(path, "wb") as handle:
-            handle.write(data)
+    folder = full_url(fs, parent)
+    try:
+        if is_local(fs):
+            fs.makedirs(parent, exist_ok=True)
+            temporary = f"{parent}/{TEMPORARY_PREFIX}{uuid.uuid4().hex}-{path.rsplit('/', 1)[-1]}"
+            handle = fs.open(temporary, "wb")
+            try:
+                yield _Target(handle, folder)
+                handle.close()
+                fs.mv(temporary, path)
+            except Exception:
+                try:
+                    handle.close()
+                except OSError:
+                    pass  # closing flushes what a full device already refused; the temporary goes anyway
+                if fs.exists(temporary):
+                    fs.rm(temporary)
+                raise
+        else:
+            handle = fs.open(path, "wb")
+            try:
+                yield _Target(handle, folder)
+            except Exception:
+                # fsspec's buffered files commit on close: an upload cut short is thrown away instead.
+                discard = getattr(handle, "discard", None)
+                if discard is not None:
+                    discard()
+                raise
+            handle.close()
+    except OSError as exc:
+        raise disk_full(exc, folder) or exc from None
+
+
+def write_bytes(url: str, data: bytes) -> None:
+    with open_for_writing(url) as handle:
+        handle.write(data)
 
 
 def write_text(url: str, text: str) -> None:
@@ -175,6 +235,19 @@ def parquet_rows(url: str) -> int:
     """Row count from the file's footer, without reading its data."""
     fs, path = filesystem(url)
     return pq.read_metadata(path, filesystem=fs).num_rows
+
+
+def parquet_row_groups(url: str) -> list[int]:
+    """Rows of each row group, from the file's footer."""
+    fs, path = filesystem(url)
+    metadata = pq.read_metadata(path, filesystem=fs)
+    return [metadata.row_group(i).num_rows for i in range(metadata.num_row_groups)]
+
+
+def read_row_group(url: str, group: int, columns: list[str] | None = None) -> pa.Table:
+    fs, path = filesystem(url)
+    with fs.open(path, "rb") as handle:
+        return pq.ParquetFile(handle).read_row_group(group, columns=columns)
 
 
 def remove(url: str) -> None:
