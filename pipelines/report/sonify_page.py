@@ -1,36 +1,24 @@
-"""`report`: a page a person opens in a browser to see what a sonify run or a pool holds.
-
-sonify.out/report/ and pool.dir/report/ are laid out by schemas.layout.ReportLayout: the page
-(summary, errors and drops by kind, plots, and for sonify the gallery), its counts for machines,
-the plots, and the gallery's thumbnails and mixes. The folder holds everything its page shows, so
-it works offline and can be copied elsewhere.
-
-Aggregates are DuckDB queries over the Parquet files, so the driver holds answers (counts, bins,
-a few examples), not rows; the gallery reads only its samples' members from their shards.
-"""
+"""The sonify run's report page: counts, problems and drops by kind, plots, and a gallery of samples
+whose thumbnails and mixes are read from their shards."""
 
 from __future__ import annotations
 
-import json
 import logging
 import time
-from dataclasses import dataclass
-from typing import Literal
 
 from PIL import Image
 
 from pipelines.pool.store import PoolStore
+from pipelines.report.files import ReportError, ReportFiles, histogram_entry, read_json, report_json, write_report
 from schemas import IMAGE_REFS, MANIFEST, POOL_CLIPS, SCENES
 from schemas.config import RunConfig
-from schemas.errors import PipelineError
 from schemas.layout import ReportLayout, SonifyLayout
 from stages.io import storage
 from stages.report import plots
-from stages.report import pool as report_pool
 from stages.report import sonify as report_sonify
 from stages.report.gallery import read_samples, thumbnail_jpeg
 from stages.report.html import GalleryEntry, Plot, render_page
-from stages.report.sql import Histogram, ReportInputError, connect
+from stages.report.sql import ReportInputError, connect
 
 log = logging.getLogger(__name__)
 
@@ -39,11 +27,6 @@ LOUDNESS_POINTS = 5000
 # A shard is read by walking its tar headers; small read-ahead blocks keep that walk from pulling
 # in the data of members it skips on object stores.
 SHARD_BLOCK_BYTES = 64 * 1024
-Target = Literal["sonify", "pool", "all"]
-
-
-class ReportError(PipelineError):
-    """There is nothing to report, or its files cannot be read."""
 
 
 def manifest_files(paths: SonifyLayout) -> list[str]:
@@ -57,50 +40,6 @@ def scene_files(paths: SonifyLayout) -> list[str]:
         return []
     folders = sorted(entry["name"] for entry in fs.ls(path, detail=True) if entry["type"] == "directory")
     return [url for folder in folders for url in storage.list_files(storage.full_url(fs, folder), ".parquet")]
-
-
-@dataclass
-class ReportFiles:
-    """What a report writes, by path inside its folder."""
-
-    files: dict[str, bytes]
-
-    def add(self, name: str, data: bytes) -> str:
-        self.files[name] = data
-        return name
-
-
-def write_report(folder: str, report: ReportFiles) -> str:
-    """Writes the report's files, the page last, and deletes plots and media that an earlier
-    report left and this one does not show."""
-    for sub in ReportLayout.replaced_folders():
-        for url in storage.list_files(storage.join(folder, sub), ""):
-            if storage.join(sub, url.rsplit("/", 1)[-1]) not in report.files:
-                storage.remove(url)
-    page = report.files.pop(ReportLayout.page())
-    for name, data in report.files.items():
-        storage.write_bytes(storage.join(folder, name), data)
-    index_url = storage.join(folder, ReportLayout.page())
-    storage.write_bytes(index_url, page)
-    return index_url
-
-
-def _histogram_plot(
-    report: ReportFiles,
-    name: str,
-    hist: Histogram,
-    title: str,
-    xlabel: str,
-    caption: str,
-    marker: tuple[float, str] | None = None,
-) -> Plot:
-    return Plot(
-        name, report.add(ReportLayout.plot(name), plots.histogram_plot(hist, title, xlabel, marker)), title, caption
-    )
-
-
-def _read_json(url: str) -> dict | None:
-    return json.loads(storage.read_bytes(url)) if storage.exists(url) else None
 
 
 def gallery_media(paths: SonifyLayout, items: list[dict], thumbnail_px: int, report: ReportFiles) -> list[GalleryEntry]:
@@ -196,7 +135,7 @@ def sonify_report(config: RunConfig) -> str:
             "Concept label frequency",
             "How often each label names a concept of a written sample.",
         ),
-        _histogram_plot(
+        histogram_entry(
             report,
             "cosine",
             concept_hists["cosine"],
@@ -204,7 +143,7 @@ def sonify_report(config: RunConfig) -> str:
             "cosine similarity (CLAP text to audio)",
             "Cosine between each concept's text and its chosen clip.",
         ),
-        _histogram_plot(
+        histogram_entry(
             report,
             "ssr",
             concept_hists["ssr"],
@@ -212,7 +151,7 @@ def sonify_report(config: RunConfig) -> str:
             "signed square root of the cosine",
             "The score the weighted choice used (the cosine itself when retrieval.ssr is false).",
         ),
-        _histogram_plot(
+        histogram_entry(
             report,
             "threshold",
             concept_hists["threshold"],
@@ -220,7 +159,7 @@ def sonify_report(config: RunConfig) -> str:
             "mean of the top-k scores",
             "Each concept's dynamic threshold: candidates score at least this.",
         ),
-        _histogram_plot(
+        histogram_entry(
             report,
             "candidates",
             concept_hists["n_candidates"],
@@ -241,7 +180,7 @@ def sonify_report(config: RunConfig) -> str:
             "Target against measured loudness",
             "Each dot is a sample; on the diagonal the mix is as loud as its sources' targets add up to.",
         ),
-        _histogram_plot(
+        histogram_entry(
             report,
             "mix-peak",
             mix_hists["mix_peak_dbfs"],
@@ -250,7 +189,7 @@ def sonify_report(config: RunConfig) -> str:
             "Peak of each written mix.",
             (config.mix.peak_dbfs, "mix.peak_dbfs"),
         ),
-        _histogram_plot(
+        histogram_entry(
             report,
             "mix-gain",
             mix_hists["mix_gain_db"],
@@ -260,7 +199,7 @@ def sonify_report(config: RunConfig) -> str:
         ),
     ]
     gallery = gallery_media(paths, items, config.report.thumbnail_px, report)
-    summary = _read_json(paths.summary())
+    summary = read_json(paths.summary())
     notes = [
         f"The last sonify run took {summary['wall_seconds']:.0f} s."
         if summary
@@ -290,7 +229,7 @@ def sonify_report(config: RunConfig) -> str:
     }
     report.add(
         ReportLayout.summary(),
-        _report_json(counts, problems, {"gallery": [i["key"] for i in items], "clip_usage": clip_stats}),
+        report_json(counts, problems, {"gallery": [i["key"] for i in items], "clip_usage": clip_stats}),
     )
     index = write_report(paths.report_folder(), report)
     log.info(
@@ -300,93 +239,3 @@ def sonify_report(config: RunConfig) -> str:
         len(gallery),
     )
     return index
-
-
-def pool_report(config: RunConfig) -> str:
-    """Writes pool.dir/report/ and returns the URL of its index.html."""
-    pool = PoolStore.at(config.pool.dir)
-    clips = pool.clip_files()
-    if not clips:
-        raise ReportError(f"{pool.layout.clips_folder()} holds no pool table: run `run_pipeline.py pool` first")
-    report = ReportFiles({})
-    try:
-        with connect({"clips": (clips, POOL_CLIPS)}) as con:
-            counts = report_pool.pool_counts(con, config.pool.clip_seconds)
-            problems = report_pool.pool_problems(con).to_pylist()
-            formats = report_pool.formats(con)
-            durations = report_pool.source_durations(con)
-            loudness = report_pool.clip_loudness(con)
-            silent, audible = report_pool.silent_share(con)
-    except ReportInputError as exc:
-        raise ReportError(str(exc)) from None
-    index_meta = pool.index_meta()
-    if index_meta is not None:
-        counts.append(("clips in the index", int(index_meta["size"])))
-    share = silent / (silent + audible) if silent + audible else 0.0
-    figures = [
-        Plot(
-            "formats",
-            report.add(ReportLayout.plot("formats"), plots.bar_chart(formats, "Source files by format", "files")),
-            "Formats",
-            "Decoded format of each source file that gave clips.",
-        ),
-        _histogram_plot(
-            report,
-            "durations",
-            durations,
-            "Source durations",
-            "seconds",
-            "Length of each source file before it was cut into clips.",
-        ),
-        _histogram_plot(
-            report,
-            "clip-loudness",
-            loudness,
-            "Clip loudness",
-            "integrated loudness at the pool rate (LUFS)",
-            "Loudness of each clip; digital silence has none.",
-            (config.pool.silence_lufs, "pool.silence_lufs"),
-        ),
-        Plot(
-            "silent",
-            report.add(
-                ReportLayout.plot("silent"),
-                plots.bar_chart([("audible", audible), ("silent", silent)], f"Silent share: {share:.1%}", "clips"),
-            ),
-            "Silent share",
-            "Clips below pool.silence_lufs are kept in the table but never retrieved.",
-        ),
-    ]
-    summary = pool.summary()
-    notes = [
-        f"The last pool run took {summary['wall_seconds']:.0f} s."
-        if summary
-        else "No summary.json: the last pool run has not finished."
-    ]
-    report.add(ReportLayout.page(), render_page("Pool report", pool.root, counts, problems, figures, notes).encode())
-    report.add(ReportLayout.summary(), _report_json(counts, problems, {"silent_share": share}))
-    return write_report(pool.layout.report_folder(), report)
-
-
-def _report_json(counts: list[tuple[str, int]], problems: list[dict], extra: dict) -> bytes:
-    return (json.dumps({"counts": dict(counts), "problems": problems, **extra}, indent=2) + "\n").encode()
-
-
-def run_report(config: RunConfig, target: Target) -> list[str]:
-    """The reports asked for: `sonify`, `pool`, or `all` (each of the two that has something to
-    report). Returns the URLs of their pages."""
-    written = []
-    if target in ("sonify", "all"):
-        has_run = bool(config.sonify.out) and bool(manifest_files(SonifyLayout(config.sonify.out)))
-        if target == "sonify" or has_run:
-            written.append(sonify_report(config))
-    if target in ("pool", "all"):
-        has_pool = bool(PoolStore.at(config.pool.dir).clip_files())
-        if target == "pool" or has_pool:
-            written.append(pool_report(config))
-    if not written:
-        raise ReportError(
-            f"nothing to report: neither sonify.out ({config.sonify.out}) "
-            f"nor pool.dir ({config.pool.dir}) holds a finished run"
-        )
-    return written
