@@ -18,7 +18,9 @@ from schemas.report import GALLERY_ITEMS, REPORT_PROBLEMS
 from schemas.sonify import (
     ANSWERS,
     CHUNK_TASKS,
+    CLIP_BIASES,
     CLIP_LOCATION,
+    HUB_BANK,
     IMAGE_REFS,
     IMAGES,
     MANIFEST,
@@ -34,8 +36,10 @@ from schemas.sonify import (
 __all__ = [
     "ANSWERS",
     "CHUNK_TASKS",
+    "CLIP_BIASES",
     "CLIP_LOCATION",
     "GALLERY_ITEMS",
+    "HUB_BANK",
     "IMAGES",
     "IMAGE_REFS",
     "MANIFEST",

@@ -63,6 +63,11 @@ class ReportLayout:
         return f"media/{number:04d}.flac"
 
     @staticmethod
+    def top_clip(rank: int) -> str:
+        """The audio of the rank-th most used clip, at the mix rate."""
+        return f"media/clip-{rank:02d}.flac"
+
+    @staticmethod
     def replaced_folders() -> tuple[str, ...]:
         """Folders whose files a new report replaces: what it does not show again is deleted."""
         return ("plots", "media")
@@ -192,6 +197,23 @@ class SonifyLayout:
         written after its matches, so it marks the chunk searched."""
         return join(self.matches_folder(), f"{chunk}.json")
 
+    def hubness_folder(self) -> str:
+        return join(self.root, "hubness")
+
+    def hub_bank(self) -> str:
+        """The hubness bank: concept texts sampled before the first chunk is searched, their
+        embeddings and nearest clips; made once, so a rerun corrects with the same bank."""
+        return join(self.hubness_folder(), "bank.parquet")
+
+    def clip_biases(self) -> str:
+        """Each indexed clip's bias against the bank; a pool extended before retrieval adds its new clips."""
+        return join(self.hubness_folder(), "biases.parquet")
+
+    def hubness_stats(self) -> str:
+        """The pool's hubness and the correction's centre and spread; written last, so it marks the
+        bank and the biases complete."""
+        return join(self.hubness_folder(), "hubness.json")
+
     def plans_folder(self) -> str:
         return join(self.root, "plans")
 
@@ -260,4 +282,10 @@ class SonifyLayout:
 
     def temporary_folders(self, vlms: Iterable[str]) -> list[str]:
         """Folders a sonify run with these VLMs writes, where killed writes may have left temporary files."""
-        return [self.root, self.matches_folder(), *self.shard_folders(), *(self.vlm_scenes_folder(v) for v in vlms)]
+        return [
+            self.root,
+            self.matches_folder(),
+            self.hubness_folder(),
+            *self.shard_folders(),
+            *(self.vlm_scenes_folder(v) for v in vlms),
+        ]

@@ -60,7 +60,7 @@ def matches_of(texts: list[str], clips: int = 8, seed: int = 0) -> pa.Table:
     for _ in texts:
         ids.append([f"clip-{i:02d}" for i in rng.choice(24, size=clips, replace=False)])
         scores.append(np.sort(rng.uniform(0.1, 0.6, clips))[::-1].astype(np.float32))
-    return make_table(MATCHES, {"text": texts, "clip_ids": ids, "scores": scores})
+    return make_table(MATCHES, {"text": texts, "clip_ids": ids, "scores": scores, "corrected": [None] * len(texts)})
 
 
 def pool_clips(inaudible: set[str] = frozenset()) -> pa.Table:

@@ -20,8 +20,9 @@ from stages.io import storage
 # The files a run keeps in sonify.out; a folder of another layout is refused.
 # 1: scenes/<vlm>.parquet and manifest/rejected.parquet; 2: per chunk, with images.parquet and plans/;
 # 3: one image member name for every sample (sonify.image_format), shards no longer split by format;
-# 4: matches and shard plans per chunk (matches/, plans/CCCCCC-PPPPPP.parquet), mix_clips.parquet.
-LAYOUT_VERSION = 4
+# 4: matches and shard plans per chunk (matches/, plans/CCCCCC-PPPPPP.parquet), mix_clips.parquet;
+# 5: hubness/ (the bank and the clips' biases), corrected scores in matches and manifest.
+LAYOUT_VERSION = 5
 # Settings that decide where and how fast work runs, not what it computes: a resumed run may change them.
 EXECUTION_SETTINGS = ("concurrency", "num_gpus", "num_cpus", "timeout_s", "retries")
 # Retrieval settings that decide only what recall is measured, not which clips are found.

@@ -21,7 +21,7 @@ import pyarrow.compute as pc
 from pipelines.pool import read_clips
 from pipelines.ray_runner import Runner
 from pipelines.sonify.listing import Chunk
-from pipelines.sonify.matching import retrieval_stage
+from pipelines.sonify.matching import build_hub_bank, retrieval_stage
 from schemas import CHUNK_TASKS, SHARD_TASKS, make_table
 from schemas.config import RunConfig
 from schemas.layout import PoolLayout, SonifyLayout, shard_id
@@ -51,6 +51,8 @@ def retrieve_and_plan(config: RunConfig, paths: PoolLayout, out: str, chunks: li
     if not todo:
         return
     searched = all(storage.exists(layout.search_stats(chunk)) for chunk in todo)
+    if not searched:
+        build_hub_bank(config, paths, out, chunks)
     # Retrieval actors load the text model and the whole index: a run left with planning only starts none.
     stages = [PlanChunks(out, config)] if searched else [retrieval_stage(config, paths, out), PlanChunks(out, config)]
     check_chain(CHUNK_TASKS, stages)

@@ -59,7 +59,7 @@ def write_shards(config: RunConfig, paths: PoolLayout, out: str, tasks: pa.Table
 class ManifestCounts:
     samples: int
     failed_by_kind: Counter
-    distinct_clips: int
+    clip_uses: Counter  # clip_id -> concepts of written samples that chose it
     pool_reads: Counter  # MANIFEST_POOL_READS summed over the shards
 
 
@@ -68,7 +68,7 @@ def manifest_counts(out: str) -> ManifestCounts:
     samples = 0
     failed: Counter = Counter()
     reads: Counter = Counter()
-    used: set[str] = set()
+    used: Counter = Counter()
     for url in storage.list_files(SonifyLayout(out).manifest_folder(), ".parquet"):
         if SonifyLayout(out).is_rejected(url):
             continue
@@ -79,7 +79,7 @@ def manifest_counts(out: str) -> ManifestCounts:
         reads.update({k: int(metadata[k.encode()]) for k in MANIFEST_POOL_READS if k.encode() in metadata})
         failed.update(table.filter(pc.is_valid(table.column("error"))).column("error_kind").to_pylist())
         used.update(c["clip_id"] for concepts in ok.column("concepts").to_pylist() for c in concepts)
-    return ManifestCounts(samples, failed, len(used), reads)
+    return ManifestCounts(samples, failed, used, reads)
 
 
 def run_render(config: RunConfig) -> dict:
