@@ -93,13 +93,14 @@ def planted(p: Planted, with_hubs: bool) -> tuple[np.ndarray, np.ndarray, np.nda
     return pool, queries, np.arange(len(pool)) >= len(clips) if with_hubs else np.zeros(len(pool), bool)
 
 
-def choose_all(config: RunConfig, pool: np.ndarray, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(pool row or -1, raw cosine or NaN) of each query, one sample per query, with the run's settings."""
+def choose_all(config: RunConfig, pool: np.ndarray, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
+    """(pool row or -1, raw cosine or NaN) of each query, one sample per query, with the run's
+    settings; and the widest raw search the corrected search needed (K' of corrected_search)."""
     r = config.retrieval
     index = faiss_index.build_index(pool, config.pool.index, config.seed)
     if r.hubness == "none":
         scores, rows = faiss_index.search_at(index, queries, r.search_k, None)
-        corrected = None
+        corrected, widest = None, r.search_k
     else:
         bank = queries[hubness.bank_rows(len(queries), r.hubness_bank)]
         neighbours = hubness.BankNeighbours.empty(len(bank), r.hubness_k)
@@ -107,7 +108,7 @@ def choose_all(config: RunConfig, pool: np.ndarray, queries: np.ndarray) -> tupl
         by_row = np.empty(len(pool))
         by_row[bias_rows] = biases
         penalties = hubness.Correction.of_pool(by_row, r.hubness_alpha, r.hubness_outlier_z).penalties(by_row)
-        scores, corrected, rows, _ = hubness.corrected_search(
+        scores, corrected, rows, widest = hubness.corrected_search(
             hubness.index_searcher(index, None), index.ntotal, queries, r.search_k, penalties
         )
     picked = np.full(len(queries), -1, np.int64)
@@ -123,10 +124,10 @@ def choose_all(config: RunConfig, pool: np.ndarray, queries: np.ndarray) -> tupl
         )
         if isinstance(choice, ConceptChoice):
             picked[i], cosine[i] = choice.clip_id, choice.cosine
-    return picked, cosine
+    return picked, cosine, widest
 
 
-def exposure(picked: np.ndarray, cosine: np.ndarray, hubs: np.ndarray) -> dict:
+def exposure(picked: np.ndarray, cosine: np.ndarray, widest: int, hubs: np.ndarray) -> dict:
     chosen = picked[picked >= 0]
     counts = np.bincount(chosen, minlength=hubs.size)
     return {
@@ -134,6 +135,7 @@ def exposure(picked: np.ndarray, cosine: np.ndarray, hubs: np.ndarray) -> dict:
         "hub_share": float(hubs[chosen].mean()) if chosen.size else 0.0,
         "top20_share": float(np.sort(counts)[-TOP_USED:].sum() / max(chosen.size, 1)),
         "mean_cosine": float(np.nanmean(cosine)) if chosen.size else float("nan"),
+        "widest_search": widest,
     }
 
 
@@ -184,6 +186,7 @@ def print_table(p: Planted, rows: list[dict]) -> None:
                 if name == "default"
                 else f"top-1 hub share {row['top1_hub_share']:.2f}"
             )
+            met += f"; widest raw search {row[f'{name}_widest_search']}"
             print(
                 f"| {row['data']} | {name} | {row[f'{name}_distinct']:,} | {row[f'{name}_hub_share']:.3f} | "
                 f"{row[f'{name}_top20_share']:.3f} | {row[f'{name}_mean_cosine']:.4f} | {met} |"
@@ -202,7 +205,7 @@ def run_files(config: RunConfig, pool_path: str, query_path: str, out: str) -> N
     paper = config.model_copy(update={"retrieval": config.retrieval.model_copy(update={"hubness": "none"})})
     columns: dict[str, list] = {"query": [], "chooser": [], "pool_row": [], "cosine": []}
     for name, c in (("paper", paper), ("default", config)):
-        picked, cosine = choose_all(c, pool, queries)
+        picked, cosine, _ = choose_all(c, pool, queries)
         columns["query"] += range(len(queries))
         columns["chooser"] += [name] * len(queries)
         columns["pool_row"] += [int(r) if r >= 0 else None for r in picked]

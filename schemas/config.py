@@ -308,9 +308,9 @@ class RetrievalConfig(_Section):
     hubness: Literal["none", "nnn"] = Field(
         "nnn",
         description="Hub clips (docs/hubness.md). nnn: each clip's bias (mean cosine to its hubness_k nearest texts "
-        "of a bank of the run's own concept texts) is measured once per run; a clip whose bias stands out from the "
-        "pool's (above median + hubness_outlier_z robust deviations) loses hubness_alpha times the excess from its "
-        "scores before SSR and the threshold. none: the paper's choice on raw cosines.",
+        "of a bank of the run's own concept texts) is measured once per run; a clip whose bias exceeds the pool's "
+        "median (plus hubness_outlier_z robust deviations) loses hubness_alpha times the excess from its scores "
+        "before SSR and the threshold. none: the paper's choice on raw cosines.",
     )
     hubness_bank: int = Field(
         4096,
@@ -321,12 +321,12 @@ class RetrievalConfig(_Section):
     hubness_k: int = Field(
         10, ge=1, description="Bank texts whose mean cosine is a clip's bias, and k of the k-occurrence reported."
     )
-    hubness_alpha: float = Field(1.0, ge=0, description="Share of a clip's excess bias taken off its scores.")
+    hubness_alpha: float = Field(0.4, ge=0, description="Share of a clip's excess bias taken off its scores.")
     hubness_outlier_z: float = Field(
-        2.0,
+        0.0,
         ge=0,
         description="Robust deviations (1.4826 x MAD of the pool's biases) above their median where the penalty "
-        "starts: clips below pay nothing, so a pool without hubs keeps its cosines.",
+        "starts: clips below pay nothing. 0: every clip above the median pays for its excess over it.",
     )
     max_uses_per_clip: int | None = Field(
         None,

@@ -63,9 +63,9 @@ class ReportLayout:
         return f"media/{number:04d}.flac"
 
     @staticmethod
-    def top_clip(rank: int) -> str:
-        """The audio of the rank-th most used clip, at the mix rate."""
-        return f"media/clip-{rank:02d}.flac"
+    def top_clip(number: int) -> str:
+        """The audio of the number-th most used clip of a sonify run, at the mix rate."""
+        return f"media/clip-{number:04d}.flac"
 
     @staticmethod
     def replaced_folders() -> tuple[str, ...]:

@@ -123,6 +123,22 @@ def test_summary_counts(run):
     assert "prompt:" in (out / "config.yaml").read_text()
 
 
+def test_exposure_numbers_match_the_manifest(run):
+    _, out, summary = run
+    rows = duckdb.sql(
+        "SELECT c.clip_id, count(*) AS n FROM (SELECT unnest(concepts) AS c "
+        f"FROM read_parquet('{out}/manifest/0*.parquet') WHERE error IS NULL) GROUP BY 1 ORDER BY n DESC"
+    ).fetchall()
+    exposure = summary["exposure"]
+    assert exposure["distinct_clips"] == len(rows) == summary["distinct_clips_used"]
+    assert exposure["max_uses_of_one_clip"] == rows[0][1]
+    assert exposure["top_clips_share"] == pytest.approx(
+        sum(n for _, n in rows[:20]) / sum(n for _, n in rows), abs=1e-6
+    )
+    hubness = json.loads((out / "hubness" / "hubness.json").read_text())
+    assert exposure["pool_k_occurrence_skewness"] == pytest.approx(hubness["k_occurrence_skewness"], abs=1e-6)
+
+
 def test_shards_read_back_with_webdataset(run, inputs):
     _, out, summary = run
     shards = sorted(str(p) for p in (out / "shards").glob("*.tar"))

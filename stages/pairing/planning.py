@@ -139,11 +139,14 @@ def plan_samples(
 ) -> tuple[list[dict], list[dict], Counter]:
     """Manifest rows of every sample (audio fields still empty, sorted by key) and of every rejected
     scene, and the counts of dropped concepts and threshold fallbacks. retrieval.max_uses_per_clip
-    counts uses over the scenes given (a chunk), in their order."""
+    counts uses over the scenes given (a chunk), taken in key order so that the order of the rows
+    does not matter."""
     samples, rejected, counts = [], [], Counter()
     uses: Counter = Counter()
-    for scene in scenes.to_pylist():
-        key = sample_key(scene["image_id"], scene["vlm"])
+    keyed = sorted(
+        ((sample_key(scene["image_id"], scene["vlm"]), scene) for scene in scenes.to_pylist()), key=lambda pair: pair[0]
+    )
+    for key, scene in keyed:
         row = {
             "key": key,
             "image_id": scene["image_id"],
