@@ -7,10 +7,9 @@ import json
 import logging
 import sys
 
-from pipelines.config import config_reference, load_config
+from pipelines.config import load_config
+from pipelines.config_reference import PAGE_PATH, configuration_page
 from schemas.errors import PipelineError
-
-CONFIG_TABLE_HEADER = "| key | type | default | meaning |\n|---|---|---|---|\n"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -44,7 +43,7 @@ def _parser() -> argparse.ArgumentParser:
     tiny.add_argument("--out", required=True, help="folder to write them to")
     sample = sub.add_parser("sample-data", help="generate the demo's audio sample")
     sample.add_argument("--out", required=True, help="folder to write it to")
-    sub.add_parser("config-reference", help="print every config key as a Markdown table")
+    sub.add_parser("config-reference", help=f"print the configuration reference page ({PAGE_PATH}): every config key")
     return parser
 
 
@@ -57,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(build_all(args.out), indent=2))
         return 0
     if args.command == "config-reference":
-        print(CONFIG_TABLE_HEADER + "\n".join(config_reference()))
+        sys.stdout.write(configuration_page())
         return 0
     if args.command == "sample-data":
         from pipelines.sample_data import write_sample

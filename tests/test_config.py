@@ -1,10 +1,13 @@
 import subprocess
 import sys
 from pathlib import Path
+from typing import Annotated, Literal
 
 import pytest
+from pydantic import BaseModel, Field
 
 from pipelines.config import ConfigError, load_config, parse_override
+from pipelines.config_reference import PAGE_PATH, TABLE_HEADER, config_reference, configuration_page
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -102,12 +105,69 @@ def test_cli_reports_config_error_in_one_line_before_any_work(config_file):
     assert result.stderr.strip() == f"error: {config_file}: pool.bogus: unknown key"
 
 
-def test_readme_configuration_reference_matches_the_code():
-    from pipelines.cli import CONFIG_TABLE_HEADER
-    from pipelines.config import config_reference
+def test_the_configuration_page_matches_the_code():
+    page = (REPO / PAGE_PATH).read_text()
+    assert page == configuration_page()
+    assert TABLE_HEADER + "\n".join(config_reference()) in page
 
-    readme = (REPO / "README.md").read_text()
-    assert CONFIG_TABLE_HEADER + "\n".join(config_reference()) in readme
+
+def test_the_config_reference_command_prints_the_page(capsys):
+    from pipelines.cli import main
+
+    assert main(["config-reference"]) == 0
+    assert capsys.readouterr().out == (REPO / PAGE_PATH).read_text()
+
+
+class _Tone(BaseModel):
+    """A generated tone."""
+
+    kind: Literal["tone"]
+    hertz: float = Field(440.0, description="Pitch.")
+
+
+class _Noise(BaseModel):
+    kind: Literal["noise"] = Field(description="noise: white noise.")
+    color: str | None = Field(None, description="Colour of the noise.")
+
+
+class _Gain(BaseModel):
+    db: float = Field(0.0, description="Gain in dB.")
+
+
+class _Shapes(BaseModel):
+    sounds: list[Annotated[_Tone | _Noise, Field(discriminator="kind")]] = Field(
+        default_factory=list, description="Sounds."
+    )
+    lead: _Tone | _Noise = Field(..., discriminator="kind", description="The lead sound.")
+    gain: _Gain | None = Field(None, description="Optional gain.")
+    trim: _Gain = Field(default_factory=_Gain, description="Trim.")
+
+
+def test_the_reference_lists_every_shape_of_config_model():
+    rows = config_reference(_Shapes)
+    keys = [row.split("|")[1].strip().strip("`") for row in rows]
+    assert keys == [
+        "sounds",
+        "sounds[kind=tone]",
+        "sounds[kind=tone].hertz",
+        "sounds[kind=noise]",
+        "sounds[kind=noise].color",
+        "lead",
+        "lead[kind=tone]",
+        "lead[kind=tone].hertz",
+        "lead[kind=noise]",
+        "lead[kind=noise].color",
+        "gain",
+        "gain.db",
+        "trim.db",
+    ]
+    by_key = dict(zip(keys, rows))
+    assert "A generated tone." in by_key["sounds[kind=tone]"]
+    assert "noise: white noise." in by_key["lead[kind=noise]"]
+    assert "| str, optional | unset | Colour of the noise. |" in by_key["sounds[kind=noise].color"]
+    assert "| section, optional | unset | Optional gain. |" in by_key["gain"]
+    assert "| required |" in by_key["lead"]
+    assert "| `0.0` |" in by_key["trim.db"]
 
 
 def test_sonify_refuses_chunks_that_split_a_vlm_batch_and_pool_does_not_care(config_file):

@@ -1,5 +1,6 @@
-"""Folder layouts are contracts: the README's output tables list exactly the files the layout
-classes name, and every folder a run writes is one where temporaries are cleaned."""
+"""Folder layouts are contracts: the output tables of the docs pages (docs/outputs.md,
+docs/report.md) list exactly the files the layout classes name, and every folder a run writes is one
+where temporaries are cleaned."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import pytest
 
 from schemas.layout import PoolLayout, ReportLayout, SonifyLayout, chunk_id, shard_file, shard_id
 
-README = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+DOCS = Path(__file__).resolve().parents[1] / "docs"
 ROOT = "memory://bucket/run"
 # An example value of every parameter a layout method takes; a method with a parameter not here
 # makes these tests fail until one is added.
@@ -26,7 +27,7 @@ EXAMPLES = {
     "position": 5,
     "rate": 16000,
 }
-# What the README's placeholders stand for.
+# What the docs tables' placeholders stand for.
 PLACEHOLDERS = {
     "NNNNNN": r"\d{6}",
     "PPPPPP": r"\d{6}",
@@ -38,10 +39,10 @@ PLACEHOLDERS = {
 }
 
 
-def readme_table_paths(line_prefix: str) -> list[str]:
-    """The backquoted paths in the first column of the first table after the line starting with
-    `line_prefix`."""
-    lines = README.splitlines()
+def documented_table_paths(page: str, line_prefix: str) -> list[str]:
+    """The backquoted paths in the first column of the first table after the line of docs/`page`
+    starting with `line_prefix`."""
+    lines = (DOCS / page).read_text().splitlines()
     start = next(i for i, line in enumerate(lines) if line.startswith(line_prefix))
     header = next(i for i in range(start + 1, len(lines)) if lines[i].startswith("|"))
     assert lines[header].split("|")[1].strip() == "path"
@@ -53,8 +54,8 @@ def readme_table_paths(line_prefix: str) -> list[str]:
     return paths
 
 
-def as_pattern(readme_path: str) -> re.Pattern:
-    pattern = re.escape(readme_path)
+def as_pattern(documented_path: str) -> re.Pattern:
+    pattern = re.escape(documented_path)
     for placeholder, regex in PLACEHOLDERS.items():
         pattern = pattern.replace(re.escape(placeholder), regex)
     return re.compile(pattern)
@@ -78,16 +79,20 @@ def relative(paths: dict[str, str], root: str) -> dict[str, str]:
 
 
 TABLES = {
-    "pool.dir": ("### Output: `pool.dir`", lambda: relative(file_kinds(PoolLayout(ROOT)), ROOT)),
-    "sonify.out": ("### Output: `sonify.out`", lambda: relative(file_kinds(SonifyLayout(ROOT)), ROOT)),
-    "report/": ("Layout of each `report/` folder", lambda: file_kinds(ReportLayout)),
+    "pool.dir": ("outputs.md", "## The pool folder: `pool.dir`", lambda: relative(file_kinds(PoolLayout(ROOT)), ROOT)),
+    "sonify.out": (
+        "outputs.md",
+        "## The run folder: `sonify.out`",
+        lambda: relative(file_kinds(SonifyLayout(ROOT)), ROOT),
+    ),
+    "report/": ("report.md", "## The report folder", lambda: file_kinds(ReportLayout)),
 }
 
 
 @pytest.mark.parametrize("folder", sorted(TABLES))
-def test_the_readme_output_table_lists_exactly_the_files_of_the_layout(folder):
-    heading, layout_files = TABLES[folder]
-    documented = readme_table_paths(heading)
+def test_the_documented_output_table_lists_exactly_the_files_of_the_layout(folder):
+    page, heading, layout_files = TABLES[folder]
+    documented = documented_table_paths(page, heading)
     produced = layout_files()
     patterns = {path: as_pattern(path) for path in documented}
     assert len(documented) == len(set(documented)) and documented
@@ -98,12 +103,12 @@ def test_the_readme_output_table_lists_exactly_the_files_of_the_layout(folder):
         name: path for name, path in produced.items() if sum(bool(p.fullmatch(path)) for p in patterns.values()) > 1
     }
     unproduced = [doc for doc, p in patterns.items() if not any(p.fullmatch(path) for path in produced.values())]
-    assert undocumented == {}, f"layout files missing from the README's {folder} table"
+    assert undocumented == {}, f"layout files missing from the {folder} table of docs/{page}"
     assert ambiguous == {}
-    assert unproduced == [], f"README {folder} rows that no layout method produces"
+    assert unproduced == [], f"rows of the {folder} table of docs/{page} that no layout method produces"
 
 
-def test_the_readme_check_tells_folders_and_numbers_apart():
+def test_the_documented_paths_check_tells_folders_and_numbers_apart():
     pattern = as_pattern("manifest/rejected-NNNNNN.parquet")
     assert pattern.fullmatch(SonifyLayout(ROOT).rejected(chunk_id(3)).removeprefix(ROOT + "/"))
     assert not pattern.fullmatch("manifest/rejected-3.parquet")
