@@ -1,6 +1,6 @@
 """Time of the sonify report as the manifest grows, printed as one table.
 
-    .venv/bin/python benchmarks/report_scale.py [--quick] [--sizes 1000 100000 1000000]
+    .venv/bin/python -m benchmarks.report_scale [--quick] [--sizes 1000 100000 1000000]
 
 Each size is a generated sonify.out: images.parquet, scenes and manifest parts of up to 250,000
 rows, 1 to 3 concepts per sample over 500 labels and 50,000 clips. No shards are written, so the
@@ -13,23 +13,19 @@ of a million samples costs about what one of a thousand does, because the driver
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+import duckdb
+import pyarrow as pa
+import pyarrow.parquet as pq
 
-import duckdb  # noqa: E402
-import pyarrow as pa  # noqa: E402
-import pyarrow.parquet as pq  # noqa: E402
-
-from pipelines.config import validate_config  # noqa: E402
-from pipelines.report import sonify_report  # noqa: E402
-from schemas import IMAGE_REFS, MANIFEST, SCENES, make_table  # noqa: E402
-from schemas.layout import SonifyLayout, chunk_id, shard_id  # noqa: E402
-from stages.io import storage  # noqa: E402
+from pipelines.config import validate_config
+from pipelines.report import sonify_report
+from schemas import IMAGE_REFS, MANIFEST, SCENES, make_table
+from schemas.layout import SonifyLayout, chunk_id, shard_id
+from stages.io import storage
 
 PART_ROWS = 250_000
 LABELS = 500
@@ -52,7 +48,8 @@ MANIFEST_ROWS = """
            0 AS dropped_concepts, CASE WHEN i % 10 = 0 THEN -1.5 ELSE 0.0 END AS mix_gain_db,
                -26 + 6 * random() AS mix_lufs,
            -6 + 5 * random() AS mix_peak_dbfs, 16000 AS sample_rate, 5.0 AS duration_s, 0 AS seed,
-           lpad(CAST(i // 1000 AS VARCHAR), 6, '0') || '.tar' AS shard, NULL AS error, NULL AS error_kind
+           lpad(CAST(i // 1000 AS VARCHAR), 6, '0') || '.tar' AS shard, 'jpg' AS shard_image_extension,
+               640 AS shard_image_width, 480 AS shard_image_height, NULL AS error, NULL AS error_kind
     FROM range($start, $stop) t(i)
 """
 

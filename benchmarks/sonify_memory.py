@@ -1,6 +1,7 @@
 """Peak memory of a sonify run as the number of images grows, printed as one table.
 
-    .venv/bin/python benchmarks/sonify_memory.py [--quick] [--sizes 1000 5000]
+    .venv/bin/python -m benchmarks.sonify_memory [--quick] [--sizes 1000 5000] [--pool-config FILE]
+        [--work DIR] [--json FILE]
 
 Each size is a complete `run_pipeline.py sonify` process over generated images (64x64 JPEG) with
 concepts provided from a file, against one small pool built first with the tiny CLAP. While it
@@ -10,8 +11,8 @@ concepts, retrieval, mixing and writing) and of the whole process tree (Ray's ow
 included). RSS counts the pages of shared libraries (torch, Ray) that a process happens to touch,
 which varies by about 10% between identical runs; USS counts only the memory private to the
 process, which is where anything held per image would show. Memory that does not grow with the
-number of images is the claim under test; tests/test_memory.py asserts it on 1,000 and 5,000
-images with these same functions.
+number of images is the claim under test; tests/test_memory.py runs this command on 1,000 and
+5,000 images against a pool of its own (--pool-config) and asserts it on the figures --json writes.
 """
 
 from __future__ import annotations
@@ -24,37 +25,20 @@ import sys
 import tempfile
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from schemas.layout import SonifyLayout
 
-from schemas.layout import SonifyLayout  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 SAMPLE_SECONDS = 0.1
-SOUNDS = [
-    "dog barking",
-    "rain on a roof",
-    "car engine idling",
-    "birds singing",
-    "waves on a beach",
-    "wind in trees",
-    "people talking",
-    "church bells",
-    "a train passing",
-    "footsteps on gravel",
-    "a crackling fire",
-    "a river flowing",
-    "traffic noise",
-    "children playing",
-    "a door closing",
-    "thunder",
-    "a cat meowing",
-    "a horse galloping",
-    "a siren",
-    "keyboard typing",
-]
+SOUNDS = (
+    "dog barking, rain on a roof, car engine idling, birds singing, waves on a beach, wind in trees, "
+    "people talking, church bells, a train passing, footsteps on gravel, a crackling fire, a river flowing, "
+    "traffic noise, children playing, a door closing, thunder, a cat meowing, a horse galloping, a siren, "
+    "keyboard typing"
+).split(", ")
 IMAGES_PER_CHUNK = 512
 AUDIO_FILES = 4
 
@@ -234,17 +218,36 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 5000])
     parser.add_argument("--quick", action="store_true", help="sizes 200 and 1000")
+    parser.add_argument(
+        "--pool-config", type=Path, help="config of a pool already built (default: a pool built here, tiny CLAP)"
+    )
+    parser.add_argument("--work", type=Path, help="folder for the inputs and runs (default: a temporary one)")
+    parser.add_argument("--json", type=Path, help="also write each size's peaks and run summary to this file")
     args = parser.parse_args()
     sizes = [200, 1000] if args.quick else args.sizes
 
-    from pipelines.tiny_models import build_transformers_clap
-
     with tempfile.TemporaryDirectory() as scratch:
-        root = Path(scratch)
-        models = {"clap_transformers": str(build_transformers_clap(root / "models", root / "build"))}
-        pool_config = write_pool_inputs(root, models)
-        run_measured("pool", pool_config, root / "pool.log")
+        root = args.work or Path(scratch)
+        pool_config = args.pool_config
+        if pool_config is None:
+            from demo.tiny_models import build_transformers_clap
+
+            models = {"clap_transformers": str(build_transformers_clap(root / "models", root / "build"))}
+            pool_config = write_pool_inputs(root, models)
+            run_measured("pool", pool_config, root / "pool.log")
         results = measure_sizes(root, sizes, pool_config)
+    if args.json:
+        figures = [
+            {
+                "images": size,
+                "images_per_chunk": IMAGES_PER_CHUNK,
+                "seconds": seconds,
+                "peaks": asdict(peaks) | {"worker_titles": sorted(peaks.worker_titles)},
+                "summary": summary,
+            }
+            for size, peaks, seconds, summary in results
+        ]
+        args.json.write_text(json.dumps(figures, indent=2) + "\n")
 
     print(f"cpus {os.cpu_count()}, images_per_chunk {IMAGES_PER_CHUNK}, RSS sampled every {SAMPLE_SECONDS} s")
     header = [

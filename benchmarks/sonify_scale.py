@@ -1,18 +1,18 @@
 """The scale targets of a sonify run, measured in one run of this script and printed as one table.
 
-    .venv/bin/python benchmarks/sonify_scale.py [--quick]
+    .venv/bin/python -m benchmarks.sonify_scale [--quick]
 
 - Memory: two complete `run_pipeline.py sonify` processes, over 1,000 and 8,000 generated images
   whose provided concepts are all distinct texts (4 per image: 32,000 at 8,000 images), against one
   pool built first through the real pool code with the tiny CLAP. The driver and every Ray worker
-  are sampled every 0.1 s (benchmarks/sonify_memory.py); the table compares the peaks.
+  are sampled every 0.1 s (benchmarks.sonify_memory); the table compares the peaks.
 - End to end: the 8,000-image run's samples per second (the whole `run_pipeline.py sonify` process:
   start, listing, scenes, retrieval, planning, mixing and writing), against a floor of the
   per-sample work measured in this process on the same run's plans: the shard writer alone (read
   the image and the clips' byte ranges, decode, mix, measure, encode, tar) in one process. The
   ratio per core of the run is printed beside it.
-- Pool reads: benchmarks/scale_reads.py, bytes counted by a filesystem wrapper, not by our code.
-- Search: benchmarks/scale_search.py, 500K x 512 clustered vectors, queries across a modality gap.
+- Pool reads: benchmarks.pool_reads, bytes counted by a filesystem wrapper, not by our code.
+- Search: benchmarks.search at pool scale, 500K x 512 clustered vectors, queries across a modality gap.
 
 Timings on a shared machine are noisy; every target is a ratio of two measurements of this run.
 """
@@ -20,18 +20,14 @@ Timings on a shared machine are noisy; every target is a ratio of two measuremen
 from __future__ import annotations
 
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from benchmarks import scale_reads, scale_search  # noqa: E402
-from benchmarks.common import parse_args  # noqa: E402
-from benchmarks.sonify_memory import measure_sizes, mib, run_measured, write_pool_inputs  # noqa: E402
-from schemas.layout import SonifyLayout  # noqa: E402
+from benchmarks import pool_reads, search
+from benchmarks.common import parse_args
+from benchmarks.sonify_memory import measure_sizes, mib, run_measured, write_pool_inputs
+from schemas.layout import PoolLayout, SonifyLayout
 
 CONCEPTS_PER_IMAGE = 4
 MIB = 2**20
@@ -53,7 +49,7 @@ def per_sample_floor(out: Path, pool_dir: str, scratch: Path) -> tuple[float, in
     encoding = ImageEncoding(
         sonify["image_format"], sonify["image_quality"], sonify["max_image_side"], sonify["max_image_pixels"]
     )
-    writer = WriteShards(pool_dir, str(scratch), settings["mix"]["peak_dbfs"], encoding)
+    writer = WriteShards(PoolLayout(pool_dir), SonifyLayout(str(scratch)), settings["mix"]["peak_dbfs"], encoding)
     plans = sorted(Path(SonifyLayout(str(out)).plans_folder()).glob("*-*.parquet"))
     samples, started = 0, time.perf_counter()
     for number, plan in enumerate(plans):
@@ -140,7 +136,7 @@ def main() -> None:
     sizes = [250, 2000] if args.quick else [1000, 8000]
     import yaml
 
-    from pipelines.tiny_models import build_transformers_clap
+    from demo.tiny_models import build_transformers_clap
 
     with tempfile.TemporaryDirectory() as scratch:
         root = Path(scratch)
@@ -151,10 +147,10 @@ def main() -> None:
         largest_out = root / f"out-{len(sizes) - 1}-{sizes[-1]}"
         floor, floor_samples = per_sample_floor(largest_out, str(root / "pool"), root / "floor")
         cpus = yaml.safe_load(pool_config.read_text())["ray"]["num_cpus"]
-        reads = scale_reads.measure_pool_reads(
-            root / "reads", scale_reads.QUICK if args.quick else scale_reads.FULL, models["clap_transformers"]
+        reads = pool_reads.measure_pool_reads(
+            root / "reads", pool_reads.QUICK if args.quick else pool_reads.FULL, models["clap_transformers"]
         )
-    search = scale_search.measure_search(n_vectors=100_000 if args.quick else 500_000)
+    searched = search.measure_search(n_vectors=100_000 if args.quick else 500_000)
     planned = planning_rate(100_000 if args.quick else 500_000)
 
     (small, small_peaks, _, small_summary), (large, large_peaks, large_seconds, large_summary) = runs
@@ -178,18 +174,12 @@ def main() -> None:
         row(
             "pool bytes read while mixing ÷ stored bytes of the clips used (counted by the file system)",
             f"{reads['bytes_read'] / MIB:,.1f} ÷ {reads['used_clip_bytes'] / MIB:,.1f} MiB = {reads['read_ratio']:.3f}",
-            f"<= {scale_reads.MAX_READ_RATIO:g}",
-            reads["read_ratio"] <= scale_reads.MAX_READ_RATIO,
-        ),
-        row(
-            "  whole pool-rate parts those shards touch (the read before packs)",
-            f"{reads['whole_part_bytes'] / MIB:,.0f} MiB",
-            "",
-            None,
+            f"<= {pool_reads.MAX_READ_RATIO:g}",
+            reads["read_ratio"] <= pool_reads.MAX_READ_RATIO,
         ),
         *[
             row(r["measure"], str(r["value"]), "" if r["target"] is None else f">= {r['target']:g}", r["met"])
-            for r in search
+            for r in searched
             if r["target"] is not None
         ],
         row(

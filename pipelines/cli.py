@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     if args.command == "tiny-models":
-        from pipelines.tiny_models import build_all
+        from demo.tiny_models import build_all
 
         print(json.dumps(build_all(args.out), indent=2))
         return 0
@@ -59,13 +59,13 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout.write(configuration_page())
         return 0
     if args.command == "sample-data":
-        from pipelines.sample_data import write_sample
+        from demo.sample_data import write_sample
 
         written = write_sample(args.out)
         print(f"wrote {len(written)} files to {args.out}")
         return 0
     try:
-        config = load_config(args.config, args.overrides)
+        config = load_config(args.config, args.overrides, command=args.command)
         if args.command == "report":
             from pipelines.report import run_report
 

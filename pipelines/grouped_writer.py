@@ -3,15 +3,13 @@ are in, completion marker last" of the pipelines (pool parts, sonify chunks)."""
 
 from __future__ import annotations
 
-import logging
-import time
 from collections import defaultdict
 from collections.abc import Callable, Hashable, Iterable
 
 import numpy as np
 import pyarrow as pa
 
-log = logging.getLogger(__name__)
+from pipelines.progress import Progress
 
 
 class UnfinishedGroups(RuntimeError):
@@ -22,7 +20,8 @@ class GroupedWriter:
     """Gathers rows that arrive in any order, grouped by `group_of` (the group key of every row of
     a batch), and calls `write(group, rows)` as soon as a group holds all its rows: as many as
     `expected_rows(group, some of its rows)` says. `write` writes the group's files, its completion
-    marker last, and returns how many units (clips, images) the group holds, for the logged rate."""
+    marker last, and returns how many units (clips, images) the group holds, for the logged rate.
+    Every group written is logged (pipelines.progress), as `group_unit` N of M."""
 
     def __init__(
         self,
@@ -32,18 +31,18 @@ class GroupedWriter:
         expected_rows: Callable[[Hashable, pa.Table], int],
         write: Callable[[Hashable, pa.Table], int],
         unit: str = "rows",
+        group_unit: str = "groups",
     ) -> None:
         self.what = what
         self.groups = list(groups)
         self.group_of = group_of
         self.expected_rows = expected_rows
         self.write = write
-        self.unit = unit
         self.pending: dict[Hashable, list[pa.Table]] = defaultdict(list)
         self.have: dict[Hashable, int] = defaultdict(int)
         self.written: list[Hashable] = []
         self.units = 0
-        self.started = time.monotonic()
+        self.progress = Progress(what, len(self.groups), group_unit, counted=unit, every_unit=True)
         self._expected_groups = set(self.groups)
 
     def add(self, batch: pa.Table) -> None:
@@ -61,20 +60,10 @@ class GroupedWriter:
                 raise UnfinishedGroups(f"{self.what} {group}: {self.have[group]} rows, more than its {expected}")
 
     def _write(self, group: Hashable, rows: pa.Table) -> None:
-        self.units += self.write(group, rows)
+        units = self.write(group, rows)
+        self.units += units
         self.written.append(group)
-        elapsed = time.monotonic() - self.started
-        log.info(
-            "%s %d/%d written (%s); %d %s so far, %.1f %s/s",
-            self.what,
-            len(self.written),
-            len(self.groups),
-            group,
-            self.units,
-            self.unit,
-            self.units / elapsed if elapsed else 0.0,
-            self.unit,
-        )
+        self.progress.advance(counted=units, note=str(group))
 
     def unfinished(self) -> list[Hashable]:
         written = set(self.written)

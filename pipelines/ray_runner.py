@@ -14,7 +14,8 @@ import ray.data
 from ray.data import ActorPoolStrategy
 
 from schemas.config import RayConfig
-from stages.base import EngineStage, Stage
+from schemas.errors import PipelineError
+from stages.base import EngineStage, Stage, check_chain
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +94,23 @@ def build_llm_processor(stage: EngineStage, task_retries: int, actor_restarts: i
     return processor
 
 
+def _pipeline_error_in(exc: BaseException) -> PipelineError | None:
+    """The PipelineError that a stage raised in a worker (a full disk, say), found inside the errors
+    Ray Data wraps it in, so that the run stops with its one-line message; None if there is none."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        # A RayTaskError keeps the worker's own exception as `cause`; it also poses as an instance of
+        # that exception's class, with Ray's traceback as its text.
+        cause = getattr(exc, "cause", None)
+        if isinstance(cause, PipelineError) and not isinstance(cause, ray.exceptions.RayError):
+            return cause
+        if isinstance(exc, PipelineError) and not isinstance(exc, ray.exceptions.RayError):
+            return exc
+        exc = cause if isinstance(cause, BaseException) else (exc.__cause__ or exc.__context__)
+    return None
+
+
 class Runner:
     """Runs stages on Ray with one run's `ray` settings.
 
@@ -115,15 +133,38 @@ class Runner:
     ) -> Iterator[pa.Table]:
         """The output batches of `stages` applied in order to `source`: one table cut into `blocks`
         blocks, or a list of tables, one block each. With `preserve_order`, batches are fixed
-        slices of the blocks in order, whichever blocks a run has to do."""
+        slices of the blocks in order, whichever blocks a run has to do.
+
+        The column chain is checked here, when the call is made and before anything runs: a stage
+        that needs a column its predecessor does not give is refused (ChainError) whichever
+        pipeline built the list."""
+        tables = source if isinstance(source, list) else [source]
+        if not tables:
+            raise ValueError("Runner.run got an empty list of tables: nothing to run")
+        check_chain(tables[0].schema, stages)
+        return self._batches(source, stages, blocks, preserve_order)
+
+    def _batches(
+        self, source: pa.Table | list[pa.Table], stages: list[Stage], blocks: int | None, preserve_order: bool
+    ) -> Iterator[pa.Table]:
         dataset = ray.data.from_arrow(source)
         if blocks:
             dataset = dataset.repartition(blocks)
         if preserve_order:
             dataset.context.execution_options.preserve_order = True
+        # A stage's own exception reaches the driver as the cause of Ray's error, not as the cause of
+        # a wrapper that loses it on the way, so a PipelineError raised in a worker stops the run with
+        # its own message.
+        dataset.context.raise_original_map_exception = True
         for stage in stages:
             dataset = self._apply(dataset, stage)
-        yield from dataset.iter_batches(batch_format="pyarrow", batch_size=None)
+        try:
+            yield from dataset.iter_batches(batch_format="pyarrow", batch_size=None)
+        except Exception as exc:
+            stopping = _pipeline_error_in(exc)
+            if stopping is None:
+                raise
+            raise stopping from None
 
     def _apply(self, dataset: ray.data.Dataset, stage: Stage) -> ray.data.Dataset:
         if isinstance(stage, EngineStage):

@@ -14,36 +14,28 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import dataclass
 from typing import Literal
 
-from PIL import Image
-
+from pipelines.pool.store import PoolStore
 from pipelines.report_clips import top_clip_players
+from pipelines.report_files import ReportError, ReportFiles, histogram_plot, report_json, write_report
+from pipelines.report_gallery import gallery_media
+from pipelines.report_pool import pool_report
 from schemas import IMAGE_REFS, MANIFEST, POOL_CLIPS, SCENES
 from schemas.config import RunConfig
-from schemas.errors import PipelineError
-from schemas.layout import PoolLayout, ReportLayout, SonifyLayout
+from schemas.layout import SonifyLayout
+from schemas.report_layout import ReportLayout
 from stages.io import storage
 from stages.report import plots
-from stages.report import pool as report_pool
 from stages.report import sonify as report_sonify
-from stages.report.gallery import read_samples, thumbnail_jpeg
-from stages.report.html import GalleryEntry, Plot, render_page
-from stages.report.sql import Histogram, ReportInputError, connect
+from stages.report.html import Plot, render_page
+from stages.report.sql import ReportInputError, connect
 
 log = logging.getLogger(__name__)
 
 TOP_LABELS = 50
 LOUDNESS_POINTS = 5000
-# A shard is read by walking its tar headers; small read-ahead blocks keep that walk from pulling
-# in the data of members it skips on object stores.
-SHARD_BLOCK_BYTES = 64 * 1024
 Target = Literal["sonify", "pool", "all"]
-
-
-class ReportError(PipelineError):
-    """There is nothing to report, or its files cannot be read."""
 
 
 def manifest_files(paths: SonifyLayout) -> list[str]:
@@ -59,97 +51,8 @@ def scene_files(paths: SonifyLayout) -> list[str]:
     return [url for folder in folders for url in storage.list_files(storage.full_url(fs, folder), ".parquet")]
 
 
-@dataclass
-class ReportFiles:
-    """What a report writes, by path inside its folder."""
-
-    files: dict[str, bytes]
-
-    def add(self, name: str, data: bytes) -> str:
-        self.files[name] = data
-        return name
-
-
-def write_report(folder: str, report: ReportFiles) -> str:
-    """Writes the report's files, the page last, and deletes plots and media that an earlier
-    report left and this one does not show."""
-    for sub in ReportLayout.replaced_folders():
-        for url in storage.list_files(storage.join(folder, sub), ""):
-            if storage.join(sub, url.rsplit("/", 1)[-1]) not in report.files:
-                storage.remove(url)
-    page = report.files.pop(ReportLayout.page())
-    for name, data in report.files.items():
-        storage.write_bytes(storage.join(folder, name), data)
-    index_url = storage.join(folder, ReportLayout.page())
-    storage.write_bytes(index_url, page)
-    return index_url
-
-
-def _histogram_plot(
-    report: ReportFiles,
-    name: str,
-    hist: Histogram,
-    title: str,
-    xlabel: str,
-    caption: str,
-    marker: tuple[float, str] | None = None,
-) -> Plot:
-    return Plot(
-        name, report.add(ReportLayout.plot(name), plots.histogram_plot(hist, title, xlabel, marker)), title, caption
-    )
-
-
 def _read_json(url: str) -> dict | None:
     return json.loads(storage.read_bytes(url)) if storage.exists(url) else None
-
-
-def gallery_media(paths: SonifyLayout, items: list[dict], thumbnail_px: int, report: ReportFiles) -> list[GalleryEntry]:
-    """Each chosen sample's thumbnail and mix, read from its shard; a sample that cannot be read
-    keeps its entry with the reason."""
-    entries = []
-    for item in items:
-        image_name = item["image_uri"] + (f" ({item['image_member']})" if item["image_member"] else "")
-        entries.append(
-            GalleryEntry(
-                item["key"], item["vlm"], item["shard"], image_name, item["caption"], item["mix_lufs"], item["concepts"]
-            )
-        )
-    by_shard: dict[str, list[int]] = {}
-    for number, item in enumerate(items):
-        by_shard.setdefault(item["shard"], []).append(number)
-    for shard, numbers in sorted(by_shard.items()):
-        if "/" in shard or shard in ("", ".", ".."):
-            for n in numbers:
-                entries[n].problems.append(f"manifest row {items[n]['key']}: {shard!r} is not a shard file name")
-            continue
-        url = paths.shard_named(shard)
-        fs, path = storage.filesystem(url)
-        try:
-            with fs.open(path, "rb", block_size=SHARD_BLOCK_BYTES) as handle:
-                found = read_samples(handle, [items[n]["key"] for n in numbers])
-        except (OSError, EOFError, ValueError) as exc:
-            for n in numbers:
-                entries[n].problems.append(f"{url}: cannot read the shard ({type(exc).__name__}: {exc})")
-            continue
-        for n in numbers:
-            members = found.get(items[n]["key"])
-            if members is None:
-                entries[n].problems.append(f"{url}: holds no sample {items[n]['key']}")
-                continue
-            if "flac" in members:
-                entries[n].audio = report.add(ReportLayout.mix(n + 1), members["flac"])
-            else:
-                entries[n].problems.append(f"{url}: sample {items[n]['key']} has no flac member")
-            images = [ext for ext in members if ext not in ("flac", "json")]
-            try:
-                if not images:
-                    raise ValueError("no image member")
-                entries[n].thumbnail = report.add(
-                    ReportLayout.thumbnail(n + 1), thumbnail_jpeg(members[images[0]], thumbnail_px)
-                )
-            except (OSError, ValueError, Image.DecompressionBombError) as exc:
-                entries[n].problems.append(f"{url}: sample {items[n]['key']}: image not shown ({exc})")
-    return entries
 
 
 def sonify_report(config: RunConfig) -> str:
@@ -157,17 +60,17 @@ def sonify_report(config: RunConfig) -> str:
     started = time.monotonic()
     if not config.sonify.out:
         raise ReportError("sonify.out is not set")
-    paths = SonifyLayout(config.sonify.out.rstrip("/"))
+    paths = SonifyLayout(config.sonify.out)
     manifest = manifest_files(paths)
     if not manifest:
         raise ReportError(f"{paths.manifest_folder()} holds no manifest: run `run_pipeline.py sonify` first")
     images_url = paths.images()
-    pool = PoolLayout(config.pool.dir.rstrip("/"))
+    pool = PoolStore.at(config.pool.dir)
     views = {
         "manifest": (manifest, MANIFEST),
         "scenes": (scene_files(paths), SCENES),
         "images": ([images_url] if storage.exists(images_url) else [], IMAGE_REFS),
-        "pool_clips": (storage.list_files(pool.clips_folder(), ".parquet"), POOL_CLIPS),
+        "pool_clips": (pool.clip_files(), POOL_CLIPS),
     }
     report = ReportFiles({})
     try:
@@ -178,7 +81,7 @@ def sonify_report(config: RunConfig) -> str:
             labels = report_sonify.label_frequency(con, TOP_LABELS)
             concept_hists = report_sonify.concept_histograms(con)
             mix_hists = report_sonify.mix_histograms(con)
-            index_meta = _read_json(pool.index_meta()) or {}
+            index_meta = pool.index_meta() or {}
             use_counts = report_sonify.clip_use_counts(con)
             usage = report_sonify.clip_usage(use_counts, index_meta.get("size"))
             top_clips = report_sonify.top_used_clips(con, report_sonify.TOP_USED_CLIPS)
@@ -198,7 +101,7 @@ def sonify_report(config: RunConfig) -> str:
             "Concept label frequency",
             "How often each label names a concept of a written sample.",
         ),
-        _histogram_plot(
+        histogram_plot(
             report,
             "cosine",
             concept_hists["cosine"],
@@ -206,7 +109,7 @@ def sonify_report(config: RunConfig) -> str:
             "cosine similarity (CLAP text to audio)",
             "Cosine between each concept's text and its chosen clip.",
         ),
-        _histogram_plot(
+        histogram_plot(
             report,
             "ssr",
             concept_hists["ssr"],
@@ -214,7 +117,7 @@ def sonify_report(config: RunConfig) -> str:
             "signed square root of the cosine",
             "The score the weighted choice used (the cosine itself when retrieval.ssr is false).",
         ),
-        _histogram_plot(
+        histogram_plot(
             report,
             "threshold",
             concept_hists["threshold"],
@@ -222,7 +125,7 @@ def sonify_report(config: RunConfig) -> str:
             "mean of the top-k scores",
             "Each concept's dynamic threshold: candidates score at least this.",
         ),
-        _histogram_plot(
+        histogram_plot(
             report,
             "candidates",
             concept_hists["n_candidates"],
@@ -249,7 +152,7 @@ def sonify_report(config: RunConfig) -> str:
             "Target against measured loudness",
             "Each dot is a sample; on the diagonal the mix is as loud as its sources' targets add up to.",
         ),
-        _histogram_plot(
+        histogram_plot(
             report,
             "mix-peak",
             mix_hists["mix_peak_dbfs"],
@@ -258,7 +161,7 @@ def sonify_report(config: RunConfig) -> str:
             "Peak of each written mix.",
             (config.mix.peak_dbfs, "mix.peak_dbfs"),
         ),
-        _histogram_plot(
+        histogram_plot(
             report,
             "mix-gain",
             mix_hists["mix_gain_db"],
@@ -267,7 +170,7 @@ def sonify_report(config: RunConfig) -> str:
             "Below 0: the mix passed the peak ceiling and was scaled down.",
         ),
     ]
-    gallery = gallery_media(paths, items, config.report.thumbnail_px, report)
+    gallery = gallery_media(paths, items, config.report.thumbnail_px, report.add)
     players = top_clip_players(paths, pool, config.mix.sample_rate, top_clips, report.add)
     summary = _read_json(paths.summary())
     notes = [
@@ -305,7 +208,7 @@ def sonify_report(config: RunConfig) -> str:
     }
     report.add(
         ReportLayout.summary(),
-        _report_json(counts, problems, {"gallery": [i["key"] for i in items], "clip_usage": clip_stats}),
+        report_json(counts, problems, {"gallery": [i["key"] for i in items], "clip_usage": clip_stats}),
     )
     index = write_report(paths.report_folder(), report)
     log.info(
@@ -317,86 +220,16 @@ def sonify_report(config: RunConfig) -> str:
     return index
 
 
-def pool_report(config: RunConfig) -> str:
-    """Writes pool.dir/report/ and returns the URL of its index.html."""
-    pool = PoolLayout(config.pool.dir.rstrip("/"))
-    clips = storage.list_files(pool.clips_folder(), ".parquet")
-    if not clips:
-        raise ReportError(f"{pool.clips_folder()} holds no pool table: run `run_pipeline.py pool` first")
-    report = ReportFiles({})
-    try:
-        with connect({"clips": (clips, POOL_CLIPS)}) as con:
-            counts = report_pool.pool_counts(con, config.pool.clip_seconds)
-            problems = report_pool.pool_problems(con).to_pylist()
-            formats = report_pool.formats(con)
-            durations = report_pool.source_durations(con)
-            loudness = report_pool.clip_loudness(con)
-            silent, audible = report_pool.silent_share(con)
-    except ReportInputError as exc:
-        raise ReportError(str(exc)) from None
-    index_meta = _read_json(pool.index_meta())
-    if index_meta is not None:
-        counts.append(("clips in the index", int(index_meta["size"])))
-    share = silent / (silent + audible) if silent + audible else 0.0
-    figures = [
-        Plot(
-            "formats",
-            report.add(ReportLayout.plot("formats"), plots.bar_chart(formats, "Source files by format", "files")),
-            "Formats",
-            "Decoded format of each source file that gave clips.",
-        ),
-        _histogram_plot(
-            report,
-            "durations",
-            durations,
-            "Source durations",
-            "seconds",
-            "Length of each source file before it was cut into clips.",
-        ),
-        _histogram_plot(
-            report,
-            "clip-loudness",
-            loudness,
-            "Clip loudness",
-            "integrated loudness at the pool rate (LUFS)",
-            "Loudness of each clip; digital silence has none.",
-            (config.pool.silence_lufs, "pool.silence_lufs"),
-        ),
-        Plot(
-            "silent",
-            report.add(
-                ReportLayout.plot("silent"),
-                plots.bar_chart([("audible", audible), ("silent", silent)], f"Silent share: {share:.1%}", "clips"),
-            ),
-            "Silent share",
-            "Clips below pool.silence_lufs are kept in the table but never retrieved.",
-        ),
-    ]
-    summary = _read_json(pool.summary())
-    notes = [
-        f"The last pool run took {summary['wall_seconds']:.0f} s."
-        if summary
-        else "No summary.json: the last pool run has not finished."
-    ]
-    report.add(ReportLayout.page(), render_page("Pool report", pool.root, counts, problems, figures, notes).encode())
-    report.add(ReportLayout.summary(), _report_json(counts, problems, {"silent_share": share}))
-    return write_report(pool.report_folder(), report)
-
-
-def _report_json(counts: list[tuple[str, int]], problems: list[dict], extra: dict) -> bytes:
-    return (json.dumps({"counts": dict(counts), "problems": problems, **extra}, indent=2) + "\n").encode()
-
-
 def run_report(config: RunConfig, target: Target) -> list[str]:
     """The reports asked for: `sonify`, `pool`, or `all` (each of the two that has something to
     report). Returns the URLs of their pages."""
     written = []
     if target in ("sonify", "all"):
-        has_run = bool(config.sonify.out) and bool(manifest_files(SonifyLayout(config.sonify.out.rstrip("/"))))
+        has_run = bool(config.sonify.out) and bool(manifest_files(SonifyLayout(config.sonify.out)))
         if target == "sonify" or has_run:
             written.append(sonify_report(config))
     if target in ("pool", "all"):
-        has_pool = bool(storage.list_files(PoolLayout(config.pool.dir.rstrip("/")).clips_folder(), ".parquet"))
+        has_pool = bool(PoolStore.at(config.pool.dir).clip_files())
         if target == "pool" or has_pool:
             written.append(pool_report(config))
     if not written:

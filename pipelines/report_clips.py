@@ -8,7 +8,8 @@ from collections.abc import Callable
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from schemas.layout import PoolLayout, ReportLayout, SonifyLayout
+from schemas.layout import PoolLayout, SonifyLayout
+from schemas.report_layout import ReportLayout
 from stages.io import storage
 
 

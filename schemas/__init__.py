@@ -17,6 +17,8 @@ from schemas.pool import (
 from schemas.report import GALLERY_ITEMS, REPORT_PROBLEMS
 from schemas.sonify import (
     ANSWERS,
+    CHUNK_PLANS,
+    CHUNK_SEARCHES,
     CHUNK_TASKS,
     CLIP_BIASES,
     CLIP_LOCATION,
@@ -35,6 +37,8 @@ from schemas.sonify import (
 
 __all__ = [
     "ANSWERS",
+    "CHUNK_PLANS",
+    "CHUNK_SEARCHES",
     "CHUNK_TASKS",
     "CLIP_BIASES",
     "CLIP_LOCATION",

@@ -1,19 +1,53 @@
 """The run configuration's contract: typed sections, each field with its description, validated
-before any work. Loading files, command-line overrides and the generated reference live in
-`pipelines.config`."""
+before any work. The pool section is in `schemas.pool_config`, the prompt and the VLM backends in
+`schemas.vlm_config`; every section is importable from here. Loading files, command-line overrides,
+what each command needs and the generated reference live in `pipelines.config`."""
 
 from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, model_validator
+
+from schemas.config_base import ConfigSection
+from schemas.pool_config import IndexConfig, ParquetSourceConfig, PoolConfig
+from schemas.vlm_config import (
+    DEFAULT_PROMPT,
+    VLM_BACKENDS,
+    OpenAIVlmConfig,
+    PromptConfig,
+    ProvidedVlmConfig,
+    TransformersVlmConfig,
+    VllmVlmConfig,
+    VlmConfig,
+)
+
+__all__ = [
+    "DEFAULT_PROMPT",
+    "VLM_BACKENDS",
+    "ClapConfig",
+    "ConfigSection",
+    "IndexConfig",
+    "MixConfig",
+    "ModelsConfig",
+    "OpenAIVlmConfig",
+    "ParquetSourceConfig",
+    "PoolConfig",
+    "PromptConfig",
+    "ProvidedVlmConfig",
+    "RayConfig",
+    "RenderConfig",
+    "ReportConfig",
+    "RetrievalConfig",
+    "RunConfig",
+    "SonifyConfig",
+    "TransformersVlmConfig",
+    "VllmVlmConfig",
+    "VlmConfig",
+]
 
 
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
-
-
-class RayConfig(_Section):
+class RayConfig(ConfigSection):
     address: str | None = Field(
         None,
         description="Address of an existing Ray cluster to join (`auto`, `ray://host:10001`). "
@@ -40,96 +74,7 @@ class RayConfig(_Section):
     )
 
 
-class IndexConfig(_Section):
-    kind: Literal["auto", "flat", "ivf", "hnsw"] = Field(
-        "auto",
-        description="auto: flat below exact_below vectors, ivf at or above. flat: exact inner product. ivf: "
-        "IVF-Flat, trained on a sample of the pool. hnsw: HNSW graph. Vectors are L2-normalized, so inner product "
-        "is cosine. index/index.json records the kind built.",
-    )
-    exact_below: int = Field(
-        200_000,
-        ge=1,
-        description="auto: pools of fewer vectors get an exact flat index, pools of this many or more an IVF one "
-        "(exact search cost grows with the pool; see benchmarks/scale_search.py).",
-    )
-    nlist: int | None = Field(
-        None, ge=1, description="IVF cells; unset means 4*sqrt(N), capped so each cell trains on 39 vectors."
-    )
-    nprobe: int = Field(
-        1,
-        ge=1,
-        description="IVF cells visited per query at the first try; each retrieval actor doubles it on its "
-        "calibration texts until retrieval.target_recall is reached. A low start costs only searches of those texts.",
-    )
-    hnsw_m: int = Field(32, ge=4, description="HNSW neighbours per node.")
-    ef_construction: int = Field(80, ge=8, description="HNSW build-time search depth.")
-    ef_search: int = Field(
-        64,
-        ge=8,
-        description="HNSW query-time search depth at the first try; each retrieval actor doubles it on its "
-        "calibration texts until retrieval.target_recall is reached.",
-    )
-
-
-class ParquetSourceConfig(_Section):
-    audio_column: str = Field(
-        "audio",
-        description="Column of a Parquet source holding each row's audio file bytes: a struct of `bytes` and "
-        "`path` (the Hugging Face Audio layout) or a binary column.",
-    )
-    id_column: str | None = Field(
-        None,
-        description="Column of unique values naming each row of a Parquet source (`column.field` reaches "
-        "into a struct, e.g. audio.path); the row's source URI is `<file>#<id>`. Unset: the row number.",
-    )
-
-
-class PoolConfig(_Section):
-    sources: list[str] = Field(
-        default_factory=list,
-        description="Audio sources: fsspec URLs or globs (local paths, s3://, gs://, memory://) of audio or "
-        "video files (wav, flac, mp3, ogg, aiff through libsndfile; m4a/AAC, raw AAC, Opus, Vorbis, WebM, "
-        "MP4, MOV, MKV and anything else FFmpeg decodes; a video's first audio stream), Parquet files "
-        "with an audio column (each row one source, see pool.parquet), and plain .tar files (WebDataset "
-        "shards; each audio member one source).",
-    )
-    dir: str = Field(..., description="Pool folder (fsspec URL): clips, audio, embeddings, index, summary.")
-    sample_rate: int = Field(48000, ge=8000, le=192000, description="Rate of the stored clips, in Hz.")
-    clip_seconds: float = Field(
-        5.0, ge=0.5, le=60.0, description="Length of each non-overlapping clip; the last is zero-padded."
-    )
-    silence_lufs: float = Field(
-        -70.0, description="Clips quieter than this integrated loudness are flagged silent and never indexed."
-    )
-    mix_sample_rates: list[int] = Field(
-        default_factory=lambda: [16000],
-        description="Rates at which mixes will be made. The pool also stores every clip at each of them "
-        "(16-bit FLAC, audio/<rate>/<part>.tar), with its loudness measured on that stored audio, "
-        "which is what the mixer decodes.",
-    )
-    max_band_loss_lu: float = Field(
-        20.0,
-        ge=0,
-        description="A clip is a candidate for a mix rate only if it is audible there: measured, at or above "
-        "silence_lufs, and at most this many LU quieter than at the pool rate (energy above the mix rate's "
-        "Nyquist frequency is lost in resampling; a 12 kHz tone mixed at 16 kHz would otherwise get 30+ dB of gain).",
-    )
-    files_per_part: int = Field(
-        16,
-        ge=1,
-        description="Sources (files, Parquet rows, tar members) per part, the unit of work and of output files.",
-    )
-    retry_errors: bool = Field(
-        False, description="Re-read sources whose last attempt ended in an error row, even if unchanged."
-    )
-    parquet: ParquetSourceConfig = Field(
-        default_factory=ParquetSourceConfig, description="How Parquet sources hold their audio."
-    )
-    index: IndexConfig = Field(default_factory=IndexConfig, description="FAISS index over non-silent clips.")
-
-
-class ClapConfig(_Section):
+class ClapConfig(ConfigSection):
     backend: Literal["transformers", "laion_clap"] = Field(
         "transformers", description="transformers ClapModel, or laion-clap CLAP_Module."
     )
@@ -152,82 +97,20 @@ class ClapConfig(_Section):
     num_cpus: float = Field(1.0, gt=0, description="CPUs per embedding actor.")
 
 
-DEFAULT_PROMPT = (
-    "List the sound sources that are visible and present in this image: things that would make a "
-    "sound in this scene. Do not add sounds of things outside the picture, and nothing for drawings, "
-    "statues or text. For each source give a short label and a one-sentence description of its sound, "
-    "as in 'dog: the sound of a dog barking while running in the grass'. Also give a one-line caption "
-    'of the image. Answer with JSON only: {"caption": "...", "sounds": [{"label": "...", "text": "..."}]}'
-)
-
-
-class PromptConfig(_Section):
-    version: str = Field("sounds-v1", description="Version of the prompt, written to every manifest row.")
-    text: str = Field(DEFAULT_PROMPT, description="The instruction sent with each image.")
-    max_concepts: int = Field(8, ge=1, description="Sounding concepts kept per image and VLM.")
-    max_answer_chars: int = Field(4000, ge=100, description="Longer answers are recorded as errors.")
-    max_text_chars: int = Field(
-        160, ge=8, description="Longest caption, label or sound text that structured decoding allows."
-    )
-    max_new_tokens: int = Field(384, ge=16, description="Generation budget of one answer.")
-    max_pixels: int = Field(
-        448 * 448, ge=28 * 28, description="Images are downscaled to at most this many pixels before the VLM."
-    )
-
-
-class VlmConfig(_Section):
-    name: str = Field(
-        ...,
-        pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$",
-        description="Short name (up to 64 letters, digits, `_`, `-`; starting with a letter or digit); the manifest's "
-        "`vlm` column. No `__`: it separates image id and VLM in sample keys.",
-    )
-    backend: Literal["vllm", "transformers", "openai", "provided"] = Field(
-        ...,
-        description="vllm: Ray Data LLM engine (GPU). transformers: AutoModelForImageTextToText. "
-        "openai: an OpenAI-compatible /v1/chat/completions server. provided: concepts from a file.",
-    )
-    model: str | None = Field(
+class ModelsConfig(ConfigSection):
+    clap: ClapConfig | None = Field(
         None,
-        description="Hugging Face id or folder (vllm, transformers), or the served model name (openai). "
-        "transformers: any fsspec URL, copied once per node like models.clap.model. vllm: s3://, gs://, "
-        "abfss:// and azure:// URLs, which Ray Data LLM downloads.",
+        description="The CLAP model used for audio and text embeddings; pool and sonify need it, render and "
+        "report do not.",
     )
-    path: str | None = Field(
-        None, description="provided: Parquet or JSONL (fsspec URL) of {image_id, concepts: [{label, text}]}."
-    )
-    batch_size: int = Field(8, ge=1, description="Images per batch.")
-    concurrency: int = Field(
-        1, ge=1, description="Engine replicas or model actors (vllm, transformers); parallel requests (openai)."
-    )
-    num_gpus: float = Field(0.0, ge=0, description="transformers: GPUs per actor.")
-    engine_kwargs: dict[str, Any] = Field(
-        default_factory=dict, description="vllm: engine arguments, e.g. {max_model_len: 8192, tensor_parallel_size: 1}."
-    )
-    base_url: str | None = Field(None, description="openai: server URL up to /v1, e.g. http://127.0.0.1:8000/v1.")
-    api_key_env: str = Field("OPENAI_API_KEY", description="openai: environment variable holding the API key, if any.")
-    timeout_s: float = Field(120.0, gt=0, description="openai: timeout of one request.")
-    retries: int = Field(3, ge=0, description="openai: retries of a failed request, with exponential backoff.")
-    temperature: float = Field(0.0, ge=0, description="Sampling temperature; 0 is greedy.")
-
-    @field_validator("name")
-    @classmethod
-    def _name_separates_in_keys(cls, name: str) -> str:
-        # Keys are "<image id>__<vlm>": with "__" in a VLM name, image "a" with VLM "b__c" and
-        # image "a__b" with VLM "c" would share a key.
-        if "__" in name:
-            raise ValueError(f"{name!r} contains '__', which separates image id and VLM name in sample keys")
-        return name
-
-
-class ModelsConfig(_Section):
-    clap: ClapConfig = Field(..., description="The CLAP model used for audio and text embeddings.")
     vlm: list[VlmConfig] = Field(
-        default_factory=list, description="VLMs listing sounding concepts; each gives one scene (sample) per image."
+        default_factory=list,
+        description="VLMs listing sounding concepts; each gives one scene (sample) per image. The `backend` key "
+        "of an entry decides which other keys it takes.",
     )
 
 
-class SonifyConfig(_Section):
+class SonifyConfig(ConfigSection):
     images: list[str] = Field(
         default_factory=list,
         description="Images: fsspec URLs or globs of jpg/png/webp files, WebDataset .tar shards, or "
@@ -263,7 +146,7 @@ class SonifyConfig(_Section):
     )
 
 
-class RetrievalConfig(_Section):
+class RetrievalConfig(ConfigSection):
     search_k: int = Field(64, ge=1, description="K: neighbours fetched from the index per concept text.")
     target_recall: float = Field(
         0.95,
@@ -336,7 +219,7 @@ class RetrievalConfig(_Section):
     )
 
 
-class MixConfig(_Section):
+class MixConfig(ConfigSection):
     sample_rate: int = Field(
         16000, ge=8000, le=192000, description="Rate of the mixes; must be in pool.mix_sample_rates."
     )
@@ -347,12 +230,12 @@ class MixConfig(_Section):
     )
 
 
-class RenderConfig(_Section):
+class RenderConfig(ConfigSection):
     manifest: str | None = Field(None, description="render: the manifest folder (fsspec URL) of a sonify run.")
     out: str | None = Field(None, description="render: where to write the rebuilt shards and manifest (fsspec URL).")
 
 
-class ReportConfig(_Section):
+class ReportConfig(ConfigSection):
     gallery_size: int = Field(
         48, ge=0, description="report: samples shown in the gallery, a seeded random choice among those written."
     )
@@ -362,11 +245,11 @@ class ReportConfig(_Section):
     )
 
 
-class RunConfig(_Section):
+class RunConfig(ConfigSection):
     seed: int = Field(0, description="Global seed of every random choice.")
     ray: RayConfig = Field(default_factory=RayConfig, description="Where the work runs.")
     pool: PoolConfig = Field(..., description="The audio pool.")
-    models: ModelsConfig = Field(..., description="Model checkpoints and their batching.")
+    models: ModelsConfig = Field(default_factory=ModelsConfig, description="Model checkpoints and their batching.")
     sonify: SonifyConfig = Field(default_factory=SonifyConfig, description="Images in, pairs out.")
     prompt: PromptConfig = Field(default_factory=PromptConfig, description="The VLM instruction.")
     retrieval: RetrievalConfig = Field(default_factory=RetrievalConfig, description="Choosing clips.")
@@ -392,10 +275,4 @@ class RunConfig(_Section):
         names = [v.name for v in self.models.vlm]
         if len(set(names)) != len(names):
             raise ValueError(f"models.vlm: names must be unique, got {names}")
-        for i, vlm in enumerate(self.models.vlm):
-            needed = {"provided": "path", "openai": "base_url"}.get(vlm.backend, "model")
-            if getattr(vlm, needed) is None:
-                raise ValueError(f"models.vlm.{i}.{needed}: required for backend {vlm.backend}")
-            if vlm.backend == "openai" and vlm.model is None:
-                raise ValueError(f"models.vlm.{i}.model: required for backend openai")
         return self

@@ -1,4 +1,5 @@
-"""Folder layouts: where each file of pool.dir, sonify.out and their report/ folders lives.
+"""Folder layouts: where each file of pool.dir and sonify.out lives (their report/ folders: in
+schemas/report_layout.py).
 
 A layout is a contract like a schema: readers and writers on any node must agree on every name, and
 a later version of the pipeline must find what an earlier one wrote. So one class per folder
@@ -10,15 +11,22 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import ClassVar
 
 # Rejected scenes share the manifest folder with the shards' parts; layout 1 kept them all in one
 # `rejected.parquet`, which released manifests may still hold.
 REJECTED_STEM = "rejected"
 
 
+def folder_url(url: str) -> str:
+    """A folder's URL as every layout spells it: without a trailing `/`, so that `out/` and `out`
+    name the same files and a summary or report shows one spelling. The one place URLs are normalized."""
+    return url.rstrip("/")
+
+
 def join(base: str, *parts: str) -> str:
     """`base/part/...`: fsspec URLs join with `/` on every file system."""
-    return "/".join([base.rstrip("/"), *[p.strip("/") for p in parts]])
+    return "/".join([folder_url(base), *[p.strip("/") for p in parts]])
 
 
 # Chunks and shards are named by their position, zero-padded so that names sort in order.
@@ -35,50 +43,20 @@ def shard_file(shard: str) -> str:
     return f"{shard}.tar"
 
 
-class ReportLayout:
-    """The files of a report/ folder (pool.dir/report, sonify.out/report), by name relative to it:
-    the page links its plots and media by these names, which is what lets the folder be copied or
-    served as it is."""
-
-    @staticmethod
-    def page() -> str:
-        """The page; written last."""
-        return "index.html"
-
-    @staticmethod
-    def summary() -> str:
-        """The page's counts, problems and gallery keys, for scripts and CI."""
-        return "report.json"
-
-    @staticmethod
-    def plot(name: str) -> str:
-        return f"plots/{name}.png"
-
-    @staticmethod
-    def thumbnail(number: int) -> str:
-        return f"media/{number:04d}.jpg"
-
-    @staticmethod
-    def mix(number: int) -> str:
-        return f"media/{number:04d}.flac"
-
-    @staticmethod
-    def top_clip(number: int) -> str:
-        """The audio of the number-th most used clip of a sonify run, at the mix rate."""
-        return f"media/clip-{number:04d}.flac"
-
-    @staticmethod
-    def replaced_folders() -> tuple[str, ...]:
-        """Folders whose files a new report replaces: what it does not show again is deleted."""
-        return ("plots", "media")
-
-
 @dataclass(frozen=True)
 class PoolLayout:
     """pool.dir. A part's clips file is written last and marks the part complete; its audio and
     embeddings files without one are an interrupted run's and are deleted."""
 
+    # The format pool.json records; a pool of another format is refused, not read.
+    # 2: the clips table has error_kind (pool_clips v2). 3: a pack of the clips at each mix rate per
+    # part (audio/<rate>/<part>.tar), located by loudness_at_rates (pool_clips v3).
+    FORMAT: ClassVar[int] = 3
+
     root: str
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "root", folder_url(self.root))
 
     def pool_meta(self) -> str:
         """What the pool was built with (CLAP, rates, clip length); later runs must match."""
@@ -157,9 +135,22 @@ class PoolLayout:
 @dataclass(frozen=True)
 class SonifyLayout:
     """sonify.out (and render.out, which holds the plans, manifest and shards only). Each phase is
-    materialized here, so that a rerun skips what is done and each can be queried."""
+    materialized here, so that a rerun skips what is done and each can be queried.
+
+    A run builds its layout once and hands it to its phases and stages; a layout pickles as its
+    root, so Ray workers get the same object."""
+
+    # The version layout.json records; a rerun into a folder of another version is refused.
+    # 1: scenes/<vlm>.parquet and manifest/rejected.parquet; 2: per chunk, with images.parquet and plans/;
+    # 3: one image member name for every sample (sonify.image_format), shards no longer split by format;
+    # 4: matches and shard plans per chunk (matches/, plans/CCCCCC-PPPPPP.parquet), mix_clips.parquet;
+    # 5: hubness/ (the bank and the clips' biases), corrected scores in matches and manifest.
+    VERSION: ClassVar[int] = 5
 
     root: str
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "root", folder_url(self.root))
 
     def images(self) -> str:
         """The listing, sorted by image id; made once, so a rerun resumes over the same images."""

@@ -196,6 +196,50 @@ MIX_CLIPS = versioned(
 )
 # The retrieval and planning stages' work, one row per chunk of images still to plan.
 CHUNK_TASKS = versioned("chunk_tasks", 1, [pa.field("chunk", pa.string(), nullable=False)])
+# What retrieval wrote for a chunk, one row per chunk: its matches file and how its distinct texts
+# were searched (the numbers its search stats file holds). The setting and recall columns are null
+# for an exact (flat) index; recall is null too for a chunk that recall_every does not measure.
+# 2: hubness_widest_search.
+CHUNK_SEARCHES = versioned(
+    "chunk_searches",
+    2,
+    [
+        pa.field("chunk", pa.string(), nullable=False),
+        pa.field("matches_url", pa.string(), nullable=False),
+        pa.field("texts", pa.int64(), nullable=False),
+        # The nprobe (IVF) or efSearch (HNSW) the run searches at, chosen by calibration.
+        pa.field("setting", pa.int64()),
+        pa.field("calibration_recall", pa.float64()),
+        pa.field("calibration_queries", pa.int64()),
+        pa.field("recall_k", pa.int64()),
+        pa.field("recall", pa.float64()),
+        pa.field("recall_queries", pa.int64()),
+        # With retrieval.hubness on: the widest raw search (K') the chunk's certified re-rank needed.
+        pa.field("hubness_widest_search", pa.int64()),
+    ],
+)
+# What planning wrote for a chunk, one row per chunk: its search (carried through, so the driver gets
+# one row per chunk from the retrieve-then-plan pipeline), its shard plans in shard order, its
+# rejected scenes, and the counts its plan stats file holds. 2: CHUNK_SEARCHES 2, concepts_clip_cap.
+CHUNK_PLANS = versioned(
+    "chunk_plans",
+    2,
+    [
+        *CHUNK_SEARCHES,
+        pa.field("shard_plan_urls", pa.list_(pa.string()), nullable=False),
+        pa.field("rejected_url", pa.string(), nullable=False),
+        pa.field("shards", pa.int64(), nullable=False),
+        pa.field("samples", pa.int64(), nullable=False),
+        pa.field("rejected", pa.int64(), nullable=False),
+        pa.field("concepts_below_min_cosine", pa.int64(), nullable=False),
+        pa.field("concepts_no_usable_clip", pa.int64(), nullable=False),
+        # Concepts dropped because every usable neighbour was at retrieval.max_uses_per_clip.
+        pa.field("concepts_clip_cap", pa.int64(), nullable=False),
+        pa.field("fallbacks", pa.int64(), nullable=False),
+        # The chunk's first rejection reasons (at most stages.pairing.planning.MAX_REPORTED_REASONS).
+        pa.field("rejection_reasons", pa.list_(pa.string()), nullable=False),
+    ],
+)
 # The write stage's work, one row per shard still to write; the driver never holds the plans.
 SHARD_TASKS = versioned(
     "shard_tasks",

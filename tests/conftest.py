@@ -31,7 +31,7 @@ def pytest_collection_modifyitems(items) -> None:
 
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory) -> dict[str, str]:
-    from pipelines.tiny_models import build_all
+    from demo.tiny_models import build_all
 
     return build_all(tmp_path_factory.mktemp("tiny-models"))
 
@@ -182,7 +182,8 @@ class PipelineRuns:
 
     @staticmethod
     def pool_outputs(pool_dir: Path) -> dict:
-        """Every pool table by file, the index ids and the index bytes; run records aside."""
+        """Every pool table by file, every pack's members by name, the index ids and the index
+        bytes; run records aside."""
         import pyarrow.parquet as pq
 
         tables = {
@@ -191,8 +192,13 @@ class PipelineRuns:
             for p in sorted((pool_dir / table).glob("*.parquet"))
         }
         assert "index/ids.parquet" in tables, f"{pool_dir} holds no index"
+        packs = {}
+        for path in sorted((pool_dir / "audio").glob("*/*.tar")):
+            with tarfile.open(path) as tar:
+                packs[str(path.relative_to(pool_dir))] = {m.name: tar.extractfile(m).read() for m in tar}
         return {
             **tables,
+            **packs,
             "index/index.faiss": (pool_dir / "index" / "index.faiss").read_bytes(),
             "pool.json": (pool_dir / "pool.json").read_text(),
         }

@@ -11,8 +11,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipelines.pool import group_parts, plan_work
-from stages.io.sources import ParquetLayout, SourceFile, SourceReader, expand_audio_sources
+from pipelines.pool.plan import group_parts, plan_work
+from stages.io.source_reader import SourceReader
+from stages.io.sources import ParquetLayout, SourceFile, expand_audio_sources
 
 HF_AUDIO = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
 DEFAULT = ParquetLayout("audio", None)
@@ -226,3 +227,12 @@ def test_a_rewritten_container_is_read_again_whole_and_its_old_rows_go_stale(tmp
     plan = plan_work(rewritten, stored, retry_errors=False)
     assert [s.uri for s in plan.to_process] == [s.uri for s in sources]
     assert plan.stale == {"p-old": {s.uri for s in sources}}
+
+
+def test_a_tar_member_named_in_latin1_is_a_source_under_a_storable_name(tmp_path):
+    latin1 = b"caf\xe9.wav".decode("utf-8", "surrogateescape")
+    write_tar(tmp_path / "shard.tar", [(latin1, b"latin-1 member"), ("plain.wav", b"plain member")])
+    sources, _ = expand_audio_sources([str(tmp_path / "shard.tar")], DEFAULT)
+    assert [s.uri for s in sources] == [f"{tmp_path}/shard.tar#caf%E9.wav", f"{tmp_path}/shard.tar#plain.wav"]
+    assert list(read_all(sources).values()) == [b"latin-1 member", b"plain member"]
+    assert group_parts(sources, 1).num_rows == 2

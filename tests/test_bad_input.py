@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import tarfile
 from pathlib import Path
 
 import duckdb
@@ -15,7 +16,9 @@ import pytest
 import soundfile
 
 from pipelines.config import validate_config
-from pipelines.pool import PoolMismatch, format_summary, run_pool
+from pipelines.pool.run import run_pool
+from pipelines.pool.store import PoolMismatch
+from pipelines.pool.summary import format_summary
 from pipelines.sonify.checks import SonifyError, check_pool
 from tests.helpers import noise, pyav_media, tone, wav_with_rate, write_audio
 
@@ -293,3 +296,60 @@ def test_every_awkward_image_through_sonify_is_a_sample_or_a_counted_error_row(r
                 "RGB",
                 (samples[key]["width"], samples[key]["height"]),
             ), key
+
+
+@pytest.mark.slow
+def test_names_that_are_not_utf8_go_through_pool_and_sonify_and_keep_their_bytes(tiny_models, tmp_path):
+    """A Latin-1 audio file and a Latin-1 image (byte 0xE9, which Linux allows in a name) through
+    `run_pipeline.py pool` and `sonify`: both are stored under percent-encoded file:// URLs, and the
+    image becomes a sample whose shard holds its bytes."""
+    import os
+
+    import pyarrow.parquet as pq
+    import yaml
+    from PIL import Image
+
+    from stages.io import storage
+    from tests.conftest import PipelineRuns
+    from tests.test_images import encode, gradient
+
+    runs = PipelineRuns(tmp_path, tiny_models)
+    audio, images = tmp_path / "inputs" / "audio", tmp_path / "inputs" / "images"
+    write_audio(audio / "plain.wav", noise(7.0, 44100, 0.05, 1) + tone(7.0, 44100, 300.0, 0.1), 44100)
+    write_audio(tmp_path / "staged.wav", noise(6.0, 44100, 0.05, 2) + tone(6.0, 44100, 500.0, 0.1), 44100)
+    os.rename(tmp_path / "staged.wav", os.fsencode(audio) + b"/caf\xe9.wav")
+    images.mkdir(parents=True)
+    (images / "plain.png").write_bytes(encode(gradient(), "PNG"))
+    latin1_png = encode(gradient(80, 60), "PNG")
+    with open(os.fsencode(images) + b"/caf\xe9.png", "wb") as handle:
+        handle.write(latin1_png)
+    concepts = tmp_path / "concepts.jsonl"
+    concepts.write_text(
+        "".join(
+            json.dumps({"image_id": i, "caption": "a cafe", "concepts": [{"label": "cup", "text": "a cup"}]}) + "\n"
+            for i in ("plain", "caf%E9")
+        )
+    )
+    config = runs.config("latin1")
+    tree = yaml.safe_load(config.read_text())
+    tree["models"]["vlm"] = [{"name": "given", "backend": "provided", "path": str(concepts), "batch_size": 2}]
+    tree["sonify"]["image_format"] = "original"
+    config.write_text(yaml.safe_dump(tree))
+    try:
+        runs.run("pool", config)
+        runs.run("sonify", config)
+    finally:
+        runs.cleanup()
+
+    clips = pq.read_table(tmp_path / "latin1" / "pool" / "clips").to_pylist()
+    assert {r["error"] for r in clips} == {None}
+    uris = {r["source_uri"] for r in clips}
+    assert uris == {str(audio / "plain.wav"), f"file://{audio}/caf%E9.wav"}
+    assert os.fsencode(storage.filesystem(f"file://{audio}/caf%E9.wav")[1]) == os.fsencode(audio) + b"/caf\xe9.wav"
+    manifest = pq.read_table(tmp_path / "latin1" / "out" / "manifest").to_pylist()
+    latin1 = [r for r in manifest if r["image_id"] == "caf%E9"]
+    assert [(r["image_uri"], r["error"]) for r in latin1] == [(f"file://{images}/caf%E9.png", None)]
+    with tarfile.open(tmp_path / "latin1" / "out" / "shards" / latin1[0]["shard"]) as tar:
+        assert tar.extractfile(f"{latin1[0]['key']}.png").read() == latin1_png
+    with Image.open(io.BytesIO(latin1_png)) as image:
+        assert (latin1[0]["width"], latin1[0]["height"]) == image.size

@@ -60,7 +60,7 @@ def test_missing_laion_checkpoint_is_a_clear_error(tmp_path):
 
 @pytest.mark.parametrize("fusion", [False, True])
 def test_a_clip_embeds_the_same_in_any_batch_and_random_state(tmp_path, fusion):
-    from pipelines.tiny_models import build_transformers_clap
+    from demo.tiny_models import build_transformers_clap
 
     folder = build_transformers_clap(tmp_path / "out", tmp_path / "scratch", fusion=fusion)
     model = load_clap(ClapConfig(backend="transformers", model=str(folder)))
@@ -76,3 +76,53 @@ def test_a_clip_embeds_the_same_in_any_batch_and_random_state(tmp_path, fusion):
     np.random.seed(123)
     model.embed_audio(others)
     assert np.random.random() == expected, "embedding must leave numpy's global random state as it found it"
+
+
+def test_identity_tells_checkpoints_apart_by_content_not_folder_name(tiny_models, tmp_path, monkeypatch):
+    import json
+    import shutil
+
+    from pipelines.config import validate_config
+    from pipelines.pool.store import PoolMismatch, PoolStore
+    from schemas.layout import PoolLayout
+    from stages.io import storage
+
+    monkeypatch.setenv("SONIFY_MODEL_CACHE", str(tmp_path / "cache"))
+    original = tiny_models["clap_transformers"]
+    first, second, renamed = tmp_path / "a" / "clap", tmp_path / "b" / "clap", tmp_path / "c" / "other-name"
+    for folder in (first, second, renamed):
+        shutil.copytree(original, folder)
+    # Another checkpoint of the same architecture and width: one weight byte differs.
+    weights = second / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 1
+    weights.write_bytes(bytes(data))
+
+    def identity(folder) -> dict:
+        return clap_identity(ClapConfig(backend="transformers", model=str(folder)))
+
+    assert identity(first)["model"] == identity(second)["model"] == "clap"
+    assert identity(first)["content"] != identity(second)["content"]
+    assert identity(first)["content"] == identity(renamed)["content"]
+
+    pool = tmp_path / "pool"
+    pool.mkdir()
+    config = validate_config({"pool": {"dir": str(pool)}, "models": {"clap": {"model": str(first)}}})
+    recorded = PoolStore(PoolLayout(str(pool))).check_compatible(identity(first), config.pool)
+    (pool / "pool.json").write_text(json.dumps(recorded))
+    PoolStore(PoolLayout(str(pool))).check_compatible(identity(renamed), config.pool)
+    with pytest.raises(PoolMismatch, match="built with other settings \\(clap: "):
+        PoolStore(PoolLayout(str(pool))).check_compatible(identity(second), config.pool)
+    # A pool recorded before identities held the content is compared as it was then.
+    legacy = {k: v for k, v in recorded["clap"].items() if k != "content"}
+    (pool / "pool.json").write_text(json.dumps({**recorded, "clap": legacy}))
+    PoolStore(PoolLayout(str(pool))).check_compatible(identity(second), config.pool)
+
+    # Each file is hashed once, and again only when its size or mtime changes.
+    hashed = []
+    monkeypatch.setattr(storage, "sha256_of", lambda url: hashed.append(url) or "0" * 64)
+    identity(first)
+    assert hashed == []
+    (first / "config.json").write_text((first / "config.json").read_text() + "\n")
+    identity(first)
+    assert [u.rsplit("/", 1)[-1] for u in hashed] == ["config.json"]

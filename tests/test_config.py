@@ -8,6 +8,7 @@ from pydantic import BaseModel, Field
 
 from pipelines.config import ConfigError, load_config, parse_override
 from pipelines.config_reference import PAGE_PATH, TABLE_HEADER, config_reference, configuration_page
+from schemas.layout import SonifyLayout
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -209,14 +210,15 @@ def test_cli_refuses_a_missing_pool_in_one_line_before_any_work(config_file, tmp
 
 def test_sonify_refuses_an_output_folder_of_another_file_layout(config_file, tmp_path):
     from pipelines.config import dump_config
-    from pipelines.sonify.checks import LAYOUT_VERSION, SonifyError, check_same_run
+    from pipelines.sonify.checks import SonifyError, check_same_run
+    from schemas.layout import SonifyLayout
 
     config = load_config(config_file, [f"sonify.out={tmp_path}"])
     (tmp_path / "config.yaml").write_text(dump_config(config))
     with pytest.raises(SonifyError, match="another file layout"):
-        check_same_run(config, str(tmp_path))
-    (tmp_path / "layout.json").write_text(f'{{"layout": {LAYOUT_VERSION}}}')
-    check_same_run(config, str(tmp_path))
+        check_same_run(config, SonifyLayout(str(tmp_path)))
+    (tmp_path / "layout.json").write_text(f'{{"layout": {SonifyLayout.VERSION}}}')
+    check_same_run(config, SonifyLayout(str(tmp_path)))
 
 
 def test_vlm_names_that_could_fold_two_keys_into_one_are_refused(config_file):
@@ -235,19 +237,19 @@ def test_vlm_names_that_could_fold_two_keys_into_one_are_refused(config_file):
 
 def test_a_resumed_run_may_change_execution_settings_only(config_file, tmp_path):
     from pipelines.config import dump_config
-    from pipelines.sonify.checks import LAYOUT_VERSION, SonifyError, check_same_run
+    from pipelines.sonify.checks import SonifyError, check_same_run
+    from schemas.layout import SonifyLayout
 
     vlm = "models.vlm=[{name: a, backend: openai, model: m, base_url: 'http://127.0.0.1:1/v1'}]"
     config = load_config(config_file, [f"sonify.out={tmp_path}", vlm])
     (tmp_path / "config.yaml").write_text(dump_config(config))
-    (tmp_path / "layout.json").write_text(f'{{"layout": {LAYOUT_VERSION}}}')
+    (tmp_path / "layout.json").write_text(f'{{"layout": {SonifyLayout.VERSION}}}')
     execution = [
         "models.clap.concurrency=4",
         "models.clap.num_gpus=1",
         "models.clap.num_cpus=2",
         "ray.num_cpus=1",
         "models.vlm.0.concurrency=8",
-        "models.vlm.0.num_gpus=1",
         "models.vlm.0.timeout_s=5",
         "models.vlm.0.retries=9",
     ]
@@ -256,12 +258,12 @@ def test_a_resumed_run_may_change_execution_settings_only(config_file, tmp_path)
         [f"sonify.out={tmp_path}", vlm.replace("}]", ", concurrency: 8, timeout_s: 5, retries: 9}]")]
         + [e for e in execution if not e.startswith("models.vlm")],
     )
-    check_same_run(changed, str(tmp_path))
+    check_same_run(changed, SonifyLayout(str(tmp_path)))
     check_same_run(
         load_config(
             config_file, [f"sonify.out={tmp_path}", vlm, "retrieval.recall_every=3", "retrieval.recall_sample=20"]
         ),
-        str(tmp_path),
+        SonifyLayout(str(tmp_path)),
     )
     for output_setting in [
         "models.clap.batch_size=7",
@@ -270,7 +272,9 @@ def test_a_resumed_run_may_change_execution_settings_only(config_file, tmp_path)
         "retrieval.calibration_queries=9",
     ]:
         with pytest.raises(SonifyError, match="other settings"):
-            check_same_run(load_config(config_file, [f"sonify.out={tmp_path}", vlm, output_setting]), str(tmp_path))
+            check_same_run(
+                load_config(config_file, [f"sonify.out={tmp_path}", vlm, output_setting]), SonifyLayout(str(tmp_path))
+            )
 
 
 def test_a_resumed_run_refuses_a_changed_pool(tmp_path):
@@ -279,20 +283,20 @@ def test_a_resumed_run_refuses_a_changed_pool(tmp_path):
     state = {"index_size": 10, "index_parts": {"part-a": 10}}
     grown = {"index_size": 14, "index_parts": {"part-a": 10, "part-b": 4}}
     # Before retrieval nothing depends on the pool: the state is recorded anew.
-    check_same_pool(str(tmp_path), "/pools/p", grown)
-    check_same_pool(str(tmp_path), "/pools/p", state)
+    check_same_pool(SonifyLayout(str(tmp_path)), "/pools/p", grown)
+    check_same_pool(SonifyLayout(str(tmp_path)), "/pools/p", state)
     (tmp_path / "matches").mkdir()
     (tmp_path / "matches" / "000000.json").write_text("{}")
-    check_same_pool(str(tmp_path), "/pools/p", dict(state))
+    check_same_pool(SonifyLayout(str(tmp_path)), "/pools/p", dict(state))
     with pytest.raises(SonifyError) as raised:
-        check_same_pool(str(tmp_path), "/pools/p", grown)
+        check_same_pool(SonifyLayout(str(tmp_path)), "/pools/p", grown)
     message = str(raised.value)
     assert "\n" not in message
     assert "pool /pools/p is not the pool" in message and "10 clips in 1 parts; now 14 clips in 2 parts" in message
     assert "delete its matches/, plans/, manifest/ and shards/" in message and "use a new sonify.out" in message
     (tmp_path / "pool_state.json").unlink()
     with pytest.raises(SonifyError, match="did not record its pool"):
-        check_same_pool(str(tmp_path), "/pools/p", state)
+        check_same_pool(SonifyLayout(str(tmp_path)), "/pools/p", state)
 
 
 def test_sample_keys_stay_valid_file_names():
@@ -307,3 +311,152 @@ def test_sample_keys_stay_valid_file_names():
     assert len(keys) == 200_000
     assert sample_key("photo-1", "given") == "photo-1__given"
     assert sample_key("x" * 120, "qwen") == "x" * 120 + "__qwen"
+
+
+def one_vlm(entry: str) -> list[str]:
+    return [f"models.vlm=[{{{entry}}}]"]
+
+
+def test_each_vlm_entry_is_its_backends_model(config_file):
+    from schemas.config import OpenAIVlmConfig, ProvidedVlmConfig, TransformersVlmConfig, VllmVlmConfig
+
+    entries = [
+        "{name: a, backend: vllm, model: m, engine_kwargs: {max_model_len: 8192}}",
+        "{name: b, backend: transformers, model: m, num_gpus: 1}",
+        "{name: c, backend: openai, model: m, base_url: 'http://127.0.0.1:1/v1', timeout_s: 5}",
+        "{name: d, backend: provided, path: c.jsonl}",
+    ]
+    config = load_config(config_file, [f"models.vlm=[{', '.join(entries)}]"])
+    kinds = [type(v) for v in config.models.vlm]
+    assert kinds == [VllmVlmConfig, TransformersVlmConfig, OpenAIVlmConfig, ProvidedVlmConfig]
+    assert config.models.vlm[0].engine_kwargs == {"max_model_len": 8192}
+    assert config.models.vlm[1].num_gpus == 1
+    assert config.models.vlm[2].timeout_s == 5
+
+
+@pytest.mark.parametrize(
+    "entry, message",
+    [
+        (
+            "name: a, backend: openai, model: m, base_url: u, engine_kwargs: {}",
+            "models.vlm.0: backend openai does not take engine_kwargs (a setting of backend vllm)",
+        ),
+        (
+            "name: a, backend: transformers, model: m, base_url: u, retries: 2",
+            "backend transformers does not take base_url (a setting of backend openai), "
+            "retries (a setting of backend openai)",
+        ),
+        (
+            "name: a, backend: vllm, model: m, num_gpus: 1",
+            "backend vllm does not take num_gpus (a setting of backend transformers)",
+        ),
+        (
+            "name: a, backend: provided, path: p, model: m",
+            "backend provided does not take model (a setting of backend vllm and transformers and openai)",
+        ),
+        ("name: a, backend: transformers, modle: m", "models.vlm.0.modle: unknown key of backend transformers"),
+        ("name: a, backend: openai, model: m", "models.vlm.0.base_url: required key is missing (backend openai)"),
+        ("name: a, backend: provided", "models.vlm.0.path: required key is missing (backend provided)"),
+        ("name: a, backend: llava, model: m", "models.vlm.0.backend: 'llava' is not one of vllm, transformers"),
+        ("name: a, model: m", "models.vlm.0.backend: required key is missing"),
+    ],
+)
+def test_vlm_keys_are_checked_against_the_entrys_backend(config_file, entry, message):
+    with pytest.raises(ConfigError) as raised:
+        load_config(config_file, one_vlm(entry))
+    text = str(raised.value)
+    assert message in text
+    assert "\n" not in text
+
+
+NO_CLAP = """
+pool:
+  dir: /tmp/pool
+render:
+  manifest: /tmp/run/manifest
+  out: /tmp/rendered
+"""
+
+
+def test_each_command_needs_only_its_own_sections(tmp_path):
+    path = tmp_path / "render.yaml"
+    path.write_text(NO_CLAP)
+    for command in ("render", "report"):
+        assert load_config(path, command=command).models.clap is None
+    for command in ("pool", "sonify"):
+        with pytest.raises(ConfigError) as raised:
+            load_config(path, command=command)
+        assert str(raised.value).startswith(f"{path}: models.clap: required by `{command}` (CLAP embeds ")
+
+
+def test_cli_refuses_sonify_without_clap_and_lets_render_past_validation(tmp_path):
+    path = tmp_path / "render.yaml"
+    path.write_text(NO_CLAP)
+
+    def run(command: str) -> subprocess.CompletedProcess:
+        argv = [sys.executable, str(REPO / "run_pipeline.py"), command, "--config", str(path)]
+        return subprocess.run(argv, capture_output=True, text=True, cwd=REPO, timeout=120)
+
+    refused = run("sonify")
+    assert refused.returncode == 2
+    assert refused.stderr.strip() == (
+        f"error: {path}: models.clap: required by `sonify` (CLAP embeds the concept texts), and not set"
+    )
+    rendered = run("render")
+    # Validation passed: render goes on to look for the pool, which is not there.
+    assert rendered.returncode == 2
+    assert rendered.stderr.strip().splitlines()[-1] == "error: pool.dir /tmp/pool holds no pool (no pool.json)"
+
+
+def test_a_run_whose_stored_config_this_version_cannot_read_is_not_resumed(config_file, tmp_path):
+    from pipelines.config import dump_config
+    from pipelines.sonify.checks import SonifyError, check_same_run
+
+    vlm = one_vlm("name: a, backend: provided, path: c.jsonl")
+    config = load_config(config_file, [f"sonify.out={tmp_path}", *vlm])
+    # A VLM entry holding a key of another backend, as a flat VLM model over every backend wrote them.
+    stored = dump_config(config).replace("    path: c.jsonl\n", "    path: c.jsonl\n    base_url: null\n")
+    assert "base_url: null" in stored
+    (tmp_path / "config.yaml").write_text(stored)
+    (tmp_path / "layout.json").write_text(f'{{"layout": {SonifyLayout.VERSION}}}')
+    with pytest.raises(SonifyError) as raised:
+        check_same_run(config, SonifyLayout(str(tmp_path)))
+    message = str(raised.value)
+    assert "backend provided does not take base_url (a setting of backend openai)" in message
+    assert message.endswith("run sonify again into a new sonify.out")
+
+
+def test_a_resumed_run_is_the_same_run_wherever_it_lies_and_however_its_paths_are_spelt(
+    config_file, tmp_path, monkeypatch
+):
+    import shutil
+
+    from pipelines.config import dump_config
+    from pipelines.sonify.checks import SonifyError, check_same_run
+    from schemas.layout import SonifyLayout
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "pool").mkdir()
+    (tmp_path / "images").mkdir()
+    run = tmp_path / "runs" / "first"
+    settings = [f"pool.dir={tmp_path / 'pool'}", f"sonify.images=[{tmp_path / 'images'}/*]"]
+    config = load_config(config_file, [f"sonify.out={run}", *settings])
+    run.mkdir(parents=True)
+    (run / "config.yaml").write_text(dump_config(config))
+    (run / "layout.json").write_text(f'{{"layout": {SonifyLayout.VERSION}}}')
+
+    def resumes(out, *overrides: str) -> None:
+        config = load_config(config_file, [f"sonify.out={out}", *settings, *overrides])
+        check_same_run(config, SonifyLayout(str(out)))
+
+    resumes(f"{run}/")
+    resumes("runs/first")
+    resumes("./runs/first/", "pool.dir=pool/", "sonify.images=[images/*]")
+    # How the pool is built from its sources is not what sonify reads: extending a pool is documented.
+    resumes(run, "pool.sources=[a.wav, 'more/*.flac']", "pool.files_per_part=3", "pool.retry_errors=true")
+    shutil.copytree(run, tmp_path / "moved")
+    resumes(tmp_path / "moved")
+
+    with pytest.raises(SonifyError) as refused:
+        resumes(run, "sonify.images=[elsewhere/*]", "pool.dir=other-pool", "retrieval.k=2")
+    assert "(pool.dir, retrieval.k, sonify.images.0 differ; see its config.yaml)" in str(refused.value)

@@ -8,7 +8,7 @@ import pytest
 
 from pipelines.cli import main
 from pipelines.config import ConfigError, validate_config
-from pipelines.pool import PoolMismatch, check_compatible
+from pipelines.pool.store import PoolMismatch, PoolStore
 from pipelines.report import ReportError
 from pipelines.sonify.checks import SonifyError, read_phase
 from schemas import SCENES, make_table, versioned
@@ -72,7 +72,7 @@ def test_a_pool_of_another_format_is_refused_saying_what_to_do(tmp_path):
     with pytest.raises(
         PoolMismatch, match="pool format 1, this one writes 3\\); rebuild the pool into a new pool.dir$"
     ):
-        check_compatible(PoolLayout(str(tmp_path)), {"dim": 512}, config)
+        PoolStore(PoolLayout(str(tmp_path))).check_compatible({"dim": 512}, config.pool)
 
 
 def test_the_command_line_prints_any_pipeline_error_as_one_line_and_exits_2(tmp_path, capsys):
@@ -158,3 +158,55 @@ def test_render_skips_a_shard_whose_rows_all_failed_and_says_so(tmp_path, caplog
         result = run_render(config)
     assert result["shards"] == 0 and result["samples"] == 0
     assert "000000.parquet holds no sample (every row an error), so shard 000000 is not rebuilt" in caplog.text
+
+
+def test_render_refuses_a_folder_made_from_another_manifest_or_setting_and_resumes_its_own(tmp_path):
+    import pyarrow.parquet as pq
+
+    from pipelines.sonify import SonifyError, run_render
+    from schemas import MANIFEST
+
+    (tmp_path / "pool").mkdir()
+    (tmp_path / "pool" / "pool.json").write_text("{}")
+    for name, key in (("a", "k__v"), ("b", "other__v")):
+        failed = {field: None for field in MANIFEST.names} | {
+            "key": key,
+            "image_id": key.split("__")[0],
+            "image_uri": f"/i/{key}.jpg",
+            "vlm": "v",
+            "concepts": [],
+            "error": f"/i/{key}.jpg: cannot read (FileNotFoundError)",
+            "error_kind": "unreadable",
+        }
+        (tmp_path / name).mkdir()
+        pq.write_table(pa.Table.from_pylist([failed], schema=MANIFEST), tmp_path / name / "000000.parquet")
+    out = tmp_path / "rendered"
+
+    def render(manifest: str, **sonify) -> dict:
+        tree = {
+            "pool": {"dir": str(tmp_path / "pool")},
+            "models": {"clap": {"model": "unused"}},
+            "render": {"manifest": str(tmp_path / manifest), "out": f"{out}/"},
+            "sonify": sonify,
+        }
+        return run_render(validate_config(tree))
+
+    render("a")
+    (out / "shards").mkdir(parents=True, exist_ok=True)
+    (out / "shards" / "000000.tar").write_bytes(b"a shard of manifest a")
+    render("a")
+    with pytest.raises(SonifyError) as refused:
+        render("b")
+    assert str(refused.value) == (
+        f"render.out {out} holds shards made from another manifest; "
+        "use a new render.out, or delete it to render this manifest there"
+    )
+    with pytest.raises(
+        SonifyError, match=r"holds shards made with other settings \(image_format, image_quality differ\)"
+    ):
+        render("a", image_format="webp", image_quality=80)
+    (out / "layout.json").unlink()
+    with pytest.raises(SonifyError, match=r"holds 1 files \(first: .*/shards/000000.tar\) of an origin it does not"):
+        render("a")
+    (out / "shards" / "000000.tar").unlink()
+    render("b")

@@ -116,6 +116,106 @@ def test_listing_files_tars_and_parquet(tmp_path):
     assert "member not found" in str(data[2]) and data[2].kind == "unreadable"
 
 
+def image_list_config(tmp_path, images: list[str]):
+    from pipelines.config import load_config
+
+    path = tmp_path / "run.yaml"
+    path.write_text("pool: {dir: /tmp/pool, sources: [a.wav]}\nmodels: {clap: {model: some/model}}\n")
+    return load_config(path, [f"sonify.images={images}", f"sonify.out={tmp_path / 'out'}"])
+
+
+def test_bad_parquet_lists_are_error_rows_and_the_listing_table_is_made(tmp_path):
+    from pipelines.sonify.listing import image_listing
+    from schemas.layout import SonifyLayout
+
+    good = tmp_path / "good.png"
+    good.write_bytes(encode(gradient(), "PNG"))
+    pq.write_table(pa.table({"uri": [str(good), None, ""]}), tmp_path / "nulls.parquet")
+    pq.write_table(pa.table({"uri": [str(good), None], "image_id": ["kept", "lost"]}), tmp_path / "ids.parquet")
+    pq.write_table(pa.table({"uri": [3, 4]}), tmp_path / "numbers.parquet")
+    pq.write_table(
+        pa.table({"uri": [str(good)] * 3, "image_id": pa.array([{"a": 1}, None, {"a": 2}])}),
+        tmp_path / "struct.parquet",
+    )
+    pq.write_table(pa.table({"uri": [str(good)], "image_id": [b"\xff\x00"]}), tmp_path / "binary.parquet")
+    (tmp_path / "fake.parquet").write_bytes(b"not a parquet file")
+    config = image_list_config(tmp_path, [str(tmp_path / "*.parquet")])
+    table, stats = image_listing(config, SonifyLayout(str(tmp_path / "out")))
+    rows = table.to_pylist()
+    assert stats["listed"] == len(rows) == 12
+    errors = sorted(
+        (PurePosixPath(r["uri"]).name, r["error_kind"], r["error"].split(": ", 1)[1]) for r in rows if r["error"]
+    )
+    assert errors == [
+        ("fake.parquet", "unreadable", errors[0][2]),
+        ("ids.parquet", "bad_container", "row 1: 'uri' is null"),
+        ("nulls.parquet", "bad_container", "row 1: 'uri' is null"),
+        ("nulls.parquet", "bad_container", "row 2: 'uri' is str '', not a path or URL"),
+        ("numbers.parquet", "bad_container", "row 0: 'uri' is int 3, not a path or URL"),
+        ("numbers.parquet", "bad_container", "row 1: 'uri' is int 4, not a path or URL"),
+    ]
+    assert errors[0][2].startswith("cannot read as Parquet (ArrowInvalid: ")
+    assert {r["image_id"] for r in rows if r["uri"] == str(good)} >= {"kept", "{'a': 1}", "{'a': 2}"}
+    assert len({r["image_id"] for r in rows}) == len(rows)
+
+
+def webdataset_tar(count: int) -> tuple[bytes, dict[str, int]]:
+    """A tar of `count` samples (a noise PNG and a json each), and where each PNG's data starts."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        for i in range(count):
+            pixels = np.random.default_rng(i).integers(0, 256, (48, 48, 3), dtype=np.uint8)
+            for ext, payload in (("png", encode(Image.fromarray(pixels), "PNG")), ("json", b"{}")):
+                info = tarfile.TarInfo(f"s{i}.{ext}")
+                info.size = len(payload)
+                tar.addfile(info, io.BytesIO(payload))
+    data = buffer.getvalue()
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        starts = {m.name: m.offset_data for m in tar if m.name.endswith(".png")}
+    return data, starts
+
+
+@pytest.mark.parametrize("cut_in", ["data", "header"])
+def test_a_truncated_tar_keeps_the_images_before_the_damage(tmp_path, cut_in):
+    data, starts = webdataset_tar(5)
+    # Inside the fourth image's data, or inside its header: three images are whole either way.
+    cut = starts["s3.png"] + 1000 if cut_in == "data" else starts["s3.png"] - 300
+    (tmp_path / "cut.tar").write_bytes(data[:cut])
+    refs = list_images([str(tmp_path / "cut.tar")])
+    assert [r.member for r in refs if not r.error] == ["s0.png", "s1.png", "s2.png"]
+    damaged = [r for r in refs if r.error]
+    if cut_in == "data":
+        assert len(damaged) == 1 and damaged[0].error_kind == "unreadable"
+        assert "unreadable tar (3 images listed before the damage; " in damaged[0].error
+    else:
+        # A tar cut between two members ends like a whole one: tarfile sees no damage to report.
+        assert damaged == []
+    images = read_image_bytes([r for r in refs if not r.error])
+    assert [decode_image(b).width for b in images] == [48, 48, 48]
+
+
+def test_images_named_in_latin1_are_listed_under_storable_names_and_read(tmp_path):
+    import os
+
+    folder = os.fsencode(tmp_path)
+    with open(folder + b"/caf\xe9.png", "wb") as handle:
+        handle.write(encode(gradient(), "PNG"))
+    with tarfile.open(tmp_path / "shard.tar", "w") as tar:
+        payload = encode(gradient(32, 32), "PNG")
+        info = tarfile.TarInfo(b"na\xefve.png".decode("utf-8", "surrogateescape"))
+        info.size = len(payload)
+        tar.addfile(info, io.BytesIO(payload))
+    refs = list_images([str(tmp_path / "*")])
+    assert sorted((r.own_id, r.member) for r in refs) == [("caf%E9", None), ("na%EFve", "na%EFve.png")]
+    table = make_table(
+        IMAGE_REFS,
+        {"image_id": [r.own_id for r in refs], "uri": [r.uri for r in refs], "member": [r.member for r in refs]}
+        | {"error": [None] * 2, "error_kind": [None] * 2},
+    )
+    assert table.num_rows == 2
+    assert sorted(decode_image(data).width for data in read_image_bytes(refs)) == [32, 64]
+
+
 def test_ids_are_own_ids_unless_they_collide():
     refs = [ImageRef("/x/a.jpg", None, "a"), ImageRef("/y/a.jpg", None, "a"), ImageRef("/y/b.jpg", None, "b")]
     ids = assign_image_ids(refs)

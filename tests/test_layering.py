@@ -1,5 +1,6 @@
-"""Imports point one way, read from the source's import graph: schemas <- stages <- pipelines, and
-only the runner knows Ray. Inside stages, the domain packages are layered too: a package imports
+"""Imports point one way, read from the source's import graph: schemas <- stages <- demo <- pipelines,
+only the runner knows Ray, and of the product only the command line builds the demo's models and
+sample. Inside stages, the domain packages are layered too: a package imports
 only itself and packages of a lower layer (io <- audio, images, report <- embed, vlm <- search <-
 pairing), with the shared stage base and errors below them all."""
 
@@ -9,8 +10,9 @@ import ast
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-LAYERS = {"schemas": 0, "stages": 1, "pipelines": 2}
+LAYERS = {"schemas": 0, "stages": 1, "demo": 2, "pipelines": 3}
 RAY_ONLY_IN = {"pipelines/ray_runner.py"}
+DEMO_ONLY_IN = {"pipelines/cli.py"}
 STAGE_LAYERS = {
     "base": 0,
     "errors": 0,
@@ -98,6 +100,16 @@ def test_only_the_runner_imports_ray():
         name = str(path.relative_to(REPO))
         for line, module in imported_modules(path):
             if module.split(".")[0] == "ray" and name not in RAY_ONLY_IN:
+                outside.append(f"{name}:{line} imports {module}")
+    assert outside == []
+
+
+def test_only_the_command_line_imports_the_demo_helpers():
+    outside = []
+    for path in project_files():
+        name = str(path.relative_to(REPO))
+        for line, module in imported_modules(path):
+            if module.split(".")[0] == "demo" and name not in DEMO_ONLY_IN and not name.startswith("demo/"):
                 outside.append(f"{name}:{line} imports {module}")
     assert outside == []
 

@@ -5,12 +5,14 @@ where temporaries are cleaned."""
 from __future__ import annotations
 
 import inspect
+import pickle
 import re
 from pathlib import Path
 
 import pytest
 
-from schemas.layout import PoolLayout, ReportLayout, SonifyLayout, chunk_id, shard_file, shard_id
+from schemas.layout import PoolLayout, SonifyLayout, chunk_id, shard_file, shard_id
+from schemas.report_layout import ReportLayout
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 ROOT = "memory://bucket/run"
@@ -158,6 +160,16 @@ def test_a_trailing_slash_on_the_root_changes_no_path(root):
     assert file_kinds(PoolLayout(root + "/")) == file_kinds(PoolLayout(root))
     assert file_kinds(SonifyLayout(root + "/")) == file_kinds(SonifyLayout(root))
     assert "//" not in PoolLayout(root + "/").clips("p").split("://", 1)[-1]
+    # The root itself is normalized, so a summary or a stage shows one spelling of the folder.
+    assert PoolLayout(root + "//").root == SonifyLayout(root + "/").root == root
+    assert PoolLayout(root + "/") == PoolLayout(root)
+
+
+@pytest.mark.parametrize("layout", [PoolLayout("s3://bucket/pool/"), SonifyLayout("/data/out/")])
+def test_a_layout_survives_pickling_to_a_worker(layout):
+    copy = pickle.loads(pickle.dumps(layout))
+    assert copy == layout and copy.root == layout.root
+    assert file_kinds(copy) == file_kinds(layout)
 
 
 def test_shard_and_chunk_names_sort_in_number_order():

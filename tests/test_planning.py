@@ -8,9 +8,13 @@ import pyarrow as pa
 import pytest
 
 from pipelines.config import validate_config
+from pipelines.sonify.plans import number_shards
 from schemas import MATCHES, MIX_CLIPS, SCENES, make_table
+from schemas.layout import SonifyLayout
+from stages.io import storage
+from stages.pairing.plan_stage import PlanChunks, plans_table
 from stages.pairing.planning import clip_locations, mixable_clips, plan_chunk, sample_key, shard_groups
-from stages.search.search_stage import concept_texts
+from stages.search.search_stage import concept_texts, search_table
 
 TEXTS = ["rain on a roof", "a dog barking", "wind in trees", "a crackling fire"]
 
@@ -264,3 +268,42 @@ def test_corrected_scores_rank_and_the_manifest_keeps_both():
         assert concept["cosine"] == pytest.approx(cosine, abs=1e-6)
         assert concept["corrected_cosine"] == pytest.approx(score, abs=1e-6)
     assert not any(c["clip_id"] == best[c["text"]] for c in concepts_planned), "the penalized clip left C"
+
+
+def test_the_plan_stage_returns_a_row_describing_the_files_it_wrote(tmp_path):
+    layout = SonifyLayout(str(tmp_path / "out"))
+    chunk = "000003"
+    storage.write_parquet(layout.scenes("given", chunk), chunk_scenes())
+    storage.write_parquet(layout.matches(chunk), matches_of(TEXTS))
+    storage.write_parquet(layout.mix_clips(), pool_clips())
+    search = {
+        "chunk": chunk,
+        "matches_url": layout.matches(chunk),
+        "texts": 4,
+        "setting": 8,
+        "calibration_recall": 0.97,
+        "calibration_queries": 64,
+        "recall_k": 10,
+        "recall": 0.95,
+        "recall_queries": 4,
+        "hubness_widest_search": None,
+    }
+    stage = PlanChunks(layout, config(shard_size_mb=0.5))
+    stage.setup()
+    [row] = stage.process_batch(search_table([search])).to_pylist()
+
+    # The search row is carried through; the plan columns are what the chunk's files hold.
+    assert {k: row[k] for k in search} == search
+    stats = json.loads(storage.read_bytes(layout.chunk_plan(chunk)))
+    assert {k: row[k] for k in stats} == stats
+    assert row["shards"] > 1 and row["samples"] == 12 and row["rejected"] == 2
+    assert row["shard_plan_urls"] == sorted(storage.list_files(layout.plans_folder(), ".parquet"))
+    assert sum(storage.read_parquet(url).num_rows for url in row["shard_plan_urls"]) == row["samples"]
+    assert storage.read_parquet(row["rejected_url"]).num_rows == row["rejected"]
+
+    # A chunk planned before is not planned again (its matches are gone): its row is read back.
+    (tmp_path / "out" / "matches" / f"{chunk}.parquet").unlink()
+    assert stage.process_batch(search_table([search])).to_pylist() == [row]
+    assert number_shards(plans_table([row, {**row, "chunk": "000004"}]))[0].column("plan_url").to_pylist() == (
+        row["shard_plan_urls"] * 2
+    )

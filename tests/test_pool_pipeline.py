@@ -14,7 +14,9 @@ import numpy as np
 import pytest
 
 from pipelines.config import validate_config
-from pipelines.pool import PoolMismatch, run_pool, update_index
+from pipelines.pool.index import update_index
+from pipelines.pool.run import run_pool
+from pipelines.pool.store import PoolMismatch, PoolStore
 from pipelines.sonify.checks import SonifyError, check_pool
 from schemas import embeddings_schema, make_table
 from schemas.layout import PoolLayout
@@ -85,6 +87,21 @@ def test_first_run_summary(first_run):
     assert summary["index"] == {**summary["index"], "kind": "flat", "size": 13, "action": "built"}
     assert json.loads((pool_dir / "summary.json").read_text()) == summary
     assert "sample_rate: 48000" in (pool_dir / "config.yaml").read_text()
+
+
+def test_the_store_reads_what_the_run_built(first_run):
+    """PoolStore on a pool the pipeline built agrees with the run's own summary, which counts the
+    same things another way (audible loudness per clip, the index update's result)."""
+    pool_dir, _, config, summary = first_run
+    store = PoolStore.at(str(pool_dir))
+    assert store.meta() == json.loads((pool_dir / "pool.json").read_text())
+    assert store.summary() == summary
+    assert store.index_is_current() and store.index_meta()["size"] == summary["index"]["size"]
+    assert store.clips(["clip_id"]).num_rows == summary["clips_added"] + summary["errors"]
+    for rate in config.pool.mix_sample_rates:
+        clips, inaudible = store.mixable_clips(rate, config.pool.silence_lufs, config.pool.max_band_loss_lu)
+        assert inaudible == summary["pool"]["inaudible_at_mix_rates"][str(rate)]
+        assert clips.num_rows + inaudible == summary["clips_embedded"]
 
 
 def test_pool_table_through_duckdb(first_run, sources):
@@ -245,7 +262,7 @@ def test_a_run_killed_before_its_index_update_is_caught_up_by_the_rerun(
         raise Killed
 
     with monkeypatch.context() as patch:
-        patch.setattr("pipelines.pool.update_index", killed)
+        patch.setattr("pipelines.pool.run.update_index", killed)
         with pytest.raises(Killed):
             run_pool(make_config(pool_dir, [f"{sources}/*"], tiny_models))
     assert sorted(embedded_ids(pool_dir)) != sorted(first), "the killed run wrote no new part"

@@ -6,7 +6,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
-from pipelines.pool import group_parts, plan_work, prune_stale, remove_unfinished_parts
+from pipelines.pool.parts import prune_stale, remove_unfinished_parts
+from pipelines.pool.plan import group_parts, plan_work
 from schemas import POOL_CLIPS, POOL_PARTS, make_table
 from schemas.layout import PoolLayout
 from stages.audio.mixing import ClipLocation, load_pool_clips

@@ -17,7 +17,7 @@ import pytest
 import soundfile
 
 from pipelines.config import validate_config
-from pipelines.pool import run_pool
+from pipelines.pool.run import run_pool
 from stages.audio.packs import decode_flac
 from tests.helpers import noise, pyav_media, tone
 from tests.test_loudness import ebur128_lufs

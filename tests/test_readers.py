@@ -23,7 +23,7 @@ import webdataset as wds
 from PIL import Image
 
 from pipelines.config import validate_config
-from pipelines.pool import run_pool
+from pipelines.pool.run import run_pool
 from pipelines.sonify import run_sonify
 from tests.conftest import REPO
 from tests.helpers import noise, tone, write_audio

@@ -19,6 +19,7 @@ from PIL import Image
 from pipelines.config import validate_config
 from pipelines.report import ReportError, pool_report, run_report, sonify_report
 from schemas import IMAGE_REFS, MANIFEST, POOL_CLIPS, SCENES, make_table
+from schemas.layout import SonifyLayout
 from stages.io import storage
 from stages.io.tars import tar_bytes
 from stages.report.gallery import read_samples
@@ -555,18 +556,18 @@ def test_gallery_keeps_the_samples_it_cannot_read(local_run):
 
 def test_report_settings_do_not_change_which_run_sonify_out_holds(local_run):
     from pipelines.config import dump_config
-    from pipelines.sonify.checks import LAYOUT_VERSION, SonifyError, check_same_run
+    from pipelines.sonify.checks import SonifyError, check_same_run
 
     out = local_run.sonify.out
     storage.write_text(f"{out}/config.yaml", dump_config(local_run))
-    storage.write_text(f"{out}/layout.json", json.dumps({"layout": LAYOUT_VERSION}))
+    storage.write_text(f"{out}/layout.json", json.dumps({"layout": SonifyLayout.VERSION}))
     other_report = local_run.model_copy(
         update={"report": local_run.report.model_copy(update={"gallery_size": 3, "gallery_seed": 9})}
     )
-    check_same_run(other_report, out)
+    check_same_run(other_report, SonifyLayout(out))
     other_mix = local_run.model_copy(update={"mix": local_run.mix.model_copy(update={"lufs_max": -20.0})})
     with pytest.raises(SonifyError, match="other settings"):
-        check_same_run(other_mix, out)
+        check_same_run(other_mix, SonifyLayout(out))
 
 
 @pytest.fixture

@@ -18,6 +18,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from schemas.layout import SonifyLayout
+
 POLL_SECONDS = 0.01
 
 
@@ -100,15 +102,16 @@ def test_a_resumed_run_batches_every_image_with_the_same_neighbours(ray_session,
     )
     monkeypatch.setattr(scenes_phase, "vlm_stage", recording_vlm)
     monkeypatch.setattr(scenes_phase, "IMAGES_PER_BLOCK", 3)
-    listing, _ = listing_phase.image_listing(config, str(out))
+    layout = SonifyLayout(str(out))
+    listing, _ = listing_phase.image_listing(config, layout)
     chunks = listing_phase.chunk_listing(listing.num_rows, config.sonify.images_per_chunk)
     assert [c.rows for c in chunks] == [6, 6, 6, 2]
 
     def batches() -> dict[str, str]:
-        scenes = pa.concat_tables([scenes_phase.read_chunk_scenes(config, str(out), c) for c in chunks])
+        scenes = pa.concat_tables([scenes_phase.read_chunk_scenes(config, layout, c) for c in chunks])
         return dict(zip(scenes.column("image_id").to_pylist(), scenes.column("caption").to_pylist()))
 
-    scenes_phase.run_scenes(config, listing, chunks, config.models.vlm[0], str(out))
+    scenes_phase.run_scenes(config, listing, chunks, config.models.vlm[0], layout)
     first = batches()
     ids = listing.column("image_id").to_pylist()
     expected = {i: " ".join(ids[start : start + 3]) for start in range(0, 20, 3) for i in ids[start : start + 3]}
@@ -117,7 +120,7 @@ def test_a_resumed_run_batches_every_image_with_the_same_neighbours(ray_session,
 
     for chunk in (chunks[1], chunks[3]):
         (out / "scenes" / "rec" / f"{chunk.name}.parquet").unlink()
-    scenes_phase.run_scenes(config, listing, chunks, config.models.vlm[0], str(out))
+    scenes_phase.run_scenes(config, listing, chunks, config.models.vlm[0], layout)
     assert batches() == first
 
 
@@ -186,5 +189,43 @@ def test_pool_killed_twice_then_rerun_equals_an_uninterrupted_run(pipeline_runs,
     assert summary["files_unchanged"] >= 5 and summary["files_processed"] == parts - summary["files_unchanged"]
     assert "0 unchanged" not in finished.log.read_text()
 
+    assert pipeline_runs.pool_outputs(pool) == pipeline_runs.pool_outputs(single_node_run.pool_dir())
+    assert not [p for p in pool.rglob(".tmp-*")]
+
+
+def kill_job_when(pipeline_runs, command: str, config: Path, reached: Callable[[], bool], timeout: float = 300) -> None:
+    """Starts a run in its own process group and SIGKILLs the whole group (the command and the
+    local Ray it started: raylet, GCS, workers) at once, as soon as `reached()` holds."""
+    running = pipeline_runs.start(command, config)
+    deadline = time.monotonic() + timeout
+    while not reached():
+        assert running.process.poll() is None, (
+            f"the run ended before the kill point; {running.log}:\n{running.log.read_text()[-3000:]}"
+        )
+        assert time.monotonic() < deadline, f"kill point not reached in {timeout} s; see {running.log}"
+        time.sleep(POLL_SECONDS)
+    os.killpg(running.pid, signal.SIGKILL)
+    running.process.wait()
+
+
+def test_pool_job_killed_whole_while_parts_are_in_flight_then_rerun_equals_an_uninterrupted_run(
+    pipeline_runs, single_node_run
+):
+    """Kill points: a part's audio being written (its temporary file exists) before any part is
+    finished; then, in the rerun, the first part's completion marker written. Tables, packs and
+    index are compared by content."""
+    config = pipeline_runs.config("pool-job-killed")
+    pool = config.parent / "pool"
+
+    def writing_a_part() -> bool:
+        return any((pool / "audio").glob(".tmp-*")) and not parquet_names(pool / "clips")
+
+    kill_job_when(pipeline_runs, "pool", config, writing_a_part)
+    assert not (pool / "summary.json").exists()
+
+    kill_job_when(pipeline_runs, "pool", config, lambda: len(parquet_names(pool / "clips")) >= 1)
+    assert not (pool / "summary.json").exists() and len(parquet_names(pool / "clips")) < pipeline_runs.AUDIO_FILES
+
+    pipeline_runs.run("pool", config)
     assert pipeline_runs.pool_outputs(pool) == pipeline_runs.pool_outputs(single_node_run.pool_dir())
     assert not [p for p in pool.rglob(".tmp-*")]

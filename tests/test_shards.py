@@ -13,7 +13,7 @@ import webdataset as wds
 from PIL import Image
 
 from schemas import MANIFEST, SHARD_PLANS
-from schemas.layout import shard_file, shard_id
+from schemas.layout import PoolLayout, SonifyLayout, shard_file, shard_id
 from stages.audio.packs import encode_flac, pack_clips, quantize_pcm16
 from stages.io.tars import tar_bytes
 from stages.pairing.shard_stage import WriteShards
@@ -158,7 +158,8 @@ def writer_setup(tmp_path):
 def write_one_shard(root, rows, encoding):
     from stages.images.decoding import ImageEncoding
 
-    writer = WriteShards(str(root / "pool"), str(root / "out"), -1.0, ImageEncoding(*encoding))
+    layouts = PoolLayout(str(root / "pool")), SonifyLayout(str(root / "out"))
+    writer = WriteShards(*layouts, -1.0, ImageEncoding(*encoding))
     with tarfile.open(root / "pool" / "audio" / "16000" / "p0.tar") as tar:
         where = {m.name.removesuffix(".flac"): {"part": "p0", "offset": m.offset_data, "size": m.size} for m in tar}
     plan = pa.Table.from_pylist(

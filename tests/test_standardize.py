@@ -283,7 +283,7 @@ def test_awkward_but_usable_files_become_clips(tmp_path):
 
 
 def test_a_failure_inside_one_file_loses_only_that_file(tmp_path, monkeypatch):
-    from stages.audio import standardize_stage as standardize
+    from stages.audio import standardize
 
     original = standardize.to_mono
 

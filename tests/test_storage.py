@@ -237,3 +237,27 @@ def test_read_ranges_asks_the_file_system_for_the_coalesced_ranges_only(where, t
     assert storage.read_ranges(url, [(0, len(data))]) == [data] and asked == [(0, len(data), len(data))]
     with pytest.raises(ValueError, match="ends before byte 100010"):
         storage.read_ranges(url, [(99_990, 20)])
+
+
+def test_a_local_name_that_is_not_utf8_is_stored_as_a_file_url_and_opens_the_same_bytes(tmp_path):
+    import pyarrow as pa
+
+    from stages.io import storage
+    from stages.io.sources import expand_sources
+
+    latin1 = os.fsencode(tmp_path) + b"/caf\xe9 50%.wav"
+    with open(latin1, "wb") as handle:
+        handle.write(b"the Latin-1 file")
+    (tmp_path / "plain caf%E9.wav").write_bytes(b"the plain file")
+    files, _ = expand_sources([str(tmp_path / "*.wav")])
+    by_content = {storage.read_bytes(f.uri): f.uri for f in files}
+    assert set(by_content) == {b"the Latin-1 file", b"the plain file"}
+    stored = by_content[b"the Latin-1 file"]
+    # Storable (Arrow strings are UTF-8), and the bytes of the name come back whole.
+    assert pa.array([f.uri for f in files]).to_pylist() == [f.uri for f in files]
+    assert stored.startswith("file://") and "%E9%2050%25.wav" in stored
+    assert os.fsencode(storage.filesystem(stored)[1]) == latin1
+    assert storage.exists(stored) and storage.sha256_of(stored)
+    # A valid name is stored as it is, even one that looks percent-encoded.
+    assert by_content[b"the plain file"] == str(tmp_path / "plain caf%E9.wav")
+    assert storage.full_url(*storage.filesystem(stored)) == stored

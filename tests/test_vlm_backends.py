@@ -17,7 +17,8 @@ import pytest
 from PIL import Image
 
 from schemas import IMAGES
-from schemas.config import PromptConfig, VlmConfig
+from schemas.config import OpenAIVlmConfig, PromptConfig, VllmVlmConfig
+from schemas.layout import SonifyLayout
 from stages.vlm.openai_stage import OpenAIVlm, RequestFailed, chat_payload, post_with_retries
 from stages.vlm.provided_stage import ProvidedConceptsError, read_provided
 from stages.vlm.vllm_stage import INFERENCE_ERROR, NO_ANSWER_NEEDED, normalize_answers, vllm_answer, vllm_request
@@ -94,7 +95,7 @@ def server(request):
 
 
 def vlm(url, **kwargs):
-    return VlmConfig(name="remote", backend="openai", model="served-model", base_url=url, **kwargs)
+    return OpenAIVlmConfig(name="remote", backend="openai", model="served-model", base_url=url, **kwargs)
 
 
 def images_batch(count: int, dropped_at: int | None = None) -> pa.Table:
@@ -348,14 +349,15 @@ def test_vllm_wiring_decodes_each_image_once_and_engine_sees_only_answerable_row
             "sonify": {"images": [str(images / "*.png")], "out": str(out), "min_side": 16, "images_per_chunk": 8},
         }
     )
-    listing, _ = listing_phase.image_listing(config, str(out))
+    layout = SonifyLayout(str(out))
+    listing, _ = listing_phase.image_listing(config, layout)
     chunks = listing_phase.chunk_listing(listing.num_rows, config.sonify.images_per_chunk)
-    scenes_phase.run_scenes(config, listing, chunks, config.models.vlm[0], str(out))
+    scenes_phase.run_scenes(config, listing, chunks, config.models.vlm[0], layout)
 
     ids = sorted(listing.column("image_id").to_pylist())
     assert sorted(decoded.read_text().split()) == ids
     assert sorted(engine.read_text().split()) == sorted([f"img-{i}" for i in range(9)] + ["engine-fail"])
-    scenes = pa.concat_tables([scenes_phase.read_chunk_scenes(config, str(out), c) for c in chunks]).to_pylist()
+    scenes = pa.concat_tables([scenes_phase.read_chunk_scenes(config, layout, c) for c in chunks]).to_pylist()
     by_id = {s["image_id"]: s for s in scenes}
     assert sorted(by_id) == ids
     assert all(by_id[f"img-{i}"]["concepts"][0]["text"] == "a dog barking" for i in range(9))
@@ -369,7 +371,7 @@ def test_vllm_processor_stages_get_the_run_retry_settings(tiny_models, ray_sessi
     from pipelines.ray_runner import build_llm_processor
     from stages.vlm.vllm_stage import VllmVlm
 
-    vlm_config = VlmConfig(name="q", backend="vllm", model=tiny_models["vlm_qwen2_5_vl"])
+    vlm_config = VllmVlmConfig(name="q", backend="vllm", model=tiny_models["vlm_qwen2_5_vl"])
     processor = build_llm_processor(VllmVlm(vlm_config, PromptConfig()), task_retries=2, actor_restarts=7)
     names = processor.list_stage_names()
     assert "vLLMEngineStage" in names

@@ -3,30 +3,29 @@ resumes was made by the same settings, layout and pool."""
 
 from __future__ import annotations
 
+import hashlib
 import json
+from typing import Any
 
 import pyarrow as pa
 import yaml
 
-from pipelines.config import validate_config
-from pipelines.pool import check_compatible, embedded_parts
+from pipelines.config import ConfigError, validate_config
+from pipelines.pool.store import PoolStore
 from schemas import schema_version
 from schemas.config import RunConfig
 from schemas.errors import PipelineError
 from schemas.layout import PoolLayout, SonifyLayout
 from stages.embed.clap import clap_identity
 from stages.io import storage
+from stages.io.model_files import is_path_or_url
 
-# The files a run keeps in sonify.out; a folder of another layout is refused.
-# 1: scenes/<vlm>.parquet and manifest/rejected.parquet; 2: per chunk, with images.parquet and plans/;
-# 3: one image member name for every sample (sonify.image_format), shards no longer split by format;
-# 4: matches and shard plans per chunk (matches/, plans/CCCCCC-PPPPPP.parquet), mix_clips.parquet;
-# 5: hubness/ (the bank and the clips' biases), corrected scores in matches and manifest.
-LAYOUT_VERSION = 5
 # Settings that decide where and how fast work runs, not what it computes: a resumed run may change them.
 EXECUTION_SETTINGS = ("concurrency", "num_gpus", "num_cpus", "timeout_s", "retries")
 # Retrieval settings that decide only what recall is measured, not which clips are found.
 MEASUREMENT_SETTINGS = ("recall_sample", "recall_every")
+# Pool settings that decide how the pool is built from its sources, which sonify never reads.
+POOL_BUILD_SETTINGS = ("sources", "files_per_part", "retry_errors", "parquet")
 RESUME_REMEDY = "this version cannot resume that run: run sonify again into a new sonify.out"
 RENDER_REMEDY = "render reads manifests of this version only: sonify the images again with this version"
 
@@ -37,27 +36,27 @@ class SonifyError(PipelineError):
 
 def check_pool(config: RunConfig) -> tuple[PoolLayout, dict]:
     """The pool's folder and the state of its index (parts and size), refused when sonify cannot use it."""
-    paths = PoolLayout(config.pool.dir.rstrip("/"))
-    if not storage.exists(paths.pool_meta()):
+    paths = PoolLayout(config.pool.dir)
+    store = PoolStore(paths)
+    if not store.exists():
         raise SonifyError(
             f"pool.dir {paths.root} holds no pool (no pool.json); build it with `run_pipeline.py pool` first"
         )
-    check_compatible(paths, clap_identity(config.models.clap), config)
+    store.check_compatible(clap_identity(config.models.clap), config.pool)
     if config.mix.sample_rate not in config.pool.mix_sample_rates:
         raise SonifyError(
             f"mix.sample_rate {config.mix.sample_rate} is not among "
             f"the pool's mix_sample_rates {config.pool.mix_sample_rates}"
         )
-    if not storage.exists(paths.index_file()):
+    if not store.has_index():
         raise SonifyError(f"pool {paths.root} has no index: it holds no non-silent clip")
-    meta_url = paths.index_meta()
-    index_meta = json.loads(storage.read_bytes(meta_url)) if storage.exists(meta_url) else {}
-    if index_meta.get("parts") != embedded_parts(paths):
+    if not store.index_is_current():
         raise SonifyError(
             f"pool {paths.root}: its index does not cover its parts (a pool run stopped before its index update?); "
             "run `run_pipeline.py pool` with the same config again"
         )
-    return paths, {"index_size": index_meta.get("size"), "index_parts": index_meta["parts"]}
+    index_meta = store.index_meta()
+    return paths, {"index_size": index_meta["size"], "index_parts": index_meta["parts"]}
 
 
 def check_batches(config: RunConfig) -> None:
@@ -73,49 +72,113 @@ def check_batches(config: RunConfig) -> None:
 
 
 def _run_identity(config: RunConfig) -> dict:
-    """What decides a run's output; where work runs (ray, the models' execution settings), render
-    and report settings do not."""
+    """What decides a run's output. Where work runs (ray, the models' execution settings), render and
+    report settings do not, and neither does where the run itself is (sonify.out: a moved or copied
+    run resumes), nor how the pool was built from its sources (pool.sources, files_per_part,
+    retry_errors, parquet): the pool's content is checked on its own (check_pool, check_same_pool).
+    Paths are compared resolved, so `dir/`, `./dir` and `/abs/dir` are one folder."""
     identity = config.model_dump(mode="json", exclude={"ray", "render", "report"})
+    del identity["sonify"]["out"]
+    for setting in POOL_BUILD_SETTINGS:
+        del identity["pool"][setting]
+    identity["pool"]["dir"] = storage.resolved_url(identity["pool"]["dir"])
+    identity["sonify"]["images"] = [storage.resolved_url(pattern) for pattern in identity["sonify"]["images"]]
     for model in [identity["models"]["clap"], *identity["models"]["vlm"]]:
         for setting in EXECUTION_SETTINGS:
             model.pop(setting, None)
+        for setting in ("model", "path", "text_backbones_dir"):
+            if model.get(setting) and is_path_or_url(model[setting]):
+                model[setting] = storage.resolved_url(model[setting])
     for setting in MEASUREMENT_SETTINGS:
         identity["retrieval"].pop(setting)
     return identity
 
 
-def check_same_run(config: RunConfig, out: str) -> None:
+def _differences(before: Any, now: Any, prefix: str = "") -> list[str]:
+    """Dotted names of the settings that differ between two identities."""
+    if isinstance(before, dict) and isinstance(now, dict):
+        names = sorted(set(before) | set(now))
+        return [d for k in names for d in _differences(before.get(k), now.get(k), f"{prefix}{k}.")]
+    if isinstance(before, list) and isinstance(now, list) and len(before) == len(now):
+        return [d for i, (b, n) in enumerate(zip(before, now)) for d in _differences(b, n, f"{prefix}{i}.")]
+    return [] if before == now else [prefix.rstrip(".")]
+
+
+def check_same_run(config: RunConfig, layout: SonifyLayout) -> None:
     """Finished phases in sonify.out are reused, so they must come from the same settings and the
     same layout of files."""
-    url = SonifyLayout(out).config()
+    out = layout.root
+    url = layout.config()
     if not storage.exists(url):
         return
-    layout_url = SonifyLayout(out).layout_version()
+    layout_url = layout.layout_version()
     layout = json.loads(storage.read_bytes(layout_url)).get("layout") if storage.exists(layout_url) else None
-    if layout != LAYOUT_VERSION:
+    if layout != SonifyLayout.VERSION:
         raise SonifyError(
             f"sonify.out {out} was written by a version of this pipeline with another file layout "
-            f"({layout or 'before layout.json'}, this one writes {LAYOUT_VERSION}); use a new sonify.out"
+            f"({layout or 'before layout.json'}, this one writes {SonifyLayout.VERSION}); use a new sonify.out"
         )
-    previous = validate_config(yaml.safe_load(storage.read_bytes(url)), origin=url)
-    if _run_identity(previous) != _run_identity(config):
+    try:
+        previous = validate_config(yaml.safe_load(storage.read_bytes(url)), origin=url)
+    except ConfigError as exc:
+        raise SonifyError(f"{exc}; {RESUME_REMEDY}") from None
+    differing = _differences(_run_identity(previous), _run_identity(config))
+    if differing:
         raise SonifyError(
-            f"sonify.out {out} holds a run made with other settings (see its config.yaml); "
-            "use a new sonify.out, or delete the old run to start over"
+            f"sonify.out {out} holds a run made with other settings ({', '.join(differing)} differ; see its "
+            "config.yaml); use a new sonify.out, or delete the old run to start over"
         )
 
 
-def has_searched(out: str) -> bool:
+def render_origin(config: RunConfig, manifest_urls: list[str]) -> dict:
+    """What decides the files of a render.out: the manifest's content (its parts, by name and SHA-256)
+    and the settings its shards are written with. The pool is named by the manifest: clip ids carry
+    a hash of their content."""
+    parts = [[url.rsplit("/", 1)[-1], storage.sha256_of(url)] for url in manifest_urls]
+    settings = config.sonify.model_dump(include={"image_format", "image_quality", "max_image_side", "max_image_pixels"})
+    return {
+        "manifest_sha256": hashlib.sha256(json.dumps(parts).encode()).hexdigest(),
+        "settings": {**settings, "peak_dbfs": config.mix.peak_dbfs},
+    }
+
+
+def check_render_out(layout: SonifyLayout, origin: dict) -> None:
+    """A render.out holds the shards of one manifest rendered with one setting, never a mix. The
+    origin is recorded in layout.json before any file is written, so a render stopped midway
+    resumes; a folder holding files of another origin, or of none recorded, is refused naming why."""
+    out = layout.root
+    url = layout.layout_version()
+    recorded = json.loads(storage.read_bytes(url)) if storage.exists(url) else {}
+    made = recorded.get("render")
+    if recorded.get("layout") == SonifyLayout.VERSION and made == origin:
+        return
+    found = [name for folder in layout.shard_folders() for name in storage.list_files(folder, "")]
+    if not found:
+        storage.write_text(url, json.dumps({"layout": SonifyLayout.VERSION, "render": origin}, sort_keys=True) + "\n")
+        return
+    if not recorded:
+        why = f"{len(found)} files (first: {found[0]}) of an origin it does not record (no layout.json)"
+    elif made is None or recorded.get("layout") != SonifyLayout.VERSION:
+        why = "shards made by a sonify run or by another version of this pipeline"
+    elif made.get("manifest_sha256") != origin["manifest_sha256"]:
+        why = "shards made from another manifest"
+    else:
+        why = "shards made with other settings (" + ", ".join(_differences(made["settings"], origin["settings"]))
+        why += " differ)"
+    raise SonifyError(f"render.out {out} holds {why}; use a new render.out, or delete it to render this manifest there")
+
+
+def has_searched(layout: SonifyLayout) -> bool:
     """Whether retrieval has finished any chunk of the run in sonify.out."""
-    return bool(storage.list_files(SonifyLayout(out).matches_folder(), ".json"))
+    return bool(storage.list_files(layout.matches_folder(), ".json"))
 
 
-def check_same_pool(out: str, pool_root: str, pool_state: dict) -> None:
+def check_same_pool(layout: SonifyLayout, pool_root: str, pool_state: dict) -> None:
     """Matches, plans and shards name pool clips: once retrieval has run, a pool extended or pruned
     since would be mixed with stale choices, or lack the clips they name. Before that nothing in
     sonify.out depends on the pool (scenes do not), so the state is recorded anew."""
-    url = SonifyLayout(out).pool_state()
-    if not has_searched(out):
+    url = layout.pool_state()
+    if not has_searched(layout):
         storage.write_text(url, json.dumps(pool_state, sort_keys=True) + "\n")
         return
     recorded = json.loads(storage.read_bytes(url)) if storage.exists(url) else None
@@ -126,7 +189,7 @@ def check_same_pool(out: str, pool_root: str, pool_state: dict) -> None:
             else "the version of the pipeline that retrieved did not record its pool"
         )
         raise SonifyError(
-            f"pool {pool_root} is not the pool sonify.out {out} retrieved from "
+            f"pool {pool_root} is not the pool sonify.out {layout.root} retrieved from "
             f"({then}; now {pool_state['index_size']} clips "
             f"in {len(pool_state['index_parts'])} parts): delete its matches/, plans/, manifest/ and shards/ to match "
             "its VLM scenes against this pool, or use a new sonify.out"

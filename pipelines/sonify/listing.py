@@ -41,10 +41,10 @@ def block_ranges(chunk: Chunk, block_rows: int) -> list[tuple[int, int]]:
     return [(start, min(start + block_rows, chunk.stop)) for start in range(chunk.start, chunk.stop, block_rows)]
 
 
-def image_listing(config: RunConfig, out: str) -> tuple[pa.Table, dict]:
+def image_listing(config: RunConfig, layout: SonifyLayout) -> tuple[pa.Table, dict]:
     """The sorted listing and its counts, made on the first run and read back on every rerun, so
     that chunks hold the same images however the inputs are listed later."""
-    url, stats_url = SonifyLayout(out).images(), SonifyLayout(out).images_counts()
+    url, stats_url = layout.images(), layout.images_counts()
     if storage.exists(url):
         return read_phase(url, IMAGE_REFS), json.loads(storage.read_bytes(stats_url))
     refs = list_images(config.sonify.images)

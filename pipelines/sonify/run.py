@@ -7,8 +7,8 @@ import logging
 import time
 
 from pipelines.config import dump_config
+from pipelines.pool.store import PoolStore
 from pipelines.sonify.checks import (
-    LAYOUT_VERSION,
     SonifyError,
     check_batches,
     check_pool,
@@ -18,7 +18,7 @@ from pipelines.sonify.checks import (
 )
 from pipelines.sonify.listing import chunk_listing, image_listing
 from pipelines.sonify.matching import search_totals
-from pipelines.sonify.plans import mixable_pool_clips, number_shards, retrieve_and_plan
+from pipelines.sonify.plans import number_shards, retrieve_and_plan
 from pipelines.sonify.scenes import count_scenes, run_scenes
 from pipelines.sonify.writing import manifest_counts, write_shards
 from schemas.config import RunConfig
@@ -37,15 +37,14 @@ def run_sonify(config: RunConfig) -> dict:
     if not config.models.vlm:
         raise SonifyError("models.vlm is empty: configure at least one VLM (or backend: provided)")
     paths, pool_state = check_pool(config)
-    out = out.rstrip("/")
     layout = SonifyLayout(out)
     check_batches(config)
-    check_same_run(config, out)
-    storage.makedirs(out)
-    check_same_pool(out, paths.root, pool_state)
+    check_same_run(config, layout)
+    storage.makedirs(layout.root)
+    check_same_pool(layout, paths.root, pool_state)
     layout_url = layout.layout_version()
     if not storage.exists(layout_url):
-        storage.write_text(layout_url, json.dumps({"layout": LAYOUT_VERSION}) + "\n")
+        storage.write_text(layout_url, json.dumps({"layout": SonifyLayout.VERSION}) + "\n")
     leftovers = storage.remove_temporaries(layout.temporary_folders(v.name for v in config.models.vlm))
     if leftovers:
         log.warning("removed %d temporary files that an interrupted run left", leftovers)
@@ -53,7 +52,7 @@ def run_sonify(config: RunConfig) -> dict:
     seconds: dict[str, float] = {}
 
     tick = time.monotonic()
-    listing, listed = image_listing(config, out)
+    listing, listed = image_listing(config, layout)
     chunks = chunk_listing(listing.num_rows, config.sonify.images_per_chunk)
     seconds["list_images"] = time.monotonic() - tick
     log.info(
@@ -62,30 +61,34 @@ def run_sonify(config: RunConfig) -> dict:
 
     for vlm in config.models.vlm:
         tick = time.monotonic()
-        run_scenes(config, listing, chunks, vlm, out)
+        run_scenes(config, listing, chunks, vlm, layout)
         seconds[f"concepts_{vlm.name}"] = time.monotonic() - tick
     del listing
-    scene_counts = count_scenes(config, out, chunks)
+    scene_counts = count_scenes(config, layout, chunks)
 
     tick = time.monotonic()
-    mixable, inaudible = mixable_pool_clips(paths, config, config.mix.sample_rate)
+    store = PoolStore(paths)
+    mixable, inaudible = store.mixable_clips(
+        config.mix.sample_rate, config.pool.silence_lufs, config.pool.max_band_loss_lu
+    )
     # Once a chunk is searched the pool cannot change (check_same_pool), so neither can this table:
     # a rerun leaves it, and the files of a finished run, untouched.
-    if not has_searched(out) or not storage.exists(layout.mix_clips()):
+    if not has_searched(layout) or not storage.exists(layout.mix_clips()):
         storage.write_parquet(layout.mix_clips(), mixable)
     del mixable
-    retrieve_and_plan(config, paths, out, chunks)
-    tasks, planned, reasons = number_shards(out, chunks)
-    search = search_totals(out, chunks, json.loads(storage.read_bytes(paths.index_meta()))["kind"])
+    plans = retrieve_and_plan(config, paths, layout, chunks)
+    tasks, planned, reasons = number_shards(plans)
+    search = search_totals(plans, store.index_meta()["kind"])
+    del plans
     seconds["retrieve_and_plan"] = time.monotonic() - tick
 
     tick = time.monotonic()
-    write_shards(config, paths, out, tasks)
+    write_shards(config, paths, layout, tasks)
     seconds["mix_and_write"] = time.monotonic() - tick
 
-    written = manifest_counts(out)
+    written = manifest_counts(layout)
     summary = {
-        "out": out,
+        "out": layout.root,
         "images": {
             "listed": listed["listed"],
             "renamed_duplicate_ids": listed["renamed_duplicate_ids"],
@@ -114,7 +117,7 @@ def run_sonify(config: RunConfig) -> dict:
         "error_reasons": reasons,
         "distinct_clips_used": len(written.clip_uses),
         # How evenly the written samples use the pool, and how hubby the pool is against the run's bank.
-        "exposure": exposure(written.clip_uses, pool_state["index_size"], hubness_skewness(config, out)),
+        "exposure": exposure(written.clip_uses, pool_state["index_size"], hubness_skewness(config, layout)),
         # What mixing read from the pool, and the stored size of the clips each shard uses (a clip
         # used by two shards counts in both): clips are read by byte range, so the two are close.
         "pool_bytes_read": written.pool_reads["pool_bytes_read"],
@@ -127,9 +130,9 @@ def run_sonify(config: RunConfig) -> dict:
     return summary
 
 
-def hubness_skewness(config: RunConfig, out: str) -> float | None:
+def hubness_skewness(config: RunConfig, layout: SonifyLayout) -> float | None:
     """The pool's k-occurrence skewness against the run's hubness bank; None with retrieval.hubness: none."""
-    url = SonifyLayout(out).hubness_stats()
+    url = layout.hubness_stats()
     if config.retrieval.hubness == "none" or not storage.exists(url):
         return None
     return json.loads(storage.read_bytes(url))["k_occurrence_skewness"]

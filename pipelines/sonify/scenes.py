@@ -4,7 +4,6 @@ written as the chunk completes."""
 from __future__ import annotations
 
 import bisect
-import logging
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 
@@ -12,13 +11,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipelines.grouped_writer import GroupedWriter
+from pipelines.progress import pending
 from pipelines.ray_runner import Runner
 from pipelines.sonify.checks import read_phase
 from pipelines.sonify.listing import Chunk, block_ranges
-from schemas import IMAGE_REFS, SCENES
-from schemas.config import RunConfig, VlmConfig
+from schemas import SCENES
+from schemas.config import OpenAIVlmConfig, RunConfig, TransformersVlmConfig, VllmVlmConfig, VlmConfig
 from schemas.layout import SonifyLayout
-from stages.base import Stage, check_chain
+from stages.base import Stage
 from stages.images.decode_stage import DecodeImages
 from stages.io import storage
 from stages.vlm.openai_stage import OpenAIVlm
@@ -27,29 +27,25 @@ from stages.vlm.provided_stage import ProvidedConcepts
 from stages.vlm.transformers_stage import TransformersVlm
 from stages.vlm.vllm_stage import VllmVlm
 
-log = logging.getLogger(__name__)
-
 # Rows of the blocks that carry images through decoding and the VLM (rounded to the VLM's batch).
 IMAGES_PER_BLOCK = 64
 
 
 def vlm_stage(vlm: VlmConfig, config: RunConfig) -> Stage:
     """The answer stage of a VLM backend."""
-    if vlm.backend == "vllm":
+    if isinstance(vlm, VllmVlmConfig):
         return VllmVlm(vlm, config.prompt)
-    if vlm.backend == "transformers":
+    if isinstance(vlm, TransformersVlmConfig):
         return TransformersVlm(vlm, config.prompt)
-    if vlm.backend == "openai":
+    if isinstance(vlm, OpenAIVlmConfig):
         return OpenAIVlm(vlm, config.prompt)
     return ProvidedConcepts(vlm)
 
 
-def run_scenes(config: RunConfig, listing: pa.Table, chunks: list[Chunk], vlm: VlmConfig, out: str) -> None:
+def run_scenes(config: RunConfig, listing: pa.Table, chunks: list[Chunk], vlm: VlmConfig, layout: SonifyLayout) -> None:
     """Answers of one VLM for every chunk without a scenes file yet, each file written as its chunk completes."""
-    folder = SonifyLayout(out).vlm_scenes_folder(vlm.name)
-    done = {storage.file_stem(u) for u in storage.list_files(folder, ".parquet")}
-    todo = [c for c in chunks if c.name not in done]
-    log.info("scenes %s: %d of %d chunks to do", vlm.name, len(todo), len(chunks))
+    done = {storage.file_stem(u) for u in storage.list_files(layout.vlm_scenes_folder(vlm.name), ".parquet")}
+    todo = pending(f"scenes {vlm.name}", chunks, lambda chunk: chunk.name in done)
     if not todo:
         return
     decode = DecodeImages(config.sonify.min_side, config.sonify.max_image_pixels, batch_size=vlm.batch_size)
@@ -59,33 +55,33 @@ def run_scenes(config: RunConfig, listing: pa.Table, chunks: list[Chunk], vlm: V
     parse = ParseConcepts(
         vlm.name, config.prompt.max_answer_chars, config.prompt.max_concepts, batch_size=vlm.batch_size
     )
-    check_chain(IMAGE_REFS, [decode, answer, parse])
     block_rows = vlm.batch_size * max(1, IMAGES_PER_BLOCK // vlm.batch_size)
     blocks = [listing.slice(start, stop - start) for c in todo for start, stop in block_ranges(c, block_rows)]
     first_ids = [listing.column("image_id")[c.start].as_py() for c in chunks]
 
     def write(index: int, rows: pa.Table) -> int:
-        storage.write_parquet(
-            SonifyLayout(out).scenes(vlm.name, chunks[index].name), rows.sort_by([("image_id", "ascending")])
-        )
+        storage.write_parquet(layout.scenes(vlm.name, chunks[index].name), rows.sort_by([("image_id", "ascending")]))
         return rows.num_rows
 
     writer = GroupedWriter(
-        f"scenes {vlm.name}: chunk",
+        f"scenes {vlm.name}",
         [c.index for c in todo],
         group_of=lambda batch: [bisect.bisect_right(first_ids, i) - 1 for i in batch.column("image_id").to_pylist()],
         expected_rows=lambda index, rows: chunks[index].rows,
         write=write,
         unit="images",
+        group_unit="chunks",
     )
     # In order, every batch is a fixed slice of one block, so a resumed run batches as the first did.
     writer.consume(Runner(config.ray).run(blocks, [decode, answer, parse], preserve_order=True))
 
 
-def read_chunk_scenes(config: RunConfig, out: str, chunk: Chunk, columns: list[str] | None = None) -> pa.Table:
+def read_chunk_scenes(
+    config: RunConfig, layout: SonifyLayout, chunk: Chunk, columns: list[str] | None = None
+) -> pa.Table:
     tables = []
     for vlm in config.models.vlm:
-        table = read_phase(SonifyLayout(out).scenes(vlm.name, chunk.name), SCENES)
+        table = read_phase(layout.scenes(vlm.name, chunk.name), SCENES)
         tables.append(table.select(columns) if columns else table)
     return pa.concat_tables(tables)
 
@@ -101,13 +97,13 @@ class SceneCounts:
     by_vlm: dict[str, Counter] = field(default_factory=lambda: defaultdict(Counter))
 
 
-def count_scenes(config: RunConfig, out: str, chunks: list[Chunk]) -> SceneCounts:
+def count_scenes(config: RunConfig, layout: SonifyLayout, chunks: list[Chunk]) -> SceneCounts:
     """The counts of every chunk's scenes; reading each also checks that this version wrote it."""
     counts = SceneCounts()
     first_vlm = config.models.vlm[0].name
     columns = ["vlm", "dropped_empty_concepts", "dropped", "error_kind", "error_stage"]
     for chunk in chunks:
-        scenes = read_chunk_scenes(config, out, chunk)
+        scenes = read_chunk_scenes(config, layout, chunk)
         # Concept counts, not the concepts: no text reaches the driver.
         counted = scenes.select(columns).append_column("concepts", pc.list_value_length(scenes.column("concepts")))
         for row in counted.to_pylist():

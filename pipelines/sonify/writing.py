@@ -11,9 +11,10 @@ from dataclasses import dataclass
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipelines.pool import read_clips, read_pool_meta
+from pipelines.pool.store import PoolStore
+from pipelines.progress import Progress, pending
 from pipelines.ray_runner import Runner
-from pipelines.sonify.checks import RENDER_REMEDY, SonifyError, read_phase
+from pipelines.sonify.checks import RENDER_REMEDY, SonifyError, check_render_out, read_phase, render_origin
 from schemas import MANIFEST, MANIFEST_POOL_READS, SHARD_TASKS, make_table
 from schemas.config import RunConfig
 from schemas.layout import PoolLayout, SonifyLayout
@@ -25,33 +26,24 @@ from stages.pairing.shard_stage import WriteShards
 log = logging.getLogger(__name__)
 
 
-def write_shards(config: RunConfig, paths: PoolLayout, out: str, tasks: pa.Table) -> pa.Table | None:
+def write_shards(config: RunConfig, pool: PoolLayout, layout: SonifyLayout, tasks: pa.Table) -> pa.Table | None:
     """Writes the shards of `tasks` (SHARD_TASKS) not yet marked complete by their manifest part."""
-    done = {storage.file_stem(u) for u in storage.list_files(SonifyLayout(out).manifest_folder(), ".parquet")}
-    todo = tasks.filter(pc.invert(pc.is_in(tasks.column("shard"), value_set=pa.array(sorted(done), pa.string()))))
-    log.info("%d shards planned, %d already written", tasks.num_rows, tasks.num_rows - todo.num_rows)
-    if not todo.num_rows:
+    done = {storage.file_stem(u) for u in storage.list_files(layout.manifest_folder(), ".parquet")}
+    shards = pending("shards", tasks.column("shard").to_pylist(), done.__contains__, unit="shards")
+    if not shards:
         return None
+    todo = tasks.filter(pc.is_in(tasks.column("shard"), value_set=pa.array(shards, pa.string())))
     encoding = ImageEncoding(
         config.sonify.image_format,
         config.sonify.image_quality,
         config.sonify.max_image_side,
         config.sonify.max_image_pixels,
     )
-    writer = WriteShards(paths.root, out, config.mix.peak_dbfs, encoding)
-    results, written, report_at, started = [], 0, 0, time.monotonic()
+    writer = WriteShards(pool, layout, config.mix.peak_dbfs, encoding)
+    results, progress = [], Progress("shards", todo.num_rows, "shards")
     for batch in Runner(config.ray).run(todo, [writer], blocks=todo.num_rows):
         results.append(batch)
-        written += batch.num_rows
-        if written >= report_at:
-            elapsed = time.monotonic() - started
-            log.info(
-                "shards: %d/%d written this run, %.1f shards/s",
-                written,
-                todo.num_rows,
-                written / elapsed if elapsed else 0.0,
-            )
-            report_at = written + max(1, todo.num_rows // 20)
+        progress.advance(batch.num_rows)
     return pa.concat_tables(results)
 
 
@@ -63,14 +55,14 @@ class ManifestCounts:
     pool_reads: Counter  # MANIFEST_POOL_READS summed over the shards
 
 
-def manifest_counts(out: str) -> ManifestCounts:
+def manifest_counts(layout: SonifyLayout) -> ManifestCounts:
     """What the manifest parts add up to, read part by part."""
     samples = 0
     failed: Counter = Counter()
     reads: Counter = Counter()
     used: Counter = Counter()
-    for url in storage.list_files(SonifyLayout(out).manifest_folder(), ".parquet"):
-        if SonifyLayout(out).is_rejected(url):
+    for url in storage.list_files(layout.manifest_folder(), ".parquet"):
+        if layout.is_rejected(url):
             continue
         table = storage.read_parquet(url, columns=["concepts", "error", "error_kind"])
         ok = table.filter(pc.is_null(table.column("error")))
@@ -89,17 +81,19 @@ def run_render(config: RunConfig) -> dict:
     source, out = config.render.manifest, config.render.out
     if not source or not out:
         raise SonifyError("render needs render.manifest (a sonify run's manifest folder) and render.out")
-    paths = PoolLayout(config.pool.dir.rstrip("/"))
-    if not storage.exists(paths.pool_meta()):
+    paths = PoolLayout(config.pool.dir)
+    store = PoolStore(paths)
+    if not store.exists():
         raise SonifyError(f"pool.dir {paths.root} holds no pool (no pool.json)")
-    out = out.rstrip("/")
     layout = SonifyLayout(out)
+    manifest_urls = storage.list_files(source, ".parquet")
+    check_render_out(layout, render_origin(config, manifest_urls))
     storage.remove_temporaries(layout.shard_folders())
     # Read at the first manifest part that is rendered, so that a manifest of another version is
     # refused for what it is before the pool is looked at.
     pool_clips, pool_rates = None, None
     shards = []
-    for url in storage.list_files(source, ".parquet"):
+    for url in manifest_urls:
         shard = storage.file_stem(url)
         if layout.is_rejected(url):
             continue
@@ -118,8 +112,8 @@ def run_render(config: RunConfig) -> dict:
         if len(rates) != 1:
             raise SonifyError(f"{url} mixes samples at several rates ({rates}); a shard is mixed at one rate")
         if pool_clips is None:
-            pool_rates = read_pool_meta(paths)["mix_sample_rates"]
-            pool_clips = read_clips(paths, ["clip_id", "part", "loudness_at_rates"])
+            pool_rates = store.meta()["mix_sample_rates"]
+            pool_clips = store.clips(["clip_id", "part", "loudness_at_rates"])
         # A manifest is mixed again at its own rate, from the pool's copy at that rate.
         if rates[0] not in pool_rates:
             raise SonifyError(
@@ -131,6 +125,11 @@ def run_render(config: RunConfig) -> dict:
         storage.write_parquet(layout.plan(shard), shard_plan(rows, locations))
         shards.append(shard)
     tasks = make_table(SHARD_TASKS, {"shard": shards, "plan_url": [layout.plan(s) for s in shards]})
-    results = write_shards(config, paths, out, tasks)
+    results = write_shards(config, paths, layout, tasks)
     samples = int(pc.sum(results.column("samples")).as_py()) if results is not None else 0
-    return {"out": out, "shards": len(shards), "samples": samples, "wall_seconds": round(time.monotonic() - started, 3)}
+    return {
+        "out": layout.root,
+        "shards": len(shards),
+        "samples": samples,
+        "wall_seconds": round(time.monotonic() - started, 3),
+    }

@@ -12,8 +12,6 @@ import numpy as np
 import pyarrow as pa
 import pyloudnorm
 
-from schemas import MIX_CLIPS, make_table
-
 _meters: dict[int, pyloudnorm.Meter] = {}
 
 
@@ -67,7 +65,8 @@ def audible_at_rate(
     return rate_lufs >= silence_lufs and pool_lufs - rate_lufs <= max_band_loss_lu
 
 
-def _entry_at(at_rates: list[dict] | None, rate: int) -> dict | None:
+def loudness_entry_at(at_rates: list[dict] | None, rate: int) -> dict | None:
+    """A clip's loudness_at_rates entry for `rate`; None where the pool holds none."""
     return next((e for e in at_rates or [] if e["sample_rate"] == rate), None)
 
 
@@ -77,23 +76,7 @@ def audible_clip_loudness(clips: pa.Table, rate: int, silence_lufs: float, max_b
     audible = {}
     columns = [clips.column(c).to_pylist() for c in ("clip_id", "lufs", "loudness_at_rates")]
     for clip_id, pool_lufs, at_rates in zip(*columns):
-        entry = _entry_at(at_rates, rate)
+        entry = loudness_entry_at(at_rates, rate)
         if audible_at_rate(pool_lufs, entry and entry["lufs"], silence_lufs, max_band_loss_lu):
             audible[clip_id] = entry["lufs"]
     return audible
-
-
-def mix_clips(clips: pa.Table, rate: int, silence_lufs: float, max_band_loss_lu: float) -> pa.Table:
-    """The MIX_CLIPS table of a pool table (columns clip_id, part, lufs, loudness_at_rates): every
-    clip audible at `rate`, with its loudness there and the byte range of its audio at that rate,
-    sorted by clip_id."""
-    rows: dict[str, list] = {name: [] for name in MIX_CLIPS.names}
-    columns = [clips.column(c).to_pylist() for c in ("clip_id", "part", "lufs", "loudness_at_rates")]
-    for clip_id, part, pool_lufs, at_rates in zip(*columns):
-        entry = _entry_at(at_rates, rate)
-        if audible_at_rate(pool_lufs, entry and entry["lufs"], silence_lufs, max_band_loss_lu):
-            for name, value in zip(
-                MIX_CLIPS.names, (clip_id, entry["lufs"], part, entry["audio_offset"], entry["audio_bytes"])
-            ):
-                rows[name].append(value)
-    return make_table(MIX_CLIPS, rows).sort_by([("clip_id", "ascending")])

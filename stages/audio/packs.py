@@ -4,11 +4,12 @@ rate) whose members are read back by byte range."""
 from __future__ import annotations
 
 import io
+from typing import BinaryIO
 
 import numpy as np
 import soundfile
 
-from stages.io.tars import member_ranges, tar_bytes
+from stages.io.tars import TarWriter, member_ranges, tar_bytes
 
 PCM16_SCALE = 32768.0
 
@@ -44,6 +45,21 @@ def pack_clips(clips: list[tuple[str, bytes]]) -> tuple[bytes, dict[str, tuple[i
     data = tar_bytes((clip, {PACK_EXTENSION: flac}) for clip, flac in clips)
     ranges = member_ranges(data)
     return data, {clip: ranges[pack_member(clip)] for clip, _ in clips}
+
+
+class PackWriter:
+    """A pack written clip by clip to a binary file: the same bytes and ranges as `pack_clips` of the
+    same clips, without holding them all."""
+
+    def __init__(self, handle: BinaryIO) -> None:
+        self._tar = TarWriter(handle)
+        self.ranges: dict[str, tuple[int, int]] = {}
+
+    def add(self, clip_id: str, flac: bytes) -> None:
+        self.ranges[clip_id] = self._tar.add(clip_id, {PACK_EXTENSION: flac})[pack_member(clip_id)]
+
+    def close(self) -> None:
+        self._tar.close()
 
 
 def repack(pack: bytes, clip_ids: list[str]) -> tuple[bytes, dict[str, tuple[int, int]]]:

@@ -20,7 +20,7 @@ import numpy as np
 
 from schemas.config import ClapConfig
 from stages.io import storage
-from stages.io.model_files import is_remote, model_name, stage_model
+from stages.io.model_files import checkpoint_digest, is_remote, model_name, stage_model
 
 CLAP_SAMPLE_RATE = 48000
 TEXT_MAX_TOKENS = 77
@@ -177,7 +177,9 @@ def load_clap(config: ClapConfig) -> ClapBackend:
 
 
 def clap_identity(config: ClapConfig) -> dict:
-    """What makes two pools' embeddings comparable, read without loading any weights."""
+    """What makes two pools' embeddings comparable, read without loading any weights: the backend,
+    the width, and the checkpoint's content (`content`, see checkpoint_digest); `model` is its name,
+    for people to read."""
     if config.backend == "transformers":
         from transformers import ClapConfig as HfClapConfig
 
@@ -200,4 +202,14 @@ def clap_identity(config: ClapConfig) -> dict:
         "model": model,
         "amodel": config.amodel if config.backend == "laion_clap" else None,
         "dim": int(dim),
+        "content": checkpoint_digest(config.model),
     }
+
+
+def same_clap(recorded: dict, wanted: dict) -> bool:
+    """Whether embeddings made with the `recorded` CLAP identity are comparable with `wanted`'s. The
+    checkpoint's content decides, not its folder's name; an identity recorded before content was
+    (no `content`) is compared by backend, name, audio encoder and width, as it was then."""
+    if "content" not in recorded:
+        return {k: v for k, v in wanted.items() if k != "content"} == recorded
+    return {k: v for k, v in recorded.items() if k != "model"} == {k: v for k, v in wanted.items() if k != "model"}

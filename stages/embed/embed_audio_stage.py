@@ -2,7 +2,9 @@
 
 The stage loads its CLAP once per actor, reads each clip's audio from the part file the standardize
 stage wrote, and adds an L2-normalized embedding to every non-silent, error-free row. Rows of one
-part arrive together, so each part file is read once per actor that sees it.
+part arrive together and in order, so each row group of a part file is read once per actor that
+sees it, and an actor holds one row group (stages.audio.part_writer bounds its size), however long
+the part's sources are.
 """
 
 from __future__ import annotations
@@ -37,7 +39,9 @@ class EmbedAudio(Stage):
         self.dim = dim
         self.model: ClapBackend | None = None
         self._part_name: str | None = None
-        self._part_audio: dict[str, bytes] = {}
+        self._part_groups: dict[str, tuple[int, int]] = {}  # clip_id -> row group, row in it
+        self._group: int | None = None
+        self._group_audio: list[bytes] = []
 
     def resources(self) -> Resources:
         c = self.clap_config
@@ -52,11 +56,17 @@ class EmbedAudio(Stage):
             raise ValueError(f"CLAP {self.clap_config.model} gives {self.model.dim}-d embeddings, expected {self.dim}")
 
     def _clip_audio(self, part: str, clip_id: str) -> bytes:
+        url = PoolLayout(self.pool_dir).audio(part)
         if part != self._part_name:
-            table = storage.read_parquet(PoolLayout(self.pool_dir).audio(part))
-            self._part_audio = dict(zip(table.column("clip_id").to_pylist(), table.column("flac").to_pylist()))
-            self._part_name = part
-        return self._part_audio[clip_id]
+            ids = storage.read_parquet(url, columns=["clip_id"]).column("clip_id").to_pylist()
+            places = [(group, row) for group, rows in enumerate(storage.parquet_row_groups(url)) for row in range(rows)]
+            self._part_name, self._part_groups, self._group = part, dict(zip(ids, places)), None
+        group, row = self._part_groups[clip_id]
+        if group != self._group:
+            self._group_audio = []  # the previous row group goes before the next is read
+            self._group_audio = storage.read_row_group(url, group, ["flac"]).column("flac").to_pylist()
+            self._group = group
+        return self._group_audio[row]
 
     def process_batch(self, batch: pa.Table) -> pa.Table:
         rows = embeddable(batch.column("silent").to_pylist(), batch.column("error").to_pylist())

@@ -3,7 +3,8 @@
 A listed image is a reference (URI, plus the member name inside a tar). Decoding applies the EXIF
 orientation, converts any mode (CMYK, 16-bit, paletted, alpha) to RGB, and refuses images whose
 pixel count exceeds the decompression-bomb guard. Failures are error rows naming the image, with
-their kind (empty, too_large, undecodable, unsupported, unreadable, not_a_file).
+their kind (empty, too_large, undecodable, unsupported, unreadable, not_a_file; bad_container for a
+Parquet list's row without a usable uri).
 
 How awkward inputs are handled (tests/test_images.py):
 - 0 bytes, bytes that are no image, a truncated file: an error row ("<uri>: empty file (0 bytes)",
@@ -107,8 +108,9 @@ def read_image_bytes(refs: list[ImageRef]) -> list[bytes | BadInput]:
             fs, path = storage.filesystem(uri)
             with fs.open(path, "rb") as handle, tarfile.open(fileobj=handle, mode="r|*") as tar:
                 for member in tar:
-                    if member.name in wanted:
-                        results[wanted.pop(member.name)] = tar.extractfile(member).read()
+                    name = storage.utf8_name(member.name)  # as listed
+                    if name in wanted:
+                        results[wanted.pop(name)] = tar.extractfile(member).read()
         except (tarfile.TarError, OSError) as exc:
             for i in wanted.values():
                 results[i] = BadInput(f"unreadable tar ({exc})", kind="unreadable")

@@ -41,24 +41,57 @@ def tar_member_key(member_name: str) -> str:
 
 
 def _list_tar(uri: str) -> list[ImageRef]:
+    """The tar's images; damage midway keeps those before it and adds one error reference. A member
+    counts as listed once the reader has gone past its data: a member cut short raises there."""
     fs, path = storage.filesystem(uri)
     refs: dict[str, ImageRef] = {}
-    with fs.open(path, "rb") as handle, tarfile.open(fileobj=handle, mode="r|*") as tar:
-        for member in tar:
-            if member.isfile() and _is_image(member.name):
-                key = tar_member_key(member.name)
-                refs.setdefault(key, ImageRef(uri, member.name, PurePosixPath(key).name))
+    pending: tarfile.TarInfo | None = None
+    try:
+        with fs.open(path, "rb") as handle, tarfile.open(fileobj=handle, mode="r|*") as tar:
+            for member in tar:
+                _add_tar_image(refs, uri, pending)
+                pending = member
+            _add_tar_image(refs, uri, pending)
+    except (tarfile.TarError, OSError, EOFError) as exc:
+        listed = f"{len(refs)} images listed before the damage" if refs else "no image listed"
+        error = error_text(uri, f"unreadable tar ({listed}; {type(exc).__name__}: {exc})")
+        return [*refs.values(), ImageRef(uri, None, PurePosixPath(uri).stem, error, "unreadable")]
     return list(refs.values())
 
 
+def _add_tar_image(refs: dict[str, ImageRef], uri: str, member: tarfile.TarInfo | None) -> None:
+    if member is not None and member.isfile() and _is_image(member.name):
+        name = storage.utf8_name(member.name)
+        key = tar_member_key(name)
+        refs.setdefault(key, ImageRef(uri, name, PurePosixPath(key).name))
+
+
 def _list_parquet(uri: str) -> list[ImageRef]:
-    table = storage.read_parquet(uri)
+    """One reference per row of a Parquet list of URIs; a row without a usable `uri` is an error
+    reference of its own, and a list that cannot be read is one error reference."""
+    stem = PurePosixPath(uri).stem
+    try:
+        table = storage.read_parquet(uri)
+    except Exception as exc:  # not Parquet, damaged, or unreachable: that list's error
+        reason = f"cannot read as Parquet ({type(exc).__name__}: {exc})"
+        return [ImageRef(uri, None, stem, error_text(uri, reason), "unreadable")]
     if "uri" not in table.column_names:
         reason = f"Parquet input has no 'uri' column (columns: {table.column_names})"
-        return [ImageRef(uri, None, PurePosixPath(uri).stem, error_text(uri, reason), "unsupported")]
+        return [ImageRef(uri, None, stem, error_text(uri, reason), "unsupported")]
     uris = table.column("uri").to_pylist()
     ids = table.column("image_id").to_pylist() if "image_id" in table.column_names else [None] * len(uris)
-    return [ImageRef(u, None, str(i) if i is not None else PurePosixPath(u).stem) for u, i in zip(uris, ids)]
+    refs = []
+    for row, (image_uri, image_id) in enumerate(zip(uris, ids)):
+        if isinstance(image_uri, str) and image_uri:
+            refs.append(
+                ImageRef(image_uri, None, str(image_id) if image_id is not None else PurePosixPath(image_uri).stem)
+            )
+            continue
+        what = "null" if image_uri is None else f"{type(image_uri).__name__} {image_uri!r}, not a path or URL"
+        own_id = str(image_id) if image_id is not None else f"{stem} row {row}"
+        error = error_text(uri, f"row {row}: 'uri' is {what}")
+        refs.append(ImageRef(uri, None, own_id, error, "bad_container"))
+    return refs
 
 
 def list_images(patterns: list[str]) -> list[ImageRef]:
@@ -71,11 +104,7 @@ def list_images(patterns: list[str]) -> list[ImageRef]:
         if source.error:
             refs.append(ImageRef(source.uri, None, PurePosixPath(source.uri).stem, source.error, source.error_kind))
         elif name.endswith(".tar"):
-            try:
-                refs.extend(_list_tar(source.uri))
-            except (tarfile.TarError, OSError) as exc:
-                error = error_text(source.uri, f"unreadable tar ({exc})")
-                refs.append(ImageRef(source.uri, None, PurePosixPath(source.uri).stem, error, "unreadable"))
+            refs.extend(_list_tar(source.uri))
         elif name.endswith(".parquet"):
             refs.extend(_list_parquet(source.uri))
         elif _is_image(name):

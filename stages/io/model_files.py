@@ -10,6 +10,11 @@ files' fingerprints (ETag, or size and mtime), so a checkpoint replaced at the s
 again rather than served stale. The copy is downloaded into a temporary folder and renamed into
 place: workers staging the same model at the same time on one node each download, one rename wins,
 and no worker ever loads a half-copied model.
+
+A checkpoint is identified by its content (`checkpoint_digest`): the SHA-256 of its files, so two
+checkpoints in folders of the same name are told apart and one checkpoint read from anywhere is
+one. Each file's hash is computed once and kept in the cache's `.digests/`, keyed by the file's
+path, size and mtime, so a large checkpoint is read again only when it changes.
 """
 
 from __future__ import annotations
@@ -39,11 +44,16 @@ def is_remote(model: str) -> bool:
     return "://" in model and not storage.is_local(storage.filesystem(model)[0])
 
 
+def is_path_or_url(model: str) -> bool:
+    """Whether a model setting names a URL or a local path, rather than a Hugging Face id (org/name)."""
+    return "://" in model or Path(model).exists()
+
+
 def model_name(model: str) -> str:
     """The name a pool records for a model: the last component of a path or URL, so the same
     checkpoint read from a local folder or from a bucket gives the same pool identity; a Hugging
     Face id stays whole."""
-    if "://" in model or Path(model).exists():
+    if is_path_or_url(model):
         return model.rstrip("/").rsplit("/", 1)[-1]
     return model
 
@@ -92,3 +102,51 @@ def stage_model(url: str, cache: str | Path | None = None) -> str:
         finally:
             shutil.rmtree(temporary, ignore_errors=True)
     return str(target) if is_folder else str(target / next(iter(remote)))
+
+
+DIGESTS_FOLDER = ".digests"
+
+
+def file_digest(path: Path) -> str:
+    """SHA-256 of a local file, from the digest cache while its size and mtime are unchanged."""
+    real = os.path.realpath(path)
+    stat = os.stat(real)
+    stamp = {"path": real, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+    entry = cache_root() / DIGESTS_FOLDER / f"{hashlib.sha1(real.encode(errors='surrogateescape')).hexdigest()}.json"
+    try:
+        cached = json.loads(entry.read_text())
+        if {k: cached.get(k) for k in stamp} == stamp:
+            return cached["sha256"]
+    except (OSError, ValueError):
+        pass  # no entry yet, or one a killed writer left unreadable: computed again below
+    digest = storage.sha256_of(real)
+    entry.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile("w", dir=entry.parent, prefix=".tmp-", delete=False) as handle:
+        json.dump({**stamp, "sha256": digest}, handle)
+    os.replace(handle.name, entry)
+    return digest
+
+
+def checkpoint_digest(model: str) -> str:
+    """The content of a checkpoint, as one hex digest: a file's SHA-256; for a folder, the SHA-256 of
+    its files' names and SHA-256s (weights, config and tokenizer alike decide the embeddings; hidden
+    files are left out). A remote checkpoint is staged first, so it is identified by the same bytes as
+    a local copy. A Hugging Face id is identified by the revision its cached files were taken from."""
+    if not is_path_or_url(model):
+        from huggingface_hub import try_to_load_from_cache
+
+        cached = try_to_load_from_cache(model, "config.json")
+        if not isinstance(cached, str):
+            raise FileNotFoundError(f"{model} is neither a path nor a Hugging Face model in the local cache")
+        # Hub caches keep each revision in snapshots/<commit>/: the commit fixes every file.
+        return f"revision:{Path(cached).parent.name}"
+    local = Path(stage_model(model))
+    if not local.is_dir():
+        return file_digest(local)
+    files = sorted(
+        path
+        for path in local.rglob("*")
+        if path.is_file() and not any(part.startswith(".") for part in path.relative_to(local).parts)
+    )
+    listing = [[path.relative_to(local).as_posix(), file_digest(path)] for path in files]
+    return hashlib.sha256(json.dumps(listing).encode()).hexdigest()

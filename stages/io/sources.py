@@ -2,7 +2,7 @@
 Parquet files and members of tar files (`expand_audio_sources`).
 
 A row or member is a source of its own, named `<container URL>#<key>`, and carries where it sits in
-its container (`Member`), so a worker reads exactly its bytes (`SourceReader`).
+its container (`Member`), so a worker reads exactly its bytes (stages.io.source_reader).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from stages.errors import BadInput
-from stages.io.storage import filesystem, full_url, read_bytes
+from stages.io.storage import filesystem, full_url, utf8_name
 
 log = logging.getLogger(__name__)
 
@@ -249,8 +249,9 @@ def _tar_members(source: SourceFile) -> list[SourceFile]:
                 if not info.isfile() or extension not in AUDIO_MEMBER_EXTENSIONS:
                     skipped[(extension or "(none)") if info.isfile() else "(not a file)"] += 1
                     continue
-                names[info.name] += 1
-                member = Member(source.uri, "tar", info.name, data_offset=info.offset_data, data_size=info.size)
+                key = utf8_name(info.name)
+                names[key] += 1
+                member = Member(source.uri, "tar", key, data_offset=info.offset_data, data_size=info.size)
                 members.append(_member_source(source, member, info.size))
     except Exception as exc:  # damage ends the listing; the members before it stay sources
         members.append(
@@ -280,34 +281,3 @@ def _tar_members(source: SourceFile) -> list[SourceFile]:
             )
         kept.setdefault(m.uri, m)
     return list(kept.values())
-
-
-class SourceReader:
-    """Reads a source's bytes: a whole file, a tar member's byte range, or a Parquet row. The last
-    Parquet row group read is kept, so the neighbouring rows a part holds cost one read."""
-
-    def __init__(self) -> None:
-        self._group_key: tuple[str, int, str] | None = None
-        self._group: pa.Array | None = None
-
-    def read(self, uri: str, member: Member | None) -> bytes:
-        if member is None:
-            return read_bytes(uri)
-        fs, path = filesystem(member.container)
-        if member.kind == "tar":
-            return fs.cat_file(path, start=member.data_offset, end=member.data_offset + member.data_size)
-        key = (member.container, member.row_group, member.column)
-        if key != self._group_key:
-            with fs.open(path, "rb") as handle:
-                table = pq.ParquetFile(handle).read_row_group(member.row_group, columns=[member.column])
-            self._group_key, self._group = key, table.column(0).combine_chunks()
-        value = self._group[member.row_in_group].as_py()
-        data = value.get("bytes") if isinstance(value, dict) else value
-        if data is None:
-            named = (
-                f" (the row names only the path {value.get('path')!r})"
-                if isinstance(value, dict) and value.get("path")
-                else ""
-            )
-            raise MissingAudioBytes(f"no audio bytes in column {member.column!r}{named}")
-        return data

@@ -12,24 +12,47 @@ from __future__ import annotations
 import io
 import tarfile
 from collections.abc import Iterable
+from typing import BinaryIO
 
 HEADER_BYTES = tarfile.BLOCKSIZE
+
+
+class TarWriter:
+    """Writes samples one by one to a binary file, and says where each member's bytes went."""
+
+    def __init__(self, handle: BinaryIO) -> None:
+        self._tar = tarfile.open(fileobj=handle, mode="w", format=tarfile.PAX_FORMAT)
+
+    def add(self, key: str, members: dict[str, bytes]) -> dict[str, tuple[int, int]]:
+        """Writes one sample's members in sorted extension order; returns member name -> (offset,
+        size) of its bytes in the tar."""
+        if "." in key.rsplit("/", 1)[-1]:
+            raise ValueError(f"sample key {key!r} contains a dot; WebDataset would split it")
+        ranges = {}
+        for extension in sorted(members):
+            payload = members[extension]
+            info = tarfile.TarInfo(f"{key}.{extension}")
+            info.size, info.mtime, info.mode = len(payload), 0, 0o444
+            info.uid = info.gid = 0
+            info.uname = info.gname = ""
+            self._tar.addfile(info, io.BytesIO(payload))
+            # addfile leaves the offset past the member's data, padded to whole blocks.
+            padded = -(-len(payload) // HEADER_BYTES) * HEADER_BYTES
+            ranges[info.name] = (self._tar.offset - padded, len(payload))
+        return ranges
+
+    def close(self) -> None:
+        """Writes the end-of-archive blocks; the file itself stays open."""
+        self._tar.close()
 
 
 def tar_bytes(samples: Iterable[tuple[str, dict[str, bytes]]]) -> bytes:
     """A tar of samples in the given order; each sample's members in sorted extension order."""
     buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as tar:
-        for key, members in samples:
-            if "." in key.rsplit("/", 1)[-1]:
-                raise ValueError(f"sample key {key!r} contains a dot; WebDataset would split it")
-            for extension in sorted(members):
-                payload = members[extension]
-                info = tarfile.TarInfo(f"{key}.{extension}")
-                info.size, info.mtime, info.mode = len(payload), 0, 0o444
-                info.uid = info.gid = 0
-                info.uname = info.gname = ""
-                tar.addfile(info, io.BytesIO(payload))
+    writer = TarWriter(buffer)
+    for key, members in samples:
+        writer.add(key, members)
+    writer.close()
     return buffer.getvalue()
 
 

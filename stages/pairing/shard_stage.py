@@ -9,7 +9,7 @@ import numpy as np
 import pyarrow as pa
 
 from schemas import MANIFEST, MANIFEST_POOL_READS, SHARD_PLANS, SHARD_RESULTS, SHARD_TASKS, make_table
-from schemas.layout import SonifyLayout, shard_file
+from schemas.layout import PoolLayout, SonifyLayout, shard_file
 from stages.audio import loudness
 from stages.audio.mixing import ClipLocation, load_pool_clips, mix_sources
 from stages.audio.packs import PCM16_SCALE, encode_flac, quantize_pcm16
@@ -30,9 +30,9 @@ class WriteShards(Stage):
     name: ClassVar[str] = "write_shards"
     required_columns: ClassVar[tuple[str, ...]] = tuple(SHARD_TASKS.names)
 
-    def __init__(self, pool_dir: str, out_dir: str, peak_dbfs: float, image_encoding: ImageEncoding) -> None:
-        self.pool_dir = pool_dir
-        self.out_dir = out_dir
+    def __init__(self, pool: PoolLayout, layout: SonifyLayout, peak_dbfs: float, image_encoding: ImageEncoding) -> None:
+        self.pool = pool
+        self.layout = layout
         self.peak_dbfs = peak_dbfs
         self.image_encoding = image_encoding
 
@@ -60,7 +60,7 @@ class WriteShards(Stage):
                 )
         images = read_image_bytes([ImageRef(r["image_uri"], r["image_member"], r["image_id"]) for r in rows])
         rate = rows[0]["sample_rate"]
-        clips, pool_bytes_read = load_pool_clips(self.pool_dir, sorted(located.values()), rate)
+        clips, pool_bytes_read = load_pool_clips(self.pool.root, sorted(located.values()), rate)
         samples, errors = [], 0
         for row, image in zip(rows, images):
             row["shard"] = shard_file(shard)
@@ -99,11 +99,11 @@ class WriteShards(Stage):
             row["shard_image_width"], row["shard_image_height"] = stored.width, stored.height
             members = {stored.extension: stored.data, "flac": encode_flac(pcm, rate), "json": sample_metadata(row)}
             samples.append((row["key"], members))
-        size = write_shard(SonifyLayout(self.out_dir).shard(shard), samples)
+        size = write_shard(self.layout.shard(shard), samples)
         reads = dict(zip(MANIFEST_POOL_READS, (pool_bytes_read, sum(clip.size for clip in located.values()))))
         manifest = make_table(MANIFEST, {name: [r[name] for r in rows] for name in MANIFEST.names})
         manifest = manifest.replace_schema_metadata(
             {**manifest.schema.metadata, **{k: str(v) for k, v in reads.items()}}
         )
-        storage.write_parquet(SonifyLayout(self.out_dir).manifest(shard), manifest)
+        storage.write_parquet(self.layout.manifest(shard), manifest)
         return {"shard": shard, "samples": len(samples), "errors": errors, "num_bytes": size, **reads}

@@ -32,10 +32,10 @@ class BuildHubBank(Stage):
     required_columns: ClassVar[tuple[str, ...]] = tuple(CHUNK_TASKS.names)
 
     def __init__(
-        self, pool_dir: str, out_dir: str, vlms: list[str], clap: ClapConfig, retrieval: RetrievalConfig
+        self, pool: PoolLayout, layout: SonifyLayout, vlms: list[str], clap: ClapConfig, retrieval: RetrievalConfig
     ) -> None:
-        self.pool_dir = pool_dir
-        self.out_dir = out_dir
+        self.pool = pool
+        self.layout = layout
         self.vlms = list(vlms)
         self.clap_config = clap
         self.retrieval = retrieval
@@ -48,7 +48,7 @@ class BuildHubBank(Stage):
         return CHUNK_TASKS
 
     def chunk_texts(self, chunk: str) -> list[str]:
-        layout = SonifyLayout(self.out_dir)
+        layout = self.layout
         return concept_texts(
             pa.concat_tables(
                 storage.read_parquet(layout.scenes(vlm, chunk), columns=SCENE_COLUMNS) for vlm in self.vlms
@@ -57,7 +57,7 @@ class BuildHubBank(Stage):
 
     def bank(self, chunks: list[str]) -> pa.Table:
         """The bank as stored, or picked and embedded now (with no neighbours yet)."""
-        layout = SonifyLayout(self.out_dir)
+        layout = self.layout
         if storage.exists(layout.hub_bank()):
             return storage.read_parquet(layout.hub_bank())
         texts = calibration_texts((self.chunk_texts(c) for c in sorted(chunks)), self.retrieval.hubness_bank)
@@ -73,8 +73,7 @@ class BuildHubBank(Stage):
         )
 
     def process_batch(self, batch: pa.Table) -> pa.Table:
-        layout = SonifyLayout(self.out_dir)
-        pool = PoolLayout(self.pool_dir)
+        layout, pool = self.layout, self.pool
         ids = storage.read_parquet(pool.index_ids()).sort_by("row").column("clip_id").to_pylist()
         known = storage.read_parquet(layout.clip_biases()) if storage.exists(layout.clip_biases()) else None
         if storage.exists(layout.hubness_stats()) and known is not None:

@@ -2,9 +2,11 @@
 
 The actor loads the CLAP text encoder, the FAISS index and its row -> clip_id map once. For each
 chunk it embeds the chunk's distinct concept texts and searches them all in one FAISS call, then
-writes the chunk's matches and, last, its search stats, which mark the chunk searched. A text that
-recurs in another chunk is embedded and searched again there: that keeps every chunk independent
-of the others (and of the driver), at the price counted in the run summary as texts searched.
+writes the chunk's matches and, last, its search stats, which mark the chunk searched; its output
+row (CHUNK_SEARCHES) says what the chunk's files hold, whether this run or an earlier one wrote
+them. A text that recurs in another chunk is embedded and searched again there: that keeps every
+chunk independent of the others (and of the driver), at the price counted in the run summary as
+texts searched.
 
 An approximate index is searched at one setting for the whole run, chosen when the actor starts
 by the recall it reaches on `retrieval.calibration_queries` of the run's own concept texts (the
@@ -30,7 +32,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from schemas import CHUNK_TASKS, MATCHES, make_table
+from schemas import CHUNK_SEARCHES, CHUNK_TASKS, MATCHES, make_table
 from schemas.config import ClapConfig, RetrievalConfig
 from schemas.layout import PoolLayout, SonifyLayout
 from stages.base import Resources, Stage
@@ -39,6 +41,23 @@ from stages.io import storage
 from stages.search import faiss_index, hubness
 
 SCENE_COLUMNS = ["concepts", "dropped", "error"]
+# The CHUNK_SEARCHES columns a chunk's search stats file holds (the approximate-search ones only
+# where the index is approximate).
+SEARCH_STATS = CHUNK_SEARCHES.names[CHUNK_SEARCHES.names.index("texts") :]
+
+
+def search_row(layout: SonifyLayout, chunk: str, stats: dict) -> dict:
+    """The CHUNK_SEARCHES row of a chunk searched with these stats."""
+    return {"chunk": chunk, "matches_url": layout.matches(chunk), **{name: stats.get(name) for name in SEARCH_STATS}}
+
+
+def searched_chunk(layout: SonifyLayout, chunk: str) -> dict:
+    """The CHUNK_SEARCHES row of a chunk searched before, from its search stats file."""
+    return search_row(layout, chunk, json.loads(storage.read_bytes(layout.search_stats(chunk))))
+
+
+def search_table(rows: list[dict]) -> pa.Table:
+    return make_table(CHUNK_SEARCHES, {name: [row[name] for row in rows] for name in CHUNK_SEARCHES.names})
 
 
 def concept_texts(scenes: pa.Table) -> list[str]:
@@ -71,10 +90,10 @@ class RetrieveChunks(Stage):
     required_columns: ClassVar[tuple[str, ...]] = tuple(CHUNK_TASKS.names)
 
     def __init__(
-        self, pool_dir: str, out_dir: str, vlms: list[str], clap: ClapConfig, retrieval: RetrievalConfig
+        self, pool: PoolLayout, layout: SonifyLayout, vlms: list[str], clap: ClapConfig, retrieval: RetrievalConfig
     ) -> None:
-        self.pool_dir = pool_dir
-        self.out_dir = out_dir
+        self.pool = pool
+        self.layout = layout
         self.vlms = list(vlms)
         self.clap_config = clap
         self.retrieval = retrieval
@@ -85,12 +104,12 @@ class RetrieveChunks(Stage):
         return Resources(num_cpus=c.num_cpus, num_gpus=c.num_gpus, actors=c.concurrency, batch_size=1)
 
     def output_schema(self) -> pa.Schema:
-        return CHUNK_TASKS
+        return CHUNK_SEARCHES
 
     def setup(self) -> None:
         self.model = load_clap(self.clap_config)
-        self.index = faiss_index.deserialize(storage.read_bytes(PoolLayout(self.pool_dir).index_file()))
-        ids = storage.read_parquet(PoolLayout(self.pool_dir).index_ids())
+        self.index = faiss_index.deserialize(storage.read_bytes(self.pool.index_file()))
+        ids = storage.read_parquet(self.pool.index_ids())
         self.clip_ids = np.array(ids.sort_by("row").column("clip_id").to_pylist(), dtype=object)
         self.calibration = self.calibrate()
         if self.retrieval.hubness != "none":
@@ -98,7 +117,7 @@ class RetrieveChunks(Stage):
 
     def clip_penalties(self) -> np.ndarray:
         """Each index row's hubness penalty, from the run's stored biases (0 for a clip without one)."""
-        biases = storage.read_parquet(SonifyLayout(self.out_dir).clip_biases())
+        biases = storage.read_parquet(self.layout.clip_biases())
         correction = hubness.Correction.of_pool(
             biases.column("bias").to_numpy(), self.retrieval.hubness_alpha, self.retrieval.hubness_outlier_z
         )
@@ -106,10 +125,9 @@ class RetrieveChunks(Stage):
         return np.array([by_id.get(c, 0.0) for c in self.clip_ids], dtype=np.float32)
 
     def chunk_texts(self, chunk: str) -> list[str]:
-        layout = SonifyLayout(self.out_dir)
         return concept_texts(
             pa.concat_tables(
-                storage.read_parquet(layout.scenes(vlm, chunk), columns=SCENE_COLUMNS) for vlm in self.vlms
+                storage.read_parquet(self.layout.scenes(vlm, chunk), columns=SCENE_COLUMNS) for vlm in self.vlms
             )
         )
 
@@ -118,8 +136,7 @@ class RetrieveChunks(Stage):
         if isinstance(self.index, faiss.IndexFlat):
             return None
         chunks = [
-            storage.file_stem(u)
-            for u in storage.list_files(SonifyLayout(self.out_dir).vlm_scenes_folder(self.vlms[0]), ".parquet")
+            storage.file_stem(u) for u in storage.list_files(self.layout.vlm_scenes_folder(self.vlms[0]), ".parquet")
         ]
         texts = calibration_texts((self.chunk_texts(c) for c in chunks), self.retrieval.calibration_queries)
         if not texts:
@@ -130,14 +147,17 @@ class RetrieveChunks(Stage):
         )
 
     def process_batch(self, batch: pa.Table) -> pa.Table:
-        layout = SonifyLayout(self.out_dir)
+        rows = []
         for chunk in batch.column("chunk").to_pylist():
-            if not storage.exists(layout.search_stats(chunk)):
-                measured = int(chunk) % self.retrieval.recall_every == 0
-                matches, stats = self.search(self.chunk_texts(chunk), measured)
-                storage.write_parquet(layout.matches(chunk), matches)
-                storage.write_text(layout.search_stats(chunk), json.dumps(stats) + "\n")
-        return batch
+            if storage.exists(self.layout.search_stats(chunk)):
+                rows.append(searched_chunk(self.layout, chunk))
+                continue
+            measured = int(chunk) % self.retrieval.recall_every == 0
+            matches, stats = self.search(self.chunk_texts(chunk), measured)
+            storage.write_parquet(self.layout.matches(chunk), matches)
+            storage.write_text(self.layout.search_stats(chunk), json.dumps(stats) + "\n")
+            rows.append(search_row(self.layout, chunk, stats))
+        return search_table(rows)
 
     def search(self, texts: list[str], measured: bool) -> tuple[pa.Table, dict]:
         """The MATCHES table of `texts`, and how they were searched; `measured`: with the recall of

@@ -18,7 +18,7 @@ from typing import ClassVar
 import pyarrow as pa
 
 from schemas import ANSWERS, IMAGES
-from schemas.config import PromptConfig, VlmConfig
+from schemas.config import OpenAIVlmConfig, PromptConfig
 from stages.base import Resources, Stage
 from stages.errors import BadInput, error_text
 from stages.images.decoding import vlm_jpeg
@@ -34,7 +34,7 @@ class RequestFailed(BadInput):
     kind = "vlm_failed"
 
 
-def chat_payload(vlm: VlmConfig, prompt: PromptConfig, jpeg: bytes) -> dict:
+def chat_payload(vlm: OpenAIVlmConfig, prompt: PromptConfig, jpeg: bytes) -> dict:
     return {
         "model": vlm.model,
         "messages": [openai_user_message(prompt.text, jpeg)],
@@ -92,7 +92,7 @@ class OpenAIVlm(Stage):
     name: ClassVar[str] = "vlm_openai"
     required_columns: ClassVar[tuple[str, ...]] = tuple(IMAGES.names)
 
-    def __init__(self, vlm: VlmConfig, prompt: PromptConfig) -> None:
+    def __init__(self, vlm: OpenAIVlmConfig, prompt: PromptConfig) -> None:
         self.vlm = vlm
         self.prompt = prompt
 

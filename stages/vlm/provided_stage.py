@@ -9,7 +9,7 @@ from typing import ClassVar
 import pyarrow as pa
 
 from schemas import ANSWERS
-from schemas.config import VlmConfig
+from schemas.config import ProvidedVlmConfig
 from schemas.errors import PipelineError
 from stages.base import Resources, Stage
 from stages.errors import error_text
@@ -47,7 +47,7 @@ class ProvidedConcepts(Stage):
     name: ClassVar[str] = "provided_concepts"
     required_columns: ClassVar[tuple[str, ...]] = ("image_id", "error", "dropped")
 
-    def __init__(self, vlm: VlmConfig) -> None:
+    def __init__(self, vlm: ProvidedVlmConfig) -> None:
         self.vlm = vlm
         self.answers: dict[str, str] | None = None
 

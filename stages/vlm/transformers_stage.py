@@ -11,7 +11,7 @@ from typing import ClassVar
 import pyarrow as pa
 
 from schemas import ANSWERS, IMAGES
-from schemas.config import PromptConfig, VlmConfig
+from schemas.config import PromptConfig, TransformersVlmConfig
 from stages.base import Resources, Stage
 from stages.errors import error_text
 from stages.images.decoding import decode_image, downscale
@@ -25,7 +25,7 @@ class TransformersVlm(Stage):
     name: ClassVar[str] = "vlm_transformers"
     required_columns: ClassVar[tuple[str, ...]] = tuple(IMAGES.names)
 
-    def __init__(self, vlm: VlmConfig, prompt: PromptConfig) -> None:
+    def __init__(self, vlm: TransformersVlmConfig, prompt: PromptConfig) -> None:
         self.vlm = vlm
         self.prompt = prompt
         self.model = self.processor = self.grammar = None

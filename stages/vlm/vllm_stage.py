@@ -15,7 +15,7 @@ from typing import Any, ClassVar
 import pyarrow as pa
 
 from schemas import ANSWERS, IMAGES
-from schemas.config import PromptConfig, VlmConfig
+from schemas.config import PromptConfig, VllmVlmConfig
 from schemas.errors import PipelineError
 from stages.base import EngineStage, Resources
 from stages.errors import error_text
@@ -103,7 +103,7 @@ class VllmVlm(EngineStage):
     name: ClassVar[str] = "vlm_vllm"
     required_columns: ClassVar[tuple[str, ...]] = tuple(IMAGES.names)
 
-    def __init__(self, vlm: VlmConfig, prompt: PromptConfig) -> None:
+    def __init__(self, vlm: VllmVlmConfig, prompt: PromptConfig) -> None:
         self.vlm = vlm
         self.prompt = prompt
 

@@ -1,7 +1,8 @@
 """Bytes that mixing reads from the pool, against the stored bytes of the clips it mixes, counted by
 the file system rather than by the code under test; printed as one table.
 
-    .venv/bin/python benchmarks/scale_reads.py [--quick]
+    .venv/bin/python -m benchmarks.pool_reads [--quick] [--seed S] [--clap-model DIR] [--json FILE]
+        [--files N --seconds MIN MAX --files-per-part N --shards N --samples N --clips-per-sample N]
 
 A pool is built by the pool pipeline itself (`run_pool`, local Ray, the tiny transformers CLAP)
 over generated sources: tones over noise, 30 to 60 s each, 16 sources per part, mixed at 16 kHz.
@@ -10,17 +11,16 @@ shard is mixed and written by `WriteShards.write_shard` in this process, with th
 through `counted://`: a local file system that counts every byte fsspec hands back (cat_file,
 cat_ranges, open().read). The claim under test: the bytes read are at most twice the stored bytes
 of the distinct clips each shard uses (tar headers and gaps between neighbouring clips are the
-rest). For comparison, the table also shows what reading each touched part whole would have cost,
-which is what mixing did before the packs: the pool-rate audio file of every part a shard touched.
+rest); the run exits 1 when they are not. --json writes the figures for a caller to check.
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
+import json
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 import fsspec
@@ -28,18 +28,15 @@ import numpy as np
 import soundfile
 from fsspec.implementations.local import LocalFileOpener, LocalFileSystem
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from pipelines.config import validate_config  # noqa: E402
-from pipelines.pool import read_clips, run_pool  # noqa: E402
-from pipelines.sonify.plans import mixable_pool_clips  # noqa: E402
-from schemas import MANIFEST  # noqa: E402
-from schemas.config import RunConfig  # noqa: E402
-from schemas.layout import PoolLayout, shard_id  # noqa: E402
-from stages.images.decoding import ImageEncoding  # noqa: E402
-from stages.pairing.planning import manifest_table, mixable_clips, shard_plan  # noqa: E402
-from stages.pairing.shard_stage import WriteShards  # noqa: E402
+from pipelines.config import validate_config
+from pipelines.pool.run import run_pool
+from pipelines.pool.store import PoolStore
+from schemas import MANIFEST
+from schemas.config import RunConfig
+from schemas.layout import PoolLayout, SonifyLayout, shard_id
+from stages.images.decoding import ImageEncoding
+from stages.pairing.planning import manifest_table, mixable_clips, shard_plan
+from stages.pairing.shard_stage import WriteShards
 
 MIX_RATE = 16000
 SOURCE_RATE = 22050
@@ -184,15 +181,16 @@ def measure_pool_reads(root: Path, sizes: Sizes = FULL, clap_model: str | None =
 
     rng = np.random.default_rng(seed)
     if clap_model is None:
-        from pipelines.tiny_models import build_transformers_clap
+        from demo.tiny_models import build_transformers_clap
 
         clap_model = str(build_transformers_clap(root / "models", root / "build"))
     started = time.perf_counter()
     paths, config = build_pool(root, sizes, clap_model, rng)
     pool_seconds = time.perf_counter() - started
 
-    table = read_clips(paths, ["clip_id", "part"]).to_pylist()
-    mixable_table, _ = mixable_pool_clips(paths, config, MIX_RATE)
+    store = PoolStore(paths)
+    table = store.clips(["clip_id", "part"]).to_pylist()
+    mixable_table, _ = store.mixable_clips(MIX_RATE, config.pool.silence_lufs, config.pool.max_band_loss_lu)
     mixable = mixable_clips(mixable_table, mixable_table.column("clip_id").to_pylist())
     lufs, locations = mixable.lufs, mixable.locations
     usable = sorted(lufs)
@@ -200,9 +198,9 @@ def measure_pool_reads(root: Path, sizes: Sizes = FULL, clap_model: str | None =
     Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(image)
 
     counted = PoolLayout(f"counted://{paths.root}")
-    writer = WriteShards(counted.root, str(root / "out"), -1.0, ImageEncoding("original"))
+    writer = WriteShards(counted, SonifyLayout(str(root / "out")), -1.0, ImageEncoding("original"))
     per_shard = sizes.samples * sizes.clips_per_sample
-    read = reported = used = whole_parts = whole_packs = 0
+    read = reported = used = whole_packs = 0
     CountedFileSystem.reset()
     started = time.perf_counter()
     for shard in range(sizes.shards):
@@ -214,7 +212,6 @@ def measure_pool_reads(root: Path, sizes: Sizes = FULL, clap_model: str | None =
         reported += result["pool_bytes_read"]
         used += result["pool_clip_bytes"]
         parts = {locations[c][0] for c in clips}
-        whole_parts += sum(Path(paths.audio(p)).stat().st_size for p in parts)
         whole_packs += sum(Path(paths.mix_audio(p, MIX_RATE)).stat().st_size for p in parts)
     write_seconds = time.perf_counter() - started
 
@@ -231,7 +228,6 @@ def measure_pool_reads(root: Path, sizes: Sizes = FULL, clap_model: str | None =
         "bytes_read_reported": reported,
         "used_clip_bytes": used,
         "read_ratio": read / used,
-        "whole_part_bytes": whole_parts,
         "whole_pack_bytes": whole_packs,
         "pool_seconds": pool_seconds,
         "write_seconds": write_seconds,
@@ -250,10 +246,22 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="40 sources of 10-20 s, 10 shards of 10 samples")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--clap-model", help="a transformers CLAP folder (default: a tiny one, built here)")
+    parser.add_argument("--json", type=Path, help="also write the figures to this file")
+    parser.add_argument("--work", type=Path, help="folder for the pool and shards (default: a temporary one)")
+    for field in fields(Sizes):
+        nargs = 2 if field.name == "seconds" else None
+        kind = float if field.name == "seconds" else int
+        parser.add_argument(f"--{field.name.replace('_', '-')}", type=kind, nargs=nargs, help="overrides the size set")
     args = parser.parse_args()
-    sizes = QUICK if args.quick else FULL
+    base = QUICK if args.quick else FULL
+    sizes = replace(
+        base, **{f.name: tuple(v) if isinstance(v, list) else v for f in fields(Sizes) if (v := getattr(args, f.name))}
+    )
     with tempfile.TemporaryDirectory() as scratch:
-        r = measure_pool_reads(Path(scratch), sizes, seed=args.seed)
+        r = measure_pool_reads(args.work or Path(scratch), sizes, clap_model=args.clap_model, seed=args.seed)
+    if args.json:
+        args.json.write_text(json.dumps(r, indent=2) + "\n")
     print(
         f"pool: {r['sources']} sources, {r['clips']} clips in {r['parts']} parts, built in {r['pool_seconds']:.0f} s; "
         f"audio at the pool rate {mib(r['pool_rate_audio_bytes'])}, "
@@ -268,14 +276,13 @@ def main() -> None:
         ("read, as the shard writer reports it", mib(r["bytes_read_reported"]), ""),
         ("stored bytes of the distinct clips each shard uses", mib(r["used_clip_bytes"]), ""),
         ("whole packs of the parts touched", mib(r["whole_pack_bytes"]), ""),
-        ("whole pool-rate parts touched (the read before packs)", mib(r["whole_part_bytes"]), ""),
     ]
     widths = [max(len(row[i]) for row in rows) for i in range(3)]
     for row in rows:
         print("  " + " | ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
     print(
         f"read / used {r['read_ratio']:.3f} (bound {MAX_READ_RATIO}); "
-        f"whole parts / read {r['whole_part_bytes'] / r['bytes_read']:.0f}x"
+        f"whole packs / read {r['whole_pack_bytes'] / r['bytes_read']:.1f}x"
     )
     if r["read_ratio"] > MAX_READ_RATIO:
         raise SystemExit(

@@ -1,20 +1,22 @@
-"""Concept-text search at pool scale: the retrieval stage's search path against one batched FAISS
-call, and the auto (IVF) index at the recall target against exact search.
+"""Concept-text search: the index kinds side by side, then, at pool scale, the retrieval path against
+one batched FAISS call and the auto (IVF) index at the recall target against exact search; printed
+as one table.
 
-    .venv/bin/python benchmarks/scale_search.py [--quick] [--threads N]
+    .venv/bin/python -m benchmarks.search [--quick] [--threads N] [--seed S]
 
-1. Exact: `search_at` on a flat index (what retrieval runs below pool.index.exact_below), with the
-   queries of one chunk, against one `index.search(all_queries, k)` call on the same IndexFlatIP.
-   The old path, one FAISS call per CLAP batch of 64 texts, is shown for contrast.
-2. Approximate: `build_index` with the default config (`auto`, IVF at this size, trained on its
-   bounded sample). As a retrieval actor does once, `search_queries` chooses nprobe on
-   retrieval.calibration_queries of the queries for recall@10 >= 0.95; then, as it does per chunk,
-   all queries are searched in one call at that nprobe, and on every retrieval.recall_every-th chunk
-   `sample_recall` measures recall on retrieval.recall_sample of them. Shown: the nprobe, the
+1. Index kinds: `build_index` of each pool.index.kind over 10K and 100K vectors (--quick: 10K),
+   searched as retrieval searches them (`search_queries` at retrieval.target_recall): build seconds,
+   queries/s and recall@10 against flat. An HNSW build projected (n log n) past
+   HNSW_BUILD_BUDGET_S is left out and says so.
+2. Exact at pool scale (500K x 512; --quick: 100K): `search_at` on a flat index, with the queries of
+   one chunk, against one `index.search(all_queries, k)` call on the same IndexFlatIP.
+3. Approximate at pool scale: the default `auto` index (IVF at this size). As a retrieval actor
+   does, `search_queries` chooses nprobe on retrieval.calibration_queries of the queries for
+   recall@10 >= 0.95, all queries are searched at that nprobe, and every retrieval.recall_every-th
+   chunk `sample_recall` measures recall on retrieval.recall_sample of them. Shown: the nprobe, the
    calibration recall, a measured chunk's sampled recall, the recall of all queries against exact
-   search (is the estimate honest?), the speed of the chunk's search (the sample's exact search
-   counted at its share, once per recall_every chunks) against the exact flat call on the same
-   queries, and what the sample's exact search costs against the approximate search.
+   search, and the chunk's search speed (the sample's exact search counted at its share) against
+   the exact flat call.
 
 Data. Pool vectors stand for CLAP audio embeddings: CLUSTERS centres drawn uniformly on the unit
 sphere; each vector is a centre plus isotropic Gaussian noise whose length is the cluster's
@@ -35,18 +37,13 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import sys
 import time
-from collections.abc import Callable
-from pathlib import Path
 
+import faiss
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-import faiss  # noqa: E402
-
-from schemas.config import IndexConfig, RetrievalConfig  # noqa: E402
+from benchmarks.common import fastest, timed
+from schemas.config import IndexConfig, RetrievalConfig
 from stages.search.faiss_index import (
     RecallTarget,
     build_index,
@@ -57,17 +54,18 @@ from stages.search.faiss_index import (
     sample_rows,
     search_at,
     search_queries,
-)  # noqa: E402
+)
 
 CLUSTERS = 1500
 SPREAD = (0.5, 1.3)
 GAP_NORM = 1.2
 QUERY_NOISE = 1.0
-OLD_BATCH = 64  # models.clap.batch_size: the old path searched once per CLAP batch
-# The old path is timed on the first this many queries only: it is slow enough that all of them
-# would take minutes at 500K.
-OLD_PATH_QUERIES = 512
 ROUNDS = 3
+# Index kinds side by side: pool sizes, queries per size, and the longest HNSW build that is run.
+KIND_SIZES = {"full": (10_000, 100_000), "quick": (10_000,)}
+KIND_QUERIES = 1000
+RECALL_K = 10
+HNSW_BUILD_BUDGET_S = 90.0
 # Vectors generated per step, so the temporaries stay a small fraction of the pool.
 GENERATE_STEP = 50_000
 
@@ -109,19 +107,6 @@ def own_cluster_cosine(
         rows = members.setdefault(c, np.flatnonzero(pool_cluster == c))
         cosines.append(float(np.mean(pool[rows] @ q)))
     return float(np.mean(cosines))
-
-
-def fastest(runs: dict[str, Callable[[], object]], rounds: int) -> tuple[dict[str, float], dict[str, object]]:
-    """Seconds of the fastest of `rounds` runs of each, run in turns so load on the machine hits
-    each alike, and each one's last result."""
-    best = {name: float("inf") for name in runs}
-    results = {}
-    for _ in range(rounds):
-        for name, run in runs.items():
-            start = time.perf_counter()
-            results[name] = run()
-            best[name] = min(best[name], time.perf_counter() - start)
-    return best, results
 
 
 def row(measure: str, value: float | int | str, target: float | None = None) -> dict:
@@ -182,15 +167,6 @@ def measure_search(
     )
     exact_rows = results["one call"][1]
     assert np.array_equal(results["flat search_at"][1], exact_rows), "the flat search must equal the one call"
-    old_queries = query_vectors[:OLD_PATH_QUERIES]
-    old_seconds, _ = fastest(
-        {
-            "per batch": lambda: [
-                flat.search(old_queries[i : i + OLD_BATCH], k) for i in range(0, len(old_queries), OLD_BATCH)
-            ]
-        },
-        1,
-    )
     exact_qps = queries / seconds["one call"]
     approximate_rows = results["approximate"][1]
     chunk_recall, chunk_sampled = sample_recall(
@@ -205,11 +181,6 @@ def measure_search(
             f"exact search queries/s / one batched FAISS flat call on the same index, {size}",
             round(seconds["one call"] / seconds["flat search_at"], 2),
             EXACT_TARGET,
-        ),
-        row(
-            f"old path (one FAISS call per {OLD_BATCH} queries; first {len(old_queries)} queries, one run) "
-            "queries/s / one batched call",
-            round(len(old_queries) / old_seconds["per batch"] / exact_qps, 3),
         ),
         row(
             f"auto index built: kind, nlist (pool.index.exact_below {config.exact_below:,})",
@@ -246,6 +217,41 @@ def measure_search(
     return rows
 
 
+def projected_hnsw_seconds(measured_n: int, measured_s: float, n: int) -> float:
+    """HNSW build cost grows about as n log n."""
+    return measured_s * (n * math.log(n)) / (measured_n * math.log(measured_n))
+
+
+def measure_index_kinds(sizes: tuple[int, ...], dim: int = 512, seed: int = 0) -> list[dict]:
+    """Build seconds, queries/s and recall@10 against flat of every index kind at each pool size."""
+    recall = RecallTarget.from_config(RetrievalConfig())
+    k = RetrievalConfig().search_k
+    rows, hnsw_probe = [], None
+    for n in sizes:
+        pool, queries, _, _ = make_data(n, dim, KIND_QUERIES, seed)
+        exact_rows = None
+        for kind in ("flat", "ivf", "hnsw"):
+            if kind == "hnsw" and hnsw_probe is not None:
+                projected = projected_hnsw_seconds(*hnsw_probe, n)
+                if projected > HNSW_BUILD_BUDGET_S:
+                    rows.append(row(f"index hnsw, N={n:,}", f"left out: build projected at {projected:.0f} s"))
+                    continue
+            build_s, index = timed(lambda: build_index(pool, IndexConfig(kind=kind), seed))
+            seconds, results = fastest({kind: lambda: search_queries(index, queries, k, recall).rows}, ROUNDS)
+            found = results[kind]
+            if kind == "flat":
+                exact_rows, measured = found, "exact"
+            else:
+                measured = f"{recall_at_k(found[:, :RECALL_K], exact_rows[:, :RECALL_K]):.3f}"
+            if kind == "hnsw":
+                hnsw_probe = (n, build_s)
+            value = (
+                f"build {build_s:.1f} s, {len(queries) / seconds[kind]:,.0f} queries/s, recall@{RECALL_K} {measured}"
+            )
+            rows.append(row(f"index {kind}, N={n:,}, {len(queries):,} queries, k={k}", value))
+    return rows
+
+
 def print_rows(rows: list[dict]) -> None:
     cells = [["measure", "value", "target", "met"]]
     for r in rows:
@@ -261,13 +267,17 @@ def print_rows(rows: list[dict]) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="100K vectors instead of 500K")
+    parser.add_argument(
+        "--quick", action="store_true", help="index kinds at 10K only, and 100K vectors at pool scale instead of 500K"
+    )
     parser.add_argument("--threads", type=int, default=None, help="FAISS threads (default: every core)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     start = time.perf_counter()
     n_vectors = 100_000 if args.quick else 500_000
-    rows = measure_search(n_vectors=n_vectors, threads=args.threads, seed=args.seed)
+    faiss.omp_set_num_threads(args.threads or os.cpu_count() or 1)
+    kinds = measure_index_kinds(KIND_SIZES["quick" if args.quick else "full"], seed=args.seed)
+    rows = kinds + measure_search(n_vectors=n_vectors, threads=args.threads, seed=args.seed)
     print_rows(rows)
     print(
         f"\ndata: {n_vectors:,} pool vectors around {CLUSTERS} centres uniform on the unit sphere, isotropic noise "
