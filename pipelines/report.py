@@ -14,36 +14,28 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import dataclass
 from typing import Literal
 
-from PIL import Image
-
 from pipelines.pool.store import PoolStore
+from pipelines.report_clips import top_clip_players
+from pipelines.report_files import ReportError, ReportFiles, histogram_plot, report_json, write_report
+from pipelines.report_gallery import gallery_media
+from pipelines.report_pool import pool_report
 from schemas import IMAGE_REFS, MANIFEST, POOL_CLIPS, SCENES
 from schemas.config import RunConfig
-from schemas.errors import PipelineError
-from schemas.layout import ReportLayout, SonifyLayout
+from schemas.layout import SonifyLayout
+from schemas.report_layout import ReportLayout
 from stages.io import storage
 from stages.report import plots
-from stages.report import pool as report_pool
 from stages.report import sonify as report_sonify
-from stages.report.gallery import read_samples, thumbnail_jpeg
-from stages.report.html import GalleryEntry, Plot, render_page
-from stages.report.sql import Histogram, ReportInputError, connect
+from stages.report.html import Plot, render_page
+from stages.report.sql import ReportInputError, connect
 
 log = logging.getLogger(__name__)
 
 TOP_LABELS = 50
 LOUDNESS_POINTS = 5000
-# A shard is read by walking its tar headers; small read-ahead blocks keep that walk from pulling
-# in the data of members it skips on object stores.
-SHARD_BLOCK_BYTES = 64 * 1024
 Target = Literal["sonify", "pool", "all"]
-
-
-class ReportError(PipelineError):
-    """There is nothing to report, or its files cannot be read."""
 
 
 def manifest_files(paths: SonifyLayout) -> list[str]:
@@ -59,97 +51,8 @@ def scene_files(paths: SonifyLayout) -> list[str]:
     return [url for folder in folders for url in storage.list_files(storage.full_url(fs, folder), ".parquet")]
 
 
-@dataclass
-class ReportFiles:
-    """What a report writes, by path inside its folder."""
-
-    files: dict[str, bytes]
-
-    def add(self, name: str, data: bytes) -> str:
-        self.files[name] = data
-        return name
-
-
-def write_report(folder: str, report: ReportFiles) -> str:
-    """Writes the report's files, the page last, and deletes plots and media that an earlier
-    report left and this one does not show."""
-    for sub in ReportLayout.replaced_folders():
-        for url in storage.list_files(storage.join(folder, sub), ""):
-            if storage.join(sub, url.rsplit("/", 1)[-1]) not in report.files:
-                storage.remove(url)
-    page = report.files.pop(ReportLayout.page())
-    for name, data in report.files.items():
-        storage.write_bytes(storage.join(folder, name), data)
-    index_url = storage.join(folder, ReportLayout.page())
-    storage.write_bytes(index_url, page)
-    return index_url
-
-
-def _histogram_plot(
-    report: ReportFiles,
-    name: str,
-    hist: Histogram,
-    title: str,
-    xlabel: str,
-    caption: str,
-    marker: tuple[float, str] | None = None,
-) -> Plot:
-    return Plot(
-        name, report.add(ReportLayout.plot(name), plots.histogram_plot(hist, title, xlabel, marker)), title, caption
-    )
-
-
 def _read_json(url: str) -> dict | None:
     return json.loads(storage.read_bytes(url)) if storage.exists(url) else None
-
-
-def gallery_media(paths: SonifyLayout, items: list[dict], thumbnail_px: int, report: ReportFiles) -> list[GalleryEntry]:
-    """Each chosen sample's thumbnail and mix, read from its shard; a sample that cannot be read
-    keeps its entry with the reason."""
-    entries = []
-    for item in items:
-        image_name = item["image_uri"] + (f" ({item['image_member']})" if item["image_member"] else "")
-        entries.append(
-            GalleryEntry(
-                item["key"], item["vlm"], item["shard"], image_name, item["caption"], item["mix_lufs"], item["concepts"]
-            )
-        )
-    by_shard: dict[str, list[int]] = {}
-    for number, item in enumerate(items):
-        by_shard.setdefault(item["shard"], []).append(number)
-    for shard, numbers in sorted(by_shard.items()):
-        if "/" in shard or shard in ("", ".", ".."):
-            for n in numbers:
-                entries[n].problems.append(f"manifest row {items[n]['key']}: {shard!r} is not a shard file name")
-            continue
-        url = paths.shard_named(shard)
-        fs, path = storage.filesystem(url)
-        try:
-            with fs.open(path, "rb", block_size=SHARD_BLOCK_BYTES) as handle:
-                found = read_samples(handle, [items[n]["key"] for n in numbers])
-        except (OSError, EOFError, ValueError) as exc:
-            for n in numbers:
-                entries[n].problems.append(f"{url}: cannot read the shard ({type(exc).__name__}: {exc})")
-            continue
-        for n in numbers:
-            members = found.get(items[n]["key"])
-            if members is None:
-                entries[n].problems.append(f"{url}: holds no sample {items[n]['key']}")
-                continue
-            if "flac" in members:
-                entries[n].audio = report.add(ReportLayout.mix(n + 1), members["flac"])
-            else:
-                entries[n].problems.append(f"{url}: sample {items[n]['key']} has no flac member")
-            images = [ext for ext in members if ext not in ("flac", "json")]
-            try:
-                if not images:
-                    raise ValueError("no image member")
-                entries[n].thumbnail = report.add(
-                    ReportLayout.thumbnail(n + 1), thumbnail_jpeg(members[images[0]], thumbnail_px)
-                )
-            except (OSError, ValueError, Image.DecompressionBombError) as exc:
-                entries[n].problems.append(f"{url}: sample {items[n]['key']}: image not shown ({exc})")
-    return entries
 
 
 def sonify_report(config: RunConfig) -> str:
@@ -179,7 +82,9 @@ def sonify_report(config: RunConfig) -> str:
             concept_hists = report_sonify.concept_histograms(con)
             mix_hists = report_sonify.mix_histograms(con)
             index_meta = pool.index_meta() or {}
-            usage = report_sonify.clip_usage(report_sonify.clip_use_counts(con), index_meta.get("size"))
+            use_counts = report_sonify.clip_use_counts(con)
+            usage = report_sonify.clip_usage(use_counts, index_meta.get("size"))
+            top_clips = report_sonify.top_used_clips(con, report_sonify.TOP_USED_CLIPS)
             loudness = report_sonify.loudness_check(con, LOUDNESS_POINTS, config.report.gallery_seed)
             items = report_sonify.gallery_items(con, config.report.gallery_size, config.report.gallery_seed).to_pylist()
     except ReportInputError as exc:
@@ -196,7 +101,7 @@ def sonify_report(config: RunConfig) -> str:
             "Concept label frequency",
             "How often each label names a concept of a written sample.",
         ),
-        _histogram_plot(
+        histogram_plot(
             report,
             "cosine",
             concept_hists["cosine"],
@@ -204,7 +109,7 @@ def sonify_report(config: RunConfig) -> str:
             "cosine similarity (CLAP text to audio)",
             "Cosine between each concept's text and its chosen clip.",
         ),
-        _histogram_plot(
+        histogram_plot(
             report,
             "ssr",
             concept_hists["ssr"],
@@ -212,7 +117,7 @@ def sonify_report(config: RunConfig) -> str:
             "signed square root of the cosine",
             "The score the weighted choice used (the cosine itself when retrieval.ssr is false).",
         ),
-        _histogram_plot(
+        histogram_plot(
             report,
             "threshold",
             concept_hists["threshold"],
@@ -220,7 +125,7 @@ def sonify_report(config: RunConfig) -> str:
             "mean of the top-k scores",
             "Each concept's dynamic threshold: candidates score at least this.",
         ),
-        _histogram_plot(
+        histogram_plot(
             report,
             "candidates",
             concept_hists["n_candidates"],
@@ -236,12 +141,18 @@ def sonify_report(config: RunConfig) -> str:
             "the further below the diagonal, the more a few clips dominate.",
         ),
         Plot(
+            "clip-uses",
+            report.add(ReportLayout.plot("clip-uses"), plots.uses_per_clip_plot(use_counts)),
+            "Uses per clip",
+            "Uses of each chosen clip by rank, log-log: hub clips are the steep head on the left.",
+        ),
+        Plot(
             "loudness",
             report.add(ReportLayout.plot("loudness"), plots.loudness_plot(loudness)),
             "Target against measured loudness",
             "Each dot is a sample; on the diagonal the mix is as loud as its sources' targets add up to.",
         ),
-        _histogram_plot(
+        histogram_plot(
             report,
             "mix-peak",
             mix_hists["mix_peak_dbfs"],
@@ -250,7 +161,7 @@ def sonify_report(config: RunConfig) -> str:
             "Peak of each written mix.",
             (config.mix.peak_dbfs, "mix.peak_dbfs"),
         ),
-        _histogram_plot(
+        histogram_plot(
             report,
             "mix-gain",
             mix_hists["mix_gain_db"],
@@ -259,7 +170,8 @@ def sonify_report(config: RunConfig) -> str:
             "Below 0: the mix passed the peak ceiling and was scaled down.",
         ),
     ]
-    gallery = gallery_media(paths, items, config.report.thumbnail_px, report)
+    gallery = gallery_media(paths, items, config.report.thumbnail_px, report.add)
+    players = top_clip_players(paths, pool, config.mix.sample_rate, top_clips, report.add)
     summary = _read_json(paths.summary())
     notes = [
         f"The last sonify run took {summary['wall_seconds']:.0f} s."
@@ -279,6 +191,9 @@ def sonify_report(config: RunConfig) -> str:
             gallery,
             f"{len(gallery)} of {samples_written} written samples, chosen at random with report.gallery_seed "
             f"{config.report.gallery_seed}. Images and mixes are copies beside this page.",
+            players,
+            f"The {len(players)} clips that the most concepts of written samples chose, and how many; "
+            f"their audio at {config.mix.sample_rate} Hz is copied beside this page.",
         ).encode(),
     )
     clip_stats = {
@@ -287,10 +202,13 @@ def sonify_report(config: RunConfig) -> str:
         "top_20_share": usage.top_share,
         "gini": usage.gini,
         "indexed_clips": usage.population,
+        "max_uses": max((c["uses"] for c in top_clips), default=0),
+        "top_clips": [{"clip_id": c["clip_id"], "uses": c["uses"]} for c in top_clips],
+        "pool_k_occurrence_skewness": (summary or {}).get("exposure", {}).get("pool_k_occurrence_skewness"),
     }
     report.add(
         ReportLayout.summary(),
-        _report_json(counts, problems, {"gallery": [i["key"] for i in items], "clip_usage": clip_stats}),
+        report_json(counts, problems, {"gallery": [i["key"] for i in items], "clip_usage": clip_stats}),
     )
     index = write_report(paths.report_folder(), report)
     log.info(
@@ -300,76 +218,6 @@ def sonify_report(config: RunConfig) -> str:
         len(gallery),
     )
     return index
-
-
-def pool_report(config: RunConfig) -> str:
-    """Writes pool.dir/report/ and returns the URL of its index.html."""
-    pool = PoolStore.at(config.pool.dir)
-    clips = pool.clip_files()
-    if not clips:
-        raise ReportError(f"{pool.layout.clips_folder()} holds no pool table: run `run_pipeline.py pool` first")
-    report = ReportFiles({})
-    try:
-        with connect({"clips": (clips, POOL_CLIPS)}) as con:
-            counts = report_pool.pool_counts(con, config.pool.clip_seconds)
-            problems = report_pool.pool_problems(con).to_pylist()
-            formats = report_pool.formats(con)
-            durations = report_pool.source_durations(con)
-            loudness = report_pool.clip_loudness(con)
-            silent, audible = report_pool.silent_share(con)
-    except ReportInputError as exc:
-        raise ReportError(str(exc)) from None
-    index_meta = pool.index_meta()
-    if index_meta is not None:
-        counts.append(("clips in the index", int(index_meta["size"])))
-    share = silent / (silent + audible) if silent + audible else 0.0
-    figures = [
-        Plot(
-            "formats",
-            report.add(ReportLayout.plot("formats"), plots.bar_chart(formats, "Source files by format", "files")),
-            "Formats",
-            "Decoded format of each source file that gave clips.",
-        ),
-        _histogram_plot(
-            report,
-            "durations",
-            durations,
-            "Source durations",
-            "seconds",
-            "Length of each source file before it was cut into clips.",
-        ),
-        _histogram_plot(
-            report,
-            "clip-loudness",
-            loudness,
-            "Clip loudness",
-            "integrated loudness at the pool rate (LUFS)",
-            "Loudness of each clip; digital silence has none.",
-            (config.pool.silence_lufs, "pool.silence_lufs"),
-        ),
-        Plot(
-            "silent",
-            report.add(
-                ReportLayout.plot("silent"),
-                plots.bar_chart([("audible", audible), ("silent", silent)], f"Silent share: {share:.1%}", "clips"),
-            ),
-            "Silent share",
-            "Clips below pool.silence_lufs are kept in the table but never retrieved.",
-        ),
-    ]
-    summary = pool.summary()
-    notes = [
-        f"The last pool run took {summary['wall_seconds']:.0f} s."
-        if summary
-        else "No summary.json: the last pool run has not finished."
-    ]
-    report.add(ReportLayout.page(), render_page("Pool report", pool.root, counts, problems, figures, notes).encode())
-    report.add(ReportLayout.summary(), _report_json(counts, problems, {"silent_share": share}))
-    return write_report(pool.layout.report_folder(), report)
-
-
-def _report_json(counts: list[tuple[str, int]], problems: list[dict], extra: dict) -> bytes:
-    return (json.dumps({"counts": dict(counts), "problems": problems, **extra}, indent=2) + "\n").encode()
 
 
 def run_report(config: RunConfig, target: Target) -> list[str]:
