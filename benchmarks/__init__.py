@@ -7,7 +7,8 @@
 - pool_reads: bytes mixing reads from the pool against the clips it uses;
 - sonify_memory: peak memory of sonify runs as the number of images grows;
 - report_scale: time of the sonify report as the manifest grows;
-- sonify_scale: the scale targets in one table (memory, pool reads, search, end to end).
+- sonify_scale: the scale targets in one table (memory, pool reads, search, end to end);
+- hubness: hub clips on planted vectors, the paper's chooser against the hubness correction.
 
 Tests do not import them; tests/test_memory.py and tests/test_pool_reads.py run two of them as
 commands and check the figures they write with --json.

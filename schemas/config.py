@@ -188,6 +188,35 @@ class RetrievalConfig(ConfigSection):
         description="Cosine floor: neighbours below it are removed before the threshold, so no chosen clip is "
         "below it; a concept with none left is dropped and counted.",
     )
+    hubness: Literal["none", "nnn"] = Field(
+        "nnn",
+        description="Hub clips (docs/hubness.md). nnn: each clip's bias (mean cosine to its hubness_k nearest texts "
+        "of a bank of the run's own concept texts) is measured once per run; a clip whose bias exceeds the pool's "
+        "median (plus hubness_outlier_z robust deviations) loses hubness_alpha times the excess from its scores "
+        "before SSR and the threshold. none: the paper's choice on raw cosines.",
+    )
+    hubness_bank: int = Field(
+        4096,
+        ge=1,
+        description="Concept texts in the hubness bank: evenly spaced in the first chunks' sorted distinct texts "
+        "(fewer if the run has fewer). The bias pass costs one product of the pool with the bank.",
+    )
+    hubness_k: int = Field(
+        10, ge=1, description="Bank texts whose mean cosine is a clip's bias, and k of the k-occurrence reported."
+    )
+    hubness_alpha: float = Field(0.4, ge=0, description="Share of a clip's excess bias taken off its scores.")
+    hubness_outlier_z: float = Field(
+        0.0,
+        ge=0,
+        description="Robust deviations (1.4826 x MAD of the pool's biases) above their median where the penalty "
+        "starts: clips below pay nothing. 0: every clip above the median pays for its excess over it.",
+    )
+    max_uses_per_clip: int | None = Field(
+        None,
+        ge=1,
+        description="Cap on how many concepts of one chunk of images may choose the same clip (per chunk: chunks "
+        "are planned apart). A capped clip's concept draws again among its other candidates. Unset: no cap.",
+    )
 
 
 class MixConfig(ConfigSection):

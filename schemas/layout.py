@@ -1,4 +1,5 @@
-"""Folder layouts: where each file of pool.dir, sonify.out and their report/ folders lives.
+"""Folder layouts: where each file of pool.dir and sonify.out lives (their report/ folders: in
+schemas/report_layout.py).
 
 A layout is a contract like a schema: readers and writers on any node must agree on every name, and
 a later version of the pipeline must find what an earlier one wrote. So one class per folder
@@ -40,39 +41,6 @@ def shard_id(index: int) -> str:
 def shard_file(shard: str) -> str:
     """The tar of a shard, by file name: what the manifest's `shard` column records."""
     return f"{shard}.tar"
-
-
-class ReportLayout:
-    """The files of a report/ folder (pool.dir/report, sonify.out/report), by name relative to it:
-    the page links its plots and media by these names, which is what lets the folder be copied or
-    served as it is."""
-
-    @staticmethod
-    def page() -> str:
-        """The page; written last."""
-        return "index.html"
-
-    @staticmethod
-    def summary() -> str:
-        """The page's counts, problems and gallery keys, for scripts and CI."""
-        return "report.json"
-
-    @staticmethod
-    def plot(name: str) -> str:
-        return f"plots/{name}.png"
-
-    @staticmethod
-    def thumbnail(number: int) -> str:
-        return f"media/{number:04d}.jpg"
-
-    @staticmethod
-    def mix(number: int) -> str:
-        return f"media/{number:04d}.flac"
-
-    @staticmethod
-    def replaced_folders() -> tuple[str, ...]:
-        """Folders whose files a new report replaces: what it does not show again is deleted."""
-        return ("plots", "media")
 
 
 @dataclass(frozen=True)
@@ -175,8 +143,9 @@ class SonifyLayout:
     # The version layout.json records; a rerun into a folder of another version is refused.
     # 1: scenes/<vlm>.parquet and manifest/rejected.parquet; 2: per chunk, with images.parquet and plans/;
     # 3: one image member name for every sample (sonify.image_format), shards no longer split by format;
-    # 4: matches and shard plans per chunk (matches/, plans/CCCCCC-PPPPPP.parquet), mix_clips.parquet.
-    VERSION: ClassVar[int] = 4
+    # 4: matches and shard plans per chunk (matches/, plans/CCCCCC-PPPPPP.parquet), mix_clips.parquet;
+    # 5: hubness/ (the bank and the clips' biases), corrected scores in matches and manifest.
+    VERSION: ClassVar[int] = 5
 
     root: str
 
@@ -218,6 +187,23 @@ class SonifyLayout:
         """How a chunk's texts were searched (texts, index setting, recall measured on its queries);
         written after its matches, so it marks the chunk searched."""
         return join(self.matches_folder(), f"{chunk}.json")
+
+    def hubness_folder(self) -> str:
+        return join(self.root, "hubness")
+
+    def hub_bank(self) -> str:
+        """The hubness bank: concept texts sampled before the first chunk is searched, their
+        embeddings and nearest clips; made once, so a rerun corrects with the same bank."""
+        return join(self.hubness_folder(), "bank.parquet")
+
+    def clip_biases(self) -> str:
+        """Each indexed clip's bias against the bank; a pool extended before retrieval adds its new clips."""
+        return join(self.hubness_folder(), "biases.parquet")
+
+    def hubness_stats(self) -> str:
+        """The pool's hubness and the correction's centre and spread; written last, so it marks the
+        bank and the biases complete."""
+        return join(self.hubness_folder(), "hubness.json")
 
     def plans_folder(self) -> str:
         return join(self.root, "plans")
@@ -287,4 +273,10 @@ class SonifyLayout:
 
     def temporary_folders(self, vlms: Iterable[str]) -> list[str]:
         """Folders a sonify run with these VLMs writes, where killed writes may have left temporary files."""
-        return [self.root, self.matches_folder(), *self.shard_folders(), *(self.vlm_scenes_folder(v) for v in vlms)]
+        return [
+            self.root,
+            self.matches_folder(),
+            self.hubness_folder(),
+            *self.shard_folders(),
+            *(self.vlm_scenes_folder(v) for v in vlms),
+        ]

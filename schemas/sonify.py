@@ -59,15 +59,41 @@ SCENES = versioned(
     ],
 )
 
-# sonify.out/matches/NNNNNN.parquet: the top-K pool clips of each distinct concept text of chunk NNNNNN.
+# sonify.out/matches/NNNNNN.parquet: the top-K pool clips of each distinct concept text of chunk NNNNNN,
+# best first by the score the threshold runs on.
+# 2: the hubness-corrected scores beside the raw cosines.
 MATCHES = versioned(
     "matches",
-    1,
+    2,
     [
         pa.field("text", pa.string(), nullable=False),
         pa.field("clip_ids", pa.list_(pa.string())),
+        # Raw cosines.
         pa.field("scores", pa.list_(pa.float32())),
+        # Cosine less each clip's hubness penalty (retrieval.hubness); null with hubness: none.
+        pa.field("corrected", pa.list_(pa.float32())),
     ],
+)
+
+# sonify.out/hubness/bank.parquet: the reference bank, concept texts of the run and their CLAP
+# embeddings, with each text's hubness_k nearest pool clips (for the k-occurrence).
+HUB_BANK = versioned(
+    "hub_bank",
+    1,
+    [
+        pa.field("text", pa.string(), nullable=False),
+        pa.field("embedding", pa.list_(pa.float32()), nullable=False),
+        pa.field("neighbour_ids", pa.list_(pa.string()), nullable=False),
+        pa.field("neighbour_scores", pa.list_(pa.float32()), nullable=False),
+    ],
+)
+
+# sonify.out/hubness/biases.parquet: every indexed clip's bias against the bank (mean cosine to its
+# hubness_k nearest bank texts), sorted by clip_id.
+CLIP_BIASES = versioned(
+    "clip_biases",
+    1,
+    [pa.field("clip_id", pa.string(), nullable=False), pa.field("bias", pa.float64(), nullable=False)],
 )
 
 MANIFEST_CONCEPT = pa.struct(
@@ -75,7 +101,11 @@ MANIFEST_CONCEPT = pa.struct(
         pa.field("label", pa.string()),
         pa.field("text", pa.string()),
         pa.field("clip_id", pa.string()),
+        # Raw cosine of text and clip; retrieval.min_cosine is a floor on it.
         pa.field("cosine", pa.float64()),
+        # The score SSR and the threshold ran on: the cosine less the clip's hubness penalty (equal to
+        # the cosine with retrieval.hubness: none).
+        pa.field("corrected_cosine", pa.float64()),
         pa.field("ssr", pa.float64()),
         pa.field("threshold", pa.float64()),
         pa.field("n_candidates", pa.int32()),
@@ -89,10 +119,11 @@ MANIFEST_CONCEPT = pa.struct(
 
 # sonify.out/manifest/NNNNNN.parquet (one per shard) and manifest/rejected-NNNNNN.parquet (one per
 # chunk of images: scenes that became no sample, with the reason in `error`).
-# 2: the shard's image (extension, size) beside the source's; 3: error_kind as well.
+# 2: the shard's image (extension, size) beside the source's; 3: error_kind as well; 4: each concept's
+# corrected_cosine beside its raw cosine.
 MANIFEST = versioned(
     "manifest",
-    3,
+    4,
     [
         pa.field("key", pa.string(), nullable=False),
         pa.field("image_id", pa.string(), nullable=False),
@@ -144,10 +175,10 @@ MANIFEST_POOL_READS = ("pool_bytes_read", "pool_clip_bytes")
 # a shard's manifest rows before mixing, each with the location of every concept's clip (in the
 # order of `concepts`), so a writer reads no pool table of its own.
 # 2: manifest rows plus clip parts, replacing IPC bytes; 3: the manifest of version 3;
-# 4: clip locations (byte ranges) instead of parts.
+# 4: clip locations (byte ranges) instead of parts; 5: the manifest of version 4.
 SHARD_PLANS = versioned(
     "shard_plans",
-    4,
+    5,
     [*MANIFEST, pa.field("clip_locations", pa.list_(CLIP_LOCATION), nullable=False)],
 )
 # sonify.out/mix_clips.parquet: every pool clip audible at mix.sample_rate, sorted by clip_id; the
@@ -168,9 +199,10 @@ CHUNK_TASKS = versioned("chunk_tasks", 1, [pa.field("chunk", pa.string(), nullab
 # What retrieval wrote for a chunk, one row per chunk: its matches file and how its distinct texts
 # were searched (the numbers its search stats file holds). The setting and recall columns are null
 # for an exact (flat) index; recall is null too for a chunk that recall_every does not measure.
+# 2: hubness_widest_search.
 CHUNK_SEARCHES = versioned(
     "chunk_searches",
-    1,
+    2,
     [
         pa.field("chunk", pa.string(), nullable=False),
         pa.field("matches_url", pa.string(), nullable=False),
@@ -182,14 +214,16 @@ CHUNK_SEARCHES = versioned(
         pa.field("recall_k", pa.int64()),
         pa.field("recall", pa.float64()),
         pa.field("recall_queries", pa.int64()),
+        # With retrieval.hubness on: the widest raw search (K') the chunk's certified re-rank needed.
+        pa.field("hubness_widest_search", pa.int64()),
     ],
 )
 # What planning wrote for a chunk, one row per chunk: its search (carried through, so the driver gets
 # one row per chunk from the retrieve-then-plan pipeline), its shard plans in shard order, its
-# rejected scenes, and the counts its plan stats file holds.
+# rejected scenes, and the counts its plan stats file holds. 2: CHUNK_SEARCHES 2, concepts_clip_cap.
 CHUNK_PLANS = versioned(
     "chunk_plans",
-    1,
+    2,
     [
         *CHUNK_SEARCHES,
         pa.field("shard_plan_urls", pa.list_(pa.string()), nullable=False),
@@ -199,6 +233,8 @@ CHUNK_PLANS = versioned(
         pa.field("rejected", pa.int64(), nullable=False),
         pa.field("concepts_below_min_cosine", pa.int64(), nullable=False),
         pa.field("concepts_no_usable_clip", pa.int64(), nullable=False),
+        # Concepts dropped because every usable neighbour was at retrieval.max_uses_per_clip.
+        pa.field("concepts_clip_cap", pa.int64(), nullable=False),
         pa.field("fallbacks", pa.int64(), nullable=False),
         # The chunk's first rejection reasons (at most stages.pairing.planning.MAX_REPORTED_REASONS).
         pa.field("rejection_reasons", pa.list_(pa.string()), nullable=False),

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from schemas.layout import PoolLayout, ReportLayout, SonifyLayout, chunk_id, shard_file, shard_id
+from schemas.layout import PoolLayout, SonifyLayout, chunk_id, shard_file, shard_id
+from schemas.report_layout import ReportLayout
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 ROOT = "memory://bucket/run"

@@ -64,7 +64,7 @@ def matches_of(texts: list[str], clips: int = 8, seed: int = 0) -> pa.Table:
     for _ in texts:
         ids.append([f"clip-{i:02d}" for i in rng.choice(24, size=clips, replace=False)])
         scores.append(np.sort(rng.uniform(0.1, 0.6, clips))[::-1].astype(np.float32))
-    return make_table(MATCHES, {"text": texts, "clip_ids": ids, "scores": scores})
+    return make_table(MATCHES, {"text": texts, "clip_ids": ids, "scores": scores, "corrected": [None] * len(texts)})
 
 
 def pool_clips(inaudible: set[str] = frozenset()) -> pa.Table:
@@ -225,6 +225,51 @@ def test_sample_keys_of_one_chunk_do_not_depend_on_the_other_chunks():
     assert json.dumps(row, sort_keys=True) == json.dumps(by_key[row["key"]], sort_keys=True)
 
 
+def test_the_cap_holds_over_the_chunk_whatever_the_scene_order():
+    capped = config().model_copy(deep=True)
+    capped.retrieval.max_uses_per_clip = 1
+    scene_table = chunk_scenes()
+    first = plan_chunk(capped, scene_table, matches_of(TEXTS), pool_clips())
+    shuffled = scene_table.take(np.random.default_rng(5).permutation(scene_table.num_rows))
+    again = plan_chunk(capped, shuffled, matches_of(TEXTS), pool_clips())
+    assert [s.to_pylist() for s in first.shards] == [s.to_pylist() for s in again.shards]
+    chosen = [c["clip_id"] for shard in first.shards for row in shard.to_pylist() for c in row["concepts"]]
+    assert len(chosen) == len(set(chosen)), "a clip was chosen twice in the chunk"
+    # 30 concepts over 24 clips: the cap must drop some, and says so.
+    concepts_asked = sum(1 + i % 4 for i in range(12))
+    assert first.stats["concepts_clip_cap"] == concepts_asked - len(chosen) > 0
+
+
+def test_corrected_scores_rank_and_the_manifest_keeps_both():
+    matches = matches_of(TEXTS)
+    raw = matches.column("scores").to_pylist()
+    # The best raw neighbour of every text pays 0.3: its corrected score drops to the end.
+    corrected = [[s - 0.3 if i == 0 else s for i, s in enumerate(row)] for row in raw]
+    order = [list(np.argsort(-np.array(c), kind="stable")) for c in corrected]
+    reordered = make_table(
+        MATCHES,
+        {
+            "text": TEXTS,
+            "clip_ids": [[ids[i] for i in o] for ids, o in zip(matches.column("clip_ids").to_pylist(), order)],
+            "scores": [np.float32([r[i] for i in o]) for r, o in zip(raw, order)],
+            "corrected": [np.float32([c[i] for i in o]) for c, o in zip(corrected, order)],
+        },
+    )
+    by_clip = {
+        (t, ids[i]): (r[i], c[i])
+        for t, ids, r, c in zip(TEXTS, matches.column("clip_ids").to_pylist(), raw, corrected)
+        for i in range(len(ids))
+    }
+    plan = plan_chunk(config(), chunk_scenes(), reordered, pool_clips())
+    best = {t: ids[0] for t, ids in zip(TEXTS, matches.column("clip_ids").to_pylist())}
+    concepts_planned = [c for shard in plan.shards for row in shard.to_pylist() for c in row["concepts"]]
+    for concept in concepts_planned:
+        cosine, score = by_clip[(concept["text"], concept["clip_id"])]
+        assert concept["cosine"] == pytest.approx(cosine, abs=1e-6)
+        assert concept["corrected_cosine"] == pytest.approx(score, abs=1e-6)
+    assert not any(c["clip_id"] == best[c["text"]] for c in concepts_planned), "the penalized clip left C"
+
+
 def test_the_plan_stage_returns_a_row_describing_the_files_it_wrote(tmp_path):
     layout = SonifyLayout(str(tmp_path / "out"))
     chunk = "000003"
@@ -241,6 +286,7 @@ def test_the_plan_stage_returns_a_row_describing_the_files_it_wrote(tmp_path):
         "recall_k": 10,
         "recall": 0.95,
         "recall_queries": 4,
+        "hubness_widest_search": None,
     }
     stage = PlanChunks(layout, config(shard_size_mb=0.5))
     stage.setup()

@@ -430,6 +430,7 @@ def test_sonify_report_counts_problems_gallery_and_escaping(local_run):
             "threshold",
             "candidates",
             "clip-usage",
+            "clip-uses",
             "loudness",
             "mix-peak",
             "mix-gain",

@@ -11,9 +11,11 @@ import os
 import shutil
 import subprocess
 import threading
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 import yaml
 from PIL import Image
@@ -37,7 +39,18 @@ MARKUP_CAPTION = "a \"quoted\" & <b>bold</b> caption <script>document.title='pwn
 MARKUP_LABEL = "<script>document.title='pwned'</script>"
 MARKUP_TEXT = "<img src=x onerror=\"document.title='pwned'\"> a dog barks"
 MARKUP_FILE_STEM = 'x"><img src=x onerror="document.title=\'pwned\'">'
-SONIFY_PLOTS = {"labels", "cosine", "ssr", "threshold", "candidates", "clip-usage", "loudness", "mix-peak", "mix-gain"}
+SONIFY_PLOTS = {
+    "labels",
+    "cosine",
+    "ssr",
+    "threshold",
+    "candidates",
+    "clip-usage",
+    "clip-uses",
+    "loudness",
+    "mix-peak",
+    "mix-gain",
+}
 POOL_PLOTS = {"formats", "durations", "clip-loudness", "silent"}
 
 
@@ -176,10 +189,24 @@ def test_report_pages_in_chromium(markup_run, browser, tmp_path):
             )
         )
         audio = browser.execute_script(
-            "return [...document.querySelectorAll('audio')].map(a => [a.duration, a.error && a.error.code])"
+            "return [...document.querySelectorAll('.item audio')].map(a => [a.duration, a.error && a.error.code])"
         )
         assert len(audio) == images, "every sample is in a gallery of up to 48"
         for duration, error in audio:
+            assert error is None and duration == pytest.approx(config.pool.clip_seconds, abs=0.05)
+        # The most used clips: one row each, by uses, each playing its pool clip.
+        manifest = pq.read_table(out / "manifest", columns=["concepts", "error"]).to_pylist()
+        uses = Counter(c["clip_id"] for row in manifest if row["error"] is None for c in row["concepts"])
+        rows = browser.execute_script(
+            "return [...document.querySelectorAll('#top-clips tr')].slice(1).map(r => ["
+            "r.cells[1].innerText.split('\\n')[0], Number(r.cells[2].innerText),"
+            "r.querySelector('audio') && r.querySelector('audio').duration,"
+            "r.querySelector('audio') && r.querySelector('audio').error])"
+        )
+        assert len(rows) == min(20, len(uses))
+        assert [n for _, n, _, _ in rows] == sorted((n for n in uses.values()), reverse=True)[: len(rows)]
+        for clip_id, n, duration, error in rows:
+            assert uses[clip_id] == n
             assert error is None and duration == pytest.approx(config.pool.clip_seconds, abs=0.05)
         thumbnails = browser.execute_script(
             "return [...document.querySelectorAll('img.thumb')].map(i => i.naturalWidth)"

@@ -134,6 +134,11 @@ def test_sonify_killed_twice_then_rerun_equals_an_uninterrupted_run(pipeline_run
     answered = parquet_names(scenes)
     assert not summary.exists() and 1 <= len(answered) < chunks, answered
 
+    # The hubness correction is on by default: a kill once its bank and biases are made.
+    bank = out / "hubness" / "hubness.json"
+    kill_when(pipeline_runs, "sonify", config, bank.exists)
+    assert not summary.exists()
+
     kill_when(
         pipeline_runs, "sonify", config, lambda: any(not n.startswith("rejected") for n in parquet_names(manifest))
     )
@@ -153,6 +158,10 @@ def test_sonify_killed_twice_then_rerun_equals_an_uninterrupted_run(pipeline_run
     assert len(keys) == len(set(keys)), "a key was written twice"
     assert rows == reference_rows
     assert shards == reference_shards
+    reference_out = single_node_run.folder() / "out"
+    for name in ("bank.parquet", "biases.parquet", "hubness.json"):
+        assert (out / "hubness" / name).read_bytes() == (reference_out / "hubness" / name).read_bytes(), name
+    assert any(c["corrected_cosine"] is not None for r in rows for c in r["concepts"])
     assert not [p for p in out.rglob(".tmp-*")], "temporary files of killed writes were left"
     resumed, reference = (
         json.loads(summary.read_text()),

@@ -123,7 +123,9 @@ def test_the_search_stage_returns_a_row_per_chunk_describing_what_it_wrote(tmp_p
 
 def test_search_totals_add_up_the_rows_of_every_chunk():
     def row(chunk, texts, **approximate):
-        none = dict.fromkeys(["setting", "calibration_recall", "calibration_queries", "recall_k", "recall"])
+        none = dict.fromkeys(
+            ["setting", "calibration_recall", "calibration_queries", "recall_k", "recall", "hubness_widest_search"]
+        )
         return {
             "chunk": chunk,
             "matches_url": f"m/{chunk}",
@@ -155,3 +157,6 @@ def test_search_totals_add_up_the_rows_of_every_chunk():
         "index_kind": "flat",
         "exact": True,
     }
+    # With the hubness correction on, the widest raw search of any chunk.
+    widened = [row("000000", 7, hubness_widest_search=32), row("000001", 5, hubness_widest_search=64)]
+    assert search_totals(search_table(widened), "flat")["hubness_widest_search"] == 64

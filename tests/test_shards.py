@@ -127,6 +127,7 @@ def writer_setup(tmp_path):
             "label": "x",
             "text": "x",
             "cosine": 0.5,
+            "corrected_cosine": 0.5,
             "ssr": 0.7,
             "threshold": 0.6,
             "n_candidates": 1,

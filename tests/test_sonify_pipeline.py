@@ -123,6 +123,22 @@ def test_summary_counts(run):
     assert "prompt:" in (out / "config.yaml").read_text()
 
 
+def test_exposure_numbers_match_the_manifest(run):
+    _, out, summary = run
+    rows = duckdb.sql(
+        "SELECT c.clip_id, count(*) AS n FROM (SELECT unnest(concepts) AS c "
+        f"FROM read_parquet('{out}/manifest/0*.parquet') WHERE error IS NULL) GROUP BY 1 ORDER BY n DESC"
+    ).fetchall()
+    exposure = summary["exposure"]
+    assert exposure["distinct_clips"] == len(rows) == summary["distinct_clips_used"]
+    assert exposure["max_uses_of_one_clip"] == rows[0][1]
+    assert exposure["top_clips_share"] == pytest.approx(
+        sum(n for _, n in rows[:20]) / sum(n for _, n in rows), abs=1e-6
+    )
+    hubness = json.loads((out / "hubness" / "hubness.json").read_text())
+    assert exposure["pool_k_occurrence_skewness"] == pytest.approx(hubness["k_occurrence_skewness"], abs=1e-6)
+
+
 def test_shards_read_back_with_webdataset(run, inputs):
     _, out, summary = run
     shards = sorted(str(p) for p in (out / "shards").glob("*.tar"))
@@ -164,11 +180,12 @@ def test_manifest_through_duckdb(run):
     assert db.execute("SELECT DISTINCT vlm FROM m ORDER BY 1").fetchall() == [("given",), ("qwen",)]
     assert db.execute("SELECT DISTINCT prompt_version FROM m").fetchall() == [("sounds-v1",)]
     rows = db.execute(
-        "SELECT c.clip_id, c.cosine, c.ssr, c.threshold, c.n_candidates, c.target_lufs, c.clip_lufs, c.gain_db "
-        "FROM (SELECT unnest(concepts) AS c FROM m WHERE error IS NULL)"
+        "SELECT c.clip_id, coalesce(c.corrected_cosine, c.cosine), c.ssr, c.threshold, c.n_candidates, "
+        "c.target_lufs, c.clip_lufs, c.gain_db FROM (SELECT unnest(concepts) AS c FROM m WHERE error IS NULL)"
     ).fetchall()
-    for clip_id, cosine, ssr, threshold, n, target, clip_lufs, gain in rows:
-        assert ssr == pytest.approx(np.sign(cosine) * np.sqrt(abs(cosine)))
+    # SSR runs on the score the neighbours are ranked by: the hubness-corrected one where there is one.
+    for clip_id, score, ssr, threshold, n, target, clip_lufs, gain in rows:
+        assert ssr == pytest.approx(np.sign(score) * np.sqrt(abs(score)))
         assert 1 <= n <= 4
         assert -27.0 <= target <= -23.0
         assert gain == pytest.approx(target - clip_lufs)

@@ -6,7 +6,7 @@ import json
 from dataclasses import dataclass
 
 from schemas.errors import PipelineError
-from schemas.layout import ReportLayout
+from schemas.report_layout import ReportLayout
 from stages.io import storage
 from stages.report import plots
 from stages.report.html import Plot

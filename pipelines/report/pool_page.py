@@ -7,7 +7,7 @@ from pipelines.pool.store import PoolStore
 from pipelines.report.files import ReportError, ReportFiles, histogram_entry, report_json, write_report
 from schemas import POOL_CLIPS
 from schemas.config import RunConfig
-from schemas.layout import ReportLayout
+from schemas.report_layout import ReportLayout
 from stages.report import plots
 from stages.report import pool as report_pool
 from stages.report.html import Plot, render_page

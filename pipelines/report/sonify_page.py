@@ -9,10 +9,12 @@ import time
 from PIL import Image
 
 from pipelines.pool.store import PoolStore
+from pipelines.report.clips import top_clip_players
 from pipelines.report.files import ReportError, ReportFiles, histogram_entry, read_json, report_json, write_report
 from schemas import IMAGE_REFS, MANIFEST, POOL_CLIPS, SCENES
 from schemas.config import RunConfig
-from schemas.layout import ReportLayout, SonifyLayout
+from schemas.layout import SonifyLayout
+from schemas.report_layout import ReportLayout
 from stages.io import storage
 from stages.report import plots
 from stages.report import sonify as report_sonify
@@ -118,7 +120,9 @@ def sonify_report(config: RunConfig) -> str:
             concept_hists = report_sonify.concept_histograms(con)
             mix_hists = report_sonify.mix_histograms(con)
             index_meta = pool.index_meta() or {}
-            usage = report_sonify.clip_usage(report_sonify.clip_use_counts(con), index_meta.get("size"))
+            use_counts = report_sonify.clip_use_counts(con)
+            usage = report_sonify.clip_usage(use_counts, index_meta.get("size"))
+            top_clips = report_sonify.top_used_clips(con, report_sonify.TOP_USED_CLIPS)
             loudness = report_sonify.loudness_check(con, LOUDNESS_POINTS, config.report.gallery_seed)
             items = report_sonify.gallery_items(con, config.report.gallery_size, config.report.gallery_seed).to_pylist()
     except ReportInputError as exc:
@@ -175,6 +179,12 @@ def sonify_report(config: RunConfig) -> str:
             "the further below the diagonal, the more a few clips dominate.",
         ),
         Plot(
+            "clip-uses",
+            report.add(ReportLayout.plot("clip-uses"), plots.uses_per_clip_plot(use_counts)),
+            "Uses per clip",
+            "Uses of each chosen clip by rank, log-log: hub clips are the steep head on the left.",
+        ),
+        Plot(
             "loudness",
             report.add(ReportLayout.plot("loudness"), plots.loudness_plot(loudness)),
             "Target against measured loudness",
@@ -199,6 +209,7 @@ def sonify_report(config: RunConfig) -> str:
         ),
     ]
     gallery = gallery_media(paths, items, config.report.thumbnail_px, report)
+    players = top_clip_players(paths, pool.layout, config.mix.sample_rate, top_clips, report.add)
     summary = read_json(paths.summary())
     notes = [
         f"The last sonify run took {summary['wall_seconds']:.0f} s."
@@ -218,6 +229,9 @@ def sonify_report(config: RunConfig) -> str:
             gallery,
             f"{len(gallery)} of {samples_written} written samples, chosen at random with report.gallery_seed "
             f"{config.report.gallery_seed}. Images and mixes are copies beside this page.",
+            players,
+            f"The {len(players)} clips that the most concepts of written samples chose, and how many; "
+            f"their audio at {config.mix.sample_rate} Hz is copied beside this page.",
         ).encode(),
     )
     clip_stats = {
@@ -226,6 +240,9 @@ def sonify_report(config: RunConfig) -> str:
         "top_20_share": usage.top_share,
         "gini": usage.gini,
         "indexed_clips": usage.population,
+        "max_uses": max((c["uses"] for c in top_clips), default=0),
+        "top_clips": [{"clip_id": c["clip_id"], "uses": c["uses"]} for c in top_clips],
+        "pool_k_occurrence_skewness": (summary or {}).get("exposure", {}).get("pool_k_occurrence_skewness"),
     }
     report.add(
         ReportLayout.summary(),

@@ -18,7 +18,7 @@ import pyarrow as pa
 from pipelines.progress import Progress, pending
 from pipelines.ray_runner import Runner
 from pipelines.sonify.listing import Chunk
-from pipelines.sonify.matching import retrieval_stage
+from pipelines.sonify.matching import build_hub_bank, retrieval_stage
 from schemas import CHUNK_PLANS, CHUNK_TASKS, SHARD_TASKS, make_table
 from schemas.config import RunConfig
 from schemas.layout import PoolLayout, SonifyLayout, shard_id
@@ -38,6 +38,7 @@ def retrieve_and_plan(config: RunConfig, pool: PoolLayout, layout: SonifyLayout,
     if todo:
         plan = PlanChunks(layout, config)
         if pending("retrieval", todo, lambda chunk: storage.exists(layout.search_stats(chunk))):
+            build_hub_bank(config, pool, layout, names)
             source, stages = make_table(CHUNK_TASKS, {"chunk": todo}), [retrieval_stage(config, pool, layout), plan]
         else:
             # Retrieval actors load the text model and the whole index: a run left with planning only starts none.

@@ -24,6 +24,7 @@ from pipelines.sonify.writing import manifest_counts, write_shards
 from schemas.config import RunConfig
 from schemas.layout import SonifyLayout
 from stages.io import storage
+from stages.report.sonify import exposure
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +115,9 @@ def run_sonify(config: RunConfig) -> dict:
         # Samples planned whose shard could not hold them: an image gone or unencodable, a silent mix.
         "write_errors_by_kind": dict(sorted(written.failed_by_kind.items())),
         "error_reasons": reasons,
-        "distinct_clips_used": written.distinct_clips,
+        "distinct_clips_used": len(written.clip_uses),
+        # How evenly the written samples use the pool, and how hubby the pool is against the run's bank.
+        "exposure": exposure(written.clip_uses, pool_state["index_size"], hubness_skewness(config, layout)),
         # What mixing read from the pool, and the stored size of the clips each shard uses (a clip
         # used by two shards counts in both): clips are read by byte range, so the two are close.
         "pool_bytes_read": written.pool_reads["pool_bytes_read"],
@@ -125,6 +128,23 @@ def run_sonify(config: RunConfig) -> dict:
     }
     storage.write_text(layout.summary(), json.dumps(summary, indent=2) + "\n")
     return summary
+
+
+def hubness_skewness(config: RunConfig, layout: SonifyLayout) -> float | None:
+    """The pool's k-occurrence skewness against the run's hubness bank; None with retrieval.hubness: none."""
+    url = layout.hubness_stats()
+    if config.retrieval.hubness == "none" or not storage.exists(url):
+        return None
+    return json.loads(storage.read_bytes(url))["k_occurrence_skewness"]
+
+
+def exposure_line(numbers: dict) -> str:
+    skew = numbers["pool_k_occurrence_skewness"]
+    return (
+        f"{numbers['distinct_clips']} distinct clips, at most {numbers['max_uses_of_one_clip']} uses of one, "
+        f"top-{numbers['top_clips']} share {numbers['top_clips_share']:.3f}, Gini {numbers['gini']:.3f}, "
+        f"pool hubness (k-occurrence skewness) {'n/a' if skew is None else f'{skew:.2f}'}"
+    )
 
 
 def search_line(search: dict) -> str:
@@ -165,6 +185,7 @@ def format_summary(summary: dict) -> str:
         f"  search:   {search_line(summary['search'])}",
         f"  samples:  {summary['samples']} written, {summary['rejected']} rejected, "
         f"{summary['distinct_clips_used']} distinct clips used",
+        f"  exposure: {exposure_line(summary['exposure'])}",
         f"  pool:     {summary['pool_bytes_read'] / 1e6:.1f} MB read to mix "
         f"{summary['pool_bytes_of_clips_used'] / 1e6:.1f} MB of clips",
         f"  time:     {summary['wall_seconds']:.1f} s  "

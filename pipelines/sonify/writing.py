@@ -51,7 +51,7 @@ def write_shards(config: RunConfig, pool: PoolLayout, layout: SonifyLayout, task
 class ManifestCounts:
     samples: int
     failed_by_kind: Counter
-    distinct_clips: int
+    clip_uses: Counter  # clip_id -> concepts of written samples that chose it
     pool_reads: Counter  # MANIFEST_POOL_READS summed over the shards
 
 
@@ -60,7 +60,7 @@ def manifest_counts(layout: SonifyLayout) -> ManifestCounts:
     samples = 0
     failed: Counter = Counter()
     reads: Counter = Counter()
-    used: set[str] = set()
+    used: Counter = Counter()
     for url in storage.list_files(layout.manifest_folder(), ".parquet"):
         if layout.is_rejected(url):
             continue
@@ -71,7 +71,7 @@ def manifest_counts(layout: SonifyLayout) -> ManifestCounts:
         reads.update({k: int(metadata[k.encode()]) for k in MANIFEST_POOL_READS if k.encode() in metadata})
         failed.update(table.filter(pc.is_valid(table.column("error"))).column("error_kind").to_pylist())
         used.update(c["clip_id"] for concepts in ok.column("concepts").to_pylist() for c in concepts)
-    return ManifestCounts(samples, failed, len(used), reads)
+    return ManifestCounts(samples, failed, used, reads)
 
 
 def run_render(config: RunConfig) -> dict:

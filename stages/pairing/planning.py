@@ -41,10 +41,19 @@ WRITE_TIME_COLUMNS = (
     "shard",
 )
 # The counts a chunk's plan adds to the run's summary.
-CHUNK_COUNTS = ("samples", "rejected", "concepts_below_min_cosine", "concepts_no_usable_clip", "fallbacks")
+CHUNK_COUNTS = (
+    "samples",
+    "rejected",
+    "concepts_below_min_cosine",
+    "concepts_no_usable_clip",
+    "concepts_clip_cap",
+    "fallbacks",
+)
 
 # text -> (clip ids, cosines) of its top-K neighbours, best first.
 Matches = dict[str, tuple[list[str], np.ndarray]]
+# text -> hubness-corrected scores of the same neighbours (absent with retrieval.hubness: none).
+Corrected = dict[str, np.ndarray]
 # clip_id -> (part, byte offset, byte size) of its audio at the mix rate.
 Locations = Mapping[str, tuple[str, int, int]]
 
@@ -71,6 +80,16 @@ def matches_by_text(matches: pa.Table) -> Matches:
     return {
         t: (ids, np.asarray(s, dtype=np.float64))
         for t, ids, s in zip(*[matches.column(c).to_pylist() for c in ("text", "clip_ids", "scores")])
+    }
+
+
+def corrected_by_text(matches: pa.Table) -> Corrected | None:
+    """The corrected scores of every text, or None where the search made none (hubness: none)."""
+    if matches.column("corrected").null_count == matches.num_rows:
+        return None
+    return {
+        t: np.asarray(c, dtype=np.float64)
+        for t, c in zip(*[matches.column(c).to_pylist() for c in ("text", "corrected")])
     }
 
 
@@ -112,13 +131,22 @@ def clip_locations(clips: pa.Table, rate: int, clip_ids: Iterable[str]) -> dict[
 
 
 def plan_samples(
-    config: RunConfig, scenes: pa.Table, found: Matches, clip_lufs: Mapping[str, float]
+    config: RunConfig,
+    scenes: pa.Table,
+    found: Matches,
+    clip_lufs: Mapping[str, float],
+    corrected: Corrected | None = None,
 ) -> tuple[list[dict], list[dict], Counter]:
     """Manifest rows of every sample (audio fields still empty, sorted by key) and of every rejected
-    scene, and the counts of dropped concepts and threshold fallbacks."""
+    scene, and the counts of dropped concepts and threshold fallbacks. retrieval.max_uses_per_clip
+    counts uses over the scenes given (a chunk), taken in key order so that the order of the rows
+    does not matter."""
     samples, rejected, counts = [], [], Counter()
-    for scene in scenes.to_pylist():
-        key = sample_key(scene["image_id"], scene["vlm"])
+    uses: Counter = Counter()
+    keyed = sorted(
+        ((sample_key(scene["image_id"], scene["vlm"]), scene) for scene in scenes.to_pylist()), key=lambda pair: pair[0]
+    )
+    for key, scene in keyed:
         row = {
             "key": key,
             "image_id": scene["image_id"],
@@ -152,13 +180,17 @@ def plan_samples(
             config.retrieval.ssr,
             config.retrieval.min_cosine,
             clip_lufs,
+            corrected=corrected,
+            uses=uses,
+            max_uses=config.retrieval.max_uses_per_clip,
         )
         kept = [(c, choice) for c, choice in zip(scene["concepts"], choices) if isinstance(choice, ConceptChoice)]
         counts.update(f"concepts_{c.reason}" for c in choices if isinstance(c, DroppedConcept))
         row["dropped_concepts"] += len(choices) - len(kept)
         if not kept:
             row["error"] = (
-                "dropped: no concept matched a pool clip audible at the mix rate and at or above retrieval.min_cosine"
+                "dropped: no concept matched a pool clip audible at the mix rate, at or above retrieval.min_cosine "
+                "and under retrieval.max_uses_per_clip"
             )
             row["error_kind"] = "no_usable_clip"
             rejected.append(row)
@@ -174,6 +206,7 @@ def plan_samples(
                     "text": concept["text"],
                     "clip_id": choice.clip_id,
                     "cosine": choice.cosine,
+                    "corrected_cosine": choice.corrected,
                     "ssr": choice.ssr,
                     "threshold": choice.threshold,
                     "n_candidates": choice.n_candidates,
@@ -232,7 +265,7 @@ def plan_chunk(config: RunConfig, scenes: pa.Table, matches: pa.Table, mix_clips
     """The plan of one chunk from its scenes (every VLM's), its matches and the pool's MIX_CLIPS."""
     found = matches_by_text(matches)
     clips = mixable_clips(mix_clips, (c for ids, _ in found.values() for c in ids))
-    samples, rejected, counts = plan_samples(config, scenes, found, clips.lufs)
+    samples, rejected, counts = plan_samples(config, scenes, found, clips.lufs, corrected_by_text(matches))
     image_bytes = {
         sample_key(i, v): n or 0
         for i, v, n in zip(*[scenes.column(c).to_pylist() for c in ("image_id", "vlm", "num_bytes")])
@@ -244,6 +277,7 @@ def plan_chunk(config: RunConfig, scenes: pa.Table, matches: pa.Table, mix_clips
         "rejected": len(rejected),
         "concepts_below_min_cosine": counts["concepts_below_min_cosine"],
         "concepts_no_usable_clip": counts["concepts_no_usable_clip"],
+        "concepts_clip_cap": counts["concepts_clip_cap"],
         "fallbacks": counts["fallbacks"],
         "rejection_reasons": [r["error"] for r in rejected][:MAX_REPORTED_REASONS],
     }

@@ -83,6 +83,22 @@ margin-bottom: 0.3rem; }
 <figcaption>{{ plot.caption }}</figcaption></figure>
 {% endfor %}
 </div>
+{% if top_clips is not none %}
+
+<h2>Most used clips</h2>
+<p>{{ top_clips_note }}</p>
+<table id="top-clips">
+<tr><th>rank</th><th>clip</th><th>uses</th><th>listen</th></tr>
+{% for clip in top_clips %}
+<tr><td class="n">{{ loop.index }}</td><td><span class="source">{{ clip.clip_id }}\
+{% if clip.source_uri %}<br>{{ clip.source_uri }}{% if clip.start_s is not none %} at \
+{{ "%.1f"|format(clip.start_s) }} s{% endif %}{% endif %}</span></td>
+<td class="n">{{ clip.uses }}</td><td>{% if clip.audio %}\
+<audio controls preload="metadata" src="{{ clip.audio }}"></audio>{% else %}\
+<span class="missing">{{ clip.problem }}</span>{% endif %}</td></tr>
+{% endfor %}
+</table>
+{% endif %}
 {% if gallery is not none %}
 
 <h2>Gallery</h2>
@@ -159,6 +175,8 @@ def render_page(
     notes: list[str] = (),
     gallery: list[GalleryEntry] | None = None,
     gallery_note: str = "",
+    top_clips: list[dict] | None = None,
+    top_clips_note: str = "",
 ) -> str:
     return PAGE.render(
         title=title,
@@ -169,4 +187,6 @@ def render_page(
         notes=list(notes),
         gallery=gallery,
         gallery_note=gallery_note,
+        top_clips=top_clips,
+        top_clips_note=top_clips_note,
     )

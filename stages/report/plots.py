@@ -103,6 +103,24 @@ def lorenz_plot(usage: ClipUsage) -> bytes:
     return render(draw, (6.4, 4.8))
 
 
+def uses_per_clip_plot(use_counts: np.ndarray) -> bytes:
+    """Uses of each used clip against its rank, most used first, on log-log axes: a straight steep
+    line is a few clips taking most picks."""
+    uses = np.sort(np.asarray(use_counts, dtype=np.int64))[::-1]
+
+    def draw(ax: Axes) -> None:
+        most = f", the most used {uses[0]} times" if uses.size else ""
+        ax.set_title(f"Uses per clip, {uses.size} clips used{most}")
+        if not uses.size:
+            _empty(ax, "clips used")
+            return
+        ax.loglog(np.arange(1, uses.size + 1), uses, color=COLOR, marker=".", linestyle="-")
+        ax.set_xlabel("clip rank, most used first")
+        ax.set_ylabel("concepts that chose the clip")
+
+    return render(draw, (6.4, 4.8))
+
+
 def loudness_plot(check: LoudnessCheck) -> bytes:
     def draw(ax: Axes) -> None:
         difference = (

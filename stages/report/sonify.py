@@ -8,6 +8,7 @@ empty); `define_views` adds the rest.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import duckdb
@@ -177,6 +178,35 @@ def clip_usage(use_counts: np.ndarray, pool_clips: int | None) -> ClipUsage:
     keep = np.unique(np.linspace(0, population, min(population + 1, LORENZ_POINTS)).round().astype(int))
     top_share = float(counts[-TOP_USED_CLIPS:].sum() / uses)
     return ClipUsage(int(np.count_nonzero(counts)), uses, top_share, population, x[keep], y[keep], gini)
+
+
+def exposure(uses: Mapping[str, int], pool_clips: int | None, pool_skewness: float | None) -> dict:
+    """The exposure numbers of a run from each used clip's use count: distinct clips, the most uses of
+    one clip, the share of uses taken by the TOP_USED_CLIPS most used, the Gini coefficient of use
+    over the pool's clips (unused ones count as zero), and the pool's k-occurrence skewness."""
+    counts = np.array(sorted(uses.values()), dtype=np.int64)
+    usage = clip_usage(counts, pool_clips)
+    return {
+        "distinct_clips": usage.distinct,
+        "uses": usage.uses,
+        "max_uses_of_one_clip": int(counts.max()) if counts.size else 0,
+        "top_clips": TOP_USED_CLIPS,
+        "top_clips_share": round(usage.top_share, 6),
+        "gini": round(usage.gini, 6),
+        "pool_k_occurrence_skewness": None if pool_skewness is None else round(pool_skewness, 6),
+    }
+
+
+def top_used_clips(con: duckdb.DuckDBPyConnection, top: int) -> list[dict]:
+    """The `top` most used clips (ties by clip id), with their uses and where in the pool's sources they come from."""
+    rows = con.execute(
+        """SELECT u.clip_id, u.uses, p.source_uri, p.start_s
+           FROM (SELECT clip_id, count(*) AS uses FROM concepts GROUP BY clip_id) u
+           LEFT JOIN pool_clips p ON p.clip_id = u.clip_id
+           ORDER BY u.uses DESC, u.clip_id LIMIT ?""",
+        [top],
+    ).fetchall()
+    return [{"clip_id": c, "uses": int(n), "source_uri": uri, "start_s": start} for c, n, uri, start in rows]
 
 
 @dataclass(frozen=True)

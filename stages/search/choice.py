@@ -17,7 +17,8 @@ SHA-256, so a dataset does not depend on worker count, partitioning or Python's 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Container
+from collections import Counter
+from collections.abc import Container, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -74,7 +75,8 @@ def choose(candidates: CandidateSet, rng: np.random.Generator) -> int:
 @dataclass(frozen=True)
 class ConceptChoice:
     clip_id: str
-    cosine: float
+    cosine: float  # raw
+    corrected: float  # the score the threshold ran on: the cosine less the clip's hubness penalty
     ssr: float
     threshold: float
     n_candidates: int
@@ -84,10 +86,28 @@ class ConceptChoice:
 @dataclass(frozen=True)
 class DroppedConcept:
     """A concept that gets no clip, and why: `below_min_cosine` (every usable neighbour scores
-    under the floor) or `no_usable_clip` (no neighbour at all that is audible at the mix rate and
-    not already used by the sample)."""
+    under the floor), `no_usable_clip` (no neighbour at all that is audible at the mix rate and
+    not already used by the sample) or `clip_cap` (every neighbour left is at
+    retrieval.max_uses_per_clip)."""
 
     reason: str
+
+
+def choose_under_cap(
+    candidates: CandidateSet, ids: list[str], uses: Mapping[str, int], cap: int, rng: np.random.Generator
+) -> int | None:
+    """Position of the chosen clip when no clip may be used more than `cap` times: the draw is made
+    again among the candidates under the cap, with their weights; failing those, the best-ranked
+    neighbour under the cap is taken; None when every neighbour has reached it."""
+    open_members = np.array([m for m in candidates.members if uses.get(ids[m], 0) < cap], dtype=np.int64)
+    if open_members.size == candidates.members.size:
+        return choose(candidates, rng)
+    if open_members.size:
+        weights = candidates.weights[open_members]
+        if open_members.size == 1 or weights.sum() <= 0:
+            return int(open_members[0])
+        return int(rng.choice(open_members, p=weights / weights.sum()))
+    return next((i for i, c in enumerate(ids) if uses.get(c, 0) < cap), None)
 
 
 def choose_clips(
@@ -99,11 +119,20 @@ def choose_clips(
     use_ssr: bool,
     min_cosine: float,
     usable: Container[str],
+    corrected: Mapping[str, np.ndarray] | None = None,
+    uses: Counter | None = None,
+    max_uses: int | None = None,
 ) -> list[ConceptChoice | DroppedConcept]:
     """One clip per concept of a sample. Only clips in `usable` (audible at the mix rate) are
     candidates; clips chosen for earlier concepts of the sample are removed from later concepts'
-    neighbours, so no clip is used twice in one sample; neighbours under `min_cosine` are removed
-    before the threshold is computed."""
+    neighbours, so no clip is used twice in one sample; neighbours under `min_cosine` (a floor on
+    the raw cosine) are removed before the threshold is computed.
+
+    `corrected`: per text, the hubness-corrected scores of its neighbours (in the order of
+    `matches`, which ranks them): SSR and the threshold run on those; without it, on the cosines.
+    `uses` counts the picks of each clip so far (in the chunk being planned) and is updated; a clip
+    with `max_uses` picks is chosen no more (choose_under_cap), and a concept whose neighbours have
+    all reached it is dropped as `clip_cap`."""
     used: set[str] = set()
     choices: list[ConceptChoice | DroppedConcept] = []
     for position, text in enumerate(texts):
@@ -116,14 +145,22 @@ def choose_clips(
             continue
         ids = [clip_ids[i] for i in keep]
         kept_scores = scores[keep]
-        candidates = candidate_set(kept_scores, k, use_ssr)
-        pick = choose(candidates, concept_rng(seed, sample_key, position))
+        ranked = kept_scores if corrected is None else np.asarray(corrected[text], dtype=np.float64)[keep]
+        candidates = candidate_set(ranked, k, use_ssr)
+        rng = concept_rng(seed, sample_key, position)
+        pick = choose(candidates, rng) if max_uses is None else choose_under_cap(candidates, ids, uses, max_uses, rng)
+        if pick is None:
+            choices.append(DroppedConcept("clip_cap"))
+            continue
         used.add(ids[pick])
+        if uses is not None:
+            uses[ids[pick]] += 1
         choices.append(
             ConceptChoice(
                 clip_id=ids[pick],
                 cosine=float(kept_scores[pick]),
-                ssr=float(signed_sqrt(kept_scores[pick])),
+                corrected=float(ranked[pick]),
+                ssr=float(signed_sqrt(ranked[pick])),
                 threshold=candidates.threshold,
                 n_candidates=int(candidates.members.size),
                 fallback=candidates.fallback,

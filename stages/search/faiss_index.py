@@ -147,7 +147,7 @@ def _setting_ladder(index: faiss.Index) -> tuple[list[int], Callable[[int], fais
     raise TypeError(f"no search setting known for {type(index).__name__}")
 
 
-def _vector_blocks(index: faiss.Index) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+def vector_blocks(index: faiss.Index) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """(vectors, rows) blocks covering every vector the index holds, as views of the index's own
     memory: the cells of an IVF-Flat, or slices of a flat index or of the flat storage under HNSW."""
     if isinstance(index, faiss.IndexIVFFlat):
@@ -192,7 +192,7 @@ def exact_search(index: faiss.Index, queries: np.ndarray, k: int) -> tuple[np.nd
     blocks are shared among as many threads as FAISS uses; the result does not depend on how many."""
     queries = np.ascontiguousarray(queries, dtype=np.float32)
     k = min(k, index.ntotal)
-    blocks = list(_vector_blocks(index))
+    blocks = list(vector_blocks(index))
     workers = max(1, min(faiss.omp_get_max_threads(), len(blocks)))
     # Consecutive runs of blocks, so the candidates come in the same order for any thread count.
     shares = [blocks[len(blocks) * i // workers : len(blocks) * (i + 1) // workers] for i in range(workers)]

@@ -13,6 +13,11 @@ by the recall it reaches on `retrieval.calibration_queries` of the run's own con
 first chunks' texts, so every actor and every rerun chooses the same); every
 `retrieval.recall_every`-th chunk then measures the recall of its own search on
 `retrieval.recall_sample` of its texts.
+
+With `retrieval.hubness` on, each clip's penalty is computed once from the run's stored biases
+(sonify.out/hubness/, made by BuildHubBank before any chunk is searched), and every text's
+neighbours are the top-K by corrected score (stages.search.hubness.corrected_search), with their
+raw cosines beside.
 """
 
 from __future__ import annotations
@@ -33,7 +38,7 @@ from schemas.layout import PoolLayout, SonifyLayout
 from stages.base import Resources, Stage
 from stages.embed.clap import ClapBackend, load_clap
 from stages.io import storage
-from stages.search import faiss_index
+from stages.search import faiss_index, hubness
 
 SCENE_COLUMNS = ["concepts", "dropped", "error"]
 # The CHUNK_SEARCHES columns a chunk's search stats file holds (the approximate-search ones only
@@ -92,7 +97,7 @@ class RetrieveChunks(Stage):
         self.vlms = list(vlms)
         self.clap_config = clap
         self.retrieval = retrieval
-        self.model = self.index = self.clip_ids = self.calibration = None
+        self.model = self.index = self.clip_ids = self.calibration = self.penalties = None
 
     def resources(self) -> Resources:
         c = self.clap_config
@@ -107,6 +112,17 @@ class RetrieveChunks(Stage):
         ids = storage.read_parquet(self.pool.index_ids())
         self.clip_ids = np.array(ids.sort_by("row").column("clip_id").to_pylist(), dtype=object)
         self.calibration = self.calibrate()
+        if self.retrieval.hubness != "none":
+            self.penalties = self.clip_penalties()
+
+    def clip_penalties(self) -> np.ndarray:
+        """Each index row's hubness penalty, from the run's stored biases (0 for a clip without one)."""
+        biases = storage.read_parquet(self.layout.clip_biases())
+        correction = hubness.Correction.of_pool(
+            biases.column("bias").to_numpy(), self.retrieval.hubness_alpha, self.retrieval.hubness_outlier_z
+        )
+        by_id = dict(zip(biases.column("clip_id").to_pylist(), correction.penalties(biases.column("bias").to_numpy())))
+        return np.array([by_id.get(c, 0.0) for c in self.clip_ids], dtype=np.float32)
 
     def chunk_texts(self, chunk: str) -> list[str]:
         return concept_texts(
@@ -151,11 +167,28 @@ class RetrieveChunks(Stage):
             return MATCHES.empty_table(), stats
         vectors = embed(self.model, texts, self.clap_config.batch_size)
         setting = self.calibration.setting if self.calibration else None
-        scores, rows = faiss_index.search_at(self.index, vectors, self.retrieval.search_k, setting)
+        corrected = None
+        if self.penalties is None:
+            scores, rows = faiss_index.search_at(self.index, vectors, self.retrieval.search_k, setting)
+        else:
+            scores, corrected, rows, widest = hubness.corrected_search(
+                hubness.index_searcher(self.index, setting),
+                self.index.ntotal,
+                vectors,
+                self.retrieval.search_k,
+                self.penalties,
+            )
+            stats["hubness_widest_search"] = widest
         if self.calibration:
+            # Recall is the index's: of its raw search at this setting, which the correction re-ranks.
+            raw_rows = (
+                rows
+                if corrected is None or not measured
+                else faiss_index.search_at(self.index, vectors, self.retrieval.search_k, setting)[1]
+            )
             recall, sampled = (
                 faiss_index.sample_recall(
-                    self.index, vectors, rows, self.retrieval.recall_sample, self.retrieval.recall_k
+                    self.index, vectors, raw_rows, self.retrieval.recall_sample, self.retrieval.recall_k
                 )
                 if measured
                 else (None, 0)
@@ -175,6 +208,11 @@ class RetrieveChunks(Stage):
                 "text": texts,
                 "clip_ids": [self.clip_ids[r[ok]].tolist() for r, ok in zip(rows, found)],
                 "scores": [s[ok].astype(np.float32) for s, ok in zip(scores, found)],
+                "corrected": (
+                    [None] * len(texts)
+                    if corrected is None
+                    else [c[ok].astype(np.float32) for c, ok in zip(corrected, found)]
+                ),
             },
         )
         return matches, stats
