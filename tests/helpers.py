@@ -10,6 +10,13 @@ from pathlib import Path
 import numpy as np
 import soundfile
 
+# The plots each report page shows, by name (plots/NAME.png).
+SONIFY_PLOTS = frozenset(
+    {"labels", "cosine", "ssr", "threshold", "candidates", "clip-usage", "clip-uses"}
+    | {"loudness", "mix-peak", "mix-gain"}
+)
+POOL_PLOTS = frozenset({"formats", "durations", "clip-loudness", "silent"})
+
 
 def tone(seconds: float, rate: int, freq: float = 440.0, amplitude: float = 0.3, channels: int = 1) -> np.ndarray:
     t = np.arange(int(round(seconds * rate))) / rate

@@ -25,6 +25,7 @@ from stages.io.tars import tar_bytes
 from stages.report.gallery import read_samples
 from stages.report.sonify import clip_usage
 from stages.report.sql import histogram
+from tests.helpers import POOL_PLOTS, SONIFY_PLOTS
 
 RATE = 16000
 CLIP_SECONDS = 5.0
@@ -421,21 +422,7 @@ def test_sonify_report_counts_problems_gallery_and_escaping(local_run):
     assert problems["image: empty"]["examples"] == [{"file": "/data/img013.png", "reason": REJECTED[13][0]}]
 
     plots = [a["src"] for a in page.all("img") if a["src"].startswith("plots/")]
-    assert sorted(plots) == sorted(
-        f"plots/{n}.png"
-        for n in (
-            "labels",
-            "cosine",
-            "ssr",
-            "threshold",
-            "candidates",
-            "clip-usage",
-            "clip-uses",
-            "loudness",
-            "mix-peak",
-            "mix-gain",
-        )
-    )
+    assert sorted(plots) == sorted(f"plots/{n}.png" for n in SONIFY_PLOTS)
     for src in plots:
         assert Image.open(io.BytesIO(storage.read_bytes(f"{folder}/{src}"))).format == "PNG"
 
@@ -525,9 +512,7 @@ def test_pool_report(local_run):
         }
     ]
     assert report["silent_share"] == pytest.approx(1 / 6)
-    assert sorted(a["src"] for a in PageReader.read(page).all("img")) == [
-        f"plots/{n}.png" for n in ("clip-loudness", "durations", "formats", "silent")
-    ]
+    assert sorted(a["src"] for a in PageReader.read(page).all("img")) == [f"plots/{n}.png" for n in sorted(POOL_PLOTS)]
 
 
 def test_nothing_to_report_is_a_clear_error(tmp_path):

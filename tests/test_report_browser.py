@@ -21,6 +21,7 @@ import yaml
 from PIL import Image
 
 from pipelines.config import load_config
+from tests.helpers import POOL_PLOTS, SONIFY_PLOTS
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
@@ -39,19 +40,6 @@ MARKUP_CAPTION = "a \"quoted\" & <b>bold</b> caption <script>document.title='pwn
 MARKUP_LABEL = "<script>document.title='pwned'</script>"
 MARKUP_TEXT = "<img src=x onerror=\"document.title='pwned'\"> a dog barks"
 MARKUP_FILE_STEM = 'x"><img src=x onerror="document.title=\'pwned\'">'
-SONIFY_PLOTS = {
-    "labels",
-    "cosine",
-    "ssr",
-    "threshold",
-    "candidates",
-    "clip-usage",
-    "clip-uses",
-    "loudness",
-    "mix-peak",
-    "mix-gain",
-}
-POOL_PLOTS = {"formats", "durations", "clip-loudness", "silent"}
 
 
 def ensure_chromium() -> None:

@@ -18,27 +18,15 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from schemas import CHUNK_TASKS, CLIP_BIASES, HUB_BANK, make_table
-from schemas.config import ClapConfig, RetrievalConfig
-from schemas.layout import PoolLayout, SonifyLayout
-from stages.base import Resources, Stage
+from stages.base import Resources
 from stages.embed.clap import load_clap
 from stages.io import storage
 from stages.search import faiss_index, hubness
-from stages.search.search_stage import SCENE_COLUMNS, calibration_texts, concept_texts, embed
+from stages.search.search_stage import SCENE_COLUMNS, ChunkTextStage, calibration_texts, concept_texts, embed
 
 
-class BuildHubBank(Stage):
+class BuildHubBank(ChunkTextStage):
     name: ClassVar[str] = "build_hub_bank"
-    required_columns: ClassVar[tuple[str, ...]] = tuple(CHUNK_TASKS.names)
-
-    def __init__(
-        self, pool: PoolLayout, layout: SonifyLayout, vlms: list[str], clap: ClapConfig, retrieval: RetrievalConfig
-    ) -> None:
-        self.pool = pool
-        self.layout = layout
-        self.vlms = list(vlms)
-        self.clap_config = clap
-        self.retrieval = retrieval
 
     def resources(self) -> Resources:
         c = self.clap_config

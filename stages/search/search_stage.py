@@ -85,8 +85,10 @@ def calibration_texts(chunk_texts: Iterable[list[str]], count: int) -> list[str]
     return [ordered[i] for i in faiss_index.sample_rows(len(ordered), count)]
 
 
-class RetrieveChunks(Stage):
-    name: ClassVar[str] = "retrieve_chunks"
+class ChunkTextStage(Stage):
+    """A stage over chunk tasks that embeds the chunks' concept texts with the run's CLAP and
+    searches the pool's index: retrieval, and the hubness bank before it."""
+
     required_columns: ClassVar[tuple[str, ...]] = tuple(CHUNK_TASKS.names)
 
     def __init__(
@@ -97,6 +99,15 @@ class RetrieveChunks(Stage):
         self.vlms = list(vlms)
         self.clap_config = clap
         self.retrieval = retrieval
+
+
+class RetrieveChunks(ChunkTextStage):
+    name: ClassVar[str] = "retrieve_chunks"
+
+    def __init__(
+        self, pool: PoolLayout, layout: SonifyLayout, vlms: list[str], clap: ClapConfig, retrieval: RetrievalConfig
+    ) -> None:
+        super().__init__(pool, layout, vlms, clap, retrieval)
         self.model = self.index = self.clip_ids = self.calibration = self.penalties = None
 
     def resources(self) -> Resources:
