@@ -5,6 +5,11 @@ stage wrote, and adds an L2-normalized embedding to every non-silent, error-free
 part arrive together and in order, so each row group of a part file is read once per actor that
 sees it, and an actor holds one row group (stages.audio.part_writer bounds its size), however long
 the part's sources are.
+
+The actor takes a whole block (one part's clips) per call and runs the model `clap.batch_size`
+clips at a time into one preallocated matrix. With one call per `batch_size` rows, the actor's
+peak grew with the part's length (534 MiB more on a 2-hour source than on a 5-minute one, see
+docs/reliability.md); with one call per part it stays flat.
 """
 
 from __future__ import annotations
@@ -45,7 +50,7 @@ class EmbedAudio(Stage):
 
     def resources(self) -> Resources:
         c = self.clap_config
-        return Resources(num_cpus=c.num_cpus, num_gpus=c.num_gpus, actors=c.concurrency, batch_size=c.batch_size)
+        return Resources(num_cpus=c.num_cpus, num_gpus=c.num_gpus, actors=c.concurrency, batch_size=None)
 
     def output_schema(self) -> pa.Schema:
         return embedded_clips_schema(self.dim)
@@ -72,21 +77,27 @@ class EmbedAudio(Stage):
         rows = embeddable(batch.column("silent").to_pylist(), batch.column("error").to_pylist())
         clip_ids, parts = batch.column("clip_id").to_pylist(), batch.column("part").to_pylist()
         rates = batch.column("sample_rate").to_pylist()
-        embeddings: list[np.ndarray | None] = [None] * batch.num_rows
-        if rows:
+        vectors = np.zeros((len(rows), self.dim), dtype=np.float32)
+        step = self.clap_config.batch_size
+        for start in range(0, len(rows), step):
             clips = []
-            for i in rows:
+            for i in rows[start : start + step]:
                 audio, rate = decode_flac(self._clip_audio(parts[i], clip_ids[i]))
                 if rate != rates[i]:
                     raise ValueError(f"clip {clip_ids[i]} is stored at {rate} Hz but its row says {rates[i]} Hz")
                 clips.append(resample(audio, rate, self.model.sample_rate))
-            vectors = self.model.embed_audio(clips)
-            for i, vector in zip(rows, vectors):
-                embeddings[i] = vector
-        column = pa.array(
-            [None if e is None else e.astype(np.float32) for e in embeddings],
-            type=pa.list_(pa.float32(), self.dim),
-        )
+            vectors[start : start + len(clips)] = self.model.embed_audio(clips)
         return make_table(
-            self.output_schema(), batch.select(STANDARDIZED_CLIPS.names).append_column("embedding", column)
+            self.output_schema(),
+            batch.select(STANDARDIZED_CLIPS.names).append_column(
+                "embedding", self._embedding_column(batch, rows, vectors)
+            ),
         )
+
+    def _embedding_column(self, batch: pa.Table, rows: list[int], vectors: np.ndarray) -> pa.Array:
+        """One fixed-size list column built from the matrix, null where a row got no embedding."""
+        full = np.zeros((batch.num_rows, self.dim), dtype=np.float32)
+        full[rows] = vectors
+        valid = np.zeros(batch.num_rows, dtype=bool)
+        valid[rows] = True
+        return pa.FixedSizeListArray.from_arrays(pa.array(full.reshape(-1)), self.dim, mask=pa.array(~valid))
