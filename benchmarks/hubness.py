@@ -113,17 +113,18 @@ def choose_all(config: RunConfig, pool: np.ndarray, queries: np.ndarray) -> tupl
         )
     picked = np.full(len(queries), -1, np.int64)
     cosine = np.full(len(queries), np.nan)
-    usable = range(len(pool))
+    # Clip ids are strings in the pipeline (a variant's id names its parent's); here, pool rows as text.
+    usable = {str(row) for row in range(len(pool))}
     for i in range(len(queries)):
         found = rows[i] >= 0
         text = str(i)
-        matches = {text: ([int(x) for x in rows[i][found]], scores[i][found].astype(np.float64))}
+        matches = {text: ([str(x) for x in rows[i][found]], scores[i][found].astype(np.float64))}
         ranked = None if corrected is None else {text: corrected[i][found].astype(np.float64)}
         (choice,) = choose_clips(
             [text], matches, config.seed, f"query-{i}", r.k, r.ssr, r.min_cosine, usable, corrected=ranked
         )
         if isinstance(choice, ConceptChoice):
-            picked[i], cosine[i] = choice.clip_id, choice.cosine
+            picked[i], cosine[i] = int(choice.clip_id), choice.cosine
     return picked, cosine, widest
 
 

@@ -9,6 +9,8 @@ Layout under the output folder:
     laion-clap/text-backbones/    roberta-base, bert-base-uncased, facebook/bart-base, which
                                   laion-clap loads by name (models.clap.text_backbones_dir)
     vlm-qwen2_5_vl/               Qwen2.5-VL for AutoModelForImageTextToText + AutoProcessor
+    timbre/tiny-timbre.ts         a TorchScript timbre model with RAVE's exported interface
+                                  (demo.timbre_model), for pool variants
 """
 
 from __future__ import annotations
@@ -228,17 +230,21 @@ def build_qwen2_5_vl(out: Path, scratch: Path, seed: int = 0) -> Path:
 def build_all(out: str | Path, seed: int = 0) -> dict[str, str]:
     import tempfile
 
+    from demo.timbre_model import build_timbre_model
+
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as scratch:
         hf = build_transformers_clap(out, Path(scratch) / "hf", seed)
         checkpoint, backbones = build_laion_clap(out, Path(scratch) / "laion", seed)
         vlm = build_qwen2_5_vl(out, Path(scratch) / "vlm", seed)
+    timbre = build_timbre_model(out, seed)
     written = {
         "clap_transformers": str(hf),
         "clap_laion_checkpoint": str(checkpoint),
         "clap_laion_text_backbones": str(backbones),
         "vlm_qwen2_5_vl": str(vlm),
+        "timbre_torchscript": str(timbre),
     }
     (out / "models.json").write_text(json.dumps(written, indent=2) + "\n")
     return written

@@ -50,8 +50,9 @@ class PoolLayout:
 
     # The format pool.json records; a pool of another format is refused, not read.
     # 2: the clips table has error_kind (pool_clips v2). 3: a pack of the clips at each mix rate per
-    # part (audio/<rate>/<part>.tar), located by loudness_at_rates (pool_clips v3).
-    FORMAT: ClassVar[int] = 3
+    # part (audio/<rate>/<part>.tar), located by loudness_at_rates (pool_clips v3). 4: variant clips
+    # (pool_clips v4).
+    FORMAT: ClassVar[int] = 4
 
     root: str
 

@@ -44,17 +44,24 @@ _CLIP_FIELDS = [
     pa.field("error", pa.string()),
     # What kind of error `error` is (empty, undecodable, unreadable, ...); null when `error` is.
     pa.field("error_kind", pa.string()),
+    # A variant clip (pool.variants): the clip it was made from, the variant's name and its chain as
+    # JSON (with the content digest of any TorchScript model); null for a clip cut from a source.
+    # A variant keeps its parent's source_id and source columns: it is that recording, transformed.
+    pa.field("parent_clip_id", pa.string()),
+    pa.field("variant", pa.string()),
+    pa.field("variant_chain", pa.string()),
 ]
 
 # What the standardize stage hands to the embed stage: one row per clip (the audio stays in its part
 # file), plus how many rows its part has, so the writer knows when a part is complete.
 STANDARDIZED_CLIPS = versioned(
-    "standardized_clips", 3, [*_CLIP_FIELDS, pa.field("part_rows", pa.int32(), nullable=False)]
+    "standardized_clips", 4, [*_CLIP_FIELDS, pa.field("part_rows", pa.int32(), nullable=False)]
 )
 
 # pool.dir/clips/<part>.parquet: the pool table. Written last for a part, so it is the part's
-# completion marker. 3: loudness_at_rates locates each clip in the part's pack at that rate.
-POOL_CLIPS = versioned("pool_clips", 3, _CLIP_FIELDS)
+# completion marker. 3: loudness_at_rates locates each clip in the part's pack at that rate. 4: variant
+# clips and their parents.
+POOL_CLIPS = versioned("pool_clips", 4, _CLIP_FIELDS)
 
 # pool.dir/audio/<part>.parquet: the standardized clip audio, FLAC-encoded, one row per clip.
 POOL_AUDIO = versioned(
@@ -84,7 +91,7 @@ def embedded_clips_schema(dim: int) -> pa.Schema:
     null for silent and error rows."""
     return versioned(
         "embedded_clips",
-        3,
+        4,
         [*STANDARDIZED_CLIPS, pa.field("embedding", pa.list_(pa.float32(), dim))],
     )
 

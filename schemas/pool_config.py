@@ -3,11 +3,17 @@ stored, and the index over it."""
 
 from __future__ import annotations
 
-from typing import Literal
+import re
+from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator, model_validator
 
 from schemas.config_base import ConfigSection
+
+# A variant's name ends its clips' ids (`<clip_id>--<name>`), so it keeps to characters that are
+# safe in ids, file names and URLs, and cannot hold the separator itself.
+VARIANT_NAME = re.compile(r"^[a-z0-9](?:[a-z0-9_]*[a-z0-9])?$")
+TIMBRE_METHODS = ("forward", "encode_decode")
 
 
 class IndexConfig(ConfigSection):
@@ -55,6 +61,57 @@ class ParquetSourceConfig(ConfigSection):
     )
 
 
+class VariantConfig(ConfigSection):
+    name: str = Field(
+        ...,
+        description="Name of the variant: lower-case letters, digits and single underscores inside. A variant "
+        "clip's id is its parent's id, `--`, and this name.",
+    )
+    sources: list[str] = Field(
+        default_factory=lambda: ["*"],
+        description="fnmatch patterns on source URIs (as the pool table stores them); the variant is made of "
+        "every clip of a source that one of them matches.",
+    )
+    chain: list[dict[str, Any]] = Field(
+        ...,
+        min_length=1,
+        description="Steps applied in order to each clip (pool.clip_seconds) at the pool rate. A step is either a "
+        "pedalboard "
+        "effect, `{effect: <class name>, <parameter>: <value>, ...}` (e.g. `{effect: LowpassFilter, "
+        "cutoff_frequency_hz: 800}`, `{effect: PitchShift, semitones: -5}`, Reverb, Distortion, Chorus, ...), or a "
+        "TorchScript timbre-transfer model with RAVE's exported interface, `{torchscript: <path or URL>, method: "
+        "forward | encode_decode}` (mono audio at the model's `sr` attribute, shaped [batch, 1, samples]).",
+    )
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, name: str) -> str:
+        if not VARIANT_NAME.match(name) or "__" in name:
+            raise ValueError(
+                f"variant name {name!r}: use lower-case letters, digits and single underscores, "
+                "starting and ending with a letter or digit"
+            )
+        return name
+
+    @field_validator("chain")
+    @classmethod
+    def _steps(cls, chain: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        for position, step in enumerate(chain, start=1):
+            kinds = [k for k in ("effect", "torchscript") if k in step]
+            if len(kinds) != 1:
+                raise ValueError(f"chain step {position} must have exactly one of `effect` or `torchscript`: {step}")
+            if "torchscript" in step:
+                extra = set(step) - {"torchscript", "method"}
+                if extra or step.get("method", "forward") not in TIMBRE_METHODS:
+                    raise ValueError(
+                        f"chain step {position}: a torchscript step takes `torchscript` and `method` "
+                        f"({' or '.join(TIMBRE_METHODS)}) only: {step}"
+                    )
+            elif not isinstance(step["effect"], str):
+                raise ValueError(f"chain step {position}: `effect` must be a pedalboard class name: {step}")
+        return chain
+
+
 class PoolConfig(ConfigSection):
     sources: list[str] = Field(
         default_factory=list,
@@ -97,3 +154,18 @@ class PoolConfig(ConfigSection):
         default_factory=ParquetSourceConfig, description="How Parquet sources hold their audio."
     )
     index: IndexConfig = Field(default_factory=IndexConfig, description="FAISS index over non-silent clips.")
+    variants: list[VariantConfig] = Field(
+        default_factory=list,
+        description="Named effect chains that grow the pool with transformed copies of the clips of the sources "
+        "they select. Each variant clip records its parent clip and its chain, is embedded and indexed like any "
+        "clip, and is never mixed with its parent (or another variant of it) in one sample. Changing a variant "
+        "re-standardizes the sources it selects. See docs/pool.md#variants.",
+    )
+
+    @model_validator(mode="after")
+    def _distinct_variants(self) -> PoolConfig:
+        names = [v.name for v in self.variants]
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        if repeated:
+            raise ValueError(f"pool.variants: names must be distinct, repeated: {', '.join(repeated)}")
+        return self

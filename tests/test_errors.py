@@ -70,7 +70,8 @@ def test_a_pool_of_another_format_is_refused_saying_what_to_do(tmp_path):
     config = validate_config({"pool": {"dir": str(tmp_path)}, "models": {"clap": {"model": "unused"}}})
     (tmp_path / "pool.json").write_text(json.dumps({"format": 1}))
     with pytest.raises(
-        PoolMismatch, match="pool format 1, this one writes 3\\); rebuild the pool into a new pool.dir$"
+        PoolMismatch,
+        match=f"pool format 1, this one writes {PoolLayout.FORMAT}\\); rebuild the pool into a new pool.dir$",
     ):
         PoolStore(PoolLayout(str(tmp_path))).check_compatible({"dim": 512}, config.pool)
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from dataclasses import replace
 
 from pipelines.config import dump_config
 from pipelines.grouped_writer import GroupedWriter
@@ -18,6 +19,7 @@ from pipelines.ray_runner import Runner
 from schemas.config import RunConfig
 from schemas.layout import PoolLayout
 from stages.audio.standardize_stage import Standardize
+from stages.audio.variants import check_chain, load_chain, variants_fingerprint, variants_for
 from stages.embed.clap import clap_identity
 from stages.embed.embed_audio_stage import EmbedAudio
 from stages.io import storage
@@ -41,7 +43,11 @@ def run_pool(config: RunConfig) -> dict:
         config.pool.clip_seconds,
         config.pool.silence_lufs,
         config.pool.mix_sample_rates,
+        config.pool.variants,
     )
+    chains = {v.name: load_chain(v) for v in config.pool.variants}
+    for chain in chains.values():
+        check_chain(chain, config.pool.sample_rate)
     embed = EmbedAudio(paths.root, config.models.clap, identity["dim"])
 
     storage.makedirs(paths.root)
@@ -59,6 +65,15 @@ def run_pool(config: RunConfig) -> dict:
     sources, empty_globs = expand_audio_sources(config.pool.sources, parquet)
     for pattern in empty_globs:
         log.warning("source pattern %s matched no files", pattern)
+    sources = [
+        replace(
+            s,
+            fingerprint=variants_fingerprint(
+                s.fingerprint, [chains[v.name] for v in variants_for(s.uri, config.pool.variants)]
+            ),
+        )
+        for s in sources
+    ]
     plan = plan_work(sources, store.clips(PLAN_COLUMNS), config.pool.retry_errors)
     parts = group_parts(plan.to_process, config.pool.files_per_part)
     log.info(
@@ -99,6 +114,7 @@ def run_pool(config: RunConfig) -> dict:
         "parts_pruned": pruned_parts,
         "clips_added": writer.clips,
         "silent_clips_added": writer.silent,
+        "variant_clips_added": writer.variants,
         "clips_embedded": writer.embedded,
         "errors": len(writer.errors),
         # The error_kind column of this run's error rows: empty, undecodable, unreadable, ...

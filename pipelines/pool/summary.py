@@ -12,7 +12,9 @@ from stages.audio.loudness import audible_clip_loudness
 
 
 def pool_totals(store: PoolStore, config: RunConfig) -> dict:
-    table = store.clips(["clip_id", "source_uri", "lufs", "loudness_at_rates", "silent", "error", "error_kind"])
+    table = store.clips(
+        ["clip_id", "source_uri", "lufs", "loudness_at_rates", "silent", "error", "error_kind", "variant"]
+    )
     ok = table.filter(pc.is_null(table.column("error")))
     indexed = ok.filter(pc.invert(ok.column("silent")))
     silence, max_loss = config.pool.silence_lufs, config.pool.max_band_loss_lu
@@ -21,6 +23,7 @@ def pool_totals(store: PoolStore, config: RunConfig) -> dict:
         "files": len(set(table.column("source_uri").to_pylist())),
         "clips": ok.num_rows,
         "silent_clips": int(pc.sum(ok.column("silent")).as_py() or 0),
+        "variant_clips": dict(sorted(Counter(v for v in ok.column("variant").to_pylist() if v).items())),
         "error_rows": table.num_rows - ok.num_rows,
         "errors_by_kind": dict(sorted(kinds.items())),
         # Indexed clips that no mix at that rate may use (see loudness.audible_at_rate).
@@ -42,10 +45,12 @@ def format_summary(summary: dict) -> str:
     lines = [
         f"pool {summary['pool_dir']}",
         f"  this run: {summary['files_processed']} files processed ({summary['files_unchanged']} unchanged), "
-        f"{summary['clips_added']} clips added ({summary['silent_clips_added']} silent), {summary['errors']} errors"
+        f"{summary['clips_added']} clips added ({summary['silent_clips_added']} silent, "
+        f"{summary['variant_clips_added']} variants), {summary['errors']} errors"
         f"{_kinds(summary['errors_by_kind'])}, {summary['wall_seconds']:.1f} s",
         f"  pool:     {pool['files']} files, {pool['clips']} clips, {pool['silent_clips']} silent, "
-        f"{pool['error_rows']} error rows{_kinds(pool['errors_by_kind'])}, inaudible at mix rates: "
+        f"{pool['error_rows']} error rows{_kinds(pool['errors_by_kind'])}, "
+        f"variants: {sum(pool['variant_clips'].values())}{_kinds(pool['variant_clips'])}, inaudible at mix rates: "
         + ", ".join(f"{n} at {rate} Hz" for rate, n in pool["inaudible_at_mix_rates"].items()),
         f"  index:    {kind}, {index['size']} vectors ({index['action']})",
     ]

@@ -108,5 +108,19 @@ def clip_id(source: str, chunk_index: int) -> str:
     return f"{source}-{chunk_index:05d}"
 
 
+# Between a variant clip's parent id and the variant's name (pool.variants): a family of clips, a cut
+# clip and its variants, is read off the ids alone wherever clips are chosen.
+VARIANT_SEPARATOR = "--"
+
+
+def variant_clip_id(parent_clip_id: str, variant: str) -> str:
+    return f"{parent_clip_id}{VARIANT_SEPARATOR}{variant}"
+
+
+def clip_family(clip_id: str) -> str:
+    """The id of the clip cut from a source that `clip_id` is, or is a variant of."""
+    return clip_id.split(VARIANT_SEPARATOR, 1)[0]
+
+
 def error_clip_id(uri: str) -> str:
     return f"{hashlib.sha1(f'{uri}{chr(0)}'.encode()).hexdigest()[:16]}-error"

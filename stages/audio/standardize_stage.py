@@ -54,11 +54,13 @@ import pyarrow as pa
 
 from schemas import POOL_PARTS, STANDARDIZED_CLIPS, make_table
 from schemas.layout import PoolLayout
+from schemas.pool_config import VariantConfig
 from stages.audio import loudness
 from stages.audio.decode import AudioStream, UnreadableAudio, open_audio
 from stages.audio.packs import PCM16_SCALE, encode_flac, locate_in_pack, quantize_pcm16
 from stages.audio.part_writer import PartWriter, SourceClips
-from stages.audio.standardize import ClipCutter, clip_id, error_clip_id, resample, source_id
+from stages.audio.standardize import ClipCutter, clip_id, error_clip_id, resample, source_id, variant_clip_id
+from stages.audio.variants import Chain, load_chain, variants_for
 from stages.base import Resources, Stage
 from stages.errors import BadInput, error_text
 from stages.io import storage
@@ -82,12 +84,24 @@ class Standardize(Stage):
         clip_seconds: float,
         silence_lufs: float,
         mix_sample_rates: list[int],
+        variants: list[VariantConfig] | None = None,
     ) -> None:
         self.pool_dir = pool_dir
         self.sample_rate = sample_rate
         self.clip_seconds = clip_seconds
         self.silence_lufs = silence_lufs
         self.mix_sample_rates = list(mix_sample_rates)
+        self.variants = list(variants or [])
+        self._chains: dict[str, Chain] | None = None
+
+    def setup(self) -> None:
+        self._chains = {v.name: load_chain(v) for v in self.variants}
+
+    def chains_for(self, uri: str) -> list[Chain]:
+        """The loaded chains of the variants that apply to a source."""
+        if self._chains is None:
+            self.setup()
+        return [self._chains[v.name] for v in variants_for(uri, self.variants)]
 
     def resources(self) -> Resources:
         # Decoding holds a block of a source, a clip's audio at each rate and up to a row group of
@@ -185,11 +199,22 @@ class Standardize(Stage):
         cutter = ClipCutter(stream.sample_rate, self.sample_rate, self.clip_seconds)
         described = dict(source_id=source, source_uri=uri, source_fingerprint=fingerprint, source_sha256=sha)
         described.update(source_format=stream.format, source_sample_rate=stream.sample_rate, part=part)
-        for block in stream.blocks:
-            for clip, real in cutter.feed(block):
-                self._clip(out, described, len(out), clip, real)
-        for clip, real in cutter.finish():
-            self._clip(out, described, len(out), clip, real)
+        chains = self.chains_for(uri)
+        index = 0
+        for clip, real in _cut(stream, cutter):
+            parent = self._clip(out, described, index, clip, real)
+            # Each variant is made from the stored 16-bit clip, the audio its parent's listeners hear.
+            stored = quantize_pcm16(clip).astype(np.float32) / PCM16_SCALE
+            for chain in chains:
+                varied = dict(
+                    described,
+                    clip_id=variant_clip_id(parent, chain.name),
+                    parent_clip_id=parent,
+                    variant=chain.name,
+                    variant_chain=chain.description,
+                )
+                self._clip(out, varied, index, chain(stored, self.sample_rate), real)
+            index += 1
         if cutter.samples_out == 0:
             raise UnreadableAudio(
                 f"audio is too short to keep ({cutter.frames_in} samples at {stream.sample_rate} Hz "
@@ -200,7 +225,9 @@ class Standardize(Stage):
         for row in out.rows:
             row.update(source_channels=cutter.channels, source_duration_s=cutter.frames_in / stream.sample_rate)
 
-    def _clip(self, out: SourceClips, described: dict, index: int, clip: np.ndarray, real: int) -> None:
+    def _clip(self, out: SourceClips, described: dict, index: int, clip: np.ndarray, real: int) -> str:
+        """Measures and encodes one clip, adds it to the source's clips and returns its id (a cut
+        clip's is made from the source and index; a variant's comes in `described`)."""
         pcm = quantize_pcm16(clip)
         stored = pcm.astype(np.float32) / PCM16_SCALE
         lufs = loudness.integrated_lufs(stored, self.sample_rate)
@@ -222,8 +249,8 @@ class Standardize(Stage):
             )
             at_rate_flacs[rate] = encode_flac(pcm_at_rate, rate)
         row = dict(
-            described,
-            clip_id=clip_id(described["source_id"], index),
+            {"clip_id": clip_id(described["source_id"], index)},
+            **described,
             chunk_index=index,
             start_s=index * self.clip_seconds,
             duration_s=real / self.sample_rate,
@@ -234,6 +261,14 @@ class Standardize(Stage):
             silent=loudness.is_silent(lufs, self.silence_lufs),
         )
         out.add(row, encode_flac(pcm, self.sample_rate), at_rate_flacs)
+        return row["clip_id"]
+
+
+def _cut(stream: AudioStream, cutter: ClipCutter):
+    """(clip, real samples) of a source, cut block by block as it is decoded."""
+    for block in stream.blocks:
+        yield from cutter.feed(block)
+    yield from cutter.finish()
 
 
 def _hashed(handle: BinaryIO) -> tuple[BinaryIO, str]:

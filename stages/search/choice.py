@@ -23,6 +23,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from stages.audio.standardize import clip_family
+
 # Relative tolerance of "r_i >= tau": the float mean of equal scores can come out one ulp above
 # each of them, and identical files in a pool give exactly equal scores.
 TIE_TOLERANCE = 1e-9
@@ -125,8 +127,9 @@ def choose_clips(
 ) -> list[ConceptChoice | DroppedConcept]:
     """One clip per concept of a sample. Only clips in `usable` (audible at the mix rate) are
     candidates; clips chosen for earlier concepts of the sample are removed from later concepts'
-    neighbours, so no clip is used twice in one sample; neighbours under `min_cosine` (a floor on
-    the raw cosine) are removed before the threshold is computed.
+    neighbours, and so are the variants of those clips and the clips they are variants of
+    (stages.audio.standardize.clip_family), so no recording is heard twice in one sample; neighbours
+    under `min_cosine` (a floor on the raw cosine) are removed before the threshold is computed.
 
     `corrected`: per text, the hubness-corrected scores of its neighbours (in the order of
     `matches`, which ranks them): SSR and the threshold run on those; without it, on the cosines.
@@ -138,7 +141,7 @@ def choose_clips(
     for position, text in enumerate(texts):
         clip_ids, scores = matches.get(text, ([], np.array([])))
         scores = np.asarray(scores, dtype=np.float64)
-        allowed = [i for i, c in enumerate(clip_ids) if c in usable and c not in used]
+        allowed = [i for i, c in enumerate(clip_ids) if c in usable and clip_family(c) not in used]
         keep = [i for i in allowed if scores[i] >= min_cosine]
         if not keep:
             choices.append(DroppedConcept("below_min_cosine" if allowed else "no_usable_clip"))
@@ -152,7 +155,7 @@ def choose_clips(
         if pick is None:
             choices.append(DroppedConcept("clip_cap"))
             continue
-        used.add(ids[pick])
+        used.add(clip_family(ids[pick]))
         if uses is not None:
             uses[ids[pick]] += 1
         choices.append(
