@@ -168,6 +168,7 @@ def test_summary_counts_every_file_and_error_kind(run):
         "silent_clips": silent,
         "error_rows": len(BROKEN),
         "errors_by_kind": kinds,
+        "variant_clips": {},
         # Every usable file here has its energy below 8 kHz.
         "inaudible_at_mix_rates": {"16000": 0},
     }
