@@ -78,6 +78,10 @@ def planning_rate(pool_clips: int, images: int = 1024, concepts: int = 5, search
             "part": [f"part-{i // 200:06d}" for i in range(pool_clips)],
             "audio_offset": rng.integers(0, 10**7, pool_clips),
             "audio_bytes": rng.integers(50_000, 150_000, pool_clips),
+            "license": ["CC-BY-4.0"] * pool_clips,
+            "attribution": [f"author {i % 1000}" for i in range(pool_clips)],
+            "source_url": [f"https://example.org/{i}" for i in range(pool_clips)],
+            "title": [f"recording {i}" for i in range(pool_clips)],
         },
     ).sort_by("clip_id")
     texts = [[f"sound {j} of scene {i}" for j in range(concepts)] for i in range(images)]

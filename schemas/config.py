@@ -28,6 +28,7 @@ __all__ = [
     "ClapConfig",
     "ConfigSection",
     "IndexConfig",
+    "LicenseFilterConfig",
     "MixConfig",
     "ModelsConfig",
     "OpenAIVlmConfig",
@@ -110,6 +111,21 @@ class ModelsConfig(ConfigSection):
     )
 
 
+class LicenseFilterConfig(ConfigSection):
+    allow: list[str] = Field(
+        default_factory=list,
+        description="Licences a chosen clip may have: SPDX-style ids or fnmatch patterns (`CC0-1.0`, `CC-BY-*`), "
+        "compared without regard to case; a clip whose source has no licence in the pool is `unknown`. Empty: "
+        "every licence. Applied with the audibility filter, to the clips planning may choose "
+        "(docs/sonify.md#licences).",
+    )
+    deny: list[str] = Field(
+        default_factory=list,
+        description="Licences no chosen clip may have, as for allow (`CC-BY-NC-*`, `*NC*`, `unknown`); a licence "
+        "matching both allow and deny is denied. The sonify summary counts the pool clips they remove.",
+    )
+
+
 class SonifyConfig(ConfigSection):
     images: list[str] = Field(
         default_factory=list,
@@ -143,6 +159,16 @@ class SonifyConfig(ConfigSection):
         ge=1,
         description="Images whose longer side is above this are downscaled to it, keeping the aspect ratio, "
         "before they are encoded; unset keeps every size. Needs a re-encoding image_format (not original).",
+    )
+    licenses: LicenseFilterConfig = Field(
+        default_factory=LicenseFilterConfig, description="Which licences of pool clips a sample may use."
+    )
+    image_metadata: list[str] = Field(
+        default_factory=list,
+        description="Licence and attribution files of the images (fsspec URLs; .csv with a header, .jsonl or "
+        ".parquet): an `image` column and any of `license`, `attribution`, `source_url`, `title`. `image` is "
+        "matched against each image's id, then against its URI (a tar's URI credits all of its images). The values "
+        "go into each manifest row and ATTRIBUTION.md / ATTRIBUTION.csv.",
     )
 
 

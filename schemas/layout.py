@@ -51,8 +51,8 @@ class PoolLayout:
     # The format pool.json records; a pool of another format is refused, not read.
     # 2: the clips table has error_kind (pool_clips v2). 3: a pack of the clips at each mix rate per
     # part (audio/<rate>/<part>.tar), located by loudness_at_rates (pool_clips v3). 4: variant clips
-    # (pool_clips v4).
-    FORMAT: ClassVar[int] = 4
+    # (pool_clips v4). 5: licence and attribution columns (pool_clips v5).
+    FORMAT: ClassVar[int] = 5
 
     root: str
 
@@ -145,8 +145,9 @@ class SonifyLayout:
     # 1: scenes/<vlm>.parquet and manifest/rejected.parquet; 2: per chunk, with images.parquet and plans/;
     # 3: one image member name for every sample (sonify.image_format), shards no longer split by format;
     # 4: matches and shard plans per chunk (matches/, plans/CCCCCC-PPPPPP.parquet), mix_clips.parquet;
-    # 5: hubness/ (the bank and the clips' biases), corrected scores in matches and manifest.
-    VERSION: ClassVar[int] = 5
+    # 5: hubness/ (the bank and the clips' biases), corrected scores in matches and manifest;
+    # 6: licences: each clip's credit in mix_clips.parquet, image_credits.parquet, ATTRIBUTION.md/.csv.
+    VERSION: ClassVar[int] = 6
 
     root: str
 
@@ -176,6 +177,19 @@ class SonifyLayout:
         is. Derived from the pool, and written anew by every run until a chunk has been searched (after
         that the pool may not change); planning tasks read it."""
         return join(self.root, "mix_clips.parquet")
+
+    def image_credits(self) -> str:
+        """The credit of every listed image that sonify.image_metadata names; written with mix_clips,
+        and by the same rule."""
+        return join(self.root, "image_credits.parquet")
+
+    def attribution_csv(self) -> str:
+        """One row per clip and image used whose licence asks for credit (stages.licences.spdx.requires_credit)."""
+        return join(self.root, "ATTRIBUTION.csv")
+
+    def attribution_md(self) -> str:
+        """The same credits as a page to publish with the dataset."""
+        return join(self.root, "ATTRIBUTION.md")
 
     def matches_folder(self) -> str:
         return join(self.root, "matches")

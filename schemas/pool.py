@@ -50,18 +50,28 @@ _CLIP_FIELDS = [
     pa.field("parent_clip_id", pa.string()),
     pa.field("variant", pa.string()),
     pa.field("variant_chain", pa.string()),
+    # Who may use the clip and whom to credit, from pool.metadata or the columns pool.parquet names:
+    # the licence as an SPDX-style id (stages.licences.spdx), the value as given, the author or credit,
+    # where the recording is published and its title; null where no metadata names the source. A
+    # variant clip carries its parent's (it shares the source). Set when a part is written and
+    # rewritten in place when the metadata changes; audio and embeddings stay.
+    pa.field("license", pa.string()),
+    pa.field("license_raw", pa.string()),
+    pa.field("attribution", pa.string()),
+    pa.field("source_url", pa.string()),
+    pa.field("title", pa.string()),
 ]
 
 # What the standardize stage hands to the embed stage: one row per clip (the audio stays in its part
 # file), plus how many rows its part has, so the writer knows when a part is complete.
 STANDARDIZED_CLIPS = versioned(
-    "standardized_clips", 4, [*_CLIP_FIELDS, pa.field("part_rows", pa.int32(), nullable=False)]
+    "standardized_clips", 5, [*_CLIP_FIELDS, pa.field("part_rows", pa.int32(), nullable=False)]
 )
 
 # pool.dir/clips/<part>.parquet: the pool table. Written last for a part, so it is the part's
 # completion marker. 3: loudness_at_rates locates each clip in the part's pack at that rate. 4: variant
-# clips and their parents.
-POOL_CLIPS = versioned("pool_clips", 4, _CLIP_FIELDS)
+# clips and their parents. 5: licence and attribution of each clip's source.
+POOL_CLIPS = versioned("pool_clips", 5, _CLIP_FIELDS)
 
 # pool.dir/audio/<part>.parquet: the standardized clip audio, FLAC-encoded, one row per clip.
 POOL_AUDIO = versioned(
@@ -91,7 +101,7 @@ def embedded_clips_schema(dim: int) -> pa.Schema:
     null for silent and error rows."""
     return versioned(
         "embedded_clips",
-        4,
+        5,
         [*STANDARDIZED_CLIPS, pa.field("embedding", pa.list_(pa.float32(), dim))],
     )
 

@@ -59,6 +59,31 @@ class ParquetSourceConfig(ConfigSection):
         description="Column of unique values naming each row of a Parquet source (`column.field` reaches "
         "into a struct, e.g. audio.path); the row's source URI is `<file>#<id>`. Unset: the row number.",
     )
+    license_column: str | None = Field(
+        None,
+        description="Column of a Parquet source holding each row's licence (any spelling; normalized to an "
+        "SPDX-style id, see docs/pool.md#licences-and-attribution). A pool.metadata row for the same source wins "
+        "over the columns. Unset: none.",
+    )
+    attribution_column: str | None = Field(
+        None, description="Column of a Parquet source holding each row's author or credit line. Unset: none."
+    )
+    source_url_column: str | None = Field(
+        None, description="Column of a Parquet source holding where each row's recording is published. Unset: none."
+    )
+    title_column: str | None = Field(
+        None, description="Column of a Parquet source holding each row's title. Unset: none."
+    )
+
+    def metadata_columns(self) -> dict[str, str]:
+        """Metadata field (license, attribution, source_url, title) -> the Parquet column set for it."""
+        named = {
+            "license": self.license_column,
+            "attribution": self.attribution_column,
+            "source_url": self.source_url_column,
+            "title": self.title_column,
+        }
+        return {field: column for field, column in named.items() if column}
 
 
 class VariantConfig(ConfigSection):
@@ -151,7 +176,17 @@ class PoolConfig(ConfigSection):
         False, description="Re-read sources whose last attempt ended in an error row, even if unchanged."
     )
     parquet: ParquetSourceConfig = Field(
-        default_factory=ParquetSourceConfig, description="How Parquet sources hold their audio."
+        default_factory=ParquetSourceConfig,
+        description="How Parquet sources hold their audio, and the columns holding each row's licence and credit.",
+    )
+    metadata: list[str] = Field(
+        default_factory=list,
+        description="Licence and attribution files (fsspec URLs; .csv with a header, .jsonl or .parquet): a "
+        "`source` column and any of `license`, `attribution`, `source_url`, `title`. `source` is matched against "
+        "each source's full URI as the clips table stores it, then against its base name (file name, or a tar "
+        "member's or Parquet row id's); a base name shared by two sources is an error. The values land in the clips "
+        "table; changing them rewrites only the clips files, never audio or embeddings. See "
+        "docs/pool.md#licences-and-attribution.",
     )
     index: IndexConfig = Field(default_factory=IndexConfig, description="FAISS index over non-silent clips.")
     variants: list[VariantConfig] = Field(

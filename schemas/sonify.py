@@ -114,16 +114,22 @@ MANIFEST_CONCEPT = pa.struct(
         pa.field("target_lufs", pa.float64()),
         pa.field("clip_lufs", pa.float64()),
         pa.field("gain_db", pa.float64()),
+        # The clip's licence (SPDX-style id, null where the pool has none), author or credit, where
+        # its recording is published and its title, from the pool's clips table.
+        pa.field("license", pa.string()),
+        pa.field("attribution", pa.string()),
+        pa.field("source_url", pa.string()),
+        pa.field("title", pa.string()),
     ]
 )
 
 # sonify.out/manifest/NNNNNN.parquet (one per shard) and manifest/rejected-NNNNNN.parquet (one per
 # chunk of images: scenes that became no sample, with the reason in `error`).
 # 2: the shard's image (extension, size) beside the source's; 3: error_kind as well; 4: each concept's
-# corrected_cosine beside its raw cosine.
+# corrected_cosine beside its raw cosine; 5: the licence and credit of each concept's clip and of the image.
 MANIFEST = versioned(
     "manifest",
-    4,
+    5,
     [
         pa.field("key", pa.string(), nullable=False),
         pa.field("image_id", pa.string(), nullable=False),
@@ -140,6 +146,12 @@ MANIFEST = versioned(
         pa.field("vlm", pa.string(), nullable=False),
         pa.field("prompt_version", pa.string()),
         pa.field("caption", pa.string()),
+        # The image's licence, author or credit, where it is published and its title, from
+        # sonify.image_metadata; null where it names none.
+        pa.field("image_license", pa.string()),
+        pa.field("image_attribution", pa.string()),
+        pa.field("image_source_url", pa.string()),
+        pa.field("image_title", pa.string()),
         pa.field("concepts", pa.list_(MANIFEST_CONCEPT)),
         pa.field("dropped_concepts", pa.int32()),
         pa.field("mix_gain_db", pa.float64()),
@@ -175,23 +187,35 @@ MANIFEST_POOL_READS = ("pool_bytes_read", "pool_clip_bytes")
 # a shard's manifest rows before mixing, each with the location of every concept's clip (in the
 # order of `concepts`), so a writer reads no pool table of its own.
 # 2: manifest rows plus clip parts, replacing IPC bytes; 3: the manifest of version 3;
-# 4: clip locations (byte ranges) instead of parts; 5: the manifest of version 4.
+# 4: clip locations (byte ranges) instead of parts; 5: the manifest of version 4; 6: of version 5.
 SHARD_PLANS = versioned(
     "shard_plans",
-    5,
+    6,
     [*MANIFEST, pa.field("clip_locations", pa.list_(CLIP_LOCATION), nullable=False)],
 )
 # sonify.out/mix_clips.parquet: every pool clip audible at mix.sample_rate, sorted by clip_id; the
-# clips planning may choose, their loudness at that rate, and where their audio is.
+# clips planning may choose (sonify.licenses allows), their loudness at that rate, where their audio
+# is, and their credit for the manifest. 2: the credit columns.
 MIX_CLIPS = versioned(
     "mix_clips",
-    1,
+    2,
     [
         pa.field("clip_id", pa.string(), nullable=False),
         pa.field("lufs", pa.float64(), nullable=False),
         pa.field("part", pa.string(), nullable=False),
         pa.field("audio_offset", pa.int64(), nullable=False),
         pa.field("audio_bytes", pa.int64(), nullable=False),
+        *(MANIFEST_CONCEPT.field(name) for name in ("license", "attribution", "source_url", "title")),
+    ],
+)
+# sonify.out/image_credits.parquet: the credit of every listed image that sonify.image_metadata
+# names, sorted by image_id; planning puts it in the image's manifest rows.
+IMAGE_CREDITS = versioned(
+    "image_credits",
+    1,
+    [
+        pa.field("image_id", pa.string(), nullable=False),
+        *(pa.field(f"image_{name}", pa.string()) for name in ("license", "attribution", "source_url", "title")),
     ],
 )
 # The retrieval and planning stages' work, one row per chunk of images still to plan.

@@ -1,7 +1,7 @@
 """Imports point one way, read from the source's import graph: schemas <- stages <- demo <- pipelines,
 only the runner knows Ray, and of the product only the command line builds the demo's models and
 sample. Inside stages, the domain packages are layered too: a package imports
-only itself and packages of a lower layer (io <- audio, images, report <- embed, vlm <- search <-
+only itself and packages of a lower layer (io <- audio, images, licences, report <- embed, vlm <- search <-
 pairing), with the shared stage base and errors below them all."""
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ STAGE_LAYERS = {
     "audio": 2,
     "images": 2,
     "report": 2,
+    "licences": 2,
     "embed": 3,
     "vlm": 3,
     "search": 4,

@@ -9,7 +9,7 @@ import pytest
 
 from pipelines.config import validate_config
 from pipelines.sonify.plans import number_shards
-from schemas import MATCHES, MIX_CLIPS, SCENES, make_table
+from schemas import IMAGE_CREDITS, MATCHES, MIX_CLIPS, SCENES, make_table
 from schemas.layout import SonifyLayout
 from stages.io import storage
 from stages.pairing.plan_stage import PlanChunks, plans_table
@@ -77,6 +77,11 @@ def pool_clips(inaudible: set[str] = frozenset()) -> pa.Table:
             "part": [f"part-{int(c[-2:]) // 8}" for c in ids],
             "audio_offset": [512 + 20_000 * (int(c[-2:]) % 8) for c in ids],
             "audio_bytes": [19_000 + int(c[-2:]) for c in ids],
+            # Even clips are CC-BY-4.0 by an author named after them, odd ones have no licence.
+            "license": ["CC-BY-4.0" if int(c[-2:]) % 2 == 0 else None for c in ids],
+            "attribution": [f"author of {c}" if int(c[-2:]) % 2 == 0 else None for c in ids],
+            "source_url": [f"https://example.org/{c}" if int(c[-2:]) % 2 == 0 else None for c in ids],
+            "title": [f"title of {c}" if int(c[-2:]) % 2 == 0 else None for c in ids],
         },
     )
 
@@ -276,6 +281,7 @@ def test_the_plan_stage_returns_a_row_describing_the_files_it_wrote(tmp_path):
     storage.write_parquet(layout.scenes("given", chunk), chunk_scenes())
     storage.write_parquet(layout.matches(chunk), matches_of(TEXTS))
     storage.write_parquet(layout.mix_clips(), pool_clips())
+    storage.write_parquet(layout.image_credits(), IMAGE_CREDITS.empty_table())
     search = {
         "chunk": chunk,
         "matches_url": layout.matches(chunk),
@@ -307,3 +313,33 @@ def test_the_plan_stage_returns_a_row_describing_the_files_it_wrote(tmp_path):
     assert number_shards(plans_table([row, {**row, "chunk": "000004"}]))[0].column("plan_url").to_pylist() == (
         row["shard_plan_urls"] * 2
     )
+
+
+def test_each_concept_carries_its_clips_credit_and_each_row_its_images():
+    credits = make_table(
+        IMAGE_CREDITS,
+        {
+            "image_id": ["img-001", "not-in-chunk"],
+            "image_license": ["CC-BY-SA-4.0", "CC0-1.0"],
+            "image_attribution": ["a photographer", None],
+            "image_source_url": ["https://example.org/img-001", None],
+            "image_title": ["a street", None],
+        },
+    )
+    plan = plan_chunk(config(), chunk_scenes(), matches_of(TEXTS), pool_clips(), credits)
+    rows = [row for shard in plan.shards for row in shard.to_pylist()]
+    concepts = [c for row in rows for c in row["concepts"]]
+    assert {int(c["clip_id"][-2:]) % 2 for c in concepts} == {0, 1}, "the plan uses clips with and without credit"
+    for concept in concepts:
+        if int(concept["clip_id"][-2:]) % 2 == 0:
+            assert concept["license"] == "CC-BY-4.0"
+            assert concept["attribution"] == f"author of {concept['clip_id']}"
+            assert concept["source_url"] == f"https://example.org/{concept['clip_id']}"
+            assert concept["title"] == f"title of {concept['clip_id']}"
+        else:
+            assert [concept[k] for k in ("license", "attribution", "source_url", "title")] == [None] * 4
+    by_image = {row["image_id"]: row for row in rows}
+    assert by_image["img-001"]["image_license"] == "CC-BY-SA-4.0"
+    assert by_image["img-001"]["image_attribution"] == "a photographer"
+    assert by_image["img-001"]["image_title"] == "a street"
+    assert all(row["image_license"] is None for image_id, row in by_image.items() if image_id != "img-001")

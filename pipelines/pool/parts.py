@@ -11,6 +11,7 @@ from collections import Counter
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from pipelines.pool.credits import SourceCredits
 from schemas import POOL_CLIPS, embeddings_schema, make_table
 from schemas.layout import PoolLayout
 from stages.audio.packs import locate_in_pack, repack
@@ -72,10 +73,11 @@ def prune_stale(paths: PoolLayout, stale: dict[str, set[str]], mix_rates: list[i
 
 class PartFiles:
     """Writes a part whose rows are all in: embeddings first, then the clips file that marks the
-    part complete; and counts what the written parts hold."""
+    part complete, with its sources' credits; and counts what the written parts hold."""
 
-    def __init__(self, paths: PoolLayout, dim: int) -> None:
+    def __init__(self, paths: PoolLayout, dim: int, credits: SourceCredits) -> None:
         self.paths = paths
+        self.credits = credits
         self.embeddings_schema = embeddings_schema(dim)
         self.written_parts: list[str] = []
         self.clips = self.silent = self.embedded = self.variants = 0
@@ -91,7 +93,8 @@ class PartFiles:
                 {"clip_id": embedded.column("clip_id"), "embedding": embedded.column("embedding")},
             ),
         )
-        storage.write_parquet(self.paths.clips(part), make_table(POOL_CLIPS, rows.select(POOL_CLIPS.names)))
+        clips = self.credits.fill(rows.select(POOL_CLIPS.names))
+        storage.write_parquet(self.paths.clips(part), make_table(POOL_CLIPS, clips))
         errors = [e for e in rows.column("error").to_pylist() if e]
         self.errors.extend(errors)
         self.error_kinds.update(k for k in rows.column("error_kind").to_pylist() if k)

@@ -10,6 +10,7 @@ from dataclasses import replace
 
 from pipelines.config import dump_config
 from pipelines.grouped_writer import GroupedWriter
+from pipelines.pool.credits import relabel_parts, source_credits
 from pipelines.pool.index import update_index
 from pipelines.pool.parts import PartFiles, prune_stale, remove_unfinished_parts
 from pipelines.pool.plan import PLAN_COLUMNS, group_parts, plan_work
@@ -74,7 +75,16 @@ def run_pool(config: RunConfig) -> dict:
         )
         for s in sources
     ]
-    plan = plan_work(sources, store.clips(PLAN_COLUMNS), config.pool.retry_errors)
+    stored = store.clips(PLAN_COLUMNS)
+    credits = source_credits(config.pool, sources, stored.column("source_uri").to_pylist())
+    if credits.unmatched_keys:
+        log.warning(
+            "%d pool.metadata keys match no source (first: %s)",
+            len(credits.unmatched_keys),
+            ", ".join(credits.unmatched_keys[:3]),
+        )
+    plan = plan_work(sources, stored, config.pool.retry_errors)
+    del stored
     parts = group_parts(plan.to_process, config.pool.files_per_part)
     log.info(
         "%d source files listed: %d to process in %d parts, %d unchanged",
@@ -84,7 +94,7 @@ def run_pool(config: RunConfig) -> dict:
         plan.unchanged,
     )
 
-    writer = PartFiles(paths, identity["dim"])
+    writer = PartFiles(paths, identity["dim"], credits)
     if parts.num_rows:
         grouped = GroupedWriter(
             "pool",
@@ -103,6 +113,7 @@ def run_pool(config: RunConfig) -> dict:
     pruned_parts = prune_stale(
         paths, {part: uris for part, uris in plan.stale.items() if part not in written}, config.pool.mix_sample_rates
     )
+    relabelled = relabel_parts(paths, credits, written)
     index = update_index(paths, config)
 
     summary = {
@@ -112,6 +123,11 @@ def run_pool(config: RunConfig) -> dict:
         "files_unchanged": plan.unchanged,
         "parts_written": len(writer.written_parts),
         "parts_pruned": pruned_parts,
+        # Earlier parts whose clips files were rewritten because their sources' metadata changed.
+        "parts_relabelled": relabelled,
+        # pool.metadata keys that matched no listed or stored source (the first MAX_REPORTED_ERRORS).
+        "metadata_keys_unmatched": len(credits.unmatched_keys),
+        "metadata_keys_unmatched_first": credits.unmatched_keys[:MAX_REPORTED_ERRORS],
         "clips_added": writer.clips,
         "silent_clips_added": writer.silent,
         "variant_clips_added": writer.variants,

@@ -13,7 +13,7 @@ from stages.audio.loudness import audible_clip_loudness
 
 def pool_totals(store: PoolStore, config: RunConfig) -> dict:
     table = store.clips(
-        ["clip_id", "source_uri", "lufs", "loudness_at_rates", "silent", "error", "error_kind", "variant"]
+        ["clip_id", "source_uri", "lufs", "loudness_at_rates", "silent", "error", "error_kind", "variant", "license"]
     )
     ok = table.filter(pc.is_null(table.column("error")))
     indexed = ok.filter(pc.invert(ok.column("silent")))
@@ -25,6 +25,9 @@ def pool_totals(store: PoolStore, config: RunConfig) -> dict:
         "silent_clips": int(pc.sum(ok.column("silent")).as_py() or 0),
         "variant_clips": dict(sorted(Counter(v for v in ok.column("variant").to_pylist() if v).items())),
         "error_rows": table.num_rows - ok.num_rows,
+        # Clips (variants included) per licence id, and those whose source no metadata names.
+        "clips_by_license": dict(sorted(Counter(v for v in ok.column("license").to_pylist() if v).items())),
+        "clips_without_license": ok.column("license").null_count,
         "errors_by_kind": dict(sorted(kinds.items())),
         # Indexed clips that no mix at that rate may use (see loudness.audible_at_rate).
         "inaudible_at_mix_rates": {
@@ -53,6 +56,9 @@ def format_summary(summary: dict) -> str:
         f"variants: {sum(pool['variant_clips'].values())}{_kinds(pool['variant_clips'])}, inaudible at mix rates: "
         + ", ".join(f"{n} at {rate} Hz" for rate, n in pool["inaudible_at_mix_rates"].items()),
         f"  index:    {kind}, {index['size']} vectors ({index['action']})",
+        f"  licences: {pool['clips_without_license']} clips without one{_kinds(pool['clips_by_license'])}; "
+        f"{summary['parts_relabelled']} parts relabelled, {summary['metadata_keys_unmatched']} metadata keys "
+        "matched no source",
     ]
     lines += [f"  error:    {reason}" for reason in summary["error_reasons"][:10]]
     if summary["errors"] > 10:

@@ -25,7 +25,7 @@ EXECUTION_SETTINGS = ("concurrency", "num_gpus", "num_cpus", "timeout_s", "retri
 # Retrieval settings that decide only what recall is measured, not which clips are found.
 MEASUREMENT_SETTINGS = ("recall_sample", "recall_every")
 # Pool settings that decide how the pool is built from its sources, which sonify never reads.
-POOL_BUILD_SETTINGS = ("sources", "files_per_part", "retry_errors", "parquet")
+POOL_BUILD_SETTINGS = ("sources", "files_per_part", "retry_errors", "parquet", "metadata")
 RESUME_REMEDY = "this version cannot resume that run: run sonify again into a new sonify.out"
 RENDER_REMEDY = "render reads manifests of this version only: sonify the images again with this version"
 

@@ -16,6 +16,7 @@ from pipelines.sonify.checks import (
     check_same_run,
     has_searched,
 )
+from pipelines.sonify.credits import write_attribution, write_image_credits
 from pipelines.sonify.listing import chunk_listing, image_listing
 from pipelines.sonify.matching import search_totals
 from pipelines.sonify.plans import number_shards, retrieve_and_plan
@@ -24,6 +25,7 @@ from pipelines.sonify.writing import manifest_counts, write_shards
 from schemas.config import RunConfig
 from schemas.layout import SonifyLayout
 from stages.io import storage
+from stages.licences.spdx import allowed_rows
 from stages.report.sonify import exposure
 
 log = logging.getLogger(__name__)
@@ -54,6 +56,17 @@ def run_sonify(config: RunConfig) -> dict:
     tick = time.monotonic()
     listing, listed = image_listing(config, layout)
     chunks = chunk_listing(listing.num_rows, config.sonify.images_per_chunk)
+    # Like mix_clips, fixed once a chunk is searched, so that every chunk is planned with the same credits.
+    if not has_searched(layout) or not storage.exists(layout.image_credits()):
+        images_credited, image_keys_unmatched = write_image_credits(config, layout, listing)
+    else:
+        images_credited, image_keys_unmatched = storage.parquet_rows(layout.image_credits()), []
+    if image_keys_unmatched:
+        log.warning(
+            "%d sonify.image_metadata keys match no image (first: %s)",
+            len(image_keys_unmatched),
+            ", ".join(image_keys_unmatched[:3]),
+        )
     seconds["list_images"] = time.monotonic() - tick
     log.info(
         "%d images listed, in %d chunks of up to %d", listing.num_rows, len(chunks), config.sonify.images_per_chunk
@@ -68,9 +81,11 @@ def run_sonify(config: RunConfig) -> dict:
 
     tick = time.monotonic()
     store = PoolStore(paths)
-    mixable, inaudible = store.mixable_clips(
+    audible, inaudible = store.mixable_clips(
         config.mix.sample_rate, config.pool.silence_lufs, config.pool.max_band_loss_lu
     )
+    mixable, denied = allowed_rows(audible, config.sonify.licenses.allow, config.sonify.licenses.deny)
+    del audible
     # Once a chunk is searched the pool cannot change (check_same_pool), so neither can this table:
     # a rerun leaves it, and the files of a finished run, untouched.
     if not has_searched(layout) or not storage.exists(layout.mix_clips()):
@@ -87,6 +102,7 @@ def run_sonify(config: RunConfig) -> dict:
     seconds["mix_and_write"] = time.monotonic() - tick
 
     written = manifest_counts(layout)
+    credits = write_attribution(layout)
     summary = {
         "out": layout.root,
         "images": {
@@ -109,6 +125,16 @@ def run_sonify(config: RunConfig) -> dict:
         # Concepts whose neighbours were all inaudible at the mix rate or already used by the sample.
         "concepts_without_usable_clip": planned["concepts_no_usable_clip"],
         "pool_clips_inaudible_at_mix_rate": inaudible,
+        # Audible pool clips that sonify.licenses removed before any choice, per licence (`unknown`: none).
+        "pool_clips_denied_by_license": dict(sorted(denied.items())),
+        # Distinct clips used by the written samples, per licence; and what ATTRIBUTION.md credits.
+        "clips_used_by_license": credits["clips_by_license"],
+        "attribution": {
+            "clips_credited": credits["credited_clips"],
+            "images_credited": credits["credited_images"],
+            "images_with_metadata": images_credited,
+            "image_metadata_keys_unmatched": len(image_keys_unmatched),
+        },
         "threshold_fallbacks": planned["fallbacks"],
         "samples": written.samples,
         "rejected": planned["rejected"] + sum(written.failed_by_kind.values()),
@@ -145,6 +171,10 @@ def exposure_line(numbers: dict) -> str:
         f"top-{numbers['top_clips']} share {numbers['top_clips_share']:.3f}, Gini {numbers['gini']:.3f}, "
         f"pool hubness (k-occurrence skewness) {'n/a' if skew is None else f'{skew:.2f}'}"
     )
+
+
+def licenses_line(counts: dict[str, int]) -> str:
+    return ", ".join(f"{n} {license}" for license, n in counts.items()) or "none"
 
 
 def search_line(search: dict) -> str:
@@ -186,6 +216,9 @@ def format_summary(summary: dict) -> str:
         f"  samples:  {summary['samples']} written, {summary['rejected']} rejected, "
         f"{summary['distinct_clips_used']} distinct clips used",
         f"  exposure: {exposure_line(summary['exposure'])}",
+        f"  licences: clips used {licenses_line(summary['clips_used_by_license'])}; pool clips denied "
+        f"{licenses_line(summary['pool_clips_denied_by_license'])}; ATTRIBUTION.md credits "
+        f"{summary['attribution']['clips_credited']} clips and {summary['attribution']['images_credited']} images",
         f"  pool:     {summary['pool_bytes_read'] / 1e6:.1f} MB read to mix "
         f"{summary['pool_bytes_of_clips_used'] / 1e6:.1f} MB of clips",
         f"  time:     {summary['wall_seconds']:.1f} s  "

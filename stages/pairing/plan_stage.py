@@ -53,6 +53,7 @@ class PlanChunks(Stage):
         self.layout = layout
         self.config = config
         self.mix_clips: pa.Table | None = None
+        self.image_credits: pa.Table | None = None
 
     def resources(self) -> Resources:
         return Resources(num_cpus=1, batch_size=1)
@@ -62,6 +63,7 @@ class PlanChunks(Stage):
 
     def setup(self) -> None:
         self.mix_clips = storage.read_parquet(self.layout.mix_clips())
+        self.image_credits = storage.read_parquet(self.layout.image_credits())
 
     def process_batch(self, batch: pa.Table) -> pa.Table:
         rows = []
@@ -73,7 +75,8 @@ class PlanChunks(Stage):
             scenes = pa.concat_tables(
                 storage.read_parquet(self.layout.scenes(vlm.name, chunk)) for vlm in self.config.models.vlm
             )
-            plan = plan_chunk(self.config, scenes, storage.read_parquet(search["matches_url"]), self.mix_clips)
+            matches = storage.read_parquet(search["matches_url"])
+            plan = plan_chunk(self.config, scenes, matches, self.mix_clips, self.image_credits)
             for position, shard in enumerate(plan.shards):
                 storage.write_parquet(self.layout.chunk_shard_plan(chunk, position), shard)
             storage.write_parquet(self.layout.rejected(chunk), plan.rejected)

@@ -93,12 +93,19 @@ def corrected_by_text(matches: pa.Table) -> Corrected | None:
     }
 
 
+# The credit of a clip or image as the manifest carries it, by field (license, attribution, source_url, title).
+CREDIT_NAMES = ("license", "attribution", "source_url", "title")
+NO_CREDIT = dict.fromkeys(CREDIT_NAMES)
+
+
 @dataclass(frozen=True)
 class MixableClips:
-    """The rows of MIX_CLIPS for some clip ids: the ones a mix may use (audible at the mix rate)."""
+    """The rows of MIX_CLIPS for some clip ids: the ones a mix may use (audible at the mix rate,
+    allowed by sonify.licenses), with their credit."""
 
     lufs: dict[str, float]
     locations: dict[str, tuple[str, int, int]]
+    credits: dict[str, dict[str, str | None]]
 
 
 def mixable_clips(mix_clips: pa.Table, clip_ids: Iterable[str]) -> MixableClips:
@@ -112,7 +119,20 @@ def mixable_clips(mix_clips: pa.Table, clip_ids: Iterable[str]) -> MixableClips:
     return MixableClips(
         lufs=dict(zip(ids, rows["lufs"])),
         locations={c: (p, o, s) for c, p, o, s in zip(ids, rows["part"], rows["audio_offset"], rows["audio_bytes"])},
+        credits={c: dict(zip(CREDIT_NAMES, v)) for c, *v in zip(ids, *(rows[n] for n in CREDIT_NAMES))},
     )
+
+
+def image_credits_of(image_credits: pa.Table, image_ids: Iterable[str]) -> dict[str, dict[str, str | None]]:
+    """image_id -> its credit (the IMAGE_CREDITS row, without the `image_` prefix of its columns) for
+    the ids asked for that the table holds, looked up without copying the run-sized table."""
+    wanted = pa.array(sorted(set(image_ids)), pa.string())
+    positions = pc.index_in(wanted, value_set=image_credits.column("image_id"))
+    rows = image_credits.take(positions.filter(pc.is_valid(positions))).to_pydict()
+    return {
+        image_id: dict(zip(CREDIT_NAMES, values))
+        for image_id, *values in zip(rows["image_id"], *(rows[f"image_{n}"] for n in CREDIT_NAMES))
+    }
 
 
 def clip_locations(clips: pa.Table, rate: int, clip_ids: Iterable[str]) -> dict[str, tuple[str, int, int]]:
@@ -136,11 +156,16 @@ def plan_samples(
     found: Matches,
     clip_lufs: Mapping[str, float],
     corrected: Corrected | None = None,
+    clip_credits: Mapping[str, Mapping[str, str | None]] | None = None,
+    image_credits: Mapping[str, Mapping[str, str | None]] | None = None,
 ) -> tuple[list[dict], list[dict], Counter]:
     """Manifest rows of every sample (audio fields still empty, sorted by key) and of every rejected
     scene, and the counts of dropped concepts and threshold fallbacks. retrieval.max_uses_per_clip
     counts uses over the scenes given (a chunk), taken in key order so that the order of the rows
-    does not matter."""
+    does not matter. Each concept carries its clip's credit and each row its image's, from
+    `clip_credits` and `image_credits` (null where they hold none)."""
+    clip_credits = clip_credits or {}
+    image_credits = image_credits or {}
     samples, rejected, counts = [], [], Counter()
     uses: Counter = Counter()
     keyed = sorted(
@@ -158,6 +183,7 @@ def plan_samples(
             "vlm": scene["vlm"],
             "prompt_version": config.prompt.version,
             "caption": scene["caption"],
+            **{f"image_{k}": v for k, v in image_credits.get(scene["image_id"], NO_CREDIT).items()},
             "sample_rate": config.mix.sample_rate,
             "duration_s": config.pool.clip_seconds,
             "seed": config.seed,
@@ -214,6 +240,7 @@ def plan_samples(
                     "target_lufs": float(target),
                     "clip_lufs": float(clip_level),
                     "gain_db": float(gain),
+                    **clip_credits.get(choice.clip_id, NO_CREDIT),
                 }
             )
         samples.append(row)
@@ -261,11 +288,26 @@ class ChunkPlan:
     stats: dict  # CHUNK_COUNTS, the shard count and the first rejection reasons
 
 
-def plan_chunk(config: RunConfig, scenes: pa.Table, matches: pa.Table, mix_clips: pa.Table) -> ChunkPlan:
-    """The plan of one chunk from its scenes (every VLM's), its matches and the pool's MIX_CLIPS."""
+def plan_chunk(
+    config: RunConfig,
+    scenes: pa.Table,
+    matches: pa.Table,
+    mix_clips: pa.Table,
+    image_credits: pa.Table | None = None,
+) -> ChunkPlan:
+    """The plan of one chunk from its scenes (every VLM's), its matches, the pool's MIX_CLIPS and the
+    run's IMAGE_CREDITS (None: no image has one)."""
     found = matches_by_text(matches)
     clips = mixable_clips(mix_clips, (c for ids, _ in found.values() for c in ids))
-    samples, rejected, counts = plan_samples(config, scenes, found, clips.lufs, corrected_by_text(matches))
+    samples, rejected, counts = plan_samples(
+        config,
+        scenes,
+        found,
+        clips.lufs,
+        corrected_by_text(matches),
+        clips.credits,
+        image_credits_of(image_credits, scenes.column("image_id").to_pylist()) if image_credits is not None else None,
+    )
     image_bytes = {
         sample_key(i, v): n or 0
         for i, v, n in zip(*[scenes.column(c).to_pylist() for c in ("image_id", "vlm", "num_bytes")])
