@@ -50,6 +50,9 @@ def png_bytes(width: int, height: int, seed: int) -> bytes:
     return buffer.getvalue()
 
 
+CLIP_LICENSES = {0: "CC-BY-4.0", 1: "CC-BY-4.0", 2: "CC0-1.0", 3: "CC0-1.0"}
+
+
 def concept(label: str, text: str, clip: int, cosine: float, target: float) -> dict:
     return {
         "label": label,
@@ -63,6 +66,8 @@ def concept(label: str, text: str, clip: int, cosine: float, target: float) -> d
         "target_lufs": target,
         "clip_lufs": -20.0,
         "gain_db": target + 20.0,
+        # As the pool below has it: clips 0 and 1 are CC-BY-4.0, 2 and 3 CC0, the others have no licence.
+        "license": CLIP_LICENSES.get(clip),
     }
 
 
@@ -254,6 +259,7 @@ def write_run(root: str) -> dict:
             "part": "part-1",
             "error": None,
             "error_kind": None,
+            "license": CLIP_LICENSES.get(c),
         }
         for c in range(6)
     ]
@@ -407,6 +413,11 @@ def test_sonify_report_counts_problems_gallery_and_escaping(local_run):
     assert ("samples written", str(len(written))) in rows
     assert ("distinct clips used", str(len({c["clip_id"] for r in written for c in r["concepts"]}))) in rows
     assert ("concepts in written samples", str(sum(len(r["concepts"]) for r in written))) in rows
+    used = {c["clip_id"] for r in written for c in r["concepts"]}
+    for license in ("CC-BY-4.0", "CC0-1.0", None):
+        clips = {c for c in used if CLIP_LICENSES.get(int(c.rsplit("-", 1)[1])) == license}
+        what = f"distinct clips used under {license}" if license else "distinct clips used without a licence"
+        assert clips and (what, str(len(clips))) in rows
     assert ("images decoded", str(SAMPLES + 1 + len(REJECTED) - 2)) in rows
 
     problems = {p["kind"]: p for p in json.loads(storage.read_bytes(f"{folder}/report.json"))["problems"]}
@@ -502,6 +513,9 @@ def test_pool_report(local_run):
         ("silent clips (never retrieved)", "1"),
         ("clips with zero padding", "1"),
         ("clips in the index", "5"),
+        ("clips under CC-BY-4.0", "2"),
+        ("clips under CC0-1.0", "2"),
+        ("clips without a licence", "2"),
     } <= rows
     report = json.loads(storage.read_bytes(index.replace("index.html", "report.json")))
     assert report["problems"] == [

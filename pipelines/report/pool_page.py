@@ -29,11 +29,13 @@ def pool_report(config: RunConfig) -> str:
             durations = report_pool.source_durations(con)
             loudness = report_pool.clip_loudness(con)
             silent, audible = report_pool.silent_share(con)
+            licenses = report_pool.license_counts(con)
     except ReportInputError as exc:
         raise ReportError(str(exc)) from None
     index_meta = pool.index_meta()
     if index_meta is not None:
         counts.append(("clips in the index", int(index_meta["size"])))
+    counts += licenses
     share = silent / (silent + audible) if silent + audible else 0.0
     figures = [
         Plot(

@@ -1,5 +1,5 @@
 """What a pool holds, counted by DuckDB over its clips table: files, formats, source durations,
-clip loudness, silence and errors by kind.
+clip loudness, silence, licences and errors by kind.
 
 The connection must hold the view `clips` (POOL_CLIPS, with `filename`).
 """
@@ -43,6 +43,14 @@ def formats(con: duckdb.DuckDBPyConnection) -> list[tuple[str, int]]:
             f"FROM {CLIPS} GROUP BY 1 ORDER BY n DESC, 1"
         ).fetchall()
     ]
+
+
+def license_counts(con: duckdb.DuckDBPyConnection) -> list[tuple[str, int]]:
+    """Clips (variants included) per licence id, most first; the clips no metadata names last."""
+    rows = con.execute(
+        f"SELECT license, count(*) AS n FROM {CLIPS} GROUP BY 1 ORDER BY license IS NULL, n DESC, 1"
+    ).fetchall()
+    return [(f"clips under {license}" if license else "clips without a licence", int(n)) for license, n in rows]
 
 
 def source_durations(con: duckdb.DuckDBPyConnection) -> Histogram:

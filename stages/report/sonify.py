@@ -93,6 +93,17 @@ def stage_counts(con: duckdb.DuckDBPyConnection) -> list[tuple[str, int]]:
     return [(what, int(n)) for what, n in counts]
 
 
+def license_counts(con: duckdb.DuckDBPyConnection) -> list[tuple[str, int]]:
+    """Distinct clips used per licence id, most first; the clips without one last."""
+    rows = con.execute(
+        "SELECT license, count(DISTINCT clip_id) AS n FROM concepts GROUP BY 1 ORDER BY license IS NULL, n DESC, 1"
+    ).fetchall()
+    return [
+        (f"distinct clips used under {license}" if license else "distinct clips used without a licence", int(n))
+        for license, n in rows
+    ]
+
+
 PROBLEMS = """
     SELECT 'image: ' || error_kind AS kind, uri AS file, error AS reason
         FROM first_vlm_scenes WHERE error_stage = 'images'
