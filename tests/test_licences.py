@@ -234,3 +234,81 @@ def test_image_keys_match_ids_then_uris(tmp_path):
         "t-b": "CC0-1.0",
     }
     assert unmatched == ["none"]
+
+
+def audio_rows(path, **columns) -> str:
+    """A Parquet file of audio rows (the bytes do not matter to listing) with extra columns."""
+    rows = len(next(iter(columns.values())))
+    table = pa.table({"audio": pa.array([b"RIFF"] * rows, pa.binary()), **columns})
+    pq.write_table(table, path, row_group_size=2)
+    return str(path)
+
+
+def test_parquet_sources_carry_their_own_columns_and_metadata_files_win(tmp_path):
+    from pipelines.pool.credits import source_credits
+    from schemas.pool_config import PoolConfig
+    from stages.io.sources import ParquetLayout, expand_audio_sources
+
+    url = audio_rows(
+        tmp_path / "rows.parquet",
+        name=["a.wav", "b.wav", "c.wav"],
+        lic=["cc-by 4.0", None, "Sampling+"],
+        who=["Ann", "Bo", None],
+    )
+    sources, _ = expand_audio_sources([url], ParquetLayout("audio", "name"))
+    meta = write_csv(tmp_path / "m.csv", "source,license,attribution\nc.wav,CC0,Cy\n")
+    pool = PoolConfig(
+        dir=str(tmp_path / "pool"),
+        metadata=[meta],
+        parquet={"id_column": "name", "license_column": "lic", "attribution_column": "who"},
+    )
+    credits = source_credits(pool, sources, [])
+    assert credits.by_uri == {
+        f"{url}#a.wav": Credit("CC-BY-4.0", "cc-by 4.0", "Ann", None, None),
+        f"{url}#b.wav": Credit(None, None, "Bo", None, None),
+        f"{url}#c.wav": Credit("CC0-1.0", "CC0", "Cy", None, None),
+    }
+    assert credits.unmatched_keys == []
+    columns = credits.columns([f"{url}#a.wav", "/elsewhere/x.wav"])
+    assert columns["license"] == ["CC-BY-4.0", None] and columns["attribution"] == ["Ann", None]
+
+
+def test_a_parquet_source_without_a_named_column_is_an_error_naming_it(tmp_path):
+    from stages.io.sources import ParquetLayout, expand_audio_sources
+    from stages.licences.parquet_columns import parquet_credits
+
+    url = audio_rows(tmp_path / "rows.parquet", name=["a.wav"])
+    sources, _ = expand_audio_sources([url], ParquetLayout("audio", "name"))
+    with pytest.raises(MetadataError, match=f"Parquet source {url}: no column 'lic'"):
+        parquet_credits(sources, {"license": "lic"})
+
+
+def test_relabelling_rewrites_only_the_clips_files_whose_credits_changed(tmp_path):
+    from pipelines.pool.credits import SourceCredits, relabel_parts
+    from schemas import POOL_CLIPS, make_table
+    from schemas.layout import PoolLayout
+    from stages.io import storage
+
+    paths = PoolLayout(str(tmp_path / "pool"))
+    for part, uri in (("part-a", "/a.wav"), ("part-b", "/b.wav")):
+        rows = {name: [None, None] for name in POOL_CLIPS.names}
+        rows |= {"clip_id": [f"{part}-0", f"{part}-1"], "source_id": ["s", "s"], "source_uri": [uri, uri]}
+        rows |= {"chunk_index": [0, 1], "part": [part, part], "license": ["CC0-1.0"] * 2, "license_raw": ["CC0"] * 2}
+        storage.write_parquet(paths.clips(part), make_table(POOL_CLIPS, rows))
+    before = {
+        part: (tmp_path / "pool" / "clips" / f"{part}.parquet").stat().st_mtime_ns for part in ("part-a", "part-b")
+    }
+    credits = SourceCredits(
+        {
+            "/a.wav": Credit("CC0-1.0", "CC0", None, None, None),
+            "/b.wav": Credit("CC-BY-4.0", "CC BY 4.0", "Bo", None, None),
+        },
+        [],
+    )
+    assert relabel_parts(paths, credits, skip=set()) == 1
+    assert (tmp_path / "pool" / "clips" / "part-a.parquet").stat().st_mtime_ns == before["part-a"]
+    b = storage.read_parquet(paths.clips("part-b"))
+    assert b.schema == POOL_CLIPS
+    assert b.column("license").to_pylist() == ["CC-BY-4.0"] * 2 and b.column("attribution").to_pylist() == ["Bo"] * 2
+    assert b.column("clip_id").to_pylist() == ["part-b-0", "part-b-1"]
+    assert relabel_parts(paths, credits, skip=set()) == 0
