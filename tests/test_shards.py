@@ -17,7 +17,7 @@ from schemas.layout import PoolLayout, SonifyLayout, shard_file, shard_id
 from stages.audio.packs import encode_flac, pack_clips, quantize_pcm16
 from stages.io.tars import tar_bytes
 from stages.pairing.shard_stage import WriteShards
-from stages.pairing.shards import plan_shards, write_shard
+from stages.pairing.shards import plan_shards, sample_metadata, write_shard
 from tests.helpers import tone
 
 
@@ -253,3 +253,36 @@ def test_a_silent_mix_and_an_unreadable_image_are_error_rows(writer_setup):
     errors = {r["key"]: r["error"] for r in manifest}
     assert "a.png: the mix of 2 sources is digital silence" in errors["a"]
     assert "c.png: not a decodable image" in errors["c"] and errors["b"] is None
+
+
+def test_a_samples_json_types_null_texts_as_empty_in_the_row_and_in_its_concepts():
+    numbers = {"cosine": 0.5, "corrected_cosine": 0.5, "ssr": 0.7, "threshold": 0.6, "n_candidates": 2}
+    numbers |= {"fallback": False, "target_lufs": -25.0, "clip_lufs": -20.0, "gain_db": -5.0}
+    licensed = {"label": "dog", "text": "a dog", "clip_id": "c1", "license": "CC-BY-4.0", "attribution": "Ann"}
+    unlicensed = {"label": "rain", "text": "rain", "clip_id": "c2"}
+    row = {name: None for name in MANIFEST.names} | {
+        "key": "k",
+        "image_id": "i",
+        "image_uri": "/i.jpg",
+        "width": 8,
+        "height": 8,
+        "shard_image_width": 8,
+        "shard_image_height": 8,
+        "vlm": "v",
+        "concepts": [licensed | numbers, unlicensed | numbers],
+        "dropped_concepts": 0,
+        "mix_gain_db": 0.0,
+        "mix_lufs": -20.0,
+        "mix_peak_dbfs": -3.0,
+        "sample_rate": 16000,
+        "duration_s": 5.0,
+        "seed": 0,
+    }
+    written = json.loads(sample_metadata(row))
+    assert written["image_license"] == "" and written["caption"] == ""
+    first, second = written["concepts"]
+    assert (first["license"], first["attribution"], first["title"]) == ("CC-BY-4.0", "Ann", "")
+    assert (second["license"], second["attribution"], second["source_url"]) == ("", "", "")
+    assert second["gain_db"] == -5.0
+    with pytest.raises(ValueError, match="sample k: gain_db is null"):
+        sample_metadata(row | {"concepts": [unlicensed | numbers | {"gain_db": None}]})

@@ -35,16 +35,25 @@ def sample_metadata(row: dict) -> bytes:
     """The sample's JSON member: its manifest row, every key present and of one type in every sample.
     Loaders infer column types from the first samples they meet (Hugging Face datasets: five, of the
     first shard), so a key null there would be typed null and a later string would fail to load. A
-    missing text is written as ""; a written sample has every number, and a null one is a broken
-    contract. A written sample has no error, so error_kind (always null there) is left out."""
+    missing text is written as "", in the row and in each of its concepts (a clip without a licence
+    among clips with one); a written sample has every number, and a null one is a broken contract. A
+    written sample has no error, so error_kind (always null there) is left out."""
     metadata = {}
     for field in MANIFEST:
         if field.name == "error_kind":
             continue
-        value = row.get(field.name)
-        if value is None:
-            if not pa.types.is_string(field.type):
-                raise ValueError(f"sample {row['key']}: {field.name} is null, and a written sample's numbers never are")
-            value = ""
+        value = _typed(row["key"], field, row.get(field.name))
+        if pa.types.is_list(field.type) and pa.types.is_struct(field.type.value_type):
+            element = field.type.value_type
+            value = [{f.name: _typed(row["key"], f, item.get(f.name)) for f in element} for item in value]
         metadata[field.name] = value
     return json.dumps(metadata, sort_keys=True).encode()
+
+
+def _typed(key: str, field: pa.Field, value):
+    """A value as the JSON member holds it: "" for a null text; a null number refused."""
+    if value is not None:
+        return value
+    if not pa.types.is_string(field.type):
+        raise ValueError(f"sample {key}: {field.name} is null, and a written sample's numbers never are")
+    return ""
