@@ -169,6 +169,9 @@ def test_summary_counts_every_file_and_error_kind(run):
         "error_rows": len(BROKEN),
         "errors_by_kind": kinds,
         "variant_clips": {},
+        # No pool.metadata: no clip has a licence.
+        "clips_by_license": {},
+        "clips_without_license": sum(clips.values()),
         # Every usable file here has its energy below 8 kHz.
         "inaudible_at_mix_rates": {"16000": 0},
     }
