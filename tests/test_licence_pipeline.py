@@ -172,6 +172,8 @@ def test_no_denied_clip_is_used_and_every_used_clip_needing_credit_is_credited_o
         "WHERE error IS NULL AND NOT silent AND license LIKE 'CC-BY-NC-%' GROUP BY 1 ORDER BY 1"
     ).fetchall()
     assert summary["pool_clips_denied_by_license"] == dict(audible_denied)
+    # The search itself skips denied clips: every concept finds an allowed one, none is dropped for want of it.
+    assert summary["concepts_without_usable_clip"] == 0 and summary["rejected"] == 0
     assert set(summary["clips_used_by_license"]) <= {"CC-BY-4.0", "CC-BY-3.0", "CC0-1.0", "unknown"}
     assert summary["attribution"]["clips_credited"] == len(needing)
     assert summary["attribution"]["images_credited"] == 1

@@ -5,6 +5,10 @@
 on a set of queries, and `sample_recall` measures the recall of a search on a sample of its own
 queries. Both take the run's concept texts as queries: pool vectors as queries would flatter an
 approximate index, since text queries sit across a modality gap from the audio vectors they search.
+
+A search may be limited to some of the index's rows (`AllowedRows`: the clips a mix may use), inside
+FAISS's own search, so that a query's top-k are the best allowed clips however many better ones
+are left out; exact search and the recall measured against it are limited alike.
 """
 
 from __future__ import annotations
@@ -93,6 +97,33 @@ def recall_at_k(approximate_rows: np.ndarray, exact_rows: np.ndarray) -> float:
 
 
 @dataclass(frozen=True)
+class AllowedRows:
+    """The index rows a search may return, where some are left out: a mask over the rows, for exact
+    search, and the same rows as a FAISS selector, for the index's own search."""
+
+    mask: np.ndarray  # bool, one per index row
+    selector: faiss.IDSelector
+
+    @classmethod
+    def of(cls, mask: np.ndarray) -> AllowedRows | None:
+        """The rows `mask` allows; None where it allows every row, so that a search without a filter
+        stays the index's plain search."""
+        mask = np.asarray(mask, dtype=bool)
+        if mask.all():
+            return None
+        return cls(mask, faiss.IDSelectorBatch(np.flatnonzero(mask).astype(np.int64)))
+
+    @property
+    def count(self) -> int:
+        return int(self.mask.sum())
+
+
+def searchable_rows(index: faiss.Index, allowed: AllowedRows | None) -> int:
+    """How many rows a search of `index` limited to `allowed` can return."""
+    return index.ntotal if allowed is None else allowed.count
+
+
+@dataclass(frozen=True)
 class RecallTarget:
     """The recall@recall_k an approximate search must reach, measured on `sample_size` of its queries."""
 
@@ -135,16 +166,29 @@ def _ladder(start: int, end: int) -> list[int]:
     return rungs
 
 
-def _setting_ladder(index: faiss.Index) -> tuple[list[int], Callable[[int], faiss.SearchParameters]]:
+def _setting_ladder(
+    index: faiss.Index, allowed: AllowedRows | None = None
+) -> tuple[list[int], Callable[[int], faiss.SearchParameters]]:
     """The rungs of an approximate index's search setting, from its own as built, and the search
-    parameters of one rung."""
+    parameters of one rung (limited to `allowed`)."""
+    selector = None if allowed is None else allowed.selector
     if isinstance(index, faiss.IndexIVFFlat):
-        return _ladder(index.nprobe, index.nlist), lambda nprobe: faiss.SearchParametersIVF(nprobe=nprobe)
+        return _ladder(index.nprobe, index.nlist), lambda nprobe: faiss.SearchParametersIVF(nprobe=nprobe, sel=selector)
     if isinstance(index, faiss.IndexHNSWFlat):
         # No efSearch makes HNSW exact; one as large as the index is as close as it gets.
         ef = index.hnsw.efSearch
-        return _ladder(ef, max(ef, index.ntotal)), lambda ef: faiss.SearchParametersHNSW(efSearch=ef)
+        return _ladder(ef, max(ef, index.ntotal)), lambda ef: faiss.SearchParametersHNSW(efSearch=ef, sel=selector)
     raise TypeError(f"no search setting known for {type(index).__name__}")
+
+
+def _parameters(index: faiss.Index, setting: int | None, allowed: AllowedRows | None) -> faiss.SearchParameters | None:
+    """The search parameters of one search: at `setting` (None: the index's own), limited to `allowed`."""
+    if isinstance(index, faiss.IndexFlat):
+        return None if allowed is None else faiss.SearchParameters(sel=allowed.selector)
+    if setting is None and allowed is None:
+        return None
+    own = index.nprobe if isinstance(index, faiss.IndexIVFFlat) else index.hnsw.efSearch
+    return _setting_ladder(index, allowed)[1](own if setting is None else setting)
 
 
 def vector_blocks(index: faiss.Index) -> Iterator[tuple[np.ndarray, np.ndarray]]:
@@ -184,15 +228,21 @@ def _candidates(
     return np.concatenate(kept_scores), np.concatenate(kept_rows)
 
 
-def exact_search(index: faiss.Index, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+def exact_search(
+    index: faiss.Index, queries: np.ndarray, k: int, allowed: AllowedRows | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Exact top-k (scores, rows) per query, best first, from the vectors a flat, IVF-Flat or
-    HNSW-Flat index holds, without a second copy of them. Meant for a few queries: FAISS 1.15
+    HNSW-Flat index holds (the `allowed` rows only), without a second copy of all of them (a block
+    with rows left out is copied without them). Meant for a few queries: FAISS 1.15
     scores fewer than a few hundred queries one at a time (with BLAS from 250 queries at d = 512),
     several times slower per query than one numpy product of all of them with each block. The
     blocks are shared among as many threads as FAISS uses; the result does not depend on how many."""
     queries = np.ascontiguousarray(queries, dtype=np.float32)
-    k = min(k, index.ntotal)
+    k = min(k, searchable_rows(index, allowed))
     blocks = list(vector_blocks(index))
+    if allowed is not None:
+        blocks = [(vectors[allowed.mask[rows]], rows[allowed.mask[rows]]) for vectors, rows in blocks]
+        blocks = [(vectors, rows) for vectors, rows in blocks if len(rows)]
     workers = max(1, min(faiss.omp_get_max_threads(), len(blocks)))
     # Consecutive runs of blocks, so the candidates come in the same order for any thread count.
     shares = [blocks[len(blocks) * i // workers : len(blocks) * (i + 1) // workers] for i in range(workers)]
@@ -205,21 +255,24 @@ def exact_search(index: faiss.Index, queries: np.ndarray, k: int) -> tuple[np.nd
     return np.take_along_axis(scores, order, axis=0).T, np.take_along_axis(rows, order, axis=0).T
 
 
-def search_queries(index: faiss.Index, queries: np.ndarray, k: int, recall: RecallTarget) -> SearchResult:
-    """Top-k of every query in one FAISS call. An approximate index is searched with the smallest
+def search_queries(
+    index: faiss.Index, queries: np.ndarray, k: int, recall: RecallTarget, allowed: AllowedRows | None = None
+) -> SearchResult:
+    """Top-k of every query in one FAISS call, among the `allowed` rows (all where None). An
+    approximate index is searched with the smallest
     setting on a doubling ladder from its own (nprobe or efSearch as built) whose recall@recall_k
     on a sample of these queries, against their exact neighbours, reaches `recall.target`; the
     ladder of an IVF ends at nprobe = nlist, which is exact. The index's own settings are never
     changed: each search passes its own."""
     queries = np.ascontiguousarray(queries, dtype=np.float32)
     if isinstance(index, faiss.IndexFlat):
-        scores, rows = index.search(queries, k)
+        scores, rows = index.search(queries, k, params=_parameters(index, None, allowed))
         return SearchResult(scores, rows, None, None, None, 0)
-    rungs, params = _setting_ladder(index)
-    # Exact rows beyond the index's size would be -1 and count as misses.
-    recall_k = min(recall.recall_k, k, index.ntotal)
+    rungs, params = _setting_ladder(index, allowed)
+    # Exact rows beyond the rows searched would be -1 and count as misses.
+    recall_k = min(recall.recall_k, k, searchable_rows(index, allowed))
     sample = queries[sample_rows(len(queries), recall.sample_size)]
-    _, exact_rows = exact_search(index, sample, recall_k)
+    _, exact_rows = exact_search(index, sample, recall_k, allowed)
     for setting in rungs:
         _, found = index.search(sample, k, params=params(setting))
         measured = recall_at_k(found[:, :recall_k], exact_rows)
@@ -229,26 +282,32 @@ def search_queries(index: faiss.Index, queries: np.ndarray, k: int, recall: Reca
     return SearchResult(scores, rows, setting, measured, recall_k, len(sample))
 
 
-def search_at(index: faiss.Index, queries: np.ndarray, k: int, setting: int | None) -> tuple[np.ndarray, np.ndarray]:
+def search_at(
+    index: faiss.Index, queries: np.ndarray, k: int, setting: int | None, allowed: AllowedRows | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Top-k (scores, rows) of every query in one FAISS call, at `setting` (nprobe or efSearch; None
-    for a flat index, or for an approximate one at its own setting)."""
+    for a flat index, or for an approximate one at its own setting), among the `allowed` rows (all
+    where None); rows are -1 where fewer are allowed than k."""
     queries = np.ascontiguousarray(queries, dtype=np.float32)
-    if setting is None:
-        return index.search(queries, k)
-    _, params = _setting_ladder(index)
-    return index.search(queries, k, params=params(setting))
+    return index.search(queries, k, params=_parameters(index, setting, allowed))
 
 
 def sample_recall(
-    index: faiss.Index, queries: np.ndarray, rows: np.ndarray, sample_size: int, recall_k: int
+    index: faiss.Index,
+    queries: np.ndarray,
+    rows: np.ndarray,
+    sample_size: int,
+    recall_k: int,
+    allowed: AllowedRows | None = None,
 ) -> tuple[float, int]:
-    """recall@recall_k of search results `rows` (one row per query) on `sample_size` evenly spaced
-    queries, against their exact neighbours; and how many queries that is."""
+    """recall@recall_k of search results `rows` (one row per query, among the `allowed` rows) on
+    `sample_size` evenly spaced queries, against their exact neighbours among the same rows; and how
+    many queries that is."""
     sample = sample_rows(len(queries), sample_size)
     if not len(sample):
         return 1.0, 0
-    recall_k = min(recall_k, rows.shape[1], index.ntotal)
-    _, exact_rows = exact_search(index, queries[sample], recall_k)
+    recall_k = min(recall_k, rows.shape[1], searchable_rows(index, allowed))
+    _, exact_rows = exact_search(index, queries[sample], recall_k, allowed)
     return recall_at_k(rows[sample, :recall_k], exact_rows), len(sample)
 
 

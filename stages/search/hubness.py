@@ -148,8 +148,8 @@ class Correction:
 Searcher = Callable[[np.ndarray, int], tuple[np.ndarray, np.ndarray]]
 
 
-def index_searcher(index: faiss.Index, setting: int | None) -> Searcher:
-    return lambda queries, k: faiss_index.search_at(index, queries, k, setting)
+def index_searcher(index: faiss.Index, setting: int | None, allowed: faiss_index.AllowedRows | None = None) -> Searcher:
+    return lambda queries, k: faiss_index.search_at(index, queries, k, setting, allowed)
 
 
 def corrected_search(

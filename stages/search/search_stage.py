@@ -14,6 +14,11 @@ first chunks' texts, so every actor and every rerun chooses the same); every
 `retrieval.recall_every`-th chunk then measures the recall of its own search on
 `retrieval.recall_sample` of its texts.
 
+Every search, calibration and recall measurement included, is limited to the clips a mix may use:
+the rows of mix_clips.parquet (audible at the mix rate, allowed by sonify.licenses), which the run
+writes before any chunk is searched. A text's K neighbours are then the best usable clips, not the
+best clips of which some planning could not use.
+
 With `retrieval.hubness` on, each clip's penalty is computed once from the run's stored biases
 (sonify.out/hubness/, made by BuildHubBank before any chunk is searched), and every text's
 neighbours are the top-K by corrected score (stages.search.hubness.corrected_search), with their
@@ -108,7 +113,7 @@ class RetrieveChunks(ChunkTextStage):
         self, pool: PoolLayout, layout: SonifyLayout, vlms: list[str], clap: ClapConfig, retrieval: RetrievalConfig
     ) -> None:
         super().__init__(pool, layout, vlms, clap, retrieval)
-        self.model = self.index = self.clip_ids = self.calibration = self.penalties = None
+        self.model = self.index = self.clip_ids = self.calibration = self.penalties = self.allowed = None
 
     def resources(self) -> Resources:
         c = self.clap_config
@@ -122,9 +127,19 @@ class RetrieveChunks(ChunkTextStage):
         self.index = faiss_index.deserialize(storage.read_bytes(self.pool.index_file()))
         ids = storage.read_parquet(self.pool.index_ids())
         self.clip_ids = np.array(ids.sort_by("row").column("clip_id").to_pylist(), dtype=object)
+        self.allowed = self.usable_rows()
         self.calibration = self.calibrate()
         if self.retrieval.hubness != "none":
             self.penalties = self.clip_penalties()
+
+    def usable_rows(self) -> faiss_index.AllowedRows | None:
+        """The index rows of the clips in mix_clips.parquet; None where that is every row."""
+        usable = storage.read_parquet(self.layout.mix_clips(), columns=["clip_id"]).column("clip_id")
+        mask = pc.is_in(pa.array(self.clip_ids.tolist(), pa.string()), value_set=usable)
+        return faiss_index.AllowedRows.of(mask.to_numpy(zero_copy_only=False))
+
+    def searchable(self) -> int:
+        return faiss_index.searchable_rows(self.index, self.allowed)
 
     def clip_penalties(self) -> np.ndarray:
         """Each index row's hubness penalty, from the run's stored biases (0 for a clip without one)."""
@@ -144,7 +159,7 @@ class RetrieveChunks(ChunkTextStage):
 
     def calibrate(self) -> faiss_index.SearchResult | None:
         """The setting of an approximate index for this run; None for exact search."""
-        if isinstance(self.index, faiss.IndexFlat):
+        if isinstance(self.index, faiss.IndexFlat) or not self.searchable():
             return None
         chunks = [
             storage.file_stem(u) for u in storage.list_files(self.layout.vlm_scenes_folder(self.vlms[0]), ".parquet")
@@ -154,7 +169,11 @@ class RetrieveChunks(ChunkTextStage):
             return None
         target = replace(faiss_index.RecallTarget.from_config(self.retrieval), sample_size=len(texts))
         return faiss_index.search_queries(
-            self.index, embed(self.model, texts, self.clap_config.batch_size), self.retrieval.search_k, target
+            self.index,
+            embed(self.model, texts, self.clap_config.batch_size),
+            self.retrieval.search_k,
+            target,
+            self.allowed,
         )
 
     def process_batch(self, batch: pa.Table) -> pa.Table:
@@ -176,15 +195,19 @@ class RetrieveChunks(ChunkTextStage):
         stats: dict = {"texts": len(texts)}
         if not texts:
             return MATCHES.empty_table(), stats
+        if not self.searchable():
+            # No clip is usable: every text has no neighbour, and planning drops its concepts.
+            empty = {"text": texts, "clip_ids": [[]] * len(texts), "scores": [[]] * len(texts)}
+            return make_table(MATCHES, empty | {"corrected": [None] * len(texts)}), stats
         vectors = embed(self.model, texts, self.clap_config.batch_size)
         setting = self.calibration.setting if self.calibration else None
         corrected = None
         if self.penalties is None:
-            scores, rows = faiss_index.search_at(self.index, vectors, self.retrieval.search_k, setting)
+            scores, rows = faiss_index.search_at(self.index, vectors, self.retrieval.search_k, setting, self.allowed)
         else:
             scores, corrected, rows, widest = hubness.corrected_search(
-                hubness.index_searcher(self.index, setting),
-                self.index.ntotal,
+                hubness.index_searcher(self.index, setting, self.allowed),
+                self.searchable(),
                 vectors,
                 self.retrieval.search_k,
                 self.penalties,
@@ -195,11 +218,11 @@ class RetrieveChunks(ChunkTextStage):
             raw_rows = (
                 rows
                 if corrected is None or not measured
-                else faiss_index.search_at(self.index, vectors, self.retrieval.search_k, setting)[1]
+                else faiss_index.search_at(self.index, vectors, self.retrieval.search_k, setting, self.allowed)[1]
             )
             recall, sampled = (
                 faiss_index.sample_recall(
-                    self.index, vectors, raw_rows, self.retrieval.recall_sample, self.retrieval.recall_k
+                    self.index, vectors, raw_rows, self.retrieval.recall_sample, self.retrieval.recall_k, self.allowed
                 )
                 if measured
                 else (None, 0)
