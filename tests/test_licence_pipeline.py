@@ -196,3 +196,15 @@ def test_changed_metadata_rewrites_only_the_clips_files(run):
     } == kept
     wind = [c for c in pool_clips(root) if file_of(c[1]) == "wind.wav"]
     assert wind and all((c[3], c[4]) == ("CC-BY-4.0", "CC BY 4.0") for c in wind)
+
+
+def test_render_writes_the_same_attribution_files(run):
+    from pipelines.sonify import run_render
+
+    config, root, _, _ = run
+    rendered = root / "rendered"
+    render = config.render.model_copy(update={"manifest": str(root / "out" / "manifest"), "out": str(rendered)})
+    summary = run_render(config.model_copy(update={"render": render}))
+    assert summary["samples"] > 0
+    for name in ("ATTRIBUTION.csv", "ATTRIBUTION.md"):
+        assert (rendered / name).read_bytes() == (root / "out" / name).read_bytes()

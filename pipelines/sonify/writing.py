@@ -15,6 +15,7 @@ from pipelines.pool.store import PoolStore
 from pipelines.progress import Progress, pending
 from pipelines.ray_runner import Runner
 from pipelines.sonify.checks import RENDER_REMEDY, SonifyError, check_render_out, read_phase, render_origin
+from pipelines.sonify.credits import write_attribution
 from schemas import MANIFEST, MANIFEST_POOL_READS, SHARD_TASKS, make_table
 from schemas.config import RunConfig
 from schemas.layout import PoolLayout, SonifyLayout
@@ -127,9 +128,12 @@ def run_render(config: RunConfig) -> dict:
     tasks = make_table(SHARD_TASKS, {"shard": shards, "plan_url": [layout.plan(s) for s in shards]})
     results = write_shards(config, paths, layout, tasks)
     samples = int(pc.sum(results.column("samples")).as_py()) if results is not None else 0
+    credits = write_attribution(layout)
     return {
         "out": layout.root,
         "shards": len(shards),
         "samples": samples,
+        "clips_credited": credits["credited_clips"],
+        "images_credited": credits["credited_images"],
         "wall_seconds": round(time.monotonic() - started, 3),
     }

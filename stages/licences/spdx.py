@@ -41,7 +41,8 @@ ELEMENT_WORDS = [
     (re.compile(r"attribution"), " by "),
 ]
 CC_URL = re.compile(
-    r"creativecommons\.org/(licenses|publicdomain)/([a-z+-]+)(?:/(\d(?:\.\d)?))?(?:/([a-z]{2})(?![a-z]))?", re.IGNORECASE
+    r"creativecommons\.org/(licenses|publicdomain)/([a-z+-]+)(?:/(\d(?:\.\d)?))?(?:/([a-z]{2})(?![a-z]))?",
+    re.IGNORECASE,
 )
 CC0_TEXT = re.compile(r"^(?:cc[\s_-]?0|cc[\s_-]?zero|creative\s+commons\s+(?:zero|0))(?:[\s_-]*(?:v?1\.0|1))?\b")
 SAMPLING_TEXT = re.compile(r"^(?:creative\s+commons\s+|cc[\s_-]+)?(nc[\s_-]?)?sampling\s*(?:\+|plus)(?:[\s_-]*1\.0)?$")
