@@ -18,6 +18,7 @@ from stages.search.faiss_index import (
     RecallTarget,
     build_index,
     exact_search,
+    flat_subset,
     recall_at_k,
     sample_recall,
     search_at,
@@ -50,6 +51,15 @@ def data():
 def test_every_row_allowed_is_no_filter_at_all():
     assert AllowedRows.of(np.ones(5, bool)) is None
     assert AllowedRows.of(np.array([True, False, True])).count == 2
+
+
+def test_a_flat_subset_holds_the_allowed_rows_in_order(data):
+    vectors, queries, mask = data
+    index = build_index(vectors, IndexConfig(kind="flat"))
+    subset = flat_subset(index, AllowedRows.of(mask))
+    assert subset.ntotal == mask.sum()
+    _, rows = subset.search(queries, K)
+    assert np.array_equal(np.flatnonzero(mask)[rows], brute_top_k(vectors, queries, mask, K))
 
 
 @pytest.mark.parametrize(("kind", "setting"), [("flat", None), ("ivf", 32), ("hnsw", 4096)])
@@ -94,7 +104,7 @@ def test_the_hubness_re_rank_keeps_to_the_allowed_rows(data):
     assert np.allclose(np.sort(corrected, axis=1), np.sort(np.take_along_axis(scores, expected, axis=1), axis=1))
 
 
-def retrieval_stage(tmp_path, usable: list[str]) -> tuple[RetrieveChunks, list[str]]:
+def retrieval_stage(tmp_path, usable: list[str], kind: str = "flat") -> tuple[RetrieveChunks, list[str]]:
     layout = SonifyLayout(str(tmp_path / "out"))
     texts = ["a dog barking", "rain on a roof"]
     concepts = [{"label": "x", "text": t} for t in texts]
@@ -117,23 +127,35 @@ def retrieval_stage(tmp_path, usable: list[str]) -> tuple[RetrieveChunks, list[s
         ClapConfig(model="unused", batch_size=2),
         RetrievalConfig(search_k=3, recall_every=1),
     )
-    rng = np.random.default_rng(4)
-    # What setup() loads, made here: a text model, an exact index over eight clips and its ids.
-    stage.model = FakeClap(dict(zip(texts, unit(rng.standard_normal((2, DIM))))))
-    stage.index = build_index(unit(rng.standard_normal((8, DIM))), IndexConfig(kind="flat"))
+    # What setup() loads, made here: a text model, an index over eight clips and its ids.
+    stage.model = FakeClap(dict(zip(texts, unit(np.random.default_rng(4).standard_normal((2, DIM))))))
+    stage.index = build_index(clip_vectors(), IndexConfig(kind=kind))
     stage.clip_ids = np.array([f"clip-{i}" for i in range(8)], dtype=object)
-    stage.allowed = stage.usable_rows()
+    stage.limit_to_usable_clips()
     return stage, texts
 
 
-def test_the_search_stage_searches_only_the_clips_of_mix_clips(tmp_path):
+@pytest.mark.parametrize("kind", ["flat", "hnsw"])
+def test_the_search_stage_searches_only_the_clips_of_mix_clips(tmp_path, kind):
     usable = ["clip-1", "clip-4", "clip-6", "clip-7"]
-    stage, texts = retrieval_stage(tmp_path, usable)
+    stage, texts = retrieval_stage(tmp_path, usable, kind)
+    # An exact index is replaced by one of the usable clips; an approximate one keeps every clip.
+    assert stage.index.ntotal == (len(usable) if kind == "flat" else 8)
+    assert (stage.allowed is None) == (kind == "flat")
     [row] = stage.process_batch(make_table(CHUNK_TASKS, {"chunk": ["000000"]})).to_pylist()
     matches = storage.read_parquet(row["matches_url"]).to_pylist()
     assert [m["text"] for m in matches] == sorted(texts)
+    vectors = {f"clip-{i}": v for i, v in enumerate(clip_vectors())}
     for match in matches:
         assert len(match["clip_ids"]) == 3 and set(match["clip_ids"]) <= set(usable)
+        query = stage.model.table[match["text"]]
+        best = sorted(usable, key=lambda c: -float(vectors[c] @ query))[:3]
+        assert match["clip_ids"] == best
+
+
+def clip_vectors() -> np.ndarray:
+    """The eight clips of the retrieval stage's index."""
+    return unit(np.random.default_rng(5).standard_normal((8, DIM)))
 
 
 def test_with_no_usable_clip_every_text_has_no_neighbour(tmp_path):

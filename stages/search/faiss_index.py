@@ -118,6 +118,17 @@ class AllowedRows:
         return int(self.mask.sum())
 
 
+def flat_subset(index: faiss.IndexFlat, allowed: AllowedRows) -> faiss.IndexFlat:
+    """A flat index of the `allowed` rows alone, in row order (row i of it is the i-th allowed row).
+    A selector turns FAISS's flat search from one matrix product into a scan per query (five times
+    slower measured at 200K x 512 with a third of the rows left out); searching this index instead
+    keeps the product, at the cost of building it once."""
+    subset = faiss.IndexFlat(index.d, index.metric_type)
+    for vectors, rows in vector_blocks(index):
+        subset.add(np.ascontiguousarray(vectors[allowed.mask[rows]]))
+    return subset
+
+
 def searchable_rows(index: faiss.Index, allowed: AllowedRows | None) -> int:
     """How many rows a search of `index` limited to `allowed` can return."""
     return index.ntotal if allowed is None else allowed.count

@@ -17,7 +17,8 @@ first chunks' texts, so every actor and every rerun chooses the same); every
 Every search, calibration and recall measurement included, is limited to the clips a mix may use:
 the rows of mix_clips.parquet (audible at the mix rate, allowed by sonify.licenses), which the run
 writes before any chunk is searched. A text's K neighbours are then the best usable clips, not the
-best clips of which some planning could not use.
+best clips of which some planning could not use. An exact (flat) index is replaced by one of the
+usable clips alone; an approximate one is searched through a FAISS selector of their rows.
 
 With `retrieval.hubness` on, each clip's penalty is computed once from the run's stored biases
 (sonify.out/hubness/, made by BuildHubBank before any chunk is searched), and every text's
@@ -127,16 +128,23 @@ class RetrieveChunks(ChunkTextStage):
         self.index = faiss_index.deserialize(storage.read_bytes(self.pool.index_file()))
         ids = storage.read_parquet(self.pool.index_ids())
         self.clip_ids = np.array(ids.sort_by("row").column("clip_id").to_pylist(), dtype=object)
-        self.allowed = self.usable_rows()
+        self.limit_to_usable_clips()
         self.calibration = self.calibrate()
         if self.retrieval.hubness != "none":
             self.penalties = self.clip_penalties()
 
-    def usable_rows(self) -> faiss_index.AllowedRows | None:
-        """The index rows of the clips in mix_clips.parquet; None where that is every row."""
+    def limit_to_usable_clips(self) -> None:
+        """Limits every later search to the clips in mix_clips.parquet: an exact index is replaced by
+        one of those clips alone (searched at full speed, without a selector), an approximate one
+        gets a selector of their rows."""
         usable = storage.read_parquet(self.layout.mix_clips(), columns=["clip_id"]).column("clip_id")
         mask = pc.is_in(pa.array(self.clip_ids.tolist(), pa.string()), value_set=usable)
-        return faiss_index.AllowedRows.of(mask.to_numpy(zero_copy_only=False))
+        allowed = faiss_index.AllowedRows.of(mask.to_numpy(zero_copy_only=False))
+        if allowed is not None and isinstance(self.index, faiss.IndexFlat):
+            self.index = faiss_index.flat_subset(self.index, allowed)
+            self.clip_ids = self.clip_ids[allowed.mask]
+            allowed = None
+        self.allowed = allowed
 
     def searchable(self) -> int:
         return faiss_index.searchable_rows(self.index, self.allowed)
