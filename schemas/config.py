@@ -110,6 +110,23 @@ class ModelsConfig(ConfigSection):
     )
 
 
+class MissingSoundsConfig(ConfigSection):
+    group_cosine: float = Field(
+        0.9,
+        ge=-1.0,
+        le=1.0,
+        description="Missing texts are grouped most requested first: a text joins the group of the most similar "
+        "earlier group's first text when their CLAP text cosine is at or above this, else it starts a group. "
+        "1.0 groups only identical embeddings. Changing it regroups a finished run's list on the next run.",
+    )
+    max_groups: int = Field(
+        100_000,
+        ge=1,
+        description="Groups whose first text later texts are compared with (their CLAP embeddings are held: "
+        "about 200 MB at 100,000 x 512). Past it, a text that joins none is a group of its own.",
+    )
+
+
 class SonifyConfig(ConfigSection):
     images: list[str] = Field(
         default_factory=list,
@@ -143,6 +160,10 @@ class SonifyConfig(ConfigSection):
         ge=1,
         description="Images whose longer side is above this are downscaled to it, keeping the aspect ratio, "
         "before they are encoded; unset keeps every size. Needs a re-encoding image_format (not original).",
+    )
+    missing_sounds: MissingSoundsConfig = Field(
+        default_factory=MissingSoundsConfig,
+        description="The list of sounds the pool lacks (missing_sounds.parquet): how near-identical texts are grouped.",
     )
 
 

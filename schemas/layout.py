@@ -145,8 +145,9 @@ class SonifyLayout:
     # 1: scenes/<vlm>.parquet and manifest/rejected.parquet; 2: per chunk, with images.parquet and plans/;
     # 3: one image member name for every sample (sonify.image_format), shards no longer split by format;
     # 4: matches and shard plans per chunk (matches/, plans/CCCCCC-PPPPPP.parquet), mix_clips.parquet;
-    # 5: hubness/ (the bank and the clips' biases), corrected scores in matches and manifest.
-    VERSION: ClassVar[int] = 5
+    # 5: hubness/ (the bank and the clips' biases), corrected scores in matches and manifest;
+    # 6: missing/ per chunk and the run's missing sounds, dropped concepts in the manifest.
+    VERSION: ClassVar[int] = 6
 
     root: str
 
@@ -222,6 +223,26 @@ class SonifyLayout:
         """A chunk's shard count and planning counts; written last, so it marks the chunk planned."""
         return join(self.plans_folder(), f"chunk-{chunk}.json")
 
+    def missing_folder(self) -> str:
+        return join(self.root, "missing")
+
+    def missing_texts(self, chunk: str) -> str:
+        """The concept texts of a chunk that got no usable clip; written before the chunk's plan stats."""
+        return join(self.missing_folder(), f"{chunk}.parquet")
+
+    def missing_sound_texts(self) -> str:
+        """Every distinct missing text of the run and the group it joined."""
+        return join(self.root, "missing_sound_texts.parquet")
+
+    def missing_sounds(self) -> str:
+        """The run's missing sounds by group of near-identical texts."""
+        return join(self.root, "missing_sounds.parquet")
+
+    def missing_sounds_stats(self) -> str:
+        """The grouping settings and counts of the missing-sounds files; written after both, so it
+        marks them complete for those settings."""
+        return join(self.root, "missing_sounds.json")
+
     def manifest_folder(self) -> str:
         return join(self.root, "manifest")
 
@@ -278,6 +299,7 @@ class SonifyLayout:
             self.root,
             self.matches_folder(),
             self.hubness_folder(),
+            self.missing_folder(),
             *self.shard_folders(),
             *(self.vlm_scenes_folder(v) for v in vlms),
         ]

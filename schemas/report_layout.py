@@ -37,6 +37,11 @@ class ReportLayout:
         return f"media/clip-{number:04d}.flac"
 
     @staticmethod
+    def missing_example(group: int, number: int) -> str:
+        """The number-th example image of the group-th missing sound of a sonify run."""
+        return f"media/missing-{group:04d}-{number}.jpg"
+
+    @staticmethod
     def replaced_folders() -> tuple[str, ...]:
         """Folders whose files a new report replaces: what it does not show again is deleted."""
         return ("plots", "media")

@@ -117,13 +117,25 @@ MANIFEST_CONCEPT = pa.struct(
     ]
 )
 
+# A concept that got no clip: `reason` is below_min_cosine, no_usable_clip or clip_cap
+# (stages.search.choice.DroppedConcept); `best_cosine` the highest raw cosine among its neighbours
+# (null when the search returned none).
+DROPPED_CONCEPT = pa.struct(
+    [
+        pa.field("label", pa.string()),
+        pa.field("text", pa.string()),
+        pa.field("reason", pa.string()),
+        pa.field("best_cosine", pa.float64()),
+    ]
+)
+
 # sonify.out/manifest/NNNNNN.parquet (one per shard) and manifest/rejected-NNNNNN.parquet (one per
 # chunk of images: scenes that became no sample, with the reason in `error`).
 # 2: the shard's image (extension, size) beside the source's; 3: error_kind as well; 4: each concept's
-# corrected_cosine beside its raw cosine.
+# corrected_cosine beside its raw cosine; 5: the concepts dropped at retrieval, each with its reason.
 MANIFEST = versioned(
     "manifest",
-    4,
+    5,
     [
         pa.field("key", pa.string(), nullable=False),
         pa.field("image_id", pa.string(), nullable=False),
@@ -141,7 +153,10 @@ MANIFEST = versioned(
         pa.field("prompt_version", pa.string()),
         pa.field("caption", pa.string()),
         pa.field("concepts", pa.list_(MANIFEST_CONCEPT)),
+        # Concepts of the scene that got no clip: those with empty text (counted only) and those
+        # dropped at retrieval (listed in `dropped`).
         pa.field("dropped_concepts", pa.int32()),
+        pa.field("dropped", pa.list_(DROPPED_CONCEPT)),
         pa.field("mix_gain_db", pa.float64()),
         pa.field("mix_lufs", pa.float64()),
         pa.field("mix_peak_dbfs", pa.float64()),
@@ -175,10 +190,10 @@ MANIFEST_POOL_READS = ("pool_bytes_read", "pool_clip_bytes")
 # a shard's manifest rows before mixing, each with the location of every concept's clip (in the
 # order of `concepts`), so a writer reads no pool table of its own.
 # 2: manifest rows plus clip parts, replacing IPC bytes; 3: the manifest of version 3;
-# 4: clip locations (byte ranges) instead of parts; 5: the manifest of version 4.
+# 4: clip locations (byte ranges) instead of parts; 5: the manifest of version 4; 6: of version 5.
 SHARD_PLANS = versioned(
     "shard_plans",
-    5,
+    6,
     [*MANIFEST, pa.field("clip_locations", pa.list_(CLIP_LOCATION), nullable=False)],
 )
 # sonify.out/mix_clips.parquet: every pool clip audible at mix.sample_rate, sorted by clip_id; the
@@ -259,5 +274,55 @@ SHARD_RESULTS = versioned(
         pa.field("pool_bytes_read", pa.int64()),
         # Stored bytes (FLAC at the mix rate) of the distinct clips the shard uses.
         pa.field("pool_clip_bytes", pa.int64()),
+    ],
+)
+
+# An image a missing sound was heard in.
+MISSING_EXAMPLE = pa.struct(
+    [
+        pa.field("image_id", pa.string()),
+        pa.field("image_uri", pa.string()),
+        pa.field("image_member", pa.string()),
+    ]
+)
+# The counts and examples of the texts that got no usable clip, by text; the same columns per
+# chunk, per distinct text and per group of near-identical texts.
+_MISSING_COUNTS = [
+    # Concepts that asked for the text (or the group).
+    pa.field("requests", pa.int64(), nullable=False),
+    pa.field("below_min_cosine", pa.int64(), nullable=False),
+    pa.field("no_usable_clip", pa.int64(), nullable=False),
+    # The highest raw cosine any pool clip reached for it; null when the search returned no clip.
+    pa.field("best_cosine", pa.float64()),
+    # A few images it was heard in, the first by image id.
+    pa.field("examples", pa.list_(MISSING_EXAMPLE), nullable=False),
+]
+# sonify.out/missing/NNNNNN.parquet: the concept texts of chunk NNNNNN that got no usable clip
+# (dropped below retrieval.min_cosine, or with no neighbour audible at the mix rate).
+MISSING_TEXTS = versioned("missing_texts", 1, [pa.field("text", pa.string(), nullable=False), *_MISSING_COUNTS])
+# sonify.out/missing_sound_texts.parquet: every distinct missing text of the run, most requested
+# first, with the group it joined (named by the group's first text) and its cosine to that text.
+MISSING_SOUND_TEXTS = versioned(
+    "missing_sound_texts",
+    1,
+    [
+        pa.field("text", pa.string(), nullable=False),
+        pa.field("group_text", pa.string(), nullable=False),
+        pa.field("cosine_to_group", pa.float64(), nullable=False),
+        *_MISSING_COUNTS,
+    ],
+)
+# sonify.out/missing_sounds.parquet: the run's missing sounds, one row per group of near-identical
+# texts (sonify.missing_sounds.group_cosine), most requested first: the sounds to add to the pool.
+MISSING_SOUNDS = versioned(
+    "missing_sounds",
+    1,
+    [
+        # The group's most requested text.
+        pa.field("text", pa.string(), nullable=False),
+        # Distinct texts in the group, and the most requested of them (sonify.missing_sounds.member_texts).
+        pa.field("texts", pa.int64(), nullable=False),
+        pa.field("member_texts", pa.list_(pa.string()), nullable=False),
+        *_MISSING_COUNTS,
     ],
 )

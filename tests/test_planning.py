@@ -307,3 +307,46 @@ def test_the_plan_stage_returns_a_row_describing_the_files_it_wrote(tmp_path):
     assert number_shards(plans_table([row, {**row, "chunk": "000004"}]))[0].column("plan_url").to_pylist() == (
         row["shard_plan_urls"] * 2
     )
+
+
+def test_dropped_concepts_are_listed_per_row_and_the_missing_texts_per_chunk():
+    matches = matches_of(TEXTS)
+    # Every neighbour scores 0.1 or more, but those of "a dog barking" a tenth of that: under the
+    # floor, a sound the pool lacks.
+    scores = matches.column("scores").to_pylist()
+    scores[1] = [s / 10 for s in scores[1]]
+    matches = matches.set_column(2, "scores", pa.array(scores, matches.schema.field("scores").type))
+    dog_best = max(scores[1])
+    fire_clips = matches.column("clip_ids").to_pylist()[3]
+    floored = config().model_copy(deep=True)
+    floored.retrieval.min_cosine = 0.1
+    plan = plan_chunk(floored, chunk_scenes(), matches, pool_clips(inaudible=set(fire_clips)))
+    rows = [row for shard in plan.shards for row in shard.to_pylist()] + plan.rejected.to_pylist()
+    dropped = {(r["image_id"], d["text"]): d for r in rows for d in r["dropped"]}
+    dog_images = [f"img-{i:03d}" for i in range(12) if i % 4 >= 1]
+    fire_images = [f"img-{i:03d}" for i in range(12) if i % 4 == 3]
+    assert sorted(dropped) == sorted(
+        [(i, "a dog barking") for i in dog_images] + [(i, "a crackling fire") for i in fire_images]
+    )
+    assert {d["reason"] for (_, text), d in dropped.items() if text == "a dog barking"} == {"below_min_cosine"}
+    assert {d["reason"] for (_, text), d in dropped.items() if text == "a crackling fire"} == {"no_usable_clip"}
+    assert all(r["dropped_concepts"] == len(r["dropped"]) for r in rows if r["concepts"] or r["dropped"])
+
+    missing = {row["text"]: row for row in plan.missing.to_pylist()}
+    assert sorted(missing) == ["a crackling fire", "a dog barking"]
+    dog, fire = missing["a dog barking"], missing["a crackling fire"]
+    assert (dog["requests"], dog["below_min_cosine"], dog["no_usable_clip"]) == (len(dog_images), len(dog_images), 0)
+    assert (fire["requests"], fire["below_min_cosine"], fire["no_usable_clip"]) == (3, 0, 3)
+    assert dog["best_cosine"] == pytest.approx(dog_best)
+    assert fire["best_cosine"] == pytest.approx(max(matches.column("scores").to_pylist()[3]))
+    assert [e["image_id"] for e in dog["examples"]] == dog_images[:3]
+    assert [e["image_uri"] for e in fire["examples"]] == [f"/images/{i}.jpg" for i in fire_images]
+
+
+def test_concepts_the_cap_drops_are_not_missing_sounds():
+    capped = config().model_copy(deep=True)
+    capped.retrieval.max_uses_per_clip = 1
+    plan = plan_chunk(capped, chunk_scenes(), matches_of(TEXTS), pool_clips())
+    reasons = {d["reason"] for s in plan.shards for row in s.to_pylist() for d in row["dropped"]}
+    assert reasons == {"clip_cap"}
+    assert plan.missing.num_rows == 0

@@ -17,7 +17,7 @@ from pipelines.sonify.checks import (
     has_searched,
 )
 from pipelines.sonify.listing import chunk_listing, image_listing
-from pipelines.sonify.matching import search_totals
+from pipelines.sonify.matching import list_missing_sounds, search_totals
 from pipelines.sonify.plans import number_shards, retrieve_and_plan
 from pipelines.sonify.scenes import count_scenes, run_scenes
 from pipelines.sonify.writing import manifest_counts, write_shards
@@ -83,6 +83,10 @@ def run_sonify(config: RunConfig) -> dict:
     seconds["retrieve_and_plan"] = time.monotonic() - tick
 
     tick = time.monotonic()
+    missing = list_missing_sounds(config, paths, layout, [chunk.name for chunk in chunks])
+    seconds["missing_sounds"] = time.monotonic() - tick
+
+    tick = time.monotonic()
     write_shards(config, paths, layout, tasks)
     seconds["mix_and_write"] = time.monotonic() - tick
 
@@ -109,6 +113,9 @@ def run_sonify(config: RunConfig) -> dict:
         # Concepts whose neighbours were all inaudible at the mix rate or already used by the sample.
         "concepts_without_usable_clip": planned["concepts_no_usable_clip"],
         "pool_clips_inaudible_at_mix_rate": inaudible,
+        # The concepts below the floor or without a usable clip, by distinct text and by group of
+        # near-identical texts (missing_sounds.parquet): the sounds to add to the pool.
+        "missing_sounds": missing,
         "threshold_fallbacks": planned["fallbacks"],
         "samples": written.samples,
         "rejected": planned["rejected"] + sum(written.failed_by_kind.values()),
@@ -182,6 +189,8 @@ def format_summary(summary: dict) -> str:
         f"{summary['concepts_below_min_cosine']} below min_cosine, "
         f"{summary['concepts_without_usable_clip']} without a usable clip "
         f"({summary['pool_clips_inaudible_at_mix_rate']} pool clips inaudible at the mix rate)",
+        f"  missing:  {summary['missing_sounds']['requests']} concepts asked for {summary['missing_sounds']['texts']} "
+        f"texts the pool lacks, in {summary['missing_sounds']['groups']} groups: {layout.missing_sounds()}",
         f"  search:   {search_line(summary['search'])}",
         f"  samples:  {summary['samples']} written, {summary['rejected']} rejected, "
         f"{summary['distinct_clips_used']} distinct clips used",

@@ -18,7 +18,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from schemas import MANIFEST, SHARD_PLANS, make_table
+from schemas import MANIFEST, MISSING_TEXTS, SHARD_PLANS, make_table
 from schemas.config import RunConfig
 from schemas.errors import PipelineError
 from stages.audio.mixing import draw_targets, gains_db
@@ -40,6 +40,10 @@ WRITE_TIME_COLUMNS = (
     "mix_peak_dbfs",
     "shard",
 )
+# Drop reasons that say the pool lacks the sound (the clip cap drops a sound the pool has).
+MISSING_REASONS = ("below_min_cosine", "no_usable_clip")
+# Example images kept per missing text.
+MISSING_EXAMPLES = 3
 # The counts a chunk's plan adds to the run's summary.
 CHUNK_COUNTS = (
     "samples",
@@ -165,6 +169,7 @@ def plan_samples(
             "error_kind": scene["error_kind"] if scene["error"] else scene["dropped"],
             "concepts": [],
             "dropped_concepts": scene["dropped_empty_concepts"] or 0,
+            "dropped": [],
             **dict.fromkeys(WRITE_TIME_COLUMNS),
         }
         if row["error"]:
@@ -185,8 +190,13 @@ def plan_samples(
             max_uses=config.retrieval.max_uses_per_clip,
         )
         kept = [(c, choice) for c, choice in zip(scene["concepts"], choices) if isinstance(choice, ConceptChoice)]
-        counts.update(f"concepts_{c.reason}" for c in choices if isinstance(c, DroppedConcept))
-        row["dropped_concepts"] += len(choices) - len(kept)
+        row["dropped"] = [
+            {"label": c["label"], "text": c["text"], "reason": choice.reason, "best_cosine": choice.best_cosine}
+            for c, choice in zip(scene["concepts"], choices)
+            if isinstance(choice, DroppedConcept)
+        ]
+        counts.update(f"concepts_{d['reason']}" for d in row["dropped"])
+        row["dropped_concepts"] += len(row["dropped"])
         if not kept:
             row["error"] = (
                 "dropped: no concept matched a pool clip audible at the mix rate, at or above retrieval.min_cosine "
@@ -254,10 +264,45 @@ def shard_plan(manifest: pa.Table, locations: Locations) -> pa.Table:
     )
 
 
+def missing_texts(rows: Iterable[dict]) -> pa.Table:
+    """MISSING_TEXTS of manifest rows (samples and rejected scenes): each text dropped for a reason
+    of MISSING_REASONS, how many concepts asked for it and why they got nothing, the best cosine
+    the pool reached, and its first images by image id; sorted by text."""
+    found: dict[str, dict] = {}
+    for row in rows:
+        for dropped in row["dropped"]:
+            if dropped["reason"] not in MISSING_REASONS:
+                continue
+            entry = found.setdefault(
+                dropped["text"],
+                {"requests": 0, "best_cosine": None, "examples": {}, **dict.fromkeys(MISSING_REASONS, 0)},
+            )
+            entry["requests"] += 1
+            entry[dropped["reason"]] += 1
+            if dropped["best_cosine"] is not None:
+                entry["best_cosine"] = max(dropped["best_cosine"], entry["best_cosine"] or -np.inf)
+            entry["examples"][row["image_id"]] = {
+                "image_id": row["image_id"],
+                "image_uri": row["image_uri"],
+                "image_member": row["image_member"],
+            }
+    texts = sorted(found)
+    entries = [found[t] for t in texts]
+    return make_table(
+        MISSING_TEXTS,
+        {
+            "text": texts,
+            **{name: [e[name] for e in entries] for name in ("requests", *MISSING_REASONS, "best_cosine")},
+            "examples": [[e["examples"][i] for i in sorted(e["examples"])[:MISSING_EXAMPLES]] for e in entries],
+        },
+    )
+
+
 @dataclass(frozen=True)
 class ChunkPlan:
     shards: list[pa.Table]  # SHARD_PLANS tables, in shard order
     rejected: pa.Table  # MANIFEST rows of the scenes that became no sample
+    missing: pa.Table  # MISSING_TEXTS of the chunk
     stats: dict  # CHUNK_COUNTS, the shard count and the first rejection reasons
 
 
@@ -281,4 +326,4 @@ def plan_chunk(config: RunConfig, scenes: pa.Table, matches: pa.Table, mix_clips
         "fallbacks": counts["fallbacks"],
         "rejection_reasons": [r["error"] for r in rejected][:MAX_REPORTED_REASONS],
     }
-    return ChunkPlan(shards, manifest_table(rejected), stats)
+    return ChunkPlan(shards, manifest_table(rejected), missing_texts([*samples, *rejected]), stats)

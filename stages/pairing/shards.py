@@ -36,10 +36,12 @@ def sample_metadata(row: dict) -> bytes:
     Loaders infer column types from the first samples they meet (Hugging Face datasets: five, of the
     first shard), so a key null there would be typed null and a later string would fail to load. A
     missing text is written as ""; a written sample has every number, and a null one is a broken
-    contract. A written sample has no error, so error_kind (always null there) is left out."""
+    contract. A written sample has no error, so error_kind (always null there) is left out, and so
+    is the list of dropped concepts: empty in most samples, it would be typed from the first ones
+    and refuse the rest (the manifest holds it; `dropped_concepts` counts it here)."""
     metadata = {}
     for field in MANIFEST:
-        if field.name == "error_kind":
+        if field.name in ("error_kind", "dropped"):
             continue
         value = row.get(field.name)
         if value is None:
