@@ -37,9 +37,9 @@ class ReportLayout:
         return f"media/clip-{number:04d}.flac"
 
     @staticmethod
-    def missing_example(group: int, number: int) -> str:
-        """The number-th example image of the group-th missing sound of a sonify run."""
-        return f"media/missing-{group:04d}-{number}.jpg"
+    def missing_example(number: int, position: int) -> str:
+        """The position-th example image of the number-th missing sound of a sonify run."""
+        return f"media/missing-{number:04d}-{position:04d}.jpg"
 
     @staticmethod
     def replaced_folders() -> tuple[str, ...]:
