@@ -34,8 +34,9 @@ def chunk_id(index: int) -> str:
     return f"{index:06d}"
 
 
-def shard_id(index: int) -> str:
-    return f"{index:06d}"
+def shard_id(index: int, split: str | None = None) -> str:
+    """A shard's name: its number, within its split where the run has splits."""
+    return f"{index:06d}" if split is None else f"{split}-{index:06d}"
 
 
 def shard_file(shard: str) -> str:
@@ -284,6 +285,11 @@ class SonifyLayout:
     def summary(self) -> str:
         """Counts per stage, error reasons, seconds per phase."""
         return join(self.root, "summary.json")
+
+    def card(self) -> str:
+        """The dataset card, which Hugging Face `datasets` reads: the splits' shards, the features,
+        the licences, and how the data was made; written last by every run."""
+        return join(self.root, "README.md")
 
     def report_folder(self) -> str:
         """The HTML report; its files are named by ReportLayout."""

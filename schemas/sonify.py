@@ -117,9 +117,9 @@ MANIFEST_CONCEPT = pa.struct(
     ]
 )
 
-# A concept that got no clip: `reason` is below_min_cosine, no_usable_clip or clip_cap
-# (stages.search.choice.DroppedConcept); `best_cosine` the highest raw cosine among its neighbours
-# (null when the search returned none).
+# A concept that got no clip: `reason` is below_min_cosine, no_usable_clip, clip_cap
+# (stages.search.choice.DroppedConcept) or other_split (sonify.split_by_clip); `best_cosine` the
+# highest raw cosine among its neighbours (null when the search returned none).
 DROPPED_CONCEPT = pa.struct(
     [
         pa.field("label", pa.string()),
@@ -132,7 +132,8 @@ DROPPED_CONCEPT = pa.struct(
 # sonify.out/manifest/NNNNNN.parquet (one per shard) and manifest/rejected-NNNNNN.parquet (one per
 # chunk of images: scenes that became no sample, with the reason in `error`).
 # 2: the shard's image (extension, size) beside the source's; 3: error_kind as well; 4: each concept's
-# corrected_cosine beside its raw cosine; 5: the concepts dropped at retrieval, each with its reason.
+# corrected_cosine beside its raw cosine; 5: the concepts dropped at retrieval, each with its reason,
+# and the sample's split.
 MANIFEST = versioned(
     "manifest",
     5,
@@ -164,6 +165,8 @@ MANIFEST = versioned(
         pa.field("duration_s", pa.float64()),
         pa.field("seed", pa.int64()),
         pa.field("shard", pa.string()),
+        # The sample's split (sonify.splits); null without splits.
+        pa.field("split", pa.string()),
         pa.field("error", pa.string()),
         # The kind of `error`: an image or VLM error's kind, or the drop reason (too_small, non_sonic,
         # no_concepts, no_usable_clip); null for samples.
@@ -198,11 +201,13 @@ SHARD_PLANS = versioned(
 )
 # sonify.out/mix_clips.parquet: every pool clip audible at mix.sample_rate, sorted by clip_id; the
 # clips planning may choose, their loudness at that rate, and where their audio is.
+# 2: the clip's source recording (sonify.split_by_clip puts a recording in one split).
 MIX_CLIPS = versioned(
     "mix_clips",
-    1,
+    2,
     [
         pa.field("clip_id", pa.string(), nullable=False),
+        pa.field("source_id", pa.string(), nullable=False),
         pa.field("lufs", pa.float64(), nullable=False),
         pa.field("part", pa.string(), nullable=False),
         pa.field("audio_offset", pa.int64(), nullable=False),
@@ -235,21 +240,28 @@ CHUNK_SEARCHES = versioned(
 )
 # What planning wrote for a chunk, one row per chunk: its search (carried through, so the driver gets
 # one row per chunk from the retrieve-then-plan pipeline), its shard plans in shard order, its
-# rejected scenes, and the counts its plan stats file holds. 2: CHUNK_SEARCHES 2, concepts_clip_cap.
+# rejected scenes, and the counts its plan stats file holds. 2: CHUNK_SEARCHES 2, concepts_clip_cap;
+# 3: each shard's split, and the concepts that sonify.split_by_clip dropped or changed.
 CHUNK_PLANS = versioned(
     "chunk_plans",
-    2,
+    3,
     [
         *CHUNK_SEARCHES,
         pa.field("shard_plan_urls", pa.list_(pa.string()), nullable=False),
         pa.field("rejected_url", pa.string(), nullable=False),
         pa.field("shards", pa.int64(), nullable=False),
+        # The split of each shard (null without sonify.splits), in shard order.
+        pa.field("shard_splits", pa.list_(pa.string()), nullable=False),
         pa.field("samples", pa.int64(), nullable=False),
         pa.field("rejected", pa.int64(), nullable=False),
         pa.field("concepts_below_min_cosine", pa.int64(), nullable=False),
         pa.field("concepts_no_usable_clip", pa.int64(), nullable=False),
         # Concepts dropped because every usable neighbour was at retrieval.max_uses_per_clip.
         pa.field("concepts_clip_cap", pa.int64(), nullable=False),
+        # sonify.split_by_clip: concepts left without a clip because every usable neighbour belongs to
+        # another split, and concepts that got another clip than they would have without the rule.
+        pa.field("concepts_other_split", pa.int64(), nullable=False),
+        pa.field("concepts_rechosen_for_split", pa.int64(), nullable=False),
         pa.field("fallbacks", pa.int64(), nullable=False),
         # The chunk's first rejection reasons (at most stages.pairing.planning.MAX_REPORTED_REASONS).
         pa.field("rejection_reasons", pa.list_(pa.string()), nullable=False),

@@ -73,6 +73,8 @@ def pool_clips(inaudible: set[str] = frozenset()) -> pa.Table:
         MIX_CLIPS,
         {
             "clip_id": ids,
+            # Three clips per source recording.
+            "source_id": [f"source-{int(c[-2:]) // 3}" for c in ids],
             "lufs": [-20.0 - int(c[-2:]) / 4 for c in ids],
             "part": [f"part-{int(c[-2:]) // 8}" for c in ids],
             "audio_offset": [512 + 20_000 * (int(c[-2:]) % 8) for c in ids],
@@ -164,11 +166,25 @@ def test_a_scene_with_no_usable_concept_is_rejected_as_no_usable_clip():
 
 def test_shards_are_cut_by_size_in_key_order_and_numbered_within_the_chunk():
     cfg = config(shard_size_mb=0.5)
-    samples = [{"key": f"k{i:02d}"} for i in range(10)]
+    samples = [{"key": f"k{i:02d}", "split": None} for i in range(10)]
     # 100 kB images plus a 5 s mix at 16 kHz (96 kB estimated): 2 samples per 0.5 MB shard.
     groups = shard_groups(samples, {s["key"]: 100_000 for s in samples}, cfg)
     assert [[s["key"] for s in g] for g in groups] == [[f"k{i:02d}", f"k{i + 1:02d}"] for i in range(0, 10, 2)]
     assert shard_groups([], {}, cfg) == []
+
+
+def test_with_splits_each_shard_holds_one_split_in_key_order():
+    cfg = config(shard_size_mb=0.5, splits={"train": 0.5, "test": 0.5})
+    samples = [{"key": f"k{i:02d}", "split": "test" if i in (1, 4, 5) else "train"} for i in range(10)]
+    groups = shard_groups(samples, {s["key"]: 100_000 for s in samples}, cfg)
+    assert [[s["key"] for s in g] for g in groups] == [
+        ["k00", "k02"],
+        ["k03", "k06"],
+        ["k07", "k08"],
+        ["k09"],
+        ["k01", "k04"],
+        ["k05"],
+    ]
 
 
 def test_mixable_clips_returns_only_the_clips_asked_for_that_the_pool_can_mix():

@@ -24,9 +24,15 @@ from pipelines.sonify.writing import manifest_counts, write_shards
 from schemas.config import RunConfig
 from schemas.layout import SonifyLayout
 from stages.io import storage
+from stages.pairing.card import dataset_card
 from stages.report.sonify import exposure
 
 log = logging.getLogger(__name__)
+
+LICENSE_NOTES = (
+    "Each mix is made of pool recordings and carries their terms; the images carry their own. Check the "
+    "licences of the pool's sources and of the images before publishing."
+)
 
 
 def run_sonify(config: RunConfig) -> dict:
@@ -118,6 +124,9 @@ def run_sonify(config: RunConfig) -> dict:
         "missing_sounds": missing,
         "threshold_fallbacks": planned["fallbacks"],
         "samples": written.samples,
+        # Written samples per split (sonify.splits), and with sonify.split_by_clip the concepts the
+        # rule left without a clip or gave another clip than they would have had.
+        "splits": split_totals(config, written.samples_by_split, planned),
         "rejected": planned["rejected"] + sum(written.failed_by_kind.values()),
         # Samples planned whose shard could not hold them: an image gone or unencodable, a silent mix.
         "write_errors_by_kind": dict(sorted(written.failed_by_kind.items())),
@@ -134,7 +143,19 @@ def run_sonify(config: RunConfig) -> dict:
         "wall_seconds": round(time.monotonic() - started, 3),
     }
     storage.write_text(layout.summary(), json.dumps(summary, indent=2) + "\n")
+    pool = {"clap": store.meta().get("clap"), "indexed_clips": pool_state["index_size"]}
+    storage.write_text(layout.card(), dataset_card(config, summary, pool, [], LICENSE_NOTES))
     return summary
+
+
+def split_totals(config: RunConfig, samples_by_split: dict, planned: dict) -> dict | None:
+    if not config.sonify.splits:
+        return None
+    totals = {"samples": {name: samples_by_split.get(name, 0) for name in config.sonify.splits}}
+    if config.sonify.split_by_clip:
+        totals["concepts_other_split"] = planned["concepts_other_split"]
+        totals["concepts_rechosen_for_split"] = planned["concepts_rechosen_for_split"]
+    return totals
 
 
 def hubness_skewness(config: RunConfig, layout: SonifyLayout) -> float | None:
@@ -152,6 +173,16 @@ def exposure_line(numbers: dict) -> str:
         f"top-{numbers['top_clips']} share {numbers['top_clips_share']:.3f}, Gini {numbers['gini']:.3f}, "
         f"pool hubness (k-occurrence skewness) {'n/a' if skew is None else f'{skew:.2f}'}"
     )
+
+
+def split_line(splits: dict) -> str:
+    line = ", ".join(f"{name} {n}" for name, n in splits["samples"].items()) + " samples"
+    if "concepts_other_split" in splits:
+        line += (
+            f"; keeping their clips apart dropped {splits['concepts_other_split']} concepts "
+            f"and changed the clip of {splits['concepts_rechosen_for_split']}"
+        )
+    return line
 
 
 def search_line(search: dict) -> str:
@@ -195,6 +226,7 @@ def format_summary(summary: dict) -> str:
         f"  samples:  {summary['samples']} written, {summary['rejected']} rejected, "
         f"{summary['distinct_clips_used']} distinct clips used",
         f"  exposure: {exposure_line(summary['exposure'])}",
+        *([f"  splits:   {split_line(summary['splits'])}"] if summary["splits"] else []),
         f"  pool:     {summary['pool_bytes_read'] / 1e6:.1f} MB read to mix "
         f"{summary['pool_bytes_of_clips_used'] / 1e6:.1f} MB of clips",
         f"  time:     {summary['wall_seconds']:.1f} s  "

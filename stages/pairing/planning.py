@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import re
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Container, Iterable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -23,6 +23,7 @@ from schemas.config import RunConfig
 from schemas.errors import PipelineError
 from stages.audio.mixing import draw_targets, gains_db
 from stages.pairing.shards import plan_shards
+from stages.pairing.splits import SOURCE, split_of
 from stages.search.choice import ConceptChoice, DroppedConcept, choose_clips, concept_rng
 
 # FLAC of a 16-bit mono mix is roughly 60% of its PCM size; used only to size shards.
@@ -51,6 +52,8 @@ CHUNK_COUNTS = (
     "concepts_below_min_cosine",
     "concepts_no_usable_clip",
     "concepts_clip_cap",
+    "concepts_other_split",
+    "concepts_rechosen_for_split",
     "fallbacks",
 )
 
@@ -103,6 +106,7 @@ class MixableClips:
 
     lufs: dict[str, float]
     locations: dict[str, tuple[str, int, int]]
+    sources: dict[str, str]
 
 
 def mixable_clips(mix_clips: pa.Table, clip_ids: Iterable[str]) -> MixableClips:
@@ -116,7 +120,17 @@ def mixable_clips(mix_clips: pa.Table, clip_ids: Iterable[str]) -> MixableClips:
     return MixableClips(
         lufs=dict(zip(ids, rows["lufs"])),
         locations={c: (p, o, s) for c, p, o, s in zip(ids, rows["part"], rows["audio_offset"], rows["audio_bytes"])},
+        sources=dict(zip(ids, rows["source_id"])),
     )
+
+
+def clips_by_split(sources: Mapping[str, str], splits: Mapping[str, float]) -> dict[str, set[str]]:
+    """The clip ids of each split, a clip going where its source recording goes
+    (sonify.split_by_clip): a variant keeps its parent's source id, so it goes with its parent."""
+    grouped: dict[str, set[str]] = {name: set() for name in splits}
+    for clip_id, source_id in sources.items():
+        grouped[split_of(source_id, splits, SOURCE)].add(clip_id)
+    return grouped
 
 
 def clip_locations(clips: pa.Table, rate: int, clip_ids: Iterable[str]) -> dict[str, tuple[str, int, int]]:
@@ -140,13 +154,20 @@ def plan_samples(
     found: Matches,
     clip_lufs: Mapping[str, float],
     corrected: Corrected | None = None,
+    split_clips: Mapping[str, set[str]] | None = None,
 ) -> tuple[list[dict], list[dict], Counter]:
     """Manifest rows of every sample (audio fields still empty, sorted by key) and of every rejected
     scene, and the counts of dropped concepts and threshold fallbacks. retrieval.max_uses_per_clip
     counts uses over the scenes given (a chunk), taken in key order so that the order of the rows
-    does not matter."""
+    does not matter.
+
+    With sonify.splits, each row gets its image's split. `split_clips` (sonify.split_by_clip): the
+    clips of each split, the only ones its samples may use. Each sample is then also chosen as it
+    would be without the rule (from the same uses so far), to count the concepts the rule dropped,
+    whose reason becomes `other_split`, and those it gave another clip."""
     samples, rejected, counts = [], [], Counter()
     uses: Counter = Counter()
+    splits = config.sonify.splits
     keyed = sorted(
         ((sample_key(scene["image_id"], scene["vlm"]), scene) for scene in scenes.to_pylist()), key=lambda pair: pair[0]
     )
@@ -170,25 +191,45 @@ def plan_samples(
             "concepts": [],
             "dropped_concepts": scene["dropped_empty_concepts"] or 0,
             "dropped": [],
+            "split": split_of(scene["image_id"], splits) if splits else None,
             **dict.fromkeys(WRITE_TIME_COLUMNS),
         }
         if row["error"]:
             rejected.append(row)
             continue
         texts = [c["text"] for c in scene["concepts"]]
-        choices = choose_clips(
-            texts,
-            found,
-            config.seed,
-            key,
-            config.retrieval.k,
-            config.retrieval.ssr,
-            config.retrieval.min_cosine,
-            clip_lufs,
-            corrected=corrected,
-            uses=uses,
-            max_uses=config.retrieval.max_uses_per_clip,
-        )
+        retrieval = config.retrieval
+
+        def choose(usable: Container[str], counted: Counter) -> list[ConceptChoice | DroppedConcept]:
+            return choose_clips(
+                texts,
+                found,
+                config.seed,
+                key,
+                retrieval.k,
+                retrieval.ssr,
+                retrieval.min_cosine,
+                usable,
+                corrected=corrected,
+                uses=counted,
+                max_uses=retrieval.max_uses_per_clip,
+            )
+
+        unrestricted = None if split_clips is None else choose(clip_lufs, Counter(uses))
+        choices = choose(clip_lufs if split_clips is None else split_clips[row["split"]], uses)
+        if unrestricted is not None:
+            # Dropped here and chosen without the rule: the pool has the sound, in another split.
+            # Dropped either way: for the reason it has without the rule, which is what the pool lacks.
+            choices = [
+                (DroppedConcept("other_split", choice.best_cosine) if isinstance(free, ConceptChoice) else free)
+                if isinstance(choice, DroppedConcept) and choice.reason in MISSING_REASONS
+                else choice
+                for choice, free in zip(choices, unrestricted)
+            ]
+            counts["concepts_rechosen_for_split"] += sum(
+                isinstance(c, ConceptChoice) and isinstance(f, ConceptChoice) and c.clip_id != f.clip_id
+                for c, f in zip(choices, unrestricted)
+            )
         kept = [(c, choice) for c, choice in zip(scene["concepts"], choices) if isinstance(choice, ConceptChoice)]
         row["dropped"] = [
             {"label": c["label"], "text": c["text"], "reason": choice.reason, "best_cosine": choice.best_cosine}
@@ -232,15 +273,19 @@ def plan_samples(
 
 
 def shard_groups(samples: list[dict], image_bytes: Mapping[str, int], config: RunConfig) -> list[list[dict]]:
-    """Samples (in key order) cut into shards of about sonify.shard_size_mb. An image's size in the
-    shard is estimated by its source's, a mix's by its FLAC at the mix rate."""
+    """Samples (in key order) cut into shards of about sonify.shard_size_mb, each shard of one split
+    (splits in their configured order). An image's size in the shard is estimated by its source's,
+    a mix's by its FLAC at the mix rate."""
     flac_estimate = int(config.mix.sample_rate * config.pool.clip_seconds * FLAC_BYTES_PER_SAMPLE)
-    sizes = [image_bytes.get(s["key"], 0) + flac_estimate for s in samples]
     groups: list[list[dict]] = []
-    for sample, index in zip(samples, plan_shards(sizes, int(config.sonify.shard_size_mb * 1e6))):
-        if index == len(groups):
-            groups.append([])
-        groups[index].append(sample)
+    for split in config.sonify.splits or [None]:
+        members = [s for s in samples if s["split"] == split]
+        sizes = [image_bytes.get(s["key"], 0) + flac_estimate for s in members]
+        start = len(groups)
+        for sample, index in zip(members, plan_shards(sizes, int(config.sonify.shard_size_mb * 1e6))):
+            if start + index == len(groups):
+                groups.append([])
+            groups[start + index].append(sample)
     return groups
 
 
@@ -310,19 +355,24 @@ def plan_chunk(config: RunConfig, scenes: pa.Table, matches: pa.Table, mix_clips
     """The plan of one chunk from its scenes (every VLM's), its matches and the pool's MIX_CLIPS."""
     found = matches_by_text(matches)
     clips = mixable_clips(mix_clips, (c for ids, _ in found.values() for c in ids))
-    samples, rejected, counts = plan_samples(config, scenes, found, clips.lufs, corrected_by_text(matches))
+    split_clips = clips_by_split(clips.sources, config.sonify.splits) if config.sonify.split_by_clip else None
+    samples, rejected, counts = plan_samples(config, scenes, found, clips.lufs, corrected_by_text(matches), split_clips)
     image_bytes = {
         sample_key(i, v): n or 0
         for i, v, n in zip(*[scenes.column(c).to_pylist() for c in ("image_id", "vlm", "num_bytes")])
     }
-    shards = [shard_plan(manifest_table(rows), clips.locations) for rows in shard_groups(samples, image_bytes, config)]
+    groups = shard_groups(samples, image_bytes, config)
+    shards = [shard_plan(manifest_table(rows), clips.locations) for rows in groups]
     stats = {
         "shards": len(shards),
+        "shard_splits": [rows[0]["split"] for rows in groups],
         "samples": len(samples),
         "rejected": len(rejected),
         "concepts_below_min_cosine": counts["concepts_below_min_cosine"],
         "concepts_no_usable_clip": counts["concepts_no_usable_clip"],
         "concepts_clip_cap": counts["concepts_clip_cap"],
+        "concepts_other_split": counts["concepts_other_split"],
+        "concepts_rechosen_for_split": counts["concepts_rechosen_for_split"],
         "fallbacks": counts["fallbacks"],
         "rejection_reasons": [r["error"] for r in rejected][:MAX_REPORTED_REASONS],
     }
