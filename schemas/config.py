@@ -5,9 +5,11 @@ what each command needs and the generated reference live in `pipelines.config`."
 
 from __future__ import annotations
 
+import math
+import re
 from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from schemas.config_base import ConfigSection
 from schemas.pool_config import IndexConfig, ParquetSourceConfig, PoolConfig
@@ -126,6 +128,27 @@ class LicenseFilterConfig(ConfigSection):
     )
 
 
+class MissingSoundsConfig(ConfigSection):
+    group_cosine: float = Field(
+        0.9,
+        ge=-1.0,
+        le=1.0,
+        description="Missing texts are grouped most requested first: a text joins the group of the most similar "
+        "earlier group's first text when their CLAP text cosine is at or above this, else it starts a group. "
+        "1.0 groups only identical embeddings. Changing it regroups a finished run's list on the next run.",
+    )
+    max_groups: int = Field(
+        100_000,
+        ge=1,
+        description="Groups whose first text later texts are compared with (their CLAP embeddings are held: "
+        "about 200 MB at 100,000 x 512). Past it, a text that joins none is a group of its own.",
+    )
+
+
+# A split's name begins its shards' file names and names a split of the dataset card.
+SPLIT_NAME = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
+
+
 class SonifyConfig(ConfigSection):
     images: list[str] = Field(
         default_factory=list,
@@ -170,6 +193,49 @@ class SonifyConfig(ConfigSection):
         "matched against each image's id, then against its URI (a tar's URI credits all of its images). The values "
         "go into each manifest row and ATTRIBUTION.md / ATTRIBUTION.csv.",
     )
+    splits: dict[str, float] | None = Field(
+        None,
+        description="Named fractions of the images, e.g. {train: 0.98, validation: 0.01, test: 0.01}, summing to 1. "
+        "Each image goes to a split by a stable hash of its image id (whatever the seed; changing the fractions "
+        "moves images between splits), with every VLM's sample of it, and each split gets its own shards "
+        "(shards/<split>-NNNNNN.tar). Unset: one unnamed set of shards.",
+    )
+    split_by_clip: bool = Field(
+        False,
+        description="Keep the audio of the splits apart too: each pool source recording (with all its clips and "
+        "variants) belongs to one split, by a stable hash of its source id with the same fractions, and a sample "
+        "uses only clips of its own split. A concept whose usable neighbours all belong to other splits is dropped "
+        "(`other_split`); the summary counts those and the concepts that got another clip than without the rule.",
+    )
+    missing_sounds: MissingSoundsConfig = Field(
+        default_factory=MissingSoundsConfig,
+        description="The list of sounds the pool lacks (missing_sounds.parquet): how near-identical texts are grouped.",
+    )
+
+    @field_validator("splits")
+    @classmethod
+    def _splits(cls, splits: dict[str, float] | None) -> dict[str, float] | None:
+        if splits is None:
+            return None
+        if not splits:
+            raise ValueError("give at least one split, or leave splits unset")
+        for name, fraction in splits.items():
+            if not SPLIT_NAME.match(name) or name.startswith("rejected"):
+                raise ValueError(
+                    f"split name {name!r}: use up to 32 lower-case letters, digits and underscores, starting with a "
+                    "letter (and not with `rejected`, which names the manifest's rejected scenes)"
+                )
+            if not 0 < fraction <= 1:
+                raise ValueError(f"split {name!r}: fraction {fraction} must be above 0 and at most 1")
+        if not math.isclose(sum(splits.values()), 1.0, abs_tol=1e-6):
+            raise ValueError(f"split fractions must sum to 1, got {sum(splits.values())}")
+        return splits
+
+    @model_validator(mode="after")
+    def _split_by_clip_needs_splits(self) -> SonifyConfig:
+        if self.split_by_clip and self.splits is None:
+            raise ValueError("split_by_clip needs splits")
+        return self
 
 
 class RetrievalConfig(ConfigSection):

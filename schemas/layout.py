@@ -34,8 +34,9 @@ def chunk_id(index: int) -> str:
     return f"{index:06d}"
 
 
-def shard_id(index: int) -> str:
-    return f"{index:06d}"
+def shard_id(index: int, split: str | None = None) -> str:
+    """A shard's name: its number, within its split where the run has splits."""
+    return f"{index:06d}" if split is None else f"{split}-{index:06d}"
 
 
 def shard_file(shard: str) -> str:
@@ -146,8 +147,9 @@ class SonifyLayout:
     # 3: one image member name for every sample (sonify.image_format), shards no longer split by format;
     # 4: matches and shard plans per chunk (matches/, plans/CCCCCC-PPPPPP.parquet), mix_clips.parquet;
     # 5: hubness/ (the bank and the clips' biases), corrected scores in matches and manifest;
-    # 6: licences: each clip's credit in mix_clips.parquet, image_credits.parquet, ATTRIBUTION.md/.csv.
-    VERSION: ClassVar[int] = 6
+    # 6: missing/ per chunk and the run's missing sounds, dropped concepts in the manifest;
+    # 7: licences: each clip's credit in mix_clips.parquet, image_credits.parquet, ATTRIBUTION.md/.csv.
+    VERSION: ClassVar[int] = 7
 
     root: str
 
@@ -236,6 +238,26 @@ class SonifyLayout:
         """A chunk's shard count and planning counts; written last, so it marks the chunk planned."""
         return join(self.plans_folder(), f"chunk-{chunk}.json")
 
+    def missing_folder(self) -> str:
+        return join(self.root, "missing")
+
+    def missing_texts(self, chunk: str) -> str:
+        """The concept texts of a chunk that got no usable clip; written before the chunk's plan stats."""
+        return join(self.missing_folder(), f"{chunk}.parquet")
+
+    def missing_sound_texts(self) -> str:
+        """Every distinct missing text of the run and the group it joined."""
+        return join(self.root, "missing_sound_texts.parquet")
+
+    def missing_sounds(self) -> str:
+        """The run's missing sounds by group of near-identical texts."""
+        return join(self.root, "missing_sounds.parquet")
+
+    def missing_sounds_stats(self) -> str:
+        """The grouping settings and counts of the missing-sounds files; written after both, so it
+        marks them complete for those settings."""
+        return join(self.root, "missing_sounds.json")
+
     def manifest_folder(self) -> str:
         return join(self.root, "manifest")
 
@@ -278,6 +300,11 @@ class SonifyLayout:
         """Counts per stage, error reasons, seconds per phase."""
         return join(self.root, "summary.json")
 
+    def card(self) -> str:
+        """The dataset card, which Hugging Face `datasets` reads: the splits' shards, the features,
+        the licences, and how the data was made; written last by every run."""
+        return join(self.root, "README.md")
+
     def report_folder(self) -> str:
         """The HTML report; its files are named by ReportLayout."""
         return join(self.root, "report")
@@ -292,6 +319,7 @@ class SonifyLayout:
             self.root,
             self.matches_folder(),
             self.hubness_folder(),
+            self.missing_folder(),
             *self.shard_folders(),
             *(self.vlm_scenes_folder(v) for v in vlms),
         ]

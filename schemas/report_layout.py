@@ -37,6 +37,11 @@ class ReportLayout:
         return f"media/clip-{number:04d}.flac"
 
     @staticmethod
+    def missing_example(number: int, position: int) -> str:
+        """The position-th example image of the number-th missing sound of a sonify run."""
+        return f"media/missing-{number:04d}-{position:04d}.jpg"
+
+    @staticmethod
     def replaced_folders() -> tuple[str, ...]:
         """Folders whose files a new report replaces: what it does not show again is deleted."""
         return ("plots", "media")

@@ -123,13 +123,26 @@ MANIFEST_CONCEPT = pa.struct(
     ]
 )
 
+# A concept that got no clip: `reason` is below_min_cosine, no_usable_clip, clip_cap
+# (stages.search.choice.DroppedConcept) or other_split (sonify.split_by_clip); `best_cosine` the
+# highest raw cosine among its neighbours (null when the search returned none).
+DROPPED_CONCEPT = pa.struct(
+    [
+        pa.field("label", pa.string()),
+        pa.field("text", pa.string()),
+        pa.field("reason", pa.string()),
+        pa.field("best_cosine", pa.float64()),
+    ]
+)
+
 # sonify.out/manifest/NNNNNN.parquet (one per shard) and manifest/rejected-NNNNNN.parquet (one per
 # chunk of images: scenes that became no sample, with the reason in `error`).
 # 2: the shard's image (extension, size) beside the source's; 3: error_kind as well; 4: each concept's
-# corrected_cosine beside its raw cosine; 5: the licence and credit of each concept's clip and of the image.
+# corrected_cosine beside its raw cosine; 5: the concepts dropped at retrieval, each with its reason,
+# and the sample's split; 6: the licence and credit of each concept's clip and of the image.
 MANIFEST = versioned(
     "manifest",
-    5,
+    6,
     [
         pa.field("key", pa.string(), nullable=False),
         pa.field("image_id", pa.string(), nullable=False),
@@ -153,7 +166,10 @@ MANIFEST = versioned(
         pa.field("image_source_url", pa.string()),
         pa.field("image_title", pa.string()),
         pa.field("concepts", pa.list_(MANIFEST_CONCEPT)),
+        # Concepts of the scene that got no clip: those with empty text (counted only) and those
+        # dropped at retrieval (listed in `dropped`).
         pa.field("dropped_concepts", pa.int32()),
+        pa.field("dropped", pa.list_(DROPPED_CONCEPT)),
         pa.field("mix_gain_db", pa.float64()),
         pa.field("mix_lufs", pa.float64()),
         pa.field("mix_peak_dbfs", pa.float64()),
@@ -161,6 +177,8 @@ MANIFEST = versioned(
         pa.field("duration_s", pa.float64()),
         pa.field("seed", pa.int64()),
         pa.field("shard", pa.string()),
+        # The sample's split (sonify.splits); null without splits.
+        pa.field("split", pa.string()),
         pa.field("error", pa.string()),
         # The kind of `error`: an image or VLM error's kind, or the drop reason (too_small, non_sonic,
         # no_concepts, no_usable_clip); null for samples.
@@ -187,20 +205,23 @@ MANIFEST_POOL_READS = ("pool_bytes_read", "pool_clip_bytes")
 # a shard's manifest rows before mixing, each with the location of every concept's clip (in the
 # order of `concepts`), so a writer reads no pool table of its own.
 # 2: manifest rows plus clip parts, replacing IPC bytes; 3: the manifest of version 3;
-# 4: clip locations (byte ranges) instead of parts; 5: the manifest of version 4; 6: of version 5.
+# 4: clip locations (byte ranges) instead of parts; 5: the manifest of version 4; 6: of version 5;
+# 7: of version 6.
 SHARD_PLANS = versioned(
     "shard_plans",
-    6,
+    7,
     [*MANIFEST, pa.field("clip_locations", pa.list_(CLIP_LOCATION), nullable=False)],
 )
 # sonify.out/mix_clips.parquet: every pool clip audible at mix.sample_rate, sorted by clip_id; the
-# clips planning may choose (sonify.licenses allows), their loudness at that rate, where their audio
-# is, and their credit for the manifest. 2: the credit columns.
+# clips retrieval searches and planning may choose (sonify.licenses allows), their loudness at that
+# rate, where their audio is, and their credit for the manifest.
+# 2: the clip's source recording (sonify.split_by_clip puts a recording in one split); 3: the credit columns.
 MIX_CLIPS = versioned(
     "mix_clips",
-    2,
+    3,
     [
         pa.field("clip_id", pa.string(), nullable=False),
+        pa.field("source_id", pa.string(), nullable=False),
         pa.field("lufs", pa.float64(), nullable=False),
         pa.field("part", pa.string(), nullable=False),
         pa.field("audio_offset", pa.int64(), nullable=False),
@@ -244,21 +265,28 @@ CHUNK_SEARCHES = versioned(
 )
 # What planning wrote for a chunk, one row per chunk: its search (carried through, so the driver gets
 # one row per chunk from the retrieve-then-plan pipeline), its shard plans in shard order, its
-# rejected scenes, and the counts its plan stats file holds. 2: CHUNK_SEARCHES 2, concepts_clip_cap.
+# rejected scenes, and the counts its plan stats file holds. 2: CHUNK_SEARCHES 2, concepts_clip_cap;
+# 3: each shard's split, and the concepts that sonify.split_by_clip dropped or changed.
 CHUNK_PLANS = versioned(
     "chunk_plans",
-    2,
+    3,
     [
         *CHUNK_SEARCHES,
         pa.field("shard_plan_urls", pa.list_(pa.string()), nullable=False),
         pa.field("rejected_url", pa.string(), nullable=False),
         pa.field("shards", pa.int64(), nullable=False),
+        # The split of each shard (null without sonify.splits), in shard order.
+        pa.field("shard_splits", pa.list_(pa.string()), nullable=False),
         pa.field("samples", pa.int64(), nullable=False),
         pa.field("rejected", pa.int64(), nullable=False),
         pa.field("concepts_below_min_cosine", pa.int64(), nullable=False),
         pa.field("concepts_no_usable_clip", pa.int64(), nullable=False),
         # Concepts dropped because every usable neighbour was at retrieval.max_uses_per_clip.
         pa.field("concepts_clip_cap", pa.int64(), nullable=False),
+        # sonify.split_by_clip: concepts left without a clip because every usable neighbour belongs to
+        # another split, and concepts that got another clip than they would have without the rule.
+        pa.field("concepts_other_split", pa.int64(), nullable=False),
+        pa.field("concepts_rechosen_for_split", pa.int64(), nullable=False),
         pa.field("fallbacks", pa.int64(), nullable=False),
         # The chunk's first rejection reasons (at most stages.pairing.planning.MAX_REPORTED_REASONS).
         pa.field("rejection_reasons", pa.list_(pa.string()), nullable=False),
@@ -283,5 +311,55 @@ SHARD_RESULTS = versioned(
         pa.field("pool_bytes_read", pa.int64()),
         # Stored bytes (FLAC at the mix rate) of the distinct clips the shard uses.
         pa.field("pool_clip_bytes", pa.int64()),
+    ],
+)
+
+# An image a missing sound was heard in.
+MISSING_EXAMPLE = pa.struct(
+    [
+        pa.field("image_id", pa.string()),
+        pa.field("image_uri", pa.string()),
+        pa.field("image_member", pa.string()),
+    ]
+)
+# The counts and examples of the texts that got no usable clip, by text; the same columns per
+# chunk, per distinct text and per group of near-identical texts.
+_MISSING_COUNTS = [
+    # Concepts that asked for the text (or the group).
+    pa.field("requests", pa.int64(), nullable=False),
+    pa.field("below_min_cosine", pa.int64(), nullable=False),
+    pa.field("no_usable_clip", pa.int64(), nullable=False),
+    # The highest raw cosine any pool clip reached for it; null when the search returned no clip.
+    pa.field("best_cosine", pa.float64()),
+    # A few images it was heard in, the first by image id.
+    pa.field("examples", pa.list_(MISSING_EXAMPLE), nullable=False),
+]
+# sonify.out/missing/NNNNNN.parquet: the concept texts of chunk NNNNNN that got no usable clip
+# (dropped below retrieval.min_cosine, or with no neighbour audible at the mix rate).
+MISSING_TEXTS = versioned("missing_texts", 1, [pa.field("text", pa.string(), nullable=False), *_MISSING_COUNTS])
+# sonify.out/missing_sound_texts.parquet: every distinct missing text of the run, most requested
+# first, with the group it joined (named by the group's first text) and its cosine to that text.
+MISSING_SOUND_TEXTS = versioned(
+    "missing_sound_texts",
+    1,
+    [
+        pa.field("text", pa.string(), nullable=False),
+        pa.field("group_text", pa.string(), nullable=False),
+        pa.field("cosine_to_group", pa.float64(), nullable=False),
+        *_MISSING_COUNTS,
+    ],
+)
+# sonify.out/missing_sounds.parquet: the run's missing sounds, one row per group of near-identical
+# texts (sonify.missing_sounds.group_cosine), most requested first: the sounds to add to the pool.
+MISSING_SOUNDS = versioned(
+    "missing_sounds",
+    1,
+    [
+        # The group's most requested text.
+        pa.field("text", pa.string(), nullable=False),
+        # Distinct texts in the group, and the most requested of them (sonify.missing_sounds.member_texts).
+        pa.field("texts", pa.int64(), nullable=False),
+        pa.field("member_texts", pa.list_(pa.string()), nullable=False),
+        *_MISSING_COUNTS,
     ],
 )

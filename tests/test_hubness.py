@@ -192,7 +192,7 @@ def test_the_cap_bounds_uses_over_samples_and_drops_what_it_must():
         choose_clips(["t"], matches, 0, f"s{i}", 3, True, -1.0, set(ids), uses=uses, max_uses=2)[0] for i in range(7)
     ]
     assert Counter(c.clip_id for c in choices if isinstance(c, ConceptChoice)) == {"a": 2, "b": 2, "c": 2}
-    assert choices[6] == DroppedConcept("clip_cap")
+    assert choices[6] == DroppedConcept("clip_cap", 0.9)
     assert uses == {"a": 2, "b": 2, "c": 2}
 
 

@@ -11,6 +11,7 @@ import json
 import duckdb
 import numpy as np
 import pytest
+import yaml
 from PIL import Image
 
 from pipelines.config import validate_config
@@ -164,6 +165,10 @@ def test_no_denied_clip_is_used_and_every_used_clip_needing_credit_is_credited_o
     assert [r for r in rows if r[0] == "image"] == [
         ("image", "img-00", "a grey square", "a photographer", "CC-BY-SA-4.0", "https://example.org/img-00")
     ]
+    card = (root / "out" / "README.md").read_text().split("---\n")[1]
+    card_licenses = yaml.safe_load(card)["license"]
+    assert {"cc-by-sa-4.0", "cc0-1.0", "unknown"} <= set(card_licenses)
+    assert not [name for name in card_licenses if "-nc" in name]
     page = (root / "out" / "ATTRIBUTION.md").read_text()
     assert all(f"`{clip_id}`" in page for clip_id in needing)
 

@@ -312,3 +312,38 @@ def test_relabelling_rewrites_only_the_clips_files_whose_credits_changed(tmp_pat
     assert b.column("license").to_pylist() == ["CC-BY-4.0"] * 2 and b.column("attribution").to_pylist() == ["Bo"] * 2
     assert b.column("clip_id").to_pylist() == ["part-b-0", "part-b-1"]
     assert relabel_parts(paths, credits, skip=set()) == 0
+
+
+@pytest.mark.parametrize(
+    ("license_id", "hub"),
+    [
+        ("CC-BY-4.0", "cc-by-4.0"),
+        ("CC0-1.0", "cc0-1.0"),
+        ("CC-BY-NC-SA-3.0", "cc-by-nc-sa-3.0"),
+        ("CC-BY-NC-SA-3.0-US", "other"),
+        ("ODbL-1.0", "odbl"),
+        ("MIT", "mit"),
+        ("LicenseRef-Sampling-Plus", "other"),
+        ("unknown", "unknown"),
+    ],
+)
+def test_the_dataset_card_names_licences_by_the_hubs_ids(license_id, hub):
+    from pipelines.sonify.credits import hub_license
+
+    assert hub_license(license_id) == hub
+
+
+def test_the_dataset_cards_licences_and_notes_cover_clips_and_images():
+    from pipelines.sonify.credits import card_licenses, license_notes
+
+    credits = {
+        "clips_by_license": {"CC-BY-4.0": 3, "LicenseRef-Sampling-Plus": 1, "unknown": 2},
+        "images_by_license": {"CC0-1.0": 5, "unknown": 1},
+        "credited_clips": 4,
+        "credited_images": 0,
+    }
+    assert card_licenses(credits) == ["cc-by-4.0", "cc0-1.0", "other", "unknown"]
+    notes = license_notes(credits)
+    assert "Distinct clips used: 3 under CC-BY-4.0, 1 under LicenseRef-Sampling-Plus, 2 under unknown." in notes
+    assert "Images used: 5 under CC0-1.0, 1 under unknown." in notes
+    assert "credit the 4 clips and 0 images" in notes

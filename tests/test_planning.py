@@ -73,6 +73,8 @@ def pool_clips(inaudible: set[str] = frozenset()) -> pa.Table:
         MIX_CLIPS,
         {
             "clip_id": ids,
+            # Three clips per source recording.
+            "source_id": [f"source-{int(c[-2:]) // 3}" for c in ids],
             "lufs": [-20.0 - int(c[-2:]) / 4 for c in ids],
             "part": [f"part-{int(c[-2:]) // 8}" for c in ids],
             "audio_offset": [512 + 20_000 * (int(c[-2:]) % 8) for c in ids],
@@ -169,11 +171,25 @@ def test_a_scene_with_no_usable_concept_is_rejected_as_no_usable_clip():
 
 def test_shards_are_cut_by_size_in_key_order_and_numbered_within_the_chunk():
     cfg = config(shard_size_mb=0.5)
-    samples = [{"key": f"k{i:02d}"} for i in range(10)]
+    samples = [{"key": f"k{i:02d}", "split": None} for i in range(10)]
     # 100 kB images plus a 5 s mix at 16 kHz (96 kB estimated): 2 samples per 0.5 MB shard.
     groups = shard_groups(samples, {s["key"]: 100_000 for s in samples}, cfg)
     assert [[s["key"] for s in g] for g in groups] == [[f"k{i:02d}", f"k{i + 1:02d}"] for i in range(0, 10, 2)]
     assert shard_groups([], {}, cfg) == []
+
+
+def test_with_splits_each_shard_holds_one_split_in_key_order():
+    cfg = config(shard_size_mb=0.5, splits={"train": 0.5, "test": 0.5})
+    samples = [{"key": f"k{i:02d}", "split": "test" if i in (1, 4, 5) else "train"} for i in range(10)]
+    groups = shard_groups(samples, {s["key"]: 100_000 for s in samples}, cfg)
+    assert [[s["key"] for s in g] for g in groups] == [
+        ["k00", "k02"],
+        ["k03", "k06"],
+        ["k07", "k08"],
+        ["k09"],
+        ["k01", "k04"],
+        ["k05"],
+    ]
 
 
 def test_mixable_clips_returns_only_the_clips_asked_for_that_the_pool_can_mix():
@@ -343,3 +359,46 @@ def test_each_concept_carries_its_clips_credit_and_each_row_its_images():
     assert by_image["img-001"]["image_attribution"] == "a photographer"
     assert by_image["img-001"]["image_title"] == "a street"
     assert all(row["image_license"] is None for image_id, row in by_image.items() if image_id != "img-001")
+
+
+def test_dropped_concepts_are_listed_per_row_and_the_missing_texts_per_chunk():
+    matches = matches_of(TEXTS)
+    # Every neighbour scores 0.1 or more, but those of "a dog barking" a tenth of that: under the
+    # floor, a sound the pool lacks.
+    scores = matches.column("scores").to_pylist()
+    scores[1] = [s / 10 for s in scores[1]]
+    matches = matches.set_column(2, "scores", pa.array(scores, matches.schema.field("scores").type))
+    dog_best = max(scores[1])
+    fire_clips = matches.column("clip_ids").to_pylist()[3]
+    floored = config().model_copy(deep=True)
+    floored.retrieval.min_cosine = 0.1
+    plan = plan_chunk(floored, chunk_scenes(), matches, pool_clips(inaudible=set(fire_clips)))
+    rows = [row for shard in plan.shards for row in shard.to_pylist()] + plan.rejected.to_pylist()
+    dropped = {(r["image_id"], d["text"]): d for r in rows for d in r["dropped"]}
+    dog_images = [f"img-{i:03d}" for i in range(12) if i % 4 >= 1]
+    fire_images = [f"img-{i:03d}" for i in range(12) if i % 4 == 3]
+    assert sorted(dropped) == sorted(
+        [(i, "a dog barking") for i in dog_images] + [(i, "a crackling fire") for i in fire_images]
+    )
+    assert {d["reason"] for (_, text), d in dropped.items() if text == "a dog barking"} == {"below_min_cosine"}
+    assert {d["reason"] for (_, text), d in dropped.items() if text == "a crackling fire"} == {"no_usable_clip"}
+    assert all(r["dropped_concepts"] == len(r["dropped"]) for r in rows if r["concepts"] or r["dropped"])
+
+    missing = {row["text"]: row for row in plan.missing.to_pylist()}
+    assert sorted(missing) == ["a crackling fire", "a dog barking"]
+    dog, fire = missing["a dog barking"], missing["a crackling fire"]
+    assert (dog["requests"], dog["below_min_cosine"], dog["no_usable_clip"]) == (len(dog_images), len(dog_images), 0)
+    assert (fire["requests"], fire["below_min_cosine"], fire["no_usable_clip"]) == (3, 0, 3)
+    assert dog["best_cosine"] == pytest.approx(dog_best)
+    assert fire["best_cosine"] == pytest.approx(max(matches.column("scores").to_pylist()[3]))
+    assert [e["image_id"] for e in dog["examples"]] == dog_images[:3]
+    assert [e["image_uri"] for e in fire["examples"]] == [f"/images/{i}.jpg" for i in fire_images]
+
+
+def test_concepts_the_cap_drops_are_not_missing_sounds():
+    capped = config().model_copy(deep=True)
+    capped.retrieval.max_uses_per_clip = 1
+    plan = plan_chunk(capped, chunk_scenes(), matches_of(TEXTS), pool_clips())
+    reasons = {d["reason"] for s in plan.shards for row in s.to_pylist() for d in row["dropped"]}
+    assert reasons == {"clip_cap"}
+    assert plan.missing.num_rows == 0

@@ -31,6 +31,7 @@ from tests.helpers import noise, tone, write_audio
 pytestmark = pytest.mark.slow
 
 FORMATS = ("PNG", "JPEG", "WEBP")
+SPLITS = {"train": 0.5, "validation": 0.25, "test": 0.25}
 # The FFmpeg libraries torchcodec links against, by the major version FFmpeg 8 gives them.
 FFMPEG_LIBRARIES = ("avutil", "avcodec", "avformat", "avdevice", "avfilter", "swscale", "swresample")
 
@@ -88,6 +89,7 @@ def dataset(tiny_models, ray_session, tmp_path_factory):
                 "images": [str(images / "*"), str(root / "members.tar")],
                 "out": str(root / "out"),
                 "shard_size_mb": 0.25,
+                "splits": SPLITS,
             },
             "retrieval": {"search_k": 4, "k": 2, "min_cosine": -1.0},
         }
@@ -98,7 +100,10 @@ def dataset(tiny_models, ray_session, tmp_path_factory):
     out = root / "out"
     shards = sorted(str(p) for p in (out / "shards").glob("*.tar"))
     manifest = {
-        r["key"]: r for p in sorted((out / "manifest").glob("[0-9]*.parquet")) for r in pq.read_table(p).to_pylist()
+        r["key"]: r
+        for p in sorted((out / "manifest").glob("*.parquet"))
+        if not p.name.startswith("rejected")
+        for r in pq.read_table(p).to_pylist()
     }
     members = {}
     for shard in shards:
@@ -116,6 +121,10 @@ def expected_audio(members: dict, key: str) -> tuple[np.ndarray, int]:
 def test_the_dataset_mixes_inputs_over_at_least_three_shards(dataset):
     shards, manifest, members = dataset
     assert len(shards) >= 3
+    # Each shard holds one split, and is named after it.
+    for shard in shards:
+        held = {r["split"] for r in manifest.values() if r["shard"] == Path(shard).name}
+        assert held == {Path(shard).name.split("-")[0]}
     assert {r["image_format"] for r in manifest.values()} == {"png", "jpeg", "webp"}
     assert {r["image_member"] is None for r in manifest.values()} == {True, False}
     first = [r for r in manifest.values() if r["shard"] == Path(shards[0]).name]
@@ -148,13 +157,17 @@ def test_hugging_face_datasets_reads_every_row_whole(dataset, tmp_path, streamin
         HF_DATASETS_OFFLINE="1",
         PYTHONPATH=str(REPO),
     )
-    command = [sys.executable, "-m", "tests.read_with_datasets", *(["--streaming"] if streaming else []), *shards]
+    out = Path(shards[0]).parent.parent
+    command = [sys.executable, "-m", "tests.read_with_datasets", *(["--streaming"] if streaming else []), str(out)]
     result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-4000:]
     rows = [json.loads(line) for line in result.stdout.splitlines()]
     assert sorted(r["key"] for r in rows) == sorted(manifest)
+    # Every split, from the dataset card alone, each sample in its own.
+    assert {r["split"] for r in rows} == set(SPLITS)
     for row in rows:
         expected = manifest[row["key"]]
+        assert row["split"] == expected["split"] == row["metadata"]["split"]
         assert row["image_size"] == [expected["shard_image_width"], expected["shard_image_height"]]
         assert row["image_mode"] == "RGB"
         audio, rate = expected_audio(members, row["key"])

@@ -138,7 +138,7 @@ def test_min_cosine_removes_candidates_before_the_threshold():
     # with k=4 and a floor between the two groups, the threshold is recomputed over a and b alone.
     (floored,) = choose_clips(["t"], matches, 0, "key", 4, False, 0.8, set(ids))
     assert floored.threshold == pytest.approx(0.875)
-    assert choose_clips(["t"], matches, 0, "key", 4, False, 0.95, set(ids)) == [DroppedConcept("below_min_cosine")]
+    assert choose_clips(["t"], matches, 0, "key", 4, False, 0.95, set(ids)) == [DroppedConcept("below_min_cosine", 0.9)]
 
 
 def test_clips_that_are_not_usable_are_skipped_like_used_ones():
@@ -148,5 +148,8 @@ def test_clips_that_are_not_usable_are_skipped_like_used_ones():
     for seed in range(30):
         first, second = choose_clips(["t", "t"], matches, seed, "key", 4, True, 0.0, usable)
         assert {first.clip_id, second.clip_id} == usable
-    assert choose_clips(["u"], matches, 0, "key", 4, True, 0.0, usable) == [DroppedConcept("no_usable_clip")]
-    assert choose_clips(["unknown text"], matches, 0, "key", 4, True, 0.0, usable) == [DroppedConcept("no_usable_clip")]
+    # The best cosine is the pool's nearest clip, usable or not; a text with no neighbour has none.
+    assert choose_clips(["u"], matches, 0, "key", 4, True, 0.0, usable) == [DroppedConcept("no_usable_clip", 0.99)]
+    assert choose_clips(["unknown text"], matches, 0, "key", 4, True, 0.0, usable) == [
+        DroppedConcept("no_usable_clip", None)
+    ]

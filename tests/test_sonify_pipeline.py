@@ -19,6 +19,7 @@ from PIL import Image
 
 from pipelines.config import validate_config
 from pipelines.pool.run import run_pool
+from pipelines.report import sonify_report
 from pipelines.sonify import SonifyError, run_render, run_sonify
 from stages.audio.packs import decode_flac
 from tests.helpers import noise, tone, write_audio
@@ -257,3 +258,51 @@ def test_rerun_reuses_finished_work_and_refuses_other_settings(run, inputs, tiny
     changed = make_config(inputs, tiny_models, out, retrieval={"search_k": 8, "k": 2, "min_cosine": -1.0})
     with pytest.raises(SonifyError, match="holds a run made with other settings"):
         run_sonify(changed)
+
+
+def test_missing_sounds_list_what_the_manifest_dropped_and_regroup_alone(run, inputs, tiny_models, tmp_path):
+    _, out, _ = run
+    db = duckdb.connect()
+    # A floor at the median cosine of the first run's choices: about half its concepts find no clip.
+    floor = db.execute(
+        f"SELECT median(c.cosine) FROM (SELECT unnest(concepts) AS c FROM read_parquet('{out}/manifest/0*.parquet'))"
+    ).fetchone()[0]
+    floored_out = tmp_path / "floored"
+    retrieval = {"search_k": 8, "k": 4, "min_cosine": floor}
+    summary = run_sonify(make_config(inputs, tiny_models, floored_out, retrieval=retrieval))
+
+    dropped = db.execute(
+        "SELECT d.text, count(*), max(d.best_cosine) FROM (SELECT unnest(dropped) AS d "
+        f"FROM read_parquet('{floored_out}/manifest/*.parquet')) "
+        "WHERE d.reason IN ('below_min_cosine', 'no_usable_clip') GROUP BY 1 ORDER BY 1"
+    ).fetchall()
+    listed = db.execute(
+        f"SELECT text, requests, best_cosine FROM read_parquet('{floored_out}/missing_sound_texts.parquet') ORDER BY 1"
+    ).fetchall()
+    assert dropped and [(t, n) for t, n, _ in listed] == [(t, n) for t, n, _ in dropped]
+    assert [b for _, _, b in listed] == pytest.approx([b for _, _, b in dropped])
+    assert all(best < floor for _, _, best in listed)
+    groups = db.execute(
+        f"SELECT count(*), sum(requests), sum(texts) FROM read_parquet('{floored_out}/missing_sounds.parquet')"
+    ).fetchone()
+    requests = sum(n for _, n, _ in listed)
+    assert summary["missing_sounds"] == {"texts": len(listed), "groups": groups[0], "requests": requests}
+    assert groups[1:] == (requests, len(listed))
+    assert summary["concepts_below_min_cosine"] + summary["concepts_without_usable_clip"] == requests
+
+    # Other grouping settings regroup the list on the next run and touch nothing else.
+    manifest = {p.name: p.stat().st_mtime_ns for p in (floored_out / "manifest").iterdir()}
+    regrouped = make_config(
+        inputs, tiny_models, floored_out, retrieval=retrieval, sonify={"missing_sounds": {"group_cosine": -1.0}}
+    )
+    again = run_sonify(regrouped)
+    assert again["missing_sounds"] == {"texts": len(listed), "groups": 1, "requests": requests}
+    assert {p.name: p.stat().st_mtime_ns for p in (floored_out / "manifest").iterdir()} == manifest
+    [(text, member_texts)] = db.execute(
+        f"SELECT text, member_texts FROM read_parquet('{floored_out}/missing_sounds.parquet')"
+    ).fetchall()
+    most_requested = max(listed, key=lambda row: (row[1], [-ord(ch) for ch in row[0]]))
+    assert text == member_texts[0] == most_requested[0]
+
+    page = (Path(sonify_report(regrouped).removeprefix("file://"))).read_text()
+    assert 'id="missing-sounds"' in page and f"{requests} concepts asked for {len(listed)} texts" in page

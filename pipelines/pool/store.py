@@ -46,15 +46,16 @@ def pool_settings(identity: dict, pool: PoolConfig) -> dict:
 
 
 def mixable(clips: pa.Table, rate: int, silence_lufs: float, max_band_loss_lu: float) -> pa.Table:
-    """The MIX_CLIPS table of a pool table (columns clip_id, part, lufs, loudness_at_rates and the
-    credit columns): every clip audible at `rate` (stages.audio.loudness.audible_at_rate), with its
-    loudness there, the byte range of its audio at that rate and its credit, sorted by clip_id."""
+    """The MIX_CLIPS table of a pool table (columns clip_id, source_id, part, lufs, loudness_at_rates
+    and the credit columns): every clip audible at `rate` (stages.audio.loudness.audible_at_rate), with
+    its loudness there, the byte range of its audio at that rate and its credit, sorted by clip_id."""
     rows: dict[str, list] = {name: [] for name in MIX_CLIPS.names}
-    columns = [clips.column(c).to_pylist() for c in ("clip_id", "part", "lufs", "loudness_at_rates", *CLIP_CREDITS)]
-    for clip_id, part, pool_lufs, at_rates, *credit in zip(*columns):
+    names = ("clip_id", "source_id", "part", "lufs", "loudness_at_rates", *CLIP_CREDITS)
+    columns = [clips.column(c).to_pylist() for c in names]
+    for clip_id, source_id, part, pool_lufs, at_rates, *credit in zip(*columns):
         entry = loudness_entry_at(at_rates, rate)
         if audible_at_rate(pool_lufs, entry and entry["lufs"], silence_lufs, max_band_loss_lu):
-            values = (clip_id, entry["lufs"], part, entry["audio_offset"], entry["audio_bytes"], *credit)
+            values = (clip_id, source_id, entry["lufs"], part, entry["audio_offset"], entry["audio_bytes"], *credit)
             for name, value in zip(MIX_CLIPS.names, values):
                 rows[name].append(value)
     return make_table(MIX_CLIPS, rows).sort_by([("clip_id", "ascending")])
@@ -132,7 +133,8 @@ class PoolStore:
     def mixable_clips(self, rate: int, silence_lufs: float, max_band_loss_lu: float) -> tuple[pa.Table, int]:
         """The MIX_CLIPS table at `rate`: the indexed (error-free, non-silent) clips a mix at that rate
         may use; and how many indexed clips are not audible there."""
-        table = self.clips(["clip_id", "part", "lufs", "loudness_at_rates", "silent", "error", *CLIP_CREDITS])
+        columns = ["clip_id", "source_id", "part", "lufs", "loudness_at_rates", "silent", "error", *CLIP_CREDITS]
+        table = self.clips(columns)
         indexed = table.filter(pc.is_null(pc.field("error")) & pc.invert(pc.field("silent")))
         clips = mixable(indexed, rate, silence_lufs, max_band_loss_lu)
         return clips, indexed.num_rows - clips.num_rows

@@ -11,6 +11,7 @@ from PIL import Image
 from pipelines.pool.store import PoolStore
 from pipelines.report.clips import top_clip_players
 from pipelines.report.files import ReportError, ReportFiles, histogram_entry, read_json, report_json, write_report
+from pipelines.report.missing import TOP_MISSING_SOUNDS, top_missing_sounds
 from schemas import IMAGE_REFS, MANIFEST, POOL_CLIPS, SCENES
 from schemas.config import RunConfig
 from schemas.layout import SonifyLayout
@@ -91,6 +92,17 @@ def gallery_media(paths: SonifyLayout, items: list[dict], thumbnail_px: int, rep
             except (OSError, ValueError, Image.DecompressionBombError) as exc:
                 entries[n].problems.append(f"{url}: sample {items[n]['key']}: image not shown ({exc})")
     return entries
+
+
+def missing_note(summary: dict | None, shown: int) -> str:
+    totals = (summary or {}).get("missing_sounds")
+    if not totals:
+        return f"The {shown} most requested sounds the pool lacks."
+    return (
+        f"{totals['requests']} concepts asked for {totals['texts']} texts that no usable pool clip matched, "
+        f"in {totals['groups']} groups of near-identical texts; the {shown} most requested groups, with images "
+        "they were heard in (missing_sounds.parquet holds them all)."
+    )
 
 
 def sonify_report(config: RunConfig) -> str:
@@ -210,6 +222,7 @@ def sonify_report(config: RunConfig) -> str:
     ]
     gallery = gallery_media(paths, items, config.report.thumbnail_px, report)
     players = top_clip_players(paths, pool.layout, config.mix.sample_rate, top_clips, report.add)
+    missing = top_missing_sounds(paths, TOP_MISSING_SOUNDS, config.report.thumbnail_px, report.add)
     summary = read_json(paths.summary())
     notes = [
         f"The last sonify run took {summary['wall_seconds']:.0f} s."
@@ -232,6 +245,8 @@ def sonify_report(config: RunConfig) -> str:
             players,
             f"The {len(players)} clips that the most concepts of written samples chose, and how many; "
             f"their audio at {config.mix.sample_rate} Hz is copied beside this page.",
+            missing,
+            missing_note(summary, len(missing or [])),
         ).encode(),
     )
     clip_stats = {
@@ -246,7 +261,15 @@ def sonify_report(config: RunConfig) -> str:
     }
     report.add(
         ReportLayout.summary(),
-        report_json(counts, problems, {"gallery": [i["key"] for i in items], "clip_usage": clip_stats}),
+        report_json(
+            counts,
+            problems,
+            {
+                "gallery": [i["key"] for i in items],
+                "clip_usage": clip_stats,
+                "missing_sounds": [{"text": m["text"], "requests": m["requests"]} for m in missing or []],
+            },
+        ),
     )
     index = write_report(paths.report_folder(), report)
     log.info(

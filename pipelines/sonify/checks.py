@@ -73,12 +73,15 @@ def check_batches(config: RunConfig) -> None:
 
 def _run_identity(config: RunConfig) -> dict:
     """What decides a run's output. Where work runs (ray, the models' execution settings), render and
-    report settings do not, and neither does where the run itself is (sonify.out: a moved or copied
-    run resumes), nor how the pool was built from its sources (pool.sources, files_per_part,
-    retry_errors, parquet): the pool's content is checked on its own (check_pool, check_same_pool).
-    Paths are compared resolved, so `dir/`, `./dir` and `/abs/dir` are one folder."""
+    report settings and the grouping of the missing-sounds list do not, and neither does where the
+    run itself is (sonify.out: a moved or copied run resumes), nor how the pool was built from its
+    sources (pool.sources, files_per_part, retry_errors, parquet): the pool's content is checked on
+    its own (check_pool, check_same_pool). Paths are compared resolved, so `dir/`, `./dir` and
+    `/abs/dir` are one folder."""
     identity = config.model_dump(mode="json", exclude={"ray", "render", "report"})
     del identity["sonify"]["out"]
+    # How the missing sounds are grouped: a rerun with other settings regroups them.
+    del identity["sonify"]["missing_sounds"]
     for setting in POOL_BUILD_SETTINGS:
         del identity["pool"][setting]
     identity["pool"]["dir"] = storage.resolved_url(identity["pool"]["dir"])

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 
 import pyarrow as pa
 
@@ -42,6 +43,12 @@ SELECT coalesce(c.license, ?), count(DISTINCT c.clip_id)
 FROM (SELECT unnest(concepts) AS c FROM manifest WHERE error IS NULL)
 GROUP BY 1 ORDER BY 1
 """
+IMAGE_LICENSES_SQL = """
+SELECT coalesce(image_license, ?), count(DISTINCT image_id) FROM manifest WHERE error IS NULL GROUP BY 1 ORDER BY 1
+"""
+# The Hugging Face Hub's ids of the SPDX ids it spells otherwise; other CC ids are the SPDX id in
+# lower case, and licences it has no id for are `other`.
+HUB_LICENSE_IDS = {"ODbL-1.0": "odbl", "PDDL-1.0": "pddl", "ODC-By-1.0": "odc-by"}
 
 
 def write_image_credits(config: RunConfig, layout: SonifyLayout, listing: pa.Table) -> tuple[int, list[str]]:
@@ -69,6 +76,7 @@ def write_attribution(layout: SonifyLayout) -> dict:
     exempt = sorted(NO_CREDIT_NEEDED)
     with connect({"manifest": (urls, MANIFEST)}) as con:
         licenses = dict(con.execute(LICENSES_SQL, [UNKNOWN]).fetchall())
+        image_licenses = dict(con.execute(IMAGE_LICENSES_SQL, [UNKNOWN]).fetchall())
         cursor = con.execute(ATTRIBUTION_SQL, exempt * 2)
         with (
             storage.open_for_writing(layout.attribution_csv()) as table,
@@ -89,7 +97,46 @@ def write_attribution(layout: SonifyLayout) -> dict:
                 page.write("".join(lines).encode())
             if not counts["audio"] and not counts["image"]:
                 page.write(b"\nNo clip or image used needs a credit.\n")
-    return {"credited_clips": counts["audio"], "credited_images": counts["image"], "clips_by_license": licenses}
+    return {
+        "credited_clips": counts["audio"],
+        "credited_images": counts["image"],
+        "clips_by_license": licenses,
+        "images_by_license": image_licenses,
+    }
+
+
+def hub_license(license_id: str) -> str:
+    """The dataset card's `license` value for a licence id: `unknown` for none, `other` for a
+    `LicenseRef-` or a ported (jurisdiction) licence, else the Hub's id, the SPDX id in lower case."""
+    if license_id == UNKNOWN:
+        return UNKNOWN
+    if license_id in HUB_LICENSE_IDS:
+        return HUB_LICENSE_IDS[license_id]
+    if license_id.startswith("LicenseRef-") or re.search(r"-\d\.\d-[A-Z]{2}$", license_id):
+        return "other"
+    return license_id.lower()
+
+
+def card_licenses(credits: dict) -> list[str]:
+    """The dataset card's licences: those of every clip and image the written samples use."""
+    used = {*credits["clips_by_license"], *credits["images_by_license"]}
+    return sorted({hub_license(license_id) for license_id in used})
+
+
+def license_notes(credits: dict) -> str:
+    """The dataset card's licence section: what the samples use, and where the credits are."""
+
+    def counts(by_license: dict[str, int]) -> str:
+        return ", ".join(f"{n} under {license}" for license, n in by_license.items()) or "none"
+
+    return (
+        "Each mix is made of pool recordings and carries their terms; the images carry their own. "
+        f"Distinct clips used: {counts(credits['clips_by_license'])}. "
+        f"Images used: {counts(credits['images_by_license'])}. "
+        f"`ATTRIBUTION.md` and `ATTRIBUTION.csv` credit the {credits['credited_clips']} clips and "
+        f"{credits['credited_images']} images whose licence asks for it, once each; publish them with the data. "
+        "`unknown` counts the clips and images no metadata names: check their terms before publishing."
+    )
 
 
 MARKDOWN_HEADER = (

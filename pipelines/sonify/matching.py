@@ -18,6 +18,7 @@ from schemas.config import RunConfig
 from schemas.layout import PoolLayout, SonifyLayout
 from stages.io import storage
 from stages.search.bank_stage import BuildHubBank
+from stages.search.missing_stage import ListMissingSounds
 from stages.search.search_stage import RetrieveChunks
 
 log = logging.getLogger(__name__)
@@ -43,6 +44,31 @@ def build_hub_bank(config: RunConfig, pool: PoolLayout, layout: SonifyLayout, ch
         stats["clips"],
         stats["k_occurrence_skewness"],
     )
+
+
+def list_missing_sounds(config: RunConfig, pool: PoolLayout, layout: SonifyLayout, chunks: list[str]) -> dict:
+    """The run's missing sounds, listed (or regrouped with new settings) by one actor once every
+    chunk is planned; their counts."""
+    stage = ListMissingSounds(
+        pool,
+        layout,
+        [v.name for v in config.models.vlm],
+        config.models.clap,
+        config.retrieval,
+        config.sonify.missing_sounds,
+    )
+    for _ in Runner(config.ray).run(make_table(CHUNK_TASKS, {"chunk": chunks}), [stage], blocks=1):
+        pass
+    stats = json.loads(storage.read_bytes(layout.missing_sounds_stats()))
+    del stats["settings"]
+    log.info(
+        "missing sounds: %d texts asked for %d times, in %d groups (%s)",
+        stats["texts"],
+        stats["requests"],
+        stats["groups"],
+        layout.missing_sounds(),
+    )
+    return stats
 
 
 def search_totals(plans: pa.Table, index_kind: str) -> dict:

@@ -52,11 +52,13 @@ def retrieve_and_plan(config: RunConfig, pool: PoolLayout, layout: SonifyLayout,
 
 def number_shards(plans: pa.Table) -> tuple[pa.Table, Counter, list[str]]:
     """SHARD_TASKS of every planned shard of `plans` (CHUNK_PLANS in chunk order), numbered in chunk
-    order; the counts of all chunks; the first rejection reasons."""
+    order within each split; the counts of all chunks; the first rejection reasons."""
     shards, plan_urls, totals, reasons = [], [], Counter(), []
-    for row in plans.select(["shard_plan_urls", *CHUNK_COUNTS, "rejection_reasons"]).to_pylist():
-        for url in row["shard_plan_urls"]:
-            shards.append(shard_id(len(shards)))
+    numbered: Counter = Counter()
+    for row in plans.select(["shard_plan_urls", "shard_splits", *CHUNK_COUNTS, "rejection_reasons"]).to_pylist():
+        for url, split in zip(row["shard_plan_urls"], row["shard_splits"]):
+            shards.append(shard_id(numbered[split], split))
+            numbered[split] += 1
             plan_urls.append(url)
         totals.update({k: row[k] for k in CHUNK_COUNTS})
         reasons.extend(row["rejection_reasons"][: MAX_REPORTED_REASONS - len(reasons)])

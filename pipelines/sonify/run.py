@@ -16,9 +16,9 @@ from pipelines.sonify.checks import (
     check_same_run,
     has_searched,
 )
-from pipelines.sonify.credits import write_attribution, write_image_credits
+from pipelines.sonify.credits import card_licenses, license_notes, write_attribution, write_image_credits
 from pipelines.sonify.listing import chunk_listing, image_listing
-from pipelines.sonify.matching import search_totals
+from pipelines.sonify.matching import list_missing_sounds, search_totals
 from pipelines.sonify.plans import number_shards, retrieve_and_plan
 from pipelines.sonify.scenes import count_scenes, run_scenes
 from pipelines.sonify.writing import manifest_counts, write_shards
@@ -26,6 +26,7 @@ from schemas.config import RunConfig
 from schemas.layout import SonifyLayout
 from stages.io import storage
 from stages.licences.spdx import allowed_rows
+from stages.pairing.card import dataset_card
 from stages.report.sonify import exposure
 
 log = logging.getLogger(__name__)
@@ -98,6 +99,10 @@ def run_sonify(config: RunConfig) -> dict:
     seconds["retrieve_and_plan"] = time.monotonic() - tick
 
     tick = time.monotonic()
+    missing = list_missing_sounds(config, paths, layout, [chunk.name for chunk in chunks])
+    seconds["missing_sounds"] = time.monotonic() - tick
+
+    tick = time.monotonic()
     write_shards(config, paths, layout, tasks)
     seconds["mix_and_write"] = time.monotonic() - tick
 
@@ -135,8 +140,14 @@ def run_sonify(config: RunConfig) -> dict:
             "images_with_metadata": images_credited,
             "image_metadata_keys_unmatched": len(image_keys_unmatched),
         },
+        # The concepts below the floor or without a usable clip, by distinct text and by group of
+        # near-identical texts (missing_sounds.parquet): the sounds to add to the pool.
+        "missing_sounds": missing,
         "threshold_fallbacks": planned["fallbacks"],
         "samples": written.samples,
+        # Written samples per split (sonify.splits), and with sonify.split_by_clip the concepts the
+        # rule left without a clip or gave another clip than they would have had.
+        "splits": split_totals(config, written.samples_by_split, planned),
         "rejected": planned["rejected"] + sum(written.failed_by_kind.values()),
         # Samples planned whose shard could not hold them: an image gone or unencodable, a silent mix.
         "write_errors_by_kind": dict(sorted(written.failed_by_kind.items())),
@@ -153,7 +164,21 @@ def run_sonify(config: RunConfig) -> dict:
         "wall_seconds": round(time.monotonic() - started, 3),
     }
     storage.write_text(layout.summary(), json.dumps(summary, indent=2) + "\n")
+    pool = {"clap": store.meta().get("clap"), "indexed_clips": pool_state["index_size"]}
+    storage.write_text(
+        layout.card(), dataset_card(config, summary, pool, card_licenses(credits), license_notes(credits))
+    )
     return summary
+
+
+def split_totals(config: RunConfig, samples_by_split: dict, planned: dict) -> dict | None:
+    if not config.sonify.splits:
+        return None
+    totals = {"samples": {name: samples_by_split.get(name, 0) for name in config.sonify.splits}}
+    if config.sonify.split_by_clip:
+        totals["concepts_other_split"] = planned["concepts_other_split"]
+        totals["concepts_rechosen_for_split"] = planned["concepts_rechosen_for_split"]
+    return totals
 
 
 def hubness_skewness(config: RunConfig, layout: SonifyLayout) -> float | None:
@@ -175,6 +200,16 @@ def exposure_line(numbers: dict) -> str:
 
 def licenses_line(counts: dict[str, int]) -> str:
     return ", ".join(f"{n} {license}" for license, n in counts.items()) or "none"
+
+
+def split_line(splits: dict) -> str:
+    line = ", ".join(f"{name} {n}" for name, n in splits["samples"].items()) + " samples"
+    if "concepts_other_split" in splits:
+        line += (
+            f"; keeping their clips apart dropped {splits['concepts_other_split']} concepts "
+            f"and changed the clip of {splits['concepts_rechosen_for_split']}"
+        )
+    return line
 
 
 def search_line(search: dict) -> str:
@@ -212,6 +247,8 @@ def format_summary(summary: dict) -> str:
         f"{summary['concepts_below_min_cosine']} below min_cosine, "
         f"{summary['concepts_without_usable_clip']} without a usable clip "
         f"({summary['pool_clips_inaudible_at_mix_rate']} pool clips inaudible at the mix rate)",
+        f"  missing:  {summary['missing_sounds']['requests']} concepts asked for {summary['missing_sounds']['texts']} "
+        f"texts the pool lacks, in {summary['missing_sounds']['groups']} groups: {layout.missing_sounds()}",
         f"  search:   {search_line(summary['search'])}",
         f"  samples:  {summary['samples']} written, {summary['rejected']} rejected, "
         f"{summary['distinct_clips_used']} distinct clips used",
@@ -219,6 +256,7 @@ def format_summary(summary: dict) -> str:
         f"  licences: clips used {licenses_line(summary['clips_used_by_license'])}; pool clips denied "
         f"{licenses_line(summary['pool_clips_denied_by_license'])}; ATTRIBUTION.md credits "
         f"{summary['attribution']['clips_credited']} clips and {summary['attribution']['images_credited']} images",
+        *([f"  splits:   {split_line(summary['splits'])}"] if summary["splits"] else []),
         f"  pool:     {summary['pool_bytes_read'] / 1e6:.1f} MB read to mix "
         f"{summary['pool_bytes_of_clips_used'] / 1e6:.1f} MB of clips",
         f"  time:     {summary['wall_seconds']:.1f} s  "

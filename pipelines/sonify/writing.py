@@ -51,6 +51,7 @@ def write_shards(config: RunConfig, pool: PoolLayout, layout: SonifyLayout, task
 @dataclass
 class ManifestCounts:
     samples: int
+    samples_by_split: Counter  # split -> written samples (None without splits)
     failed_by_kind: Counter
     clip_uses: Counter  # clip_id -> concepts of written samples that chose it
     pool_reads: Counter  # MANIFEST_POOL_READS summed over the shards
@@ -59,20 +60,22 @@ class ManifestCounts:
 def manifest_counts(layout: SonifyLayout) -> ManifestCounts:
     """What the manifest parts add up to, read part by part."""
     samples = 0
+    by_split: Counter = Counter()
     failed: Counter = Counter()
     reads: Counter = Counter()
     used: Counter = Counter()
     for url in storage.list_files(layout.manifest_folder(), ".parquet"):
         if layout.is_rejected(url):
             continue
-        table = storage.read_parquet(url, columns=["concepts", "error", "error_kind"])
+        table = storage.read_parquet(url, columns=["concepts", "split", "error", "error_kind"])
         ok = table.filter(pc.is_null(table.column("error")))
         samples += ok.num_rows
+        by_split.update(ok.column("split").to_pylist())
         metadata = table.schema.metadata or {}
         reads.update({k: int(metadata[k.encode()]) for k in MANIFEST_POOL_READS if k.encode() in metadata})
         failed.update(table.filter(pc.is_valid(table.column("error"))).column("error_kind").to_pylist())
         used.update(c["clip_id"] for concepts in ok.column("concepts").to_pylist() for c in concepts)
-    return ManifestCounts(samples, failed, used, reads)
+    return ManifestCounts(samples, by_split, failed, used, reads)
 
 
 def run_render(config: RunConfig) -> dict:

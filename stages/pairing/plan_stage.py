@@ -1,9 +1,11 @@
-"""The planning task: one chunk's scenes and matches in, its shard plans, rejected rows and stats out.
+"""The planning task: one chunk's scenes and matches in, its shard plans, rejected rows, missing
+texts and stats out.
 
 Each worker process reads the pool's MIX_CLIPS table once (one row per mixable clip, the only
-pool-sized thing planning needs) and plans chunk after chunk with stages.pairing.planning. The stats file
-is written last and marks the chunk planned. A chunk's output row (CHUNK_PLANS) says what its files
-hold, whether this run or an earlier one wrote them, and carries the chunk's search row through.
+pool-sized thing planning needs) and plans chunk after chunk with stages.pairing.planning. The
+stats file is written last and marks the chunk planned. A chunk's output row (CHUNK_PLANS) says
+what its files hold, whether this run or an earlier one wrote them, and carries the chunk's search
+row through.
 """
 
 from __future__ import annotations
@@ -80,6 +82,7 @@ class PlanChunks(Stage):
             for position, shard in enumerate(plan.shards):
                 storage.write_parquet(self.layout.chunk_shard_plan(chunk, position), shard)
             storage.write_parquet(self.layout.rejected(chunk), plan.rejected)
+            storage.write_parquet(self.layout.missing_texts(chunk), plan.missing)
             storage.write_text(self.layout.chunk_plan(chunk), json.dumps(plan.stats) + "\n")
             rows.append(plan_row(self.layout, search, plan.stats))
         return plans_table(rows)

@@ -11,18 +11,19 @@ from __future__ import annotations
 import hashlib
 import re
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Container, Iterable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from schemas import MANIFEST, SHARD_PLANS, make_table
+from schemas import MANIFEST, MISSING_TEXTS, SHARD_PLANS, make_table
 from schemas.config import RunConfig
 from schemas.errors import PipelineError
 from stages.audio.mixing import draw_targets, gains_db
 from stages.pairing.shards import plan_shards
+from stages.pairing.splits import SOURCE, split_of
 from stages.search.choice import ConceptChoice, DroppedConcept, choose_clips, concept_rng
 
 # FLAC of a 16-bit mono mix is roughly 60% of its PCM size; used only to size shards.
@@ -40,6 +41,10 @@ WRITE_TIME_COLUMNS = (
     "mix_peak_dbfs",
     "shard",
 )
+# Drop reasons that say the pool lacks the sound (the clip cap drops a sound the pool has).
+MISSING_REASONS = ("below_min_cosine", "no_usable_clip")
+# Example images kept per missing text.
+MISSING_EXAMPLES = 3
 # The counts a chunk's plan adds to the run's summary.
 CHUNK_COUNTS = (
     "samples",
@@ -47,6 +52,8 @@ CHUNK_COUNTS = (
     "concepts_below_min_cosine",
     "concepts_no_usable_clip",
     "concepts_clip_cap",
+    "concepts_other_split",
+    "concepts_rechosen_for_split",
     "fallbacks",
 )
 
@@ -105,6 +112,7 @@ class MixableClips:
 
     lufs: dict[str, float]
     locations: dict[str, tuple[str, int, int]]
+    sources: dict[str, str]
     credits: dict[str, dict[str, str | None]]
 
 
@@ -119,6 +127,7 @@ def mixable_clips(mix_clips: pa.Table, clip_ids: Iterable[str]) -> MixableClips:
     return MixableClips(
         lufs=dict(zip(ids, rows["lufs"])),
         locations={c: (p, o, s) for c, p, o, s in zip(ids, rows["part"], rows["audio_offset"], rows["audio_bytes"])},
+        sources=dict(zip(ids, rows["source_id"])),
         credits={c: dict(zip(CREDIT_NAMES, v)) for c, *v in zip(ids, *(rows[n] for n in CREDIT_NAMES))},
     )
 
@@ -133,6 +142,15 @@ def image_credits_of(image_credits: pa.Table, image_ids: Iterable[str]) -> dict[
         image_id: dict(zip(CREDIT_NAMES, values))
         for image_id, *values in zip(rows["image_id"], *(rows[f"image_{n}"] for n in CREDIT_NAMES))
     }
+
+
+def clips_by_split(sources: Mapping[str, str], splits: Mapping[str, float]) -> dict[str, set[str]]:
+    """The clip ids of each split, a clip going where its source recording goes
+    (sonify.split_by_clip): a variant keeps its parent's source id, so it goes with its parent."""
+    grouped: dict[str, set[str]] = {name: set() for name in splits}
+    for clip_id, source_id in sources.items():
+        grouped[split_of(source_id, splits, SOURCE)].add(clip_id)
+    return grouped
 
 
 def clip_locations(clips: pa.Table, rate: int, clip_ids: Iterable[str]) -> dict[str, tuple[str, int, int]]:
@@ -156,6 +174,7 @@ def plan_samples(
     found: Matches,
     clip_lufs: Mapping[str, float],
     corrected: Corrected | None = None,
+    split_clips: Mapping[str, set[str]] | None = None,
     clip_credits: Mapping[str, Mapping[str, str | None]] | None = None,
     image_credits: Mapping[str, Mapping[str, str | None]] | None = None,
 ) -> tuple[list[dict], list[dict], Counter]:
@@ -163,11 +182,17 @@ def plan_samples(
     scene, and the counts of dropped concepts and threshold fallbacks. retrieval.max_uses_per_clip
     counts uses over the scenes given (a chunk), taken in key order so that the order of the rows
     does not matter. Each concept carries its clip's credit and each row its image's, from
-    `clip_credits` and `image_credits` (null where they hold none)."""
+    `clip_credits` and `image_credits` (null where they hold none).
+
+    With sonify.splits, each row gets its image's split. `split_clips` (sonify.split_by_clip): the
+    clips of each split, the only ones its samples may use. Each sample is then also chosen as it
+    would be without the rule (from the same uses so far), to count the concepts the rule dropped,
+    whose reason becomes `other_split`, and those it gave another clip."""
     clip_credits = clip_credits or {}
     image_credits = image_credits or {}
     samples, rejected, counts = [], [], Counter()
     uses: Counter = Counter()
+    splits = config.sonify.splits
     keyed = sorted(
         ((sample_key(scene["image_id"], scene["vlm"]), scene) for scene in scenes.to_pylist()), key=lambda pair: pair[0]
     )
@@ -191,28 +216,54 @@ def plan_samples(
             "error_kind": scene["error_kind"] if scene["error"] else scene["dropped"],
             "concepts": [],
             "dropped_concepts": scene["dropped_empty_concepts"] or 0,
+            "dropped": [],
+            "split": split_of(scene["image_id"], splits) if splits else None,
             **dict.fromkeys(WRITE_TIME_COLUMNS),
         }
         if row["error"]:
             rejected.append(row)
             continue
         texts = [c["text"] for c in scene["concepts"]]
-        choices = choose_clips(
-            texts,
-            found,
-            config.seed,
-            key,
-            config.retrieval.k,
-            config.retrieval.ssr,
-            config.retrieval.min_cosine,
-            clip_lufs,
-            corrected=corrected,
-            uses=uses,
-            max_uses=config.retrieval.max_uses_per_clip,
-        )
+        retrieval = config.retrieval
+
+        def choose(usable: Container[str], counted: Counter) -> list[ConceptChoice | DroppedConcept]:
+            return choose_clips(
+                texts,
+                found,
+                config.seed,
+                key,
+                retrieval.k,
+                retrieval.ssr,
+                retrieval.min_cosine,
+                usable,
+                corrected=corrected,
+                uses=counted,
+                max_uses=retrieval.max_uses_per_clip,
+            )
+
+        unrestricted = None if split_clips is None else choose(clip_lufs, Counter(uses))
+        choices = choose(clip_lufs if split_clips is None else split_clips[row["split"]], uses)
+        if unrestricted is not None:
+            # Dropped here and chosen without the rule: the pool has the sound, in another split.
+            # Dropped either way: for the reason it has without the rule, which is what the pool lacks.
+            choices = [
+                (DroppedConcept("other_split", choice.best_cosine) if isinstance(free, ConceptChoice) else free)
+                if isinstance(choice, DroppedConcept) and choice.reason in MISSING_REASONS
+                else choice
+                for choice, free in zip(choices, unrestricted)
+            ]
+            counts["concepts_rechosen_for_split"] += sum(
+                isinstance(c, ConceptChoice) and isinstance(f, ConceptChoice) and c.clip_id != f.clip_id
+                for c, f in zip(choices, unrestricted)
+            )
         kept = [(c, choice) for c, choice in zip(scene["concepts"], choices) if isinstance(choice, ConceptChoice)]
-        counts.update(f"concepts_{c.reason}" for c in choices if isinstance(c, DroppedConcept))
-        row["dropped_concepts"] += len(choices) - len(kept)
+        row["dropped"] = [
+            {"label": c["label"], "text": c["text"], "reason": choice.reason, "best_cosine": choice.best_cosine}
+            for c, choice in zip(scene["concepts"], choices)
+            if isinstance(choice, DroppedConcept)
+        ]
+        counts.update(f"concepts_{d['reason']}" for d in row["dropped"])
+        row["dropped_concepts"] += len(row["dropped"])
         if not kept:
             row["error"] = (
                 "dropped: no concept matched a pool clip audible at the mix rate, at or above retrieval.min_cosine "
@@ -249,15 +300,19 @@ def plan_samples(
 
 
 def shard_groups(samples: list[dict], image_bytes: Mapping[str, int], config: RunConfig) -> list[list[dict]]:
-    """Samples (in key order) cut into shards of about sonify.shard_size_mb. An image's size in the
-    shard is estimated by its source's, a mix's by its FLAC at the mix rate."""
+    """Samples (in key order) cut into shards of about sonify.shard_size_mb, each shard of one split
+    (splits in their configured order). An image's size in the shard is estimated by its source's,
+    a mix's by its FLAC at the mix rate."""
     flac_estimate = int(config.mix.sample_rate * config.pool.clip_seconds * FLAC_BYTES_PER_SAMPLE)
-    sizes = [image_bytes.get(s["key"], 0) + flac_estimate for s in samples]
     groups: list[list[dict]] = []
-    for sample, index in zip(samples, plan_shards(sizes, int(config.sonify.shard_size_mb * 1e6))):
-        if index == len(groups):
-            groups.append([])
-        groups[index].append(sample)
+    for split in config.sonify.splits or [None]:
+        members = [s for s in samples if s["split"] == split]
+        sizes = [image_bytes.get(s["key"], 0) + flac_estimate for s in members]
+        start = len(groups)
+        for sample, index in zip(members, plan_shards(sizes, int(config.sonify.shard_size_mb * 1e6))):
+            if start + index == len(groups):
+                groups.append([])
+            groups[start + index].append(sample)
     return groups
 
 
@@ -281,10 +336,45 @@ def shard_plan(manifest: pa.Table, locations: Locations) -> pa.Table:
     )
 
 
+def missing_texts(rows: Iterable[dict]) -> pa.Table:
+    """MISSING_TEXTS of manifest rows (samples and rejected scenes): each text dropped for a reason
+    of MISSING_REASONS, how many concepts asked for it and why they got nothing, the best cosine
+    the pool reached, and its first images by image id; sorted by text."""
+    found: dict[str, dict] = {}
+    for row in rows:
+        for dropped in row["dropped"]:
+            if dropped["reason"] not in MISSING_REASONS:
+                continue
+            entry = found.setdefault(
+                dropped["text"],
+                {"requests": 0, "best_cosine": None, "examples": {}, **dict.fromkeys(MISSING_REASONS, 0)},
+            )
+            entry["requests"] += 1
+            entry[dropped["reason"]] += 1
+            if dropped["best_cosine"] is not None:
+                entry["best_cosine"] = max(dropped["best_cosine"], entry["best_cosine"] or -np.inf)
+            entry["examples"][row["image_id"]] = {
+                "image_id": row["image_id"],
+                "image_uri": row["image_uri"],
+                "image_member": row["image_member"],
+            }
+    texts = sorted(found)
+    entries = [found[t] for t in texts]
+    return make_table(
+        MISSING_TEXTS,
+        {
+            "text": texts,
+            **{name: [e[name] for e in entries] for name in ("requests", *MISSING_REASONS, "best_cosine")},
+            "examples": [[e["examples"][i] for i in sorted(e["examples"])[:MISSING_EXAMPLES]] for e in entries],
+        },
+    )
+
+
 @dataclass(frozen=True)
 class ChunkPlan:
     shards: list[pa.Table]  # SHARD_PLANS tables, in shard order
     rejected: pa.Table  # MANIFEST rows of the scenes that became no sample
+    missing: pa.Table  # MISSING_TEXTS of the chunk
     stats: dict  # CHUNK_COUNTS, the shard count and the first rejection reasons
 
 
@@ -299,28 +389,38 @@ def plan_chunk(
     run's IMAGE_CREDITS (None: no image has one)."""
     found = matches_by_text(matches)
     clips = mixable_clips(mix_clips, (c for ids, _ in found.values() for c in ids))
+    split_clips = clips_by_split(clips.sources, config.sonify.splits) if config.sonify.split_by_clip else None
     samples, rejected, counts = plan_samples(
         config,
         scenes,
         found,
         clips.lufs,
         corrected_by_text(matches),
-        clips.credits,
-        image_credits_of(image_credits, scenes.column("image_id").to_pylist()) if image_credits is not None else None,
+        split_clips,
+        clip_credits=clips.credits,
+        image_credits=(
+            image_credits_of(image_credits, scenes.column("image_id").to_pylist())
+            if image_credits is not None
+            else None
+        ),
     )
     image_bytes = {
         sample_key(i, v): n or 0
         for i, v, n in zip(*[scenes.column(c).to_pylist() for c in ("image_id", "vlm", "num_bytes")])
     }
-    shards = [shard_plan(manifest_table(rows), clips.locations) for rows in shard_groups(samples, image_bytes, config)]
+    groups = shard_groups(samples, image_bytes, config)
+    shards = [shard_plan(manifest_table(rows), clips.locations) for rows in groups]
     stats = {
         "shards": len(shards),
+        "shard_splits": [rows[0]["split"] for rows in groups],
         "samples": len(samples),
         "rejected": len(rejected),
         "concepts_below_min_cosine": counts["concepts_below_min_cosine"],
         "concepts_no_usable_clip": counts["concepts_no_usable_clip"],
         "concepts_clip_cap": counts["concepts_clip_cap"],
+        "concepts_other_split": counts["concepts_other_split"],
+        "concepts_rechosen_for_split": counts["concepts_rechosen_for_split"],
         "fallbacks": counts["fallbacks"],
         "rejection_reasons": [r["error"] for r in rejected][:MAX_REPORTED_REASONS],
     }
-    return ChunkPlan(shards, manifest_table(rejected), stats)
+    return ChunkPlan(shards, manifest_table(rejected), missing_texts([*samples, *rejected]), stats)

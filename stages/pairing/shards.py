@@ -37,10 +37,12 @@ def sample_metadata(row: dict) -> bytes:
     first shard), so a key null there would be typed null and a later string would fail to load. A
     missing text is written as "", in the row and in each of its concepts (a clip without a licence
     among clips with one); a written sample has every number, and a null one is a broken contract. A
-    written sample has no error, so error_kind (always null there) is left out."""
+    written sample has no error, so error_kind (always null there) is left out, and so is the list of
+    dropped concepts: empty in most samples, it would be typed from the first ones and refuse the rest
+    (the manifest holds it; `dropped_concepts` counts it here)."""
     metadata = {}
     for field in MANIFEST:
-        if field.name == "error_kind":
+        if field.name in ("error_kind", "dropped"):
             continue
         value = _typed(row["key"], field, row.get(field.name))
         if pa.types.is_list(field.type) and pa.types.is_struct(field.type.value_type):

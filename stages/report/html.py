@@ -43,6 +43,7 @@ margin-bottom: 0.3rem; }
 .item audio { width: 100%; }
 .caption { font-style: italic; margin: 0.3rem 0; }
 .missing { color: #a33; }
+img.example { height: 72px; margin-right: 0.3rem; border: 1px solid #ddd; }
 </style>
 </head>
 <body>
@@ -96,6 +97,24 @@ margin-bottom: 0.3rem; }
 <td class="n">{{ clip.uses }}</td><td>{% if clip.audio %}\
 <audio controls preload="metadata" src="{{ clip.audio }}"></audio>{% else %}\
 <span class="missing">{{ clip.problem }}</span>{% endif %}</td></tr>
+{% endfor %}
+</table>
+{% endif %}
+{% if missing_sounds is not none %}
+
+<h2>Missing sounds</h2>
+<p>{{ missing_note }}</p>
+<table id="missing-sounds">
+<tr><th>rank</th><th>sound</th><th>concepts</th><th>below floor / none audible</th><th>best cosine</th>\
+<th>heard in</th></tr>
+{% for sound in missing_sounds %}
+<tr><td class="n">{{ loop.index }}</td><td>{{ sound.text }}{% if sound.texts > 1 %}<br>\
+<span class="source">{{ sound.texts }} texts: {{ sound.member_texts|join("; ") }}</span>{% endif %}</td>
+<td class="n">{{ sound.requests }}</td><td class="n">{{ sound.below_min_cosine }} / {{ sound.no_usable_clip }}</td>
+<td class="n">{% if sound.best_cosine is not none %}{{ "%.3f"|format(sound.best_cosine) }}{% else %}-{% endif %}</td>
+<td>{% for example in sound.examples %}{% if example.thumbnail %}\
+<img class="example" src="{{ example.thumbnail }}" alt="{{ example.name }}" title="{{ example.name }}">\
+{% else %}<span class="missing">{{ example.problem }}</span>{% endif %}{% endfor %}</td></tr>
 {% endfor %}
 </table>
 {% endif %}
@@ -177,6 +196,8 @@ def render_page(
     gallery_note: str = "",
     top_clips: list[dict] | None = None,
     top_clips_note: str = "",
+    missing_sounds: list[dict] | None = None,
+    missing_note: str = "",
 ) -> str:
     return PAGE.render(
         title=title,
@@ -189,4 +210,6 @@ def render_page(
         gallery_note=gallery_note,
         top_clips=top_clips,
         top_clips_note=top_clips_note,
+        missing_sounds=missing_sounds,
+        missing_note=missing_note,
     )

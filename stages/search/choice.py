@@ -90,9 +90,11 @@ class DroppedConcept:
     """A concept that gets no clip, and why: `below_min_cosine` (every usable neighbour scores
     under the floor), `no_usable_clip` (no neighbour at all that is audible at the mix rate and
     not already used by the sample) or `clip_cap` (every neighbour left is at
-    retrieval.max_uses_per_clip)."""
+    retrieval.max_uses_per_clip). `best_cosine`: the highest raw cosine among all its neighbours,
+    usable or not (None when the search returned none): how near the pool came."""
 
     reason: str
+    best_cosine: float | None = None
 
 
 def choose_under_cap(
@@ -141,10 +143,11 @@ def choose_clips(
     for position, text in enumerate(texts):
         clip_ids, scores = matches.get(text, ([], np.array([])))
         scores = np.asarray(scores, dtype=np.float64)
+        best = float(scores.max()) if scores.size else None
         allowed = [i for i, c in enumerate(clip_ids) if c in usable and clip_family(c) not in used]
         keep = [i for i in allowed if scores[i] >= min_cosine]
         if not keep:
-            choices.append(DroppedConcept("below_min_cosine" if allowed else "no_usable_clip"))
+            choices.append(DroppedConcept("below_min_cosine" if allowed else "no_usable_clip", best))
             continue
         ids = [clip_ids[i] for i in keep]
         kept_scores = scores[keep]
@@ -153,7 +156,7 @@ def choose_clips(
         rng = concept_rng(seed, sample_key, position)
         pick = choose(candidates, rng) if max_uses is None else choose_under_cap(candidates, ids, uses, max_uses, rng)
         if pick is None:
-            choices.append(DroppedConcept("clip_cap"))
+            choices.append(DroppedConcept("clip_cap", best))
             continue
         used.add(clip_family(ids[pick]))
         if uses is not None:
