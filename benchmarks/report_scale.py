@@ -45,7 +45,7 @@ MANIFEST_ROWS = """
                'threshold': 0.3 + 0.2 * random(), 'n_candidates': CAST(1 + (i + j) % 12 AS INTEGER), 'fallback': false,
                'target_lufs': -27 + 4 * random(), 'clip_lufs': -20 - 10 * random(),
                'gain_db': 5 * random()}) AS concepts,
-           0 AS dropped_concepts, CASE WHEN i % 10 = 0 THEN -1.5 ELSE 0.0 END AS mix_gain_db,
+           0 AS dropped_concepts, NULL AS dropped, NULL AS split, CASE WHEN i % 10 = 0 THEN -1.5 ELSE 0.0 END AS mix_gain_db,
                -26 + 6 * random() AS mix_lufs,
            -6 + 5 * random() AS mix_peak_dbfs, 16000 AS sample_rate, 5.0 AS duration_s, 0 AS seed,
            lpad(CAST(i // 1000 AS VARCHAR), 6, '0') || '.tar' AS shard, 'jpg' AS shard_image_extension,
