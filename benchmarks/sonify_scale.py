@@ -74,7 +74,7 @@ def planning_rate(pool_clips: int, images: int = 1024, concepts: int = 5, search
         MIX_CLIPS,
         {
             "clip_id": ids,
-            "source_id": [f"source-{i // 10}" for i in range(pool_clips)],
+            "source_id": [f"source-{i // 4}" for i in range(pool_clips)],
             "lufs": rng.uniform(-40, -10, pool_clips),
             "part": [f"part-{i // 200:06d}" for i in range(pool_clips)],
             "audio_offset": rng.integers(0, 10**7, pool_clips),
@@ -112,6 +112,7 @@ def planning_rate(pool_clips: int, images: int = 1024, concepts: int = 5, search
             "text": flat,
             "clip_ids": [ids[rng.choice(pool_clips, search_k, replace=False)].tolist() for _ in flat],
             "scores": [np.sort(rng.uniform(0.1, 0.6, search_k))[::-1].astype(np.float32) for _ in flat],
+            "corrected": [None] * len(flat),
         },
     )
     config = validate_config(
