@@ -335,7 +335,7 @@ _MISSING_COUNTS = [
     pa.field("examples", pa.list_(MISSING_EXAMPLE), nullable=False),
 ]
 # sonify.out/missing/NNNNNN.parquet: the concept texts of chunk NNNNNN that got no usable clip
-# (dropped below retrieval.min_cosine, or with no neighbour audible at the mix rate).
+# (dropped below retrieval.min_cosine, or with no usable neighbour left).
 MISSING_TEXTS = versioned("missing_texts", 1, [pa.field("text", pa.string(), nullable=False), *_MISSING_COUNTS])
 # sonify.out/missing_sound_texts.parquet: every distinct missing text of the run, most requested
 # first, with the group it joined (named by the group's first text) and its cosine to that text.
