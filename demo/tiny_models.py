@@ -9,6 +9,8 @@ Layout under the output folder:
     laion-clap/text-backbones/    roberta-base, bert-base-uncased, facebook/bart-base, which
                                   laion-clap loads by name (models.clap.text_backbones_dir)
     vlm-qwen2_5_vl/               Qwen2.5-VL for AutoModelForImageTextToText + AutoProcessor
+    audioldm/                     AudioLDMPipeline (UNet, VAE, CLAP text encoder, RoBERTa tokenizer,
+                                  DDIM scheduler, HiFi-GAN vocoder) for `run_pipeline.py generate`
     timbre/tiny-timbre.ts         a TorchScript timbre model with RAVE's exported interface
                                   (demo.timbre_model), for pool variants
 """
@@ -227,6 +229,89 @@ def build_qwen2_5_vl(out: Path, scratch: Path, seed: int = 0) -> Path:
     return target
 
 
+def build_audioldm(out: Path, scratch: Path, seed: int = 0) -> Path:
+    """A tiny AudioLDMPipeline from diffusers' and transformers' own component classes, saved with
+    save_pretrained, so generate loads it through DiffusionPipeline.from_pretrained like a real one.
+
+    The vocoder upsamples each mel frame 160 times, as the real 16 kHz HiFi-GAN does, so a 5 s sound
+    is 500 frames and 250 x 4 latents: a few denoising steps take well under a second per sound on
+    a CPU. Its weights are spread (`_spread_weights`) so the sound is audible, not near-silence the
+    pool would flag and never embed."""
+    import torch
+    from diffusers import AudioLDMPipeline, AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+    from transformers import (
+        ClapTextConfig,
+        ClapTextModelWithProjection,
+        RobertaTokenizer,
+        SpeechT5HifiGan,
+        SpeechT5HifiGanConfig,
+    )
+
+    torch.manual_seed(seed)
+    tokenizer = RobertaTokenizer.from_pretrained(str(_train_bpe(scratch / "bpe")), model_max_length=77)
+    text_width = 8
+    unet = UNet2DConditionModel(
+        block_out_channels=(8, 16),
+        layers_per_block=1,
+        norm_num_groups=8,
+        sample_size=32,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=(8, 16),
+        # AudioLDM conditions on the CLAP text embedding as a class embedding, concatenated.
+        class_embed_type="simple_projection",
+        projection_class_embeddings_input_dim=text_width,
+        class_embeddings_concat=True,
+    )
+    vae = AutoencoderKL(
+        block_out_channels=[8, 16],
+        in_channels=1,
+        out_channels=1,
+        norm_num_groups=8,
+        down_block_types=["DownEncoderBlock2D"] * 2,
+        up_block_types=["UpDecoderBlock2D"] * 2,
+        latent_channels=4,
+    )
+    text_encoder = ClapTextModelWithProjection(
+        ClapTextConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=text_width,
+            intermediate_size=16,
+            num_attention_heads=1,
+            num_hidden_layers=1,
+            max_position_embeddings=TEXT_POSITIONS,
+            projection_dim=text_width,
+            bos_token_id=0,
+            pad_token_id=1,
+            eos_token_id=2,
+        )
+    )
+    vocoder = SpeechT5HifiGan(
+        SpeechT5HifiGanConfig(
+            model_in_dim=8,
+            sampling_rate=16000,
+            upsample_initial_channel=32,
+            upsample_rates=[5, 4, 2, 2, 2],
+            upsample_kernel_sizes=[10, 8, 4, 4, 4],
+            resblock_kernel_sizes=[3],
+            resblock_dilation_sizes=[[1, 3]],
+            normalize_before=False,
+        )
+    )
+    _spread_weights(vocoder, seed)
+    scheduler = DDIMScheduler(
+        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False, set_alpha_to_one=False
+    )
+    pipeline = AudioLDMPipeline(
+        vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler, vocoder=vocoder
+    )
+    target = out / "audioldm"
+    pipeline.save_pretrained(target)
+    return target
+
+
 def build_all(out: str | Path, seed: int = 0) -> dict[str, str]:
     import tempfile
 
@@ -238,6 +323,7 @@ def build_all(out: str | Path, seed: int = 0) -> dict[str, str]:
         hf = build_transformers_clap(out, Path(scratch) / "hf", seed)
         checkpoint, backbones = build_laion_clap(out, Path(scratch) / "laion", seed)
         vlm = build_qwen2_5_vl(out, Path(scratch) / "vlm", seed)
+        audioldm = build_audioldm(out, Path(scratch) / "audioldm", seed)
     timbre = build_timbre_model(out, seed)
     written = {
         "clap_transformers": str(hf),
@@ -245,6 +331,7 @@ def build_all(out: str | Path, seed: int = 0) -> dict[str, str]:
         "clap_laion_text_backbones": str(backbones),
         "vlm_qwen2_5_vl": str(vlm),
         "timbre_torchscript": str(timbre),
+        "audioldm": str(audioldm),
     }
     (out / "models.json").write_text(json.dumps(written, indent=2) + "\n")
     return written

@@ -17,7 +17,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from schemas import MIX_CLIPS, POOL_CLIPS, make_table
+from schemas import GENERATED_SOUNDS, GENERATION, MIX_CLIPS, POOL_CLIPS, make_table
 from schemas.config import PoolConfig
 from schemas.errors import PipelineError
 from schemas.layout import PoolLayout
@@ -134,6 +134,24 @@ class PoolStore:
         indexed = table.filter(pc.is_null(pc.field("error")) & pc.invert(pc.field("silent")))
         clips = mixable(indexed, rate, silence_lufs, max_band_loss_lu)
         return clips, indexed.num_rows - clips.num_rows
+
+    # Generated sounds
+
+    def generated_sounds(self) -> pa.Table:
+        """GENERATED_SOUNDS: every sound `run_pipeline.py generate` recorded, in file name order."""
+        urls = storage.list_files(self.layout.generated_records_folder(), ".parquet")
+        if not urls:
+            return GENERATED_SOUNDS.empty_table()
+        table = pa.concat_tables([storage.read_parquet(url).select(GENERATED_SOUNDS.names) for url in urls])
+        return table.sort_by([("file", "ascending")])
+
+    def generations(self) -> dict[str, dict]:
+        """The URL of every generated sound -> how it was made (the fields of a GENERATION struct)."""
+        names = [field.name for field in GENERATION]
+        return {
+            self.layout.generated_audio(row["file"]): {name: row[name] for name in names}
+            for row in self.generated_sounds().to_pylist()
+        }
 
     # Embeddings and the index
 

@@ -123,13 +123,16 @@ class Standardize(Stage):
         error_kinds = part.get("error_kinds") or [None] * len(part["uris"])
         # A part of plain files has no members (null, or absent from a hand-built part).
         members = [Member(**m) if m else None for m in part.get("members") or [None] * len(part["uris"])]
+        generations = part.get("generations") or [None] * len(part["uris"])
         reader = SourceReader()
         with PartWriter(PoolLayout(self.pool_dir), part["part"], self.mix_sample_rates) as writer:
-            for uri, fingerprint, listing_error, listing_kind, member in zip(
-                part["uris"], fingerprints, errors, error_kinds, members
+            for uri, fingerprint, listing_error, listing_kind, member, generation in zip(
+                part["uris"], fingerprints, errors, error_kinds, members, generations
             ):
                 listed = BadInput(listing_error, listing_kind) if listing_error else None
                 for row in self._standardize_file(writer, part["part"], uri, fingerprint, listed, reader, member):
+                    # A generated source's provenance goes to every row of it, its error row included.
+                    row["generation"] = generation
                     for name, values in rows.items():
                         values.append(row.get(name))
         for rate in self.mix_sample_rates:
