@@ -111,6 +111,8 @@ MANIFEST_CONCEPT = pa.struct(
         pa.field("n_candidates", pa.int32()),
         # tau <= 0: the top-1 clip was taken without sampling.
         pa.field("fallback", pa.bool_()),
+        # The clip is of a generated source (`run_pipeline.py generate`), not of a recording.
+        pa.field("generated", pa.bool_()),
         pa.field("target_lufs", pa.float64()),
         pa.field("clip_lufs", pa.float64()),
         pa.field("gain_db", pa.float64()),
@@ -120,10 +122,10 @@ MANIFEST_CONCEPT = pa.struct(
 # sonify.out/manifest/NNNNNN.parquet (one per shard) and manifest/rejected-NNNNNN.parquet (one per
 # chunk of images: scenes that became no sample, with the reason in `error`).
 # 2: the shard's image (extension, size) beside the source's; 3: error_kind as well; 4: each concept's
-# corrected_cosine beside its raw cosine.
+# corrected_cosine beside its raw cosine; 5: each concept's `generated`, whether its clip was generated.
 MANIFEST = versioned(
     "manifest",
-    4,
+    5,
     [
         pa.field("key", pa.string(), nullable=False),
         pa.field("image_id", pa.string(), nullable=False),
@@ -182,16 +184,18 @@ SHARD_PLANS = versioned(
     [*MANIFEST, pa.field("clip_locations", pa.list_(CLIP_LOCATION), nullable=False)],
 )
 # sonify.out/mix_clips.parquet: every pool clip audible at mix.sample_rate, sorted by clip_id; the
-# clips planning may choose, their loudness at that rate, and where their audio is.
+# clips planning may choose, their loudness at that rate, where their audio is, and whether the clip
+# is generated (with retrieval.allow_generated false, generated clips are left out). 2: generated.
 MIX_CLIPS = versioned(
     "mix_clips",
-    1,
+    2,
     [
         pa.field("clip_id", pa.string(), nullable=False),
         pa.field("lufs", pa.float64(), nullable=False),
         pa.field("part", pa.string(), nullable=False),
         pa.field("audio_offset", pa.int64(), nullable=False),
         pa.field("audio_bytes", pa.int64(), nullable=False),
+        pa.field("generated", pa.bool_(), nullable=False),
     ],
 )
 # The retrieval and planning stages' work, one row per chunk of images still to plan.

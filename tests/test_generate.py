@@ -188,6 +188,20 @@ def test_a_checkpoint_of_another_pipeline_is_refused(tmp_path):
         load_text_to_audio(str(tmp_path / "ddpm"), "float32", use_gpu=False)
 
 
+def test_the_manifest_marks_the_concepts_whose_clip_is_generated():
+    from stages.pairing.planning import plan_chunk
+    from tests.test_planning import TEXTS, chunk_scenes, config, matches_of, pool_clips
+
+    pool = pool_clips()
+    made = {f"clip-{i:02d}" for i in range(0, 24, 3)}
+    flags = pa.array([c in made for c in pool.column("clip_id").to_pylist()])
+    pool = pool.set_column(pool.schema.get_field_index("generated"), pool.schema.field("generated"), flags)
+    plan = plan_chunk(config(), chunk_scenes(), matches_of(TEXTS), pool)
+    concepts = [c for shard in plan.shards for row in shard.to_pylist() for c in row["concepts"]]
+    assert {c["generated"] for c in concepts} == {True, False}
+    assert all(c["generated"] == (c["clip_id"] in made) for c in concepts)
+
+
 def test_requests_carry_the_seed_and_settings_of_each_prompt():
     config = GenerateConfig(model="cvssp/audioldm2", steps=20, guidance=3.0)
     table = requests_for(["rain", "wind"], config, run_seed=3)
@@ -257,3 +271,57 @@ def test_a_pool_grows_by_exactly_the_generated_clips_with_their_provenance(tmp_p
     again = run_generate(validate_config(tree))
     assert again["sounds_generated"] == 0 and again["sounds_already_in_pool"] == 3
     assert again["pool"]["files_processed"] == 0 and again["pool"]["index"]["size"] == 6
+
+    # Sonify over the grown pool, once allowed to choose generated clips and once not.
+    made = {r[0] for r in rows}
+    chosen = {}
+    for allow in (True, False):
+        summary, concepts = sonify_with(tree, tmp_path, allow)
+        chosen[allow] = concepts
+        assert summary["concepts_with_generated_clip"] == sum(c["generated"] for c in concepts)
+        assert all(c["generated"] == (c["clip_id"] in made) for c in concepts)
+        mix_clips = pq.read_table(tmp_path / f"out-{allow}" / "mix_clips.parquet").to_pydict()
+        assert made & set(mix_clips["clip_id"]) == (made if allow else set())
+    assert any(c["generated"] for c in chosen[True])
+    assert not any(c["clip_id"] in made for c in chosen[False]) and len(chosen[False]) == len(chosen[True])
+
+
+def sonify_with(tree: dict, root: Path, allow_generated: bool) -> tuple[dict, list[dict]]:
+    """A sonify run of 8 images with provided concepts over the pool of `tree`; its summary and the
+    concepts of its manifest."""
+    import json
+
+    from PIL import Image
+
+    from pipelines.sonify import run_sonify
+
+    images = root / "images"
+    if not images.exists():
+        images.mkdir()
+        lines = []
+        for i in range(8):
+            Image.fromarray(np.full((40, 40, 3), 25 * i, np.uint8)).save(images / f"img-{i}.png")
+            concepts = [{"label": "x", "text": f"sound {j} of image {i}"} for j in range(3)]
+            lines.append(json.dumps({"image_id": f"img-{i}", "concepts": concepts}))
+        (root / "concepts.jsonl").write_text("\n".join(lines) + "\n")
+    out = root / f"out-{allow_generated}"
+    config = validate_config(
+        {
+            **tree,
+            "models": {
+                **tree["models"],
+                "vlm": [{"name": "given", "backend": "provided", "path": str(root / "concepts.jsonl")}],
+            },
+            "sonify": {"images": [str(images / "*.png")], "out": str(out), "min_side": 16},
+            "retrieval": {
+                "search_k": 6,
+                "k": 3,
+                "min_cosine": -1.0,
+                "hubness": "none",
+                "allow_generated": allow_generated,
+            },
+        }
+    )
+    summary = run_sonify(config)
+    manifest = pq.read_table(out / "manifest", columns=["concepts"]).column("concepts").to_pylist()
+    return summary, [c for row in manifest for c in row]

@@ -77,6 +77,7 @@ def pool_clips(inaudible: set[str] = frozenset()) -> pa.Table:
             "part": [f"part-{int(c[-2:]) // 8}" for c in ids],
             "audio_offset": [512 + 20_000 * (int(c[-2:]) % 8) for c in ids],
             "audio_bytes": [19_000 + int(c[-2:]) for c in ids],
+            "generated": [False] * len(ids),
         },
     )
 

@@ -43,17 +43,17 @@ def pool_settings(identity: dict, pool: PoolConfig) -> dict:
 
 
 def mixable(clips: pa.Table, rate: int, silence_lufs: float, max_band_loss_lu: float) -> pa.Table:
-    """The MIX_CLIPS table of a pool table (columns clip_id, part, lufs, loudness_at_rates): every
-    clip audible at `rate` (stages.audio.loudness.audible_at_rate), with its loudness there and the
-    byte range of its audio at that rate, sorted by clip_id."""
+    """The MIX_CLIPS table of a pool table (columns clip_id, part, lufs, loudness_at_rates,
+    generation): every clip audible at `rate` (stages.audio.loudness.audible_at_rate), with its
+    loudness there, the byte range of its audio at that rate and whether it is generated, sorted by
+    clip_id."""
     rows: dict[str, list] = {name: [] for name in MIX_CLIPS.names}
-    columns = [clips.column(c).to_pylist() for c in ("clip_id", "part", "lufs", "loudness_at_rates")]
-    for clip_id, part, pool_lufs, at_rates in zip(*columns):
+    columns = [clips.column(c).to_pylist() for c in ("clip_id", "part", "lufs", "loudness_at_rates", "generation")]
+    for clip_id, part, pool_lufs, at_rates, generation in zip(*columns):
         entry = loudness_entry_at(at_rates, rate)
         if audible_at_rate(pool_lufs, entry and entry["lufs"], silence_lufs, max_band_loss_lu):
-            for name, value in zip(
-                MIX_CLIPS.names, (clip_id, entry["lufs"], part, entry["audio_offset"], entry["audio_bytes"])
-            ):
+            values = (clip_id, entry["lufs"], part, entry["audio_offset"], entry["audio_bytes"], generation is not None)
+            for name, value in zip(MIX_CLIPS.names, values):
                 rows[name].append(value)
     return make_table(MIX_CLIPS, rows).sort_by([("clip_id", "ascending")])
 
@@ -127,13 +127,19 @@ class PoolStore:
             return POOL_CLIPS.empty_table().select(columns)
         return pa.concat_tables(tables)
 
-    def mixable_clips(self, rate: int, silence_lufs: float, max_band_loss_lu: float) -> tuple[pa.Table, int]:
+    def mixable_clips(
+        self, rate: int, silence_lufs: float, max_band_loss_lu: float, allow_generated: bool = True
+    ) -> tuple[pa.Table, int]:
         """The MIX_CLIPS table at `rate`: the indexed (error-free, non-silent) clips a mix at that rate
-        may use; and how many indexed clips are not audible there."""
-        table = self.clips(["clip_id", "part", "lufs", "loudness_at_rates", "silent", "error"])
+        may use, generated ones only with `allow_generated`; and how many indexed clips are not
+        audible there."""
+        table = self.clips(["clip_id", "part", "lufs", "loudness_at_rates", "silent", "error", "generation"])
         indexed = table.filter(pc.is_null(pc.field("error")) & pc.invert(pc.field("silent")))
         clips = mixable(indexed, rate, silence_lufs, max_band_loss_lu)
-        return clips, indexed.num_rows - clips.num_rows
+        inaudible = indexed.num_rows - clips.num_rows
+        if not allow_generated:
+            clips = clips.filter(pc.invert(pc.field("generated")))
+        return clips, inaudible
 
     # Generated sounds
 

@@ -69,7 +69,10 @@ def run_sonify(config: RunConfig) -> dict:
     tick = time.monotonic()
     store = PoolStore(paths)
     mixable, inaudible = store.mixable_clips(
-        config.mix.sample_rate, config.pool.silence_lufs, config.pool.max_band_loss_lu
+        config.mix.sample_rate,
+        config.pool.silence_lufs,
+        config.pool.max_band_loss_lu,
+        config.retrieval.allow_generated,
     )
     # Once a chunk is searched the pool cannot change (check_same_pool), so neither can this table:
     # a rerun leaves it, and the files of a finished run, untouched.
@@ -116,6 +119,8 @@ def run_sonify(config: RunConfig) -> dict:
         "write_errors_by_kind": dict(sorted(written.failed_by_kind.items())),
         "error_reasons": reasons,
         "distinct_clips_used": len(written.clip_uses),
+        # Concepts of written samples whose clip is generated (`run_pipeline.py generate`).
+        "concepts_with_generated_clip": written.generated_concepts,
         # How evenly the written samples use the pool, and how hubby the pool is against the run's bank.
         "exposure": exposure(written.clip_uses, pool_state["index_size"], hubness_skewness(config, layout)),
         # What mixing read from the pool, and the stored size of the clips each shard uses (a clip
@@ -184,7 +189,8 @@ def format_summary(summary: dict) -> str:
         f"({summary['pool_clips_inaudible_at_mix_rate']} pool clips inaudible at the mix rate)",
         f"  search:   {search_line(summary['search'])}",
         f"  samples:  {summary['samples']} written, {summary['rejected']} rejected, "
-        f"{summary['distinct_clips_used']} distinct clips used",
+        f"{summary['distinct_clips_used']} distinct clips used, "
+        f"{summary['concepts_with_generated_clip']} concepts with a generated clip",
         f"  exposure: {exposure_line(summary['exposure'])}",
         f"  pool:     {summary['pool_bytes_read'] / 1e6:.1f} MB read to mix "
         f"{summary['pool_bytes_of_clips_used'] / 1e6:.1f} MB of clips",

@@ -99,6 +99,7 @@ class MixableClips:
 
     lufs: dict[str, float]
     locations: dict[str, tuple[str, int, int]]
+    generated: frozenset[str]  # the generated ones
 
 
 def mixable_clips(mix_clips: pa.Table, clip_ids: Iterable[str]) -> MixableClips:
@@ -112,6 +113,7 @@ def mixable_clips(mix_clips: pa.Table, clip_ids: Iterable[str]) -> MixableClips:
     return MixableClips(
         lufs=dict(zip(ids, rows["lufs"])),
         locations={c: (p, o, s) for c, p, o, s in zip(ids, rows["part"], rows["audio_offset"], rows["audio_bytes"])},
+        generated=frozenset(c for c, made in zip(ids, rows["generated"]) if made),
     )
 
 
@@ -136,9 +138,11 @@ def plan_samples(
     found: Matches,
     clip_lufs: Mapping[str, float],
     corrected: Corrected | None = None,
+    generated_clips: frozenset[str] = frozenset(),
 ) -> tuple[list[dict], list[dict], Counter]:
     """Manifest rows of every sample (audio fields still empty, sorted by key) and of every rejected
-    scene, and the counts of dropped concepts and threshold fallbacks. retrieval.max_uses_per_clip
+    scene, and the counts of dropped concepts and threshold fallbacks. A concept whose clip is in
+    `generated_clips` is marked `generated`. retrieval.max_uses_per_clip
     counts uses over the scenes given (a chunk), taken in key order so that the order of the rows
     does not matter."""
     samples, rejected, counts = [], [], Counter()
@@ -211,6 +215,7 @@ def plan_samples(
                     "threshold": choice.threshold,
                     "n_candidates": choice.n_candidates,
                     "fallback": choice.fallback,
+                    "generated": choice.clip_id in generated_clips,
                     "target_lufs": float(target),
                     "clip_lufs": float(clip_level),
                     "gain_db": float(gain),
@@ -265,7 +270,9 @@ def plan_chunk(config: RunConfig, scenes: pa.Table, matches: pa.Table, mix_clips
     """The plan of one chunk from its scenes (every VLM's), its matches and the pool's MIX_CLIPS."""
     found = matches_by_text(matches)
     clips = mixable_clips(mix_clips, (c for ids, _ in found.values() for c in ids))
-    samples, rejected, counts = plan_samples(config, scenes, found, clips.lufs, corrected_by_text(matches))
+    samples, rejected, counts = plan_samples(
+        config, scenes, found, clips.lufs, corrected_by_text(matches), clips.generated
+    )
     image_bytes = {
         sample_key(i, v): n or 0
         for i, v, n in zip(*[scenes.column(c).to_pylist() for c in ("image_id", "vlm", "num_bytes")])
