@@ -132,6 +132,7 @@ def writer_setup(tmp_path):
             "threshold": 0.6,
             "n_candidates": 1,
             "fallback": False,
+            "generated": False,
             "target_lufs": -25.0,
             "clip_lufs": -20.0,
         }
