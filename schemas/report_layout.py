@@ -37,6 +37,11 @@ class ReportLayout:
         return f"media/clip-{number:04d}.flac"
 
     @staticmethod
+    def generated_clip(number: int) -> str:
+        """The audio of the number-th most used generated clip of a sonify run, at the mix rate."""
+        return f"media/generated-{number:04d}.flac"
+
+    @staticmethod
     def replaced_folders() -> tuple[str, ...]:
         """Folders whose files a new report replaces: what it does not show again is deleted."""
         return ("plots", "media")

@@ -276,8 +276,9 @@ def test_a_pool_grows_by_exactly_the_generated_clips_with_their_provenance(tmp_p
     made = {r[0] for r in rows}
     chosen = {}
     for allow in (True, False):
-        summary, concepts = sonify_with(tree, tmp_path, allow)
+        config, summary, concepts = sonify_with(tree, tmp_path, allow)
         chosen[allow] = concepts
+        report_counts_and_plays_the_generated_clips(config, summary, made)
         assert summary["concepts_with_generated_clip"] == sum(c["generated"] for c in concepts)
         assert all(c["generated"] == (c["clip_id"] in made) for c in concepts)
         mix_clips = pq.read_table(tmp_path / f"out-{allow}" / "mix_clips.parquet").to_pydict()
@@ -286,9 +287,30 @@ def test_a_pool_grows_by_exactly_the_generated_clips_with_their_provenance(tmp_p
     assert not any(c["clip_id"] in made for c in chosen[False]) and len(chosen[False]) == len(chosen[True])
 
 
-def sonify_with(tree: dict, root: Path, allow_generated: bool) -> tuple[dict, list[dict]]:
-    """A sonify run of 8 images with provided concepts over the pool of `tree`; its summary and the
-    concepts of its manifest."""
+def report_counts_and_plays_the_generated_clips(config, summary: dict, made: set[str]) -> None:
+    import json
+
+    from pipelines.report import run_report
+
+    run_report(config, "all")
+    report = Path(config.sonify.out) / "report"
+    numbers = json.loads((report / "report.json").read_text())
+    used = summary["concepts_with_generated_clip"]
+    assert numbers["counts"]["concepts with a generated clip"] == used
+    played = numbers["clip_usage"]["generated_clips"]
+    assert {c["clip_id"] for c in played} <= made and sum(c["uses"] for c in played) == used
+    page = (report / "index.html").read_text()
+    assert ("Generated clips used" in page) == bool(used)
+    assert sorted(p.name for p in (report / "media").glob("generated-*.flac")) == [
+        f"generated-{rank:04d}.flac" for rank in range(1, len(played) + 1)
+    ]
+    pool_numbers = json.loads((Path(config.pool.dir) / "report" / "report.json").read_text())
+    assert pool_numbers["counts"]["generated clips (run_pipeline.py generate)"] == len(made)
+
+
+def sonify_with(tree: dict, root: Path, allow_generated: bool) -> tuple[object, dict, list[dict]]:
+    """A sonify run of 8 images with provided concepts over the pool of `tree`; its config, its
+    summary and the concepts of its manifest."""
     import json
 
     from PIL import Image
@@ -324,4 +346,4 @@ def sonify_with(tree: dict, root: Path, allow_generated: bool) -> tuple[dict, li
     )
     summary = run_sonify(config)
     manifest = pq.read_table(out / "manifest", columns=["concepts"]).column("concepts").to_pylist()
-    return summary, [c for row in manifest for c in row]
+    return config, summary, [c for row in manifest for c in row]
