@@ -184,6 +184,8 @@ class GenerateConfig(ConfigSection):
     def _one_prompt_source(self) -> GenerateConfig:
         if self.missing_from is not None and self.prompts is not None:
             raise ValueError("generate: set missing_from or prompts, not both")
+        if self.dtype != "float32" and self.num_gpus == 0:
+            raise ValueError(f"generate.dtype {self.dtype} needs a GPU (generate.num_gpus > 0); on a CPU use float32")
         return self
 
 

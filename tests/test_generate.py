@@ -108,6 +108,9 @@ def test_a_prompts_file_that_is_not_utf8_or_empty_is_named(tmp_path):
 def test_generate_config_needs_a_model_and_one_source_of_prompts(tmp_path):
     with pytest.raises(ValueError, match="set missing_from or prompts, not both"):
         GenerateConfig(model="m", missing_from="run", prompts="p.txt")
+    with pytest.raises(ValueError, match="generate.dtype float16 needs a GPU"):
+        GenerateConfig(model="m", prompts="p.txt", dtype="float16")
+    assert GenerateConfig(model="m", prompts="p.txt", dtype="float16", num_gpus=1).dtype == "float16"
     config_file = tmp_path / "config.yaml"
     config_file.write_text(f"pool: {{dir: {tmp_path / 'pool'}}}\nmodels: {{clap: {{model: clap}}}}\n")
     with pytest.raises(ConfigError, match="generate.model: required by `generate`"):
@@ -117,6 +120,19 @@ def test_generate_config_needs_a_model_and_one_source_of_prompts(tmp_path):
     config = load_config(config_file, ["generate.model=m"], command="generate")
     with pytest.raises(ConfigError, match="set generate.missing_from .* or generate.prompts"):
         chosen_prompts(config)
+
+
+def test_a_recorded_sound_whose_file_is_gone_stays_a_source_with_its_error(tmp_path):
+    from stages.io.sources import generated_sources
+
+    made = {"model": "m", "prompt": "rain", "seed": 1, "steps": 2, "guidance": 1.0}
+    present = tmp_path / "gen-present.flac"
+    present.write_bytes(b"fLaC")
+    found = generated_sources({str(present): made, str(tmp_path / "gen-gone.flac"): dict(made, prompt="wind")})
+    by_name = {Path(s.uri).name: s for s in found}
+    assert by_name["gen-present.flac"].error is None and by_name["gen-present.flac"].generation == made
+    gone = by_name["gen-gone.flac"]
+    assert gone.error_kind == "unreadable" and "gen-gone.flac" in gone.error and gone.generation["prompt"] == "wind"
 
 
 def requests_for(prompts: list[str], config: GenerateConfig, run_seed: int = 0) -> pa.Table:

@@ -37,6 +37,8 @@ tests/test_bad_input.py):
   `not_a_file` (both found when sources are listed, stages.io.sources).
 - Anything else that fails while standardizing one file: a `failed` error row for that file only,
   with none of its clips.
+- A generated source (pipelines/generate.py) is standardized like a recording; its provenance
+  (model, prompt, seed, steps, guidance) comes with the part and goes to every row of it.
 - No space left where the part's files or a source's spool are written: the run stops
   (storage.DiskFull), as no other file could be written either.
 """
