@@ -169,6 +169,7 @@ def test_summary_counts_every_file_and_error_kind(run):
         "error_rows": len(BROKEN),
         "errors_by_kind": kinds,
         "variant_clips": {},
+        "generated_clips": 0,
         # Every usable file here has its energy below 8 kHz.
         "inaudible_at_mix_rates": {"16000": 0},
     }
