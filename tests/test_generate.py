@@ -150,6 +150,14 @@ def tiny_audioldm(tmp_path_factory) -> str:
     return str(build_audioldm(folder, folder / "scratch"))
 
 
+@pytest.fixture(scope="module")
+def tiny_audioldm2(tmp_path_factory) -> str:
+    from demo.tiny_models import build_audioldm2
+
+    folder = tmp_path_factory.mktemp("audioldm2")
+    return str(build_audioldm2(folder, folder / "scratch"))
+
+
 def generated(stage: GenerateSounds, requests: pa.Table, pool_dir: Path) -> tuple[pa.Table, dict[str, bytes]]:
     rows = stage.process_batch(requests)
     layout = PoolLayout(str(pool_dir))
@@ -184,6 +192,22 @@ def test_the_stage_writes_the_same_sounds_twice(tmp_path, tiny_audioldm):
     _, alone_sounds = generated(second_stage, requests.slice(1, 1), tmp_path / "b")
     alone, _ = decode_flac(alone_sounds[second])
     assert np.abs(alone - audios[1]).max() <= 1.5 / 32768
+
+
+def test_audioldm2_is_called_the_same_way_and_writes_the_same_sound_twice(tmp_path, tiny_audioldm2):
+    config = GenerateConfig(model=tiny_audioldm2, steps=2, guidance=2.5)
+    requests = requests_for(["a dog barking in the grass"], config)
+    sounds = []
+    for run in ("a", "b"):
+        stage = GenerateSounds(str(tmp_path / run), config, seconds=5.0)
+        stage.setup()
+        assert type(stage.pipeline).__name__ == "AudioLDM2Pipeline"
+        rows, made = generated(stage, requests, tmp_path / run)
+        sounds.append(made)
+    assert sounds[0] == sounds[1]
+    audio, rate = decode_flac(next(iter(sounds[0].values())))
+    assert rate == 16000 and audio.shape == (5 * 16000,) and np.abs(audio).max() > 0.01
+    assert rows.column("model").to_pylist() == ["audioldm2"]
 
 
 def test_a_checkpoint_of_another_pipeline_is_refused(tmp_path):
