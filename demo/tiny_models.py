@@ -234,9 +234,9 @@ def build_qwen2_5_vl(out: Path, scratch: Path, seed: int = 0) -> Path:
 def _audio_diffusion_parts(seed: int) -> dict:
     """The parts AudioLDM and AudioLDM 2 share, tiny: the mel VAE, a DDIM scheduler and the vocoder.
 
-    The vocoder upsamples each mel frame 160 times, as the real 16 kHz HiFi-GAN does, so a 5 s sound
-    is 500 frames and 250 x 4 latents: a few denoising steps take well under a second per sound on
-    a CPU. Its weights are spread (`_spread_weights`) so the sound is audible, not near-silence the
+    The vocoder upsamples each mel frame 320 times (the real 16 kHz HiFi-GAN: 160), so a 5 s sound
+    is 250 frames of 8 mel bins and 125 x 4 latents: a few denoising steps take well under a second
+    per sound on a CPU. Its weights are spread (`_spread_weights`) so the sound is audible, not near-silence the
     pool would flag and never embed."""
     from diffusers import AutoencoderKL, DDIMScheduler
     from transformers import SpeechT5HifiGan, SpeechT5HifiGanConfig
@@ -255,8 +255,8 @@ def _audio_diffusion_parts(seed: int) -> dict:
             model_in_dim=8,
             sampling_rate=16000,
             upsample_initial_channel=32,
-            upsample_rates=[5, 4, 2, 2, 2],
-            upsample_kernel_sizes=[10, 8, 4, 4, 4],
+            upsample_rates=[5, 4, 4, 2, 2],
+            upsample_kernel_sizes=[10, 8, 8, 4, 4],
             resblock_kernel_sizes=[3],
             resblock_dilation_sizes=[[1, 3]],
             normalize_before=False,
