@@ -48,11 +48,16 @@ def chosen_prompts(config: RunConfig) -> list[str]:
     raise ConfigError("generate: set generate.missing_from (a sonify.out folder) or generate.prompts (a text file)")
 
 
+def sound_seconds(config: RunConfig) -> float:
+    """The length of each sound: generate.seconds, else one pool clip."""
+    return config.generate.seconds or config.pool.clip_seconds
+
+
 def generation_requests(prompts: list[str], config: RunConfig) -> pa.Table:
     """GENERATION_REQUESTS: one row per prompt, with its seed and file name."""
     generate = config.generate
     model = model_name(generate.model)
-    seconds = generate.seconds or config.pool.clip_seconds
+    seconds = sound_seconds(config)
     rows: dict[str, list] = {name: [] for name in GENERATION_REQUESTS.names}
     for prompt in prompts:
         seed = prompt_seed(prompt, config.seed)
@@ -82,8 +87,7 @@ def run_generate(config: RunConfig) -> dict:
     records = None
     if todo.num_rows:
         storage.remove_temporaries(paths.temporary_folders(config.pool.mix_sample_rates))
-        seconds = config.generate.seconds or config.pool.clip_seconds
-        stage = GenerateSounds(paths.root, config.generate, seconds)
+        stage = GenerateSounds(paths.root, config.generate, sound_seconds(config))
         blocks = math.ceil(todo.num_rows / config.generate.batch_size)
         made = list(Runner(config.ray).run(todo, [stage], blocks=blocks))
         sounds = pa.concat_tables(made).sort_by([("file", "ascending")])
