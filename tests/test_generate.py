@@ -135,6 +135,32 @@ def test_a_recorded_sound_whose_file_is_gone_stays_a_source_with_its_error(tmp_p
     assert gone.error_kind == "unreadable" and "gen-gone.flac" in gone.error and gone.generation["prompt"] == "wind"
 
 
+def test_standardize_gives_a_generated_source_its_provenance_on_every_clip(tmp_path):
+    from stages.audio.standardize_stage import Standardize
+    from tests.helpers import noise, write_audio
+
+    made = {"model": "audioldm2", "prompt": "rain", "seed": 5, "steps": 20, "guidance": 3.0}
+    generated_file = write_audio(tmp_path / "gen-1.flac", noise(7.0, 16000, 0.2, seed=1), 16000, "FLAC")
+    recording = write_audio(tmp_path / "rec.wav", noise(3.0, 16000, 0.2, seed=2), 16000)
+    rows = (
+        Standardize(str(tmp_path / "pool"), 48000, 5.0, -70.0, [16000])
+        .process_part(
+            {
+                "part": "p",
+                "uris": [str(generated_file), str(recording)],
+                "fingerprints": None,
+                "errors": None,
+                "generations": [made, None],
+            }
+        )
+        .to_pylist()
+    )
+    by_source: dict[str, list] = {}
+    for row in rows:
+        by_source.setdefault(row["source_uri"], []).append(row["generation"])
+    assert by_source == {str(generated_file): [made, made], str(recording): [None]}
+
+
 def requests_for(prompts: list[str], config: GenerateConfig, run_seed: int = 0) -> pa.Table:
     from pipelines.generate import generation_requests
 
