@@ -26,6 +26,7 @@ $(DEMO)/sample/.complete: | $(STAMP)
 
 demo: $(STAMP) $(DEMO)/models/models.json $(DEMO)/sample/.complete
 	$(BIN)/python run_pipeline.py pool --config configs/demo.yaml
+	$(BIN)/python run_pipeline.py generate --config configs/demo.yaml
 	$(BIN)/python run_pipeline.py sonify --config configs/demo.yaml
 	$(BIN)/python run_pipeline.py report --config configs/demo.yaml
 

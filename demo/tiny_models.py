@@ -9,6 +9,10 @@ Layout under the output folder:
     laion-clap/text-backbones/    roberta-base, bert-base-uncased, facebook/bart-base, which
                                   laion-clap loads by name (models.clap.text_backbones_dir)
     vlm-qwen2_5_vl/               Qwen2.5-VL for AutoModelForImageTextToText + AutoProcessor
+    audioldm/                     AudioLDMPipeline (UNet, VAE, CLAP text encoder, RoBERTa tokenizer,
+                                  DDIM scheduler, HiFi-GAN vocoder) for `run_pipeline.py generate`
+    audioldm2/                    AudioLDM2Pipeline (CLAP and T5 encoders, GPT-2, projection, its
+                                  UNet, and the same VAE, scheduler and vocoder)
     timbre/tiny-timbre.ts         a TorchScript timbre model with RAVE's exported interface
                                   (demo.timbre_model), for pool variants
 """
@@ -227,6 +231,177 @@ def build_qwen2_5_vl(out: Path, scratch: Path, seed: int = 0) -> Path:
     return target
 
 
+def _audio_diffusion_parts(seed: int) -> dict:
+    """The parts AudioLDM and AudioLDM 2 share, tiny: the mel VAE, a DDIM scheduler and the vocoder.
+
+    The vocoder upsamples each mel frame 320 times (the real 16 kHz HiFi-GAN: 160), so a 5 s sound
+    is 250 frames of 8 mel bins and 125 x 4 latents: a few denoising steps take well under a second
+    per sound on a CPU. Its weights are spread (`_spread_weights`) so the sound is audible, not near-silence the
+    pool would flag and never embed."""
+    from diffusers import AutoencoderKL, DDIMScheduler
+    from transformers import SpeechT5HifiGan, SpeechT5HifiGanConfig
+
+    vae = AutoencoderKL(
+        block_out_channels=[8, 16],
+        in_channels=1,
+        out_channels=1,
+        norm_num_groups=8,
+        down_block_types=["DownEncoderBlock2D"] * 2,
+        up_block_types=["UpDecoderBlock2D"] * 2,
+        latent_channels=4,
+    )
+    vocoder = SpeechT5HifiGan(
+        SpeechT5HifiGanConfig(
+            model_in_dim=8,
+            sampling_rate=16000,
+            upsample_initial_channel=32,
+            upsample_rates=[5, 4, 4, 2, 2],
+            upsample_kernel_sizes=[10, 8, 8, 4, 4],
+            resblock_kernel_sizes=[3],
+            resblock_dilation_sizes=[[1, 3]],
+            normalize_before=False,
+        )
+    )
+    _spread_weights(vocoder, seed)
+    scheduler = DDIMScheduler(
+        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False, set_alpha_to_one=False
+    )
+    return {"vae": vae, "scheduler": scheduler, "vocoder": vocoder}
+
+
+# The UNet's two levels: plain convolutions, then cross-attention.
+_UNET_LEVELS = {
+    "block_out_channels": (8, 16),
+    "layers_per_block": 1,
+    "norm_num_groups": 8,
+    "sample_size": 32,
+    "in_channels": 4,
+    "out_channels": 4,
+    "down_block_types": ("DownBlock2D", "CrossAttnDownBlock2D"),
+    "up_block_types": ("CrossAttnUpBlock2D", "UpBlock2D"),
+    "cross_attention_dim": (8, 16),
+}
+
+
+def build_audioldm(out: Path, scratch: Path, seed: int = 0) -> Path:
+    """A tiny AudioLDMPipeline from diffusers' and transformers' own component classes, saved with
+    save_pretrained, so generate loads it through DiffusionPipeline.from_pretrained like a real one."""
+    import torch
+    from diffusers import AudioLDMPipeline, UNet2DConditionModel
+    from transformers import ClapTextConfig, ClapTextModelWithProjection, RobertaTokenizer
+
+    torch.manual_seed(seed)
+    tokenizer = RobertaTokenizer.from_pretrained(str(_train_bpe(scratch / "bpe")), model_max_length=77)
+    text_width = 8
+    # AudioLDM conditions on the CLAP text embedding as a class embedding, concatenated.
+    unet = UNet2DConditionModel(
+        **_UNET_LEVELS,
+        class_embed_type="simple_projection",
+        projection_class_embeddings_input_dim=text_width,
+        class_embeddings_concat=True,
+    )
+    text_encoder = ClapTextModelWithProjection(
+        ClapTextConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=text_width,
+            intermediate_size=16,
+            num_attention_heads=1,
+            num_hidden_layers=1,
+            max_position_embeddings=TEXT_POSITIONS,
+            projection_dim=text_width,
+            bos_token_id=0,
+            pad_token_id=1,
+            eos_token_id=2,
+        )
+    )
+    parts = _audio_diffusion_parts(seed)
+    pipeline = AudioLDMPipeline(text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, **parts)
+    target = out / "audioldm"
+    pipeline.save_pretrained(target)
+    return target
+
+
+def build_audioldm2(out: Path, scratch: Path, seed: int = 0) -> Path:
+    """A tiny AudioLDM2Pipeline: a CLAP and a T5 encoder whose projected states a GPT-2 turns into
+    the UNet's conditioning, with the VAE, scheduler and vocoder of the tiny AudioLDM. The T5
+    tokenizer is a Unigram one over the words of the demo corpus, built here."""
+    import torch
+    from diffusers import AudioLDM2Pipeline, AudioLDM2ProjectionModel, AudioLDM2UNet2DConditionModel
+    from transformers import (
+        ClapConfig,
+        ClapFeatureExtractor,
+        ClapModel,
+        GPT2Config,
+        GPT2LMHeadModel,
+        RobertaTokenizer,
+        T5Config,
+        T5EncoderModel,
+        T5Tokenizer,
+    )
+
+    torch.manual_seed(seed)
+    tokenizer = RobertaTokenizer.from_pretrained(str(_train_bpe(scratch / "bpe")), model_max_length=77)
+    words = sorted(set(_CORPUS.replace(".", " ").split()))
+    pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0)]
+    pieces += [("\u2581" + w, -1.0) for w in words] + [(c, -5.0) for c in "abcdefghijklmnopqrstuvwxyz"]
+    t5_tokenizer = T5Tokenizer(vocab=pieces, extra_ids=0, model_max_length=77)
+    width = 16
+    clap = ClapModel(
+        ClapConfig(
+            text_config={
+                "vocab_size": len(tokenizer),
+                "hidden_size": 8,
+                "intermediate_size": 16,
+                "num_attention_heads": 1,
+                "num_hidden_layers": 1,
+                "max_position_embeddings": TEXT_POSITIONS,
+                "projection_dim": 8,
+                "bos_token_id": 0,
+                "pad_token_id": 1,
+                "eos_token_id": 2,
+            },
+            audio_config={
+                "spec_size": 8,
+                "window_size": 4,
+                "num_mel_bins": 8,
+                "intermediate_size": 16,
+                "depths": [1, 1],
+                "num_attention_heads": [1, 1],
+                "num_hidden_layers": 1,
+                "hidden_size": 16,
+                "patch_size": 2,
+                "patch_stride": 2,
+                "patch_embeds_hidden_size": 8,
+                "patch_embed_input_channels": 4,
+                "projection_dim": 8,
+            },
+            projection_dim=width,
+        )
+    )
+    t5 = T5EncoderModel(
+        T5Config(vocab_size=len(t5_tokenizer), d_model=width, d_ff=width, d_kv=8, num_heads=1, num_layers=1)
+    )
+    language_model = GPT2LMHeadModel(GPT2Config(n_embd=width, n_head=1, n_layer=1, vocab_size=100, n_positions=99))
+    # How many conditioning states GPT-2 generates per prompt (the real checkpoints: 8).
+    language_model.config.max_new_tokens = 8
+    pipeline = AudioLDM2Pipeline(
+        text_encoder=clap,
+        text_encoder_2=t5,
+        projection_model=AudioLDM2ProjectionModel(
+            text_encoder_dim=width, text_encoder_1_dim=width, langauge_model_dim=width
+        ),
+        language_model=language_model,
+        tokenizer=tokenizer,
+        tokenizer_2=t5_tokenizer,
+        feature_extractor=ClapFeatureExtractor(hop_length=7900),
+        unet=AudioLDM2UNet2DConditionModel(**_UNET_LEVELS),
+        **_audio_diffusion_parts(seed),
+    )
+    target = out / "audioldm2"
+    pipeline.save_pretrained(target)
+    return target
+
+
 def build_all(out: str | Path, seed: int = 0) -> dict[str, str]:
     import tempfile
 
@@ -238,6 +413,8 @@ def build_all(out: str | Path, seed: int = 0) -> dict[str, str]:
         hf = build_transformers_clap(out, Path(scratch) / "hf", seed)
         checkpoint, backbones = build_laion_clap(out, Path(scratch) / "laion", seed)
         vlm = build_qwen2_5_vl(out, Path(scratch) / "vlm", seed)
+        audioldm = build_audioldm(out, Path(scratch) / "audioldm", seed)
+        audioldm2 = build_audioldm2(out, Path(scratch) / "audioldm2", seed)
     timbre = build_timbre_model(out, seed)
     written = {
         "clap_transformers": str(hf),
@@ -245,6 +422,8 @@ def build_all(out: str | Path, seed: int = 0) -> dict[str, str]:
         "clap_laion_text_backbones": str(backbones),
         "vlm_qwen2_5_vl": str(vlm),
         "timbre_torchscript": str(timbre),
+        "audioldm": str(audioldm),
+        "audioldm2": str(audioldm2),
     }
     (out / "models.json").write_text(json.dumps(written, indent=2) + "\n")
     return written

@@ -48,6 +48,7 @@ def _apply(tree: dict[str, Any], path: list[str], value: Any) -> None:
 COMMAND_NEEDS = {
     "pool": {"models.clap": "CLAP embeds every clip"},
     "sonify": {"models.clap": "CLAP embeds the concept texts"},
+    "generate": {"generate.model": "it makes the sounds", "models.clap": "CLAP embeds the generated clips"},
 }
 
 

@@ -6,6 +6,9 @@ was written under. Stages build tables through `make_table`, which refuses missi
 
 from schemas.base import SchemaMismatch, make_table, schema_version, versioned
 from schemas.pool import (
+    GENERATED_SOUNDS,
+    GENERATION,
+    GENERATION_REQUESTS,
     POOL_AUDIO,
     POOL_CLIPS,
     POOL_INDEX_IDS,
@@ -47,6 +50,9 @@ __all__ = [
     "CLIP_BIASES",
     "CLIP_LOCATION",
     "GALLERY_ITEMS",
+    "GENERATED_SOUNDS",
+    "GENERATION",
+    "GENERATION_REQUESTS",
     "HUB_BANK",
     "IMAGES",
     "IMAGE_CREDITS",

@@ -29,6 +29,7 @@ __all__ = [
     "VLM_BACKENDS",
     "ClapConfig",
     "ConfigSection",
+    "GenerateConfig",
     "IndexConfig",
     "LicenseFilterConfig",
     "MixConfig",
@@ -238,6 +239,48 @@ class SonifyConfig(ConfigSection):
         return self
 
 
+class GenerateConfig(ConfigSection):
+    model: str | None = Field(
+        None,
+        description="generate: a text-to-audio diffusers checkpoint whose pipeline is AudioLDMPipeline or "
+        "AudioLDM2Pipeline: a Hugging Face id (cvssp/audioldm2, cvssp/audioldm-s-full-v2) or a folder (fsspec "
+        "URLs are copied once per node into the model cache, like models.clap.model).",
+    )
+    missing_from: str | None = Field(
+        None,
+        description="generate: a sonify.out folder whose missing_sounds.parquet lists the texts that no pool clip "
+        "matched; the `top` most requested become prompts. Set this or `prompts`.",
+    )
+    top: int = Field(20, ge=1, description="generate: how many of missing_from's most requested texts to generate.")
+    prompts: str | None = Field(
+        None,
+        description="generate: a UTF-8 text file (fsspec URL) of prompts, one per line; blank lines are skipped "
+        "and a repeated prompt is generated once. Set this or `missing_from`.",
+    )
+    steps: int = Field(50, ge=1, description="generate: denoising steps per sound.")
+    guidance: float = Field(
+        3.5, ge=0, description="generate: classifier-free guidance scale; above 1, the sound follows its prompt more."
+    )
+    seconds: float | None = Field(
+        None, gt=0, description="generate: length of each sound, in seconds; unset: pool.clip_seconds."
+    )
+    dtype: Literal["float32", "float16", "bfloat16"] = Field(
+        "float32", description="generate: the model's weights and activations; float16 halves GPU memory."
+    )
+    batch_size: int = Field(4, ge=1, description="generate: prompts per call of the model.")
+    concurrency: int = Field(1, ge=1, description="generate: generation actors, each holding one model.")
+    num_gpus: float = Field(0.0, ge=0, description="generate: GPUs per generation actor; 0 runs on CPU.")
+    num_cpus: float = Field(1.0, gt=0, description="generate: CPUs per generation actor.")
+
+    @model_validator(mode="after")
+    def _one_prompt_source(self) -> GenerateConfig:
+        if self.missing_from is not None and self.prompts is not None:
+            raise ValueError("generate: set missing_from or prompts, not both")
+        if self.dtype != "float32" and self.num_gpus == 0:
+            raise ValueError(f"generate.dtype {self.dtype} needs a GPU (generate.num_gpus > 0); on a CPU use float32")
+        return self
+
+
 class RetrievalConfig(ConfigSection):
     search_k: int = Field(64, ge=1, description="K: neighbours fetched from the index per concept text.")
     target_recall: float = Field(
@@ -303,6 +346,11 @@ class RetrievalConfig(ConfigSection):
         description="Robust deviations (1.4826 x MAD of the pool's biases) above their median where the penalty "
         "starts: clips below pay nothing. 0: every clip above the median pays for its excess over it.",
     )
+    allow_generated: bool = Field(
+        True,
+        description="Whether sonify may choose generated clips (made by `run_pipeline.py generate`); false keeps "
+        "them out of the clips every concept is matched against.",
+    )
     max_uses_per_clip: int | None = Field(
         None,
         ge=1,
@@ -348,6 +396,9 @@ class RunConfig(ConfigSection):
     mix: MixConfig = Field(default_factory=MixConfig, description="Mixing the chosen clips.")
     render: RenderConfig = Field(default_factory=RenderConfig, description="Rebuilding a dataset from a manifest.")
     report: ReportConfig = Field(default_factory=ReportConfig, description="The HTML report of a run or a pool.")
+    generate: GenerateConfig = Field(
+        default_factory=GenerateConfig, description="Sounds generated from text and added to the pool."
+    )
 
     @model_validator(mode="after")
     def _cross_field_rules(self) -> RunConfig:

@@ -52,7 +52,8 @@ class PoolLayout:
     # The format pool.json records; a pool of another format is refused, not read.
     # 2: the clips table has error_kind (pool_clips v2). 3: a pack of the clips at each mix rate per
     # part (audio/<rate>/<part>.tar), located by loudness_at_rates (pool_clips v3). 4: variant clips
-    # (pool_clips v4). 5: licence and attribution columns (pool_clips v5).
+    # (pool_clips v4). 5: licence and attribution columns, generated sources (generated/) and their
+    # provenance (pool_clips v5).
     FORMAT: ClassVar[int] = 5
 
     root: str
@@ -120,6 +121,25 @@ class PoolLayout:
         """The HTML report; its files are named by ReportLayout."""
         return join(self.root, "report")
 
+    def generated_folder(self) -> str:
+        """What `run_pipeline.py generate` made: sounds from text, sources of the pool like any recording."""
+        return join(self.root, "generated")
+
+    def generated_audio_folder(self) -> str:
+        return join(self.generated_folder(), "audio")
+
+    def generated_audio(self, file: str) -> str:
+        """A generated sound, a FLAC file named by a hash of how it was made (stages.audio.generation)."""
+        return join(self.generated_audio_folder(), file)
+
+    def generated_records_folder(self) -> str:
+        return join(self.generated_folder(), "records")
+
+    def generated_records(self, batch: str) -> str:
+        """How each sound of one generate run was made (GENERATED_SOUNDS); written after its files,
+        so a generated file is a source of the pool once its record exists."""
+        return join(self.generated_records_folder(), f"{batch}.parquet")
+
     def part_folders(self, mix_rates: Iterable[int]) -> tuple[str, ...]:
         """The folders holding one file per part, in a pool with these mix rates."""
         return (
@@ -130,8 +150,15 @@ class PoolLayout:
         )
 
     def temporary_folders(self, mix_rates: Iterable[int]) -> list[str]:
-        """Folders a pool run with these mix rates writes, where killed writes may have left temporary files."""
-        return [self.root, *self.part_folders(mix_rates), self.index_folder()]
+        """Folders a pool or generate run with these mix rates writes, where killed writes may have left
+        temporary files."""
+        return [
+            self.root,
+            *self.part_folders(mix_rates),
+            self.index_folder(),
+            self.generated_audio_folder(),
+            self.generated_records_folder(),
+        ]
 
 
 @dataclass(frozen=True)
@@ -250,7 +277,8 @@ class SonifyLayout:
         return join(self.root, "missing_sound_texts.parquet")
 
     def missing_sounds(self) -> str:
-        """The run's missing sounds by group of near-identical texts."""
+        """The run's missing sounds by group of near-identical texts, most requested first: what
+        `run_pipeline.py generate` can make (generate.missing_from)."""
         return join(self.root, "missing_sounds.parquet")
 
     def missing_sounds_stats(self) -> str:

@@ -16,6 +16,18 @@ LOUDNESS_AT_RATE = pa.struct(
     ]
 )
 
+# How a generated source was made (`run_pipeline.py generate`): the text-to-audio model's name, the
+# prompt, the seed derived from it, the denoising steps and the guidance scale.
+GENERATION = pa.struct(
+    [
+        pa.field("model", pa.string(), nullable=False),
+        pa.field("prompt", pa.string(), nullable=False),
+        pa.field("seed", pa.int64(), nullable=False),
+        pa.field("steps", pa.int32(), nullable=False),
+        pa.field("guidance", pa.float64(), nullable=False),
+    ]
+)
+
 _CLIP_FIELDS = [
     pa.field("clip_id", pa.string(), nullable=False),
     pa.field("source_id", pa.string(), nullable=False),
@@ -60,6 +72,9 @@ _CLIP_FIELDS = [
     pa.field("attribution", pa.string()),
     pa.field("source_url", pa.string()),
     pa.field("title", pa.string()),
+    # A clip of a generated source (source kind `generated`, its audio made from a prompt by a
+    # text-to-audio model): how it was made; null for a clip of a recording.
+    pa.field("generation", GENERATION),
 ]
 
 # What the standardize stage hands to the embed stage: one row per clip (the audio stays in its part
@@ -70,7 +85,8 @@ STANDARDIZED_CLIPS = versioned(
 
 # pool.dir/clips/<part>.parquet: the pool table. Written last for a part, so it is the part's
 # completion marker. 3: loudness_at_rates locates each clip in the part's pack at that rate. 4: variant
-# clips and their parents. 5: licence and attribution of each clip's source.
+# clips and their parents. 5: licence and attribution of each clip's source; generation, the
+# provenance of generated clips.
 POOL_CLIPS = versioned("pool_clips", 5, _CLIP_FIELDS)
 
 # pool.dir/audio/<part>.parquet: the standardized clip audio, FLAC-encoded, one row per clip.
@@ -133,10 +149,11 @@ SOURCE_MEMBER = pa.struct(
 
 # The pool run's work plan: one row per part, a group of sources processed and written together.
 # `members` holds, per source, its place in a container, or null for a file of its own; `errors`
-# and `error_kinds` what listing found wrong with a source, or null.
+# and `error_kinds` what listing found wrong with a source, or null; `generations` how a generated
+# source was made, or null for a recording.
 POOL_PARTS = versioned(
     "pool_parts",
-    3,
+    4,
     [
         pa.field("part", pa.string(), nullable=False),
         pa.field("uris", pa.list_(pa.string()), nullable=False),
@@ -144,5 +161,29 @@ POOL_PARTS = versioned(
         pa.field("errors", pa.list_(pa.string())),
         pa.field("error_kinds", pa.list_(pa.string())),
         pa.field("members", pa.list_(SOURCE_MEMBER)),
+        pa.field("generations", pa.list_(GENERATION)),
     ],
+)
+
+# pool.dir/generated/records/<batch>.parquet: the sounds `run_pipeline.py generate` made, one row
+# per FLAC file in pool.dir/generated/audio/ (named by `file`), with how it was made. Written after
+# the batch's files, so a file is a pool source only once its row is written; the pool run lists
+# generated sources from these tables.
+GENERATED_SOUNDS = versioned(
+    "generated_sounds",
+    1,
+    [
+        pa.field("file", pa.string(), nullable=False),
+        *GENERATION,
+        pa.field("sample_rate", pa.int32(), nullable=False),
+        pa.field("seconds", pa.float64(), nullable=False),
+    ],
+)
+
+# What the generate stage is given: one row per sound to make, its file name and the seed derived
+# from its prompt.
+GENERATION_REQUESTS = versioned(
+    "generation_requests",
+    1,
+    [pa.field("file", pa.string(), nullable=False), *GENERATION],
 )

@@ -41,6 +41,10 @@ class ReportLayout:
         """The position-th example image of the number-th missing sound of a sonify run."""
         return f"media/missing-{number:04d}-{position:04d}.jpg"
 
+    def generated_clip(number: int) -> str:
+        """The audio of the number-th most used generated clip of a sonify run, at the mix rate."""
+        return f"media/generated-{number:04d}.flac"
+
     @staticmethod
     def replaced_folders() -> tuple[str, ...]:
         """Folders whose files a new report replaces: what it does not show again is deleted."""

@@ -111,6 +111,8 @@ MANIFEST_CONCEPT = pa.struct(
         pa.field("n_candidates", pa.int32()),
         # tau <= 0: the top-1 clip was taken without sampling.
         pa.field("fallback", pa.bool_()),
+        # The clip is of a generated source (`run_pipeline.py generate`), not of a recording.
+        pa.field("generated", pa.bool_()),
         pa.field("target_lufs", pa.float64()),
         pa.field("clip_lufs", pa.float64()),
         pa.field("gain_db", pa.float64()),
@@ -139,7 +141,8 @@ DROPPED_CONCEPT = pa.struct(
 # chunk of images: scenes that became no sample, with the reason in `error`).
 # 2: the shard's image (extension, size) beside the source's; 3: error_kind as well; 4: each concept's
 # corrected_cosine beside its raw cosine; 5: the concepts dropped at retrieval, each with its reason,
-# and the sample's split; 6: the licence and credit of each concept's clip and of the image.
+# and the sample's split; 6: the licence and credit of each concept's clip and of the image, and
+# whether the clip was generated.
 MANIFEST = versioned(
     "manifest",
     6,
@@ -215,7 +218,8 @@ SHARD_PLANS = versioned(
 # sonify.out/mix_clips.parquet: every pool clip audible at mix.sample_rate, sorted by clip_id; the
 # clips retrieval searches and planning may choose (sonify.licenses allows), their loudness at that
 # rate, where their audio is, and their credit for the manifest.
-# 2: the clip's source recording (sonify.split_by_clip puts a recording in one split); 3: the credit columns.
+# 2: the clip's source recording (sonify.split_by_clip puts a recording in one split); 3: the credit
+# columns, and whether the clip is generated (retrieval.allow_generated false leaves generated clips out).
 MIX_CLIPS = versioned(
     "mix_clips",
     3,
@@ -226,6 +230,7 @@ MIX_CLIPS = versioned(
         pa.field("part", pa.string(), nullable=False),
         pa.field("audio_offset", pa.int64(), nullable=False),
         pa.field("audio_bytes", pa.int64(), nullable=False),
+        pa.field("generated", pa.bool_(), nullable=False),
         *(MANIFEST_CONCEPT.field(name) for name in ("license", "attribution", "source_url", "title")),
     ],
 )

@@ -172,6 +172,7 @@ def test_summary_counts_every_file_and_error_kind(run):
         # No pool.metadata: no clip has a licence.
         "clips_by_license": {},
         "clips_without_license": sum(clips.values()),
+        "generated_clips": 0,
         # Every usable file here has its energy below 8 kHz.
         "inaudible_at_mix_rates": {"16000": 0},
     }

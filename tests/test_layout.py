@@ -28,6 +28,8 @@ EXAMPLES = {
     "number": 7,
     "position": 5,
     "rate": 16000,
+    "file": "gen-0123456789abcdef01234567.flac",
+    "batch": "0123456789abcdef",
 }
 # What the docs tables' placeholders stand for.
 PLACEHOLDERS = {
@@ -38,6 +40,8 @@ PLACEHOLDERS = {
     "<vlm>": r"[^/]+",
     "<name>": r"[^/]+",
     "<rate>": r"\d+",
+    "<file>": r"gen-[0-9a-f]+\.flac",
+    "<batch>": r"[0-9a-f]+",
 }
 
 

@@ -84,6 +84,7 @@ def pool_clips(inaudible: set[str] = frozenset()) -> pa.Table:
             "attribution": [f"author of {c}" if int(c[-2:]) % 2 == 0 else None for c in ids],
             "source_url": [f"https://example.org/{c}" if int(c[-2:]) % 2 == 0 else None for c in ids],
             "title": [f"title of {c}" if int(c[-2:]) % 2 == 0 else None for c in ids],
+            "generated": [False] * len(ids),
         },
     )
 

@@ -132,6 +132,7 @@ def writer_setup(tmp_path):
             "threshold": 0.6,
             "n_candidates": 1,
             "fallback": False,
+            "generated": False,
             "target_lufs": -25.0,
             "clip_lufs": -20.0,
         }
@@ -257,7 +258,7 @@ def test_a_silent_mix_and_an_unreadable_image_are_error_rows(writer_setup):
 
 def test_a_samples_json_types_null_texts_as_empty_in_the_row_and_in_its_concepts():
     numbers = {"cosine": 0.5, "corrected_cosine": 0.5, "ssr": 0.7, "threshold": 0.6, "n_candidates": 2}
-    numbers |= {"fallback": False, "target_lufs": -25.0, "clip_lufs": -20.0, "gain_db": -5.0}
+    numbers |= {"fallback": False, "generated": False, "target_lufs": -25.0, "clip_lufs": -20.0, "gain_db": -5.0}
     licensed = {"label": "dog", "text": "a dog", "clip_id": "c1", "license": "CC-BY-4.0", "attribution": "Ann"}
     unlicensed = {"label": "rain", "text": "rain", "clip_id": "c2"}
     row = {name: None for name in MANIFEST.names} | {

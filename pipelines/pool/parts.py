@@ -80,7 +80,7 @@ class PartFiles:
         self.credits = credits
         self.embeddings_schema = embeddings_schema(dim)
         self.written_parts: list[str] = []
-        self.clips = self.silent = self.embedded = self.variants = 0
+        self.clips = self.silent = self.embedded = self.variants = self.generated = 0
         self.errors: list[str] = []
         self.error_kinds: Counter[str] = Counter()
 
@@ -102,6 +102,7 @@ class PartFiles:
         self.clips += real.num_rows
         self.silent += int(pc.sum(real.column("silent")).as_py() or 0)
         self.variants += real.num_rows - real.column("variant").null_count
+        self.generated += real.num_rows - real.column("generation").null_count
         self.embedded += embedded.num_rows
         self.written_parts.append(part)
         return real.num_rows

@@ -63,7 +63,7 @@ def group_parts(sources: list[SourceFile], files_per_part: int) -> pa.Table:
     """Deterministic parts: sorted sources in groups, each named by a hash of its members. A
     container's rows or members stay in stored order, so a part reads neighbouring bytes."""
     ordered = sorted(sources, key=lambda s: s.order)
-    names, uris, fingerprints, errors, error_kinds, members = [], [], [], [], [], []
+    names, uris, fingerprints, errors, error_kinds, members, generations = [], [], [], [], [], [], []
     for start in range(0, len(ordered), files_per_part):
         group = ordered[start : start + files_per_part]
         digest = hashlib.sha1("\n".join(f"{s.uri}\t{s.fingerprint}" for s in group).encode()).hexdigest()
@@ -73,6 +73,7 @@ def group_parts(sources: list[SourceFile], files_per_part: int) -> pa.Table:
         errors.append([s.error for s in group])
         error_kinds.append([s.error_kind for s in group])
         members.append([asdict(s.member) if s.member is not None else None for s in group])
+        generations.append([s.generation for s in group])
     return make_table(
         POOL_PARTS,
         {
@@ -82,5 +83,6 @@ def group_parts(sources: list[SourceFile], files_per_part: int) -> pa.Table:
             "errors": errors,
             "error_kinds": error_kinds,
             "members": members,
+            "generations": generations,
         },
     )

@@ -24,7 +24,7 @@ from stages.audio.variants import check_chain, load_chain, variants_fingerprint,
 from stages.embed.clap import clap_identity
 from stages.embed.embed_audio_stage import EmbedAudio
 from stages.io import storage
-from stages.io.sources import ParquetLayout, expand_audio_sources
+from stages.io.sources import ParquetLayout, expand_audio_sources, generated_sources
 
 log = logging.getLogger(__name__)
 
@@ -63,9 +63,14 @@ def run_pool(config: RunConfig) -> dict:
         log.warning("removed %d temporary files that an interrupted run left", temporaries)
 
     parquet = ParquetLayout(config.pool.parquet.audio_column, config.pool.parquet.id_column)
-    sources, empty_globs = expand_audio_sources(config.pool.sources, parquet)
+    listed, empty_globs = expand_audio_sources(config.pool.sources, parquet)
     for pattern in empty_globs:
         log.warning("source pattern %s matched no files", pattern)
+    # The sounds generate made are sources of the pool whatever pool.sources lists; a pattern that
+    # also matches one of them lists it without its provenance, so the generated listing wins.
+    generated = generated_sources(store.generations())
+    made = {s.uri for s in generated}
+    sources = [s for s in listed if s.uri not in made] + generated
     sources = [
         replace(
             s,
@@ -131,6 +136,7 @@ def run_pool(config: RunConfig) -> dict:
         "clips_added": writer.clips,
         "silent_clips_added": writer.silent,
         "variant_clips_added": writer.variants,
+        "generated_clips_added": writer.generated,
         "clips_embedded": writer.embedded,
         "errors": len(writer.errors),
         # The error_kind column of this run's error rows: empty, undecodable, unreadable, ...

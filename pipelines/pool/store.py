@@ -17,7 +17,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from schemas import MIX_CLIPS, POOL_CLIPS, make_table
+from schemas import GENERATED_SOUNDS, GENERATION, MIX_CLIPS, POOL_CLIPS, make_table
 from schemas.config import PoolConfig
 from schemas.errors import PipelineError
 from schemas.layout import PoolLayout
@@ -46,16 +46,18 @@ def pool_settings(identity: dict, pool: PoolConfig) -> dict:
 
 
 def mixable(clips: pa.Table, rate: int, silence_lufs: float, max_band_loss_lu: float) -> pa.Table:
-    """The MIX_CLIPS table of a pool table (columns clip_id, source_id, part, lufs, loudness_at_rates
-    and the credit columns): every clip audible at `rate` (stages.audio.loudness.audible_at_rate), with
-    its loudness there, the byte range of its audio at that rate and its credit, sorted by clip_id."""
+    """The MIX_CLIPS table of a pool table (columns clip_id, source_id, part, lufs, loudness_at_rates,
+    generation and the credit columns): every clip audible at `rate`
+    (stages.audio.loudness.audible_at_rate), with its loudness there, the byte range of its audio at
+    that rate, whether it is generated and its credit, sorted by clip_id."""
     rows: dict[str, list] = {name: [] for name in MIX_CLIPS.names}
-    names = ("clip_id", "source_id", "part", "lufs", "loudness_at_rates", *CLIP_CREDITS)
+    names = ("clip_id", "source_id", "part", "lufs", "loudness_at_rates", "generation", *CLIP_CREDITS)
     columns = [clips.column(c).to_pylist() for c in names]
-    for clip_id, source_id, part, pool_lufs, at_rates, *credit in zip(*columns):
+    for clip_id, source_id, part, pool_lufs, at_rates, generation, *credit in zip(*columns):
         entry = loudness_entry_at(at_rates, rate)
         if audible_at_rate(pool_lufs, entry and entry["lufs"], silence_lufs, max_band_loss_lu):
-            values = (clip_id, source_id, entry["lufs"], part, entry["audio_offset"], entry["audio_bytes"], *credit)
+            location = (entry["lufs"], part, entry["audio_offset"], entry["audio_bytes"])
+            values = (clip_id, source_id, *location, generation is not None, *credit)
             for name, value in zip(MIX_CLIPS.names, values):
                 rows[name].append(value)
     return make_table(MIX_CLIPS, rows).sort_by([("clip_id", "ascending")])
@@ -130,14 +132,37 @@ class PoolStore:
             return POOL_CLIPS.empty_table().select(columns)
         return pa.concat_tables(tables)
 
-    def mixable_clips(self, rate: int, silence_lufs: float, max_band_loss_lu: float) -> tuple[pa.Table, int]:
+    def mixable_clips(
+        self, rate: int, silence_lufs: float, max_band_loss_lu: float, allow_generated: bool = True
+    ) -> tuple[pa.Table, int]:
         """The MIX_CLIPS table at `rate`: the indexed (error-free, non-silent) clips a mix at that rate
         may use; and how many indexed clips are not audible there."""
-        columns = ["clip_id", "source_id", "part", "lufs", "loudness_at_rates", "silent", "error", *CLIP_CREDITS]
-        table = self.clips(columns)
+        columns = ["clip_id", "source_id", "part", "lufs", "loudness_at_rates", "silent", "error", "generation"]
+        table = self.clips([*columns, *CLIP_CREDITS])
         indexed = table.filter(pc.is_null(pc.field("error")) & pc.invert(pc.field("silent")))
         clips = mixable(indexed, rate, silence_lufs, max_band_loss_lu)
-        return clips, indexed.num_rows - clips.num_rows
+        inaudible = indexed.num_rows - clips.num_rows
+        if not allow_generated:
+            clips = clips.filter(pc.invert(pc.field("generated")))
+        return clips, inaudible
+
+    # Generated sounds
+
+    def generated_sounds(self) -> pa.Table:
+        """GENERATED_SOUNDS: every sound `run_pipeline.py generate` recorded, in file name order."""
+        urls = storage.list_files(self.layout.generated_records_folder(), ".parquet")
+        if not urls:
+            return GENERATED_SOUNDS.empty_table()
+        table = pa.concat_tables([storage.read_parquet(url).select(GENERATED_SOUNDS.names) for url in urls])
+        return table.sort_by([("file", "ascending")])
+
+    def generations(self) -> dict[str, dict]:
+        """The URL of every generated sound -> how it was made (the fields of a GENERATION struct)."""
+        names = [field.name for field in GENERATION]
+        return {
+            self.layout.generated_audio(row["file"]): {name: row[name] for name in names}
+            for row in self.generated_sounds().to_pylist()
+        }
 
     # Embeddings and the index
 

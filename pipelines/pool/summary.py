@@ -13,7 +13,18 @@ from stages.audio.loudness import audible_clip_loudness
 
 def pool_totals(store: PoolStore, config: RunConfig) -> dict:
     table = store.clips(
-        ["clip_id", "source_uri", "lufs", "loudness_at_rates", "silent", "error", "error_kind", "variant", "license"]
+        [
+            "clip_id",
+            "source_uri",
+            "lufs",
+            "loudness_at_rates",
+            "silent",
+            "error",
+            "error_kind",
+            "variant",
+            "license",
+            "generation",
+        ]
     )
     ok = table.filter(pc.is_null(table.column("error")))
     indexed = ok.filter(pc.invert(ok.column("silent")))
@@ -24,6 +35,8 @@ def pool_totals(store: PoolStore, config: RunConfig) -> dict:
         "clips": ok.num_rows,
         "silent_clips": int(pc.sum(ok.column("silent")).as_py() or 0),
         "variant_clips": dict(sorted(Counter(v for v in ok.column("variant").to_pylist() if v).items())),
+        # Clips of generated sources (`run_pipeline.py generate`), variants of them included.
+        "generated_clips": ok.num_rows - ok.column("generation").null_count,
         "error_rows": table.num_rows - ok.num_rows,
         # Clips (variants included) per licence id, and those whose source no metadata names.
         "clips_by_license": dict(sorted(Counter(v for v in ok.column("license").to_pylist() if v).items())),
@@ -49,11 +62,13 @@ def format_summary(summary: dict) -> str:
         f"pool {summary['pool_dir']}",
         f"  this run: {summary['files_processed']} files processed ({summary['files_unchanged']} unchanged), "
         f"{summary['clips_added']} clips added ({summary['silent_clips_added']} silent, "
-        f"{summary['variant_clips_added']} variants), {summary['errors']} errors"
+        f"{summary['variant_clips_added']} variants, {summary['generated_clips_added']} generated), "
+        f"{summary['errors']} errors"
         f"{_kinds(summary['errors_by_kind'])}, {summary['wall_seconds']:.1f} s",
         f"  pool:     {pool['files']} files, {pool['clips']} clips, {pool['silent_clips']} silent, "
         f"{pool['error_rows']} error rows{_kinds(pool['errors_by_kind'])}, "
-        f"variants: {sum(pool['variant_clips'].values())}{_kinds(pool['variant_clips'])}, inaudible at mix rates: "
+        f"variants: {sum(pool['variant_clips'].values())}{_kinds(pool['variant_clips'])}, "
+        f"generated: {pool['generated_clips']}, inaudible at mix rates: "
         + ", ".join(f"{n} at {rate} Hz" for rate, n in pool["inaudible_at_mix_rates"].items()),
         f"  index:    {kind}, {index['size']} vectors ({index['action']})",
         f"  licences: {pool['clips_without_license']} clips without one{_kinds(pool['clips_by_license'])}; "

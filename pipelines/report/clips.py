@@ -14,10 +14,15 @@ from stages.io import storage
 
 
 def top_clip_players(
-    run: SonifyLayout, pool: PoolLayout, rate: int, clips: list[dict], add: Callable[[str, bytes], str]
+    run: SonifyLayout,
+    pool: PoolLayout,
+    rate: int,
+    clips: list[dict],
+    add: Callable[[str, bytes], str],
+    file_name: Callable[[int], str] = ReportLayout.top_clip,
 ) -> list[dict]:
-    """`clips` (top_used_clips rows), each with `audio` (its page-relative file, added through `add`)
-    or, where it cannot be read, `problem` saying why."""
+    """`clips` (top_used_clips rows), each with `audio` (its page-relative file by rank, named by
+    `file_name` and added through `add`) or, where it cannot be read, `problem` saying why."""
     shown = [dict(c, audio=None, problem=None) for c in clips]
     if not shown:
         return shown
@@ -40,5 +45,5 @@ def top_clip_players(
         except OSError as exc:
             clip["problem"] = f"{url}: cannot read the clip ({type(exc).__name__}: {exc})"
             continue
-        clip["audio"] = add(ReportLayout.top_clip(rank), data)
+        clip["audio"] = add(file_name(rank), data)
     return shown

@@ -135,6 +135,7 @@ def sonify_report(config: RunConfig) -> str:
             use_counts = report_sonify.clip_use_counts(con)
             usage = report_sonify.clip_usage(use_counts, index_meta.get("size"))
             top_clips = report_sonify.top_used_clips(con, report_sonify.TOP_USED_CLIPS)
+            generated_clips = report_sonify.used_generated_clips(con, report_sonify.GENERATED_CLIPS_PLAYED)
             loudness = report_sonify.loudness_check(con, LOUDNESS_POINTS, config.report.gallery_seed)
             items = report_sonify.gallery_items(con, config.report.gallery_size, config.report.gallery_seed).to_pylist()
     except ReportInputError as exc:
@@ -223,6 +224,9 @@ def sonify_report(config: RunConfig) -> str:
     gallery = gallery_media(paths, items, config.report.thumbnail_px, report)
     players = top_clip_players(paths, pool.layout, config.mix.sample_rate, top_clips, report.add)
     missing = top_missing_sounds(paths, TOP_MISSING_SOUNDS, config.report.thumbnail_px, report.add)
+    generated_players = top_clip_players(
+        paths, pool.layout, config.mix.sample_rate, generated_clips, report.add, ReportLayout.generated_clip
+    )
     summary = read_json(paths.summary())
     notes = [
         f"The last sonify run took {summary['wall_seconds']:.0f} s."
@@ -247,6 +251,10 @@ def sonify_report(config: RunConfig) -> str:
             f"their audio at {config.mix.sample_rate} Hz is copied beside this page.",
             missing,
             missing_note(summary, len(missing or [])),
+            generated_players,
+            f"The {len(generated_players)} generated clips (run_pipeline.py generate) that the most concepts of "
+            f"written samples chose, with the prompt each was made from; their audio at {config.mix.sample_rate} Hz "
+            "is copied beside this page.",
         ).encode(),
     )
     clip_stats = {
@@ -257,6 +265,7 @@ def sonify_report(config: RunConfig) -> str:
         "indexed_clips": usage.population,
         "max_uses": max((c["uses"] for c in top_clips), default=0),
         "top_clips": [{"clip_id": c["clip_id"], "uses": c["uses"]} for c in top_clips],
+        "generated_clips": [{"clip_id": c["clip_id"], "uses": c["uses"]} for c in generated_clips],
         "pool_k_occurrence_skewness": (summary or {}).get("exposure", {}).get("pool_k_occurrence_skewness"),
     }
     report.add(

@@ -83,7 +83,10 @@ def run_sonify(config: RunConfig) -> dict:
     tick = time.monotonic()
     store = PoolStore(paths)
     audible, inaudible = store.mixable_clips(
-        config.mix.sample_rate, config.pool.silence_lufs, config.pool.max_band_loss_lu
+        config.mix.sample_rate,
+        config.pool.silence_lufs,
+        config.pool.max_band_loss_lu,
+        config.retrieval.allow_generated,
     )
     mixable, denied = allowed_rows(audible, config.sonify.licenses.allow, config.sonify.licenses.deny)
     del audible
@@ -153,6 +156,8 @@ def run_sonify(config: RunConfig) -> dict:
         "write_errors_by_kind": dict(sorted(written.failed_by_kind.items())),
         "error_reasons": reasons,
         "distinct_clips_used": len(written.clip_uses),
+        # Concepts of written samples whose clip is generated (`run_pipeline.py generate`).
+        "concepts_with_generated_clip": written.generated_concepts,
         # How evenly the written samples use the pool, and how hubby the pool is against the run's bank.
         "exposure": exposure(written.clip_uses, pool_state["index_size"], hubness_skewness(config, layout)),
         # What mixing read from the pool, and the stored size of the clips each shard uses (a clip
@@ -251,7 +256,8 @@ def format_summary(summary: dict) -> str:
         f"texts the pool lacks, in {summary['missing_sounds']['groups']} groups: {layout.missing_sounds()}",
         f"  search:   {search_line(summary['search'])}",
         f"  samples:  {summary['samples']} written, {summary['rejected']} rejected, "
-        f"{summary['distinct_clips_used']} distinct clips used",
+        f"{summary['distinct_clips_used']} distinct clips used, "
+        f"{summary['concepts_with_generated_clip']} concepts with a generated clip",
         f"  exposure: {exposure_line(summary['exposure'])}",
         f"  licences: clips used {licenses_line(summary['clips_used_by_license'])}; pool clips denied "
         f"{licenses_line(summary['pool_clips_denied_by_license'])}; ATTRIBUTION.md credits "

@@ -55,6 +55,7 @@ class ManifestCounts:
     failed_by_kind: Counter
     clip_uses: Counter  # clip_id -> concepts of written samples that chose it
     pool_reads: Counter  # MANIFEST_POOL_READS summed over the shards
+    generated_concepts: int  # concepts of written samples whose clip is generated
 
 
 def manifest_counts(layout: SonifyLayout) -> ManifestCounts:
@@ -64,6 +65,7 @@ def manifest_counts(layout: SonifyLayout) -> ManifestCounts:
     failed: Counter = Counter()
     reads: Counter = Counter()
     used: Counter = Counter()
+    generated = 0
     for url in storage.list_files(layout.manifest_folder(), ".parquet"):
         if layout.is_rejected(url):
             continue
@@ -74,8 +76,10 @@ def manifest_counts(layout: SonifyLayout) -> ManifestCounts:
         metadata = table.schema.metadata or {}
         reads.update({k: int(metadata[k.encode()]) for k in MANIFEST_POOL_READS if k.encode() in metadata})
         failed.update(table.filter(pc.is_valid(table.column("error"))).column("error_kind").to_pylist())
-        used.update(c["clip_id"] for concepts in ok.column("concepts").to_pylist() for c in concepts)
-    return ManifestCounts(samples, by_split, failed, used, reads)
+        concepts = [c for row in ok.column("concepts").to_pylist() for c in row]
+        used.update(c["clip_id"] for c in concepts)
+        generated += sum(bool(c["generated"]) for c in concepts)
+    return ManifestCounts(samples, by_split, failed, used, reads, generated)
 
 
 def run_render(config: RunConfig) -> dict:

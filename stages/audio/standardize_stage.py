@@ -37,6 +37,8 @@ tests/test_bad_input.py):
   `not_a_file` (both found when sources are listed, stages.io.sources).
 - Anything else that fails while standardizing one file: a `failed` error row for that file only,
   with none of its clips.
+- A generated source (pipelines/generate.py) is standardized like a recording; its provenance
+  (model, prompt, seed, steps, guidance) comes with the part and goes to every row of it.
 - No space left where the part's files or a source's spool are written: the run stops
   (storage.DiskFull), as no other file could be written either.
 """
@@ -123,13 +125,16 @@ class Standardize(Stage):
         error_kinds = part.get("error_kinds") or [None] * len(part["uris"])
         # A part of plain files has no members (null, or absent from a hand-built part).
         members = [Member(**m) if m else None for m in part.get("members") or [None] * len(part["uris"])]
+        generations = part.get("generations") or [None] * len(part["uris"])
         reader = SourceReader()
         with PartWriter(PoolLayout(self.pool_dir), part["part"], self.mix_sample_rates) as writer:
-            for uri, fingerprint, listing_error, listing_kind, member in zip(
-                part["uris"], fingerprints, errors, error_kinds, members
+            for uri, fingerprint, listing_error, listing_kind, member, generation in zip(
+                part["uris"], fingerprints, errors, error_kinds, members, generations
             ):
                 listed = BadInput(listing_error, listing_kind) if listing_error else None
                 for row in self._standardize_file(writer, part["part"], uri, fingerprint, listed, reader, member):
+                    # A generated source's provenance goes to every row of it, its error row included.
+                    row["generation"] = generation
                     for name, values in rows.items():
                         values.append(row.get(name))
         for rate in self.mix_sample_rates:

@@ -48,7 +48,8 @@ class Member:
 @dataclass(frozen=True)
 class SourceFile:
     """One audio source found by expanding a source pattern: a file, a Parquet row or a tar member
-    (`member` set). `error` is set when it cannot be read, and `error_kind` names its kind."""
+    (`member` set), or a generated sound (`generation` set: how it was made, a GENERATION struct's
+    fields). `error` is set when it cannot be read, and `error_kind` names its kind."""
 
     uri: str
     size: int | None
@@ -56,6 +57,7 @@ class SourceFile:
     error: str | None = None
     member: Member | None = None
     error_kind: str | None = None
+    generation: dict[str, Any] | None = None
 
     @property
     def order(self) -> tuple[str, int]:
@@ -113,6 +115,23 @@ def expand_sources(patterns: list[str]) -> tuple[list[SourceFile], list[str]]:
         uri = full_url(fs, path)
         found.setdefault(uri, SourceFile(uri, info.get("size"), fingerprint_of(info)))
     return sorted(found.values(), key=lambda s: s.uri), empty_globs
+
+
+def generated_sources(generations: dict[str, dict[str, Any]]) -> list[SourceFile]:
+    """The sources of generated sounds, by URL, each carrying how it was made. A recorded sound
+    whose file is gone is a source with its error, so the pool shows the loss."""
+    found = []
+    for url, generation in sorted(generations.items()):
+        fs, path = filesystem(url)
+        uri = full_url(fs, path)
+        try:
+            info = fs.info(path)
+        except Exception as exc:
+            reason = f"cannot read generated sound {url}: {type(exc).__name__}: {exc}"
+            found.append(SourceFile(uri, None, None, reason, error_kind="unreadable", generation=generation))
+            continue
+        found.append(SourceFile(uri, info.get("size"), fingerprint_of(info), generation=generation))
+    return found
 
 
 # Members of a tar that are read as audio, by extension; others (json, txt, cls, images) are the

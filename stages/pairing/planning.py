@@ -114,6 +114,7 @@ class MixableClips:
     locations: dict[str, tuple[str, int, int]]
     sources: dict[str, str]
     credits: dict[str, dict[str, str | None]]
+    generated: frozenset[str]  # the generated ones
 
 
 def mixable_clips(mix_clips: pa.Table, clip_ids: Iterable[str]) -> MixableClips:
@@ -129,6 +130,7 @@ def mixable_clips(mix_clips: pa.Table, clip_ids: Iterable[str]) -> MixableClips:
         locations={c: (p, o, s) for c, p, o, s in zip(ids, rows["part"], rows["audio_offset"], rows["audio_bytes"])},
         sources=dict(zip(ids, rows["source_id"])),
         credits={c: dict(zip(CREDIT_NAMES, v)) for c, *v in zip(ids, *(rows[n] for n in CREDIT_NAMES))},
+        generated=frozenset(c for c, made in zip(ids, rows["generated"]) if made),
     )
 
 
@@ -177,12 +179,14 @@ def plan_samples(
     split_clips: Mapping[str, set[str]] | None = None,
     clip_credits: Mapping[str, Mapping[str, str | None]] | None = None,
     image_credits: Mapping[str, Mapping[str, str | None]] | None = None,
+    generated_clips: frozenset[str] = frozenset(),
 ) -> tuple[list[dict], list[dict], Counter]:
     """Manifest rows of every sample (audio fields still empty, sorted by key) and of every rejected
-    scene, and the counts of dropped concepts and threshold fallbacks. retrieval.max_uses_per_clip
-    counts uses over the scenes given (a chunk), taken in key order so that the order of the rows
-    does not matter. Each concept carries its clip's credit and each row its image's, from
-    `clip_credits` and `image_credits` (null where they hold none).
+    scene, and the counts of dropped concepts and threshold fallbacks. A concept whose clip is in
+    `generated_clips` is marked `generated`. retrieval.max_uses_per_clip counts uses over the scenes
+    given (a chunk), taken in key order so that the order of the rows does not matter. Each concept
+    carries its clip's credit and each row its image's, from `clip_credits` and `image_credits`
+    (null where they hold none).
 
     With sonify.splits, each row gets its image's split. `split_clips` (sonify.split_by_clip): the
     clips of each split, the only ones its samples may use. Each sample is then also chosen as it
@@ -288,6 +292,7 @@ def plan_samples(
                     "threshold": choice.threshold,
                     "n_candidates": choice.n_candidates,
                     "fallback": choice.fallback,
+                    "generated": choice.clip_id in generated_clips,
                     "target_lufs": float(target),
                     "clip_lufs": float(clip_level),
                     "gain_db": float(gain),
@@ -397,6 +402,7 @@ def plan_chunk(
         clips.lufs,
         corrected_by_text(matches),
         split_clips,
+        generated_clips=clips.generated,
         clip_credits=clips.credits,
         image_credits=(
             image_credits_of(image_credits, scenes.column("image_id").to_pylist())

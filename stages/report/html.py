@@ -84,21 +84,31 @@ img.example { height: 72px; margin-right: 0.3rem; border: 1px solid #ddd; }
 <figcaption>{{ plot.caption }}</figcaption></figure>
 {% endfor %}
 </div>
-{% if top_clips is not none %}
-
-<h2>Most used clips</h2>
-<p>{{ top_clips_note }}</p>
-<table id="top-clips">
+{% macro clip_table(clips, table_id) %}
+<table id="{{ table_id }}">
 <tr><th>rank</th><th>clip</th><th>uses</th><th>listen</th></tr>
-{% for clip in top_clips %}
+{% for clip in clips %}
 <tr><td class="n">{{ loop.index }}</td><td><span class="source">{{ clip.clip_id }}\
 {% if clip.source_uri %}<br>{{ clip.source_uri }}{% if clip.start_s is not none %} at \
-{{ "%.1f"|format(clip.start_s) }} s{% endif %}{% endif %}</span></td>
+{{ "%.1f"|format(clip.start_s) }} s{% endif %}{% endif %}\
+{% if clip.get("prompt") %}<br>prompt: {{ clip.prompt }}{% endif %}</span></td>
 <td class="n">{{ clip.uses }}</td><td>{% if clip.audio %}\
 <audio controls preload="metadata" src="{{ clip.audio }}"></audio>{% else %}\
 <span class="missing">{{ clip.problem }}</span>{% endif %}</td></tr>
 {% endfor %}
 </table>
+{% endmacro %}
+{% if top_clips is not none %}
+
+<h2>Most used clips</h2>
+<p>{{ top_clips_note }}</p>
+{{ clip_table(top_clips, "top-clips") }}
+{% endif %}
+{% if generated_clips %}
+
+<h2>Generated clips used</h2>
+<p>{{ generated_clips_note }}</p>
+{{ clip_table(generated_clips, "generated-clips") }}
 {% endif %}
 {% if missing_sounds is not none %}
 
@@ -198,6 +208,8 @@ def render_page(
     top_clips_note: str = "",
     missing_sounds: list[dict] | None = None,
     missing_note: str = "",
+    generated_clips: list[dict] | None = None,
+    generated_clips_note: str = "",
 ) -> str:
     return PAGE.render(
         title=title,
@@ -212,4 +224,6 @@ def render_page(
         top_clips_note=top_clips_note,
         missing_sounds=missing_sounds,
         missing_note=missing_note,
+        generated_clips=generated_clips,
+        generated_clips_note=generated_clips_note,
     )

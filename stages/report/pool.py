@@ -15,12 +15,13 @@ CLIPS = "(SELECT * FROM clips WHERE error IS NULL)"
 
 
 def pool_counts(con: duckdb.DuckDBPyConnection, clip_seconds: float) -> list[tuple[str, int]]:
-    files, failed, clips, silent, padded = con.execute(
+    files, failed, clips, silent, padded, generated = con.execute(
         """SELECT count(DISTINCT source_uri),
                   count(DISTINCT source_uri) FILTER (WHERE error IS NOT NULL),
                   count(*) FILTER (WHERE error IS NULL),
                   count(*) FILTER (WHERE error IS NULL AND silent),
-                  count(*) FILTER (WHERE error IS NULL AND duration_s < ?)
+                  count(*) FILTER (WHERE error IS NULL AND duration_s < ?),
+                  count(*) FILTER (WHERE error IS NULL AND generation IS NOT NULL)
            FROM clips""",
         # a clip whose real audio is shorter than the clip, by more than rounding, ends in padding
         [clip_seconds - 1e-6],
@@ -31,6 +32,7 @@ def pool_counts(con: duckdb.DuckDBPyConnection, clip_seconds: float) -> list[tup
         ("clips", clips),
         ("silent clips (never retrieved)", silent),
         ("clips with zero padding", padded),
+        ("generated clips (run_pipeline.py generate)", generated),
     ]
 
 

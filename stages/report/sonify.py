@@ -20,6 +20,7 @@ from schemas.layout import REJECTED_STEM
 from stages.report.sql import Histogram, histogram, problems_by_kind, scalar, seeded_order
 
 TOP_USED_CLIPS = 20
+GENERATED_CLIPS_PLAYED = 10
 LORENZ_POINTS = 512
 
 
@@ -81,6 +82,7 @@ def stage_counts(con: duckdb.DuckDBPyConnection) -> list[tuple[str, int]]:
         ("samples written", scalar(con, "SELECT count(*) FROM samples")),
         ("concepts in written samples", scalar(con, "SELECT count(*) FROM concepts")),
         ("distinct clips used", scalar(con, "SELECT count(DISTINCT clip_id) FROM concepts")),
+        ("concepts with a generated clip", scalar(con, "SELECT count(*) FROM concepts WHERE generated")),
         (
             "shards",
             scalar(
@@ -218,6 +220,22 @@ def top_used_clips(con: duckdb.DuckDBPyConnection, top: int) -> list[dict]:
         [top],
     ).fetchall()
     return [{"clip_id": c, "uses": int(n), "source_uri": uri, "start_s": start} for c, n, uri, start in rows]
+
+
+def used_generated_clips(con: duckdb.DuckDBPyConnection, top: int) -> list[dict]:
+    """The `top` most used generated clips (ties by clip id), with their uses, where they come from
+    and the prompt they were made from."""
+    rows = con.execute(
+        """SELECT u.clip_id, u.uses, p.source_uri, p.start_s, p.generation.prompt
+           FROM (SELECT clip_id, count(*) AS uses FROM concepts WHERE generated GROUP BY clip_id) u
+           LEFT JOIN pool_clips p ON p.clip_id = u.clip_id
+           ORDER BY u.uses DESC, u.clip_id LIMIT ?""",
+        [top],
+    ).fetchall()
+    return [
+        {"clip_id": c, "uses": int(n), "source_uri": uri, "start_s": start, "prompt": prompt}
+        for c, n, uri, start, prompt in rows
+    ]
 
 
 @dataclass(frozen=True)
