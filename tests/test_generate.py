@@ -4,12 +4,14 @@ Ray) a pool that grows by exactly the generated clips, with their provenance, an
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from PIL import Image
 
 from pipelines.config import ConfigError, load_config, validate_config
 from schemas import GENERATED_SOUNDS, GENERATION_REQUESTS, make_table
@@ -413,3 +415,103 @@ def sonify_with(tree: dict, root: Path, allow_generated: bool) -> tuple[object, 
     summary = run_sonify(config)
     manifest = pq.read_table(out / "manifest", columns=["concepts"]).column("concepts").to_pylist()
     return config, summary, [c for row in manifest for c in row]
+
+
+def test_the_sounds_a_run_lacks_are_generated_and_a_new_run_finds_them(tmp_path, tiny_models, ray_session):
+    """The loop a pool grows by: sonify lists its missing sounds, generate makes the top 3 and adds
+    them to the pool (nothing else is embedded again), and a new run no longer drops those concepts.
+
+    With random models no text matches a generated sound by meaning. The second run's floor is set
+    just under the cosine between each generated prompt and its own clip, measured with the same
+    tiny CLAP, so the texts match what was generated; a real text-to-audio model and a real CLAP
+    make that match without help."""
+    import duckdb
+
+    from pipelines.generate import run_generate
+    from pipelines.pool.run import run_pool
+    from pipelines.sonify import run_sonify
+    from stages.embed.clap import load_clap
+    from tests.helpers import noise, tone, write_audio
+
+    src = tmp_path / "src"
+    write_audio(src / "hum.wav", tone(5.0, 22050, 220.0), 22050)
+    write_audio(src / "hiss.wav", noise(5.0, 16000, 0.2, seed=3), 16000)
+    pool_dir = tmp_path / "pool"
+    # Text t is asked for by 6 - t images, so the top 3 missing sounds are texts 0, 1 and 2.
+    texts = ["a dog barking", "rain on a tin roof", "a kettle whistling", "church bells", "a door creaking"]
+    images = tmp_path / "images"
+    images.mkdir()
+    lines = []
+    for i in range(6):
+        Image.fromarray(np.full((40, 40, 3), 30 * i, np.uint8)).save(images / f"img-{i}.png")
+        asked = [t for n, t in enumerate(texts) if i < 6 - n]
+        lines.append(json.dumps({"image_id": f"img-{i}", "concepts": [{"label": "x", "text": t} for t in asked]}))
+    (tmp_path / "concepts.jsonl").write_text("\n".join(lines) + "\n")
+
+    def config(out: str, min_cosine: float):
+        return validate_config(
+            {
+                "seed": 5,
+                "pool": {"dir": str(pool_dir), "sources": [f"{src}/*.wav"]},
+                "models": {
+                    "clap": {"backend": "transformers", "model": tiny_models["clap_transformers"], "batch_size": 8},
+                    "vlm": [{"name": "given", "backend": "provided", "path": str(tmp_path / "concepts.jsonl")}],
+                },
+                # Every text its own group, so each generated prompt is one of the texts asked for.
+                "sonify": {
+                    "images": [str(images / "*.png")],
+                    "out": str(tmp_path / out),
+                    "min_side": 16,
+                    "missing_sounds": {"group_cosine": 1.0},
+                },
+                "retrieval": {"search_k": 8, "k": 3, "min_cosine": min_cosine, "hubness": "none"},
+                "generate": {
+                    "model": tiny_models["audioldm"],
+                    "missing_from": str(tmp_path / "first"),
+                    "top": 3,
+                    "steps": 2,
+                },
+            }
+        )
+
+    run_pool(config("first", 1.0))
+    db = duckdb.connect()
+    embeddings = f"read_parquet('{pool_dir}/embeddings/*.parquet')"
+    before = dict(db.execute(f"SELECT clip_id, embedding FROM {embeddings}").fetchall())
+
+    # No recording reaches a floor of 1: every concept is missing, each text asked for 6 - t times.
+    first = run_sonify(config("first", 1.0))
+    assert first["samples"] == 0 and first["missing_sounds"]["texts"] == len(texts)
+    listed = db.execute(
+        f"SELECT text, requests FROM read_parquet('{tmp_path}/first/missing_sounds.parquet')"
+    ).fetchall()
+    assert listed == [(t, 6 - n) for n, t in enumerate(texts)]
+
+    summary = run_generate(config("first", 1.0))
+    assert summary["sounds_generated"] == 3 and summary["pool"]["generated_clips_added"] == 3
+    made = dict(
+        db.execute(
+            f"SELECT generation.prompt, clip_id FROM read_parquet('{pool_dir}/clips/*.parquet') "
+            "WHERE generation IS NOT NULL"
+        ).fetchall()
+    )
+    assert sorted(made) == sorted(texts[:3])
+    after = dict(db.execute(f"SELECT clip_id, embedding FROM {embeddings}").fetchall())
+    assert set(after) == set(before) | set(made.values())
+    assert {c: after[c] for c in before} == before
+
+    model = load_clap(config("first", 1.0).models.clap)
+    prompts = sorted(made)
+    cosines = np.sum(model.embed_text(prompts) * np.array([after[made[p]] for p in prompts], np.float32), axis=1)
+    second = run_sonify(config("second", float(cosines.min()) - 1e-4))
+    dropped = db.execute(
+        "SELECT DISTINCT d.text FROM (SELECT unnest(dropped) AS d "
+        f"FROM read_parquet('{tmp_path}/second/manifest/*.parquet'))"
+    ).fetchall()
+    assert not {t for (t,) in dropped} & set(prompts)
+    chosen = db.execute(
+        "SELECT c.text, count(*) FROM (SELECT unnest(concepts) AS c "
+        f"FROM read_parquet('{tmp_path}/second/manifest/*.parquet') WHERE error IS NULL) GROUP BY 1"
+    ).fetchall()
+    assert {t: n for t, n in chosen if t in prompts} == {t: 6 - texts.index(t) for t in prompts}
+    assert second["samples"] == 6
