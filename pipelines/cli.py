@@ -21,6 +21,7 @@ def _parser() -> argparse.ArgumentParser:
         ("pool", "build or extend an audio pool: clips, loudness, CLAP embeddings, index"),
         ("sonify", "pair images with mixes of pool clips: VLM concepts, retrieval, mixing, shards"),
         ("render", "rebuild shards from a manifest and the pool, with no model"),
+        ("train-mapper", "train the CLIP -> CLAP mapper on image-audio pairs (mapper.pairs); docs/mapper.md"),
     ):
         command = sub.add_parser(name, help=text)
         command.add_argument("--config", required=True, help="YAML config file")
@@ -71,6 +72,11 @@ def main(argv: list[str] | None = None) -> int:
 
             for url in run_report(config, args.of):
                 print(f"report: {url}")
+            return 0
+        if args.command == "train-mapper":
+            from pipelines.mapper import format_summary, train_mapper
+
+            print(format_summary(train_mapper(config)))
             return 0
         from pipelines import pool, sonify
 

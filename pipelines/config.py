@@ -48,6 +48,7 @@ def _apply(tree: dict[str, Any], path: list[str], value: Any) -> None:
 COMMAND_NEEDS = {
     "pool": {"models.clap": "CLAP embeds every clip"},
     "sonify": {"models.clap": "CLAP embeds the concept texts"},
+    "train-mapper": {"models.clap": "CLAP embeds the pairs' audio", "models.clip": "CLIP embeds the pairs' images"},
 }
 
 
