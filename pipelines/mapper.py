@@ -106,8 +106,12 @@ def train_mapper(config: RunConfig) -> dict:
                 failed["source"].append(sources[i])
                 failed["error"].append(error)
     order = sorted(range(len(keys)), key=keys.__getitem__)
-    images = np.concatenate(image_parts)[order]
-    audio = np.concatenate(audio_parts)[order]
+    images = np.concatenate(image_parts)
+    image_parts.clear()
+    images = images[order]
+    audio = np.concatenate(audio_parts)
+    audio_parts.clear()
+    audio = audio[order]
     keys = [keys[i] for i in order]
     log.info("embedded %d pairs (%d failed); training the mapper", len(keys), len(failed["key"]))
     settings = TrainingSettings(
