@@ -26,7 +26,7 @@ from stages.embed.clip_image import clip_identity
 from stages.embed.embed_pairs_stage import EmbedPairAudio, EmbedPairImages, rows_of
 from stages.embed.mapper import MapperError, TrainingSettings, format_metrics, mapper_meta, save_mapper, split_and_train
 from stages.io import storage
-from stages.io.pairs import PairSourceError, block_count, pair_format
+from stages.io.pairs import PairSourceError, block_count
 from stages.io.read_pairs_stage import ReadPairs
 from stages.io.sources import expand_sources
 
@@ -67,8 +67,9 @@ def pair_blocks(config: RunConfig) -> pa.Table:
     rows = []
     for found in files:
         try:
-            blocks = block_count(found.uri, config.mapper.pairs_per_block)
-            rows += [{"url": found.uri, "format": pair_format(found.uri), "block": b} for b in range(blocks)]
+            m = config.mapper
+            blocks = block_count(found.uri, m.pairs_per_block, m.image_column, m.audio_column, m.key_column)
+            rows += [{"url": found.uri, "block": b} for b in range(blocks)]
         except PairSourceError as exc:
             raise MapperError(f"mapper.pairs: {exc}") from None
     if not rows:

@@ -13,7 +13,6 @@ PAIR_BLOCKS = versioned(
     1,
     [
         pa.field("url", pa.string(), nullable=False),
-        pa.field("format", pa.string(), nullable=False),  # tar or parquet
         pa.field("block", pa.int64(), nullable=False),
     ],
 )

@@ -59,7 +59,7 @@ def test_tar_pairs_are_read_in_blocks_and_a_sample_without_audio_is_an_error(tmp
     samples = [(f"{i:06d}", {"jpg": jpeg(i), "flac": flac(i)}) for i in range(4)]
     samples.append(("000004", {"jpg": jpeg(4), "json": b"{}"}))
     shard.write_bytes(tar_bytes(samples))
-    assert block_count(str(shard), 2) == 3
+    assert block_count(str(shard), 2, "image", "audio", None) == 3
     pairs = [p for block in range(3) for p in read_block(str(shard), block, 2, "image", "audio", None)]
     assert [p.key for p in pairs] == [f"{i:06d}" for i in range(5)]
     assert pairs[1].image == jpeg(1) and pairs[1].audio == flac(1) and pairs[1].error is None
@@ -74,18 +74,20 @@ def test_parquet_pairs_read_struct_columns_by_row_group_and_keep_null_bytes_as_e
     audio[3] = None
     table = pa.table({"name": [f"n{i}" for i in range(rows)], "picture": images, "sound": audio})
     pq.write_table(table, path, row_group_size=2)
-    assert block_count(str(path), 3) == 2
+    assert block_count(str(path), 3, "picture", "sound", "name") == 2
     pairs = read_block(str(path), 1, 3, "picture", "sound", "name")
     assert [p.key for p in pairs] == ["n3", "n4"]
     assert pairs[0].error == f"{path}#3: empty sound" and pairs[1].image == jpeg(4) and pairs[1].audio == flac(4)
     unnamed = read_block(str(path), 0, 3, "picture", "sound", None)
     assert [p.key for p in unnamed] == [f"{path}#{i}" for i in range(3)]
     with pytest.raises(PairSourceError, match=r"no column \['image'\]"):
+        block_count(str(path), 3, "image", "sound", None)
+    with pytest.raises(PairSourceError, match="'name' holds string, not file bytes"):
+        block_count(str(path), 3, "name", "sound", None)
+    with pytest.raises(PairSourceError, match=r"no column \['image'\]"):
         read_block(str(path), 0, 3, "image", "sound", None)
-    with pytest.raises(PairSourceError, match="name.*holds string, not file bytes"):
-        read_block(str(path), 0, 3, "name", "sound", None)
     with pytest.raises(PairSourceError, match="pairs.csv: pairs are read from .tar"):
-        block_count(str(tmp_path / "pairs.csv"), 3)
+        block_count(str(tmp_path / "pairs.csv"), 3, "image", "audio", None)
 
 
 def test_the_pair_stages_embed_images_and_audio_and_keep_failures(tmp_path, tiny_models, clip_model):
@@ -95,7 +97,7 @@ def test_the_pair_stages_embed_images_and_audio_and_keep_failures(tmp_path, tiny
     samples.append(("000004", {"jpg": jpeg(4), "flac": b"not audio"}))
     shard.write_bytes(tar_bytes(samples))
     mapper = MapperConfig(pairs=[str(shard)], pairs_per_block=8)
-    read = ReadPairs(mapper).process_batch(pa.table({"url": [str(shard)], "format": ["tar"], "block": [0]}))
+    read = ReadPairs(mapper).process_batch(pa.table({"url": [str(shard)], "block": [0]}))
     assert read.schema == PAIRS and read.num_rows == 5
     clap = ClapConfig(model=tiny_models["clap_transformers"], batch_size=2)
     images = EmbedPairImages(clip_model, 64)

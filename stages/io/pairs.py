@@ -95,14 +95,33 @@ def tar_pairs(url: str, samples: list[TarSample]) -> list[Pair]:
     return pairs
 
 
-def _bytes_of(column: pa.ChunkedArray, url: str, name: str) -> list[bytes | None]:
-    """Binary values, or the `bytes` field of a struct column (the Hugging Face Image and Audio layout)."""
+def _file_bytes_type(column_type: pa.DataType) -> pa.DataType:
+    """The type of the file bytes a column holds: itself, or the `bytes` field of a struct (the
+    Hugging Face Image and Audio layout)."""
+    if pa.types.is_struct(column_type) and column_type.get_field_index("bytes") >= 0:
+        return column_type.field("bytes").type
+    return column_type
+
+
+def check_parquet_columns(url: str, schema: pa.Schema, image_column: str, audio_column: str, key_column: str | None):
+    """Refuses (PairSourceError) a Parquet file without the named columns, or whose image or audio
+    column holds no file bytes."""
+    wanted = [image_column, audio_column] + ([key_column] if key_column else [])
+    absent = [c for c in wanted if c not in schema.names]
+    if absent:
+        raise PairSourceError(f"{url}: no column {absent} (it has {schema.names})")
+    for name in (image_column, audio_column):
+        found = _file_bytes_type(schema.field(name).type)
+        if not (pa.types.is_binary(found) or pa.types.is_large_binary(found)):
+            raise PairSourceError(
+                f"{url}: column {name!r} holds {schema.field(name).type}, not file bytes "
+                "(binary, or a struct with a binary `bytes` field)"
+            )
+
+
+def _bytes_of(column: pa.ChunkedArray) -> list[bytes | None]:
     if pa.types.is_struct(column.type):
-        if column.type.get_field_index("bytes") < 0:
-            raise PairSourceError(f"{url}: column {name!r} is a struct without a `bytes` field")
-        column = pa.chunked_array([chunk.field("bytes") for chunk in column.chunks], column.type.field("bytes").type)
-    if not (pa.types.is_binary(column.type) or pa.types.is_large_binary(column.type)):
-        raise PairSourceError(f"{url}: column {name!r} holds {column.type}, not file bytes")
+        column = pa.chunked_array([chunk.field("bytes") for chunk in column.chunks], _file_bytes_type(column.type))
     return column.to_pylist()
 
 
@@ -113,11 +132,8 @@ def parquet_pairs(
     fs, path = storage.filesystem(url)
     with fs.open(path, "rb") as handle:
         parquet = pq.ParquetFile(handle)
-        names = parquet.schema_arrow.names
+        check_parquet_columns(url, parquet.schema_arrow, image_column, audio_column, key_column)
         wanted = [image_column, audio_column] + ([key_column] if key_column else [])
-        absent = [c for c in wanted if c not in names]
-        if absent:
-            raise PairSourceError(f"{url}: no column {absent} (it has {names})")
         groups, first_row, row = [], None, 0
         for group in range(parquet.num_row_groups):
             rows = parquet.metadata.row_group(group).num_rows
@@ -128,8 +144,8 @@ def parquet_pairs(
         if not groups:
             return []
         table = parquet.read_row_groups(groups, columns=wanted).slice(start - first_row, count)
-    images = _bytes_of(table.column(image_column), url, image_column)
-    audios = _bytes_of(table.column(audio_column), url, audio_column)
+    images = _bytes_of(table.column(image_column))
+    audios = _bytes_of(table.column(audio_column))
     keys = table.column(key_column).to_pylist() if key_column else [f"{url}#{start + i}" for i in range(len(images))]
     pairs = []
     for offset, (key, image, audio) in enumerate(zip(keys, images, audios)):
@@ -141,13 +157,16 @@ def parquet_pairs(
     return pairs
 
 
-def block_count(url: str, pairs_per_block: int) -> int:
-    """How many blocks of `pairs_per_block` pairs the file holds."""
+def block_count(url: str, pairs_per_block: int, image_column: str, audio_column: str, key_column: str | None) -> int:
+    """How many blocks of `pairs_per_block` pairs the file holds; a file that cannot be read as pairs
+    (not a tar, or a Parquet file without the named columns of file bytes) is a PairSourceError."""
     if pair_format(url) == "tar":
-        total = len(tar_samples(url))
-    else:
-        total = storage.parquet_rows(url)
-    return math.ceil(total / pairs_per_block)
+        return math.ceil(len(tar_samples(url)) / pairs_per_block)
+    fs, path = storage.filesystem(url)
+    with fs.open(path, "rb") as handle:
+        parquet = pq.ParquetFile(handle)
+        check_parquet_columns(url, parquet.schema_arrow, image_column, audio_column, key_column)
+        return math.ceil(parquet.metadata.num_rows / pairs_per_block)
 
 
 def read_block(
