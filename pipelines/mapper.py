@@ -3,7 +3,8 @@
 The pair files are cut into blocks of mapper.pairs_per_block pairs; Ray reads each block, CLIP
 embeds its images and the pool's CLAP its audio in actor pools, and the driver keeps only the two
 float32 vectors of each pair (and its key). The pairs are put in key order before training, so the
-same pairs train the same mapper however Ray ordered the blocks. The checkpoint records the CLIP
+same pairs (embedded in the same blocks and batches) train the same mapper however Ray ordered the
+blocks. The checkpoint records the CLIP
 and CLAP it was trained with and its metrics (stages.embed.mapper); pairs that failed are counted,
 shown, and listed with their reasons beside the checkpoint.
 """
@@ -91,22 +92,26 @@ def train_mapper(config: RunConfig) -> dict:
         EmbedPairAudio(config.models.clap, clip["dim"], clap["dim"]),
     ]
     keys: list[str] = []
+    sources: list[str] = []
     image_parts: list[np.ndarray] = []
     audio_parts: list[np.ndarray] = []
     failed: dict[str, list[str]] = {"key": [], "source": [], "error": []}
     for batch in Runner(config.ray).run(blocks, stages, blocks=blocks.num_rows):
         errors = batch.column("error").to_pylist()
         good = [i for i, e in enumerate(errors) if e is None]
-        batch_keys, sources = batch.column("key").to_pylist(), batch.column("source").to_pylist()
+        batch_keys, batch_sources = batch.column("key").to_pylist(), batch.column("source").to_pylist()
         keys += [batch_keys[i] for i in good]
+        sources += [batch_sources[i] for i in good]
         image_parts.append(rows_of(batch.column("image_embedding"), good, clip["dim"]))
         audio_parts.append(rows_of(batch.column("audio_embedding"), good, clap["dim"]))
         for i, error in enumerate(errors):
             if error is not None:
                 failed["key"].append(batch_keys[i])
-                failed["source"].append(sources[i])
+                failed["source"].append(batch_sources[i])
                 failed["error"].append(error)
-    order = sorted(range(len(keys)), key=keys.__getitem__)
+    # Blocks arrive in whatever order Ray finishes them; by key (then file, for a key two files
+    # share) the same pairs always train in the same order.
+    order = sorted(range(len(keys)), key=lambda i: (keys[i], sources[i]))
     images = np.concatenate(image_parts)
     image_parts.clear()
     images = images[order]
@@ -130,10 +135,11 @@ def train_mapper(config: RunConfig) -> dict:
     pairs = {"embedded": len(keys), "failed": len(failed["key"]), "validation_fraction": mapper.validation_fraction}
     meta = mapper_meta(settings, model, clip, clap, pairs, metrics)
     save_mapper(mapper.checkpoint, model, meta)
-    failures_url = None
+    failures_url = failed_pairs_url(mapper.checkpoint)
     if failed["key"]:
-        failures_url = failed_pairs_url(mapper.checkpoint)
         storage.write_parquet(failures_url, pa.table(failed))
+    elif storage.exists(failures_url):
+        storage.remove(failures_url)  # an earlier run's list; this run used every pair
     return {"checkpoint": mapper.checkpoint, "meta": meta, "failed": failed["error"], "failed_url": failures_url}
 
 
