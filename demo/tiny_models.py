@@ -8,6 +8,7 @@ Layout under the output folder:
     laion-clap/tiny-htsat.pt      CLAP_Module(amodel=HTSAT-tiny, tmodel=roberta) state dict
     laion-clap/text-backbones/    roberta-base, bert-base-uncased, facebook/bart-base, which
                                   laion-clap loads by name (models.clap.text_backbones_dir)
+    clip/                         CLIPModel + CLIPProcessor (save_pretrained), for the mapper
     vlm-qwen2_5_vl/               Qwen2.5-VL for AutoModelForImageTextToText + AutoProcessor
     audioldm/                     AudioLDMPipeline (UNet, VAE, CLAP text encoder, RoBERTa tokenizer,
                                   DDIM scheduler, HiFi-GAN vocoder) for `run_pipeline.py generate`
@@ -146,6 +147,60 @@ def build_laion_clap(out: Path, scratch: Path, seed: int = 0) -> tuple[Path, Pat
     checkpoint = root / "tiny-htsat.pt"
     torch.save({"state_dict": state}, checkpoint)
     return checkpoint, backbones
+
+
+def _clip_vocabulary(folder: Path) -> Path:
+    """vocab.json and merges.txt in CLIP's BPE layout: every byte symbol alone and ending a word
+    (`</w>`), a few merges of the corpus's words, and CLIP's two special tokens."""
+    from tokenizers.pre_tokenizers import ByteLevel
+
+    folder.mkdir(parents=True, exist_ok=True)
+    symbols = sorted(ByteLevel.alphabet())
+    merges = [("d", "o"), ("do", "g</w>"), ("t", "h"), ("th", "e</w>"), ("a", "n"), ("an", "d</w>")]
+    tokens = [*symbols, *(f"{s}</w>" for s in symbols), *(a + b for a, b in merges)]
+    tokens += ["<|startoftext|>", "<|endoftext|>"]
+    (folder / "vocab.json").write_text(json.dumps({token: i for i, token in enumerate(tokens)}))
+    (folder / "merges.txt").write_text("#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges))
+    return folder
+
+
+def build_clip(out: Path, scratch: Path, seed: int = 0) -> Path:
+    """A tiny CLIPModel (32-pixel images, 64-d projection) with its image processor and tokenizer,
+    loadable by CLIPModel and AutoProcessor as openai/clip-vit-large-patch14 is."""
+    import torch
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, CLIPTokenizer
+
+    torch.manual_seed(seed)
+    tokenizer = CLIPTokenizer.from_pretrained(str(_clip_vocabulary(scratch / "clip-bpe")))
+    config = CLIPConfig(
+        text_config={
+            "vocab_size": len(tokenizer),
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 1,
+            "num_attention_heads": 2,
+            "max_position_embeddings": 77,
+            "bos_token_id": tokenizer.bos_token_id,
+            "eos_token_id": tokenizer.eos_token_id,
+            "pad_token_id": tokenizer.pad_token_id,
+        },
+        vision_config={
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 1,
+            "num_attention_heads": 2,
+            "image_size": 32,
+            "patch_size": 8,
+        },
+        projection_dim=64,
+    )
+    model = CLIPModel(config).eval()
+    _spread_weights(model, seed)
+    image_processor = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    target = out / "clip"
+    model.save_pretrained(target)
+    CLIPProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(target)
+    return target
 
 
 QWEN_SPECIAL_TOKENS = [
@@ -415,6 +470,7 @@ def build_all(out: str | Path, seed: int = 0) -> dict[str, str]:
         vlm = build_qwen2_5_vl(out, Path(scratch) / "vlm", seed)
         audioldm = build_audioldm(out, Path(scratch) / "audioldm", seed)
         audioldm2 = build_audioldm2(out, Path(scratch) / "audioldm2", seed)
+        clip = build_clip(out, Path(scratch) / "clip", seed)
     timbre = build_timbre_model(out, seed)
     written = {
         "clap_transformers": str(hf),
@@ -424,6 +480,7 @@ def build_all(out: str | Path, seed: int = 0) -> dict[str, str]:
         "timbre_torchscript": str(timbre),
         "audioldm": str(audioldm),
         "audioldm2": str(audioldm2),
+        "clip": str(clip),
     }
     (out / "models.json").write_text(json.dumps(written, indent=2) + "\n")
     return written

@@ -22,6 +22,7 @@ def _parser() -> argparse.ArgumentParser:
         ("sonify", "pair images with mixes of pool clips: VLM concepts, retrieval, mixing, shards"),
         ("render", "rebuild shards from a manifest and the pool, with no model"),
         ("generate", "make sounds from text (AudioLDM, AudioLDM 2) and add them to the pool"),
+        ("train-mapper", "train the CLIP -> CLAP mapper on image-audio pairs (mapper.pairs); docs/mapper.md"),
     ):
         command = sub.add_parser(name, help=text)
         command.add_argument("--config", required=True, help="YAML config file")
@@ -77,6 +78,11 @@ def main(argv: list[str] | None = None) -> int:
             from pipelines.generate import format_summary, run_generate
 
             print(format_summary(run_generate(config)))
+            return 0
+        if args.command == "train-mapper":
+            from pipelines.mapper import format_summary, train_mapper
+
+            print(format_summary(train_mapper(config)))
             return 0
         from pipelines import pool, sonify
 

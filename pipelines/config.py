@@ -49,6 +49,7 @@ COMMAND_NEEDS = {
     "pool": {"models.clap": "CLAP embeds every clip"},
     "sonify": {"models.clap": "CLAP embeds the concept texts"},
     "generate": {"generate.model": "it makes the sounds", "models.clap": "CLAP embeds the generated clips"},
+    "train-mapper": {"models.clap": "CLAP embeds the pairs' audio", "models.clip": "CLIP embeds the pairs' images"},
 }
 
 

@@ -1,7 +1,8 @@
 """The run configuration's contract: typed sections, each field with its description, validated
 before any work. The pool section is in `schemas.pool_config`, the prompt and the VLM backends in
-`schemas.vlm_config`; every section is importable from here. Loading files, command-line overrides,
-what each command needs and the generated reference live in `pipelines.config`."""
+`schemas.vlm_config`, the CLIP model and the mapper in `schemas.mapper_config`; every section is
+importable from here. Loading files, command-line overrides, what each command needs and the
+generated reference live in `pipelines.config`."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from typing import Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from schemas.config_base import ConfigSection
+from schemas.mapper_config import ClipConfig, MapperConfig
 from schemas.pool_config import IndexConfig, ParquetSourceConfig, PoolConfig
 from schemas.vlm_config import (
     DEFAULT_PROMPT,
@@ -28,10 +30,12 @@ __all__ = [
     "DEFAULT_PROMPT",
     "VLM_BACKENDS",
     "ClapConfig",
+    "ClipConfig",
     "ConfigSection",
     "GenerateConfig",
     "IndexConfig",
     "LicenseFilterConfig",
+    "MapperConfig",
     "MixConfig",
     "ModelsConfig",
     "OpenAIVlmConfig",
@@ -106,6 +110,11 @@ class ModelsConfig(ConfigSection):
         None,
         description="The CLAP model used for audio and text embeddings; pool and sonify need it, render and "
         "report do not.",
+    )
+    clip: ClipConfig | None = Field(
+        None,
+        description="The CLIP model whose image embeddings the mapper maps into CLAP's audio space; train-mapper "
+        "needs it (docs/mapper.md).",
     )
     vlm: list[VlmConfig] = Field(
         default_factory=list,
@@ -398,6 +407,9 @@ class RunConfig(ConfigSection):
     report: ReportConfig = Field(default_factory=ReportConfig, description="The HTML report of a run or a pool.")
     generate: GenerateConfig = Field(
         default_factory=GenerateConfig, description="Sounds generated from text and added to the pool."
+    )
+    mapper: MapperConfig = Field(
+        default_factory=MapperConfig, description="Training the CLIP -> CLAP mapper (train-mapper, docs/mapper.md)."
     )
 
     @model_validator(mode="after")
