@@ -74,7 +74,7 @@ def planning_rate(pool_clips: int, images: int = 1024, concepts: int = 5, search
         MIX_CLIPS,
         {
             "clip_id": ids,
-            "source_id": [f"source-{i // 4}" for i in range(pool_clips)],
+            "recording": [f"recording-{i // 4}" for i in range(pool_clips)],
             "lufs": rng.uniform(-40, -10, pool_clips),
             "part": [f"part-{i // 200:06d}" for i in range(pool_clips)],
             "audio_offset": rng.integers(0, 10**7, pool_clips),

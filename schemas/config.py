@@ -213,7 +213,8 @@ class SonifyConfig(ConfigSection):
     split_by_clip: bool = Field(
         False,
         description="Keep the audio of the splits apart too: each pool source recording (with all its clips and "
-        "variants) belongs to one split, by a stable hash of its source id with the same fractions, and a sample "
+        "variants) belongs to one split, by a stable hash of its content (SHA-256) with the same fractions, so "
+        "copies of one file go together, and a sample "
         "uses only clips of its own split. A concept whose usable neighbours all belong to other splits is dropped "
         "(`other_split`); the summary counts those and the concepts that got another clip than without the rule.",
     )

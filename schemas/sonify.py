@@ -225,7 +225,9 @@ MIX_CLIPS = versioned(
     3,
     [
         pa.field("clip_id", pa.string(), nullable=False),
-        pa.field("source_id", pa.string(), nullable=False),
+        # The clip's source recording, by content: the SHA-256 of its source file (its source id where
+        # none was taken), so copies of one file are one recording.
+        pa.field("recording", pa.string(), nullable=False),
         pa.field("lufs", pa.float64(), nullable=False),
         pa.field("part", pa.string(), nullable=False),
         pa.field("audio_offset", pa.int64(), nullable=False),

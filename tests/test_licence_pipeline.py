@@ -1,12 +1,17 @@
-"""Licences through both pipelines, on Ray with the tiny models: a pool of sources under mixed
-licences (from a metadata CSV, one source with a variant, one without metadata), sonified with
-`deny: [CC-BY-NC-*]`; no denied clip is used, every used clip that needs a credit is credited once in
-ATTRIBUTION.csv, and a metadata change rewrites only the clips files."""
+"""Licences and splits through both pipelines, on Ray with the tiny models: a pool of sources under
+mixed licences (from a metadata CSV, one source with a variant, one without metadata), sonified
+with `deny: [CC-BY-NC-*]` and three splits that keep their recordings apart; no denied clip is
+used, every used clip that needs a credit is credited once in ATTRIBUTION.csv, no clip or recording
+is heard in two splits, `datasets.load_dataset` reads the three splits from the run folder alone,
+and a metadata change rewrites only the clips files."""
 
 from __future__ import annotations
 
 import csv
 import json
+import os
+import subprocess
+import sys
 
 import duckdb
 import numpy as np
@@ -27,9 +32,16 @@ SOURCES = {
     "birds.wav": ("https://creativecommons.org/licenses/by-nc/4.0/", "CC-BY-NC-4.0"),
     "wind.wav": ("CC0", "CC0-1.0"),
     "bell.wav": (None, None),
+    # With these, each of the three splits owns an allowed recording (by the hash of its content):
+    # tap.wav validation's, fan.wav and hiss.wav test's.
+    "creek.wav": ("CC0", "CC0-1.0"),
+    "fan.wav": ("CC0", "CC0-1.0"),
+    "tap.wav": ("CC0", "CC0-1.0"),
+    "hiss.wav": ("CC0", "CC0-1.0"),
 }
 DENIED = {"engine.wav", "birds.wav"}
 IMAGES = 12
+SPLITS = {"train": 0.5, "validation": 0.25, "test": 0.25}
 
 
 def metadata_csv(path, overrides: dict[str, str] | None = None) -> None:
@@ -84,6 +96,8 @@ def run(tiny_models, ray_session, tmp_path_factory):
                 "min_side": 16,
                 "images_per_chunk": 4,
                 "licenses": {"deny": ["CC-BY-NC-*"]},
+                "splits": SPLITS,
+                "split_by_clip": True,
                 "image_metadata": [str(root / "images.csv")],
             },
             "retrieval": {"search_k": 8, "k": 4, "min_cosine": -1.0, "hubness": "none"},
@@ -138,7 +152,7 @@ def test_no_denied_clip_is_used_and_every_used_clip_needing_credit_is_credited_o
     db = duckdb.connect()
     used = db.execute(
         f"SELECT DISTINCT c.clip_id, p.source_uri, c.license, c.attribution FROM "
-        f"(SELECT unnest(concepts) AS c FROM read_parquet('{root}/out/manifest/0*.parquet') WHERE error IS NULL) "
+        f"(SELECT unnest(concepts) AS c FROM read_parquet('{root}/out/manifest/*.parquet') WHERE error IS NULL) "
         f"JOIN read_parquet('{root}/pool/clips/*.parquet') p ON p.clip_id = c.clip_id"
     ).fetchall()
     assert summary["samples"] > 0 and used
@@ -182,6 +196,41 @@ def test_no_denied_clip_is_used_and_every_used_clip_needing_credit_is_credited_o
     assert set(summary["clips_used_by_license"]) <= {"CC-BY-4.0", "CC-BY-3.0", "CC0-1.0", "unknown"}
     assert summary["attribution"]["clips_credited"] == len(needing)
     assert summary["attribution"]["images_credited"] == 1
+
+
+def test_no_clip_or_recording_is_heard_in_two_splits_and_loaders_read_every_split(run, tmp_path):
+    from tests.test_readers import REPO, ffmpeg_library_path
+
+    _, root, _, summary = run
+    db = duckdb.connect()
+    used = db.execute(
+        "SELECT m.split, c.clip_id, p.source_sha256 FROM (SELECT split, unnest(concepts) AS c "
+        f"FROM read_parquet('{root}/out/manifest/*.parquet') WHERE error IS NULL) m "
+        f"JOIN read_parquet('{root}/pool/clips/*.parquet') p ON p.clip_id = m.c.clip_id"
+    ).fetchall()
+    assert {split for split, _, _ in used} == set(SPLITS)
+    for position in (1, 2):
+        owners: dict[str, set[str]] = {}
+        for row in used:
+            owners.setdefault(row[position], set()).add(row[0])
+        assert all(len(splits) == 1 for splits in owners.values()), owners
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HF_")}
+    env.update(
+        LD_LIBRARY_PATH=ffmpeg_library_path(tmp_path / "ffmpeg"),
+        HF_HOME=str(tmp_path / "hf"),
+        HF_HUB_OFFLINE="1",
+        HF_DATASETS_OFFLINE="1",
+        PYTHONPATH=str(REPO),
+    )
+    command = [sys.executable, "-m", "tests.read_with_datasets", str(root / "out")]
+    result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-4000:]
+    rows = [json.loads(line) for line in result.stdout.splitlines()]
+    for split in SPLITS:
+        assert sum(r["split"] == split for r in rows) == summary["splits"]["samples"][split] > 0
+    assert all(r["image_size"] == [40, 40] and r["audio_shape"][1] > 0 for r in rows)
+    assert {r["split"] for r in rows} == {r["metadata"]["split"] for r in rows} == set(SPLITS)
 
 
 def test_changed_metadata_rewrites_only_the_clips_files(run):

@@ -74,7 +74,7 @@ def pool_clips(inaudible: set[str] = frozenset()) -> pa.Table:
         {
             "clip_id": ids,
             # Three clips per source recording.
-            "source_id": [f"source-{int(c[-2:]) // 3}" for c in ids],
+            "recording": [f"recording-{int(c[-2:]) // 3}" for c in ids],
             "lufs": [-20.0 - int(c[-2:]) / 4 for c in ids],
             "part": [f"part-{int(c[-2:]) // 8}" for c in ids],
             "audio_offset": [512 + 20_000 * (int(c[-2:]) % 8) for c in ids],

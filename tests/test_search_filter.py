@@ -117,7 +117,7 @@ def retrieval_stage(tmp_path, usable: list[str], kind: str = "flat") -> tuple[Re
     )
     storage.write_parquet(layout.scenes("given", "000000"), scenes)
     rows = {name: [None] * len(usable) for name in MIX_CLIPS.names}
-    rows |= {"clip_id": usable, "source_id": usable, "lufs": [-20.0] * len(usable), "part": ["p"] * len(usable)}
+    rows |= {"clip_id": usable, "recording": usable, "lufs": [-20.0] * len(usable), "part": ["p"] * len(usable)}
     rows |= {"audio_offset": [0] * len(usable), "audio_bytes": [1] * len(usable), "generated": [False] * len(usable)}
     storage.write_parquet(layout.mix_clips(), make_table(MIX_CLIPS, rows))
     stage = RetrieveChunks(

@@ -42,7 +42,7 @@ def test_split_by_clip_keeps_each_recording_in_one_split_and_counts_its_cost():
     scenes = chunk_scenes(40)
     plain, kept = plan_chunk(free, scenes, matches, pool_clips()), plan_chunk(apart, scenes, matches, pool_clips())
 
-    sources = dict(zip(*[pool_clips().column(c).to_pylist() for c in ("clip_id", "source_id")]))
+    sources = dict(zip(*[pool_clips().column(c).to_pylist() for c in ("clip_id", "recording")]))
     split_of_clip = {c: s for s, clips in clips_by_split(sources, splits).items() for c in clips}
     rows = [row for shard in kept.shards for row in shard.to_pylist()]
     assert {row["split"] for row in rows} == {"train", "test"}

@@ -46,18 +46,18 @@ def pool_settings(identity: dict, pool: PoolConfig) -> dict:
 
 
 def mixable(clips: pa.Table, rate: int, silence_lufs: float, max_band_loss_lu: float) -> pa.Table:
-    """The MIX_CLIPS table of a pool table (columns clip_id, source_id, part, lufs, loudness_at_rates,
+    """The MIX_CLIPS table of a pool table (columns clip_id, source_id, source_sha256, part, lufs, loudness_at_rates,
     generation and the credit columns): every clip audible at `rate`
     (stages.audio.loudness.audible_at_rate), with its loudness there, the byte range of its audio at
     that rate, whether it is generated and its credit, sorted by clip_id."""
     rows: dict[str, list] = {name: [] for name in MIX_CLIPS.names}
-    names = ("clip_id", "source_id", "part", "lufs", "loudness_at_rates", "generation", *CLIP_CREDITS)
+    names = ("clip_id", "source_id", "source_sha256", "part", "lufs", "loudness_at_rates", "generation", *CLIP_CREDITS)
     columns = [clips.column(c).to_pylist() for c in names]
-    for clip_id, source_id, part, pool_lufs, at_rates, generation, *credit in zip(*columns):
+    for clip_id, source_id, sha256, part, pool_lufs, at_rates, generation, *credit in zip(*columns):
         entry = loudness_entry_at(at_rates, rate)
         if audible_at_rate(pool_lufs, entry and entry["lufs"], silence_lufs, max_band_loss_lu):
             location = (entry["lufs"], part, entry["audio_offset"], entry["audio_bytes"])
-            values = (clip_id, source_id, *location, generation is not None, *credit)
+            values = (clip_id, sha256 or source_id, *location, generation is not None, *credit)
             for name, value in zip(MIX_CLIPS.names, values):
                 rows[name].append(value)
     return make_table(MIX_CLIPS, rows).sort_by([("clip_id", "ascending")])
@@ -137,7 +137,8 @@ class PoolStore:
     ) -> tuple[pa.Table, int]:
         """The MIX_CLIPS table at `rate`: the indexed (error-free, non-silent) clips a mix at that rate
         may use; and how many indexed clips are not audible there."""
-        columns = ["clip_id", "source_id", "part", "lufs", "loudness_at_rates", "silent", "error", "generation"]
+        columns = ["clip_id", "source_id", "source_sha256", "part", "lufs", "loudness_at_rates", "silent", "error"]
+        columns.append("generation")
         table = self.clips([*columns, *CLIP_CREDITS])
         indexed = table.filter(pc.is_null(pc.field("error")) & pc.invert(pc.field("silent")))
         clips = mixable(indexed, rate, silence_lufs, max_band_loss_lu)

@@ -126,7 +126,11 @@ def sonify_report(config: RunConfig) -> str:
     try:
         with connect(views) as con:
             report_sonify.define_views(con)
-            counts = report_sonify.stage_counts(con) + report_sonify.license_counts(con)
+            counts = [
+                *report_sonify.stage_counts(con),
+                *report_sonify.split_counts(con),
+                *report_sonify.license_counts(con),
+            ]
             problems = report_sonify.problems(con).to_pylist()
             labels = report_sonify.label_frequency(con, TOP_LABELS)
             concept_hists = report_sonify.concept_histograms(con)

@@ -113,6 +113,12 @@ def check_same_run(config: RunConfig, layout: SonifyLayout) -> None:
     out = layout.root
     url = layout.config()
     if not storage.exists(url):
+        # Every run writes its dataset card there: a README.md that no run wrote is the user's.
+        if storage.exists(layout.card()):
+            raise SonifyError(
+                f"sonify.out {out} holds a README.md that no sonify run wrote ({layout.card()}), and each run "
+                "writes its dataset card there: use another sonify.out, or move that file"
+            )
         return
     layout_url = layout.layout_version()
     layout = json.loads(storage.read_bytes(layout_url)).get("layout") if storage.exists(layout_url) else None

@@ -57,8 +57,13 @@ def list_missing_sounds(config: RunConfig, pool: PoolLayout, layout: SonifyLayou
         config.retrieval,
         config.sonify.missing_sounds,
     )
-    for _ in Runner(config.ray).run(make_table(CHUNK_TASKS, {"chunk": chunks}), [stage], blocks=1):
-        pass
+    tasks = make_table(CHUNK_TASKS, {"chunk": chunks})
+    if chunks:
+        for _ in Runner(config.ray).run(tasks, [stage], blocks=1):
+            pass
+    else:
+        # No image, so no text: the empty list is written here, without a model or a Ray actor.
+        stage.process_batch(tasks)
     stats = json.loads(storage.read_bytes(layout.missing_sounds_stats()))
     del stats["settings"]
     log.info(

@@ -36,6 +36,8 @@ def retrieve_and_plan(config: RunConfig, pool: PoolLayout, layout: SonifyLayout,
     waiting = set(todo)
     tables = [plans_table([planned_chunk(layout, searched_chunk(layout, c)) for c in names if c not in waiting])]
     if todo:
+        # Chunks planned now change what the missing-sounds list is made of: it is made again.
+        storage.remove(layout.missing_sounds_stats())
         plan = PlanChunks(layout, config)
         if pending("retrieval", todo, lambda chunk: storage.exists(layout.search_stats(chunk))):
             build_hub_bank(config, pool, layout, names)

@@ -109,7 +109,7 @@ def dataset_card(config: RunConfig, summary: dict, pool: Mapping, licenses: list
         else f"The run has no splits (`sonify.splits`): every sample is in `{DEFAULT_SPLIT}`."
     )
     apart = (
-        "Each pool recording belongs to one split (by a stable hash of its source id), and a sample uses only "
+        "Each pool recording belongs to one split (by a stable hash of its content), and a sample uses only "
         f"clips of its own split: {splits['concepts_other_split']} concepts were dropped and "
         f"{splits['concepts_rechosen_for_split']} got another clip for it."
         if splits and "concepts_other_split" in splits
@@ -119,13 +119,15 @@ def dataset_card(config: RunConfig, summary: dict, pool: Mapping, licenses: list
     )
     missing = summary.get("missing_sounds") or {}
     clap = pool.get("clap") or {}
+    made = summary.get("concepts_with_generated_clip") or 0
+    generated = f" ({made} of its sounds generated from text, not recorded)" if made else ""
     return f"""---
 {header}---
 
 # Sonified image dataset
 
-Audio-visual pairs: each image with a 5-second mix of real recordings of the sounds a
-vision-language model lists in it. Each sample of the WebDataset shards (`shards/*.tar`) has the
+Audio-visual pairs: each image with a {config.pool.clip_seconds}-second mix of recordings of the sounds a
+vision-language model lists in it{generated}. Each sample of the WebDataset shards (`shards/*.tar`) has the
 image, the mix (`KEY.flac`, mono 16-bit FLAC at {mix.sample_rate} Hz, {config.pool.clip_seconds} s)
 and its manifest row (`KEY.json`); `manifest/*.parquet` holds the same rows.
 

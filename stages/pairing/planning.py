@@ -112,7 +112,7 @@ class MixableClips:
 
     lufs: dict[str, float]
     locations: dict[str, tuple[str, int, int]]
-    sources: dict[str, str]
+    recordings: dict[str, str]  # clip_id -> its source recording (MIX_CLIPS `recording`)
     credits: dict[str, dict[str, str | None]]
     generated: frozenset[str]  # the generated ones
 
@@ -128,7 +128,7 @@ def mixable_clips(mix_clips: pa.Table, clip_ids: Iterable[str]) -> MixableClips:
     return MixableClips(
         lufs=dict(zip(ids, rows["lufs"])),
         locations={c: (p, o, s) for c, p, o, s in zip(ids, rows["part"], rows["audio_offset"], rows["audio_bytes"])},
-        sources=dict(zip(ids, rows["source_id"])),
+        recordings=dict(zip(ids, rows["recording"])),
         credits={c: dict(zip(CREDIT_NAMES, v)) for c, *v in zip(ids, *(rows[n] for n in CREDIT_NAMES))},
         generated=frozenset(c for c, made in zip(ids, rows["generated"]) if made),
     )
@@ -146,12 +146,13 @@ def image_credits_of(image_credits: pa.Table, image_ids: Iterable[str]) -> dict[
     }
 
 
-def clips_by_split(sources: Mapping[str, str], splits: Mapping[str, float]) -> dict[str, set[str]]:
+def clips_by_split(recordings: Mapping[str, str], splits: Mapping[str, float]) -> dict[str, set[str]]:
     """The clip ids of each split, a clip going where its source recording goes
-    (sonify.split_by_clip): a variant keeps its parent's source id, so it goes with its parent."""
+    (sonify.split_by_clip), by the recording's content: copies of one file go together, and a
+    variant keeps its parent's source columns, so it goes with its parent."""
     grouped: dict[str, set[str]] = {name: set() for name in splits}
-    for clip_id, source_id in sources.items():
-        grouped[split_of(source_id, splits, SOURCE)].add(clip_id)
+    for clip_id, recording in recordings.items():
+        grouped[split_of(recording, splits, SOURCE)].add(clip_id)
     return grouped
 
 
@@ -269,9 +270,12 @@ def plan_samples(
         counts.update(f"concepts_{d['reason']}" for d in row["dropped"])
         row["dropped_concepts"] += len(row["dropped"])
         if not kept:
+            why = Counter(d["reason"] for d in row["dropped"])
             row["error"] = (
                 "dropped: no concept matched a pool clip audible at the mix rate, at or above retrieval.min_cosine "
                 "and under retrieval.max_uses_per_clip"
+                + (" in the sample's split" if split_clips is not None else "")
+                + f" ({', '.join(f'{n} {reason}' for reason, n in sorted(why.items()))})"
             )
             row["error_kind"] = "no_usable_clip"
             rejected.append(row)
@@ -357,7 +361,8 @@ def missing_texts(rows: Iterable[dict]) -> pa.Table:
             entry["requests"] += 1
             entry[dropped["reason"]] += 1
             if dropped["best_cosine"] is not None:
-                entry["best_cosine"] = max(dropped["best_cosine"], entry["best_cosine"] or -np.inf)
+                best = entry["best_cosine"]
+                entry["best_cosine"] = max(dropped["best_cosine"], -np.inf if best is None else best)
             entry["examples"][row["image_id"]] = {
                 "image_id": row["image_id"],
                 "image_uri": row["image_uri"],
@@ -394,7 +399,7 @@ def plan_chunk(
     run's IMAGE_CREDITS (None: no image has one)."""
     found = matches_by_text(matches)
     clips = mixable_clips(mix_clips, (c for ids, _ in found.values() for c in ids))
-    split_clips = clips_by_split(clips.sources, config.sonify.splits) if config.sonify.split_by_clip else None
+    split_clips = clips_by_split(clips.recordings, config.sonify.splits) if config.sonify.split_by_clip else None
     samples, rejected, counts = plan_samples(
         config,
         scenes,

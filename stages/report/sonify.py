@@ -106,6 +106,25 @@ def license_counts(con: duckdb.DuckDBPyConnection) -> list[tuple[str, int]]:
     ]
 
 
+def split_counts(con: duckdb.DuckDBPyConnection) -> list[tuple[str, int]]:
+    """Samples written and distinct clips used per split (sonify.splits), and the clips heard in more
+    than one split, which sonify.split_by_clip keeps at 0; nothing for a run without splits."""
+    rows = con.execute(
+        "SELECT s.split, count(DISTINCT s.key), count(DISTINCT c.clip_id) FROM samples s "
+        "LEFT JOIN concepts c USING (key) WHERE s.split IS NOT NULL GROUP BY 1 ORDER BY 1"
+    ).fetchall()
+    if not rows:
+        return []
+    shared = scalar(
+        con,
+        "SELECT count(*) FROM (SELECT c.clip_id FROM concepts c JOIN samples s USING (key) "
+        "GROUP BY 1 HAVING count(DISTINCT s.split) > 1)",
+    )
+    counts = [(f"split {split}: samples written", n) for split, n, _ in rows]
+    counts += [(f"split {split}: distinct clips used", clips) for split, _, clips in rows]
+    return [*counts, ("clips heard in more than one split", shared)]
+
+
 PROBLEMS = """
     SELECT 'image: ' || error_kind AS kind, uri AS file, error AS reason
         FROM first_vlm_scenes WHERE error_stage = 'images'
