@@ -147,21 +147,25 @@ def ffmpeg_library_path(folder: Path) -> str:
 
 
 @pytest.mark.parametrize("streaming", [False, True], ids=["map-style", "streaming"])
-def test_hugging_face_datasets_reads_every_row_whole(dataset, tmp_path, streaming):
-    shards, manifest, members = dataset
+def rows_read_with_datasets(folder: Path, scratch: Path, streaming: bool = False) -> list[dict]:
+    """What tests.read_with_datasets prints of a sonify run folder, offline, in a process of its own."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("HF_")}
     env.update(
-        LD_LIBRARY_PATH=ffmpeg_library_path(tmp_path / "ffmpeg"),
-        HF_HOME=str(tmp_path / "hf"),
+        LD_LIBRARY_PATH=ffmpeg_library_path(scratch / "ffmpeg"),
+        HF_HOME=str(scratch / "hf"),
         HF_HUB_OFFLINE="1",
         HF_DATASETS_OFFLINE="1",
         PYTHONPATH=str(REPO),
     )
-    out = Path(shards[0]).parent.parent
-    command = [sys.executable, "-m", "tests.read_with_datasets", *(["--streaming"] if streaming else []), str(out)]
+    command = [sys.executable, "-m", "tests.read_with_datasets", *(["--streaming"] if streaming else []), str(folder)]
     result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-4000:]
-    rows = [json.loads(line) for line in result.stdout.splitlines()]
+    return [json.loads(line) for line in result.stdout.splitlines()]
+
+
+def test_hugging_face_datasets_reads_every_row_whole(dataset, tmp_path, streaming):
+    shards, manifest, members = dataset
+    rows = rows_read_with_datasets(Path(shards[0]).parent.parent, tmp_path, streaming)
     assert sorted(r["key"] for r in rows) == sorted(manifest)
     # Every split, from the dataset card alone, each sample in its own.
     assert {r["split"] for r in rows} == set(SPLITS)
