@@ -146,7 +146,6 @@ def ffmpeg_library_path(folder: Path) -> str:
     return f"{folder}:{bundled}"
 
 
-@pytest.mark.parametrize("streaming", [False, True], ids=["map-style", "streaming"])
 def rows_read_with_datasets(folder: Path, scratch: Path, streaming: bool = False) -> list[dict]:
     """What tests.read_with_datasets prints of a sonify run folder, offline, in a process of its own."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("HF_")}
@@ -163,6 +162,7 @@ def rows_read_with_datasets(folder: Path, scratch: Path, streaming: bool = False
     return [json.loads(line) for line in result.stdout.splitlines()]
 
 
+@pytest.mark.parametrize("streaming", [False, True], ids=["map-style", "streaming"])
 def test_hugging_face_datasets_reads_every_row_whole(dataset, tmp_path, streaming):
     shards, manifest, members = dataset
     rows = rows_read_with_datasets(Path(shards[0]).parent.parent, tmp_path, streaming)

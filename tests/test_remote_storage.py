@@ -283,8 +283,9 @@ def test_second_sonify_run_changes_nothing(runs):
     assert first.keys() == second.keys()
     timings = f"{BUCKET}/out/summary.json"
     assert {k: v[0] for k, v in first.items() if k != timings} == {k: v[0] for k, v in second.items() if k != timings}
-    # summary.json holds the run's timings; config.yaml is rewritten with the same bytes on every run.
-    rewritten_each_run = {"config.yaml", "summary.json"}
+    # summary.json holds the run's timings; config.yaml, the dataset card and the credits are made
+    # from the whole run at its end, and rewritten with the same bytes on every run.
+    rewritten_each_run = {"config.yaml", "summary.json", "README.md", "ATTRIBUTION.csv", "ATTRIBUTION.md"}
     kept = {k for k in first if k.removeprefix(f"{BUCKET}/out/") not in rewritten_each_run}
     assert any("/shards/" in k for k in kept) and any("/scenes/" in k for k in kept)
     assert {k: first[k][1] for k in kept} == {k: second[k][1] for k in kept}
