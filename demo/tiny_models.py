@@ -8,7 +8,9 @@ Layout under the output folder:
     laion-clap/tiny-htsat.pt      CLAP_Module(amodel=HTSAT-tiny, tmodel=roberta) state dict
     laion-clap/text-backbones/    roberta-base, bert-base-uncased, facebook/bart-base, which
                                   laion-clap loads by name (models.clap.text_backbones_dir)
-    clip/                         CLIPModel + CLIPProcessor (save_pretrained), for the mapper
+    clip/                         CLIPModel + CLIPProcessor (save_pretrained), for the mapper and the
+                                  clip_image feature
+    ast/                          ASTModel + ASTFeatureExtractor (save_pretrained), for the ast feature
     vlm-qwen2_5_vl/               Qwen2.5-VL for AutoModelForImageTextToText + AutoProcessor
     audioldm/                     AudioLDMPipeline (UNet, VAE, CLAP text encoder, RoBERTa tokenizer,
                                   DDIM scheduler, HiFi-GAN vocoder) for `run_pipeline.py generate`
@@ -200,6 +202,32 @@ def build_clip(out: Path, scratch: Path, seed: int = 0) -> Path:
     target = out / "clip"
     model.save_pretrained(target)
     CLIPProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(target)
+    return target
+
+
+def build_ast(out: Path, seed: int = 0) -> Path:
+    """A tiny ASTModel (64 mel bins, 512 frames: 5.12 s at 16 kHz, 32-d) with its feature extractor,
+    loadable by ASTModel and AutoFeatureExtractor as MIT/ast-finetuned-audioset-10-10-0.4593 is."""
+    import torch
+    from transformers import ASTConfig, ASTFeatureExtractor, ASTModel
+
+    torch.manual_seed(seed)
+    config = ASTConfig(
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=64,
+        num_mel_bins=64,
+        max_length=512,
+        patch_size=16,
+        frequency_stride=16,
+        time_stride=16,
+    )
+    model = ASTModel(config).eval()
+    _spread_weights(model, seed)
+    target = out / "ast"
+    model.save_pretrained(target)
+    ASTFeatureExtractor(num_mel_bins=64, max_length=512, sampling_rate=16000).save_pretrained(target)
     return target
 
 
@@ -471,6 +499,7 @@ def build_all(out: str | Path, seed: int = 0) -> dict[str, str]:
         audioldm = build_audioldm(out, Path(scratch) / "audioldm", seed)
         audioldm2 = build_audioldm2(out, Path(scratch) / "audioldm2", seed)
         clip = build_clip(out, Path(scratch) / "clip", seed)
+    ast = build_ast(out, seed)
     timbre = build_timbre_model(out, seed)
     written = {
         "clap_transformers": str(hf),
@@ -481,6 +510,7 @@ def build_all(out: str | Path, seed: int = 0) -> dict[str, str]:
         "audioldm": str(audioldm),
         "audioldm2": str(audioldm2),
         "clip": str(clip),
+        "ast": str(ast),
     }
     (out / "models.json").write_text(json.dumps(written, indent=2) + "\n")
     return written

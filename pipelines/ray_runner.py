@@ -15,7 +15,7 @@ from ray.data import ActorPoolStrategy
 
 from schemas.config import RayConfig
 from schemas.errors import PipelineError
-from stages.base import EngineStage, Stage, check_chain
+from stages.base import EngineStage, Stage, check_chain, unrunnable_reservation
 
 log = logging.getLogger(__name__)
 
@@ -142,7 +142,20 @@ class Runner:
         if not tables:
             raise ValueError("Runner.run got an empty list of tables: nothing to run")
         check_chain(tables[0].schema, stages)
+        self._check_fit(stages)
         return self._batches(source, stages, blocks, preserve_order)
+
+    def _check_fit(self, stages: list[Stage]) -> None:
+        """Refuses stages that would wait forever on the Ray this process started. A cluster joined
+        by address may add nodes as work waits, so there it is only logged."""
+        resources = ray.cluster_resources()
+        reason = unrunnable_reservation(stages, resources.get("CPU", 0.0), resources.get("GPU", 0.0))
+        if reason is None:
+            return
+        if self.config.address or os.environ.get("RAY_ADDRESS"):
+            log.warning("these stages may wait for resources the cluster does not have yet: %s", reason)
+            return
+        raise PipelineError(f"the stages {[s.name for s in stages]} cannot run together here: {reason}")
 
     def _batches(
         self, source: pa.Table | list[pa.Table], stages: list[Stage], blocks: int | None, preserve_order: bool

@@ -29,6 +29,7 @@ from schemas.vlm_config import (
 __all__ = [
     "DEFAULT_PROMPT",
     "VLM_BACKENDS",
+    "AstConfig",
     "ClapConfig",
     "ClipConfig",
     "ConfigSection",
@@ -105,6 +106,24 @@ class ClapConfig(ConfigSection):
     num_cpus: float = Field(1.0, gt=0, description="CPUs per embedding actor.")
 
 
+class AstConfig(ConfigSection):
+    model: str = Field(
+        ...,
+        description="transformers ASTModel checkpoint with its feature extractor: a Hugging Face id "
+        "(MIT/ast-finetuned-audioset-10-10-0.4593) or a folder (fsspec URL, copied once per node into "
+        "$SONIFY_MODEL_CACHE).",
+    )
+    batch_size: int = Field(16, ge=1, description="Mixes per forward pass.")
+    concurrency: int = Field(1, ge=1, description="AST actors, each holding one model.")
+    num_gpus: float = Field(0.0, ge=0, description="GPUs per AST actor; 0 runs on CPU.")
+    num_cpus: float = Field(1.0, gt=0, description="CPUs per AST actor.")
+
+
+# Per-sample features sonify.features can write into the shards, and the model section each needs.
+FEATURE_MODELS = {"clap_audio": "clap", "ast": "ast", "clip_image": "clip"}
+Feature = Literal["clap_audio", "ast", "clip_image"]
+
+
 class ModelsConfig(ConfigSection):
     clap: ClapConfig | None = Field(
         None,
@@ -114,7 +133,10 @@ class ModelsConfig(ConfigSection):
     clip: ClipConfig | None = Field(
         None,
         description="The CLIP model whose image embeddings the mapper maps into CLAP's audio space; train-mapper "
-        "needs it (docs/mapper.md).",
+        "needs it (docs/mapper.md), and so does the clip_image feature (sonify.features).",
+    )
+    ast: AstConfig | None = Field(
+        None, description="The Audio Spectrogram Transformer of the ast feature (sonify.features)."
     )
     vlm: list[VlmConfig] = Field(
         default_factory=list,
@@ -222,6 +244,13 @@ class SonifyConfig(ConfigSection):
         default_factory=MissingSoundsConfig,
         description="The list of sounds the pool lacks (missing_sounds.parquet): how near-identical texts are grouped.",
     )
+    features: list[Feature] = Field(
+        default_factory=list,
+        description="Embeddings written beside each sample, as KEY.<feature>.npy members of its shard (float32, "
+        "one vector): clap_audio (the mix, with models.clap, unit length), ast (the mix, with models.ast: the "
+        "pooled output, as trained on), clip_image (the shard's image, with models.clip, unit length). Each model "
+        "runs on actors of its own (docs/sonify.md#features).",
+    )
 
     @field_validator("splits")
     @classmethod
@@ -241,6 +270,14 @@ class SonifyConfig(ConfigSection):
         if not math.isclose(sum(splits.values()), 1.0, abs_tol=1e-6):
             raise ValueError(f"split fractions must sum to 1, got {sum(splits.values())}")
         return splits
+
+    @field_validator("features")
+    @classmethod
+    def _features_once(cls, features: list[str]) -> list[str]:
+        repeated = sorted({f for f in features if features.count(f) > 1})
+        if repeated:
+            raise ValueError(f"each feature once: {', '.join(repeated)} repeated")
+        return features
 
     @model_validator(mode="after")
     def _split_by_clip_needs_splits(self) -> SonifyConfig:
@@ -428,6 +465,9 @@ class RunConfig(ConfigSection):
             raise ValueError(
                 "sonify.max_image_side needs sonify.image_format jpg, webp or png: original keeps the source bytes"
             )
+        for feature in self.sonify.features:
+            if getattr(self.models, FEATURE_MODELS[feature]) is None:
+                raise ValueError(f"sonify.features: {feature} needs models.{FEATURE_MODELS[feature]}")
         names = [v.name for v in self.models.vlm]
         if len(set(names)) != len(names):
             raise ValueError(f"models.vlm: names must be unique, got {names}")

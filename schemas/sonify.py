@@ -321,6 +321,42 @@ SHARD_RESULTS = versioned(
     ],
 )
 
+# A written sample's members as the shard writer stores them: the image under its extension, the mix
+# and the JSON member (stages.pairing.shards.sample_metadata).
+MIXED_SAMPLE = pa.struct(
+    [
+        pa.field("key", pa.string(), nullable=False),
+        pa.field("image_extension", pa.string(), nullable=False),
+        pa.field("image", pa.binary(), nullable=False),
+        pa.field("flac", pa.binary(), nullable=False),
+        pa.field("json", pa.binary(), nullable=False),
+    ]
+)
+# One shard mixed and not yet written, on its way through the feature models (sonify.features): a
+# row per shard, so its samples stay together whichever worker embeds them.
+MIXED_SHARDS = versioned(
+    "mixed_shards",
+    1,
+    [
+        pa.field("shard", pa.string(), nullable=False),
+        # The shard's MANIFEST rows, error rows included, as an Arrow IPC stream.
+        pa.field("manifest", pa.binary(), nullable=False),
+        pa.field("samples", pa.list_(MIXED_SAMPLE), nullable=False),
+        pa.field("pool_bytes_read", pa.int64(), nullable=False),
+        pa.field("pool_clip_bytes", pa.int64(), nullable=False),
+    ],
+)
+
+
+def mixed_shards_schema(features: list[str] | tuple[str, ...]) -> pa.Schema:
+    """MIXED_SHARDS with a column per feature already computed: each sample's vector as the bytes of
+    its KEY.<feature>.npy member, in the order of `samples`."""
+    return pa.schema(
+        [*MIXED_SHARDS, *(pa.field(name, pa.list_(pa.binary()), nullable=False) for name in features)],
+        metadata=MIXED_SHARDS.metadata,
+    )
+
+
 # An image a missing sound was heard in.
 MISSING_EXAMPLE = pa.struct(
     [

@@ -75,3 +75,27 @@ def check_chain(source: pa.Schema, stages: list[Stage]) -> None:
                 f"stage {stage.name} needs columns {missing}; the stage before it gives {sorted(available)}"
             )
         available = set(stage.output_schema().names)
+
+
+def unrunnable_reservation(stages: list[Stage], cpus: float, gpus: float) -> str | None:
+    """Why `stages` cannot all run at once on `cpus` CPUs and `gpus` GPUs, or None if they can.
+
+    Actor stages hold their CPUs and GPUs for as long as the pipeline runs, and tasks get what they
+    leave: when the actor pools take so much that a task stage never fits, Ray Data waits for it
+    forever instead of failing. (Engine stages are left out: Ray Data LLM sizes their actors.)"""
+    plain = [s for s in stages if not isinstance(s, EngineStage)]
+    actors = [(s, s.resources()) for s in plain if s.resources().actors]
+    tasks = [(s, s.resources()) for s in plain if not s.resources().actors]
+    held_cpus = sum(r.actors * r.num_cpus for _, r in actors)
+    held_gpus = sum(r.actors * r.num_gpus for _, r in actors)
+    if held_gpus > gpus:
+        return f"the actors of {', '.join(s.name for s, _ in actors)} need {held_gpus:g} GPUs, and Ray has {gpus:g}"
+    needed = max((r.num_cpus for _, r in tasks), default=0.0)
+    if held_cpus + needed > cpus:
+        largest = max(tasks, key=lambda t: t[1].num_cpus)[0].name if tasks else None
+        then = f", and the {largest} tasks need {needed:g} more" if largest else ""
+        return (
+            f"the actors of {', '.join(s.name for s, _ in actors)} hold {held_cpus:g} CPUs{then}, "
+            f"and Ray has {cpus:g}: lower those models' concurrency or num_cpus, or give Ray more CPUs"
+        )
+    return None

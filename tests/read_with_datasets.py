@@ -30,6 +30,12 @@ def describe(split: str, row: dict) -> dict:
         "audio_rate": audio.sample_rate,
         "audio_rms": float(np.sqrt(np.mean(samples.astype(np.float64) ** 2))),
         "metadata": row["json"],
+        # The embeddings of sonify.features, from their npy members.
+        "features": {
+            name.removesuffix(".npy"): np.asarray(value, dtype=np.float64).tolist()
+            for name, value in row.items()
+            if name.endswith(".npy")
+        },
     }
 
 

@@ -24,7 +24,7 @@ def config(tmp_path, **sonify):
 
 
 def test_the_features_parse_as_datasets_features_of_every_member():
-    features = Features._from_yaml_list(sample_features("webp"))
+    features = Features._from_yaml_list(sample_features("webp", {}))
     assert list(features) == ["__key__", "__url__", "webp", "flac", "json"]
     assert type(features["webp"]).__name__ == "Image" and type(features["flac"]).__name__ == "Audio"
     row = features["json"]
@@ -32,7 +32,11 @@ def test_the_features_parse_as_datasets_features_of_every_member():
     assert row["split"].dtype == "string" and row["width"].dtype == "int32"
     assert row["concepts"].feature["cosine"].dtype == "float64"
     # Shards that mix image formats have no one image member to declare.
-    assert [f["name"] for f in sample_features(None)] == ["__key__", "__url__", "flac", "json"]
+    assert [f["name"] for f in sample_features(None, {})] == ["__key__", "__url__", "flac", "json"]
+    # Each embedding a fixed-length float32 list, named after its npy member.
+    embedded = Features._from_yaml_list(sample_features("jpg", {"clap_audio": {"dim": 512}, "ast": {"dim": 768}}))
+    assert list(embedded)[-2:] == ["clap_audio.npy", "ast.npy"]
+    assert embedded["ast.npy"].length == 768 and embedded["ast.npy"].feature.dtype == "float32"
 
 
 def test_only_splits_with_samples_are_listed(tmp_path):

@@ -277,6 +277,38 @@ def test_a_resumed_run_may_change_execution_settings_only(config_file, tmp_path)
             )
 
 
+def test_features_need_their_models_and_are_named_once(config_file):
+    with pytest.raises(ConfigError, match="sonify.features: ast needs models.ast"):
+        load_config(config_file, ["sonify.features=[clap_audio, ast]"])
+    with pytest.raises(ConfigError, match="sonify.features: clip_image needs models.clip"):
+        load_config(config_file, ["sonify.features=[clip_image]"])
+    with pytest.raises(ConfigError, match="each feature once: clap_audio repeated"):
+        load_config(config_file, ["sonify.features=[clap_audio, clap_audio]"])
+    with pytest.raises(ConfigError, match="sonify.features.0"):
+        load_config(config_file, ["sonify.features=[mfcc]"])
+    config = load_config(config_file, ["sonify.features=[clip_image, clap_audio]", "models.clip={model: /m/clip}"])
+    assert config.sonify.features == ["clip_image", "clap_audio"]
+
+
+def test_a_resumed_run_may_change_where_feature_models_run_and_nothing_else_of_them(config_file, tmp_path):
+    from pipelines.config import dump_config
+    from pipelines.sonify.checks import SonifyError, check_same_run
+
+    with_features = [
+        f"sonify.out={tmp_path}",
+        "sonify.features=[ast, clip_image]",
+        "models.ast={model: /m/ast}",
+        "models.clip={model: /m/clip}",
+    ]
+    (tmp_path / "config.yaml").write_text(dump_config(load_config(config_file, with_features)))
+    (tmp_path / "layout.json").write_text(f'{{"layout": {SonifyLayout.VERSION}}}')
+    moved = ["models.ast.concurrency=3", "models.ast.num_gpus=1", "models.clip.num_cpus=2"]
+    check_same_run(load_config(config_file, with_features + moved), SonifyLayout(str(tmp_path)))
+    for output_setting in ["models.ast.batch_size=3", "models.clip.model=/m/other", "sonify.features=[ast]"]:
+        with pytest.raises(SonifyError, match="other settings"):
+            check_same_run(load_config(config_file, with_features + [output_setting]), SonifyLayout(str(tmp_path)))
+
+
 def test_a_resumed_run_refuses_a_changed_pool(tmp_path):
     from pipelines.sonify.checks import SonifyError, check_same_pool
 

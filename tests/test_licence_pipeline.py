@@ -13,6 +13,7 @@ import json
 import duckdb
 import numpy as np
 import pytest
+import webdataset as wds
 import yaml
 from PIL import Image
 
@@ -37,6 +38,8 @@ SOURCES = {
     "hiss.wav": ("CC0", "CC0-1.0"),
 }
 DENIED = {"engine.wav", "birds.wav"}
+# sonify.features, and the width of each with the tiny models.
+FEATURE_DIMS = {"clap_audio": 512, "clip_image": 64, "ast": 32}
 IMAGES = 12
 SPLITS = {"train": 0.5, "validation": 0.25, "test": 0.25}
 
@@ -82,7 +85,15 @@ def run(tiny_models, ray_session, tmp_path_factory):
                 "variants": [{"name": "muffled", "sources": ["*/engine.wav"], "chain": [{"effect": "LowpassFilter"}]}],
             },
             "models": {
-                "clap": {"backend": "transformers", "model": tiny_models["clap_transformers"], "batch_size": 4},
+                "clap": {
+                    "backend": "transformers",
+                    "model": tiny_models["clap_transformers"],
+                    "batch_size": 4,
+                    "num_cpus": 0.25,
+                },
+                # The feature actors hold 0.75 of the 2 CPUs, so that the mixing tasks have one.
+                "clip": {"model": tiny_models["clip"], "batch_size": 4, "num_cpus": 0.25},
+                "ast": {"model": tiny_models["ast"], "batch_size": 4, "num_cpus": 0.25},
                 "vlm": [
                     {"name": "given", "backend": "provided", "path": str(root / "concepts.jsonl"), "batch_size": 4}
                 ],
@@ -96,6 +107,7 @@ def run(tiny_models, ray_session, tmp_path_factory):
                 "splits": SPLITS,
                 "split_by_clip": True,
                 "image_metadata": [str(root / "images.csv")],
+                "features": list(FEATURE_DIMS),
             },
             "retrieval": {"search_k": 8, "k": 4, "min_cosine": -1.0, "hubness": "none"},
         }
@@ -217,6 +229,22 @@ def test_no_clip_or_recording_is_heard_in_two_splits_and_loaders_read_every_spli
         assert sum(r["split"] == split for r in rows) == summary["splits"]["samples"][split] > 0
     assert all(r["image_size"] == [40, 40] and r["audio_shape"][1] > 0 for r in rows)
     assert {r["split"] for r in rows} == {r["metadata"]["split"] for r in rows} == set(SPLITS)
+    # Every sample's embeddings, as the card declares them and as webdataset reads the tar members.
+    assert {name: model["dim"] for name, model in summary["features"].items()} == FEATURE_DIMS
+    stored = {
+        sample["__key__"]: sample
+        for tar in sorted((root / "out" / "shards").glob("*.tar"))
+        for sample in wds.WebDataset(str(tar), shardshuffle=False).decode()
+    }
+    assert sorted(stored) == sorted(r["key"] for r in rows)
+    for row in rows:
+        assert {name: len(vector) for name, vector in row["features"].items()} == FEATURE_DIMS
+        for name, vector in row["features"].items():
+            np.testing.assert_array_equal(np.float32(vector), stored[row["key"]][f"{name}.npy"])
+        for name in ("clap_audio", "clip_image"):
+            assert np.linalg.norm(row["features"][name]) == pytest.approx(1.0, abs=1e-5)
+    card = (root / "out" / "README.md").read_text()
+    assert all(f"`{name}.npy` (float32, {dim})" in card for name, dim in FEATURE_DIMS.items())
 
 
 def test_changed_metadata_rewrites_only_the_clips_files(run):

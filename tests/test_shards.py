@@ -287,3 +287,86 @@ def test_a_samples_json_types_null_texts_as_empty_in_the_row_and_in_its_concepts
     assert second["gain_db"] == -5.0
     with pytest.raises(ValueError, match="sample k: gain_db is null"):
         sample_metadata(row | {"concepts": [unlicensed | numbers | {"gain_db": None}]})
+
+
+def test_features_are_npy_members_beside_the_same_samples(writer_setup, tiny_models):
+    """Mixing, the three feature stages and writing, in steps as the runner chains them, give the
+    shard and manifest of the one-stage writer plus a KEY.<feature>.npy per sample and feature,
+    each the vector its model gives the stored member when run on its own."""
+    from schemas import SHARD_TASKS, make_table
+    from schemas.config import AstConfig, ClapConfig, ClipConfig
+    from stages.audio.decode import decode
+    from stages.audio.standardize import resample, to_mono
+    from stages.base import check_chain
+    from stages.embed.ast_audio import TransformersAst
+    from stages.embed.clap import TransformersClap
+    from stages.embed.clip_image import TransformersClip
+    from stages.embed.shard_features_stage import AstFeature, ClapAudioFeature, ClipImageFeature
+    from stages.images.decoding import ImageEncoding
+    from stages.pairing.shard_stage import MixShards, WriteMixedShards
+
+    root, row = writer_setup
+    rows = [
+        row(f"k{i}", picture_bytes("PNG", seed=i), f"k{i}.png", "png", (120, 80), concepts)
+        for i, concepts in enumerate([["tone"], ["tone", "inverted"], ["inverted"]])
+    ]
+    _, plain, plain_manifest = write_one_shard(root, rows, ("png",))
+
+    with tarfile.open(root / "pool" / "audio" / "16000" / "p0.tar") as tar:
+        where = {m.name.removesuffix(".flac"): {"part": "p0", "offset": m.offset_data, "size": m.size} for m in tar}
+    plan_url = root / "plan.parquet"
+    pq.write_table(
+        pa.Table.from_pylist(
+            [{**r, "clip_locations": [where[c["clip_id"]] for c in r["concepts"]]} for r in rows], schema=SHARD_PLANS
+        ),
+        plan_url,
+    )
+    tasks = make_table(SHARD_TASKS, {"shard": ["000000"], "plan_url": [str(plan_url)]})
+    clap = ClapConfig(model=tiny_models["clap_transformers"], batch_size=2)
+    clip = ClipConfig(model=tiny_models["clip"], batch_size=2)
+    ast = AstConfig(model=tiny_models["ast"], batch_size=2)
+    features = ("clap_audio", "clip_image", "ast")
+    out = SonifyLayout(str(root / "with-features"))
+    stages = [
+        MixShards(PoolLayout(str(root / "pool")), -1.0, ImageEncoding("png")),
+        ClapAudioFeature(clap, 512, ()),
+        ClipImageFeature(clip, 64, features[:1]),
+        AstFeature(ast, 32, features[:2]),
+        WriteMixedShards(out, features),
+    ]
+    check_chain(tasks.schema, stages)
+    table = tasks
+    for stage in stages:
+        stage.setup()
+        table = stage.process_batch(table)
+    assert table.to_pylist() == [
+        {"shard": "000000", "samples": 2, "errors": 1, "num_bytes": table["num_bytes"][0].as_py()}
+        | {k: table[k][0].as_py() for k in ("pool_bytes_read", "pool_clip_bytes")}
+    ]
+    with tarfile.open(root / "with-features" / "shards" / "000000.tar") as tar:
+        members = {m.name: tar.extractfile(m).read() for m in tar}
+    assert {k: v for k, v in members.items() if not k.endswith(".npy")} == plain
+    # k1 mixes a tone with its inverse: digital silence, an error row, in both manifests alike.
+    keys = sorted({k.split(".", 1)[0] for k in plain})
+    assert keys == ["k0", "k2"]
+    assert sorted(k for k in members if k.endswith(".npy")) == [f"{k}.{f}.npy" for k in keys for f in sorted(features)]
+    assert pq.read_table(root / "with-features" / "manifest" / "000000.parquet").to_pylist() == plain_manifest
+
+    models = {"clap_audio": TransformersClap(clap.model), "clip_image": TransformersClip(clip.model)}
+    models["ast"] = TransformersAst(ast.model)
+    for key in keys:
+        audio = decode(members[f"{key}.flac"])
+        mono = to_mono(audio.audio)
+        expected = {
+            "clap_audio": models["clap_audio"].embed_audio([resample(mono, audio.sample_rate, 48000)])[0],
+            "ast": models["ast"].embed_audio([resample(mono, audio.sample_rate, 16000)])[0],
+            "clip_image": models["clip_image"].embed_images([Image.open(io.BytesIO(members[f"{key}.png"]))])[0],
+        }
+        for feature, vector in expected.items():
+            stored = np.load(io.BytesIO(members[f"{key}.{feature}.npy"]), allow_pickle=False)
+            assert stored.dtype == np.float32 and stored.shape == vector.shape
+            np.testing.assert_allclose(stored, vector, rtol=1e-4, atol=1e-5)
+    # webdataset reads the vectors as arrays, with no code of ours.
+    loaded = list(wds.WebDataset(str(root / "with-features" / "shards" / "000000.tar"), shardshuffle=False).decode())
+    assert [s["__key__"] for s in loaded] == keys
+    assert all(s["clap_audio.npy"].shape == (512,) and s["clip_image.npy"].shape == (64,) for s in loaded)

@@ -10,7 +10,8 @@ import pytest
 
 from pipelines import ray_runner
 from schemas.config import RayConfig
-from stages.base import ChainError, Stage, check_chain
+from schemas.errors import PipelineError
+from stages.base import ChainError, Resources, Stage, check_chain, unrunnable_reservation
 
 SOURCE = pa.schema([pa.field("uri", pa.string())])
 
@@ -56,7 +57,9 @@ def runner(monkeypatch) -> ray_runner.Runner:
         raise WorkStarted
 
     monkeypatch.setattr(ray_runner.ray.data, "from_arrow", from_arrow)
-    return ray_runner.Runner(RayConfig(num_cpus=1))
+    monkeypatch.setattr(ray_runner.ray, "cluster_resources", lambda: {"CPU": 2.0})
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    return ray_runner.Runner(RayConfig(num_cpus=2))
 
 
 def test_runner_refuses_a_broken_chain_before_any_work(runner):
@@ -71,3 +74,31 @@ def test_runner_refuses_a_broken_chain_before_any_work(runner):
 def test_runner_runs_a_sound_chain(runner):
     with pytest.raises(WorkStarted):
         list(runner.run(pa.table({"uri": ["a.png"]}), [Decode(), Caption()]))
+
+
+class Model(Stage):
+    name: ClassVar[str] = "model"
+    required_columns: ClassVar[tuple[str, ...]] = ("uri",)
+
+    def __init__(self, actors: int, num_cpus: float, num_gpus: float = 0.0) -> None:
+        self.held = Resources(num_cpus=num_cpus, num_gpus=num_gpus, actors=actors)
+
+    def resources(self) -> Resources:
+        return self.held
+
+    def output_schema(self) -> pa.Schema:
+        return SOURCE
+
+
+def test_actor_pools_that_leave_no_room_for_the_tasks_are_named():
+    # Two 1-CPU actors and a 1-CPU task stage: three CPUs, and Ray has two.
+    reason = unrunnable_reservation([Decode(), Model(1, 1.0), Model(1, 1.0)], cpus=2, gpus=0)
+    assert reason is not None and "hold 2 CPUs, and the decode tasks need 1 more, and Ray has 2" in reason
+    assert unrunnable_reservation([Decode(), Model(1, 0.5), Model(1, 0.5)], cpus=2, gpus=0) is None
+    assert unrunnable_reservation([Model(2, 1.0)], cpus=2, gpus=0) is None
+    assert "need 1 GPUs, and Ray has 0" in unrunnable_reservation([Decode(), Model(1, 0.5, 1.0)], cpus=8, gpus=0)
+
+
+def test_runner_refuses_stages_that_would_wait_forever_before_any_work(runner):
+    with pytest.raises(PipelineError, match=r"cannot run together here: the actors of model, model hold 2 CPUs"):
+        runner.run(pa.table({"uri": ["a"]}), [Decode(), Model(1, 1.0), Model(1, 1.0)])

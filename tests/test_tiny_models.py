@@ -24,3 +24,23 @@ def test_tiny_vlm_loads_with_auto_classes_and_generates(tiny_models):
         generated.shape[1] == inputs["input_ids"].shape[1] + 8
         or generated[0, -1] == model.config.text_config.eos_token_id
     )
+
+
+def test_tiny_ast_loads_with_auto_classes_and_embeds_a_mix_whatever_its_batch(tiny_models):
+    from transformers import ASTModel, AutoFeatureExtractor
+
+    from stages.embed.ast_audio import TransformersAst
+
+    folder = tiny_models["ast"]
+    extractor = AutoFeatureExtractor.from_pretrained(folder)
+    assert type(extractor).__name__ == "ASTFeatureExtractor" and extractor.sampling_rate == 16000
+    assert type(ASTModel.from_pretrained(folder)).__name__ == "ASTModel"
+    rng = np.random.default_rng(0)
+    mixes = [(rng.standard_normal(80000) * scale).astype(np.float32) for scale in (0.05, 0.2, 0.5)]
+    # A 5 s mix fills the model's 512 frames without being cut.
+    assert extractor(mixes[:1], sampling_rate=16000, return_tensors="np")["input_values"].shape == (1, 512, 64)
+    model = TransformersAst(folder)
+    together = model.embed_audio(mixes)
+    assert together.shape == (3, model.dim) == (3, 32)
+    alone = np.stack([model.embed_audio([m])[0] for m in mixes])
+    np.testing.assert_allclose(together, alone, rtol=1e-4, atol=1e-5)

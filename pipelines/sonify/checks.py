@@ -86,7 +86,8 @@ def _run_identity(config: RunConfig) -> dict:
         del identity["pool"][setting]
     identity["pool"]["dir"] = storage.resolved_url(identity["pool"]["dir"])
     identity["sonify"]["images"] = [storage.resolved_url(pattern) for pattern in identity["sonify"]["images"]]
-    for model in [identity["models"]["clap"], *identity["models"]["vlm"]]:
+    models = identity["models"]
+    for model in [models["clap"], *(models[name] for name in ("clip", "ast") if models.get(name)), *models["vlm"]]:
         for setting in EXECUTION_SETTINGS:
             model.pop(setting, None)
         for setting in ("model", "path", "text_backbones_dir"):

@@ -21,7 +21,7 @@ from pipelines.sonify.listing import chunk_listing, image_listing
 from pipelines.sonify.matching import list_missing_sounds, search_totals
 from pipelines.sonify.plans import number_shards, retrieve_and_plan
 from pipelines.sonify.scenes import count_scenes, run_scenes
-from pipelines.sonify.writing import manifest_counts, write_shards
+from pipelines.sonify.writing import feature_identities, manifest_counts, write_shards
 from schemas.config import RunConfig
 from schemas.layout import SonifyLayout
 from stages.io import storage
@@ -165,6 +165,8 @@ def run_sonify(config: RunConfig) -> dict:
         "pool_bytes_read": written.pool_reads["pool_bytes_read"],
         "pool_bytes_of_clips_used": written.pool_reads["pool_clip_bytes"],
         "shards": tasks.num_rows,
+        # The embeddings beside each sample (sonify.features): each one's model, width and weights.
+        "features": feature_identities(config),
         "seconds": {k: round(v, 3) for k, v in seconds.items()},
         "wall_seconds": round(time.monotonic() - started, 3),
     }

@@ -17,12 +17,17 @@ from pipelines.ray_runner import Runner
 from pipelines.sonify.checks import RENDER_REMEDY, SonifyError, check_render_out, read_phase, render_origin
 from pipelines.sonify.credits import write_attribution
 from schemas import MANIFEST, MANIFEST_POOL_READS, SHARD_TASKS, make_table
-from schemas.config import RunConfig
+from schemas.config import FEATURE_MODELS, RunConfig
 from schemas.layout import PoolLayout, SonifyLayout
+from stages.base import Stage
+from stages.embed.ast_audio import ast_identity
+from stages.embed.clap import clap_identity
+from stages.embed.clip_image import clip_identity
+from stages.embed.shard_features_stage import FEATURE_STAGES
 from stages.images.decoding import ImageEncoding
 from stages.io import storage
 from stages.pairing.planning import WRITE_TIME_COLUMNS, clip_locations, shard_plan
-from stages.pairing.shard_stage import WriteShards
+from stages.pairing.shard_stage import MixShards, WriteMixedShards, WriteShards
 
 log = logging.getLogger(__name__)
 
@@ -40,12 +45,35 @@ def write_shards(config: RunConfig, pool: PoolLayout, layout: SonifyLayout, task
         config.sonify.max_image_side,
         config.sonify.max_image_pixels,
     )
-    writer = WriteShards(pool, layout, config.mix.peak_dbfs, encoding)
     results, progress = [], Progress("shards", todo.num_rows, "shards")
-    for batch in Runner(config.ray).run(todo, [writer], blocks=todo.num_rows):
+    stages = shard_stages(config, pool, layout, encoding)
+    for batch in Runner(config.ray).run(todo, stages, blocks=todo.num_rows):
         results.append(batch)
         progress.advance(batch.num_rows)
     return pa.concat_tables(results)
+
+
+def shard_stages(config: RunConfig, pool: PoolLayout, layout: SonifyLayout, encoding: ImageEncoding) -> list[Stage]:
+    """One stage that mixes and writes each shard; with sonify.features, mixing, a stage per feature
+    model, and writing, each shard passing between them as one row."""
+    features = tuple(config.sonify.features)
+    if not features:
+        return [WriteShards(pool, layout, config.mix.peak_dbfs, encoding)]
+    identities = feature_identities(config)
+    stages: list[Stage] = [MixShards(pool, config.mix.peak_dbfs, encoding)]
+    for i, feature in enumerate(features):
+        model = getattr(config.models, FEATURE_MODELS[feature])
+        stages.append(FEATURE_STAGES[feature](model, identities[feature]["dim"], features[:i]))
+    return [*stages, WriteMixedShards(layout, features)]
+
+
+def feature_identities(config: RunConfig) -> dict[str, dict]:
+    """Each configured feature's model: its name, width and checkpoint content, read without loading it."""
+    identify = {"clap_audio": clap_identity, "ast": ast_identity, "clip_image": clip_identity}
+    return {
+        feature: identify[feature](getattr(config.models, FEATURE_MODELS[feature]))
+        for feature in config.sonify.features
+    }
 
 
 @dataclass
@@ -83,7 +111,8 @@ def manifest_counts(layout: SonifyLayout) -> ManifestCounts:
 
 
 def run_render(config: RunConfig) -> dict:
-    """Rebuild shards and manifest from a manifest folder and the pool: no model is loaded. Each
+    """Rebuild shards and manifest from a manifest folder and the pool: no model is loaded but those of
+    sonify.features, whose vectors go into the shards as in sonify. Each
     manifest part becomes the plan file of its shard, one part in memory at a time."""
     started = time.monotonic()
     source, out = config.render.manifest, config.render.out

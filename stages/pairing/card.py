@@ -19,6 +19,12 @@ from schemas.config import RunConfig
 
 # Manifest columns the JSON member leaves out (stages.pairing.shards.sample_metadata).
 JSON_OMITTED = ("error_kind", "dropped")
+# What each embedding of sonify.features is of, and how it is scaled.
+FEATURE_SOURCES = {
+    "clap_audio": "the mix embedded by the pool's CLAP, unit length",
+    "ast": "the mix embedded by an Audio Spectrogram Transformer, its pooled output unnormalized",
+    "clip_image": "the image embedded by CLIP, unit length",
+}
 # Where an unnamed run's shards go in the card.
 DEFAULT_SPLIT = "train"
 ARROW_DTYPES = {
@@ -43,14 +49,18 @@ def hf_feature(name: str, arrow_type: pa.DataType) -> dict:
     return {"name": name, "dtype": ARROW_DTYPES[arrow_type]}
 
 
-def sample_features(image_extension: str | None) -> list[dict]:
+def sample_features(image_extension: str | None, embeddings: Mapping[str, Mapping]) -> list[dict]:
     """The features of a sample: key, shard URL, image (None where shards mix image formats, which
-    a declared feature cannot name), mix and manifest row."""
+    a declared feature cannot name), mix, manifest row, and each embedding of sonify.features (name ->
+    its model's identity, with `dim`) as a fixed-length float32 list, from its KEY.<name>.npy member."""
     row = [hf_feature(f.name, f.type) for f in MANIFEST if f.name not in JSON_OMITTED]
     features = [{"name": "__key__", "dtype": "string"}, {"name": "__url__", "dtype": "string"}]
     if image_extension is not None:
         features.append({"name": image_extension, "dtype": "image"})
-    return [*features, {"name": "flac", "dtype": "audio"}, {"name": "json", "struct": row}]
+    features += [{"name": "flac", "dtype": "audio"}, {"name": "json", "struct": row}]
+    return features + [
+        {"name": f"{name}.npy", "list": "float32", "length": model["dim"]} for name, model in embeddings.items()
+    ]
 
 
 def data_files(samples: Mapping[str | None, int]) -> list[dict]:
@@ -81,7 +91,7 @@ def front_matter(config: RunConfig, summary: dict, licenses: list[str]) -> dict:
         "tags": ["audio", "image", "audio-visual", "webdataset"],
     }
     if image is not None:
-        matter["dataset_info"] = {"features": sample_features(image)}
+        matter["dataset_info"] = {"features": sample_features(image, summary.get("features") or {})}
     return matter
 
 
@@ -119,6 +129,14 @@ def dataset_card(config: RunConfig, summary: dict, pool: Mapping, licenses: list
     )
     missing = summary.get("missing_sounds") or {}
     clap = pool.get("clap") or {}
+    embeddings = summary.get("features") or {}
+    feature_lines = "".join(
+        f"\n- `{name}.npy` (float32, {model['dim']}): {FEATURE_SOURCES[name]}, `{model['model']}` (weights SHA-256 "
+        f"`{model['content']}`)."
+        for name, model in embeddings.items()
+    )
+    members = "".join(f", `KEY.{name}.npy`" for name in embeddings)
+    members = f" with its embeddings ({members[2:]})" if members else ""
     made = summary.get("concepts_with_generated_clip") or 0
     generated = f" ({made} of its sounds generated from text, not recorded)" if made else ""
     return f"""---
@@ -129,7 +147,7 @@ def dataset_card(config: RunConfig, summary: dict, pool: Mapping, licenses: list
 Audio-visual pairs: each image with a {config.pool.clip_seconds}-second mix of recordings of the sounds a
 vision-language model lists in it{generated}. Each sample of the WebDataset shards (`shards/*.tar`) has the
 image, the mix (`KEY.flac`, mono 16-bit FLAC at {mix.sample_rate} Hz, {config.pool.clip_seconds} s)
-and its manifest row (`KEY.json`); `manifest/*.parquet` holds the same rows.
+and its manifest row (`KEY.json`){members}; `manifest/*.parquet` holds the same rows.
 
 ```python
 from datasets import load_dataset
@@ -149,7 +167,7 @@ dataset = load_dataset("path/to/this/folder")  # every split; streaming=True str
   {mix.peak_dbfs} dBFS peak ceiling.
 - Counts: {summary["images"]["listed"]} images listed, {summary["samples"]} samples written,
   {summary["rejected"]} scenes rejected, {summary["distinct_clips_used"]} distinct clips used;
-  {missing.get("requests", 0)} concepts found no usable clip (`missing_sounds.parquet`).
+  {missing.get("requests", 0)} concepts found no usable clip (`missing_sounds.parquet`).{feature_lines}
 
 ## Splits
 
