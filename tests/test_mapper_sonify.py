@@ -6,12 +6,14 @@ any work."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import duckdb
 import pytest
 
 from pipelines.config import validate_config
 from pipelines.pool.run import run_pool
+from pipelines.report import sonify_report
 from pipelines.sonify import SonifyError, run_sonify
 from pipelines.sonify.run import format_summary
 from stages.embed.clap import clap_identity
@@ -85,7 +87,8 @@ def manifest(out) -> duckdb.DuckDBPyConnection:
 
 def test_scene_mode_gives_every_image_a_mapped_sample(world, tiny_models, tmp_path):
     out = tmp_path / "scene"
-    summary = run_sonify(validate_config(tree_of(world, tiny_models, "scene", out)))
+    config = validate_config(tree_of(world, tiny_models, "scene", out))
+    summary = run_sonify(config)
     assert summary["scenes"]["mapped"] == {"ok": IMAGES}
     assert summary["mapped_concepts_searched"] == IMAGES
     assert summary["concept_texts_searched"] == 2  # "wind in trees" once in each of the two chunks
@@ -103,6 +106,9 @@ def test_scene_mode_gives_every_image_a_mapped_sample(world, tiny_models, tmp_pa
     ]
     # The shards carry the mapped samples; their json says where each concept came from.
     assert db.execute("SELECT count(*) FROM m WHERE vlm = 'mapped' AND shard IS NOT NULL").fetchone()[0] == IMAGES
+    # The report's gallery says what a mapped concept is, and prints no null.
+    page = Path(sonify_report(config).removeprefix("file://")).read_text()
+    assert "mapped into CLAP's audio space (no text)" in page and ">None<" not in page
     # Nothing is missing (retrieval.min_cosine is -1), and the list is written all the same.
     assert db.execute(f"SELECT count(*) FROM read_parquet('{out}/missing_sounds.parquet')").fetchone()[0] == 0
 
