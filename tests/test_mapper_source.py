@@ -13,7 +13,7 @@ import pytest
 
 from pipelines.config import ConfigError, validate_config
 from pipelines.sonify.checks import SonifyError, check_mappers
-from schemas import IMAGE_REFS, MATCHES, SCENES, make_table
+from schemas import CHUNK_TASKS, IMAGE_REFS, MATCHES, MIX_CLIPS, SCENES, make_table
 from schemas.layout import PoolLayout
 from stages.embed.clap import clap_identity
 from stages.embed.clip_image import clip_identity, load_clip
@@ -292,3 +292,102 @@ def test_sonify_checks_refuse_a_mapper_for_another_clap_or_clip(tmp_path, tiny_m
         check_mappers(config(str(tmp_path / "none.safetensors")), pool)
     without = validate_config(base_tree(vlm=[given_entry()]))
     assert check_mappers(without, pool) is None
+
+
+@pytest.mark.parametrize("kind", ["flat", "hnsw"])
+def test_the_search_stage_searches_mapped_vectors_with_the_texts_among_usable_clips_and_corrected(tmp_path, kind):
+    from schemas.config import ClapConfig, IndexConfig, RetrievalConfig
+    from schemas.layout import SonifyLayout
+    from stages.io import storage
+    from stages.search.faiss_index import build_index
+    from stages.search.search_stage import RetrieveChunks
+    from tests.test_retrieve import FakeClap, unit
+    from tests.test_search_filter import clip_vectors
+
+    layout = SonifyLayout(str(tmp_path / "out"))
+    rng = np.random.default_rng(8)
+    mapped = unit(rng.standard_normal((2, 16)))
+    base = {"uri": "u", "member": None, "width": 64, "height": 48, "format": "PNG", "num_bytes": 1}
+    given = [{"image_id": i, "vlm": "given", "concepts": [{"label": "x", "text": "rain"}]} for i in ("a", "b")]
+    scenes = [
+        {"image_id": i, "vlm": "mapped", "concepts": [{"label": "mapped", "text": None, "vector": v}]}
+        for i, v in zip(("a", "b"), mapped)
+    ]
+    for name, rows in (("given", given), ("mapped", scenes)):
+        table = pa.Table.from_pylist([{**base, "dropped_empty_concepts": 0, **r} for r in rows], schema=SCENES)
+        storage.write_parquet(layout.scenes(name, "000000"), table)
+    usable = ["clip-0", "clip-2", "clip-3", "clip-5", "clip-6"]
+    rows = {name: [None] * len(usable) for name in MIX_CLIPS.names}
+    rows |= {"clip_id": usable, "recording": usable, "lufs": [-20.0] * 5, "part": ["p"] * 5}
+    rows |= {"audio_offset": [0] * 5, "audio_bytes": [1] * 5, "generated": [False] * 5}
+    storage.write_parquet(layout.mix_clips(), make_table(MIX_CLIPS, rows))
+    stage = RetrieveChunks(
+        PoolLayout(str(tmp_path / "pool")),
+        layout,
+        ["given", "mapped"],
+        ClapConfig(model="unused", batch_size=2),
+        RetrievalConfig(search_k=3, recall_every=1),
+    )
+    stage.model = FakeClap({"rain": unit(rng.standard_normal((1, 16)))[0]})
+    stage.index = build_index(clip_vectors(), IndexConfig(kind=kind))
+    stage.clip_ids = np.array([f"clip-{i}" for i in range(8)], dtype=object)
+    stage.limit_to_usable_clips()
+    # clip-2 is a hub: its penalty pushes it down every ranking, mapped ones included.
+    stage.penalties = np.array([0.5 if c == "clip-2" else 0.0 for c in stage.clip_ids], np.float32)
+    [row] = stage.process_batch(make_table(CHUNK_TASKS, {"chunk": ["000000"]})).to_pylist()
+    assert (row["texts"], row["mapped_queries"]) == (1, 2)
+    matches = storage.read_parquet(row["matches_url"])
+    assert matches.schema == MATCHES
+    found = {(m["text"], m["mapper"], m["image_id"]): m for m in matches.to_pylist()}
+    assert set(found) == {("rain", None, None), (None, "mapped", "a"), (None, "mapped", "b")}
+    vectors = {f"clip-{i}": v for i, v in enumerate(clip_vectors())}
+    for image, query in zip(("a", "b"), mapped):
+        match = found[(None, "mapped", image)]
+        score = {c: float(vectors[c] @ query) - (0.5 if c == "clip-2" else 0.0) for c in usable}
+        assert match["clip_ids"] == sorted(usable, key=lambda c: -score[c])[:3]
+        assert match["scores"] == pytest.approx([float(vectors[c] @ query) for c in match["clip_ids"]], abs=1e-5)
+        assert match["corrected"] == pytest.approx([score[c] for c in match["clip_ids"]], abs=1e-5)
+
+
+def test_a_run_without_texts_calibrates_an_approximate_index_on_its_mapped_vectors(tmp_path):
+    from schemas.config import ClapConfig, IndexConfig, RetrievalConfig
+    from schemas.layout import SonifyLayout
+    from stages.io import storage
+    from stages.search.faiss_index import build_index
+    from stages.search.search_stage import MappedQueries, RetrieveChunks, calibration_vectors
+    from tests.test_retrieve import unit
+    from tests.test_search_filter import clip_vectors
+
+    def chunk(n: int, seed: int) -> MappedQueries:
+        return MappedQueries(["m"] * n, [f"i{k}" for k in range(n)], unit(np.random.default_rng(seed).random((n, 16))))
+
+    first, second = chunk(3, 1), chunk(4, 2)
+    picked = calibration_vectors(iter([first, chunk(0, 0), second, chunk(5, 3)]), 5)
+    # The first chunks that hold 5 (3 + 4), evenly spaced; the chunk after them is not read.
+    np.testing.assert_array_equal(picked, np.concatenate([first.vectors, second.vectors])[[0, 1, 2, 4, 5]])
+    assert calibration_vectors(iter([chunk(0, 0)]), 5).shape[0] == 0
+
+    layout = SonifyLayout(str(tmp_path / "out"))
+    base = {"uri": "u", "member": None, "width": 64, "height": 48, "format": "PNG", "num_bytes": 1}
+    rows = [
+        {**base, "image_id": f"i{k}", "vlm": "mapped", "concepts": [{"label": "mapped", "text": None, "vector": v}]}
+        for k, v in enumerate(second.vectors)
+    ]
+    storage.write_parquet(layout.scenes("mapped", "000000"), pa.Table.from_pylist(rows, schema=SCENES))
+    ids = [f"clip-{i}" for i in range(8)]
+    clips = {name: [None] * 8 for name in MIX_CLIPS.names}
+    clips |= {"clip_id": ids, "recording": ids, "lufs": [-20.0] * 8, "part": ["p"] * 8}
+    clips |= {"audio_offset": [0] * 8, "audio_bytes": [1] * 8, "generated": [False] * 8}
+    storage.write_parquet(layout.mix_clips(), make_table(MIX_CLIPS, clips))
+    stage = RetrieveChunks(
+        PoolLayout(str(tmp_path / "pool")),
+        layout,
+        ["mapped"],
+        ClapConfig(model="unused"),
+        RetrievalConfig(search_k=3, calibration_queries=10),
+    )
+    stage.index = build_index(clip_vectors(), IndexConfig(kind="hnsw"))
+    stage.clip_ids = np.array(ids, dtype=object)
+    stage.limit_to_usable_clips()
+    calibration = stage.calibrate()
+    assert calibration is not None and calibration.sample_size == 4

@@ -12,7 +12,8 @@ An approximate index is searched at one setting for the whole run, chosen when t
 by the recall it reaches on `retrieval.calibration_queries` of the run's own concept texts (the
 first chunks' texts, so every actor and every rerun chooses the same); every
 `retrieval.recall_every`-th chunk then measures the recall of its own search on
-`retrieval.recall_sample` of its texts.
+`retrieval.recall_sample` of its queries. A run with no text at all (mapper sources only)
+calibrates on its mapped vectors, picked the same way.
 
 Every search, calibration and recall measurement included, is limited to the clips a mix may use:
 the rows of mix_clips.parquet (audible at the mix rate, allowed by sonify.licenses), which the run
@@ -130,6 +131,22 @@ def calibration_texts(chunk_texts: Iterable[list[str]], count: int) -> list[str]
     return [ordered[i] for i in faiss_index.sample_rows(len(ordered), count)]
 
 
+def calibration_vectors(chunk_mapped: Iterable[MappedQueries], count: int) -> np.ndarray:
+    """`count` mapped vectors evenly spaced among those of the first chunks (in chunk order, then scene
+    order) that hold at least that many: for a run with no concept text to calibrate on."""
+    parts, held = [], 0
+    for mapped in chunk_mapped:
+        if len(mapped):
+            parts.append(mapped.vectors)
+            held += len(mapped)
+        if held >= count:
+            break
+    if not parts:
+        return np.zeros((0, 0), np.float32)
+    vectors = np.concatenate(parts)
+    return np.ascontiguousarray(vectors[faiss_index.sample_rows(len(vectors), count)], dtype=np.float32)
+
+
 class ChunkTextStage(Stage):
     """A stage over chunk tasks that embeds the chunks' concept texts with the run's CLAP and
     searches the pool's index: retrieval, and the hubness bank before it."""
@@ -212,17 +229,18 @@ class RetrieveChunks(ChunkTextStage):
         chunks = [
             storage.file_stem(u) for u in storage.list_files(self.layout.vlm_scenes_folder(self.vlms[0]), ".parquet")
         ]
-        texts = calibration_texts((self.chunk_texts(c) for c in chunks), self.retrieval.calibration_queries)
-        if not texts:
+        count = self.retrieval.calibration_queries
+        texts = calibration_texts((self.chunk_texts(c) for c in chunks), count)
+        if texts:
+            queries = embed(self.model, texts, self.clap_config.batch_size)
+        else:
+            # A run without texts (mappers only) calibrates on its mapped vectors.
+            scenes = (self.chunk_scenes(c, SEARCH_COLUMNS) for c in chunks)
+            queries = calibration_vectors((mapped_queries(s) for s in scenes), count)
+        if not len(queries):
             return None
-        target = replace(faiss_index.RecallTarget.from_config(self.retrieval), sample_size=len(texts))
-        return faiss_index.search_queries(
-            self.index,
-            embed(self.model, texts, self.clap_config.batch_size),
-            self.retrieval.search_k,
-            target,
-            self.allowed,
-        )
+        target = replace(faiss_index.RecallTarget.from_config(self.retrieval), sample_size=len(queries))
+        return faiss_index.search_queries(self.index, queries, self.retrieval.search_k, target, self.allowed)
 
     def process_batch(self, batch: pa.Table) -> pa.Table:
         rows = []
