@@ -110,6 +110,8 @@ def planning_rate(pool_clips: int, images: int = 1024, concepts: int = 5, search
         MATCHES,
         {
             "text": flat,
+            "mapper": [None] * len(flat),
+            "image_id": [None] * len(flat),
             "clip_ids": [ids[rng.choice(pool_clips, search_k, replace=False)].tolist() for _ in flat],
             "scores": [np.sort(rng.uniform(0.1, 0.6, search_k))[::-1].astype(np.float32) for _ in flat],
             "corrected": [None] * len(flat),

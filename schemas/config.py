@@ -18,6 +18,7 @@ from schemas.pool_config import IndexConfig, ParquetSourceConfig, PoolConfig
 from schemas.vlm_config import (
     DEFAULT_PROMPT,
     VLM_BACKENDS,
+    MapperVlmConfig,
     OpenAIVlmConfig,
     PromptConfig,
     ProvidedVlmConfig,
@@ -37,6 +38,7 @@ __all__ = [
     "IndexConfig",
     "LicenseFilterConfig",
     "MapperConfig",
+    "MapperVlmConfig",
     "MixConfig",
     "ModelsConfig",
     "OpenAIVlmConfig",
@@ -133,14 +135,16 @@ class ModelsConfig(ConfigSection):
     clip: ClipConfig | None = Field(
         None,
         description="The CLIP model whose image embeddings the mapper maps into CLAP's audio space; train-mapper "
-        "needs it (docs/mapper.md), and so does the clip_image feature (sonify.features).",
+        "needs it (docs/mapper.md), and so do a models.vlm entry of backend mapper and the clip_image feature "
+        "(sonify.features).",
     )
     ast: AstConfig | None = Field(
         None, description="The Audio Spectrogram Transformer of the ast feature (sonify.features)."
     )
     vlm: list[VlmConfig] = Field(
         default_factory=list,
-        description="VLMs listing sounding concepts; each gives one scene (sample) per image. The `backend` key "
+        description="VLMs listing sounding concepts; each gives one scene (sample) per image (a `mapper` entry in "
+        "mode ambience adds its concept to the other entries' scenes instead). The `backend` key "
         "of an entry decides which other keys it takes.",
     )
 
@@ -471,4 +475,12 @@ class RunConfig(ConfigSection):
         names = [v.name for v in self.models.vlm]
         if len(set(names)) != len(names):
             raise ValueError(f"models.vlm: names must be unique, got {names}")
+        mappers = [i for i, v in enumerate(self.models.vlm) if isinstance(v, MapperVlmConfig)]
+        if mappers and self.models.clip is None:
+            raise ValueError(f"models.vlm.{mappers[0]}: backend mapper needs models.clip, the CLIP it was trained with")
+        if any(self.models.vlm[i].mode == "ambience" for i in mappers) and len(mappers) == len(self.models.vlm):
+            raise ValueError(
+                "models.vlm: a mapper in mode ambience adds its concept to the scenes of other entries, and there is "
+                "no other entry; use mode scene, or add a VLM"
+            )
         return self

@@ -175,8 +175,9 @@ class SonifyLayout:
     # 4: matches and shard plans per chunk (matches/, plans/CCCCCC-PPPPPP.parquet), mix_clips.parquet;
     # 5: hubness/ (the bank and the clips' biases), corrected scores in matches and manifest;
     # 6: missing/ per chunk and the run's missing sounds, dropped concepts in the manifest;
-    # 7: licences: each clip's credit in mix_clips.parquet, image_credits.parquet, ATTRIBUTION.md/.csv.
-    VERSION: ClassVar[int] = 7
+    # 7: licences: each clip's credit in mix_clips.parquet, image_credits.parquet, ATTRIBUTION.md/.csv;
+    # 8: mapper scene sources: concept vectors in scenes/, mapped concepts' rows in matches/.
+    VERSION: ClassVar[int] = 8
 
     root: str
 

@@ -39,13 +39,19 @@ IMAGES = versioned(
 # What every VLM backend adds to an image row: its raw answer (null when it gave none).
 ANSWERS = versioned("answers", 2, [*IMAGES, pa.field("answer", pa.string())])
 
-CONCEPT = pa.struct([pa.field("label", pa.string()), pa.field("text", pa.string())])
+# A sounding concept of a scene. A VLM's has a text (its query, through CLAP's text encoder) and no
+# vector; a mapper's (backend: mapper) has no text, its label is the mapper's name and its vector,
+# the image's CLIP embedding mapped into CLAP's audio space (unit length), is its query.
+CONCEPT = pa.struct(
+    [pa.field("label", pa.string()), pa.field("text", pa.string()), pa.field("vector", pa.list_(pa.float32()))]
+)
 
 # sonify.out/scenes/<vlm>/NNNNNN.parquet: one row per image of chunk NNNNNN and VLM, with the
-# parsed answer.
+# parsed answer (or, for a mapper, no answer and the one mapped concept).
+# 3: each concept's vector (mapper concepts).
 SCENES = versioned(
     "scenes",
-    2,
+    3,
     [
         *(IMAGES.field(name) for name in ("image_id", "uri", "member", "width", "height", "format", "num_bytes")),
         pa.field("vlm", pa.string(), nullable=False),
@@ -60,13 +66,18 @@ SCENES = versioned(
 )
 
 # sonify.out/matches/NNNNNN.parquet: the top-K pool clips of each distinct concept text of chunk NNNNNN,
-# best first by the score the threshold runs on.
-# 2: the hubness-corrected scores beside the raw cosines.
+# and of each mapped concept (one per image and mapper), best first by the score the threshold runs on.
+# 2: the hubness-corrected scores beside the raw cosines; 3: the mapped concepts' rows (text null,
+# mapper and image_id set).
 MATCHES = versioned(
     "matches",
-    2,
+    3,
     [
-        pa.field("text", pa.string(), nullable=False),
+        # The concept text searched; null for a mapped concept.
+        pa.field("text", pa.string()),
+        # A mapped concept's mapper (its models.vlm name) and image; null for a text.
+        pa.field("mapper", pa.string()),
+        pa.field("image_id", pa.string()),
         pa.field("clip_ids", pa.list_(pa.string())),
         # Raw cosines.
         pa.field("scores", pa.list_(pa.float32())),
@@ -96,10 +107,16 @@ CLIP_BIASES = versioned(
     [pa.field("clip_id", pa.string(), nullable=False), pa.field("bias", pa.float64(), nullable=False)],
 )
 
+# Where a concept's query came from: `text` (a VLM's words, through CLAP's text encoder) or `mapper`
+# (the image mapped into CLAP's audio space; label the mapper's name, text null).
+CONCEPT_SOURCES = ("text", "mapper")
+
 MANIFEST_CONCEPT = pa.struct(
     [
         pa.field("label", pa.string()),
         pa.field("text", pa.string()),
+        # text or mapper (CONCEPT_SOURCES).
+        pa.field("source", pa.string()),
         pa.field("clip_id", pa.string()),
         # Raw cosine of text and clip; retrieval.min_cosine is a floor on it.
         pa.field("cosine", pa.float64()),
@@ -132,6 +149,7 @@ DROPPED_CONCEPT = pa.struct(
     [
         pa.field("label", pa.string()),
         pa.field("text", pa.string()),
+        pa.field("source", pa.string()),
         pa.field("reason", pa.string()),
         pa.field("best_cosine", pa.float64()),
     ]
@@ -142,10 +160,10 @@ DROPPED_CONCEPT = pa.struct(
 # 2: the shard's image (extension, size) beside the source's; 3: error_kind as well; 4: each concept's
 # corrected_cosine beside its raw cosine; 5: the concepts dropped at retrieval, each with its reason,
 # and the sample's split; 6: the licence and credit of each concept's clip and of the image, and
-# whether the clip was generated.
+# whether the clip was generated; 7: each concept's source (text or mapper), kept or dropped.
 MANIFEST = versioned(
     "manifest",
-    6,
+    7,
     [
         pa.field("key", pa.string(), nullable=False),
         pa.field("image_id", pa.string(), nullable=False),
@@ -209,10 +227,10 @@ MANIFEST_POOL_READS = ("pool_bytes_read", "pool_clip_bytes")
 # order of `concepts`), so a writer reads no pool table of its own.
 # 2: manifest rows plus clip parts, replacing IPC bytes; 3: the manifest of version 3;
 # 4: clip locations (byte ranges) instead of parts; 5: the manifest of version 4; 6: of version 5;
-# 7: of version 6.
+# 7: of version 6; 8: of version 7.
 SHARD_PLANS = versioned(
     "shard_plans",
-    7,
+    8,
     [*MANIFEST, pa.field("clip_locations", pa.list_(CLIP_LOCATION), nullable=False)],
 )
 # sonify.out/mix_clips.parquet: every pool clip audible at mix.sample_rate, sorted by clip_id; the
@@ -251,14 +269,16 @@ CHUNK_TASKS = versioned("chunk_tasks", 1, [pa.field("chunk", pa.string(), nullab
 # What retrieval wrote for a chunk, one row per chunk: its matches file and how its distinct texts
 # were searched (the numbers its search stats file holds). The setting and recall columns are null
 # for an exact (flat) index; recall is null too for a chunk that recall_every does not measure.
-# 2: hubness_widest_search.
+# 2: hubness_widest_search; 3: mapped_queries.
 CHUNK_SEARCHES = versioned(
     "chunk_searches",
-    2,
+    3,
     [
         pa.field("chunk", pa.string(), nullable=False),
         pa.field("matches_url", pa.string(), nullable=False),
         pa.field("texts", pa.int64(), nullable=False),
+        # Mapped concepts (backend: mapper) searched by their vectors, one per image and mapper.
+        pa.field("mapped_queries", pa.int64(), nullable=False),
         # The nprobe (IVF) or efSearch (HNSW) the run searches at, chosen by calibration.
         pa.field("setting", pa.int64()),
         pa.field("calibration_recall", pa.float64()),
@@ -273,10 +293,11 @@ CHUNK_SEARCHES = versioned(
 # What planning wrote for a chunk, one row per chunk: its search (carried through, so the driver gets
 # one row per chunk from the retrieve-then-plan pipeline), its shard plans in shard order, its
 # rejected scenes, and the counts its plan stats file holds. 2: CHUNK_SEARCHES 2, concepts_clip_cap;
-# 3: each shard's split, and the concepts that sonify.split_by_clip dropped or changed.
+# 3: each shard's split, and the concepts that sonify.split_by_clip dropped or changed; 4: CHUNK_SEARCHES 3,
+# mapped_concepts_missing.
 CHUNK_PLANS = versioned(
     "chunk_plans",
-    3,
+    4,
     [
         *CHUNK_SEARCHES,
         pa.field("shard_plan_urls", pa.list_(pa.string()), nullable=False),
@@ -294,6 +315,9 @@ CHUNK_PLANS = versioned(
         # another split, and concepts that got another clip than they would have without the rule.
         pa.field("concepts_other_split", pa.int64(), nullable=False),
         pa.field("concepts_rechosen_for_split", pa.int64(), nullable=False),
+        # Mapped concepts below retrieval.min_cosine or without a usable clip: they have no text, so the
+        # missing-sounds list (missing/) leaves them out and counts them here.
+        pa.field("mapped_concepts_missing", pa.int64(), nullable=False),
         pa.field("fallbacks", pa.int64(), nullable=False),
         # The chunk's first rejection reasons (at most stages.pairing.planning.MAX_REPORTED_REASONS).
         pa.field("rejection_reasons", pa.list_(pa.string()), nullable=False),

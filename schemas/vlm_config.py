@@ -1,5 +1,6 @@
 """The VLM settings of the run configuration: the prompt, and one model per VLM backend, told apart
-by their `backend` key. Each backend takes its own keys only; a key of another backend is refused
+by their `backend` key (the `mapper` backend is a scene source without words: a CLIP -> CLAP
+mapper). Each backend takes its own keys only; a key of another backend is refused
 with the backend it belongs to, so a setting that would be ignored never passes silently."""
 
 from __future__ import annotations
@@ -121,8 +122,32 @@ class ProvidedVlmConfig(VlmEntry):
     )
 
 
+class MapperVlmConfig(VlmEntry):
+    backend: Literal["mapper"] = Field(
+        ...,
+        description="mapper: no words; CLIP (models.clip) embeds each image and a trained CLIP -> CLAP mapper "
+        "(`run_pipeline.py train-mapper`) maps it into CLAP's audio space, and that vector is the concept's query "
+        "(docs/mapper.md).",
+    )
+    checkpoint: str = Field(
+        ...,
+        description="The mapper's .safetensors file (fsspec URL), trained with models.clip and the pool's CLAP; "
+        "one made for another CLAP or CLIP is refused before any work.",
+    )
+    mode: Literal["scene", "ambience"] = Field(
+        "scene",
+        description="scene: each image gets one more scene (sample), whose one concept is the mapped vector. "
+        "ambience: no scene of its own; the mapped vector is added as one more concept to every scene of the "
+        "same image that the text VLMs give.",
+    )
+    concurrency: int = Field(1, ge=1, description="CLIP and mapper actors, each holding both models.")
+    num_gpus: float = Field(0.0, ge=0, description="GPUs per actor; 0 runs on CPU.")
+    num_cpus: float = Field(1.0, gt=0, description="CPUs per actor.")
+
+
 VlmConfig = Annotated[
-    VllmVlmConfig | TransformersVlmConfig | OpenAIVlmConfig | ProvidedVlmConfig, Field(discriminator="backend")
+    VllmVlmConfig | TransformersVlmConfig | OpenAIVlmConfig | ProvidedVlmConfig | MapperVlmConfig,
+    Field(discriminator="backend"),
 ]
 
 
@@ -131,5 +156,6 @@ def backend_name(model: type[VlmEntry]) -> str:
 
 
 VLM_BACKENDS: dict[str, type[VlmEntry]] = {
-    backend_name(m): m for m in (VllmVlmConfig, TransformersVlmConfig, OpenAIVlmConfig, ProvidedVlmConfig)
+    backend_name(m): m
+    for m in (VllmVlmConfig, TransformersVlmConfig, OpenAIVlmConfig, ProvidedVlmConfig, MapperVlmConfig)
 }

@@ -380,7 +380,7 @@ def test_each_vlm_entry_is_its_backends_model(config_file):
         ),
         (
             "name: a, backend: vllm, model: m, num_gpus: 1",
-            "backend vllm does not take num_gpus (a setting of backend transformers)",
+            "backend vllm does not take num_gpus (a setting of backend transformers and mapper)",
         ),
         (
             "name: a, backend: provided, path: p, model: m",

@@ -59,7 +59,7 @@ def test_a_phase_of_another_schema_version_is_refused_saying_what_to_do(tmp_path
     storage.write_parquet(url, older.empty_table())
     with pytest.raises(
         SonifyError,
-        match=r"\('scenes', 1\).*this version writes \('scenes', 2\).*run sonify again into a new sonify.out$",
+        match=r"\('scenes', 1\).*this version writes \('scenes', 3\).*run sonify again into a new sonify.out$",
     ):
         read_phase(url, SCENES)
     storage.write_parquet(url, make_table(SCENES, SCENES.empty_table()))

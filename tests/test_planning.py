@@ -64,7 +64,8 @@ def matches_of(texts: list[str], clips: int = 8, seed: int = 0) -> pa.Table:
     for _ in texts:
         ids.append([f"clip-{i:02d}" for i in rng.choice(24, size=clips, replace=False)])
         scores.append(np.sort(rng.uniform(0.1, 0.6, clips))[::-1].astype(np.float32))
-    return make_table(MATCHES, {"text": texts, "clip_ids": ids, "scores": scores, "corrected": [None] * len(texts)})
+    keys = {"text": texts, "mapper": [None] * len(texts), "image_id": [None] * len(texts)}
+    return make_table(MATCHES, keys | {"clip_ids": ids, "scores": scores, "corrected": [None] * len(texts)})
 
 
 def pool_clips(inaudible: set[str] = frozenset()) -> pa.Table:
@@ -272,6 +273,8 @@ def test_corrected_scores_rank_and_the_manifest_keeps_both():
         MATCHES,
         {
             "text": TEXTS,
+            "mapper": [None] * len(TEXTS),
+            "image_id": [None] * len(TEXTS),
             "clip_ids": [[ids[i] for i in o] for ids, o in zip(matches.column("clip_ids").to_pylist(), order)],
             "scores": [np.float32([r[i] for i in o]) for r, o in zip(raw, order)],
             "corrected": [np.float32([c[i] for i in o]) for c, o in zip(corrected, order)],
@@ -303,6 +306,7 @@ def test_the_plan_stage_returns_a_row_describing_the_files_it_wrote(tmp_path):
         "chunk": chunk,
         "matches_url": layout.matches(chunk),
         "texts": 4,
+        "mapped_queries": 0,
         "setting": 8,
         "calibration_recall": 0.97,
         "calibration_queries": 64,
@@ -368,7 +372,9 @@ def test_dropped_concepts_are_listed_per_row_and_the_missing_texts_per_chunk():
     # floor, a sound the pool lacks.
     scores = matches.column("scores").to_pylist()
     scores[1] = [s / 10 for s in scores[1]]
-    matches = matches.set_column(2, "scores", pa.array(scores, matches.schema.field("scores").type))
+    matches = matches.set_column(
+        matches.schema.get_field_index("scores"), "scores", pa.array(scores, matches.schema.field("scores").type)
+    )
     dog_best = max(scores[1])
     fire_clips = matches.column("clip_ids").to_pylist()[3]
     floored = config().model_copy(deep=True)

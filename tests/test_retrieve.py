@@ -88,6 +88,8 @@ def test_the_search_stage_returns_a_row_per_chunk_describing_what_it_wrote(tmp_p
         # The columns of a scenes file that retrieval reads.
         scenes = pa.table(
             {
+                "image_id": [f"image-{chunk}"],
+                "vlm": ["given"],
                 "concepts": pa.array([concepts], SCENES.field("concepts").type),
                 "dropped": pa.nulls(1, pa.string()),
                 "error": pa.nulls(1, pa.string()),
@@ -130,6 +132,7 @@ def test_search_totals_add_up_the_rows_of_every_chunk():
             "chunk": chunk,
             "matches_url": f"m/{chunk}",
             "texts": texts,
+            "mapped_queries": 2,
             **none,
             "recall_queries": None,
         } | approximate
@@ -143,6 +146,7 @@ def test_search_totals_add_up_the_rows_of_every_chunk():
     totals = search_totals(search_table(rows), "ivf")
     assert totals == {
         "texts_searched": 100,
+        "mapped_searched": 6,
         "index_kind": "ivf",
         "exact": False,
         "settings": [16],
@@ -154,6 +158,7 @@ def test_search_totals_add_up_the_rows_of_every_chunk():
     }
     assert search_totals(search_table([row("000000", 7)]), "flat") == {
         "texts_searched": 7,
+        "mapped_searched": 2,
         "index_kind": "flat",
         "exact": True,
     }

@@ -110,6 +110,8 @@ def retrieval_stage(tmp_path, usable: list[str], kind: str = "flat") -> tuple[Re
     concepts = [{"label": "x", "text": t} for t in texts]
     scenes = pa.table(
         {
+            "image_id": ["an image"],
+            "vlm": ["given"],
             "concepts": pa.array([concepts], SCENES.field("concepts").type),
             "dropped": pa.nulls(1, pa.string()),
             "error": pa.nulls(1, pa.string()),

@@ -80,6 +80,7 @@ def test_shards_are_numbered_within_their_split_across_chunks():
         "shard_splits": splits,
         **{name: 0 for name in ("samples", "rejected", "concepts_below_min_cosine", "concepts_no_usable_clip")},
         **{name: 0 for name in ("concepts_clip_cap", "concepts_other_split", "concepts_rechosen_for_split")},
+        "mapped_concepts_missing": 0,
         "fallbacks": 0,
         "rejection_reasons": [],
     }

@@ -13,10 +13,12 @@ import yaml
 from pipelines.config import ConfigError, validate_config
 from pipelines.pool.store import PoolStore
 from schemas import schema_version
-from schemas.config import RunConfig
+from schemas.config import MapperVlmConfig, RunConfig
 from schemas.errors import PipelineError
 from schemas.layout import PoolLayout, SonifyLayout
 from stages.embed.clap import clap_identity
+from stages.embed.clip_image import clip_identity
+from stages.embed.mapper import MapperError, check_identities, meta_of
 from stages.io import storage
 from stages.io.model_files import is_path_or_url
 
@@ -59,6 +61,25 @@ def check_pool(config: RunConfig) -> tuple[PoolLayout, dict]:
     return paths, {"index_size": index_meta["size"], "index_parts": index_meta["parts"]}
 
 
+def check_mappers(config: RunConfig, pool: PoolLayout) -> dict | None:
+    """The identities every mapper scene source (backend: mapper) must have been trained for, the
+    pool's CLAP and models.clip's CLIP, checked against each checkpoint's meta before any work; None
+    when no source is a mapper."""
+    mappers = [v for v in config.models.vlm if isinstance(v, MapperVlmConfig)]
+    if not mappers:
+        return None
+    identities = {"clap": PoolStore(pool).meta().get("clap") or {}, "clip": clip_identity(config.models.clip)}
+    for mapper in mappers:
+        try:
+            if not storage.exists(mapper.checkpoint):
+                raise MapperError(f"mapper checkpoint {mapper.checkpoint} does not exist")
+            meta = meta_of(storage.read_bytes(mapper.checkpoint), mapper.checkpoint)
+            check_identities(meta, mapper.checkpoint, identities["clap"], identities["clip"])
+        except MapperError as exc:
+            raise SonifyError(f"models.vlm {mapper.name}: {exc}") from None
+    return identities
+
+
 def check_batches(config: RunConfig) -> None:
     """A resumed run must batch each image with the same neighbours as an uninterrupted one: model
     outputs depend on batch composition through padding and kernel choice."""
@@ -90,7 +111,7 @@ def _run_identity(config: RunConfig) -> dict:
     for model in [models["clap"], *(models[name] for name in ("clip", "ast") if models.get(name)), *models["vlm"]]:
         for setting in EXECUTION_SETTINGS:
             model.pop(setting, None)
-        for setting in ("model", "path", "text_backbones_dir"):
+        for setting in ("model", "path", "text_backbones_dir", "checkpoint"):
             if model.get(setting) and is_path_or_url(model[setting]):
                 model[setting] = storage.resolved_url(model[setting])
     for setting in MEASUREMENT_SETTINGS:

@@ -85,11 +85,17 @@ def search_totals(plans: pa.Table, index_kind: str) -> dict:
     widest raw search a chunk's certified re-rank needed."""
     searches = plans.select(CHUNK_SEARCHES.names).to_pylist()
     texts = sum(search["texts"] for search in searches)
+    mapped = sum(search["mapped_queries"] for search in searches)
     # Exact search records no setting.
     stats_of_searches = [search for search in searches if search["setting"] is not None]
     hits = sum((search["recall"] or 0.0) * search["recall_queries"] for search in stats_of_searches)
     sampled = sum(search["recall_queries"] for search in stats_of_searches)
-    totals = {"texts_searched": texts, "index_kind": index_kind, "exact": index_kind == "flat"}
+    totals = {
+        "texts_searched": texts,
+        "mapped_searched": mapped,
+        "index_kind": index_kind,
+        "exact": index_kind == "flat",
+    }
     if stats_of_searches:
         settings = sorted({s["setting"] for s in stats_of_searches})
         if len(settings) > 1:

@@ -11,6 +11,7 @@ from pipelines.pool.store import PoolStore
 from pipelines.sonify.checks import (
     SonifyError,
     check_batches,
+    check_mappers,
     check_pool,
     check_same_pool,
     check_same_run,
@@ -40,6 +41,7 @@ def run_sonify(config: RunConfig) -> dict:
     if not config.models.vlm:
         raise SonifyError("models.vlm is empty: configure at least one VLM (or backend: provided)")
     paths, pool_state = check_pool(config)
+    identities = check_mappers(config, paths)
     layout = SonifyLayout(out)
     check_batches(config)
     check_same_run(config, layout)
@@ -75,7 +77,7 @@ def run_sonify(config: RunConfig) -> dict:
 
     for vlm in config.models.vlm:
         tick = time.monotonic()
-        run_scenes(config, listing, chunks, vlm, layout)
+        run_scenes(config, listing, chunks, vlm, layout, identities)
         seconds[f"concepts_{vlm.name}"] = time.monotonic() - tick
     del listing
     scene_counts = count_scenes(config, layout, chunks)
@@ -126,12 +128,16 @@ def run_sonify(config: RunConfig) -> dict:
         "concepts_with_empty_text": scene_counts.dropped_empty_concepts,
         # Distinct texts per chunk, summed: a text recurring in several chunks is searched in each.
         "concept_texts_searched": search.pop("texts_searched"),
+        # Mapped concepts (models.vlm backend: mapper) searched by their vectors, one per image and mapper.
+        "mapped_concepts_searched": search.pop("mapped_searched"),
         # The index kind, and for an approximate one the nprobe/efSearch used and the recall
         # measured on the run's texts.
         "search": search,
         "concepts_below_min_cosine": planned["concepts_below_min_cosine"],
         # Concepts whose neighbours were all inaudible at the mix rate or already used by the sample.
         "concepts_without_usable_clip": planned["concepts_no_usable_clip"],
+        # Mapped concepts among those two: they have no text, so the missing-sounds list leaves them out.
+        "mapped_concepts_missing": planned["mapped_concepts_missing"],
         "pool_clips_inaudible_at_mix_rate": inaudible,
         # Audible pool clips that sonify.licenses removed before any choice, per licence (`unknown`: none).
         "pool_clips_denied_by_license": dict(sorted(denied.items())),
@@ -249,13 +255,19 @@ def format_summary(summary: dict) -> str:
     ]
     lines += [f"  scenes:   {name}: {json.dumps(counts, sort_keys=True)}" for name, counts in summary["scenes"].items()]
     lines += [
-        f"  concepts: {summary['concepts']} ({summary['concept_texts_searched']} texts searched, distinct per chunk), "
+        f"  concepts: {summary['concepts']} ({summary['concept_texts_searched']} texts searched, distinct per chunk; "
+        f"{summary['mapped_concepts_searched']} mapped), "
         f"{summary['concepts_with_empty_text']} with empty text, "
         f"{summary['concepts_below_min_cosine']} below min_cosine, "
         f"{summary['concepts_without_usable_clip']} without a usable clip "
         f"({summary['pool_clips_inaudible_at_mix_rate']} pool clips inaudible at the mix rate)",
         f"  missing:  {summary['missing_sounds']['requests']} concepts asked for {summary['missing_sounds']['texts']} "
-        f"texts the pool lacks, in {summary['missing_sounds']['groups']} groups: {layout.missing_sounds()}",
+        f"texts the pool lacks, in {summary['missing_sounds']['groups']} groups: {layout.missing_sounds()}"
+        + (
+            f"; {summary['mapped_concepts_missing']} mapped concepts (no text) got no clip"
+            if summary["mapped_concepts_missing"]
+            else ""
+        ),
         f"  search:   {search_line(summary['search'])}",
         f"  samples:  {summary['samples']} written, {summary['rejected']} rejected, "
         f"{summary['distinct_clips_used']} distinct clips used, "

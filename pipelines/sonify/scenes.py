@@ -16,9 +16,17 @@ from pipelines.ray_runner import Runner
 from pipelines.sonify.checks import read_phase
 from pipelines.sonify.listing import Chunk, block_ranges
 from schemas import SCENES
-from schemas.config import OpenAIVlmConfig, RunConfig, TransformersVlmConfig, VllmVlmConfig, VlmConfig
+from schemas.config import (
+    MapperVlmConfig,
+    OpenAIVlmConfig,
+    RunConfig,
+    TransformersVlmConfig,
+    VllmVlmConfig,
+    VlmConfig,
+)
 from schemas.layout import SonifyLayout
 from stages.base import Stage
+from stages.embed.map_images_stage import MapImages
 from stages.images.decode_stage import DecodeImages
 from stages.io import storage
 from stages.vlm.openai_stage import OpenAIVlm
@@ -42,19 +50,35 @@ def vlm_stage(vlm: VlmConfig, config: RunConfig) -> Stage:
     return ProvidedConcepts(vlm)
 
 
-def run_scenes(config: RunConfig, listing: pa.Table, chunks: list[Chunk], vlm: VlmConfig, layout: SonifyLayout) -> None:
-    """Answers of one VLM for every chunk without a scenes file yet, each file written as its chunk completes."""
-    done = {storage.file_stem(u) for u in storage.list_files(layout.vlm_scenes_folder(vlm.name), ".parquet")}
-    todo = pending(f"scenes {vlm.name}", chunks, lambda chunk: chunk.name in done)
-    if not todo:
-        return
-    decode = DecodeImages(config.sonify.min_side, config.sonify.max_image_pixels, batch_size=vlm.batch_size)
-    answer = vlm_stage(vlm, config)
+def scene_stages(vlm: VlmConfig, config: RunConfig, identities: dict | None) -> list[Stage]:
+    """The stages after image decoding that make a source's scenes: a VLM's answer and its parsing,
+    or a mapper's CLIP and mapper (`identities`: the pool's `clap` and models.clip's `clip`, that
+    its checkpoint must have been trained with)."""
+    if isinstance(vlm, MapperVlmConfig):
+        return [MapImages(vlm, config.models.clip, identities["clap"], identities["clip"])]
     # Parsed in the VLM's own batches: a larger batch would hold answers back until it filled, across
     # chunks, so chunk files would be written late, in bursts, and a kill would lose answers already made.
     parse = ParseConcepts(
         vlm.name, config.prompt.max_answer_chars, config.prompt.max_concepts, batch_size=vlm.batch_size
     )
+    return [vlm_stage(vlm, config), parse]
+
+
+def run_scenes(
+    config: RunConfig,
+    listing: pa.Table,
+    chunks: list[Chunk],
+    vlm: VlmConfig,
+    layout: SonifyLayout,
+    identities: dict | None = None,
+) -> None:
+    """Scenes of one source (a VLM, or a mapper with the model `identities` its checkpoint must
+    match) for every chunk without a scenes file yet, each file written as its chunk completes."""
+    done = {storage.file_stem(u) for u in storage.list_files(layout.vlm_scenes_folder(vlm.name), ".parquet")}
+    todo = pending(f"scenes {vlm.name}", chunks, lambda chunk: chunk.name in done)
+    if not todo:
+        return
+    decode = DecodeImages(config.sonify.min_side, config.sonify.max_image_pixels, batch_size=vlm.batch_size)
     block_rows = vlm.batch_size * max(1, IMAGES_PER_BLOCK // vlm.batch_size)
     blocks = [listing.slice(start, stop - start) for c in todo for start, stop in block_ranges(c, block_rows)]
     first_ids = [listing.column("image_id")[c.start].as_py() for c in chunks]
@@ -73,7 +97,8 @@ def run_scenes(config: RunConfig, listing: pa.Table, chunks: list[Chunk], vlm: V
         group_unit="chunks",
     )
     # In order, every batch is a fixed slice of one block, so a resumed run batches as the first did.
-    writer.consume(Runner(config.ray).run(blocks, [decode, answer, parse], preserve_order=True))
+    stages = [decode, *scene_stages(vlm, config, identities)]
+    writer.consume(Runner(config.ray).run(blocks, stages, preserve_order=True))
 
 
 def read_chunk_scenes(

@@ -63,6 +63,14 @@ def sample_features(image_extension: str | None, embeddings: Mapping[str, Mappin
     ]
 
 
+def source_line(vlm) -> str:
+    """A scene source in the card: its name, backend, and the model it runs (a mapper's checkpoint and mode)."""
+    line = f"  - `{vlm.name}`: {vlm.backend}"
+    if getattr(vlm, "checkpoint", None):
+        return f"{line}, `{vlm.checkpoint}` (a CLIP -> CLAP mapper, mode {vlm.mode})"
+    return f"{line}, `{vlm.model}`" if getattr(vlm, "model", None) else line
+
+
 def data_files(samples: Mapping[str | None, int]) -> list[dict]:
     """The shards of each split that has samples, as globs relative to the card: a split with no
     shard would be a glob that matches nothing, which loaders refuse."""
@@ -99,10 +107,7 @@ def dataset_card(config: RunConfig, summary: dict, pool: Mapping, licenses: list
     """The card of a finished run: its front matter, then how it was made, from the run's config,
     summary and pool (`indexed_clips`, and `clap`, the pool's CLAP identity)."""
     header = yaml.safe_dump(front_matter(config, summary, licenses), sort_keys=False, allow_unicode=True)
-    vlms = "\n".join(
-        f"  - `{v.name}`: {v.backend}" + (f", `{getattr(v, 'model', None)}`" if getattr(v, "model", None) else "")
-        for v in config.models.vlm
-    )
+    vlms = "\n".join(source_line(v) for v in config.models.vlm)
     retrieval, mix = config.retrieval, config.mix
     splits = summary.get("splits")
     split_rows = (

@@ -4,6 +4,11 @@ Pure functions of one chunk's scenes, its matches and the pool's mixable clips (
 chunk is planned on any worker, alone, and the same way every time: every random draw is seeded by
 the sample key (stages.search.choice.concept_rng), and shards are cut in key order. Shards are numbered
 within their chunk; the driver numbers them across chunks once all are planned.
+
+A concept is looked up in the matches by its query: its text, or for a mapper's concept (no text,
+a vector) the pair (mapper, image id). A mapper in mode ambience makes no sample of its own: its
+concept joins every other scene of the same image that goes on to retrieval, after the VLM's
+concepts, and is chosen for each of them like any other concept of that sample.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from schemas import MANIFEST, MISSING_TEXTS, SHARD_PLANS, make_table
-from schemas.config import RunConfig
+from schemas.config import MapperVlmConfig, RunConfig
 from schemas.errors import PipelineError
 from stages.audio.mixing import draw_targets, gains_db
 from stages.pairing.shards import plan_shards
@@ -54,13 +59,16 @@ CHUNK_COUNTS = (
     "concepts_clip_cap",
     "concepts_other_split",
     "concepts_rechosen_for_split",
+    "mapped_concepts_missing",
     "fallbacks",
 )
 
-# text -> (clip ids, cosines) of its top-K neighbours, best first.
-Matches = dict[str, tuple[list[str], np.ndarray]]
-# text -> hubness-corrected scores of the same neighbours (absent with retrieval.hubness: none).
-Corrected = dict[str, np.ndarray]
+# A concept's query: its text, or (mapper, image id) for a mapped concept.
+Query = str | tuple[str, str]
+# query -> (clip ids, cosines) of its top-K neighbours, best first.
+Matches = dict[Query, tuple[list[str], np.ndarray]]
+# query -> hubness-corrected scores of the same neighbours (absent with retrieval.hubness: none).
+Corrected = dict[Query, np.ndarray]
 # clip_id -> (part, byte offset, byte size) of its audio at the mix rate.
 Locations = Mapping[str, tuple[str, int, int]]
 
@@ -83,21 +91,68 @@ def sample_key(image_id: str, vlm: str) -> str:
     return f"{safe}__{vlm}"
 
 
+def query_of(concept: Mapping, image_id: str) -> Query:
+    """The key a concept's matches are found under: its text, or (its mapper, the image) when it is
+    mapped (a mapper's concept has no text and is labelled with the mapper's name)."""
+    return (concept["label"], image_id) if concept["mapped"] else concept["text"]
+
+
+def match_queries(matches: pa.Table) -> list[Query]:
+    """The query of every MATCHES row: its text, or (mapper, image id) where the text is null."""
+    columns = [matches.column(c).to_pylist() for c in ("text", "mapper", "image_id")]
+    return [text if text is not None else (mapper, image) for text, mapper, image in zip(*columns)]
+
+
 def matches_by_text(matches: pa.Table) -> Matches:
+    """Every query's neighbours and cosines (by text, or by mapper and image for a mapped concept)."""
     return {
-        t: (ids, np.asarray(s, dtype=np.float64))
-        for t, ids, s in zip(*[matches.column(c).to_pylist() for c in ("text", "clip_ids", "scores")])
+        q: (ids, np.asarray(s, dtype=np.float64))
+        for q, ids, s in zip(match_queries(matches), *[matches.column(c).to_pylist() for c in ("clip_ids", "scores")])
     }
 
 
 def corrected_by_text(matches: pa.Table) -> Corrected | None:
-    """The corrected scores of every text, or None where the search made none (hubness: none)."""
+    """The corrected scores of every query, or None where the search made none (hubness: none)."""
     if matches.column("corrected").null_count == matches.num_rows:
         return None
-    return {
-        t: np.asarray(c, dtype=np.float64)
-        for t, c in zip(*[matches.column(c).to_pylist() for c in ("text", "corrected")])
-    }
+    corrected = matches.column("corrected").to_pylist()
+    return {q: np.asarray(c, dtype=np.float64) for q, c in zip(match_queries(matches), corrected)}
+
+
+def planning_scenes(scenes: pa.Table) -> pa.Table:
+    """SCENES with each concept's vector replaced by whether it has one (`mapped`): planning needs to
+    know which concepts are mapped, not their vectors, which would only cost memory as Python lists."""
+    concepts = scenes.column("concepts").combine_chunks()
+    values = concepts.values
+    slim = pa.StructArray.from_arrays(
+        [values.field("label"), values.field("text"), pc.is_valid(values.field("vector"))],
+        names=["label", "text", "mapped"],
+    )
+    rebuilt = pa.ListArray.from_arrays(concepts.offsets, slim, mask=concepts.is_null())
+    return scenes.set_column(scenes.schema.get_field_index("concepts"), "concepts", rebuilt)
+
+
+def with_ambience(rows: list[dict], ambience: list[str]) -> list[dict]:
+    """Scene rows (planning_scenes) with the scenes of the `ambience` mappers taken out and each one's
+    concept added to every other scene of its image that goes on to retrieval (no error, not
+    dropped), in the order of `ambience`, after that scene's own concepts. An ambience scene with an
+    error or no concept adds nothing."""
+    if not ambience:
+        return rows
+    order = {name: i for i, name in enumerate(ambience)}
+    extra: dict[str, list[tuple[int, dict]]] = {}
+    for row in rows:
+        if row["vlm"] in order and row["error"] is None and row["dropped"] is None:
+            extra.setdefault(row["image_id"], []).extend((order[row["vlm"]], c) for c in row["concepts"] or [])
+    kept = []
+    for row in rows:
+        if row["vlm"] in order:
+            continue
+        added = sorted(extra.get(row["image_id"], []), key=lambda pair: pair[0])
+        if added and row["error"] is None and row["dropped"] is None:
+            row = {**row, "concepts": [*row["concepts"], *(c for _, c in added)]}
+        kept.append(row)
+    return kept
 
 
 # The credit of a clip or image as the manifest carries it, by field (license, attribution, source_url, title).
@@ -198,8 +253,13 @@ def plan_samples(
     samples, rejected, counts = [], [], Counter()
     uses: Counter = Counter()
     splits = config.sonify.splits
+    ambience = [v.name for v in config.models.vlm if isinstance(v, MapperVlmConfig) and v.mode == "ambience"]
     keyed = sorted(
-        ((sample_key(scene["image_id"], scene["vlm"]), scene) for scene in scenes.to_pylist()), key=lambda pair: pair[0]
+        (
+            (sample_key(scene["image_id"], scene["vlm"]), scene)
+            for scene in with_ambience(planning_scenes(scenes).to_pylist(), ambience)
+        ),
+        key=lambda pair: pair[0],
     )
     for key, scene in keyed:
         row = {
@@ -228,7 +288,7 @@ def plan_samples(
         if row["error"]:
             rejected.append(row)
             continue
-        texts = [c["text"] for c in scene["concepts"]]
+        texts = [query_of(c, scene["image_id"]) for c in scene["concepts"]]
         retrieval = config.retrieval
 
         def choose(usable: Container[str], counted: Counter) -> list[ConceptChoice | DroppedConcept]:
@@ -263,11 +323,20 @@ def plan_samples(
             )
         kept = [(c, choice) for c, choice in zip(scene["concepts"], choices) if isinstance(choice, ConceptChoice)]
         row["dropped"] = [
-            {"label": c["label"], "text": c["text"], "reason": choice.reason, "best_cosine": choice.best_cosine}
+            {
+                "label": c["label"],
+                "text": c["text"],
+                "source": concept_source(c),
+                "reason": choice.reason,
+                "best_cosine": choice.best_cosine,
+            }
             for c, choice in zip(scene["concepts"], choices)
             if isinstance(choice, DroppedConcept)
         ]
         counts.update(f"concepts_{d['reason']}" for d in row["dropped"])
+        counts["mapped_concepts_missing"] += sum(
+            d["source"] == "mapper" and d["reason"] in MISSING_REASONS for d in row["dropped"]
+        )
         row["dropped_concepts"] += len(row["dropped"])
         if not kept:
             why = Counter(d["reason"] for d in row["dropped"])
@@ -289,6 +358,7 @@ def plan_samples(
                 {
                     "label": concept["label"],
                     "text": concept["text"],
+                    "source": concept_source(concept),
                     "clip_id": choice.clip_id,
                     "cosine": choice.cosine,
                     "corrected_cosine": choice.corrected,
@@ -306,6 +376,11 @@ def plan_samples(
         samples.append(row)
         counts["fallbacks"] += sum(c.fallback for _, c in kept)
     return sorted(samples, key=lambda r: r["key"]), rejected, counts
+
+
+def concept_source(concept: Mapping) -> str:
+    """The manifest's `source` of a planned concept: mapper where it is mapped, else text."""
+    return "mapper" if concept["mapped"] else "text"
 
 
 def shard_groups(samples: list[dict], image_bytes: Mapping[str, int], config: RunConfig) -> list[list[dict]]:
@@ -348,11 +423,12 @@ def shard_plan(manifest: pa.Table, locations: Locations) -> pa.Table:
 def missing_texts(rows: Iterable[dict]) -> pa.Table:
     """MISSING_TEXTS of manifest rows (samples and rejected scenes): each text dropped for a reason
     of MISSING_REASONS, how many concepts asked for it and why they got nothing, the best cosine
-    the pool reached, and its first images by image id; sorted by text."""
+    the pool reached, and its first images by image id; sorted by text. Mapped concepts have no
+    text and are left out (plan_samples counts them as mapped_concepts_missing)."""
     found: dict[str, dict] = {}
     for row in rows:
         for dropped in row["dropped"]:
-            if dropped["reason"] not in MISSING_REASONS:
+            if dropped["reason"] not in MISSING_REASONS or dropped["text"] is None:
                 continue
             entry = found.setdefault(
                 dropped["text"],
@@ -431,6 +507,7 @@ def plan_chunk(
         "concepts_clip_cap": counts["concepts_clip_cap"],
         "concepts_other_split": counts["concepts_other_split"],
         "concepts_rechosen_for_split": counts["concepts_rechosen_for_split"],
+        "mapped_concepts_missing": counts["mapped_concepts_missing"],
         "fallbacks": counts["fallbacks"],
         "rejection_reasons": [r["error"] for r in rejected][:MAX_REPORTED_REASONS],
     }

@@ -144,12 +144,13 @@ img.example { height: 72px; margin-right: 0.3rem; border: 1px solid #ddd; }
 {% for problem in item.problems %}
 <p class="missing">{{ problem }}</p>
 {% endfor %}
-<p class="caption">{{ item.caption }}</p>
+<p class="caption">{{ item.caption if item.caption is not none else "" }}</p>
 <p class="source">{{ item.image_name }}<br>key {{ item.key }}, {{ item.vlm }}, shard {{ item.shard }}\
 {% if item.mix_lufs is not none %}, {{ "%.1f"|format(item.mix_lufs) }} LUFS{% endif %}</p>
 <ul class="concepts">
 {% for concept in item.concepts %}
-<li><b>{{ concept.label }}</b>: {{ concept.text }}<br>
+<li><b>{{ concept.label }}</b>: {% if concept.text is not none %}{{ concept.text }}\
+{% else %}<i>the image, mapped into CLAP's audio space (no text)</i>{% endif %}<br>
 <span class="source">clip {{ concept.clip_id }}\
 {% if concept.clip_source_uri %}, {{ concept.clip_source_uri }}\
 {% if concept.clip_start_s is not none %} at {{ "%.1f"|format(concept.clip_start_s) }} s{% endif %}\

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import hashlib
 from collections import Counter
-from collections.abc import Container, Mapping
+from collections.abc import Container, Hashable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -115,19 +115,20 @@ def choose_under_cap(
 
 
 def choose_clips(
-    texts: list[str],
-    matches: dict[str, tuple[list[str], np.ndarray]],
+    texts: list[Hashable],
+    matches: Mapping[Hashable, tuple[list[str], np.ndarray]],
     seed: int,
     sample_key: str,
     k: int,
     use_ssr: bool,
     min_cosine: float,
     usable: Container[str],
-    corrected: Mapping[str, np.ndarray] | None = None,
+    corrected: Mapping[Hashable, np.ndarray] | None = None,
     uses: Counter | None = None,
     max_uses: int | None = None,
 ) -> list[ConceptChoice | DroppedConcept]:
-    """One clip per concept of a sample. Only clips in `usable` (audible at the mix rate) are
+    """One clip per concept of a sample, each concept given by its query (`texts`: its text, or any
+    other key of `matches`, as for a mapped concept). Only clips in `usable` (audible at the mix rate) are
     candidates; clips chosen for earlier concepts of the sample are removed from later concepts'
     neighbours, and so are the variants of those clips and the clips they are variants of
     (stages.audio.standardize.clip_family), so no recording is heard twice in one sample; neighbours

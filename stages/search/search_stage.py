@@ -12,13 +12,19 @@ An approximate index is searched at one setting for the whole run, chosen when t
 by the recall it reaches on `retrieval.calibration_queries` of the run's own concept texts (the
 first chunks' texts, so every actor and every rerun chooses the same); every
 `retrieval.recall_every`-th chunk then measures the recall of its own search on
-`retrieval.recall_sample` of its texts.
+`retrieval.recall_sample` of its queries. A run with no text at all (mapper sources only)
+calibrates on its mapped vectors, picked the same way.
 
 Every search, calibration and recall measurement included, is limited to the clips a mix may use:
 the rows of mix_clips.parquet (audible at the mix rate, allowed by sonify.licenses), which the run
 writes before any chunk is searched. A text's K neighbours are then the best usable clips, not the
 best clips of which some planning could not use. An exact (flat) index is replaced by one of the
 usable clips alone; an approximate one is searched through a FAISS selector of their rows.
+
+A mapper's concepts (models.vlm backend: mapper, one per image) have no text: their stored vector,
+already in CLAP's audio space, is the query. They are searched in the same call as the chunk's
+texts, with the same limits, setting and hubness correction, and their matches rows are keyed by
+mapper and image instead of text.
 
 With `retrieval.hubness` on, each clip's penalty is computed once from the run's stored biases
 (sonify.out/hubness/, made by BuildHubBank before any chunk is searched), and every text's
@@ -30,7 +36,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import ClassVar
 
 import faiss
@@ -47,6 +53,8 @@ from stages.io import storage
 from stages.search import faiss_index, hubness
 
 SCENE_COLUMNS = ["concepts", "dropped", "error"]
+# What the search of a chunk reads of its scenes: the mapped concepts' keys besides.
+SEARCH_COLUMNS = ["image_id", "vlm", *SCENE_COLUMNS]
 # The CHUNK_SEARCHES columns a chunk's search stats file holds (the approximate-search ones only
 # where the index is approximate).
 SEARCH_STATS = CHUNK_SEARCHES.names[CHUNK_SEARCHES.names.index("texts") :]
@@ -73,6 +81,38 @@ def concept_texts(scenes: pa.Table) -> list[str]:
     return pc.unique(texts.drop_null()).sort().to_pylist() if len(texts) else []
 
 
+@dataclass(frozen=True)
+class MappedQueries:
+    """The mapped concepts of a chunk's scenes: each one's mapper (its models.vlm name), image and vector."""
+
+    mappers: list[str]
+    image_ids: list[str]
+    vectors: np.ndarray  # [n, dim] float32
+
+    def __len__(self) -> int:
+        return len(self.mappers)
+
+
+def mapped_queries(scenes: pa.Table) -> MappedQueries:
+    """The concepts with a vector (a mapper's) of the scenes that go on to retrieval, in scene order."""
+    going_on = scenes.filter(pc.is_null(pc.field("error")) & pc.is_null(pc.field("dropped")))
+    lengths = pc.list_value_length(going_on.column("concepts")).fill_null(0).to_numpy(zero_copy_only=False)
+    concepts = pc.list_flatten(going_on.column("concepts"))
+    owner = np.repeat(np.arange(going_on.num_rows), lengths)
+    vectors = pc.struct_field(concepts, "vector") if len(concepts) else pa.array([], pa.list_(pa.float32()))
+    has = np.asarray(pc.is_valid(vectors).to_numpy(zero_copy_only=False), dtype=bool)
+    if not has.any():
+        return MappedQueries([], [], np.zeros((0, 0), np.float32))
+    kept = vectors.filter(pa.array(has))
+    flat = np.asarray(pc.list_flatten(kept).to_numpy(zero_copy_only=False), dtype=np.float32)
+    rows = owner[has]
+    return MappedQueries(
+        going_on.column("vlm").take(pa.array(rows)).to_pylist(),
+        going_on.column("image_id").take(pa.array(rows)).to_pylist(),
+        flat.reshape(len(kept), -1),
+    )
+
+
 def embed(model: ClapBackend, texts: list[str], batch_size: int) -> np.ndarray:
     """CLAP text embeddings of `texts`, computed in batches of `batch_size`; one row per text."""
     batches = [model.embed_text(texts[i : i + batch_size]) for i in range(0, len(texts), batch_size)]
@@ -89,6 +129,22 @@ def calibration_texts(chunk_texts: Iterable[list[str]], count: int) -> list[str]
             break
     ordered = sorted(texts)
     return [ordered[i] for i in faiss_index.sample_rows(len(ordered), count)]
+
+
+def calibration_vectors(chunk_mapped: Iterable[MappedQueries], count: int) -> np.ndarray:
+    """`count` mapped vectors evenly spaced among those of the first chunks (in chunk order, then scene
+    order) that hold at least that many: for a run with no concept text to calibrate on."""
+    parts, held = [], 0
+    for mapped in chunk_mapped:
+        if len(mapped):
+            parts.append(mapped.vectors)
+            held += len(mapped)
+        if held >= count:
+            break
+    if not parts:
+        return np.zeros((0, 0), np.float32)
+    vectors = np.concatenate(parts)
+    return np.ascontiguousarray(vectors[faiss_index.sample_rows(len(vectors), count)], dtype=np.float32)
 
 
 class ChunkTextStage(Stage):
@@ -158,12 +214,13 @@ class RetrieveChunks(ChunkTextStage):
         by_id = dict(zip(biases.column("clip_id").to_pylist(), correction.penalties(biases.column("bias").to_numpy())))
         return np.array([by_id.get(c, 0.0) for c in self.clip_ids], dtype=np.float32)
 
-    def chunk_texts(self, chunk: str) -> list[str]:
-        return concept_texts(
-            pa.concat_tables(
-                storage.read_parquet(self.layout.scenes(vlm, chunk), columns=SCENE_COLUMNS) for vlm in self.vlms
-            )
+    def chunk_scenes(self, chunk: str, columns: list[str]) -> pa.Table:
+        return pa.concat_tables(
+            storage.read_parquet(self.layout.scenes(vlm, chunk), columns=columns) for vlm in self.vlms
         )
+
+    def chunk_texts(self, chunk: str) -> list[str]:
+        return concept_texts(self.chunk_scenes(chunk, SCENE_COLUMNS))
 
     def calibrate(self) -> faiss_index.SearchResult | None:
         """The setting of an approximate index for this run; None for exact search."""
@@ -172,17 +229,18 @@ class RetrieveChunks(ChunkTextStage):
         chunks = [
             storage.file_stem(u) for u in storage.list_files(self.layout.vlm_scenes_folder(self.vlms[0]), ".parquet")
         ]
-        texts = calibration_texts((self.chunk_texts(c) for c in chunks), self.retrieval.calibration_queries)
-        if not texts:
+        count = self.retrieval.calibration_queries
+        texts = calibration_texts((self.chunk_texts(c) for c in chunks), count)
+        if texts:
+            queries = embed(self.model, texts, self.clap_config.batch_size)
+        else:
+            # A run without texts (mappers only) calibrates on its mapped vectors.
+            scenes = (self.chunk_scenes(c, SEARCH_COLUMNS) for c in chunks)
+            queries = calibration_vectors((mapped_queries(s) for s in scenes), count)
+        if not len(queries):
             return None
-        target = replace(faiss_index.RecallTarget.from_config(self.retrieval), sample_size=len(texts))
-        return faiss_index.search_queries(
-            self.index,
-            embed(self.model, texts, self.clap_config.batch_size),
-            self.retrieval.search_k,
-            target,
-            self.allowed,
-        )
+        target = replace(faiss_index.RecallTarget.from_config(self.retrieval), sample_size=len(queries))
+        return faiss_index.search_queries(self.index, queries, self.retrieval.search_k, target, self.allowed)
 
     def process_batch(self, batch: pa.Table) -> pa.Table:
         rows = []
@@ -191,23 +249,34 @@ class RetrieveChunks(ChunkTextStage):
                 rows.append(searched_chunk(self.layout, chunk))
                 continue
             measured = int(chunk) % self.retrieval.recall_every == 0
-            matches, stats = self.search(self.chunk_texts(chunk), measured)
+            scenes = self.chunk_scenes(chunk, SEARCH_COLUMNS)
+            matches, stats = self.search(concept_texts(scenes), measured, mapped_queries(scenes))
             storage.write_parquet(self.layout.matches(chunk), matches)
             storage.write_text(self.layout.search_stats(chunk), json.dumps(stats) + "\n")
             rows.append(search_row(self.layout, chunk, stats))
         return search_table(rows)
 
-    def search(self, texts: list[str], measured: bool) -> tuple[pa.Table, dict]:
-        """The MATCHES table of `texts`, and how they were searched; `measured`: with the recall of
-        an approximate search on a sample of them."""
-        stats: dict = {"texts": len(texts)}
-        if not texts:
+    def search(self, texts: list[str], measured: bool, mapped: MappedQueries | None = None) -> tuple[pa.Table, dict]:
+        """The MATCHES table of `texts` and of the `mapped` concepts, and how they were searched;
+        `measured`: with the recall of an approximate search on a sample of them."""
+        mapped = mapped if mapped is not None else MappedQueries([], [], np.zeros((0, 0), np.float32))
+        stats: dict = {"texts": len(texts), "mapped_queries": len(mapped)}
+        queries = len(texts) + len(mapped)
+        keys = {
+            "text": [*texts, *[None] * len(mapped)],
+            "mapper": [*[None] * len(texts), *mapped.mappers],
+            "image_id": [*[None] * len(texts), *mapped.image_ids],
+        }
+        if not queries:
             return MATCHES.empty_table(), stats
         if not self.searchable():
-            # No clip is usable: every text has no neighbour, and planning drops its concepts.
-            empty = {"text": texts, "clip_ids": [[]] * len(texts), "scores": [[]] * len(texts)}
-            return make_table(MATCHES, empty | {"corrected": [None] * len(texts)}), stats
-        vectors = embed(self.model, texts, self.clap_config.batch_size)
+            # No clip is usable: every query has no neighbour, and planning drops its concepts.
+            empty = {"clip_ids": [[]] * queries, "scores": [[]] * queries, "corrected": [None] * queries}
+            return make_table(MATCHES, keys | empty), stats
+        parts = [embed(self.model, texts, self.clap_config.batch_size)] if texts else []
+        if len(mapped):
+            parts.append(mapped.vectors)
+        vectors = np.ascontiguousarray(np.concatenate(parts), dtype=np.float32)
         setting = self.calibration.setting if self.calibration else None
         corrected = None
         if self.penalties is None:
@@ -247,11 +316,11 @@ class RetrieveChunks(ChunkTextStage):
         matches = make_table(
             MATCHES,
             {
-                "text": texts,
+                **keys,
                 "clip_ids": [self.clip_ids[r[ok]].tolist() for r, ok in zip(rows, found)],
                 "scores": [s[ok].astype(np.float32) for s, ok in zip(scores, found)],
                 "corrected": (
-                    [None] * len(texts)
+                    [None] * queries
                     if corrected is None
                     else [c[ok].astype(np.float32) for c, ok in zip(corrected, found)]
                 ),
