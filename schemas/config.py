@@ -181,6 +181,25 @@ class MissingSoundsConfig(ConfigSection):
     )
 
 
+class MinAlignmentConfig(ConfigSection):
+    text_audio: float | None = Field(
+        None,
+        ge=-1.0,
+        le=1.0,
+        description="A written sample whose text_audio score (the mean raw CLAP cosine of its text concepts to their "
+        "clips) is below this becomes an error row (low_alignment) and is left out of its shard. A sample with no "
+        "text concept (a mapper's scene) has no such score and passes. Unset: no floor.",
+    )
+    image_audio: float | None = Field(
+        None,
+        ge=-1.0,
+        le=1.0,
+        description="As text_audio, for the image_audio score: the cosine of the image's CLIP embedding mapped by "
+        "the first models.vlm entry of backend mapper to the CLAP embedding of the mix. Needs such an entry. "
+        "Unset: no floor.",
+    )
+
+
 # A split's name begins its shards' file names and names a split of the dataset card.
 SPLIT_NAME = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
 
@@ -254,6 +273,11 @@ class SonifyConfig(ConfigSection):
         "one vector): clap_audio (the mix, with models.clap, unit length), ast (the mix, with models.ast: the "
         "pooled output, as trained on), clip_image (the shard's image, with models.clip, unit length). Each model "
         "runs on actors of its own (docs/sonify.md#features).",
+    )
+    min_alignment: MinAlignmentConfig = Field(
+        default_factory=MinAlignmentConfig,
+        description="Floors on each written sample's alignment scores (docs/mapper.md#alignment-scores): a sample "
+        "below one is rejected at write time, kept in the manifest as an error row and counted in the summary.",
     )
 
     @field_validator("splits")
@@ -478,6 +502,11 @@ class RunConfig(ConfigSection):
         mappers = [i for i, v in enumerate(self.models.vlm) if isinstance(v, MapperVlmConfig)]
         if mappers and self.models.clip is None:
             raise ValueError(f"models.vlm.{mappers[0]}: backend mapper needs models.clip, the CLIP it was trained with")
+        if self.sonify.min_alignment.image_audio is not None and not mappers:
+            raise ValueError(
+                "sonify.min_alignment.image_audio needs a models.vlm entry of backend mapper: its score maps the image "
+                "with the first such entry"
+            )
         if any(self.models.vlm[i].mode == "ambience" for i in mappers) and len(mappers) == len(self.models.vlm):
             raise ValueError(
                 "models.vlm: a mapper in mode ambience adds its concept to the scenes of other entries, and there is "

@@ -160,10 +160,11 @@ DROPPED_CONCEPT = pa.struct(
 # 2: the shard's image (extension, size) beside the source's; 3: error_kind as well; 4: each concept's
 # corrected_cosine beside its raw cosine; 5: the concepts dropped at retrieval, each with its reason,
 # and the sample's split; 6: the licence and credit of each concept's clip and of the image, and
-# whether the clip was generated; 7: each concept's source (text or mapper), kept or dropped.
+# whether the clip was generated; 7: each concept's source (text or mapper), kept or dropped; 8: the
+# sample's alignment scores (text_audio, image_audio).
 MANIFEST = versioned(
     "manifest",
-    7,
+    8,
     [
         pa.field("key", pa.string(), nullable=False),
         pa.field("image_id", pa.string(), nullable=False),
@@ -200,9 +201,15 @@ MANIFEST = versioned(
         pa.field("shard", pa.string()),
         # The sample's split (sonify.splits); null without splits.
         pa.field("split", pa.string()),
+        # The mean raw cosine of the sample's text concepts (source text) to their clips; null for a
+        # sample with no text concept (a mapper's scene). Set when the shard is mixed.
+        pa.field("text_audio", pa.float64()),
+        # The cosine of the image's CLIP embedding, mapped by the first mapper of models.vlm, to the CLAP
+        # embedding of the stored mix; null when no mapper is configured. Set when the shard is written.
+        pa.field("image_audio", pa.float64()),
         pa.field("error", pa.string()),
         # The kind of `error`: an image or VLM error's kind, or the drop reason (too_small, non_sonic,
-        # no_concepts, no_usable_clip); null for samples.
+        # no_concepts, no_usable_clip, low_alignment); null for samples.
         pa.field("error_kind", pa.string()),
     ],
 )
@@ -227,10 +234,10 @@ MANIFEST_POOL_READS = ("pool_bytes_read", "pool_clip_bytes")
 # order of `concepts`), so a writer reads no pool table of its own.
 # 2: manifest rows plus clip parts, replacing IPC bytes; 3: the manifest of version 3;
 # 4: clip locations (byte ranges) instead of parts; 5: the manifest of version 4; 6: of version 5;
-# 7: of version 6; 8: of version 7.
+# 7: of version 6; 8: of version 7; 9: of version 8.
 SHARD_PLANS = versioned(
     "shard_plans",
-    8,
+    9,
     [*MANIFEST, pa.field("clip_locations", pa.list_(CLIP_LOCATION), nullable=False)],
 )
 # sonify.out/mix_clips.parquet: every pool clip audible at mix.sample_rate, sorted by clip_id; the
@@ -345,22 +352,23 @@ SHARD_RESULTS = versioned(
     ],
 )
 
-# A written sample's members as the shard writer stores them: the image under its extension, the mix
-# and the JSON member (stages.pairing.shards.sample_metadata).
+# A mixed sample's members as the shard writer stores them: the image under its extension and the mix.
+# Its JSON member (stages.pairing.shards.sample_metadata) is made by the writer from its final
+# manifest row.
 MIXED_SAMPLE = pa.struct(
     [
         pa.field("key", pa.string(), nullable=False),
         pa.field("image_extension", pa.string(), nullable=False),
         pa.field("image", pa.binary(), nullable=False),
         pa.field("flac", pa.binary(), nullable=False),
-        pa.field("json", pa.binary(), nullable=False),
     ]
 )
 # One shard mixed and not yet written, on its way through the feature models (sonify.features): a
-# row per shard, so its samples stay together whichever worker embeds them.
+# row per shard, so its samples stay together whichever worker embeds them. 2: no JSON member (the
+# writer makes it).
 MIXED_SHARDS = versioned(
     "mixed_shards",
-    1,
+    2,
     [
         pa.field("shard", pa.string(), nullable=False),
         # The shard's MANIFEST rows, error rows included, as an Arrow IPC stream.
@@ -372,11 +380,20 @@ MIXED_SHARDS = versioned(
 )
 
 
-def mixed_shards_schema(features: list[str] | tuple[str, ...]) -> pa.Schema:
+# The column the alignment stage adds to a mixed shard: each sample's image_audio score, in the order
+# of `samples`.
+IMAGE_AUDIO_COLUMN = pa.field("image_audio", pa.list_(pa.float64()), nullable=False)
+
+
+def mixed_shards_schema(features: list[str] | tuple[str, ...], aligned: bool = False) -> pa.Schema:
     """MIXED_SHARDS with a column per feature already computed: each sample's vector as the bytes of
-    its KEY.<feature>.npy member, in the order of `samples`."""
+    its KEY.<feature>.npy member, in the order of `samples`; and, once `aligned`, IMAGE_AUDIO_COLUMN."""
     return pa.schema(
-        [*MIXED_SHARDS, *(pa.field(name, pa.list_(pa.binary()), nullable=False) for name in features)],
+        [
+            *MIXED_SHARDS,
+            *(pa.field(name, pa.list_(pa.binary()), nullable=False) for name in features),
+            *([IMAGE_AUDIO_COLUMN] if aligned else []),
+        ],
         metadata=MIXED_SHARDS.metadata,
     )
 

@@ -270,11 +270,23 @@ def test_a_resumed_run_may_change_execution_settings_only(config_file, tmp_path)
         "retrieval.k=3",
         "pool.max_band_loss_lu=10",
         "retrieval.calibration_queries=9",
+        "sonify.min_alignment.text_audio=0.1",
     ]:
         with pytest.raises(SonifyError, match="other settings"):
             check_same_run(
                 load_config(config_file, [f"sonify.out={tmp_path}", vlm, output_setting]), SonifyLayout(str(tmp_path))
             )
+
+
+def test_an_image_score_floor_needs_a_mapper_and_floors_are_cosines(config_file):
+    with pytest.raises(
+        ConfigError, match="sonify.min_alignment.image_audio needs a models.vlm entry of backend mapper"
+    ):
+        load_config(config_file, ["sonify.min_alignment.image_audio=0.1"])
+    with pytest.raises(ConfigError, match="sonify.min_alignment.text_audio"):
+        load_config(config_file, ["sonify.min_alignment.text_audio=1.5"])
+    config = load_config(config_file, ["sonify.min_alignment.text_audio=0.2"])
+    assert config.sonify.min_alignment.model_dump() == {"text_audio": 0.2, "image_audio": None}
 
 
 def test_features_need_their_models_and_are_named_once(config_file):

@@ -59,8 +59,10 @@ def tree_of(root, tiny_models, mode: str, out, checkpoint=None) -> dict:
         "ray": {"num_cpus": 2},
         "pool": {"dir": str(root / "pool"), "sources": [str(root / "audio" / "*")]},
         "models": {
-            "clap": {"model": tiny_models["clap_transformers"], "batch_size": 8, "num_cpus": 0.5},
-            "clip": {"model": tiny_models["clip"], "batch_size": 4},
+            # With a mapper, CLAP, CLIP and the mapper also run on actors of their own while shards are
+            # written (the image_audio score), beside the mixing tasks.
+            "clap": {"model": tiny_models["clap_transformers"], "batch_size": 8, "num_cpus": 0.25},
+            "clip": {"model": tiny_models["clip"], "batch_size": 4, "num_cpus": 0.25},
             "vlm": [
                 {"name": "given", "backend": "provided", "path": str(root / "concepts.jsonl"), "batch_size": 2},
                 {
@@ -69,7 +71,7 @@ def tree_of(root, tiny_models, mode: str, out, checkpoint=None) -> dict:
                     "checkpoint": str(checkpoint or root / "mapper.safetensors"),
                     "mode": mode,
                     "batch_size": 2,
-                    "num_cpus": 0.5,
+                    "num_cpus": 0.25,
                 },
             ],
         },

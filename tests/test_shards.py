@@ -17,7 +17,7 @@ from schemas.layout import PoolLayout, SonifyLayout, shard_file, shard_id
 from stages.audio.packs import encode_flac, pack_clips, quantize_pcm16
 from stages.io.tars import tar_bytes
 from stages.pairing.shard_stage import WriteShards
-from stages.pairing.shards import plan_shards, sample_metadata, write_shard
+from stages.pairing.shards import below_floor, plan_shards, sample_metadata, text_audio_score, write_shard
 from tests.helpers import tone
 
 
@@ -126,6 +126,7 @@ def writer_setup(tmp_path):
         concept = {
             "label": "x",
             "text": "x",
+            "source": "text",
             "cosine": 0.5,
             "corrected_cosine": 0.5,
             "ssr": 0.7,
@@ -237,7 +238,10 @@ def test_metadata_types_do_not_depend_on_the_row(writer_setup):
         return type(value).__name__
 
     assert types(first) == types(second)
-    assert "NoneType" not in json.dumps(types(first))
+    # Every value is typed, but the image_audio score of a run without a mapper: null, as the card
+    # declares it (float64).
+    assert types(first)["image_audio"] == "NoneType" and first["text_audio"] == 0.5
+    assert "NoneType" not in json.dumps(types(first | {"image_audio": 0.0}))
     assert first["image_member"] == "" and second["image_member"] == "b.png"
 
 
@@ -370,3 +374,118 @@ def test_features_are_npy_members_beside_the_same_samples(writer_setup, tiny_mod
     loaded = list(wds.WebDataset(str(root / "with-features" / "shards" / "000000.tar"), shardshuffle=False).decode())
     assert [s["__key__"] for s in loaded] == keys
     assert all(s["clap_audio.npy"].shape == (512,) and s["clip_image.npy"].shape == (64,) for s in loaded)
+
+
+def test_the_text_score_is_the_mean_cosine_of_the_text_concepts_only():
+    concepts = [
+        {"source": "text", "cosine": 0.25},
+        {"source": "mapper", "cosine": 0.9},
+        {"source": "text", "cosine": 0.5},
+    ]
+    assert text_audio_score(concepts) == pytest.approx(0.375)
+    # A mapper's scene has no text concept, so no text score.
+    assert text_audio_score([{"source": "mapper", "cosine": 0.9}]) is None
+    assert text_audio_score([]) is None
+
+
+def test_a_sample_under_a_floor_is_named_by_its_first_failing_score_and_a_null_score_passes():
+    floors = {"text_audio": 0.3, "image_audio": 0.1}
+    assert below_floor({"text_audio": 0.3, "image_audio": 0.1}, floors) is None
+    assert below_floor({"text_audio": None, "image_audio": 0.2}, floors) is None
+    assert below_floor({"text_audio": 0.9, "image_audio": None}, floors) is None
+    assert below_floor({"text_audio": 0.29, "image_audio": -0.5}, floors) == (
+        "text_audio 0.2900 is below sonify.min_alignment.text_audio 0.3"
+    )
+    assert below_floor({"text_audio": 0.5, "image_audio": 0.05}, floors) == (
+        "image_audio 0.0500 is below sonify.min_alignment.image_audio 0.1"
+    )
+    assert below_floor({"text_audio": -1.0, "image_audio": -1.0}, {"text_audio": None, "image_audio": None}) is None
+    assert below_floor({"text_audio": -1.0}, {}) is None
+
+
+def test_the_image_score_maps_the_clip_feature_against_the_clap_feature_and_a_floor_rejects(writer_setup, tiny_models):
+    """The feature chain with a mapper: CLAP of the mix and CLIP of the image computed, the image
+    score their cosine once the CLIP vector is mapped, only the asked-for feature written, each
+    sample's JSON its final manifest row; a floor turns the lower sample into an error row left out
+    of the tar."""
+    from schemas import SHARD_TASKS, make_table
+    from schemas.config import ClapConfig, ClipConfig, MapperVlmConfig
+    from stages.base import check_chain
+    from stages.embed.clap import TransformersClap, clap_identity
+    from stages.embed.clip_image import TransformersClip, clip_identity
+    from stages.embed.mapper import load_mapper, map_vectors
+    from stages.embed.shard_features_stage import AlignImageAudio, ClapAudioFeature, ClipImageFeature, mix_at
+    from stages.images.decoding import ImageEncoding
+    from stages.pairing.shard_stage import MixShards, WriteMixedShards
+    from tests.test_mapper_source import write_mapper
+
+    root, row = writer_setup
+    rows = [
+        row(f"k{i}", picture_bytes("PNG", seed=i), f"k{i}.png", "png", (120, 80), concepts)
+        for i, concepts in enumerate([["tone"], ["inverted"], ["tone"]])
+    ]
+    rows[2]["concepts"][0] |= {"source": "mapper", "text": None, "label": "mapped", "cosine": 0.1}
+    with tarfile.open(root / "pool" / "audio" / "16000" / "p0.tar") as tar:
+        where = {m.name.removesuffix(".flac"): {"part": "p0", "offset": m.offset_data, "size": m.size} for m in tar}
+    plan_url = root / "plan.parquet"
+    pq.write_table(
+        pa.Table.from_pylist(
+            [{**r, "clip_locations": [where[c["clip_id"]] for c in r["concepts"]]} for r in rows], schema=SHARD_PLANS
+        ),
+        plan_url,
+    )
+    tasks = make_table(SHARD_TASKS, {"shard": ["000000"], "plan_url": [str(plan_url)]})
+    clap = ClapConfig(model=tiny_models["clap_transformers"], batch_size=2)
+    clip = ClipConfig(model=tiny_models["clip"], batch_size=2)
+    identities = {"clap": clap_identity(clap), "clip": clip_identity(clip)}
+    checkpoint = str(root / "mapper.safetensors")
+    write_mapper(checkpoint, identities["clip"], identities["clap"])
+    entry = MapperVlmConfig(name="mapped", backend="mapper", checkpoint=checkpoint)
+    features = ("clip_image", "clap_audio")
+
+    def write(out: str, floors: dict):
+        stages = [
+            MixShards(PoolLayout(str(root / "pool")), -1.0, ImageEncoding("png")),
+            ClipImageFeature(clip, 64, ()),
+            ClapAudioFeature(clap, 512, features[:1]),
+            AlignImageAudio(entry, features, identities["clap"], identities["clip"]),
+            WriteMixedShards(SonifyLayout(str(root / out)), ("clip_image",), True, floors),
+        ]
+        check_chain(tasks.schema, stages)
+        table = tasks
+        for stage in stages:
+            stage.setup()
+            table = stage.process_batch(table)
+        with tarfile.open(root / out / "shards" / "000000.tar") as tar:
+            members = {m.name: tar.extractfile(m).read() for m in tar}
+        manifest = {r["key"]: r for r in pq.read_table(root / out / "manifest" / "000000.parquet").to_pylist()}
+        return table.to_pylist()[0], members, manifest
+
+    result, members, manifest = write("scored", {})
+    assert (result["samples"], result["errors"]) == (3, 0)
+    # Only the asked-for feature is a member; clap_audio was computed for the score alone.
+    assert sorted(k for k in members if k.endswith(".npy")) == [f"k{i}.clip_image.npy" for i in range(3)]
+    mapper, _ = load_mapper(checkpoint, identities["clap"], identities["clip"])
+    clip_model, clap_model = TransformersClip(clip.model), TransformersClap(clap.model)
+    for key, sample in manifest.items():
+        image = clip_model.embed_images([Image.open(io.BytesIO(members[f"{key}.png"]))])
+        mapped = map_vectors(mapper, image)[0]
+        audio = clap_model.embed_audio([mix_at(members[f"{key}.flac"], 48000)])[0]
+        expected = float(mapped @ audio / np.linalg.norm(mapped) / np.linalg.norm(audio))
+        assert sample["image_audio"] == pytest.approx(expected, abs=1e-4)
+        assert json.loads(members[f"{key}.json"])["image_audio"] == sample["image_audio"]
+    assert [manifest[k]["text_audio"] for k in ("k0", "k1", "k2")] == [0.5, 0.5, None]
+    assert json.loads(members["k2.json"])["text_audio"] is None
+
+    low, high = sorted(manifest, key=lambda k: manifest[k]["image_audio"])[:2]
+    floor = (manifest[low]["image_audio"] + manifest[high]["image_audio"]) / 2
+    result, members, floored = write("floored", {"text_audio": 0.4, "image_audio": floor})
+    assert (result["samples"], result["errors"]) == (2, 1)
+    assert not any(name.startswith(f"{low}.") for name in members)
+    rejected = floored[low]
+    assert rejected["error_kind"] == "low_alignment" and rejected["image_audio"] == manifest[low]["image_audio"]
+    assert (
+        f"image_audio {manifest[low]['image_audio']:.4f} is below sonify.min_alignment.image_audio"
+        in (rejected["error"])
+    )
+    assert all(floored[k]["error"] is None for k in floored if k != low)

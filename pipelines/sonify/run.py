@@ -162,6 +162,9 @@ def run_sonify(config: RunConfig) -> dict:
         "write_errors_by_kind": dict(sorted(written.failed_by_kind.items())),
         "error_reasons": reasons,
         "distinct_clips_used": len(written.clip_uses),
+        # Each alignment score over the written samples that have it (docs/mapper.md#alignment-scores);
+        # samples under sonify.min_alignment are among write_errors_by_kind (low_alignment).
+        "alignment": {name: totals.summary() for name, totals in written.alignment.items()},
         # Concepts of written samples whose clip is generated (`run_pipeline.py generate`).
         "concepts_with_generated_clip": written.generated_concepts,
         # How evenly the written samples use the pool, and how hubby the pool is against the run's bank.
@@ -209,6 +212,22 @@ def exposure_line(numbers: dict) -> str:
         f"top-{numbers['top_clips']} share {numbers['top_clips_share']:.3f}, Gini {numbers['gini']:.3f}, "
         f"pool hubness (k-occurrence skewness) {'n/a' if skew is None else f'{skew:.2f}'}"
     )
+
+
+def alignment_line(alignment: dict, rejected: int) -> str:
+    """Each score's mean and range over the samples that have it, and the samples sonify.min_alignment
+    rejected."""
+
+    def one(name: str, score: dict) -> str:
+        if not score["samples"]:
+            return f"{name} none"
+        return (
+            f"{name} mean {score['mean']:.3f} (min {score['min']:.3f}, max {score['max']:.3f}, "
+            f"{score['samples']} samples)"
+        )
+
+    line = "; ".join(one(name, score) for name, score in alignment.items())
+    return line + (f"; {rejected} samples under sonify.min_alignment" if rejected else "")
 
 
 def licenses_line(counts: dict[str, int]) -> str:
@@ -272,6 +291,7 @@ def format_summary(summary: dict) -> str:
         f"  samples:  {summary['samples']} written, {summary['rejected']} rejected, "
         f"{summary['distinct_clips_used']} distinct clips used, "
         f"{summary['concepts_with_generated_clip']} concepts with a generated clip",
+        f"  aligned:  {alignment_line(summary['alignment'], summary['write_errors_by_kind'].get('low_alignment', 0))}",
         f"  exposure: {exposure_line(summary['exposure'])}",
         f"  licences: clips used {licenses_line(summary['clips_used_by_license'])}; pool clips denied "
         f"{licenses_line(summary['pool_clips_denied_by_license'])}; ATTRIBUTION.md credits "

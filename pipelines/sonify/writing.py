@@ -17,13 +17,13 @@ from pipelines.ray_runner import Runner
 from pipelines.sonify.checks import RENDER_REMEDY, SonifyError, check_render_out, read_phase, render_origin
 from pipelines.sonify.credits import write_attribution
 from schemas import MANIFEST, MANIFEST_POOL_READS, SHARD_TASKS, make_table
-from schemas.config import FEATURE_MODELS, RunConfig
+from schemas.config import FEATURE_MODELS, MapperVlmConfig, RunConfig
 from schemas.layout import PoolLayout, SonifyLayout
 from stages.base import Stage
 from stages.embed.ast_audio import ast_identity
 from stages.embed.clap import clap_identity
 from stages.embed.clip_image import clip_identity
-from stages.embed.shard_features_stage import FEATURE_STAGES
+from stages.embed.shard_features_stage import FEATURE_STAGES, AlignImageAudio
 from stages.images.decoding import ImageEncoding
 from stages.io import storage
 from stages.pairing.planning import WRITE_TIME_COLUMNS, clip_locations, shard_plan
@@ -53,26 +53,45 @@ def write_shards(config: RunConfig, pool: PoolLayout, layout: SonifyLayout, task
     return pa.concat_tables(results)
 
 
+# The features the image_audio score is computed from, whether or not sonify.features writes them.
+ALIGNMENT_FEATURES = ("clap_audio", "clip_image")
+
+
 def shard_stages(config: RunConfig, pool: PoolLayout, layout: SonifyLayout, encoding: ImageEncoding) -> list[Stage]:
-    """One stage that mixes and writes each shard; with sonify.features, mixing, a stage per feature
-    model, and writing, each shard passing between them as one row."""
-    features = tuple(config.sonify.features)
+    """One stage that mixes and writes each shard; with sonify.features or a mapper, mixing, a stage
+    per feature model, the image_audio score (with a mapper), and writing, each shard passing between
+    them as one row. A mapper's score needs clap_audio and clip_image: they are computed even where
+    sonify.features does not ask for them, and only those it asks for are written."""
+    written = tuple(config.sonify.features)
+    floors = config.sonify.min_alignment.model_dump()
+    mapper = alignment_mapper(config)
+    features = written + (tuple(f for f in ALIGNMENT_FEATURES if f not in written) if mapper else ())
     if not features:
-        return [WriteShards(pool, layout, config.mix.peak_dbfs, encoding)]
-    identities = feature_identities(config)
+        return [WriteShards(pool, layout, config.mix.peak_dbfs, encoding, floors)]
+    identities = feature_identities(config, features)
     stages: list[Stage] = [MixShards(pool, config.mix.peak_dbfs, encoding)]
     for i, feature in enumerate(features):
         model = getattr(config.models, FEATURE_MODELS[feature])
         stages.append(FEATURE_STAGES[feature](model, identities[feature]["dim"], features[:i]))
-    return [*stages, WriteMixedShards(layout, features)]
+    if mapper:
+        clap = PoolStore(pool).meta().get("clap") or {}
+        stages.append(AlignImageAudio(mapper, features, clap, identities["clip_image"]))
+    return [*stages, WriteMixedShards(layout, written, mapper is not None, floors)]
 
 
-def feature_identities(config: RunConfig) -> dict[str, dict]:
-    """Each configured feature's model: its name, width and checkpoint content, read without loading it."""
+def alignment_mapper(config: RunConfig) -> MapperVlmConfig | None:
+    """The mapper that scores each written sample's image_audio: the first models.vlm entry of backend
+    mapper (several mappers would give several scores, and one column holds one); None without one."""
+    return next((v for v in config.models.vlm if isinstance(v, MapperVlmConfig)), None)
+
+
+def feature_identities(config: RunConfig, features: tuple[str, ...] | None = None) -> dict[str, dict]:
+    """Each feature's model (those of sonify.features unless `features` is given): its name, width and
+    checkpoint content, read without loading it."""
     identify = {"clap_audio": clap_identity, "ast": ast_identity, "clip_image": clip_identity}
     return {
         feature: identify[feature](getattr(config.models, FEATURE_MODELS[feature]))
-        for feature in config.sonify.features
+        for feature in (config.sonify.features if features is None else features)
     }
 
 
@@ -84,11 +103,42 @@ class ManifestCounts:
     clip_uses: Counter  # clip_id -> concepts of written samples that chose it
     pool_reads: Counter  # MANIFEST_POOL_READS summed over the shards
     generated_concepts: int  # concepts of written samples whose clip is generated
+    alignment: dict  # ALIGNMENT_SCORES -> ScoreTotals over the written samples
+
+
+# The per-sample alignment scores of the manifest (docs/mapper.md#alignment-scores).
+ALIGNMENT_SCORES = ("text_audio", "image_audio")
+
+
+@dataclass
+class ScoreTotals:
+    """Count, sum, minimum and maximum of one score, added to part by part."""
+
+    samples: int = 0
+    total: float = 0.0
+    low: float | None = None
+    high: float | None = None
+
+    def add(self, values: pa.ChunkedArray) -> None:
+        valid = values.drop_null()
+        if not len(valid):
+            return
+        self.samples += len(valid)
+        self.total += pc.sum(valid).as_py()
+        bounds = pc.min_max(valid).as_py()
+        self.low = bounds["min"] if self.low is None else min(self.low, bounds["min"])
+        self.high = bounds["max"] if self.high is None else max(self.high, bounds["max"])
+
+    def summary(self) -> dict:
+        """The score's samples (those with it), mean, min and max; the three null when none has it."""
+        mean = self.total / self.samples if self.samples else None
+        return {"samples": self.samples, "mean": mean, "min": self.low, "max": self.high}
 
 
 def manifest_counts(layout: SonifyLayout) -> ManifestCounts:
     """What the manifest parts add up to, read part by part."""
     samples = 0
+    alignment = {name: ScoreTotals() for name in ALIGNMENT_SCORES}
     by_split: Counter = Counter()
     failed: Counter = Counter()
     reads: Counter = Counter()
@@ -97,9 +147,11 @@ def manifest_counts(layout: SonifyLayout) -> ManifestCounts:
     for url in storage.list_files(layout.manifest_folder(), ".parquet"):
         if layout.is_rejected(url):
             continue
-        table = storage.read_parquet(url, columns=["concepts", "split", "error", "error_kind"])
+        table = storage.read_parquet(url, columns=["concepts", "split", *ALIGNMENT_SCORES, "error", "error_kind"])
         ok = table.filter(pc.is_null(table.column("error")))
         samples += ok.num_rows
+        for name, totals in alignment.items():
+            totals.add(ok.column(name))
         by_split.update(ok.column("split").to_pylist())
         metadata = table.schema.metadata or {}
         reads.update({k: int(metadata[k.encode()]) for k in MANIFEST_POOL_READS if k.encode() in metadata})
@@ -107,7 +159,7 @@ def manifest_counts(layout: SonifyLayout) -> ManifestCounts:
         concepts = [c for row in ok.column("concepts").to_pylist() for c in row]
         used.update(c["clip_id"] for c in concepts)
         generated += sum(bool(c["generated"]) for c in concepts)
-    return ManifestCounts(samples, by_split, failed, used, reads, generated)
+    return ManifestCounts(samples, by_split, failed, used, reads, generated, alignment)
 
 
 def run_render(config: RunConfig) -> dict:

@@ -11,7 +11,7 @@ import numpy as np
 import pyarrow as pa
 
 from schemas import MIXED_SHARDS, make_table
-from schemas.config import AstConfig, ClapConfig
+from schemas.config import AstConfig, ClapConfig, MapperVlmConfig
 from schemas.mapper_config import ClipConfig
 from schemas.sonify import mixed_shards_schema
 from stages.audio.decode import decode
@@ -20,6 +20,7 @@ from stages.base import Resources, Stage
 from stages.embed.ast_audio import load_ast
 from stages.embed.clap import load_clap
 from stages.embed.clip_image import load_clip
+from stages.embed.mapper import load_mapper, map_vectors
 from stages.images.decoding import decode_image
 
 
@@ -140,3 +141,53 @@ class ClipImageFeature(ShardFeature):
 FEATURE_STAGES: dict[str, type[ShardFeature]] = {
     stage.feature: stage for stage in (ClapAudioFeature, AstFeature, ClipImageFeature)
 }
+
+
+def image_audio_scores(mapped: np.ndarray, audio: np.ndarray) -> np.ndarray:
+    """Row-wise cosine of mapped image vectors and audio vectors ([n, d] each), float64."""
+    mapped = np.asarray(mapped, dtype=np.float64)
+    audio = np.asarray(audio, dtype=np.float64)
+    norms = np.linalg.norm(mapped, axis=1) * np.linalg.norm(audio, axis=1)
+    return np.einsum("ij,ij->i", mapped, audio) / np.maximum(norms, 1e-12)
+
+
+class AlignImageAudio(Stage):
+    """Each sample's image_audio score: its clip_image vector mapped into CLAP's audio space by a
+    mapper (a models.vlm entry of backend mapper), against its clap_audio vector, the CLAP embedding
+    of the stored mix. Reads the two feature columns and adds IMAGE_AUDIO_COLUMN; the mapper is
+    loaded once per actor, and only for the pool's CLAP and models.clip's CLIP."""
+
+    name: ClassVar[str] = "align_image_audio"
+
+    def __init__(self, entry: MapperVlmConfig, features: tuple[str, ...], clap_identity: dict, clip_identity: dict):
+        self.entry = entry
+        self.features = features
+        self.clap_identity = clap_identity
+        self.clip_identity = clip_identity
+        self.required_columns = (*MIXED_SHARDS.names, "clap_audio", "clip_image")
+        self.mapper = None
+
+    def resources(self) -> Resources:
+        e = self.entry
+        return Resources(num_cpus=e.num_cpus, num_gpus=e.num_gpus, actors=e.concurrency, batch_size=1)
+
+    def output_schema(self) -> pa.Schema:
+        return mixed_shards_schema(self.features, aligned=True)
+
+    def setup(self) -> None:
+        self.mapper, _ = load_mapper(self.entry.checkpoint, self.clap_identity, self.clip_identity)
+
+    def process_batch(self, batch: pa.Table) -> pa.Table:
+        column = []
+        for images, mixes in zip(batch.column("clip_image").to_pylist(), batch.column("clap_audio").to_pylist()):
+            if not images:
+                column.append([])
+                continue
+            mapped = map_vectors(self.mapper, np.stack([npy_vector(b) for b in images]))
+            column.append(image_audio_scores(mapped, np.stack([npy_vector(b) for b in mixes])).tolist())
+        columns = {name: batch.column(name) for name in self.output_schema().names if name != "image_audio"}
+        return make_table(self.output_schema(), columns | {"image_audio": column})
+
+
+def npy_vector(member: bytes) -> np.ndarray:
+    return np.load(io.BytesIO(member), allow_pickle=False)

@@ -45,6 +45,8 @@ WRITE_TIME_COLUMNS = (
     "mix_lufs",
     "mix_peak_dbfs",
     "shard",
+    "text_audio",
+    "image_audio",
 )
 # Drop reasons that say the pool lacks the sound (the clip cap drops a sound the pool has).
 MISSING_REASONS = ("below_min_cosine", "no_usable_clip")

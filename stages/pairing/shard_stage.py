@@ -18,7 +18,7 @@ from stages.errors import BadInput, error_text
 from stages.images.decoding import ImageEncoding, read_image_bytes, shard_image
 from stages.images.listing import ImageRef
 from stages.io import storage
-from stages.pairing.shards import sample_metadata, write_shard
+from stages.pairing.shards import LOW_ALIGNMENT, below_floor, sample_metadata, text_audio_score, write_shard
 
 
 class ShardMixer:
@@ -45,6 +45,7 @@ class ShardMixer:
         samples = []
         for row, image in zip(rows, images):
             row["shard"] = shard_file(shard)
+            row["text_audio"] = text_audio_score(row["concepts"])
             if isinstance(image, BadInput):
                 row["error"], row["error_kind"] = (
                     error_text(row["image_uri"], str(image), row["image_member"]),
@@ -81,7 +82,6 @@ class ShardMixer:
                     "image_extension": stored.extension,
                     "image": stored.data,
                     "flac": encode_flac(pcm, rate),
-                    "json": sample_metadata(row),
                 }
             )
         manifest = make_table(MANIFEST, {name: [r[name] for r in rows] for name in MANIFEST.names})
@@ -101,21 +101,35 @@ def ipc_bytes(table: pa.Table) -> bytes:
     return sink.getvalue().to_pybytes()
 
 
-def write_mixed(layout: SonifyLayout, mixed: dict, features: tuple[str, ...]) -> dict:
-    """Writes a mixed shard (a MIXED_SHARDS row with a column per feature): `shards/NNNNNN.tar`, then
-    `manifest/NNNNNN.parquet`, which marks the shard complete. Returns its SHARD_RESULTS row."""
+def write_mixed(
+    layout: SonifyLayout, mixed: dict, features: tuple[str, ...], floors: dict[str, float | None] | None = None
+) -> dict:
+    """Writes a mixed shard (a MIXED_SHARDS row with a column per feature, and image_audio once
+    aligned): `shards/NNNNNN.tar`, then `manifest/NNNNNN.parquet`, which marks the shard complete.
+    Each sample's manifest row gets its image_audio score; a sample under a floor of `floors`
+    (sonify.min_alignment) becomes an error row (low_alignment) and is left out of the tar; each
+    written sample's JSON member is made from its final row. Returns its SHARD_RESULTS row."""
     shard = mixed["shard"]
+    rows = {row["key"]: row for row in pa.ipc.open_stream(mixed["manifest"]).read_all().to_pylist()}
+    scores = mixed.get("image_audio") or [None] * len(mixed["samples"])
     tar_samples = []
-    for i, sample in enumerate(mixed["samples"]):
-        members = {sample["image_extension"]: sample["image"], "flac": sample["flac"], "json": sample["json"]}
+    for i, (sample, image_audio) in enumerate(zip(mixed["samples"], scores)):
+        row = rows[sample["key"]]
+        row["image_audio"] = image_audio
+        reason = below_floor({"text_audio": row["text_audio"], "image_audio": image_audio}, floors or {})
+        if reason:
+            row["error"] = error_text(row["image_uri"], reason, row["image_member"])
+            row["error_kind"] = LOW_ALIGNMENT
+            continue
+        members = {sample["image_extension"]: sample["image"], "flac": sample["flac"], "json": sample_metadata(row)}
         members |= {f"{name}.npy": mixed[name][i] for name in features}
         tar_samples.append((sample["key"], members))
     size = write_shard(layout.shard(shard), tar_samples)
-    manifest = pa.ipc.open_stream(mixed["manifest"]).read_all()
+    manifest = make_table(MANIFEST, {name: [r[name] for r in rows.values()] for name in MANIFEST.names})
     reads = {name: mixed[name] for name in MANIFEST_POOL_READS}
     manifest = manifest.replace_schema_metadata({**manifest.schema.metadata, **{k: str(v) for k, v in reads.items()}})
     storage.write_parquet(layout.manifest(shard), manifest)
-    written = len(mixed["samples"])
+    written = len(tar_samples)
     return {"shard": shard, "samples": written, "errors": manifest.num_rows - written, "num_bytes": size, **reads}
 
 
@@ -133,9 +147,17 @@ class WriteShards(Stage):
     name: ClassVar[str] = "write_shards"
     required_columns: ClassVar[tuple[str, ...]] = tuple(SHARD_TASKS.names)
 
-    def __init__(self, pool: PoolLayout, layout: SonifyLayout, peak_dbfs: float, image_encoding: ImageEncoding) -> None:
+    def __init__(
+        self,
+        pool: PoolLayout,
+        layout: SonifyLayout,
+        peak_dbfs: float,
+        image_encoding: ImageEncoding,
+        floors: dict[str, float | None] | None = None,
+    ) -> None:
         self.mixer = ShardMixer(pool, peak_dbfs, image_encoding)
         self.layout = layout
+        self.floors = floors or {}
 
     def resources(self) -> Resources:
         return Resources(num_cpus=1, batch_size=1)
@@ -153,7 +175,7 @@ class WriteShards(Stage):
 
     def write_shard(self, shard: str, plan: pa.Table) -> dict:
         """Mixes and writes the samples of a plan (SHARD_PLANS rows)."""
-        return write_mixed(self.layout, self.mixer.mix(shard, plan), ())
+        return write_mixed(self.layout, self.mixer.mix(shard, plan), (), self.floors)
 
 
 class MixShards(Stage):
@@ -180,15 +202,23 @@ class MixShards(Stage):
 
 
 class WriteMixedShards(Stage):
-    """Writes each mixed shard with its features (stages.embed.shard_features_stage) as npy members."""
+    """Writes each mixed shard with its features (stages.embed.shard_features_stage) as npy members:
+    those of `features` only, the others computed for the image_audio score (`aligned`)."""
 
     name: ClassVar[str] = "write_mixed_shards"
     required_columns: ClassVar[tuple[str, ...]] = tuple(MIXED_SHARDS.names)
 
-    def __init__(self, layout: SonifyLayout, features: tuple[str, ...]) -> None:
+    def __init__(
+        self,
+        layout: SonifyLayout,
+        features: tuple[str, ...],
+        aligned: bool = False,
+        floors: dict[str, float | None] | None = None,
+    ) -> None:
         self.layout = layout
         self.features = features
-        self.required_columns = (*MIXED_SHARDS.names, *features)
+        self.floors = floors or {}
+        self.required_columns = (*MIXED_SHARDS.names, *features, *(["image_audio"] if aligned else []))
 
     def resources(self) -> Resources:
         return Resources(num_cpus=1, batch_size=1)
@@ -197,4 +227,4 @@ class WriteMixedShards(Stage):
         return SHARD_RESULTS
 
     def process_batch(self, batch: pa.Table) -> pa.Table:
-        return results_table([write_mixed(self.layout, row, self.features) for row in batch.to_pylist()])
+        return results_table([write_mixed(self.layout, row, self.features, self.floors) for row in batch.to_pylist()])
