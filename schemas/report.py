@@ -30,10 +30,11 @@ GALLERY_CONCEPT = pa.struct(
     ]
 )
 
-# The samples a report shows: a seeded random choice among the written samples of a manifest.
+# The samples a report shows: the written samples of a manifest with the lowest and highest alignment
+# scores, then a seeded random choice among the others. 2: the scores, and why a sample is shown.
 GALLERY_ITEMS = versioned(
     "gallery_items",
-    1,
+    2,
     [
         pa.field("key", pa.string(), nullable=False),
         pa.field("image_id", pa.string(), nullable=False),
@@ -44,5 +45,9 @@ GALLERY_ITEMS = versioned(
         pa.field("mix_lufs", pa.float64()),
         pa.field("shard", pa.string(), nullable=False),
         pa.field("concepts", pa.list_(GALLERY_CONCEPT)),
+        pa.field("text_audio", pa.float64()),
+        pa.field("image_audio", pa.float64()),
+        # Why the sample is shown, e.g. "lowest image_audio"; null for the random choice.
+        pa.field("shown_for", pa.string()),
     ],
 )

@@ -13,7 +13,7 @@ import soundfile
 # The plots each report page shows, by name (plots/NAME.png).
 SONIFY_PLOTS = frozenset(
     {"labels", "cosine", "ssr", "threshold", "candidates", "clip-usage", "clip-uses"}
-    | {"loudness", "mix-peak", "mix-gain"}
+    | {"loudness", "mix-peak", "mix-gain", "text-audio", "image-audio"}
 )
 POOL_PLOTS = frozenset({"formats", "durations", "clip-loudness", "silent"})
 

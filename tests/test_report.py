@@ -614,3 +614,34 @@ def test_report_on_s3_equals_the_local_one(s3_env, local_run):
     assert len(page.all("audio")) == SAMPLES
     for element in page.all("audio") + page.all("img"):
         assert storage.exists(f"{s3_env}/run/out/report/{element['src']}")
+
+
+def test_the_gallery_shows_the_lowest_and_highest_scoring_samples_first_then_a_random_choice():
+    import duckdb
+
+    from stages.report.sonify import gallery_items
+
+    con = duckdb.connect()
+    con.execute(
+        "CREATE TABLE samples AS SELECT 'k' || i AS key, 'i' || i AS image_id, '/i' || i AS image_uri, "
+        "NULL::VARCHAR AS image_member, 'v' AS vlm, NULL::VARCHAR AS caption, -20.0::DOUBLE AS mix_lufs, "
+        "'000000.tar' AS shard, "
+        "[]::STRUCT(label VARCHAR, text VARCHAR, clip_id VARCHAR, cosine DOUBLE, gain_db DOUBLE)[] AS concepts, "
+        "CASE WHEN i < 6 THEN i / 10 END AS text_audio, (10 - i) / 20 AS image_audio FROM range(10) t(i)"
+    )
+    con.execute("CREATE TABLE pool_clips (clip_id VARCHAR, source_uri VARCHAR, start_s DOUBLE)")
+    rows = gallery_items(con, 10, 0).to_pylist()
+    shown = [(r["key"], r["shown_for"]) for r in rows[:8]]
+    # text_audio: k0, k1 lowest, k5, k4 highest (k6..k9 have none); image_audio among the others.
+    assert shown == [
+        ("k0", "lowest text_audio"),
+        ("k1", "lowest text_audio"),
+        ("k5", "highest text_audio"),
+        ("k4", "highest text_audio"),
+        ("k9", "lowest image_audio"),
+        ("k8", "lowest image_audio"),
+        ("k2", "highest image_audio"),
+        ("k3", "highest image_audio"),
+    ]
+    assert sorted(r["key"] for r in rows[8:]) == ["k6", "k7"] and {r["shown_for"] for r in rows[8:]} == {None}
+    assert [r["key"] for r in gallery_items(con, 3, 0).to_pylist()] == ["k0", "k1", "k5"]

@@ -53,7 +53,16 @@ def gallery_media(paths: SonifyLayout, items: list[dict], thumbnail_px: int, rep
         image_name = item["image_uri"] + (f" ({item['image_member']})" if item["image_member"] else "")
         entries.append(
             GalleryEntry(
-                item["key"], item["vlm"], item["shard"], image_name, item["caption"], item["mix_lufs"], item["concepts"]
+                item["key"],
+                item["vlm"],
+                item["shard"],
+                image_name,
+                item["caption"],
+                item["mix_lufs"],
+                item["concepts"],
+                item["text_audio"],
+                item["image_audio"],
+                item["shown_for"],
             )
         )
     by_shard: dict[str, list[int]] = {}
@@ -135,6 +144,7 @@ def sonify_report(config: RunConfig) -> str:
             labels = report_sonify.label_frequency(con, TOP_LABELS)
             concept_hists = report_sonify.concept_histograms(con)
             mix_hists = report_sonify.mix_histograms(con)
+            alignment_hists = report_sonify.alignment_histograms(con)
             index_meta = pool.index_meta() or {}
             use_counts = report_sonify.clip_use_counts(con)
             usage = report_sonify.clip_usage(use_counts, index_meta.get("size"))
@@ -218,6 +228,22 @@ def sonify_report(config: RunConfig) -> str:
         ),
         histogram_entry(
             report,
+            "text-audio",
+            alignment_hists["text_audio"],
+            "Text-audio alignment",
+            "mean CLAP cosine of a sample's text concepts to their clips",
+            "Each written sample's text_audio score; a sample without text concepts (a mapper's scene) has none.",
+        ),
+        histogram_entry(
+            report,
+            "image-audio",
+            alignment_hists["image_audio"],
+            "Image-audio alignment",
+            "cosine of the mapped CLIP image vector to the CLAP vector of the mix",
+            "Each written sample's image_audio score; none without a mapper (models.vlm backend: mapper).",
+        ),
+        histogram_entry(
+            report,
             "mix-gain",
             mix_hists["mix_gain_db"],
             "Mix gain",
@@ -248,8 +274,10 @@ def sonify_report(config: RunConfig) -> str:
             figures,
             notes,
             gallery,
-            f"{len(gallery)} of {samples_written} written samples, chosen at random with report.gallery_seed "
-            f"{config.report.gallery_seed}. Images and mixes are copies beside this page.",
+            f"{len(gallery)} of {samples_written} written samples: the {report_sonify.EXTREME_SAMPLES} lowest- and "
+            "highest-scoring of each alignment score (text_audio, image_audio) where samples have one, then a "
+            f"random choice with report.gallery_seed {config.report.gallery_seed}. Images and mixes are copies "
+            "beside this page.",
             players,
             f"The {len(players)} clips that the most concepts of written samples chose, and how many; "
             f"their audio at {config.mix.sample_rate} Hz is copied beside this page.",

@@ -135,6 +135,9 @@ img.example { height: 72px; margin-right: 0.3rem; border: 1px solid #ddd; }
 <div class="gallery">
 {% for item in gallery %}
 <div class="item" id="item-{{ loop.index }}">
+{% if item.shown_for %}
+<p class="numbers"><b>{{ item.shown_for }}</b></p>
+{% endif %}
 {% if item.thumbnail %}
 <img class="thumb" src="{{ item.thumbnail }}" alt="{{ item.image_name }}">
 {% endif %}
@@ -146,7 +149,9 @@ img.example { height: 72px; margin-right: 0.3rem; border: 1px solid #ddd; }
 {% endfor %}
 <p class="caption">{{ item.caption if item.caption is not none else "" }}</p>
 <p class="source">{{ item.image_name }}<br>key {{ item.key }}, {{ item.vlm }}, shard {{ item.shard }}\
-{% if item.mix_lufs is not none %}, {{ "%.1f"|format(item.mix_lufs) }} LUFS{% endif %}</p>
+{% if item.mix_lufs is not none %}, {{ "%.1f"|format(item.mix_lufs) }} LUFS{% endif %}\
+{% if item.text_audio is not none %}, text_audio {{ "%.3f"|format(item.text_audio) }}{% endif %}\
+{% if item.image_audio is not none %}, image_audio {{ "%.3f"|format(item.image_audio) }}{% endif %}</p>
 <ul class="concepts">
 {% for concept in item.concepts %}
 <li><b>{{ concept.label }}</b>: {% if concept.text is not none %}{{ concept.text }}\
@@ -191,6 +196,10 @@ class GalleryEntry:
     caption: str | None
     mix_lufs: float | None
     concepts: list[dict]
+    text_audio: float | None = None
+    image_audio: float | None = None
+    # Why the sample is shown ("lowest image_audio"); None for the random choice.
+    shown_for: str | None = None
     thumbnail: str | None = None
     audio: str | None = None
     problems: list[str] = field(default_factory=list)

@@ -20,6 +20,11 @@ from schemas.layout import REJECTED_STEM
 from stages.report.sql import Histogram, histogram, problems_by_kind, scalar, seeded_order
 
 TOP_USED_CLIPS = 20
+# The manifest's per-sample alignment scores; the gallery shows the samples at each end of each.
+ALIGNMENT_SCORES = ("text_audio", "image_audio")
+EXTREME_SAMPLES = 2
+# A sample whose key is not in the list given as the query's first parameter.
+NOT_SHOWN = "NOT list_contains(CAST(? AS VARCHAR[]), key)"
 GENERATED_CLIPS_PLAYED = 10
 LORENZ_POINTS = 512
 
@@ -177,6 +182,11 @@ def mix_histograms(con: duckdb.DuckDBPyConnection) -> dict[str, Histogram]:
     }
 
 
+def alignment_histograms(con: duckdb.DuckDBPyConnection) -> dict[str, Histogram]:
+    """The alignment scores of the written samples (null where a sample has none: counted as missing)."""
+    return {name: histogram(con, "samples", name) for name in ALIGNMENT_SCORES}
+
+
 def clip_use_counts(con: duckdb.DuckDBPyConnection) -> np.ndarray:
     """How many concepts chose each clip that was chosen at all (at most the pool's size)."""
     rows = con.execute("SELECT count(*) FROM concepts GROUP BY clip_id").fetchnumpy()
@@ -295,19 +305,31 @@ def loudness_check(con: duckdb.DuckDBPyConnection, limit: int, seed: int) -> Lou
 
 
 def gallery_items(con: duckdb.DuckDBPyConnection, size: int, seed: int) -> pa.Table:
-    """A seeded random choice of `size` written samples, with each concept's clip located in the pool."""
-    chosen = con.sql(
-        f"""SELECT key, image_id, image_uri, image_member, vlm, caption, mix_lufs, shard, concepts FROM samples
-            ORDER BY {seeded_order("key")} LIMIT ?""",
-        params=[seed, size],
+    """Up to `size` written samples, with each concept's clip located in the pool: first the
+    EXTREME_SAMPLES lowest and highest of each alignment score (samples without it aside), then a
+    seeded random choice among the others."""
+    columns = "key, image_id, image_uri, image_member, vlm, caption, mix_lufs, shard, concepts, text_audio, image_audio"
+    rows: list[dict] = []
+    for name in ALIGNMENT_SCORES:
+        for end, order in (("lowest", "ASC"), ("highest", "DESC")):
+            shown = [r["key"] for r in rows]
+            extremes = con.sql(
+                f"""SELECT {columns} FROM samples WHERE {name} IS NOT NULL AND {NOT_SHOWN}
+                    ORDER BY {name} {order}, key LIMIT ?""",
+                params=[shown, min(EXTREME_SAMPLES, size - len(rows))],
+            ).to_arrow_table()
+            rows += [r | {"shown_for": f"{end} {name}"} for r in extremes.to_pylist()]
+    random = con.sql(
+        f"""SELECT {columns} FROM samples WHERE {NOT_SHOWN} ORDER BY {seeded_order("key")} LIMIT ?""",
+        params=[[r["key"] for r in rows], seed, size - len(rows)],
     ).to_arrow_table()
-    used = sorted({c["clip_id"] for concepts in chosen.column("concepts").to_pylist() for c in concepts})
+    rows += [r | {"shown_for": None} for r in random.to_pylist()]
+    used = sorted({c["clip_id"] for row in rows for c in row["concepts"]})
     sources: dict[str, tuple[str, float]] = {}
     if used:
         query = "SELECT clip_id, source_uri, start_s FROM pool_clips WHERE clip_id IN (SELECT unnest(?))"
         for clip_id, uri, start in con.execute(query, [used]).fetchall():
             sources[clip_id] = (uri, start)
-    rows = chosen.to_pylist()
     for row in rows:
         row["concepts"] = [
             {

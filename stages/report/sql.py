@@ -130,5 +130,5 @@ def problems_by_kind(con: duckdb.DuckDBPyConnection, problems: str) -> pa.Table:
 def seeded_order(key_column: str) -> str:
     """An ORDER BY expression that shuffles rows by a stable hash of (seed, key): the same seed
     picks the same rows whatever the files, their order or the number of threads. The seed is the
-    first query parameter."""
+    query parameter at the expression's place."""
     return f"md5(CAST(? AS VARCHAR) || ':' || {key_column})"
