@@ -30,6 +30,15 @@ demo: $(STAMP) $(DEMO)/models/ast/config.json $(DEMO)/sample/.complete
 	$(BIN)/python run_pipeline.py generate --config configs/demo.yaml
 	$(BIN)/python run_pipeline.py sonify --config configs/demo.yaml
 	$(BIN)/python run_pipeline.py report --config configs/demo.yaml
+	$(BIN)/python run_pipeline.py train-mapper --config configs/demo.yaml
+	$(BIN)/python run_pipeline.py sonify --config configs/demo.yaml $(MAPPED)
+	$(BIN)/python run_pipeline.py report --config configs/demo.yaml $(MAPPED)
+
+# The demo's second run: the mapper trained on the first run's shards, a scene source beside the
+# VLM, into a folder of its own; its samples get both alignment scores.
+MAPPED := sonify.out=$(DEMO)/sonified-mapped 'models.vlm=[{name: qwen-tiny, backend: transformers, \
+	model: $(DEMO)/models/vlm-qwen2_5_vl, batch_size: 8}, {name: mapped, backend: mapper, \
+	checkpoint: $(DEMO)/mapper.safetensors, batch_size: 8, num_cpus: 0.25}]'
 
 # Lint and import order (ruff, configured in pyproject.toml); `make test` runs it first, so CI does.
 lint: $(STAMP)
